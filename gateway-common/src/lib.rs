@@ -1,0 +1,235 @@
+//! The contract between the XDP program (`gateway-ebpf`) and the gateway.
+//!
+//! Everything that crosses the kernel/user boundary is defined here once:
+//! map names, map sizes, key and value layouts, reason codes and the
+//! packet-classification helpers both sides compile. This crate owns no
+//! policy; it only describes the shapes the policy travels in.
+#![cfg_attr(not(test), no_std)]
+
+pub mod packet;
+
+use core::mem::size_of;
+
+/// Names of the maps the XDP program exports. `#[map(name = ...)]` in the
+/// kernel crate takes a literal, so a test checks the object exports each.
+pub mod map_names {
+    /// Source address → [`crate::Verdict`]. Written by userspace.
+    pub const VERDICTS: &str = "VERDICTS";
+    /// LPM trie of denied CIDRs (IPv4 mapped into IPv6).
+    pub const DENY: &str = "DENY_CIDRS";
+    /// LPM trie of allowed CIDRs; allow wins over deny and verdicts.
+    pub const ALLOW: &str = "ALLOW_CIDRS";
+    /// Destination TCP port → [`crate::PortPolicy`].
+    pub const PORTS: &str = "PORTS";
+    /// Source address → theoretical arrival time of the next SYN (GCRA).
+    pub const SYN_TAT: &str = "SYN_TAT";
+    /// Single-entry array holding [`crate::XdpConfig`].
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU counters indexed by [`crate::Outcome`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Every map name, for the export check.
+    pub const ALL: [&str; 7] = [VERDICTS, DENY, ALLOW, PORTS, SYN_TAT, CONFIG, COUNTERS];
+}
+
+/// Name of the XDP program function in the object.
+pub const PROGRAM_NAME: &str = "gateway_xdp";
+
+/// Capacity of the verdict map. Userspace reports a full map as an error.
+pub const VERDICT_CAPACITY: u32 = 65_536;
+/// Capacity of each CIDR trie.
+pub const CIDR_CAPACITY: u32 = 16_384;
+/// Capacity of the port policy map.
+pub const PORT_CAPACITY: u32 = 64;
+/// Sources tracked by the SYN limiter; least recently seen are evicted.
+pub const SYN_TRACKED_SOURCES: u32 = 65_536;
+
+/// A source address: IPv6 as is, IPv4 as an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`), so one map serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceAddr {
+    /// Address bytes in network order.
+    pub octets: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceAddr>() == 16);
+
+impl SourceAddr {
+    /// The IPv4-mapped form of an IPv4 address.
+    pub const fn from_v4(v4: [u8; 4]) -> Self {
+        Self {
+            octets: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+            ],
+        }
+    }
+
+    /// An IPv6 address as is.
+    pub const fn from_v6(octets: [u8; 16]) -> Self {
+        Self { octets }
+    }
+}
+
+/// Prefix-length offset of IPv4 CIDRs stored in the IPv6-keyed tries.
+pub const V4_MAPPED_PREFIX: u32 = 96;
+
+/// A live block on a source address, written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// `CLOCK_MONOTONIC` nanoseconds after which the verdict no longer applies.
+    pub expires_at_ns: u64,
+    /// Why the source is blocked: a [`VerdictReason`] value.
+    pub reason: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Verdict>() == 16);
+
+/// Why a verdict was placed. Stable numbers: they are in maps and logs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictReason {
+    /// Placed by an operator or a policy file.
+    Policy = 1,
+    /// The source exceeded a rate limit.
+    RateLimit = 2,
+    /// The source sent abusive traffic (e.g. repeated protocol violations).
+    Abuse = 3,
+}
+
+impl VerdictReason {
+    /// Decodes a reason stored in a map.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Policy),
+            2 => Some(Self::RateLimit),
+            3 => Some(Self::Abuse),
+            _ => None,
+        }
+    }
+
+    /// Stable reason code for logs and metrics.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::RateLimit => "rate_limit",
+            Self::Abuse => "abuse",
+        }
+    }
+}
+
+/// What a destination port carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortPolicy {
+    /// A [`PortKind`] value.
+    pub kind: u32,
+}
+const _: () = assert!(size_of::<PortPolicy>() == 4);
+
+/// Port kinds in [`PortPolicy::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// A TLS-only port: TCP payload must start with a TLS record.
+    Tls = 1,
+    /// A plain-HTTP port nobody serves: everything to it is dropped.
+    PlainHttpDrop = 2,
+}
+
+/// What the XDP program does with plain HTTP sent to a TLS port.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainHttpAction {
+    /// Let it through (userspace deals with it).
+    Pass = 0,
+    /// Drop the segment; the client retransmits until it gives up.
+    Drop = 1,
+    /// Answer with a TCP RST built in XDP so the client fails at once.
+    Reset = 2,
+}
+
+/// Global knobs of the XDP program, one entry in [`map_names::CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct XdpConfig {
+    /// Nanoseconds between admitted SYNs per source (1e9 / rate); 0 disables.
+    pub syn_interval_ns: u64,
+    /// Extra SYNs a source may send at once: (burst - 1) * interval.
+    pub syn_tolerance_ns: u64,
+    /// A [`PlainHttpAction`] value.
+    pub plain_http_action: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<XdpConfig>() == 24);
+
+/// Every outcome the XDP program counts, as indices of [`map_names::COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not IP/TCP or not understood: passed untouched.
+    PassedNotInspected = 0,
+    /// Inspected and passed.
+    Passed = 1,
+    /// Passed because the source is on the allow list.
+    PassedAllowed = 2,
+    /// Dropped: the source holds a live verdict.
+    DroppedVerdict = 3,
+    /// Dropped: the source is in a denied CIDR.
+    DroppedDenied = 4,
+    /// Dropped: plain HTTP to a TLS-only port, or to a plain port nobody serves.
+    DroppedPlainHttp = 5,
+    /// Answered with a TCP RST: plain HTTP to a TLS-only port.
+    ResetPlainHttp = 6,
+    /// Dropped: the source sent SYNs faster than its budget.
+    DroppedSynRate = 7,
+    /// Dropped: a truncated or malformed IP/TCP header.
+    DroppedMalformed = 8,
+}
+
+impl Outcome {
+    /// Number of counters.
+    pub const COUNT: u32 = 9;
+
+    /// All outcomes in index order.
+    pub const ALL: [Outcome; Self::COUNT as usize] = [
+        Self::PassedNotInspected,
+        Self::Passed,
+        Self::PassedAllowed,
+        Self::DroppedVerdict,
+        Self::DroppedDenied,
+        Self::DroppedPlainHttp,
+        Self::ResetPlainHttp,
+        Self::DroppedSynRate,
+        Self::DroppedMalformed,
+    ];
+
+    /// Stable metric name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PassedNotInspected => "passed_not_inspected",
+            Self::Passed => "passed",
+            Self::PassedAllowed => "passed_allowed",
+            Self::DroppedVerdict => "dropped_verdict",
+            Self::DroppedDenied => "dropped_denied",
+            Self::DroppedPlainHttp => "dropped_plain_http",
+            Self::ResetPlainHttp => "reset_plain_http",
+            Self::DroppedSynRate => "dropped_syn_rate",
+            Self::DroppedMalformed => "dropped_malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte
+    // arrays, with padding spelled out as fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::SourceAddr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Verdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::XdpConfig {}
+}

@@ -1,0 +1,372 @@
+//! The gateway's XDP program.
+//!
+//! It owns the per-packet decisions that are cheaper in the kernel than in
+//! userspace: sources with a live verdict, denied CIDRs, plain HTTP aimed at
+//! TLS-only ports, and SYN floods. It holds no policy of its own: userspace
+//! writes every list, verdict and knob into the maps. Anything it does not
+//! understand passes untouched.
+#![no_std]
+#![no_main]
+// The bpfel target has atomics but no `AtomicU64` methods (no CAS in its
+// spec), so the map slot is updated through the intrinsics the methods use.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic intrinsics on the bpfel target")]
+
+use core::{
+    intrinsics::{
+        AtomicOrdering::{Relaxed, SeqCst},
+        atomic_cxchg, atomic_xadd, atomic_xsub,
+    },
+    mem::size_of,
+};
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail},
+    macros::{map, xdp},
+    maps::{
+        Array, HashMap, LruHashMap, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::XdpContext,
+};
+use gateway_common::{
+    CIDR_CAPACITY, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
+    SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig,
+    packet::{
+        self, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_HLEN,
+        Payload, SegmentInfo, TCP_HLEN, tcp_flags,
+    },
+};
+
+#[map(name = "VERDICTS")]
+static VERDICTS: HashMap<SourceAddr, Verdict> = HashMap::with_max_entries(VERDICT_CAPACITY, 0);
+
+#[map(name = "DENY_CIDRS")]
+static DENY_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(CIDR_CAPACITY, 0);
+
+#[map(name = "ALLOW_CIDRS")]
+static ALLOW_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(CIDR_CAPACITY, 0);
+
+#[map(name = "PORTS")]
+static PORTS: HashMap<u16, PortPolicy> = HashMap::with_max_entries(PORT_CAPACITY, 0);
+
+#[map(name = "SYN_TAT")]
+static SYN_TAT: LruHashMap<SourceAddr, u64> = LruHashMap::with_max_entries(SYN_TRACKED_SOURCES, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+#[xdp]
+pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    let (outcome, action) = match inspect(&ctx) {
+        Ok(decision) => decision,
+        Err(Malformed) => (Outcome::DroppedMalformed, xdp_action::XDP_DROP),
+    };
+    count(outcome);
+    action
+}
+
+/// A header claimed more bytes than the frame holds.
+struct Malformed;
+
+type Decision = (Outcome, u32);
+
+const PASS: u32 = xdp_action::XDP_PASS;
+const DROP: u32 = xdp_action::XDP_DROP;
+
+#[inline(always)]
+fn count(outcome: Outcome) {
+    if let Some(c) = COUNTERS.get_ptr_mut(outcome as u32) {
+        // SAFETY: per-CPU slot, only this CPU touches it while we run.
+        unsafe { *c += 1 };
+    }
+}
+
+/// A pointer to `T` at `offset`, if the frame holds it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return Err(Malformed);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Malformed> {
+    // SAFETY: ptr_at checked the bounds; packet data is unaligned.
+    Ok(unsafe { ptr_at::<T>(ctx, offset)?.read_unaligned() })
+}
+
+#[inline(always)]
+fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Malformed> {
+    // SAFETY: ptr_at checked the bounds; packet data is unaligned.
+    unsafe { ptr_at::<T>(ctx, offset)?.write_unaligned(value) };
+    Ok(())
+}
+
+/// Where the IP header starts and which family it is, after at most one VLAN tag.
+#[inline(always)]
+fn parse_ethernet(ctx: &XdpContext) -> Result<Option<(usize, u16)>, Malformed> {
+    let mut proto = u16::from_be(read::<u16>(ctx, 12)?);
+    let mut l3 = ETH_HLEN;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = u16::from_be(read::<u16>(ctx, 16)?);
+        l3 += 4;
+    }
+    Ok(match proto {
+        ETH_P_IP | ETH_P_IPV6 => Some((l3, proto)),
+        _ => None,
+    })
+}
+
+/// The parts of an IP header the decisions need.
+struct Ip {
+    src: SourceAddr,
+    /// Offset of the TCP header, when the packet carries the start of one.
+    tcp: Option<usize>,
+    /// Bytes after the IP header(s) according to the IP length fields.
+    l4_len: usize,
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Ip, Malformed> {
+    let vihl = read::<u8>(ctx, l3)?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(Malformed);
+    }
+    let total = usize::from(u16::from_be(read::<u16>(ctx, l3 + 2)?));
+    let frag = u16::from_be(read::<u16>(ctx, l3 + 6)?) & 0x1fff;
+    let proto = read::<u8>(ctx, l3 + 9)?;
+    let src = SourceAddr::from_v4(read::<[u8; 4]>(ctx, l3 + 12)?);
+    // Later fragments carry no TCP header: source checks only.
+    let tcp = (proto == IPPROTO_TCP && frag == 0).then_some(l3 + ihl);
+    Ok(Ip {
+        src,
+        tcp,
+        l4_len: total.saturating_sub(ihl),
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Ip, Malformed> {
+    let payload = usize::from(u16::from_be(read::<u16>(ctx, l3 + 4)?));
+    let next = read::<u8>(ctx, l3 + 6)?;
+    let src = SourceAddr::from_v6(read::<[u8; 16]>(ctx, l3 + 8)?);
+    // Extension headers are not walked: such packets get source checks only.
+    let tcp = (next == IPPROTO_TCP).then_some(l3 + IPV6_HLEN);
+    Ok(Ip {
+        src,
+        tcp,
+        l4_len: payload,
+    })
+}
+
+#[inline(always)]
+fn inspect(ctx: &XdpContext) -> Result<Decision, Malformed> {
+    let Some((l3, proto)) = parse_ethernet(ctx)? else {
+        return Ok((Outcome::PassedNotInspected, PASS));
+    };
+    let ip = if proto == ETH_P_IP {
+        parse_ipv4(ctx, l3)?
+    } else {
+        parse_ipv6(ctx, l3)?
+    };
+
+    if let Some(decision) = source_verdict(&ip.src) {
+        return Ok(decision);
+    }
+    match ip.tcp {
+        Some(l4) => inspect_tcp(ctx, proto, l3, l4, &ip),
+        None => Ok((Outcome::Passed, PASS)),
+    }
+}
+
+/// Allow list, live verdicts and deny list, in that order: allow wins.
+#[inline(always)]
+fn source_verdict(src: &SourceAddr) -> Option<Decision> {
+    let key = Key::new(128, src.octets);
+    if ALLOW_CIDRS.get(&key).is_some() {
+        return Some((Outcome::PassedAllowed, PASS));
+    }
+    // SAFETY: the map value is a plain Copy struct; the reference does not escape.
+    if let Some(v) = unsafe { VERDICTS.get(src) } {
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // An expired verdict is ignored; userspace sweeps it later.
+        if packet::verdict_live(v.expires_at_ns, now) {
+            return Some((Outcome::DroppedVerdict, DROP));
+        }
+    }
+    if DENY_CIDRS.get(&key).is_some() {
+        return Some((Outcome::DroppedDenied, DROP));
+    }
+    None
+}
+
+#[inline(always)]
+fn inspect_tcp(
+    ctx: &XdpContext,
+    proto: u16,
+    l3: usize,
+    l4: usize,
+    ip: &Ip,
+) -> Result<Decision, Malformed> {
+    let dst_port = u16::from_be(read::<u16>(ctx, l4 + 2)?);
+    // SAFETY: plain Copy value, copied out at once.
+    let Some(port) = (unsafe { PORTS.get(&dst_port) }).copied() else {
+        return Ok((Outcome::Passed, PASS));
+    };
+    if port.kind == PortKind::PlainHttpDrop as u32 {
+        return Ok((Outcome::DroppedPlainHttp, DROP));
+    }
+    let flags = read::<u8>(ctx, l4 + 13)?;
+    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if !syn_budget(&ip.src, now, &cfg) {
+            return Ok((Outcome::DroppedSynRate, DROP));
+        }
+        return Ok((Outcome::Passed, PASS));
+    }
+    if port.kind != PortKind::Tls as u32 || cfg.plain_http_action == PlainHttpAction::Pass as u32 {
+        return Ok((Outcome::Passed, PASS));
+    }
+    let doff = usize::from(read::<u8>(ctx, l4 + 12)? >> 4) * 4;
+    if doff < TCP_HLEN {
+        return Err(Malformed);
+    }
+    let payload_len = ip.l4_len.saturating_sub(doff);
+    if payload_len < 4 {
+        return Ok((Outcome::Passed, PASS));
+    }
+    if packet::classify(read::<[u8; 4]>(ctx, l4 + doff)?) != Payload::HttpRequest {
+        return Ok((Outcome::Passed, PASS));
+    }
+    if cfg.plain_http_action == PlainHttpAction::Reset as u32 {
+        let seg = SegmentInfo {
+            src_port: u16::from_be(read::<u16>(ctx, l4)?),
+            dst_port,
+            seq: u32::from_be(read::<u32>(ctx, l4 + 4)?),
+            ack_seq: u32::from_be(read::<u32>(ctx, l4 + 8)?),
+            flags,
+            payload_len: payload_len as u32,
+        };
+        if reset(ctx, proto, l3, l4, &seg).is_ok() {
+            return Ok((Outcome::ResetPlainHttp, xdp_action::XDP_TX));
+        }
+    }
+    Ok((Outcome::DroppedPlainHttp, DROP))
+}
+
+/// GCRA per source: each SYN claims the next slot `interval` after the last
+/// one; a slot further ahead of now than the burst tolerance is refused and
+/// given back. The slot is claimed with an atomic add on one map shared by
+/// all CPUs, so the budget holds across CPUs: only resetting an idle
+/// source's clock races, and that loses at most one slot per racing CPU.
+#[inline(always)]
+fn syn_budget(src: &SourceAddr, now: u64, cfg: &XdpConfig) -> bool {
+    let interval = cfg.syn_interval_ns;
+    if interval == 0 {
+        return true;
+    }
+    let Some(slot) = SYN_TAT.get_ptr_mut(src) else {
+        // First SYN seen from this source (or it was evicted): admit it.
+        let _ = SYN_TAT.insert(src, now + interval, u64::from(BPF_NOEXIST));
+        return true;
+    };
+    // SAFETY: the map value is an aligned u64 that lives as long as the map
+    // entry, and every writer uses atomic operations on it.
+    unsafe {
+        // An aligned 64-bit load is single-copy atomic on BPF; LLVM has no
+        // relaxed atomic load for the v3 ISA.
+        let current = core::ptr::read_volatile(slot);
+        if current < now {
+            let _ = atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(slot, current, now);
+        }
+        // SeqCst, not Relaxed: LLVM 22's BPF backend lowers a Relaxed
+        // fetch-add to the non-fetching `lock +=` and then reads a stale
+        // register (seen in `bpftool prog dump xlated`); SeqCst emits
+        // `atomic64_fetch_add`, which the test suite checks via the budget.
+        let before = atomic_xadd::<u64, u64, { SeqCst }>(slot, interval);
+        if packet::gcra_admits(before, now, cfg.syn_tolerance_ns) {
+            true
+        } else {
+            atomic_xsub::<u64, u64, { Relaxed }>(slot, interval);
+            false
+        }
+    }
+}
+
+/// Turns the frame into a TCP RST back to its sender: swap MACs, rewrite the
+/// IP and TCP headers, cut the payload. Only plain IPv4 headers (IHL 5) and
+/// IPv6 without extension headers are rewritten; others are dropped instead.
+#[inline(always)]
+fn reset(
+    ctx: &XdpContext,
+    proto: u16,
+    l3: usize,
+    l4: usize,
+    seg: &SegmentInfo,
+) -> Result<(), Malformed> {
+    if proto == ETH_P_IP {
+        if l4 != l3 + 20 {
+            return Err(Malformed);
+        }
+        let local = read::<[u8; 4]>(ctx, l3 + 16)?;
+        let peer = read::<[u8; 4]>(ctx, l3 + 12)?;
+        let (iph, tcph) = packet::rst_v4(local, peer, seg);
+        shrink_to(ctx, l4 + TCP_HLEN)?;
+        swap_macs(ctx)?;
+        write(ctx, l3, iph)?;
+        write(ctx, l4, tcph)?;
+    } else {
+        let local = read::<[u8; 16]>(ctx, l3 + 24)?;
+        let peer = read::<[u8; 16]>(ctx, l3 + 8)?;
+        let (iph, tcph) = packet::rst_v6(local, peer, seg);
+        shrink_to(ctx, l4 + TCP_HLEN)?;
+        swap_macs(ctx)?;
+        write(ctx, l3, iph)?;
+        write(ctx, l4, tcph)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn shrink_to(ctx: &XdpContext, len: usize) -> Result<(), Malformed> {
+    let have = ctx.data_end() - ctx.data();
+    if have < len {
+        return Err(Malformed);
+    }
+    let delta = -((have - len) as i32);
+    // SAFETY: shrinking only; the pointers are re-read after this call.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(Malformed);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn swap_macs(ctx: &XdpContext) -> Result<(), Malformed> {
+    let dst = read::<[u8; 6]>(ctx, 0)?;
+    let src = read::<[u8; 6]>(ctx, 6)?;
+    write(ctx, 0, src)?;
+    write(ctx, 6, dst)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,41 @@
+//! Time as the XDP program sees it: `CLOCK_MONOTONIC` nanoseconds
+//! (`bpf_ktime_get_ns`), so userspace and kernel agree on verdict expiry.
+
+use nix::time::{ClockId, clock_gettime};
+
+/// A source of monotonic nanoseconds; tests use a fake one.
+pub trait Clock {
+    /// Nanoseconds on the `CLOCK_MONOTONIC` scale.
+    fn now_ns(&self) -> u64;
+}
+
+/// The system's monotonic clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Monotonic;
+
+impl Clock for Monotonic {
+    fn now_ns(&self) -> u64 {
+        // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make verdicts
+        // look unexpired until the next reading.
+        clock_gettime(ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct FakeClock(pub std::cell::Cell<u64>);
+
+impl FakeClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, ns: u64) {
+        self.0.set(self.0.get() + ns);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ns(&self) -> u64 {
+        self.0.get()
+    }
+}

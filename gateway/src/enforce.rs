@@ -1,0 +1,126 @@
+//! Where the source policy is enforced: in the kernel by the XDP program
+//! when it can be loaded, otherwise by the gateway itself.
+//!
+//! Falling back is reserved for "cannot" (no privilege, no kernel support);
+//! a configuration mistake (unknown interface, occupied slot, full map) is an
+//! error the operator must see, never a silent downgrade.
+
+use std::net::IpAddr;
+
+use gateway_common::Verdict;
+
+use crate::{
+    config::{Config, PlainHttpOnTls},
+    policy::SourcePolicy,
+    xdp::{Counters, DataPlane, XdpError},
+};
+
+/// The active enforcement point.
+pub enum Enforcement {
+    /// The XDP program, attached.
+    Kernel(Box<DataPlane>),
+    /// The gateway's own checks, consulted at accept time.
+    Userspace(SourcePolicy),
+}
+
+impl Enforcement {
+    /// Loads, configures and attaches XDP, or falls back to userspace after
+    /// one warning line when the kernel side cannot run here.
+    pub fn start(cfg: &Config) -> Result<Self, XdpError> {
+        if !cfg.xdp.enabled {
+            tracing::info!("XDP disabled (xdp.enabled = false): enforcing the policy in userspace");
+            return Ok(Self::Userspace(SourcePolicy::new(cfg)));
+        }
+        let kernel = DataPlane::load().and_then(|mut dp| {
+            dp.configure(cfg)?;
+            dp.attach(&cfg.xdp.interface, cfg.xdp.mode)?;
+            Ok(dp)
+        });
+        match kernel {
+            Ok(dp) => Ok(Self::Kernel(Box::new(dp))),
+            Err(e) if e.falls_back_to_userspace() => {
+                tracing::warn!("XDP unavailable, enforcing the same policy in userspace: {e}");
+                Ok(Self::Userspace(SourcePolicy::new(cfg)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Places a verdict on a source.
+    pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) -> Result<(), XdpError> {
+        match self {
+            Self::Kernel(dp) => dp.set_verdict(ip, verdict),
+            Self::Userspace(p) => {
+                p.set_verdict(ip, verdict);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes expired verdicts.
+    pub fn sweep(&mut self, now_ns: u64) -> Result<usize, XdpError> {
+        match self {
+            Self::Kernel(dp) => dp.sweep_expired(now_ns),
+            Self::Userspace(p) => Ok(p.sweep(now_ns)),
+        }
+    }
+
+    /// Kernel counters, when the kernel enforces.
+    pub fn counters(&self) -> Option<Result<Counters, XdpError>> {
+        match self {
+            Self::Kernel(dp) => Some(dp.counters()),
+            Self::Userspace(_) => None,
+        }
+    }
+
+    /// Human lines saying what is enforced and where.
+    pub fn describe(&self, cfg: &Config) -> Vec<String> {
+        let mut lines = vec![match self {
+            Self::Kernel(dp) => format!(
+                "XDP attached to {} (mode {}): policy enforced in the kernel",
+                dp.attached_to().unwrap_or("?"),
+                cfg.xdp.mode
+            ),
+            Self::Userspace(_) => "policy enforced in userspace (no XDP)".to_owned(),
+        }];
+        let on_tls = match cfg.xdp.plain_http_on_tls {
+            PlainHttpOnTls::Reset => "answered with a TCP RST",
+            PlainHttpOnTls::Drop => "dropped",
+            PlainHttpOnTls::Pass => "passed to the gateway",
+        };
+        lines.push(format!(
+            "TLS port {}: plain HTTP {on_tls}",
+            cfg.https.port()
+        ));
+        if cfg.https_only {
+            lines.push(format!(
+                "plain HTTP port {}: dropped (https_only)",
+                cfg.plain_http_port
+            ));
+        }
+        if cfg.xdp.syn_rate > 0 {
+            lines.push(format!(
+                "SYN rate per source: {}/s, burst {}",
+                cfg.xdp.syn_rate, cfg.xdp.syn_burst
+            ));
+        } else {
+            lines.push("SYN rate per source: unlimited".to_owned());
+        }
+        let list = |nets: &[ipnet::IpNet]| {
+            if nets.is_empty() {
+                "none".to_owned()
+            } else {
+                nets.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        lines.push(format!(
+            "allow (wins over everything): {}",
+            list(&cfg.policy.allow)
+        ));
+        lines.push(format!("deny: {}", list(&cfg.policy.deny)));
+        lines
+    }
+}

@@ -1,0 +1,185 @@
+//! The `gateway` command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use gateway::{
+    clock::{Clock, Monotonic},
+    config::Config,
+    enforce::Enforcement,
+};
+use nix::sys::signal::{SigSet, Signal};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Kernel-accelerated API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach the XDP data plane and run until SIGINT or SIGTERM.
+    Run {
+        /// Configuration file (TOML). Without it the embedded default is used:
+        /// HTTPS on 127.0.0.1:8443, XDP on lo.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and print what it enforces; exit 1 on error.
+    Check {
+        /// Configuration file (TOML). Without it the embedded default is checked.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => load(config.as_ref()).and_then(run),
+        Cmd::Check { config } => load(config.as_ref()).map(|cfg| check(&cfg)),
+        Cmd::DefaultConfig => {
+            print!("{}", gateway::config::EMBEDDED_DEFAULT);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("gateway: error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn check(cfg: &Config) {
+    println!("{}: ok", cfg.source);
+    println!("HTTPS listener: {}", cfg.https);
+    println!(
+        "XDP: {} on {} (mode {})",
+        if cfg.xdp.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        cfg.xdp.interface,
+        cfg.xdp.mode
+    );
+    println!(
+        "TLS port {}, plain HTTP port {} ({})",
+        cfg.https.port(),
+        cfg.plain_http_port,
+        if cfg.https_only { "dropped" } else { "open" }
+    );
+    println!(
+        "SYN rate per source: {}/s, burst {}",
+        cfg.xdp.syn_rate, cfg.xdp.syn_burst
+    );
+    println!(
+        "allow: {:?}",
+        cfg.policy
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "deny: {:?}",
+        cfg.policy
+            .deny
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn run(cfg: Config) -> Result<(), String> {
+    // Block the stop signals before anything else so they are only ever
+    // taken by the wait below, never by default handlers mid-attach.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGINT);
+    stop.add(Signal::SIGTERM);
+    stop.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+
+    let mut enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
+    tracing::info!("config: {}", cfg.source);
+    for line in enforcement.describe(&cfg) {
+        tracing::info!("{line}");
+    }
+    tracing::info!("running; Ctrl-C or SIGTERM stops and detaches");
+
+    let tick = Duration::from_millis(cfg.xdp.sweep_interval_ms);
+    let stats_every = Duration::from_secs(cfg.xdp.stats_interval_secs);
+    let mut since_stats = Duration::ZERO;
+    let mut last = None;
+    let clock = Monotonic;
+    loop {
+        if let Some(sig) = wait_for(&stop, tick) {
+            tracing::info!("{sig} received: stopping");
+            break;
+        }
+        match enforcement.sweep(clock.now_ns()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} expired verdicts"),
+            Err(e) => tracing::warn!("sweeping verdicts: {e}"),
+        }
+        since_stats += tick;
+        if !stats_every.is_zero() && since_stats >= stats_every {
+            since_stats = Duration::ZERO;
+            if let Some(Ok(c)) = enforcement.counters() {
+                if last != Some(c) {
+                    tracing::info!("xdp counters: {c}");
+                    last = Some(c);
+                }
+            }
+        }
+    }
+    if let Some(Ok(c)) = enforcement.counters() {
+        tracing::info!("xdp counters: {c}");
+    }
+    let iface = match &enforcement {
+        Enforcement::Kernel(dp) => dp.attached_to().map(str::to_owned),
+        Enforcement::Userspace(_) => None,
+    };
+    drop(enforcement);
+    if let Some(iface) = iface {
+        tracing::info!("XDP detached from {iface}");
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for one of `set`; returns the signal taken.
+fn wait_for(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` is a valid sigset, `ts` a valid timespec, and a null
+    // siginfo pointer is allowed.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if r > 0 {
+        Signal::try_from(r).ok()
+    } else {
+        None
+    }
+}

@@ -1,0 +1,256 @@
+//! Source-address policy in userspace form: allow and deny CIDR sets, live
+//! verdicts and the per-source SYN (connection) budget.
+//!
+//! The XDP program enforces the same rules from its maps; this form is what
+//! the gateway enforces itself when XDP is unavailable, with the same order:
+//! allow wins, then a live verdict drops, then deny drops, then the budget.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use gateway_common::{SourceAddr, Verdict, VerdictReason, packet};
+use ipnet::IpNet;
+
+use crate::config::{Config, PolicySettings};
+
+/// An address as the kernel maps key it: IPv4 mapped into IPv6.
+pub fn source_addr(ip: IpAddr) -> SourceAddr {
+    match ip {
+        IpAddr::V4(v4) => SourceAddr::from_v4(v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SourceAddr::from_v4(v4.octets()),
+            None => SourceAddr::from_v6(v6.octets()),
+        },
+    }
+}
+
+/// A CIDR as (IPv6-mapped prefix bytes, prefix length), as the LPM tries key it.
+pub fn mapped_prefix(net: &IpNet) -> ([u8; 16], u32) {
+    match net {
+        IpNet::V4(n) => (
+            SourceAddr::from_v4(n.network().octets()).octets,
+            gateway_common::V4_MAPPED_PREFIX + u32::from(n.prefix_len()),
+        ),
+        IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    }
+}
+
+/// A set of CIDRs answering longest-prefix membership: one hash set per
+/// prefix length present, so a lookup costs one probe per distinct length.
+#[derive(Debug, Clone, Default)]
+pub struct CidrSet {
+    by_len: Vec<(u32, HashSet<u128>)>,
+}
+
+impl CidrSet {
+    /// Builds the set.
+    pub fn new(nets: &[IpNet]) -> Self {
+        let mut map: HashMap<u32, HashSet<u128>> = HashMap::new();
+        for n in nets {
+            let (bytes, len) = mapped_prefix(n);
+            map.entry(len)
+                .or_default()
+                .insert(u128::from_be_bytes(bytes));
+        }
+        let mut by_len: Vec<_> = map.into_iter().collect();
+        by_len.sort_by(|a, b| b.0.cmp(&a.0));
+        Self { by_len }
+    }
+
+    /// Whether any CIDR in the set contains `addr`.
+    pub fn contains(&self, addr: &SourceAddr) -> bool {
+        let a = u128::from_be_bytes(addr.octets);
+        self.by_len.iter().any(|(len, set)| {
+            let mask = if *len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            set.contains(&(a & mask))
+        })
+    }
+}
+
+/// Why a source was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It holds a live verdict.
+    Verdict(VerdictReason),
+    /// It is in a denied CIDR.
+    Denied,
+    /// It opened connections faster than its budget.
+    SynRate,
+}
+
+impl Refusal {
+    /// Stable reason code, the same words the XDP counters use.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Verdict(_) => "xdp.verdict",
+            Self::Denied => "xdp.denied",
+            Self::SynRate => "xdp.syn_rate",
+        }
+    }
+}
+
+/// The whole source policy, enforced in userspace.
+#[derive(Debug, Clone)]
+pub struct SourcePolicy {
+    allow: CidrSet,
+    deny: CidrSet,
+    verdicts: HashMap<SourceAddr, Verdict>,
+    tat: HashMap<SourceAddr, u64>,
+    interval_ns: u64,
+    tolerance_ns: u64,
+}
+
+/// Nanoseconds between admitted SYNs and the burst tolerance for a rate.
+pub fn syn_budget(rate: u32, burst: u32) -> (u64, u64) {
+    if rate == 0 {
+        return (0, 0);
+    }
+    let interval = 1_000_000_000 / u64::from(rate);
+    (interval, interval * u64::from(burst.saturating_sub(1)))
+}
+
+impl SourcePolicy {
+    /// The policy a configuration describes.
+    pub fn new(cfg: &Config) -> Self {
+        let PolicySettings { allow, deny } = &cfg.policy;
+        let (interval_ns, tolerance_ns) = syn_budget(cfg.xdp.syn_rate, cfg.xdp.syn_burst);
+        Self {
+            allow: CidrSet::new(allow),
+            deny: CidrSet::new(deny),
+            verdicts: HashMap::new(),
+            tat: HashMap::new(),
+            interval_ns,
+            tolerance_ns,
+        }
+    }
+
+    /// Places (or replaces) a verdict.
+    pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) {
+        self.verdicts.insert(source_addr(ip), verdict);
+    }
+
+    /// Removes expired verdicts and idle SYN state; returns how many verdicts went.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let before = self.verdicts.len();
+        self.verdicts
+            .retain(|_, v| packet::verdict_live(v.expires_at_ns, now_ns));
+        self.tat.retain(|_, tat| *tat > now_ns);
+        before - self.verdicts.len()
+    }
+
+    /// Decides on a new connection from `ip` at `now_ns`.
+    pub fn admit_connection(&mut self, ip: IpAddr, now_ns: u64) -> Result<(), Refusal> {
+        let src = source_addr(ip);
+        if self.allow.contains(&src) {
+            return Ok(());
+        }
+        if let Some(v) = self.verdicts.get(&src) {
+            if packet::verdict_live(v.expires_at_ns, now_ns) {
+                let reason = VerdictReason::from_u32(v.reason).unwrap_or(VerdictReason::Policy);
+                return Err(Refusal::Verdict(reason));
+            }
+        }
+        if self.deny.contains(&src) {
+            return Err(Refusal::Denied);
+        }
+        if self.interval_ns == 0 {
+            return Ok(());
+        }
+        let tat = self.tat.entry(src).or_insert(now_ns);
+        let before = (*tat).max(now_ns);
+        if packet::gcra_admits(before, now_ns, self.tolerance_ns) {
+            *tat = before + self.interval_ns;
+            Ok(())
+        } else {
+            Err(Refusal::SynRate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!("[listen]\nhttps = \"127.0.0.1:8443\"\n{extra}");
+        Config::parse(&text, "t.toml").expect("valid config")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn cidr_set_matches_both_families() {
+        let nets: Vec<IpNet> = ["198.18.1.0/24", "2001:db8::/32", "0.0.0.0/0"]
+            .iter()
+            .map(|s| s.parse().expect("cidr"))
+            .collect();
+        let set = CidrSet::new(&nets[..2]);
+        assert!(set.contains(&source_addr(ip("198.18.1.200"))));
+        assert!(!set.contains(&source_addr(ip("198.18.2.1"))));
+        assert!(set.contains(&source_addr(ip("2001:db8:1::5"))));
+        assert!(!set.contains(&source_addr(ip("2001:db9::1"))));
+        // An IPv4 /0 covers all of IPv4 and none of IPv6.
+        let all4 = CidrSet::new(&nets[2..]);
+        assert!(all4.contains(&source_addr(ip("203.0.113.9"))));
+        assert!(!all4.contains(&source_addr(ip("2001:db8::1"))));
+    }
+
+    #[test]
+    fn allow_wins_over_deny_and_verdicts() {
+        let mut p = SourcePolicy::new(&cfg(
+            "[policy]\nallow = [\"198.18.0.5/32\"]\ndeny = [\"198.18.0.0/16\"]\n",
+        ));
+        p.set_verdict(
+            ip("198.18.0.5"),
+            Verdict {
+                expires_at_ns: 100,
+                reason: 1,
+                _pad: 0,
+            },
+        );
+        assert_eq!(p.admit_connection(ip("198.18.0.5"), 0), Ok(()));
+        assert_eq!(
+            p.admit_connection(ip("198.18.0.6"), 0),
+            Err(Refusal::Denied)
+        );
+    }
+
+    #[test]
+    fn expired_verdict_passes() {
+        let mut p = SourcePolicy::new(&cfg(""));
+        p.set_verdict(
+            ip("2001:db8::7"),
+            Verdict {
+                expires_at_ns: 1000,
+                reason: 2,
+                _pad: 0,
+            },
+        );
+        assert_eq!(
+            p.admit_connection(ip("2001:db8::7"), 999),
+            Err(Refusal::Verdict(VerdictReason::RateLimit))
+        );
+        assert_eq!(p.admit_connection(ip("2001:db8::7"), 1000), Ok(()));
+        assert_eq!(p.sweep(1000), 1);
+    }
+
+    #[test]
+    fn syn_budget_holds_rate_and_burst() {
+        let mut p = SourcePolicy::new(&cfg("[xdp]\nsyn_rate = 10\nsyn_burst = 3\n"));
+        let a = ip("198.18.0.9");
+        let admitted = (0..10).filter(|_| p.admit_connection(a, 0).is_ok()).count();
+        assert_eq!(admitted, 3);
+        // 100 ms later one more slot is free, and another source is unaffected.
+        assert!(p.admit_connection(a, 100_000_000).is_ok());
+        assert!(p.admit_connection(a, 100_000_000).is_err());
+        assert!(p.admit_connection(ip("198.18.0.10"), 100_000_000).is_ok());
+    }
+}

@@ -1,0 +1,359 @@
+//! The kernel data plane: loads the XDP program, fills its maps from the
+//! configuration, attaches it, and later writes verdicts and reads counters.
+//!
+//! Maps are filled before the program is attached, and nothing is pinned: a
+//! failure at any step drops the whole object, so no half-configured program
+//! or stale map is left behind. The attachment is a BPF link owned by this
+//! process, so the kernel detaches it when the process exits, however it exits.
+
+use std::{io, net::IpAddr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+};
+use gateway_common::{
+    CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKind, PortPolicy, SourceAddr,
+    VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
+};
+use ipnet::IpNet;
+
+use crate::{
+    config::{AttachMode, Config, PlainHttpOnTls},
+    policy::{mapped_prefix, source_addr, syn_budget},
+};
+
+/// The XDP object built by `cargo xtask`, embedded in the binary.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf.o"));
+
+/// What went wrong with the kernel data plane, and whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// The process may not load BPF programs (needs root or CAP_BPF + CAP_NET_ADMIN).
+    #[error(
+        "no permission to load XDP programs (run as root or grant CAP_BPF and CAP_NET_ADMIN): {0}"
+    )]
+    NoPrivilege(String),
+    /// The kernel lacks BPF or XDP support.
+    #[error("this kernel cannot run the XDP program: {0}")]
+    Unsupported(String),
+    /// The configured interface does not exist.
+    #[error("interface `{0}` does not exist (xdp.interface)")]
+    UnknownInterface(String),
+    /// Another XDP program already holds the interface.
+    #[error(
+        "interface `{0}` already has an XDP program attached (another gateway?); detach it first: ip link set dev {0} xdp off"
+    )]
+    SlotTaken(String),
+    /// Native mode was asked for on a driver without it.
+    #[error("interface `{0}` has no native XDP support; set xdp.mode = \"skb\" or \"auto\"")]
+    DriverModeUnsupported(String),
+    /// A map has no room left.
+    #[error("map {map} is full ({capacity} entries): {what}")]
+    MapFull {
+        /// Which map.
+        map: &'static str,
+        /// Its capacity.
+        capacity: u32,
+        /// What did not fit.
+        what: String,
+    },
+    /// Anything else the kernel or loader refused (a bug on our side).
+    #[error("{context}: {source}")]
+    Kernel {
+        /// What we were doing.
+        context: String,
+        /// The loader's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl XdpError {
+    /// Whether the gateway should enforce its policy in userspace instead.
+    pub fn falls_back_to_userspace(&self) -> bool {
+        matches!(self, Self::NoPrivilege(_) | Self::Unsupported(_))
+    }
+}
+
+/// The first OS error in an error's source chain.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return Some(code);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Classifies a loader error by the OS error under it.
+fn classify<E: std::error::Error + Send + Sync + 'static>(context: &str, e: E) -> XdpError {
+    match os_error(&e) {
+        Some(libc::EPERM | libc::EACCES) => XdpError::NoPrivilege(format!("{context}: {e}")),
+        Some(libc::ENOSYS) => XdpError::Unsupported(format!("{context}: {e}")),
+        _ => XdpError::Kernel {
+            context: context.to_owned(),
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Counter values summed over CPUs, indexed by [`Outcome`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Outcome::COUNT as usize]);
+
+impl Counters {
+    /// One outcome's count.
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.0[o as usize]
+    }
+
+    /// All packets dropped for any reason.
+    pub fn dropped(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.name().starts_with("dropped"))
+            .map(|o| self.get(*o))
+            .sum()
+    }
+}
+
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={}", o.name(), self.get(*o))?;
+        }
+        Ok(())
+    }
+}
+
+/// The loaded (and possibly attached) XDP program with its maps.
+pub struct DataPlane {
+    ebpf: Ebpf,
+    verdicts: HashMap<MapData, SourceAddr, Verdict>,
+    deny: LpmTrie<MapData, [u8; 16], u8>,
+    allow: LpmTrie<MapData, [u8; 16], u8>,
+    ports: HashMap<MapData, u16, PortPolicy>,
+    config: Array<MapData, XdpConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    attached: Option<String>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| XdpError::Kernel {
+        context: format!("the XDP object has no map {name}"),
+        source: "missing map".into(),
+    })?;
+    T::try_from(map).map_err(|e| classify(&format!("opening map {name}"), e))
+}
+
+fn map_err(map: &'static str, capacity: u32, what: String, e: aya::maps::MapError) -> XdpError {
+    if os_error(&e) == Some(libc::E2BIG) {
+        XdpError::MapFull {
+            map,
+            capacity,
+            what,
+        }
+    } else {
+        classify(&format!("writing {what} into {map}"), e)
+    }
+}
+
+impl DataPlane {
+    /// Loads the embedded object and verifies the program, attaching nothing.
+    pub fn load() -> Result<Self, XdpError> {
+        Self::load_object(OBJECT)
+    }
+
+    /// Loads an object and verifies its program, attaching nothing.
+    pub fn load_object(object: &[u8]) -> Result<Self, XdpError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(object)
+            .map_err(|e| classify("loading the XDP object", e))?;
+        let prog: &mut Xdp = program(&mut ebpf)?;
+        prog.load()
+            .map_err(|e| classify("verifying the XDP program", e))?;
+        Ok(Self {
+            verdicts: take(&mut ebpf, map_names::VERDICTS)?,
+            deny: take(&mut ebpf, map_names::DENY)?,
+            allow: take(&mut ebpf, map_names::ALLOW)?,
+            ports: take(&mut ebpf, map_names::PORTS)?,
+            config: take(&mut ebpf, map_names::CONFIG)?,
+            counters: take(&mut ebpf, map_names::COUNTERS)?,
+            ebpf,
+            attached: None,
+        })
+    }
+
+    /// Writes the configuration's ports, knobs and CIDR lists into the maps.
+    pub fn configure(&mut self, cfg: &Config) -> Result<(), XdpError> {
+        let (syn_interval_ns, syn_tolerance_ns) = syn_budget(cfg.xdp.syn_rate, cfg.xdp.syn_burst);
+        let knobs = XdpConfig {
+            syn_interval_ns,
+            syn_tolerance_ns,
+            plain_http_action: match cfg.xdp.plain_http_on_tls {
+                PlainHttpOnTls::Pass => PlainHttpAction::Pass,
+                PlainHttpOnTls::Drop => PlainHttpAction::Drop,
+                PlainHttpOnTls::Reset => PlainHttpAction::Reset,
+            } as u32,
+            _pad: 0,
+        };
+        self.config
+            .set(0, knobs, 0)
+            .map_err(|e| classify("writing the XDP configuration", e))?;
+        self.set_port(cfg.https.port(), PortKind::Tls)?;
+        if cfg.https_only {
+            self.set_port(cfg.plain_http_port, PortKind::PlainHttpDrop)?;
+        }
+        for net in &cfg.policy.deny {
+            insert_cidr(&mut self.deny, map_names::DENY, net)?;
+        }
+        for net in &cfg.policy.allow {
+            insert_cidr(&mut self.allow, map_names::ALLOW, net)?;
+        }
+        Ok(())
+    }
+
+    /// Marks a destination port.
+    pub fn set_port(&mut self, port: u16, kind: PortKind) -> Result<(), XdpError> {
+        self.ports
+            .insert(port, PortPolicy { kind: kind as u32 }, 0)
+            .map_err(|e| {
+                map_err(
+                    map_names::PORTS,
+                    gateway_common::PORT_CAPACITY,
+                    format!("port {port}"),
+                    e,
+                )
+            })
+    }
+
+    /// Attaches the program to `interface`.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), XdpError> {
+        let xdp_mode = match mode {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        let prog = program(&mut self.ebpf)?;
+        match prog.attach(interface, xdp_mode) {
+            Ok(_) => {
+                self.attached = Some(interface.to_owned());
+                Ok(())
+            }
+            Err(ProgramError::UnknownInterface { name }) => Err(XdpError::UnknownInterface(name)),
+            Err(e) => Err(match os_error(&e) {
+                Some(libc::EBUSY | libc::EEXIST) => XdpError::SlotTaken(interface.to_owned()),
+                Some(libc::EOPNOTSUPP) if mode == AttachMode::Driver => {
+                    XdpError::DriverModeUnsupported(interface.to_owned())
+                }
+                Some(libc::EOPNOTSUPP) => {
+                    XdpError::Unsupported(format!("attaching to {interface}: {e}"))
+                }
+                _ => classify(&format!("attaching to {interface}"), e),
+            }),
+        }
+    }
+
+    /// The interface the program is attached to, if any.
+    pub fn attached_to(&self) -> Option<&str> {
+        self.attached.as_deref()
+    }
+
+    /// Places (or replaces) a verdict on a source address.
+    pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) -> Result<(), XdpError> {
+        self.verdicts
+            .insert(source_addr(ip), verdict, 0)
+            .map_err(|e| {
+                map_err(
+                    map_names::VERDICTS,
+                    VERDICT_CAPACITY,
+                    format!("verdict for {ip}"),
+                    e,
+                )
+            })
+    }
+
+    /// Removes verdicts that expired before `now_ns`; returns how many.
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<usize, XdpError> {
+        let expired: Vec<SourceAddr> = self
+            .verdicts
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| !gateway_common::packet::verdict_live(v.expires_at_ns, now_ns))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            // Gone already (raced with another writer) is fine.
+            let _ = self.verdicts.remove(k);
+        }
+        Ok(expired.len())
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, XdpError> {
+        let mut out = Counters::default();
+        for (i, slot) in out.0.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|e| classify("reading counters", e))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the
+    /// XDP action and the frame as the program left it.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        let prog = program(&mut self.ebpf)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let res = prog
+            .test_run(opts)
+            .map_err(|e| classify("BPF_PROG_TEST_RUN", e))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// The kernel's id of the loaded program (for bpftool).
+    pub fn program_id(&mut self) -> Result<u32, XdpError> {
+        let prog = program(&mut self.ebpf)?;
+        prog.info()
+            .map(|i| i.id())
+            .map_err(|e| classify("reading program info", e))
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    let p = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| XdpError::Kernel {
+            context: format!("the XDP object has no program {PROGRAM_NAME}"),
+            source: "missing program".into(),
+        })?;
+    p.try_into()
+        .map_err(|e| classify("opening the XDP program", e))
+}
+
+fn insert_cidr(
+    trie: &mut LpmTrie<MapData, [u8; 16], u8>,
+    name: &'static str,
+    net: &IpNet,
+) -> Result<(), XdpError> {
+    let (bytes, len) = mapped_prefix(net);
+    trie.insert(&Key::new(len, bytes), 1, 0)
+        .map_err(|e| map_err(name, CIDR_CAPACITY, format!("CIDR {net}"), e))
+}

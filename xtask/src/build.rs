@@ -1,0 +1,89 @@
+//! Building the XDP object and the gateway.
+//!
+//! xtask (not a `build.rs`) builds the eBPF object: it needs nightly,
+//! build-std and a linker that xtask installs, and a build script running
+//! cargo inside cargo would fight over the one target directory we keep.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::toolchain;
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The target directory everything shares.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the eBPF object with nightly and returns its path.
+pub fn ebpf() -> Result<PathBuf> {
+    let tc = toolchain::ensure()?;
+    let rustflags = format!(
+        "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3 -C linker={}",
+        tc.bpf_linker.display()
+    );
+    let status = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "--quiet"])
+        .args(["--package", "gateway-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", rustflags)
+        // The outer (stable) cargo's settings must not leak into nightly's.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .context("running cargo +nightly")?;
+    if !status.success() {
+        bail!("building gateway-ebpf failed (see the compiler output above)");
+    }
+    let obj = target_dir().join("bpfel-unknown-none/release/gateway-ebpf");
+    if !obj.is_file() {
+        bail!("cargo built gateway-ebpf but {} is missing", obj.display());
+    }
+    Ok(obj)
+}
+
+/// A stable cargo command in the workspace, told where the eBPF object is.
+pub fn cargo(obj: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root())
+        .env("GATEWAY_EBPF_OBJECT", obj)
+        .env("CARGO_TARGET_DIR", target_dir());
+    cmd
+}
+
+/// Builds the gateway (release) and returns the binary's path.
+pub fn gateway_release(obj: &Path) -> Result<PathBuf> {
+    let status = cargo(obj)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "gateway",
+            "--bin",
+            "gateway",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the gateway failed (see the compiler output above)");
+    }
+    Ok(target_dir().join("release/gateway"))
+}

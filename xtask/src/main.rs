@@ -1,0 +1,133 @@
+//! `cargo xtask`: what cargo alone cannot do for this workspace — install the
+//! eBPF toolchain, build the XDP object, attach and run, run the privileged
+//! test suite, and benchmark against peers.
+
+mod build;
+mod toolchain;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark the gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker) if missing.
+    Toolchain,
+    /// Build the eBPF object and the gateway (release).
+    Build,
+    /// Build everything, attach XDP and run the gateway (embedded default
+    /// config unless `--config FILE` is given). Extra args go to `gateway run`.
+    Run {
+        /// Arguments passed to `gateway run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every unit and end-to-end test (the privileged ones need root).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lint the host workspace and the eBPF crate.
+    Clippy,
+    /// Benchmarks: `xdp` (kernel drop path vs nftables).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["xdp"])]
+        which: String,
+        /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Toolchain => {
+            let tc = toolchain::ensure()?;
+            println!("bpf-linker: {}", tc.bpf_linker.display());
+            Ok(())
+        }
+        Cmd::Build => {
+            let obj = build::ebpf()?;
+            let bin = build::gateway_release(&obj)?;
+            println!(
+                "eBPF object: {}\ngateway:     {}",
+                obj.display(),
+                bin.display()
+            );
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            let obj = build::ebpf()?;
+            let bin = build::gateway_release(&obj)?;
+            exec(Command::new(bin).arg("run").args(args))
+        }
+        Cmd::Test { args } => {
+            let obj = build::ebpf()?;
+            let mut cmd = build::cargo(&obj);
+            cmd.arg("test");
+            if !args.iter().any(|a| a == "--") {
+                cmd.args(&args);
+            } else {
+                cmd.args(args);
+            }
+            exec(&mut cmd)
+        }
+        Cmd::Clippy => {
+            let obj = build::ebpf()?;
+            exec(build::cargo(&obj).args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+        }
+        Cmd::Bench { which, args } => {
+            let obj = build::ebpf()?;
+            let status = build::cargo(&obj)
+                .args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "gateway-benches",
+                    "--bin",
+                    "gateway-bench",
+                ])
+                .status()
+                .context("running cargo build")?;
+            if !status.success() {
+                bail!("building the benchmarks failed");
+            }
+            let bin = build::target_dir().join("release/gateway-bench");
+            exec(Command::new(bin).arg(which).args(args))
+        }
+    }
+}
+
+/// Runs a child to completion and turns its failure into ours.
+fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} exited with {status}", cmd.get_program());
+    }
+    Ok(())
+}

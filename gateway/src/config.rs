@@ -159,9 +159,9 @@ fn default_stats_secs() -> u64 {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
-    allow: Vec<IpNet>,
+    allow: Option<Spanned<Vec<IpNet>>>,
     #[serde(default)]
-    deny: Vec<IpNet>,
+    deny: Option<Spanned<Vec<IpNet>>>,
 }
 
 /// The validated configuration.
@@ -243,7 +243,8 @@ impl Config {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
         let raw: File = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // Spanned<T> wraps the value in a private field; keep the key clean.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             invalid(inner.span(), key, inner.message().to_owned())
         })?;
@@ -280,6 +281,25 @@ impl Config {
                 "must differ from the HTTPS port".into(),
             ));
         }
+        let mut lists = [Vec::new(), Vec::new()];
+        for (i, (key, list)) in
+            [("policy.allow", &raw.policy.allow), ("policy.deny", &raw.policy.deny)].into_iter().enumerate()
+        {
+            let Some(list) = list else { continue };
+            if list.get_ref().len() > gateway_common::CIDR_CAPACITY as usize {
+                return Err(invalid(
+                    Some(list.span()),
+                    key.into(),
+                    format!(
+                        "{} CIDRs, more than the kernel's trie holds ({})",
+                        list.get_ref().len(),
+                        gateway_common::CIDR_CAPACITY
+                    ),
+                ));
+            }
+            lists[i] = list.get_ref().iter().map(IpNet::trunc).collect();
+        }
+        let [allow, deny] = lists;
         Ok(Config {
             source: file.to_owned(),
             https: raw.listen.https,
@@ -295,10 +315,7 @@ impl Config {
                 sweep_interval_ms: xdp.sweep_interval_ms.max(10),
                 stats_interval_secs: xdp.stats_interval_secs,
             },
-            policy: PolicySettings {
-                allow: raw.policy.allow.iter().map(IpNet::trunc).collect(),
-                deny: raw.policy.deny.iter().map(IpNet::trunc).collect(),
-            },
+            policy: PolicySettings { allow, deny },
         })
     }
 }
@@ -393,6 +410,15 @@ mod tests {
     fn missing_listen_is_reported() {
         let e = err("[xdp]\nmode = \"skb\"\n");
         assert!(e.contains("missing field `listen`"), "{e}");
+    }
+
+    #[test]
+    fn too_many_cidrs_are_refused() {
+        let many: Vec<String> = (0..=gateway_common::CIDR_CAPACITY)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        let e = err(&format!("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [{}]\n", many.join(",")));
+        assert!(e.starts_with("t.toml:4: policy.allow: 16385 CIDRs, more than"), "{e}");
     }
 
     #[test]

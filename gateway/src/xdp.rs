@@ -158,7 +158,7 @@ where
 }
 
 fn map_err(map: &'static str, capacity: u32, what: String, e: aya::maps::MapError) -> XdpError {
-    if os_error(&e) == Some(libc::E2BIG) {
+    if matches!(os_error(&e), Some(libc::E2BIG | libc::ENOSPC)) {
         XdpError::MapFull {
             map,
             capacity,

@@ -159,7 +159,7 @@ impl Testbed {
             "-6",
             "addr",
             "add",
-            &format!("2001:2:0:{n}::1/64"),
+            &format!("2001:2:0:{n:x}::1/64"),
             "dev",
             &bed.server_if,
             "nodad",
@@ -178,7 +178,7 @@ impl Testbed {
                 "-6",
                 "addr",
                 "add",
-                &format!("2001:2:0:{n}::{host}/64"),
+                &format!("2001:2:0:{n:x}::{host}/64"),
                 "dev",
                 &bed.client_if,
                 "nodad",
@@ -188,11 +188,6 @@ impl Testbed {
             .exec(&["ip", "link", "set", &bed.server_if, "up"])?;
         bed.client
             .exec(&["ip", "link", "set", &bed.client_if, "up"])?;
-        // Native XDP_TX on veth needs NAPI on the peer, which GRO turns on.
-        bed.client
-            .exec(&["ethtool", "-K", &bed.client_if, "gro", "on"])?;
-        bed.server
-            .exec(&["ethtool", "-K", &bed.server_if, "gro", "on"])?;
         Ok(bed)
     }
 
@@ -361,5 +356,89 @@ pub mod frame {
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x08, 0x06]);
         f.extend_from_slice(&[0u8; 28]);
         f
+    }
+}
+
+/// The `gateway` binary built beside this test (target/<profile>/gateway).
+pub fn gateway_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/gateway
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("gateway"))
+        .expect("test binary lives in target/<profile>/deps");
+    assert!(bin.is_file(), "{} is missing: run the suite with `cargo xtask test`", bin.display());
+    bin
+}
+
+/// A running gateway process whose stderr is collected line by line; killed
+/// on drop if still running.
+pub struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Spawns `cmd` with stderr captured.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Sends `sig` and waits up to `timeout` for the exit status.
+    pub fn stop(&mut self, sig: nix::sys::signal::Signal, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, sig);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -303,3 +303,22 @@ fn sweep_removes_only_expired_verdicts() {
         .expect("run");
     assert_eq!(action, DROP);
 }
+
+#[test]
+fn a_full_map_is_one_clear_error() {
+    require_root();
+    let mut dp = DataPlane::load().expect("load");
+    let mut err = None;
+    for port in 1..=gateway_common::PORT_CAPACITY + 1 {
+        if let Err(e) = dp.set_port(port as u16, gateway_common::PortKind::Tls) {
+            err = Some((port, e));
+            break;
+        }
+    }
+    let (port, err) = err.expect("the port map fills up");
+    assert_eq!(port, gateway_common::PORT_CAPACITY + 1);
+    assert_eq!(
+        err.to_string(),
+        format!("map PORTS is full ({} entries): port {port}", gateway_common::PORT_CAPACITY)
+    );
+}

@@ -1,0 +1,151 @@
+//! The `gateway` binary as an operator meets it: `--help`, `check`, `run`,
+//! its error lines, the userspace fallback, and a clean stop that detaches.
+
+use std::{process::Command, time::Duration};
+
+use gateway_tests::{NetNs, Running, gateway_bin, require_root};
+use nix::sys::signal::Signal;
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn output(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(gateway_bin()).args(args).output().expect("run gateway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let (code, out, _) = output(&["--help"]);
+    assert_eq!(code, 0);
+    for cmd in ["run", "check", "default-config"] {
+        assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
+    }
+}
+
+#[test]
+fn check_accepts_the_embedded_default() {
+    let (code, out, err) = output(&["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("<embedded default>: ok"), "{out}");
+    assert!(out.contains("127.0.0.1:8443"), "{out}");
+}
+
+#[test]
+fn check_reports_file_line_and_key() {
+    let path = write_config(
+        "bad-cidr.toml",
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n\n[policy]\ndeny = [\"198.18.0.0/33\"]\n",
+    );
+    let p = path.display().to_string();
+    let (code, _, err) = output(&["check", "--config", &p]);
+    assert_eq!(code, 1);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with(&format!("gateway: error: {p}:5: policy.deny[0]: ")), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let (code, _, err) = output(&["check", "--config", "/nonexistent/gateway.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/gateway.toml: cannot read"), "{err}");
+}
+
+fn ns_config(name: &str, iface: &str) -> std::path::PathBuf {
+    write_config(
+        name,
+        &format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\ninterface = \"{iface}\"\nsweep_interval_ms = 50\n"
+        ),
+    )
+}
+
+fn run_in(ns: &NetNs, config: &std::path::Path) -> Running {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()]).arg(gateway_bin()).arg("run").arg("--config").arg(config);
+    Running::spawn(cmd)
+}
+
+#[test]
+fn run_attaches_refuses_a_second_instance_and_detaches_on_sigterm() {
+    require_root();
+    let ns = NetNs::new(&format!("gwt-cli-{}", std::process::id())).expect("namespace");
+    let cfg = ns_config("lo.toml", "lo");
+    let mut first = run_in(&ns, &cfg);
+    assert!(
+        first.wait_for_line("running;", Duration::from_secs(10)).is_some(),
+        "first gateway did not start: {:?}",
+        first.seen
+    );
+    assert!(first.seen.iter().any(|l| l.contains("XDP attached to lo")), "{:?}", first.seen);
+
+    let mut second = run_in(&ns, &cfg);
+    let status = second.stop(Signal::SIGCONT, Duration::from_secs(10)).expect("second exits by itself");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        second.seen.iter().any(|l| l.contains("interface `lo` already has an XDP program attached")),
+        "{:?}",
+        second.seen
+    );
+
+    let status = first.stop(Signal::SIGTERM, Duration::from_secs(10)).expect("first stops on SIGTERM");
+    assert!(status.success(), "{status}: {:?}", first.seen);
+    assert!(first.seen.iter().any(|l| l.contains("XDP detached from lo")), "{:?}", first.seen);
+    let link = ns.exec(&["ip", "link", "show", "dev", "lo"]).expect("ip link");
+    assert!(!link.contains("xdp"), "still attached: {link}");
+}
+
+#[test]
+fn run_with_an_unknown_interface_fails_in_one_line() {
+    require_root();
+    let ns = NetNs::new(&format!("gwt-cli-if-{}", std::process::id())).expect("namespace");
+    let cfg = ns_config("nosuch.toml", "nosuch0");
+    let mut gw = run_in(&ns, &cfg);
+    let status = gw.stop(Signal::SIGCONT, Duration::from_secs(10)).expect("exits by itself");
+    assert_eq!(status.code(), Some(1));
+    let errors: Vec<_> = gw.seen.iter().filter(|l| l.contains("error")).collect();
+    assert_eq!(
+        errors,
+        ["gateway: error: interface `nosuch0` does not exist (xdp.interface)"],
+        "{:?}",
+        gw.seen
+    );
+    let link = ns.exec(&["ip", "link", "show", "dev", "lo"]).expect("ip link");
+    assert!(!link.contains("xdp"), "something attached: {link}");
+}
+
+#[test]
+fn without_privilege_policy_moves_to_userspace_after_one_warning() {
+    require_root();
+    let cfg = ns_config("unprivileged.toml", "lo");
+    // Readable by the unprivileged user.
+    let dir = cfg.parent().expect("dir");
+    for p in [dir, cfg.as_path()] {
+        let _ = Command::new("chmod").arg("a+rx").arg(p).status();
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(gateway_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg);
+    let mut gw = Running::spawn(cmd);
+    assert!(gw.wait_for_line("running;", Duration::from_secs(10)).is_some(), "{:?}", gw.seen);
+    let warnings: Vec<_> = gw.seen.iter().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{:?}", gw.seen);
+    assert!(warnings[0].contains("XDP unavailable, enforcing the same policy in userspace"), "{warnings:?}");
+    assert!(warnings[0].contains("no permission"), "{warnings:?}");
+    assert!(gw.seen.iter().any(|l| l.contains("policy enforced in userspace")), "{:?}", gw.seen);
+    let status = gw.stop(Signal::SIGINT, Duration::from_secs(10)).expect("stops on SIGINT");
+    assert!(status.success(), "{status}");
+}

@@ -244,7 +244,10 @@ impl Config {
             .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
         let raw: File = serde_path_to_error::deserialize(de).map_err(|e| {
             // Spanned<T> wraps the value in a private field; keep the key clean.
-            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let key = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             invalid(inner.span(), key, inner.message().to_owned())
         })?;
@@ -282,8 +285,12 @@ impl Config {
             ));
         }
         let mut lists = [Vec::new(), Vec::new()];
-        for (i, (key, list)) in
-            [("policy.allow", &raw.policy.allow), ("policy.deny", &raw.policy.deny)].into_iter().enumerate()
+        for (i, (key, list)) in [
+            ("policy.allow", &raw.policy.allow),
+            ("policy.deny", &raw.policy.deny),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let Some(list) = list else { continue };
             if list.get_ref().len() > gateway_common::CIDR_CAPACITY as usize {
@@ -417,8 +424,14 @@ mod tests {
         let many: Vec<String> = (0..=gateway_common::CIDR_CAPACITY)
             .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
             .collect();
-        let e = err(&format!("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [{}]\n", many.join(",")));
-        assert!(e.starts_with("t.toml:4: policy.allow: 16385 CIDRs, more than"), "{e}");
+        let e = err(&format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [{}]\n",
+            many.join(",")
+        ));
+        assert!(
+            e.starts_with("t.toml:4: policy.allow: 16385 CIDRs, more than"),
+            "{e}"
+        );
     }
 
     #[test]

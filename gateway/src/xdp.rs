@@ -328,6 +328,15 @@ impl DataPlane {
         Ok((res.return_value, out))
     }
 
+    /// The program's cumulative run time and run count (counted only while
+    /// BPF run-time stats are enabled, see `aya::sys::enable_stats`).
+    pub fn run_stats(&mut self) -> Result<(std::time::Duration, u64), XdpError> {
+        let prog = program(&mut self.ebpf)?;
+        prog.info()
+            .map(|i| (i.run_time(), i.run_count()))
+            .map_err(|e| classify("reading program info", e))
+    }
+
     /// The kernel's id of the loaded program (for bpftool).
     pub fn program_id(&mut self) -> Result<u32, XdpError> {
         let prog = program(&mut self.ebpf)?;

@@ -368,7 +368,11 @@ pub fn gateway_bin() -> std::path::PathBuf {
         .and_then(|deps| deps.parent())
         .map(|profile| profile.join("gateway"))
         .expect("test binary lives in target/<profile>/deps");
-    assert!(bin.is_file(), "{} is missing: run the suite with `cargo xtask test`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the suite with `cargo xtask test`",
+        bin.display()
+    );
     bin
 }
 
@@ -384,19 +388,27 @@ pub struct Running {
 impl Running {
     /// Spawns `cmd` with stderr captured.
     pub fn spawn(mut cmd: Command) -> Self {
-        cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        cmd.stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
         let mut child = cmd.spawn().expect("spawn gateway");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        Self { child, lines, seen: Vec::new() }
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits up to `timeout` for a stderr line containing `needle`.
@@ -417,7 +429,11 @@ impl Running {
     }
 
     /// Sends `sig` and waits up to `timeout` for the exit status.
-    pub fn stop(&mut self, sig: nix::sys::signal::Signal, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn stop(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, sig);
         let deadline = Instant::now() + timeout;

@@ -15,7 +15,10 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn output(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(gateway_bin()).args(args).output().expect("run gateway");
+    let out = Command::new(gateway_bin())
+        .args(args)
+        .output()
+        .expect("run gateway");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,7 +53,10 @@ fn check_reports_file_line_and_key() {
     let (code, _, err) = output(&["check", "--config", &p]);
     assert_eq!(code, 1);
     let first = err.lines().next().unwrap_or_default();
-    assert!(first.starts_with(&format!("gateway: error: {p}:5: policy.deny[0]: ")), "{err}");
+    assert!(
+        first.starts_with(&format!("gateway: error: {p}:5: policy.deny[0]: ")),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
@@ -58,7 +64,10 @@ fn check_reports_file_line_and_key() {
 fn check_reports_a_missing_file() {
     let (code, _, err) = output(&["check", "--config", "/nonexistent/gateway.toml"]);
     assert_eq!(code, 1);
-    assert!(err.contains("/nonexistent/gateway.toml: cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/gateway.toml: cannot read"),
+        "{err}"
+    );
 }
 
 fn ns_config(name: &str, iface: &str) -> std::path::PathBuf {
@@ -72,7 +81,11 @@ fn ns_config(name: &str, iface: &str) -> std::path::PathBuf {
 
 fn run_in(ns: &NetNs, config: &std::path::Path) -> Running {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()]).arg(gateway_bin()).arg("run").arg("--config").arg(config);
+    cmd.args(["netns", "exec", ns.name()])
+        .arg(gateway_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(config);
     Running::spawn(cmd)
 }
 
@@ -83,25 +96,47 @@ fn run_attaches_refuses_a_second_instance_and_detaches_on_sigterm() {
     let cfg = ns_config("lo.toml", "lo");
     let mut first = run_in(&ns, &cfg);
     assert!(
-        first.wait_for_line("running;", Duration::from_secs(10)).is_some(),
+        first
+            .wait_for_line("running;", Duration::from_secs(10))
+            .is_some(),
         "first gateway did not start: {:?}",
         first.seen
     );
-    assert!(first.seen.iter().any(|l| l.contains("XDP attached to lo")), "{:?}", first.seen);
+    assert!(
+        first.seen.iter().any(|l| l.contains("XDP attached to lo")),
+        "{:?}",
+        first.seen
+    );
 
     let mut second = run_in(&ns, &cfg);
-    let status = second.stop(Signal::SIGCONT, Duration::from_secs(10)).expect("second exits by itself");
+    let status = second
+        .stop(Signal::SIGCONT, Duration::from_secs(10))
+        .expect("second exits by itself");
     assert_eq!(status.code(), Some(1));
     assert!(
-        second.seen.iter().any(|l| l.contains("interface `lo` already has an XDP program attached")),
+        second
+            .seen
+            .iter()
+            .any(|l| l.contains("interface `lo` already has an XDP program attached")),
         "{:?}",
         second.seen
     );
 
-    let status = first.stop(Signal::SIGTERM, Duration::from_secs(10)).expect("first stops on SIGTERM");
+    let status = first
+        .stop(Signal::SIGTERM, Duration::from_secs(10))
+        .expect("first stops on SIGTERM");
     assert!(status.success(), "{status}: {:?}", first.seen);
-    assert!(first.seen.iter().any(|l| l.contains("XDP detached from lo")), "{:?}", first.seen);
-    let link = ns.exec(&["ip", "link", "show", "dev", "lo"]).expect("ip link");
+    assert!(
+        first
+            .seen
+            .iter()
+            .any(|l| l.contains("XDP detached from lo")),
+        "{:?}",
+        first.seen
+    );
+    let link = ns
+        .exec(&["ip", "link", "show", "dev", "lo"])
+        .expect("ip link");
     assert!(!link.contains("xdp"), "still attached: {link}");
 }
 
@@ -111,7 +146,9 @@ fn run_with_an_unknown_interface_fails_in_one_line() {
     let ns = NetNs::new(&format!("gwt-cli-if-{}", std::process::id())).expect("namespace");
     let cfg = ns_config("nosuch.toml", "nosuch0");
     let mut gw = run_in(&ns, &cfg);
-    let status = gw.stop(Signal::SIGCONT, Duration::from_secs(10)).expect("exits by itself");
+    let status = gw
+        .stop(Signal::SIGCONT, Duration::from_secs(10))
+        .expect("exits by itself");
     assert_eq!(status.code(), Some(1));
     let errors: Vec<_> = gw.seen.iter().filter(|l| l.contains("error")).collect();
     assert_eq!(
@@ -120,7 +157,9 @@ fn run_with_an_unknown_interface_fails_in_one_line() {
         "{:?}",
         gw.seen
     );
-    let link = ns.exec(&["ip", "link", "show", "dev", "lo"]).expect("ip link");
+    let link = ns
+        .exec(&["ip", "link", "show", "dev", "lo"])
+        .expect("ip link");
     assert!(!link.contains("xdp"), "something attached: {link}");
 }
 
@@ -134,18 +173,40 @@ fn without_privilege_policy_moves_to_userspace_after_one_warning() {
         let _ = Command::new("chmod").arg("a+rx").arg(p).status();
     }
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
-        .arg(gateway_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg);
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .arg(gateway_bin())
+    .arg("run")
+    .arg("--config")
+    .arg(&cfg);
     let mut gw = Running::spawn(cmd);
-    assert!(gw.wait_for_line("running;", Duration::from_secs(10)).is_some(), "{:?}", gw.seen);
+    assert!(
+        gw.wait_for_line("running;", Duration::from_secs(10))
+            .is_some(),
+        "{:?}",
+        gw.seen
+    );
     let warnings: Vec<_> = gw.seen.iter().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "{:?}", gw.seen);
-    assert!(warnings[0].contains("XDP unavailable, enforcing the same policy in userspace"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("XDP unavailable, enforcing the same policy in userspace"),
+        "{warnings:?}"
+    );
     assert!(warnings[0].contains("no permission"), "{warnings:?}");
-    assert!(gw.seen.iter().any(|l| l.contains("policy enforced in userspace")), "{:?}", gw.seen);
-    let status = gw.stop(Signal::SIGINT, Duration::from_secs(10)).expect("stops on SIGINT");
+    assert!(
+        gw.seen
+            .iter()
+            .any(|l| l.contains("policy enforced in userspace")),
+        "{:?}",
+        gw.seen
+    );
+    let status = gw
+        .stop(Signal::SIGINT, Duration::from_secs(10))
+        .expect("stops on SIGINT");
     assert!(status.success(), "{status}");
 }

@@ -23,7 +23,9 @@ use gateway_tests::{Testbed, connect_from, require_root, syn_flood};
 const TLS_PORT: u16 = 8443;
 const SYN_RATE: u32 = 50;
 const SYN_BURST: u32 = 10;
-const HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c, 0x03, 0x03];
+const HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c, 0x03, 0x03,
+];
 /// How long a dropped SYN is waited for before calling it dropped.
 const DROPPED: Duration = Duration::from_millis(400);
 /// How long a passing connect may take on a veth.
@@ -39,7 +41,9 @@ struct Recorder {
 
 impl Recorder {
     fn start(listener: TcpListener) -> Self {
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (seen.clone(), stop.clone());
@@ -64,7 +68,11 @@ impl Recorder {
                 }
             }
         });
-        Self { seen, stop, thread: Some(thread) }
+        Self {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn seen(&self) -> Vec<Vec<u8>> {
@@ -84,9 +92,15 @@ impl Drop for Recorder {
 fn config(bed: &Testbed, v6: bool, mode: AttachMode) -> Config {
     let server = SocketAddr::new(bed.server_ip(v6), TLS_PORT);
     let (deny, allow) = if v6 {
-        (format!("{}/127", bed.host_ip(true, 4)), format!("{}/128", bed.host_ip(true, 5)))
+        (
+            format!("{}/127", bed.host_ip(true, 4)),
+            format!("{}/128", bed.host_ip(true, 5)),
+        )
     } else {
-        (format!("{}/31", bed.host_ip(false, 4)), format!("{}/32", bed.host_ip(false, 5)))
+        (
+            format!("{}/31", bed.host_ip(false, 4)),
+            format!("{}/32", bed.host_ip(false, 5)),
+        )
     };
     let text = format!(
         r#"
@@ -133,7 +147,8 @@ fn scenario(mode: AttachMode, v6: bool) {
     let _peer = (mode == AttachMode::Driver).then(|| {
         bed.client.run(|| {
             let mut peer = DataPlane::load().expect("load peer program");
-            peer.attach(&bed.client_if, mode).expect("attach peer program");
+            peer.attach(&bed.client_if, mode)
+                .expect("attach peer program");
             peer
         })
     });
@@ -142,12 +157,19 @@ fn scenario(mode: AttachMode, v6: bool) {
     // A source with a live verdict is dropped and counted; after expiry it passes.
     let c0 = dp.counters().expect("counters");
     let expires = Monotonic.now_ns() + 1_200_000_000;
-    let verdict = Verdict { expires_at_ns: expires, reason: VerdictReason::RateLimit as u32, _pad: 0 };
+    let verdict = Verdict {
+        expires_at_ns: expires,
+        reason: VerdictReason::RateLimit as u32,
+        _pad: 0,
+    };
     dp.set_verdict(banned, verdict).expect("verdict");
     let r = bed.client.run(|| connect_from(banned, server, DROPPED));
     assert!(r.is_err(), "{tag}: a source with a live verdict connected");
     let c1 = dp.counters().expect("counters");
-    assert!(delta(&c0, &c1, Outcome::DroppedVerdict) >= 1, "{tag}: verdict drop not counted: {c1}");
+    assert!(
+        delta(&c0, &c1, Outcome::DroppedVerdict) >= 1,
+        "{tag}: verdict drop not counted: {c1}"
+    );
     let wait = expires.saturating_sub(Monotonic.now_ns()) + 100_000_000;
     std::thread::sleep(Duration::from_nanos(wait));
     bed.client
@@ -159,28 +181,45 @@ fn scenario(mode: AttachMode, v6: bool) {
     assert!(r.is_err(), "{tag}: a denied source connected");
     bed.client
         .run(|| connect_from(allowed, server, PASSES))
-        .unwrap_or_else(|e| panic!("{tag}: an allowed source inside a denied CIDR was dropped: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("{tag}: an allowed source inside a denied CIDR was dropped: {e}")
+        });
     let c2 = dp.counters().expect("counters");
-    assert!(delta(&c1, &c2, Outcome::DroppedDenied) >= 1, "{tag}: deny not counted: {c2}");
-    assert!(delta(&c1, &c2, Outcome::PassedAllowed) >= 1, "{tag}: allow not counted: {c2}");
+    assert!(
+        delta(&c1, &c2, Outcome::DroppedDenied) >= 1,
+        "{tag}: deny not counted: {c2}"
+    );
+    assert!(
+        delta(&c1, &c2, Outcome::PassedAllowed) >= 1,
+        "{tag}: allow not counted: {c2}"
+    );
 
     // Plain HTTP to the TLS port is reset; a TLS ClientHello passes.
     let reset = bed.client.run(|| {
         let mut s = connect_from(flooder, server, PASSES).expect("connect for plain HTTP");
-        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-        s.write_all(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            .expect("write");
         let mut buf = [0u8; 16];
         let started = Instant::now();
         (s.read(&mut buf), started.elapsed())
     });
     match reset {
         (Err(e), took) if e.kind() == ErrorKind::ConnectionReset => {
-            assert!(took < Duration::from_secs(1), "{tag}: reset came late ({took:?})")
+            assert!(
+                took < Duration::from_secs(1),
+                "{tag}: reset came late ({took:?})"
+            )
         }
         other => panic!(
             "{tag}: plain HTTP was not reset: {other:?}\nserver veth: {}\nclient veth: {}",
-            bed.server.exec(&["ethtool", "-S", &bed.server_if]).unwrap_or_default(),
-            bed.client.exec(&["ethtool", "-S", &bed.client_if]).unwrap_or_default()
+            bed.server
+                .exec(&["ethtool", "-S", &bed.server_if])
+                .unwrap_or_default(),
+            bed.client
+                .exec(&["ethtool", "-S", &bed.client_if])
+                .unwrap_or_default()
         ),
     }
     bed.client.run(|| {
@@ -189,7 +228,10 @@ fn scenario(mode: AttachMode, v6: bool) {
     });
     let deadline = Instant::now() + Duration::from_secs(3);
     while !recorder.seen().iter().any(|b| b.starts_with(&HELLO[..3])) {
-        assert!(Instant::now() < deadline, "{tag}: the ClientHello never reached the server");
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: the ClientHello never reached the server"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
@@ -197,7 +239,10 @@ fn scenario(mode: AttachMode, v6: bool) {
         "{tag}: plain HTTP reached the server"
     );
     let c3 = dp.counters().expect("counters");
-    assert!(delta(&c2, &c3, Outcome::ResetPlainHttp) >= 1, "{tag}: reset not counted: {c3}");
+    assert!(
+        delta(&c2, &c3, Outcome::ResetPlainHttp) >= 1,
+        "{tag}: reset not counted: {c3}"
+    );
 
     // A SYN flood from one source is held to its budget while another
     // source connects normally.
@@ -206,7 +251,13 @@ fn scenario(mode: AttachMode, v6: bool) {
     let (flood, other) = std::thread::scope(|s| {
         let flood = s.spawn(|| {
             bed.client.run(|| {
-                syn_flood(flooder, server, 800, Duration::from_micros(1000), Duration::from_secs(5))
+                syn_flood(
+                    flooder,
+                    server,
+                    800,
+                    Duration::from_micros(1000),
+                    Duration::from_secs(5),
+                )
             })
         });
         std::thread::sleep(Duration::from_millis(200));
@@ -214,7 +265,9 @@ fn scenario(mode: AttachMode, v6: bool) {
         (flood.join().expect("flood thread"), other)
     });
     let (sent, took) = flood.expect("SYN flood");
-    other.unwrap_or_else(|e| panic!("{tag}: a second source could not connect during the flood: {e}"));
+    other.unwrap_or_else(|e| {
+        panic!("{tag}: a second source could not connect during the flood: {e}")
+    });
     let c5 = dp.counters().expect("counters");
     let dropped = delta(&c4, &c5, Outcome::DroppedSynRate);
     let admitted = u64::from(sent) - dropped;
@@ -258,24 +311,42 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         let mut first = DataPlane::load().expect("load");
         first.attach(&iface, AttachMode::Skb).expect("first attach");
         let mut second = DataPlane::load().expect("load");
-        let err = second.attach(&iface, AttachMode::Skb).expect_err("second attach must fail");
-        assert!(matches!(err, XdpError::SlotTaken(ref i) if *i == iface), "{err}");
+        let err = second
+            .attach(&iface, AttachMode::Skb)
+            .expect_err("second attach must fail");
+        assert!(
+            matches!(err, XdpError::SlotTaken(ref i) if *i == iface),
+            "{err}"
+        );
         assert!(err.to_string().contains(&iface), "{err}");
 
-        let err = second.attach("nosuchif0", AttachMode::Auto).expect_err("unknown interface");
+        let err = second
+            .attach("nosuchif0", AttachMode::Auto)
+            .expect_err("unknown interface");
         assert!(matches!(err, XdpError::UnknownInterface(_)), "{err}");
-        assert_eq!(err.to_string(), "interface `nosuchif0` does not exist (xdp.interface)");
+        assert_eq!(
+            err.to_string(),
+            "interface `nosuchif0` does not exist (xdp.interface)"
+        );
 
-        let err = second.attach("lo", AttachMode::Driver).expect_err("lo has no native XDP");
+        let err = second
+            .attach("lo", AttachMode::Driver)
+            .expect_err("lo has no native XDP");
         assert!(matches!(err, XdpError::DriverModeUnsupported(_)), "{err}");
         drop(second);
 
         // The first attachment survived the failed second one.
-        let out = bed.server.exec(&["ip", "link", "show", "dev", &iface]).expect("ip link");
+        let out = bed
+            .server
+            .exec(&["ip", "link", "show", "dev", &iface])
+            .expect("ip link");
         assert!(out.contains("xdp"), "first program gone: {out}");
         drop(first);
     });
     // Dropping the data plane detaches: the interface is free again.
-    let out = bed.server.exec(&["ip", "link", "show", "dev", &iface]).expect("ip link");
+    let out = bed
+        .server
+        .exec(&["ip", "link", "show", "dev", &iface])
+        .expect("ip link");
     assert!(!out.contains("xdp"), "still attached after drop: {out}");
 }

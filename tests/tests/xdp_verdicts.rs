@@ -319,6 +319,9 @@ fn a_full_map_is_one_clear_error() {
     assert_eq!(port, gateway_common::PORT_CAPACITY + 1);
     assert_eq!(
         err.to_string(),
-        format!("map PORTS is full ({} entries): port {port}", gateway_common::PORT_CAPACITY)
+        format!(
+            "map PORTS is full ({} entries): port {port}",
+            gateway_common::PORT_CAPACITY
+        )
     );
 }

@@ -1,0 +1,320 @@
+//! `bench xdp`: what a drop costs in the kernel. A flood from a source that
+//! holds a verdict crosses a veth into the gateway's namespace and is dropped
+//! by XDP in driver mode, in skb mode, or by an nftables netdev-ingress rule
+//! with XDP detached. Every one of these drop paths runs in softirq context,
+//! which the kernel accounts apart from the generator's own (process) time:
+//! softirq CPU per packet is the drop path's cost.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use gateway::{
+    clock::{Clock, Monotonic},
+    config::{AttachMode, Config},
+    xdp::DataPlane,
+};
+use gateway_common::{Outcome, Verdict, VerdictReason};
+use gateway_tests::{Testbed, frame};
+
+use crate::flood::{MachineCpu, blast};
+
+/// Options of `bench xdp`.
+#[derive(clap::Args, Debug)]
+pub struct Opts {
+    /// Packets per trial.
+    #[arg(long, default_value_t = 3_000_000)]
+    packets: u64,
+    /// Longest a trial may send, in seconds.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Rounds; the systems alternate within each round; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// CPU list the packet generator is pinned to (e.g. "1"); default: unpinned.
+    #[arg(long)]
+    gen_cpus: Option<String>,
+    /// Where to write the results (CSV).
+    #[arg(long, default_value = "target/bench/xdp.csv")]
+    out: std::path::PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum System {
+    XdpDriver,
+    XdpSkb,
+    Nftables,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            Self::XdpDriver => "xdp-driver",
+            Self::XdpSkb => "xdp-skb",
+            Self::Nftables => "nftables",
+        }
+    }
+}
+
+struct Trial {
+    system: System,
+    sent: u64,
+    dropped: u64,
+    secs: f64,
+    cpu: MachineCpu,
+    prog_ns_per_pkt: Option<f64>,
+}
+
+fn pin(cpus: &str) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for part in cpus.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        for c in a.trim().parse::<usize>()?..=b.trim().parse::<usize>()? {
+            set.set(c)?;
+        }
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+fn ifindex_and_mac(ns: &gateway_tests::NetNs, dev: &str) -> Result<(u32, [u8; 6])> {
+    let out = ns.exec(&["ip", "-o", "link", "show", "dev", dev])?;
+    let idx: u32 = out
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .context("ifindex")?;
+    let mac = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .context("no link/ether")?;
+    let mut m = [0u8; 6];
+    for (i, part) in mac.split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok((idx, m))
+}
+
+fn trial(system: System, opts: &Opts) -> Result<Trial> {
+    let bed = Testbed::new("bx")?;
+    let banned = bed.host_ip(false, 3);
+    let server = bed.server_ip(false);
+    let (client_idx, client_mac) = ifindex_and_mac(&bed.client, &bed.client_if)?;
+    let (_, server_mac) = ifindex_and_mac(&bed.server, &bed.server_if)?;
+    let mut f = frame::tcp(banned, server, 40000, 8443, frame::SYN, b"", None);
+    f[0..6].copy_from_slice(&server_mac);
+    f[6..12].copy_from_slice(&client_mac);
+
+    let cfg_text = format!(
+        "[listen]\nhttps = \"{server}:8443\"\n[xdp]\ninterface = \"{}\"\nsyn_rate = 0\n",
+        bed.server_if
+    );
+    let cfg = Config::parse(&cfg_text, "bench.toml")?;
+    let mut dp = None;
+    let mut nft_rule = false;
+    match system {
+        System::XdpDriver | System::XdpSkb => {
+            let mode = if system == System::XdpDriver {
+                AttachMode::Driver
+            } else {
+                AttachMode::Skb
+            };
+            let mut plane = bed.server.run(|| -> Result<DataPlane> {
+                let mut p = DataPlane::load()?;
+                p.configure(&cfg)?;
+                p.attach(&bed.server_if, mode)?;
+                Ok(p)
+            })?;
+            let forever = Monotonic.now_ns() + 3_600_000_000_000;
+            let v = Verdict {
+                expires_at_ns: forever,
+                reason: VerdictReason::Policy as u32,
+                _pad: 0,
+            };
+            plane.set_verdict(banned, v)?;
+            dp = Some(plane);
+        }
+        System::Nftables => {
+            let chain = format!(
+                "{{ type filter hook ingress device \"{}\" priority -500; }}",
+                bed.server_if
+            );
+            let saddr = banned.to_string();
+            bed.server
+                .exec(&["nft", "add", "table", "netdev", "gwbench"])?;
+            bed.server.exec(&[
+                "nft", "add", "chain", "netdev", "gwbench", "ingress", &chain,
+            ])?;
+            bed.server.exec(&[
+                "nft", "add", "rule", "netdev", "gwbench", "ingress", "ip", "saddr", &saddr,
+                "counter", "drop",
+            ])?;
+            nft_rule = true;
+        }
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    let run0 = match dp.as_mut() {
+        Some(p) => Some(p.run_stats()?),
+        None => None,
+    };
+    let c0 = dp.as_ref().map(|p| p.counters()).transpose()?;
+    let cpu0 = MachineCpu::now()?;
+    let gen_cpus = opts.gen_cpus.clone();
+    let (sent, took) = bed.client.run(|| {
+        if let Some(c) = &gen_cpus {
+            pin(c)?;
+        }
+        blast(
+            client_idx,
+            &f,
+            opts.packets,
+            Duration::from_secs(opts.seconds),
+        )
+    })?;
+    // Let softirq work queued behind the sender finish before reading CPU.
+    std::thread::sleep(Duration::from_millis(50));
+    let cpu = MachineCpu::now()?.since(cpu0);
+    let dropped = match system {
+        System::XdpDriver | System::XdpSkb => {
+            let p = dp.as_ref().context("data plane")?;
+            let c1 = p.counters()?;
+            c1.get(Outcome::DroppedVerdict) - c0.map_or(0, |c| c.get(Outcome::DroppedVerdict))
+        }
+        System::Nftables => {
+            let out = bed
+                .server
+                .exec(&["nft", "list", "table", "netdev", "gwbench"])?;
+            out.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .context("nft counter")?
+        }
+    };
+    let prog_ns_per_pkt = match (dp.as_mut(), run0) {
+        (Some(p), Some((t0, n0))) => {
+            let (t1, n1) = p.run_stats()?;
+            let n = n1.saturating_sub(n0);
+            (n > 0).then(|| (t1 - t0).as_nanos() as f64 / n as f64)
+        }
+        _ => None,
+    };
+    if nft_rule {
+        let _ = bed
+            .server
+            .exec(&["nft", "delete", "table", "netdev", "gwbench"]);
+    }
+    drop(dp);
+    Ok(Trial {
+        system,
+        sent,
+        dropped,
+        secs: took.as_secs_f64(),
+        cpu,
+        prog_ns_per_pkt,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(opts: Opts) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench xdp needs root (namespaces, XDP, nftables)");
+    }
+    let systems = [System::XdpDriver, System::XdpSkb, System::Nftables];
+    let mut trials = Vec::new();
+    for round in 0..opts.rounds {
+        // Rotate the order each round so drift hits every system alike.
+        let mut order = systems.to_vec();
+        order.rotate_left(round % systems.len());
+        for s in order {
+            let t = trial(s, &opts).with_context(|| format!("trial {}", s.name()))?;
+            eprintln!(
+                "round {} {:<10} sent {:>9} dropped {:>9} in {:.2}s: {:>9.0} pkt/s, softirq {:>6.1} ns/pkt, generator {:>6.1} ns/pkt{}",
+                round + 1,
+                s.name(),
+                t.sent,
+                t.dropped,
+                t.secs,
+                t.dropped as f64 / t.secs,
+                t.cpu.irq.as_nanos() as f64 / t.sent as f64,
+                t.cpu.task.as_nanos() as f64 / t.sent as f64,
+                t.prog_ns_per_pkt
+                    .map(|n| format!(", program {n:.1} ns/pkt"))
+                    .unwrap_or_default()
+            );
+            trials.push(t);
+        }
+    }
+    let of = |s: System| trials.iter().filter(move |t| t.system == s);
+    let mut csv = String::from(
+        "system,rounds,dropped_pps,drop_path_cpu_ns_per_pkt,generator_cpu_ns_per_pkt,program_ns_per_pkt\n",
+    );
+    println!(
+        "\nbench xdp: medians of {} rounds, {} packets per trial",
+        opts.rounds, opts.packets
+    );
+    println!(
+        "{:<10} {:>14} {:>22} {:>22} {:>12}",
+        "system", "dropped pkt/s", "drop path CPU ns/pkt", "generator CPU ns/pkt", "prog ns/pkt"
+    );
+    let mut drop_cost = std::collections::HashMap::new();
+    for s in systems {
+        let pps = median(of(s).map(|t| t.dropped as f64 / t.secs).collect());
+        let irq = median(
+            of(s)
+                .map(|t| t.cpu.irq.as_nanos() as f64 / t.dropped.max(1) as f64)
+                .collect(),
+        );
+        let task = median(
+            of(s)
+                .map(|t| t.cpu.task.as_nanos() as f64 / t.sent.max(1) as f64)
+                .collect(),
+        );
+        let prog: Vec<f64> = of(s).filter_map(|t| t.prog_ns_per_pkt).collect();
+        let prog = if prog.is_empty() {
+            None
+        } else {
+            Some(median(prog))
+        };
+        drop_cost.insert(s.name(), irq);
+        let prog_s = prog.map(|p| format!("{p:.1}")).unwrap_or_default();
+        println!(
+            "{:<10} {:>14.0} {:>22.1} {:>22.1} {:>12}",
+            s.name(),
+            pps,
+            irq,
+            task,
+            if prog_s.is_empty() { "-" } else { &prog_s }
+        );
+        csv.push_str(&format!(
+            "{},{},{pps:.0},{irq:.1},{task:.1},{prog_s}\n",
+            s.name(),
+            opts.rounds
+        ));
+    }
+    let nft = drop_cost.get("nftables").copied().unwrap_or(f64::NAN);
+    for s in ["xdp-driver", "xdp-skb"] {
+        let x = drop_cost.get(s).copied().unwrap_or(f64::NAN);
+        println!(
+            "{s}: drop path CPU per packet = {:.2} x nftables (target for driver: <= 0.33)",
+            x / nft
+        );
+    }
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.out, csv)?;
+    println!("results: {}", opts.out.display());
+    Ok(())
+}

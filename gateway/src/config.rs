@@ -48,9 +48,158 @@ pub enum ConfigError {
 struct File {
     listen: ListenFile,
     #[serde(default)]
+    tls: TlsFile,
+    #[serde(default)]
+    runtime: RuntimeFile,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    proxy: ProxyFile,
+    #[serde(default)]
+    demo: Option<DemoFile>,
+    #[serde(default)]
+    upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+    #[serde(default)]
     xdp: XdpFile,
     #[serde(default)]
     policy: PolicyFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    #[serde(default)]
+    certificates: Vec<CertFile>,
+    #[serde(default)]
+    session_cache: Option<usize>,
+    #[serde(default)]
+    tickets: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertFile {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuntimeFile {
+    #[serde(default)]
+    workers: usize,
+    #[serde(default)]
+    max_connections_per_worker: Option<usize>,
+    #[serde(default)]
+    pin_cpus: bool,
+}
+
+/// `[limits]`: the userspace protections, all per connection or request.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time to receive a whole request head, from its first byte (slowloris).
+    pub header_timeout_ms: u64,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout_ms: u64,
+    /// Longest gap between two reads of a request body.
+    pub body_timeout_ms: u64,
+    /// Longest request line (414 beyond).
+    pub max_request_line_bytes: usize,
+    /// Longest request head (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request (431 beyond).
+    pub max_headers: usize,
+    /// Default largest request body; routes may lower or raise it (413 beyond).
+    pub max_body_bytes: u64,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 30_000,
+            max_request_line_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    #[serde(default)]
+    trusted_proxies: Vec<IpNet>,
+    #[serde(default)]
+    hsts: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoFile {
+    listen: SocketAddr,
+}
+
+/// How an upstream spreads requests over its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each server in turn.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests in flight (per worker).
+    LeastOutstanding,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    name: Spanned<String>,
+    servers: Spanned<Vec<SocketAddr>>,
+    #[serde(default)]
+    balance: Balance,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_response_ms")]
+    response_timeout_ms: u64,
+    #[serde(default = "default_idle_per_server")]
+    idle_per_server: usize,
+}
+
+fn default_connect_ms() -> u64 {
+    1_000
+}
+fn default_response_ms() -> u64 {
+    15_000
+}
+fn default_idle_per_server() -> usize {
+    64
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    methods: Vec<Spanned<String>>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +210,8 @@ struct ListenFile {
     plain_http_port: u16,
     #[serde(default = "yes")]
     https_only: bool,
+    #[serde(default)]
+    redirect_plain_http: bool,
 }
 
 fn default_plain_port() -> u16 {
@@ -179,6 +330,105 @@ pub struct Config {
     pub xdp: XdpSettings,
     /// Source address policy.
     pub policy: PolicySettings,
+    /// Answer plain HTTP on `plain_http_port` with 308 to HTTPS.
+    pub redirect_plain_http: bool,
+    /// Certificates and session resumption.
+    pub tls: TlsSettings,
+    /// Workers and connection caps.
+    pub runtime: RuntimeSettings,
+    /// Timeouts and size limits.
+    pub limits: Limits,
+    /// Forwarding headers and HSTS.
+    pub proxy: ProxySettings,
+    /// Address of the built-in demo backend, when it should run.
+    pub demo: Option<SocketAddr>,
+    /// Upstreams by position; routes refer to them by index.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// Routes in match order.
+    pub routes: Vec<RouteSettings>,
+}
+
+/// One certificate with the names it answers for.
+#[derive(Debug, Clone)]
+pub struct CertSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// SNI names; empty means the default certificate.
+    pub names: Vec<String>,
+}
+
+/// Validated `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Certificates; empty means a self-signed one generated on first run.
+    pub certificates: Vec<CertSettings>,
+    /// Session cache entries (TLS 1.2 ids and 1.3 stateful resumption).
+    pub session_cache: usize,
+    /// Stateless session tickets.
+    pub tickets: bool,
+}
+
+/// Validated `[runtime]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeSettings {
+    /// Worker threads (each with its own listener and pools).
+    pub workers: usize,
+    /// Connections one worker holds at most; more are closed at accept.
+    pub max_connections_per_worker: usize,
+    /// Pin worker `i` to CPU `i`.
+    pub pin_cpus: bool,
+}
+
+/// Validated `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Peers whose X-Forwarded-For / Forwarded are kept and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Strict-Transport-Security value; `None` disables it.
+    pub hsts: Option<String>,
+}
+
+/// Validated `[[upstreams]]` entry.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Its name.
+    pub name: String,
+    /// Its servers.
+    pub servers: Vec<SocketAddr>,
+    /// Balancing.
+    pub balance: Balance,
+    /// TCP connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Time to the response head.
+    pub response_timeout_ms: u64,
+    /// Idle keep-alive connections kept per server and worker.
+    pub idle_per_server: usize,
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path starts with this.
+    Prefix(String),
+    /// The path is exactly this.
+    Exact(String),
+}
+
+/// Validated `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Host to match (lowercase, no port); `None` matches any.
+    pub host: Option<String>,
+    /// Path rule.
+    pub path: PathMatch,
+    /// Methods to match; empty matches any.
+    pub methods: Vec<String>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Largest request body for this route.
+    pub max_body_bytes: u64,
 }
 
 /// Validated `[xdp]` section.
@@ -307,7 +557,135 @@ impl Config {
             lists[i] = list.get_ref().iter().map(IpNet::trunc).collect();
         }
         let [allow, deny] = lists;
+
+        let mut upstreams: Vec<UpstreamSettings> = Vec::new();
+        for (i, u) in raw.upstreams.iter().enumerate() {
+            let name = u.name.get_ref().clone();
+            if upstreams.iter().any(|x| x.name == name) {
+                return Err(invalid(
+                    Some(u.name.span()),
+                    format!("upstreams[{i}].name"),
+                    format!("upstream `{name}` is defined twice"),
+                ));
+            }
+            if u.servers.get_ref().is_empty() {
+                return Err(invalid(
+                    Some(u.servers.span()),
+                    format!("upstreams[{i}].servers"),
+                    "needs at least one server".into(),
+                ));
+            }
+            upstreams.push(UpstreamSettings {
+                name,
+                servers: u.servers.get_ref().clone(),
+                balance: u.balance,
+                connect_timeout_ms: u.connect_timeout_ms.max(1),
+                response_timeout_ms: u.response_timeout_ms.max(1),
+                idle_per_server: u.idle_per_server,
+            });
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let path = match (&r.path, &r.path_prefix) {
+                (Some(_), Some(p)) => {
+                    return Err(invalid(
+                        Some(p.span()),
+                        format!("routes[{i}].path_prefix"),
+                        "give `path` or `path_prefix`, not both".into(),
+                    ));
+                }
+                (Some(p), None) => (PathMatch::Exact(p.get_ref().clone()), p.span()),
+                (None, Some(p)) => (PathMatch::Prefix(p.get_ref().clone()), p.span()),
+                (None, None) => (PathMatch::Prefix("/".into()), r.upstream.span()),
+            };
+            let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path.0;
+            if !p.starts_with('/') {
+                return Err(invalid(
+                    Some(path.1),
+                    format!("routes[{i}].path"),
+                    format!("`{p}` must start with /"),
+                ));
+            }
+            let mut methods = Vec::new();
+            for m in &r.methods {
+                let v = m.get_ref();
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(invalid(
+                        Some(m.span()),
+                        format!("routes[{i}].methods"),
+                        format!("`{v}` is not a method (use upper case, e.g. GET)"),
+                    ));
+                }
+                methods.push(v.clone());
+            }
+            let target = r.upstream.get_ref();
+            let Some(upstream) = upstreams.iter().position(|u| &u.name == target) else {
+                return Err(invalid(
+                    Some(r.upstream.span()),
+                    format!("routes[{i}].upstream"),
+                    format!("no upstream named `{target}`"),
+                ));
+            };
+            routes.push(RouteSettings {
+                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                path: path.0,
+                methods,
+                upstream,
+                max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
+            });
+        }
+        let limits = raw.limits;
+        if limits.max_headers == 0
+            || limits.max_header_bytes < 64
+            || limits.max_request_line_bytes < 16
+        {
+            return Err(invalid(
+                None,
+                "limits".into(),
+                "header limits are too small to parse a request".into(),
+            ));
+        }
+        let workers = match raw.runtime.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         Ok(Config {
+            redirect_plain_http: raw.listen.redirect_plain_http,
+            tls: TlsSettings {
+                certificates: raw
+                    .tls
+                    .certificates
+                    .iter()
+                    .map(|c| CertSettings {
+                        cert: c.cert.clone(),
+                        key: c.key.clone(),
+                        names: c.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                    })
+                    .collect(),
+                session_cache: raw.tls.session_cache.unwrap_or(4096),
+                tickets: raw.tls.tickets.unwrap_or(true),
+            },
+            runtime: RuntimeSettings {
+                workers,
+                max_connections_per_worker: raw
+                    .runtime
+                    .max_connections_per_worker
+                    .unwrap_or(10_000)
+                    .max(1),
+                pin_cpus: raw.runtime.pin_cpus,
+            },
+            limits,
+            proxy: ProxySettings {
+                trusted_proxies: raw.proxy.trusted_proxies.iter().map(IpNet::trunc).collect(),
+                hsts: match raw.proxy.hsts {
+                    Some(h) if h.is_empty() => None,
+                    Some(h) => Some(h),
+                    None => Some("max-age=31536000; includeSubDomains".into()),
+                },
+            },
+            demo: raw.demo.map(|d| d.listen),
+            upstreams,
+            routes,
             source: file.to_owned(),
             https: raw.listen.https,
             plain_http_port: raw.listen.plain_http_port,

@@ -5,7 +5,10 @@
 //! a configuration mistake (unknown interface, occupied slot, full map) is an
 //! error the operator must see, never a silent downgrade.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 use gateway_common::Verdict;
 
@@ -19,8 +22,8 @@ use crate::{
 pub enum Enforcement {
     /// The XDP program, attached.
     Kernel(Box<DataPlane>),
-    /// The gateway's own checks, consulted at accept time.
-    Userspace(SourcePolicy),
+    /// The gateway's own checks, consulted at accept time by every worker.
+    Userspace(Arc<Mutex<SourcePolicy>>),
 }
 
 impl Enforcement {
@@ -29,7 +32,9 @@ impl Enforcement {
     pub fn start(cfg: &Config) -> Result<Self, XdpError> {
         if !cfg.xdp.enabled {
             tracing::info!("XDP disabled (xdp.enabled = false): enforcing the policy in userspace");
-            return Ok(Self::Userspace(SourcePolicy::new(cfg)));
+            return Ok(Self::Userspace(Arc::new(Mutex::new(SourcePolicy::new(
+                cfg,
+            )))));
         }
         let kernel = DataPlane::load().and_then(|mut dp| {
             dp.configure(cfg)?;
@@ -40,7 +45,9 @@ impl Enforcement {
             Ok(dp) => Ok(Self::Kernel(Box::new(dp))),
             Err(e) if e.falls_back_to_userspace() => {
                 tracing::warn!("XDP unavailable, enforcing the same policy in userspace: {e}");
-                Ok(Self::Userspace(SourcePolicy::new(cfg)))
+                Ok(Self::Userspace(Arc::new(Mutex::new(SourcePolicy::new(
+                    cfg,
+                )))))
             }
             Err(e) => Err(e),
         }
@@ -51,7 +58,9 @@ impl Enforcement {
         match self {
             Self::Kernel(dp) => dp.set_verdict(ip, verdict),
             Self::Userspace(p) => {
-                p.set_verdict(ip, verdict);
+                if let Ok(mut p) = p.lock() {
+                    p.set_verdict(ip, verdict);
+                }
                 Ok(())
             }
         }
@@ -61,7 +70,15 @@ impl Enforcement {
     pub fn sweep(&mut self, now_ns: u64) -> Result<usize, XdpError> {
         match self {
             Self::Kernel(dp) => dp.sweep_expired(now_ns),
-            Self::Userspace(p) => Ok(p.sweep(now_ns)),
+            Self::Userspace(p) => Ok(p.lock().map_or(0, |mut p| p.sweep(now_ns))),
+        }
+    }
+
+    /// The policy the workers must check at accept, when the kernel does not.
+    pub fn userspace_policy(&self) -> Option<Arc<Mutex<SourcePolicy>>> {
+        match self {
+            Self::Kernel(_) => None,
+            Self::Userspace(p) => Some(p.clone()),
         }
     }
 

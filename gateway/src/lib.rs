@@ -1,12 +1,25 @@
-//! The gateway: configuration, the kernel data plane it drives, and the
-//! source policy it enforces itself when the kernel cannot.
+//! The gateway: an HTTPS reverse proxy on io_uring, and the XDP data plane
+//! it drives.
 //!
-//! Stages of the request pipeline arrive as their own modules (listener, tls,
-//! http, route, upstream, respond, log) with the proxy; this crate already
-//! holds what every stage shares.
+//! One module per stage of the request pipeline, in the order a request
+//! meets them: `server` (accept) → `tls` → `http` (parse) → `route` →
+//! `upstream` → `filters` (response headers) → `log`; `pipeline` calls them
+//! in that order and `respond` turns every failure into a response.
+//! Around them: `config`, `xdp` (kernel data plane), `policy` and `enforce`
+//! (where the source policy is enforced), `demo` (the built-in backend).
 
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod enforce;
+pub mod filters;
+pub mod http;
+pub mod log;
+pub mod pipeline;
 pub mod policy;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod upstream;
 pub mod xdp;

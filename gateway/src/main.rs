@@ -1,12 +1,22 @@
 //! The `gateway` command line.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use gateway::{
     clock::{Clock, Monotonic},
     config::Config,
     enforce::Enforcement,
+    filters::ResponseFilters,
+    policy::CidrSet,
+    route::RouteTable,
+    server::{Server, Shared},
+    tls,
 };
 use nix::sys::signal::{SigSet, Signal};
 
@@ -19,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Attach the XDP data plane and run until SIGINT or SIGTERM.
+    /// Attach the XDP data plane, serve HTTPS, and run until SIGINT or SIGTERM.
     Run {
         /// Configuration file (TOML). Without it the embedded default is used:
         /// HTTPS on 127.0.0.1:8443, XDP on lo.
@@ -49,7 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config } => load(config.as_ref()).and_then(run),
-        Cmd::Check { config } => load(config.as_ref()).map(|cfg| check(&cfg)),
+        Cmd::Check { config } => load(config.as_ref()).and_then(|cfg| check(&cfg)),
         Cmd::DefaultConfig => {
             print!("{}", gateway::config::EMBEDDED_DEFAULT);
             Ok(())
@@ -72,9 +82,57 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     .map_err(|e| e.to_string())
 }
 
-fn check(cfg: &Config) {
+fn check(cfg: &Config) -> Result<(), String> {
+    let certs = certificates(cfg, false)?;
+    if !certs.is_empty() {
+        tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
+    }
     println!("{}: ok", cfg.source);
-    println!("HTTPS listener: {}", cfg.https);
+    println!(
+        "HTTPS listener: {} ({} workers)",
+        cfg.https, cfg.runtime.workers
+    );
+    if cfg.tls.certificates.is_empty() {
+        println!(
+            "certificate: self-signed, generated on first run in {}",
+            tls::state_dir().display()
+        );
+    }
+    for c in &cfg.tls.certificates {
+        let names = if c.names.is_empty() {
+            "(default)".to_owned()
+        } else {
+            c.names.join(", ")
+        };
+        println!("certificate {} for {names}", c.cert.display());
+    }
+    println!("routes (first match wins):");
+    for r in &cfg.routes {
+        let path = match &r.path {
+            gateway::config::PathMatch::Exact(p) => format!("path = {p}"),
+            gateway::config::PathMatch::Prefix(p) => format!("prefix {p}"),
+        };
+        let methods = if r.methods.is_empty() {
+            "any method".to_owned()
+        } else {
+            r.methods.join(",")
+        };
+        let u = &cfg.upstreams[r.upstream];
+        println!(
+            "  host {} {path} {methods} -> {} [{}] max body {} B",
+            r.host.as_deref().unwrap_or("*"),
+            u.name,
+            u.servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.max_body_bytes
+        );
+    }
+    if cfg.routes.is_empty() {
+        println!("  (none: every request gets 404)");
+    }
     println!(
         "XDP: {} on {} (mode {})",
         if cfg.xdp.enabled {
@@ -89,7 +147,13 @@ fn check(cfg: &Config) {
         "TLS port {}, plain HTTP port {} ({})",
         cfg.https.port(),
         cfg.plain_http_port,
-        if cfg.https_only { "dropped" } else { "open" }
+        if cfg.redirect_plain_http {
+            "308 to HTTPS"
+        } else if cfg.https_only {
+            "dropped"
+        } else {
+            "open"
+        }
     );
     println!(
         "SYN rate per source: {}/s, burst {}",
@@ -111,6 +175,35 @@ fn check(cfg: &Config) {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+/// The certificates to serve: the configured ones, or the self-signed one
+/// (generated on first run when `generate`).
+fn certificates(
+    cfg: &Config,
+    generate: bool,
+) -> Result<Vec<(PathBuf, PathBuf, Vec<String>)>, String> {
+    if !cfg.tls.certificates.is_empty() {
+        return Ok(cfg
+            .tls
+            .certificates
+            .iter()
+            .map(|c| (c.cert.clone(), c.key.clone(), c.names.clone()))
+            .collect());
+    }
+    if !generate {
+        return Ok(Vec::new());
+    }
+    let dir = tls::state_dir();
+    let (cert, key, fresh) =
+        tls::self_signed(&dir, &cfg.https.ip().to_string()).map_err(|e| e.to_string())?;
+    if fresh {
+        tracing::info!("generated a self-signed certificate: {}", cert.display());
+    } else {
+        tracing::info!("using the self-signed certificate {}", cert.display());
+    }
+    Ok(vec![(cert, key, Vec::new())])
 }
 
 fn run(cfg: Config) -> Result<(), String> {
@@ -122,10 +215,48 @@ fn run(cfg: Config) -> Result<(), String> {
     stop.thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
 
+    let certs = certificates(&cfg, true)?;
+    let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     let mut enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
     tracing::info!("config: {}", cfg.source);
     for line in enforcement.describe(&cfg) {
         tracing::info!("{line}");
+    }
+    if let Some(addr) = cfg.demo {
+        let local =
+            gateway::demo::start(addr).map_err(|e| format!("demo backend on {addr}: {e}"))?;
+        tracing::info!("demo backend on http://{local}");
+    }
+    let shared = Arc::new(Shared {
+        routes: RouteTable::new(&cfg.routes),
+        tls: tls_config,
+        trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
+        filters: ResponseFilters::new(&cfg),
+        source_policy: enforcement.userspace_policy(),
+        access_log: true,
+        stopping: AtomicBool::new(false),
+        cfg: cfg.clone(),
+    });
+    let server = Server::start(shared).map_err(|e| e.to_string())?;
+    tracing::info!(
+        "serving https://{} with {} workers",
+        cfg.https,
+        cfg.runtime.workers
+    );
+    if cfg.tls.certificates.is_empty() {
+        if let Some((cert, _, _)) = certs.first() {
+            tracing::info!(
+                "try: curl --cacert {} https://{}/",
+                cert.display(),
+                cfg.https
+            );
+        }
+    }
+    if cfg.redirect_plain_http {
+        tracing::info!(
+            "plain HTTP on port {} answers 308 to HTTPS",
+            cfg.plain_http_port
+        );
     }
     tracing::info!("running; Ctrl-C or SIGTERM stops and detaches");
 
@@ -155,6 +286,9 @@ fn run(cfg: Config) -> Result<(), String> {
             }
         }
     }
+    let grace = Duration::from_millis(cfg.limits.shutdown_grace_ms);
+    tracing::info!("stopping: no new connections, in-flight requests get {grace:?}");
+    server.stop(grace);
     if let Some(Ok(c)) = enforcement.counters() {
         tracing::info!("xdp counters: {c}");
     }

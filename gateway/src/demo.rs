@@ -1,0 +1,118 @@
+//! The built-in demo backend the embedded default proxies to, so a fresh
+//! machine has something to curl. Plain HTTP/1.1 with keep-alive, one
+//! thread per connection: a demo, not a server to load-test.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use crate::http::{self, Framing, chunked, request::HeadLimits};
+
+/// Starts the demo backend on `addr` in background threads.
+pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("demo-backend".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = std::thread::Builder::new()
+                    .name("demo-conn".into())
+                    .spawn(move || serve(conn));
+            }
+        })?;
+    Ok(local)
+}
+
+fn serve(mut conn: TcpStream) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = conn.set_nodelay(true);
+    let mut buf = Vec::with_capacity(8192);
+    let limits = HeadLimits {
+        max_request_line: 8192,
+        max_head: 16384,
+    };
+    loop {
+        let mut hdrs = [httparse::EMPTY_HEADER; 64];
+        let (reply, used, keep, framing) = loop {
+            match http::request::parse(&buf, &mut hdrs, &limits) {
+                Ok(Some(h)) => {
+                    let xff = h
+                        .headers
+                        .iter()
+                        .find(|x| x.name.eq_ignore_ascii_case("x-forwarded-for"))
+                        .map(|x| String::from_utf8_lossy(x.value).into_owned())
+                        .unwrap_or_default();
+                    let reply = format!(
+                        "{{\"service\":\"demo\",\"method\":\"{}\",\"path\":\"{}\",\"x_forwarded_for\":\"{}\"",
+                        h.method,
+                        h.path().replace('"', "%22"),
+                        xff.replace('"', "")
+                    );
+                    break (reply, h.len, h.keep_alive, h.framing);
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            let mut chunk = [0u8; 4096];
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            // Borrow of `hdrs` ends with each iteration's parse.
+            hdrs = [httparse::EMPTY_HEADER; 64];
+        };
+        buf.drain(..used);
+        let Some(body_bytes) = read_body(&mut conn, &mut buf, framing) else {
+            return;
+        };
+        let body = format!("{reply},\"body_bytes\":{body_bytes}}}\n");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if keep { "" } else { "connection: close\r\n" }
+        );
+        if conn.write_all(resp.as_bytes()).is_err() || !keep {
+            return;
+        }
+    }
+}
+
+/// Reads and discards a body; returns its length.
+fn read_body(conn: &mut TcpStream, buf: &mut Vec<u8>, framing: Framing) -> Option<u64> {
+    let mut chunk = [0u8; 16384];
+    match framing {
+        Framing::None | Framing::UntilClose => Some(0),
+        Framing::Length(n) => {
+            let mut left = n;
+            loop {
+                let take = (buf.len() as u64).min(left) as usize;
+                buf.drain(..take);
+                left -= take as u64;
+                if left == 0 {
+                    return Some(n);
+                }
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut dec = chunked::Decoder::new();
+            loop {
+                let p = dec.feed(buf, None).ok()?;
+                buf.drain(..p.consumed);
+                if p.done {
+                    return Some(dec.body_bytes);
+                }
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                }
+            }
+        }
+    }
+}

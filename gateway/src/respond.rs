@@ -1,0 +1,188 @@
+//! The one place that turns any failure into a response: a status, a short
+//! JSON body with a stable reason code, and whose fault it was. No internal
+//! detail (addresses, errors) ever reaches the client; the log gets it.
+
+use std::io::Write as _;
+
+use crate::http::HttpError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong.
+    Client,
+    /// The upstream failed or misbehaved.
+    Upstream,
+    /// The gateway itself.
+    Internal,
+}
+
+/// A failure to proxy, as the client will see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable reason code (`http.cl_and_te`, `upstream.timeout`, ...).
+    pub reason: &'static str,
+    /// Whose fault.
+    pub fault: Fault,
+}
+
+impl Failure {
+    /// A client protocol error.
+    pub fn http(e: HttpError) -> Self {
+        Self {
+            status: e.status(),
+            reason: e.code(),
+            fault: Fault::Client,
+        }
+    }
+    /// No route for the request.
+    pub const NOT_FOUND: Self = Self {
+        status: 404,
+        reason: "route.not_found",
+        fault: Fault::Client,
+    };
+    /// A route exists but not for this method.
+    pub const METHOD: Self = Self {
+        status: 405,
+        reason: "route.method",
+        fault: Fault::Client,
+    };
+    /// The body exceeds the route's limit.
+    pub const BODY_TOO_LARGE: Self = Self {
+        status: 413,
+        reason: "limit.body_size",
+        fault: Fault::Client,
+    };
+    /// The request head took too long.
+    pub const HEADER_TIMEOUT: Self = Self {
+        status: 408,
+        reason: "limit.header_timeout",
+        fault: Fault::Client,
+    };
+    /// The request body stalled.
+    pub const BODY_TIMEOUT: Self = Self {
+        status: 408,
+        reason: "limit.body_timeout",
+        fault: Fault::Client,
+    };
+    /// The upstream refused or reset the connection.
+    pub const UPSTREAM_CONNECT: Self = Self {
+        status: 502,
+        reason: "upstream.connect",
+        fault: Fault::Upstream,
+    };
+    /// The upstream broke HTTP framing.
+    pub const UPSTREAM_PROTOCOL: Self = Self {
+        status: 502,
+        reason: "upstream.protocol",
+        fault: Fault::Upstream,
+    };
+    /// The upstream closed before answering.
+    pub const UPSTREAM_CLOSED: Self = Self {
+        status: 502,
+        reason: "upstream.closed",
+        fault: Fault::Upstream,
+    };
+    /// Every server of the upstream is marked down.
+    pub const UPSTREAM_DOWN: Self = Self {
+        status: 503,
+        reason: "upstream.unavailable",
+        fault: Fault::Upstream,
+    };
+    /// The upstream did not answer in time.
+    pub const UPSTREAM_TIMEOUT: Self = Self {
+        status: 504,
+        reason: "upstream.timeout",
+        fault: Fault::Upstream,
+    };
+    /// The gateway is shutting down.
+    pub const SHUTTING_DOWN: Self = Self {
+        status: 503,
+        reason: "gateway.shutting_down",
+        fault: Fault::Internal,
+    };
+
+    /// The error word in the JSON body.
+    fn word(self) -> &'static str {
+        match self.status {
+            400 => "bad_request",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            408 => "request_timeout",
+            413 => "payload_too_large",
+            414 => "uri_too_long",
+            417 => "expectation_failed",
+            431 => "request_header_fields_too_large",
+            502 => "bad_gateway",
+            503 => "service_unavailable",
+            504 => "gateway_timeout",
+            _ => "internal_error",
+        }
+    }
+}
+
+/// Canonical reason phrase for a status.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Internal Server Error",
+    }
+}
+
+/// Writes a complete error response into `out`.
+pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: &[u8]) {
+    // {"error":"<word>","reason":"<reason>"}\n
+    let body_len = 25 + f.word().len() + f.reason.len();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
+        f.status,
+        reason_phrase(f.status)
+    );
+    out.extend_from_slice(extra_headers);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let _ = write!(
+        out,
+        "\r\n{{\"error\":\"{}\",\"reason\":\"{}\"}}\n",
+        f.word(),
+        f.reason
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_body_is_json_with_exact_length() {
+        let mut out = Vec::new();
+        write_failure(&mut out, Failure::UPSTREAM_TIMEOUT, true, b"x-a: b\r\n");
+        let text = String::from_utf8(out).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head");
+        assert!(head.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"));
+        assert!(head.contains("connection: close"));
+        assert!(head.contains("x-a: b"));
+        assert_eq!(
+            body,
+            "{\"error\":\"gateway_timeout\",\"reason\":\"upstream.timeout\"}\n"
+        );
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+}

@@ -1,0 +1,135 @@
+//! Routing: the first route whose host, path and method match names the
+//! upstream. Routes are compiled once from the configuration.
+
+use crate::config::{PathMatch, RouteSettings};
+
+/// Why no route took a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No route matches host and path.
+    NotFound,
+    /// A route matches host and path, but not the method.
+    MethodNotAllowed,
+}
+
+/// The compiled route table.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<RouteSettings>,
+}
+
+/// `Host` without its port, e.g. `api.example.com:8443` → `api.example.com`,
+/// `[::1]:8443` → `[::1]`.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+impl RouteTable {
+    /// Compiles the configured routes.
+    pub fn new(routes: &[RouteSettings]) -> Self {
+        Self {
+            routes: routes.to_vec(),
+        }
+    }
+
+    /// The route for a request.
+    pub fn find(&self, host: &str, path: &str, method: &str) -> Result<&RouteSettings, Miss> {
+        let host = host_without_port(host);
+        let mut miss = Miss::NotFound;
+        for r in &self.routes {
+            if r.host
+                .as_deref()
+                .is_some_and(|h| !h.eq_ignore_ascii_case(host))
+            {
+                continue;
+            }
+            let path_ok = match &r.path {
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            };
+            if !path_ok {
+                continue;
+            }
+            if !r.methods.is_empty() && !r.methods.iter().any(|m| m == method) {
+                miss = Miss::MethodNotAllowed;
+                continue;
+            }
+            return Ok(r);
+        }
+        Err(miss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table() -> RouteTable {
+        let cfg = Config::parse(
+            r#"
+[listen]
+https = "127.0.0.1:8443"
+[[upstreams]]
+name = "a"
+servers = ["127.0.0.1:1"]
+[[upstreams]]
+name = "b"
+servers = ["127.0.0.1:2"]
+[[routes]]
+host = "API.example.com"
+path = "/exact"
+upstream = "b"
+[[routes]]
+path_prefix = "/write"
+methods = ["POST", "PUT"]
+upstream = "b"
+[[routes]]
+path_prefix = "/"
+upstream = "a"
+"#,
+            "t.toml",
+        )
+        .expect("valid");
+        RouteTable::new(&cfg.routes)
+    }
+
+    #[test]
+    fn matches_host_path_and_method_in_order() {
+        let t = table();
+        assert_eq!(
+            t.find("api.example.com:8443", "/exact", "GET")
+                .map(|r| r.upstream),
+            Ok(1)
+        );
+        assert_eq!(t.find("other", "/exact", "GET").map(|r| r.upstream), Ok(0));
+        assert_eq!(t.find("x", "/write/1", "POST").map(|r| r.upstream), Ok(1));
+        // /write with GET falls through to the catch-all.
+        assert_eq!(t.find("x", "/write/1", "GET").map(|r| r.upstream), Ok(0));
+    }
+
+    #[test]
+    fn method_mismatch_is_405_when_nothing_else_matches() {
+        let cfg = Config::parse(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath_prefix = \"/\"\nmethods = [\"GET\"]\nupstream = \"a\"\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let t = RouteTable::new(&cfg.routes);
+        assert_eq!(
+            t.find("x", "/", "DELETE").err(),
+            Some(Miss::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(host_without_port("a.b:1"), "a.b");
+        assert_eq!(host_without_port("[::1]:8443"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("a.b"), "a.b");
+    }
+}

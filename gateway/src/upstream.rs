@@ -1,0 +1,306 @@
+//! Upstreams as one worker sees them: its own keep-alive pool per server,
+//! its own balancing state and its own view of which servers are down. No
+//! state is shared between workers, so nothing here takes a lock.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use tokio_uring::net::TcpStream;
+
+use crate::config::{Balance, UpstreamSettings};
+
+/// Read buffer of an upstream connection.
+const UPSTREAM_READ: usize = 16 * 1024;
+/// First and longest backoff for a server that refused connections.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A connection to one upstream server.
+pub struct UpstreamConn {
+    /// The socket.
+    pub tcp: TcpStream,
+    /// Bytes read and not yet consumed are `buf[start..]`.
+    pub buf: Vec<u8>,
+    /// Start of unconsumed bytes in `buf`.
+    pub start: usize,
+    /// Index of the server within its upstream.
+    pub server: usize,
+    /// Whether it came from the idle pool (a failure before any response
+    /// byte may then just mean the server closed it while idle).
+    pub reused: bool,
+}
+
+impl UpstreamConn {
+    /// Reads more bytes into `buf`; returns how many (0 = EOF).
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        use tokio_uring::buf::BoundedBuf as _;
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(UPSTREAM_READ);
+        }
+        let len = self.buf.len();
+        let buf = std::mem::take(&mut self.buf);
+        let (res, slice) = self.tcp.read(buf.slice(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Unconsumed bytes.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks `n` pending bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// The socket's descriptor.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.tcp.as_raw_fd()
+    }
+
+    /// Whether an idle pooled connection is still open: a non-blocking peek
+    /// that finds neither EOF nor stray bytes.
+    pub fn looks_alive(&self) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: recv(2) into a valid one-byte buffer on our own socket.
+        let r = unsafe {
+            libc::recv(
+                self.fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Refused, unreachable or reset: the server is down.
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Server {
+    addr: SocketAddr,
+    idle: Vec<UpstreamConn>,
+    outstanding: usize,
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+impl std::fmt::Debug for UpstreamConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConn")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// One upstream's servers, pools and balancing state, per worker.
+#[derive(Debug)]
+pub struct Pool {
+    /// The settings it was built from.
+    pub settings: UpstreamSettings,
+    servers: Vec<Server>,
+    cursor: usize,
+}
+
+impl Pool {
+    /// A pool with no connections yet.
+    pub fn new(settings: &UpstreamSettings) -> Self {
+        Self {
+            servers: settings
+                .servers
+                .iter()
+                .map(|&addr| Server {
+                    addr,
+                    idle: Vec::new(),
+                    outstanding: 0,
+                    failures: 0,
+                    down_until: None,
+                })
+                .collect(),
+            settings: settings.clone(),
+            cursor: 0,
+        }
+    }
+
+    /// The address of server `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.servers[i].addr
+    }
+
+    /// Picks a server that is up (or whose backoff has passed), skipping
+    /// `exclude`; `None` when every candidate is down.
+    pub fn pick(&mut self, now: Instant, exclude: Option<usize>) -> Option<usize> {
+        let n = self.servers.len();
+        let usable =
+            |i: usize, s: &Server| Some(i) != exclude && s.down_until.is_none_or(|t| t <= now);
+        match self.settings.balance {
+            Balance::RoundRobin => {
+                for k in 0..n {
+                    let i = (self.cursor + k) % n;
+                    if usable(i, &self.servers[i]) {
+                        self.cursor = (i + 1) % n;
+                        return Some(i);
+                    }
+                }
+                None
+            }
+            Balance::LeastOutstanding => {
+                // Ties go round robin so equal servers share the load.
+                let start = self.cursor;
+                self.cursor = (self.cursor + 1) % n;
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| usable(i, &self.servers[i]))
+                    .min_by_key(|&i| self.servers[i].outstanding)
+            }
+        }
+    }
+
+    /// An idle connection to server `i`, if one is pooled.
+    pub fn checkout(&mut self, i: usize) -> Option<UpstreamConn> {
+        self.servers[i].idle.pop()
+    }
+
+    /// Returns a connection to its server's pool (closed if the pool is full).
+    pub fn checkin(&mut self, mut conn: UpstreamConn) {
+        let cap = self.settings.idle_per_server;
+        let s = &mut self.servers[conn.server];
+        if s.idle.len() < cap && conn.pending().is_empty() {
+            conn.reused = true;
+            conn.buf.clear();
+            conn.start = 0;
+            s.idle.push(conn);
+        }
+    }
+
+    /// Counts a request in flight on server `i`.
+    pub fn begin(&mut self, i: usize) {
+        self.servers[i].outstanding += 1;
+    }
+
+    /// Counts a request done on server `i`.
+    pub fn end(&mut self, i: usize) {
+        self.servers[i].outstanding = self.servers[i].outstanding.saturating_sub(1);
+    }
+
+    /// Server `i` refused: mark it down with exponential backoff and drop its idle connections.
+    pub fn mark_down(&mut self, i: usize, now: Instant) {
+        let s = &mut self.servers[i];
+        s.failures = s.failures.saturating_add(1);
+        let backoff = BACKOFF_FIRST
+            .saturating_mul(1 << (s.failures - 1).min(5))
+            .min(BACKOFF_MAX);
+        s.down_until = Some(now + backoff);
+        s.idle.clear();
+    }
+
+    /// Server `i` answered: it is up.
+    pub fn mark_up(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        s.failures = 0;
+        s.down_until = None;
+    }
+}
+
+/// Connects to `addr` within `limit`, with TCP_NODELAY.
+pub async fn connect(
+    addr: SocketAddr,
+    server: usize,
+    limit: Duration,
+) -> Result<UpstreamConn, ConnectError> {
+    // Dropping a timed-out connect leaves the op to finish and close its socket.
+    let tcp = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::TimedOut),
+        Ok(Err(_)) => return Err(ConnectError::Refused),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(UpstreamConn {
+        tcp,
+        buf: Vec::with_capacity(UPSTREAM_READ),
+        start: 0,
+        server,
+        reused: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(balance: Balance, n: u16) -> UpstreamSettings {
+        UpstreamSettings {
+            name: "u".into(),
+            servers: (0..n)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
+                .collect(),
+            balance,
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 1000,
+            idle_per_server: 4,
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_down_servers_until_backoff_passes() {
+        let mut p = Pool::new(&settings(Balance::RoundRobin, 3));
+        let t0 = Instant::now();
+        assert_eq!(
+            [p.pick(t0, None), p.pick(t0, None), p.pick(t0, None)],
+            [Some(0), Some(1), Some(2)]
+        );
+        p.mark_down(1, t0);
+        let picks: Vec<_> = (0..4).map(|_| p.pick(t0, None)).collect();
+        assert_eq!(picks, [Some(0), Some(2), Some(0), Some(2)]);
+        // After the first backoff (1 s) it is tried again.
+        assert!((0..3).any(|_| p.pick(t0 + Duration::from_millis(1001), None) == Some(1)));
+        // A second failure doubles the backoff.
+        p.mark_down(1, t0);
+        assert!(!(0..3).any(|_| p.pick(t0 + Duration::from_millis(1500), None) == Some(1)));
+    }
+
+    #[test]
+    fn all_down_is_none_and_exclude_is_respected() {
+        let mut p = Pool::new(&settings(Balance::RoundRobin, 2));
+        let t0 = Instant::now();
+        assert_eq!(p.pick(t0, Some(0)), Some(1));
+        assert_eq!(p.pick(t0, Some(1)), Some(0));
+        p.mark_down(0, t0);
+        p.mark_down(1, t0);
+        assert_eq!(p.pick(t0, None), None);
+    }
+
+    #[test]
+    fn least_outstanding_prefers_idle_servers() {
+        let mut p = Pool::new(&settings(Balance::LeastOutstanding, 3));
+        let t0 = Instant::now();
+        p.begin(0);
+        p.begin(0);
+        p.begin(1);
+        assert_eq!(p.pick(t0, None), Some(2));
+        p.begin(2);
+        p.begin(2);
+        assert_eq!(p.pick(t0, None), Some(1));
+    }
+}

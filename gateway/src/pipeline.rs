@@ -314,6 +314,21 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
     };
     c.consume(head_len);
 
+    // Judge the chunked framing already buffered before anything goes
+    // upstream: a bad chunk in the first bytes never reaches the backend.
+    if plan.framing == Framing::Chunked {
+        let mut check = chunked::Decoder::new();
+        let verdict = match check.feed(c.pending(), None) {
+            Err(e) => Some(Failure::http(e)),
+            Ok(_) if check.body_bytes > plan.max_body => Some(Failure::BODY_TOO_LARGE),
+            Ok(_) => None,
+        };
+        if let Some(f) = verdict {
+            send_failure(w, c, f, false, started).await;
+            return false;
+        }
+    }
+
     if plan.expect_continue && plan.framing != Framing::None {
         // RFC 9110 §10.1.1: the gateway answers 100 itself once it will read the body.
         if c.tls
@@ -499,12 +514,18 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
     let settings = w.pools.borrow()[plan.upstream].settings.clone();
     let mut exclude = None;
     let mut attempts = 0;
+    let mut last_failure: Option<(Failure, SocketAddr)> = None;
     loop {
         attempts += 1;
         let now = Instant::now();
         let picked = w.pools.borrow_mut()[plan.upstream].pick(now, exclude);
         let Some(server) = picked else {
-            return Err(Abort::Respond(Failure::UPSTREAM_DOWN, None));
+            // After a failed attempt, that failure is the answer (502/504);
+            // with every server already marked down, 503.
+            return Err(match last_failure {
+                Some((f, addr)) => Abort::Respond(f, Some(addr)),
+                None => Abort::Respond(Failure::UPSTREAM_DOWN, None),
+            });
         };
         let addr = w.pools.borrow()[plan.upstream].addr(server);
         let pooled = w.pools.borrow_mut()[plan.upstream].checkout(server);
@@ -525,16 +546,17 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
                             ConnectError::TimedOut => "timed out",
                         }
                     );
-                    // Nothing was sent: trying another server is safe for any request.
-                    if attempts < 3 {
-                        exclude = Some(server);
-                        continue;
-                    }
                     let f = if e == ConnectError::TimedOut {
                         Failure::UPSTREAM_TIMEOUT
                     } else {
                         Failure::UPSTREAM_CONNECT
                     };
+                    // Nothing was sent: trying another server is safe for any request.
+                    if attempts < 3 {
+                        exclude = Some(server);
+                        last_failure = Some((f, addr));
+                        continue;
+                    }
                     return Err(Abort::Respond(f, Some(addr)));
                 }
             },
@@ -558,6 +580,7 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
                 if !reused {
                     exclude = Some(server);
                 }
+                last_failure = Some((f, addr));
                 tracing::debug!(
                     "upstream {addr}: {} on attempt {attempts}, retrying",
                     f.reason
@@ -687,7 +710,14 @@ async fn exchange(
                 )));
             }
         };
-        write_client_head(&mut c.out, &resp, plan, client_keep, &w.shared);
+        // SIGTERM may have come while the upstream worked: say close now.
+        write_client_head(
+            &mut c.out,
+            &resp,
+            plan,
+            client_keep && !w.stopping(),
+            &w.shared,
+        );
         (resp.code, resp.framing, resp.len, resp.keep_alive)
     };
     conn.consume(head_len);

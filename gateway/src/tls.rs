@@ -215,8 +215,9 @@ pub struct TlsStream {
     eof: bool,
 }
 
-/// Runs `fut` with a deadline; on expiry the socket is shut down so the
-/// in-flight io_uring operation completes (dropping it does not cancel it).
+/// Runs `fut` with a deadline; on expiry the socket's read side is shut
+/// down so the in-flight io_uring read completes (dropping an operation does
+/// not cancel it), while the write side stays open for a last response.
 pub async fn deadline<T>(
     fd: RawFd,
     limit: Duration,
@@ -225,7 +226,8 @@ pub async fn deadline<T>(
     tokio::select! {
         r = fut => Some(r),
         _ = tokio::time::sleep(limit) => {
-            shutdown_fd(fd);
+            // SAFETY: shutdown(2) on a descriptor the caller owns.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
             None
         }
     }

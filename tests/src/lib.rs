@@ -291,6 +291,8 @@ pub fn syn_flood(
     Ok((sent, start.elapsed()))
 }
 
+pub mod harness;
+
 /// Builders of raw Ethernet frames for `BPF_PROG_TEST_RUN`.
 pub mod frame {
     use std::net::IpAddr;
@@ -409,6 +411,11 @@ impl Running {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits up to `timeout` for a stderr line containing `needle`.

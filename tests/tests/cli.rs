@@ -71,10 +71,14 @@ fn check_reports_a_missing_file() {
 }
 
 fn ns_config(name: &str, iface: &str) -> std::path::PathBuf {
+    ns_config_on(name, iface, 8443)
+}
+
+fn ns_config_on(name: &str, iface: &str, port: u16) -> std::path::PathBuf {
     write_config(
         name,
         &format!(
-            "[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\ninterface = \"{iface}\"\nsweep_interval_ms = 50\n"
+            "[listen]\nhttps = \"127.0.0.1:{port}\"\n[xdp]\ninterface = \"{iface}\"\nsweep_interval_ms = 50\n"
         ),
     )
 }
@@ -166,11 +170,14 @@ fn run_with_an_unknown_interface_fails_in_one_line() {
 #[test]
 fn without_privilege_policy_moves_to_userspace_after_one_warning() {
     require_root();
-    let cfg = ns_config("unprivileged.toml", "lo");
-    // Readable by the unprivileged user.
+    let port = gateway_tests::harness::free_port();
+    let cfg = ns_config_on("unprivileged.toml", "lo", port);
+    // Readable by the unprivileged user, with a state directory it may write.
     let dir = cfg.parent().expect("dir");
-    for p in [dir, cfg.as_path()] {
-        let _ = Command::new("chmod").arg("a+rx").arg(p).status();
+    let state = dir.join("unprivileged-state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    for p in [dir, cfg.as_path(), state.as_path()] {
+        let _ = Command::new("chmod").arg("a+rwx").arg(p).status();
     }
     let mut cmd = Command::new("setpriv");
     cmd.args([
@@ -183,7 +190,8 @@ fn without_privilege_policy_moves_to_userspace_after_one_warning() {
     .arg(gateway_bin())
     .arg("run")
     .arg("--config")
-    .arg(&cfg);
+    .arg(&cfg)
+    .env("GATEWAY_STATE_DIR", &state);
     let mut gw = Running::spawn(cmd);
     assert!(
         gw.wait_for_line("running;", Duration::from_secs(10))

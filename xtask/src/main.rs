@@ -86,14 +86,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => {
             let obj = build::ebpf()?;
-            let mut cmd = build::cargo(&obj);
-            cmd.arg("test");
-            if !args.iter().any(|a| a == "--") {
-                cmd.args(&args);
-            } else {
-                cmd.args(args);
-            }
-            exec(&mut cmd)
+            // The end-to-end tests run the gateway binary: build it first,
+            // also when `args` narrow the run to the tests package.
+            exec(build::cargo(&obj).args(["build", "--package", "gateway", "--bin", "gateway"]))?;
+            exec(build::cargo(&obj).arg("test").args(args))
         }
         Cmd::Clippy => {
             let obj = build::ebpf()?;

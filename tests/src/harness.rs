@@ -1,0 +1,548 @@
+//! The proxy's end-to-end harness: certificates from a test CA, a real
+//! backend that records what reaches it, the gateway binary run with a
+//! config file, and a TLS client speaking raw HTTP/1.1.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::{Running, gateway_bin};
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("gwtest-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test CA and leaf certificates for several names.
+pub struct Certs {
+    /// The CA certificate (DER), to trust in clients.
+    pub ca: CertificateDer<'static>,
+    /// PEM paths per name: (cert, key).
+    pub files: Vec<(String, PathBuf, PathBuf)>,
+}
+
+impl Certs {
+    /// Issues a leaf for each name (each also valid for 127.0.0.1).
+    pub fn issue(dir: &Path, names: &[&str]) -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gateway test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let mut files = Vec::new();
+        for name in names {
+            let key = rcgen::KeyPair::generate().expect("leaf key");
+            let params =
+                rcgen::CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()])
+                    .expect("leaf params");
+            let cert = params.signed_by(&key, &issuer).expect("leaf cert");
+            let cp = dir.join(format!("{name}.crt"));
+            let kp = dir.join(format!("{name}.key"));
+            std::fs::write(&cp, cert.pem()).expect("write cert");
+            std::fs::write(&kp, key.serialize_pem()).expect("write key");
+            files.push((name.to_string(), cp, kp));
+        }
+        Self {
+            ca: ca_cert.der().clone(),
+            files,
+        }
+    }
+
+    /// The `[[tls.certificates]]` entries: the first name is the default.
+    pub fn toml(&self) -> String {
+        let mut s = String::new();
+        for (i, (name, c, k)) in self.files.iter().enumerate() {
+            let names = if i == 0 {
+                String::new()
+            } else {
+                format!("\"{name}\"")
+            };
+            s.push_str(&format!(
+                "[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\nnames = [{names}]\n",
+                c.display(),
+                k.display()
+            ));
+        }
+        s
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One request as the backend received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The head, as text.
+    pub head: String,
+    /// Body bytes after de-chunking.
+    pub body_len: u64,
+    /// Whether the body arrived chunked.
+    pub chunked: bool,
+    /// The upstream connection's client port (same port = same connection).
+    pub conn_port: u16,
+}
+
+/// A real HTTP/1.1 backend on loopback with behaviours chosen by path:
+/// `/slow/<ms>` waits, `/chunked` answers chunked, `/bytes/<n>` sends n
+/// bytes, `/bad/cl-te` and `/bad/cl` answer with broken framing, anything
+/// else echoes what it received.
+pub struct Backend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// What it received, in order.
+    pub received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Starts it.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("backend listener");
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(300);
+            while !s.load(Ordering::Relaxed) && Instant::now() < until {
+                match listener.accept() {
+                    Ok((conn, peer)) => {
+                        let r = r.clone();
+                        std::thread::spawn(move || backend_conn(conn, peer.port(), r));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    /// What it received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_until_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(p + 4);
+        }
+        let mut tmp = [0u8; 65536];
+        match conn.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> bool {
+    while buf.len() < want {
+        let mut tmp = [0u8; 65536];
+        match conn.read(&mut tmp) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    true
+}
+
+/// A deliberately simple, independent parser (not the gateway's).
+fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received>>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = read_until_head(&mut conn, &mut buf) else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let lower = head.to_ascii_lowercase();
+        let cl = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let chunked = lower
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        let mut body_len = 0u64;
+        if chunked {
+            loop {
+                let found = loop {
+                    if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break Some(p);
+                    }
+                    let mut tmp = [0u8; 65536];
+                    match conn.read(&mut tmp) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                };
+                let Some(line_end) = found else { return };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                        .unwrap_or(0);
+                buf.drain(..line_end + 2);
+                if size == 0 {
+                    // Trailers end with an empty line.
+                    let Some(t) = read_until_head_or_crlf(&mut conn, &mut buf) else {
+                        return;
+                    };
+                    buf.drain(..t);
+                    break;
+                }
+                if !fill(&mut conn, &mut buf, size + 2) {
+                    return;
+                }
+                buf.drain(..size + 2);
+                body_len += size as u64;
+            }
+        } else if let Some(n) = cl {
+            // Stream big bodies through without holding them.
+            let mut left = n;
+            while left > 0 {
+                if buf.is_empty() && !fill(&mut conn, &mut buf, 1) {
+                    return;
+                }
+                let take = buf.len().min(left);
+                buf.drain(..take);
+                left -= take;
+            }
+            body_len = n as u64;
+        }
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        if let Ok(mut r) = received.lock() {
+            r.push(Received {
+                head: head.clone(),
+                body_len,
+                chunked,
+                conn_port: port,
+            });
+        }
+        let ok = respond(&mut conn, &path, &head, body_len);
+        if !ok || lower.contains("connection: close") {
+            return;
+        }
+    }
+}
+
+fn read_until_head_or_crlf(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if buf.starts_with(b"\r\n") {
+            return Some(2);
+        }
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(p + 4);
+        }
+        let mut tmp = [0u8; 4096];
+        match conn.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+fn respond(conn: &mut TcpStream, path: &str, head: &str, body_len: u64) -> bool {
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let reply = if path == "/chunked" {
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_owned()
+    } else if path == "/bad/cl-te" {
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned()
+    } else if path == "/bad/cl" {
+        "HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\nhello".to_owned()
+    } else if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+        r.push_str(&"x".repeat(n));
+        r
+    } else {
+        let body = format!("received {body_len} bytes\n");
+        let _ = head;
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-upstream-hsts-test: 1\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    conn.write_all(reply.as_bytes()).is_ok()
+}
+
+/// The gateway binary running a config file; stopped with SIGTERM on drop.
+pub struct Gateway {
+    /// The process.
+    pub proc: Running,
+    /// Its HTTPS port.
+    pub port: u16,
+    /// Its scratch directory (config, state).
+    pub dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts `gateway run` with `config` (which must listen on `port`)
+    /// and waits until it serves.
+    pub fn start(dir: TempDir, port: u16, config: &str) -> Self {
+        let path = dir.0.join("gateway.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("GATEWAY_STATE_DIR", dir.0.join("state"));
+        let mut proc = Running::spawn(cmd);
+        assert!(
+            proc.wait_for_line("running;", Duration::from_secs(15))
+                .is_some(),
+            "gateway did not start: {:?}",
+            proc.seen
+        );
+        Self { proc, port, dir }
+    }
+
+    /// The gateway's PID.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+/// A TLS client speaking raw HTTP/1.1.
+pub struct Client {
+    /// The TLS stream.
+    pub tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+/// A response as the client got it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// The head, as text (lowercase header names).
+    pub head: String,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// A client TLS configuration trusting `ca`.
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+impl Client {
+    /// Connects to 127.0.0.1:`port` asking for `sni`.
+    pub fn connect(port: u16, sni: &str, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
+        let conn = rustls::ClientConnection::new(cfg, name).map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // Drive the handshake now so errors surface here.
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(Self {
+            tls,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The leaf certificate the server presented.
+    pub fn peer_cert(&self) -> Option<CertificateDer<'static>> {
+        self.tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned())
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.tls.write_all(raw)?;
+        self.tls.flush()
+    }
+
+    fn fill(&mut self) -> std::io::Result<bool> {
+        let mut tmp = [0u8; 65536];
+        match self.tls.read(&mut tmp) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads one response (for a request with method `method`).
+    pub fn response(&mut self, method: &str) -> std::io::Result<Response> {
+        let end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if !self.fill()? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end);
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let lower = head.to_ascii_lowercase();
+        let cl = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let chunked = lower.contains("transfer-encoding: chunked");
+        let mut body = Vec::new();
+        if method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status) {
+        } else if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break p;
+                    }
+                    if !self.fill()? {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                };
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.buf[..line_end]).trim(),
+                    16,
+                )
+                .unwrap_or(0);
+                self.buf.drain(..line_end + 2);
+                while self.buf.len() < size + 2 {
+                    if !self.fill()? {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                body.extend_from_slice(&self.buf[..size]);
+                if size == 0 {
+                    // Trailers: up to the empty line.
+                    loop {
+                        if self.buf.starts_with(b"\r\n") {
+                            self.buf.drain(..2);
+                            break;
+                        }
+                        if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            self.buf.drain(..p + 4);
+                            break;
+                        }
+                        if !self.fill()? {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
+                    break;
+                }
+                self.buf.drain(..size + 2);
+            }
+        } else if let Some(n) = cl {
+            while self.buf.len() < n {
+                if !self.fill()? {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            body = self.buf.drain(..n).collect();
+        } else {
+            while self.fill()? {}
+            body = std::mem::take(&mut self.buf);
+        }
+        Ok(Response {
+            status,
+            head: lower,
+            body,
+        })
+    }
+
+    /// Whether the server closed the connection (EOF) within `within`.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let _ = self.tls.sock.set_read_timeout(Some(within));
+        let mut tmp = [0u8; 1024];
+        loop {
+            match self.tls.read(&mut tmp) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}

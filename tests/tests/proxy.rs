@@ -1,0 +1,509 @@
+//! The proxy end to end: real sockets, real TLS, a real backend that records
+//! what reaches it, and the gateway binary run from a config file.
+
+use std::{io::Write, net::TcpStream, time::Duration};
+
+use gateway_tests::harness::{Backend, Certs, Client, Gateway, TempDir, client_config, free_port};
+use nix::sys::signal::Signal;
+
+struct Setup {
+    gw: Gateway,
+    backend: Backend,
+    certs: Certs,
+    plain_port: u16,
+}
+
+fn setup(tag: &str, extra: &str) -> Setup {
+    let dir = TempDir::new(tag);
+    let certs = Certs::issue(&dir.0, &["localhost", "api.test", "other.test"]);
+    let backend = Backend::start();
+    let port = free_port();
+    let plain_port = free_port();
+    let closed = free_port();
+    let config = format!(
+        r#"
+[listen]
+https = "127.0.0.1:{port}"
+plain_http_port = {plain_port}
+redirect_plain_http = true
+
+[runtime]
+workers = 2
+
+[limits]
+header_timeout_ms = 800
+body_timeout_ms = 3000
+shutdown_grace_ms = 5000
+{extra}
+
+{certs}
+
+[[upstreams]]
+name = "backend"
+servers = ["{backend}"]
+response_timeout_ms = 700
+
+[[upstreams]]
+name = "down"
+servers = ["127.0.0.1:{closed}"]
+
+[[routes]]
+path_prefix = "/down"
+upstream = "down"
+
+[[routes]]
+path_prefix = "/big"
+upstream = "backend"
+max_body_bytes = 104857600
+
+[[routes]]
+path_prefix = "/"
+upstream = "backend"
+
+[xdp]
+enabled = false
+"#,
+        certs = certs.toml(),
+        backend = backend.addr,
+    );
+    let gw = Gateway::start(dir, port, &config);
+    Setup {
+        gw,
+        backend,
+        certs,
+        plain_port,
+    }
+}
+
+impl Setup {
+    fn client(&self) -> Client {
+        self.client_sni("localhost")
+    }
+
+    fn client_sni(&self, sni: &str) -> Client {
+        let cfg = client_config(
+            &self.certs.ca,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        );
+        Client::connect(self.gw.port, sni, cfg).expect("TLS connect")
+    }
+}
+
+#[test]
+fn get_and_post_reach_the_backend_with_forwarding_headers() {
+    let s = setup("getpost", "");
+    let mut c = s.client();
+    c.send(b"GET /hello?x=1 HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\r\n").expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.status, 200, "{r:?}");
+    // (The harness lowercases heads.)
+    assert_eq!(
+        r.header("strict-transport-security").as_deref(),
+        Some("max-age=31536000; includesubdomains")
+    );
+    c.send(b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\nhello world")
+        .expect("send");
+    let r = c.response("POST").expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"received 11 bytes\n");
+    let got = s.backend.received();
+    assert_eq!(got.len(), 2);
+    let head = got[0].head.to_ascii_lowercase();
+    assert!(head.starts_with("get /hello?x=1 http/1.1\r\n"), "{head}");
+    // Client-sent forwarding fields are dropped (the peer is not a trusted proxy).
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+    assert!(!head.contains("6.6.6.6"), "{head}");
+    assert!(head.contains("x-forwarded-proto: https\r\n"), "{head}");
+    assert!(
+        head.contains("forwarded: for=127.0.0.1;proto=https;host=\"localhost\""),
+        "{head}"
+    );
+    // Hop-by-hop fields, and those Connection names, are not forwarded.
+    assert!(!head.contains("x-secret"), "{head}");
+    assert!(!head.contains("connection:"), "{head}");
+    assert_eq!(got[1].body_len, 11);
+}
+
+#[test]
+fn chunked_both_ways() {
+    let s = setup("chunked", "");
+    let mut c = s.client();
+    c.send(b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n").expect("send");
+    let r = c.response("POST").expect("response");
+    assert_eq!(r.body, b"received 11 bytes\n");
+    let got = s.backend.received();
+    assert!(got[0].chunked, "the backend got a chunked body");
+    assert_eq!(got[0].body_len, 11);
+    c.send(b"GET /chunked HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(r.body, b"hello world");
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_50_mb_body_streams_with_bounded_memory() {
+    let s = setup("big", "");
+    let before = vm_hwm_kib(s.gw.pid());
+    let mut c = s.client();
+    let total: usize = 50 * 1024 * 1024;
+    c.send(
+        format!("POST /big HTTP/1.1\r\nHost: localhost\r\nContent-Length: {total}\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("head");
+    let chunk = vec![b'z'; 256 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.len().min(total - sent);
+        c.tls.write_all(&chunk[..n]).expect("body");
+        sent += n;
+    }
+    c.tls.flush().expect("flush");
+    let r = c.response("POST").expect("response");
+    assert_eq!(r.body, format!("received {total} bytes\n").as_bytes());
+    // And 50 MB back down.
+    c.send(format!("GET /bytes/{total} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.body.len(), total);
+    let grew = vm_hwm_kib(s.gw.pid()).saturating_sub(before);
+    assert!(
+        grew < 16 * 1024,
+        "peak RSS grew by {grew} KiB while streaming 50 MB each way"
+    );
+}
+
+#[test]
+fn keep_alive_reuses_client_and_upstream_connections() {
+    let s = setup("keepalive", "");
+    let mut c = s.client();
+    for i in 0..3 {
+        c.send(format!("GET /k{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(c.response("GET").expect("response").status, 200);
+    }
+    let got = s.backend.received();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|r| r.conn_port == got[0].conn_port),
+        "upstream connection not reused: {got:?}"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = setup("pipeline", "");
+    let mut c = s.client();
+    c.send(
+        b"GET /p1 HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /p2 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabcGET /p3 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .expect("send");
+    let bodies: Vec<_> = ["GET", "POST", "GET"]
+        .iter()
+        .map(|m| c.response(m).expect("response").body)
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            b"received 0 bytes\n".to_vec(),
+            b"received 3 bytes\n".to_vec(),
+            b"received 0 bytes\n".to_vec()
+        ]
+    );
+    let paths: Vec<_> = s
+        .backend
+        .received()
+        .iter()
+        .map(|r| r.head.split_whitespace().nth(1).unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(paths, ["/p1", "/p2", "/p3"]);
+}
+
+#[test]
+fn head_and_expect_continue() {
+    let s = setup("head", "");
+    let mut c = s.client();
+    c.send(b"HEAD /bytes/1234 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let r = c.response("HEAD").expect("response");
+    assert_eq!(r.header("content-length").as_deref(), Some("1234"));
+    assert!(r.body.is_empty());
+    c.send(
+        b"POST /e HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .expect("send");
+    let interim = c.response("POST").expect("100");
+    assert_eq!(interim.status, 100);
+    c.send(b"data").expect("body");
+    let r = c.response("POST").expect("response");
+    assert_eq!(r.body, b"received 4 bytes\n");
+    assert!(
+        !s.backend.received()[1]
+            .head
+            .to_ascii_lowercase()
+            .contains("expect"),
+        "Expect forwarded"
+    );
+}
+
+#[test]
+fn sni_picks_the_certificate() {
+    let s = setup("sni", "");
+    let names = |c: &Client| {
+        let der = c.peer_cert().expect("peer cert");
+        // The test CA put each name in the SAN; find which one.
+        ["api.test", "other.test", "localhost"]
+            .iter()
+            .find(|n| der.as_ref().windows(n.len()).any(|w| w == n.as_bytes()))
+            .map(|n| n.to_string())
+    };
+    assert_eq!(
+        names(&s.client_sni("api.test")).as_deref(),
+        Some("api.test")
+    );
+    assert_eq!(
+        names(&s.client_sni("other.test")).as_deref(),
+        Some("other.test")
+    );
+    assert_eq!(
+        names(&s.client_sni("localhost")).as_deref(),
+        Some("localhost")
+    );
+}
+
+/// A ClientHello offering only TLS 1.1 (legacy_version 0x0302, no
+/// supported_versions extension).
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]); // ECDHE-RSA-AES128-SHA, AES128-SHA
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut hs = vec![0x01, 0, 0, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01, 0, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn tls_1_1_is_refused() {
+    let s = setup("tls11", "");
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    tcp.write_all(&tls11_client_hello()).expect("hello");
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut tcp, &mut buf).unwrap_or(0);
+    // A fatal alert record (type 21, level 2), no ServerHello (rustls sends
+    // handshake_failure: it has no TLS 1.1 to negotiate).
+    assert!(n >= 7, "no alert");
+    assert_eq!(buf[0], 21, "not an alert: {:?}", &buf[..n]);
+    assert_eq!(buf[5], 2, "not fatal: {:?}", &buf[..n]);
+    // And a modern client still works.
+    let mut c = s.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+}
+
+#[test]
+fn smuggling_shapes_get_400_and_never_reach_the_backend() {
+    let s = setup("smuggle", "");
+    let rows: &[(&str, &[u8], u16)] = &[
+        ("cl_and_te", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("repeated_cl", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+        ("conflicting_cl", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
+        ("te_not_chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        ("te_chunked_then_identity", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
+        ("te_on_http10", b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("obs_fold", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+        ("space_before_colon", b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+        ("bare_lf", b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        ("bare_cr", b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400),
+        ("nul_in_value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 400),
+        ("ctl_in_name", b"GET / HTTP/1.1\r\nHost: a\r\nX\x01Y: b\r\n\r\n", 400),
+        ("missing_host", b"GET / HTTP/1.1\r\n\r\n", 400),
+        ("repeated_host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("bad_chunk_size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+        ("chunk_size_overflow", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n0\r\n\r\n", 400),
+        ("bad_chunk_ext", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;=x\r\nhello\r\n0\r\n\r\n", 400),
+        ("long_request_line", &[b"GET /".as_slice(), &[b'a'; 9000], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat(), 414),
+        ("huge_headers", &[b"GET / HTTP/1.1\r\nHost: a\r\n".as_slice(), &b"X-Fill: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(400), b"\r\n"].concat(), 431),
+    ];
+    let mut failures = Vec::new();
+    for (name, raw, status) in rows {
+        let mut c = s.client();
+        if c.send(raw).is_err() {
+            failures.push(format!("{name}: send failed"));
+            continue;
+        }
+        match c.response("GET") {
+            Ok(r) if r.status == *status && r.header("connection").as_deref() == Some("close") => {
+                if !r.body.starts_with(b"{\"error\":") {
+                    failures.push(format!(
+                        "{name}: body {:?}",
+                        String::from_utf8_lossy(&r.body)
+                    ));
+                }
+            }
+            Ok(r) => failures.push(format!(
+                "{name}: got {} (want {status}) {:?}",
+                r.status, r.head
+            )),
+            Err(e) => failures.push(format!("{name}: no response: {e}")),
+        }
+    }
+    let reached: Vec<_> = s.backend.received().into_iter().map(|r| r.head).collect();
+    assert!(failures.is_empty(), "rows failed:\n{}", failures.join("\n"));
+    assert!(
+        reached.is_empty(),
+        "requests reached the backend: {reached:?}"
+    );
+}
+
+#[test]
+fn upstream_down_is_502_and_slow_upstream_is_504() {
+    let s = setup("errors", "");
+    let mut c = s.client();
+    c.send(b"GET /down HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.body,
+        b"{\"error\":\"bad_gateway\",\"reason\":\"upstream.connect\"}\n"
+    );
+    // Marked down: the next request does not even try.
+    c.send(b"GET /down HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 503);
+    let mut c = s.client();
+    c.send(b"GET /slow/2000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        r.body,
+        b"{\"error\":\"gateway_timeout\",\"reason\":\"upstream.timeout\"}\n"
+    );
+}
+
+#[test]
+fn broken_upstream_framing_is_502() {
+    let s = setup("badframing", "");
+    for path in ["/bad/cl-te", "/bad/cl"] {
+        let mut c = s.client();
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .expect("send");
+        let r = c.response("GET").expect("response");
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(
+            r.body,
+            b"{\"error\":\"bad_gateway\",\"reason\":\"upstream.protocol\"}\n"
+        );
+    }
+    // The poisoned connections were discarded: a good request still works.
+    let mut c = s.client();
+    c.send(b"GET /fine HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    let ports: std::collections::HashSet<_> =
+        s.backend.received().iter().map(|r| r.conn_port).collect();
+    assert_eq!(
+        ports.len(),
+        3,
+        "each broken response's connection was closed"
+    );
+}
+
+#[test]
+fn slowloris_is_cut_after_the_header_timeout() {
+    let s = setup("slowloris", "");
+    let mut c = s.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: ")
+        .expect("send");
+    let started = std::time::Instant::now();
+    let r = c.response("GET").expect("408");
+    assert_eq!(r.status, 408);
+    assert!(
+        c.closed_within(Duration::from_secs(1)),
+        "connection left open"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    assert!(s.backend.received().is_empty());
+}
+
+#[test]
+fn body_over_the_route_limit_is_413() {
+    let s = setup("limit", "max_body_bytes = 1000");
+    let mut c = s.client();
+    c.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1001\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("POST").expect("response").status, 413);
+    let mut c = s.client();
+    let body = vec![b'a'; 1500];
+    let mut raw =
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5dc\r\n".to_vec();
+    raw.extend_from_slice(&body);
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    c.send(&raw).expect("send");
+    assert_eq!(c.response("POST").expect("response").status, 413);
+}
+
+#[test]
+fn plain_http_is_redirected_to_https() {
+    let s = setup("redirect", "");
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.plain_port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    tcp.write_all(b"GET /path?q=1 HTTP/1.1\r\nHost: example.test:8080\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut tcp, &mut out);
+    assert!(out.starts_with("HTTP/1.1 308 "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "location: https://example.test:{}/path?q=1\r\n",
+            s.gw.port
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish() {
+    let mut s = setup("sigterm", "");
+    let mut c = s.client();
+    c.send(b"GET /slow/600 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(150));
+    let pid = nix::unistd::Pid::from_raw(s.gw.pid() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let r = c.response("GET").expect("the in-flight request finishes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    let status =
+        s.gw.proc
+            .stop(Signal::SIGCONT, Duration::from_secs(8))
+            .expect("gateway exits");
+    assert!(status.success(), "{status}: {:?}", s.gw.proc.seen);
+    assert!(
+        TcpStream::connect(("127.0.0.1", s.gw.port)).is_err(),
+        "still accepting after SIGTERM"
+    );
+}

@@ -2,6 +2,7 @@
 //! by `cargo xtask bench`. Speed targets live here, never in tests.
 
 mod flood;
+mod proxy;
 mod xdp;
 
 use std::process::ExitCode;
@@ -22,11 +23,14 @@ struct Cli {
 enum Cmd {
     /// XDP drop path (driver, skb) against an nftables drop rule.
     Xdp(xdp::Opts),
+    /// The TLS proxy against HAProxy and nginx (and the backend directly).
+    Proxy(proxy::Opts),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Xdp(opts) => xdp::run(opts),
+        Cmd::Proxy(opts) => proxy::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

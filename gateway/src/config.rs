@@ -58,6 +58,8 @@ struct File {
     #[serde(default)]
     demo: Option<DemoFile>,
     #[serde(default)]
+    log: LogFile,
+    #[serde(default)]
     upstreams: Vec<UpstreamFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
@@ -142,6 +144,19 @@ struct ProxyFile {
     trusted_proxies: Vec<IpNet>,
     #[serde(default)]
     hsts: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    #[serde(default = "yes")]
+    access: bool,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self { access: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,6 +357,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Address of the built-in demo backend, when it should run.
     pub demo: Option<SocketAddr>,
+    /// One access-log line per request.
+    pub access_log: bool,
     /// Upstreams by position; routes refer to them by index.
     pub upstreams: Vec<UpstreamSettings>,
     /// Routes in match order.
@@ -684,6 +701,7 @@ impl Config {
                 },
             },
             demo: raw.demo.map(|d| d.listen),
+            access_log: raw.log.access,
             upstreams,
             routes,
             source: file.to_owned(),

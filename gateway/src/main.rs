@@ -233,7 +233,7 @@ fn run(cfg: Config) -> Result<(), String> {
         trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
         filters: ResponseFilters::new(&cfg),
         source_policy: enforcement.userspace_policy(),
-        access_log: true,
+        access_log: cfg.access_log,
         stopping: AtomicBool::new(false),
         cfg: cfg.clone(),
     });

@@ -41,10 +41,10 @@ enum Cmd {
     },
     /// Lint the host workspace and the eBPF crate.
     Clippy,
-    /// Benchmarks: `xdp` (kernel drop path vs nftables).
+    /// Benchmarks: `xdp` (kernel drop path vs nftables), `proxy` (vs HAProxy and nginx).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp"])]
+        #[arg(value_parser = ["xdp", "proxy"])]
         which: String,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -97,15 +97,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { which, args } => {
             let obj = build::ebpf()?;
+            // The benchmark runs the release gateway: build both at once.
             let status = build::cargo(&obj)
                 .args([
                     "build",
                     "--release",
                     "--package",
-                    "gateway-benches",
+                    "gateway",
                     "--bin",
-                    "gateway-bench",
+                    "gateway",
                 ])
+                .args(["--package", "gateway-benches", "--bin", "gateway-bench"])
                 .status()
                 .context("running cargo build")?;
             if !status.success() {

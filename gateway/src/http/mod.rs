@@ -7,6 +7,7 @@
 //! smuggling needs, and what this module exists to deny.
 
 pub mod chunked;
+pub mod fuzz;
 pub mod request;
 pub mod response;
 

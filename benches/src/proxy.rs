@@ -1,0 +1,579 @@
+//! `bench proxy`: wrk over TLS keep-alive against the backend directly, our
+//! gateway, HAProxy 2.6 and nginx 1.22 doing the same work: TLS termination,
+//! proxying to the same nginx backend over pooled keep-alive connections,
+//! adding X-Forwarded-For, X-Forwarded-Proto and HSTS, no access log.
+//!
+//! The systems alternate within each round; the report gives medians of
+//! req/s, latency percentiles, and each proxy's own CPU time per request
+//! (utime + stime of its processes, from /proc) with ratios to HAProxy.
+//! Every latency distribution is saved under `--out`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Options of `bench proxy`.
+#[derive(clap::Args, Debug)]
+pub struct Opts {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Worker threads/processes for each proxy.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// CPU list for the proxies (taskset syntax, e.g. "0-1"); default: unpinned.
+    #[arg(long)]
+    proxy_cpus: Option<String>,
+    /// CPU list for wrk and the backend; default: unpinned.
+    #[arg(long)]
+    load_cpus: Option<String>,
+    /// Where results and latency distributions go.
+    #[arg(long, default_value = "target/bench/proxy")]
+    out: PathBuf,
+    /// The gateway binary (release).
+    #[arg(long, default_value = "target/release/gateway")]
+    gateway: PathBuf,
+}
+
+const BACKEND_PORT: u16 = 18080;
+const PORTS: [(&str, u16); 4] = [
+    ("backend", BACKEND_PORT),
+    ("gateway", 18443),
+    ("haproxy", 18444),
+    ("nginx", 18445),
+];
+
+/// A process group we started; killed on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    cpus: Option<&str>,
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+) -> Result<Proc> {
+    let mut cmd = match cpus {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.arg("-c").arg(c).arg(program);
+            t
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(log.with_extension("err"))?);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", program.display()))?;
+    Ok(Proc { name, child })
+}
+
+fn wait_port(port: u16, proc: &mut Proc) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!(
+                "{} exited with {status} before listening on {port}",
+                proc.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not listen on {port}", proc.name)
+}
+
+/// utime + stime of every process in a process group, in clock ticks.
+fn group_cpu_ticks(pgid: u32) -> u64 {
+    let mut total = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes the command name.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0] = state, f[2] = pgrp, f[11] = utime, f[12] = stime.
+        if f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+const WRK_LUA: &str = r#"
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d duration_us=%d errors=%d\n", summary.requests, summary.duration,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout))
+  for _, p in pairs({50, 90, 99, 99.9, 99.99}) do
+    io.write(string.format("PCT %g %d\n", p, latency:percentile(p)))
+  end
+  for p = 1, 100 do
+    io.write(string.format("DIST %d %d\n", p, latency:percentile(p)))
+  end
+  io.write(string.format("DIST 99.9 %d\nDIST 99.99 %d\n", latency:percentile(99.9), latency:percentile(99.99)))
+end
+"#;
+
+struct Run {
+    rps: f64,
+    pct: BTreeMap<String, f64>,
+    cpu_us_per_req: Option<f64>,
+    errors: u64,
+}
+
+fn wrk(opts: &Opts, url: &str, lua: &Path, pgid: Option<u32>, dist_file: &Path) -> Result<Run> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let before = pgid.map(group_cpu_ticks);
+    let mut cmd = match &opts.load_cpus {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.arg("-c").arg(c).arg("wrk");
+            t
+        }
+        None => Command::new("wrk"),
+    };
+    let out = cmd
+        .args([
+            "-t",
+            &opts.threads.to_string(),
+            "-c",
+            &opts.connections.to_string(),
+        ])
+        .args([
+            "-d",
+            &format!("{}s", opts.duration),
+            "--timeout",
+            "5s",
+            "-s",
+        ])
+        .arg(lua)
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let after = pgid.map(group_cpu_ticks);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut requests = 0u64;
+    let mut duration_us = 1u64;
+    let mut errors = 0u64;
+    let mut pct = BTreeMap::new();
+    let mut dist = String::from("percentile,latency_us\n");
+    for line in text.lines() {
+        if let Some(r) = line.strip_prefix("RESULT ") {
+            for kv in r.split_whitespace() {
+                let (k, v) = kv.split_once('=').unwrap_or(("", "0"));
+                let v: u64 = v.parse().unwrap_or(0);
+                match k {
+                    "requests" => requests = v,
+                    "duration_us" => duration_us = v.max(1),
+                    "errors" => errors = v,
+                    _ => {}
+                }
+            }
+        } else if let Some(p) = line.strip_prefix("PCT ") {
+            let mut it = p.split_whitespace();
+            if let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<f64>().ok())) {
+                pct.insert(k.to_owned(), v);
+            }
+        } else if let Some(p) = line.strip_prefix("DIST ") {
+            let _ = writeln!(dist, "{}", p.replace(' ', ","));
+        }
+    }
+    std::fs::write(dist_file, dist)?;
+    let cpu_us_per_req = match (before, after) {
+        (Some(b), Some(a)) if requests > 0 => Some((a - b) as f64 / hz * 1e6 / requests as f64),
+        _ => None,
+    };
+    Ok(Run {
+        rps: requests as f64 * 1e6 / duration_us as f64,
+        pct,
+        cpu_us_per_req,
+        errors,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(opts: Opts) -> Result<()> {
+    for tool in ["wrk", "haproxy", "nginx"] {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            bail!("{tool} is missing: apt-get install wrk haproxy nginx-light");
+        }
+    }
+    let gateway = std::fs::canonicalize(&opts.gateway).with_context(|| {
+        format!(
+            "{} (build it with cargo xtask build)",
+            opts.gateway.display()
+        )
+    })?;
+    std::fs::create_dir_all(&opts.out)?;
+    let out = std::fs::canonicalize(&opts.out)?;
+    let work = out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let (cert, key, _) =
+        gateway::tls::self_signed(&work, "127.0.0.1").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let combined = work.join("combined.pem");
+    std::fs::write(
+        &combined,
+        [std::fs::read(&cert)?, std::fs::read(&key)?].concat(),
+    )?;
+    let lua = work.join("report.lua");
+    std::fs::write(&lua, WRK_LUA)?;
+    let w = opts.workers;
+    let hsts = "max-age=31536000; includeSubDomains";
+
+    // The backend: nginx answering small JSON on plain HTTP.
+    let backend_conf = work.join("backend.conf");
+    std::fs::write(
+        &backend_conf,
+        format!(
+            r#"
+daemon off; master_process off; worker_processes 1; pid {w}/backend.pid; error_log {w}/backend-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path {w}; proxy_temp_path {w}; fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};
+  server {{ listen 127.0.0.1:{BACKEND_PORT} reuseport; default_type application/json;
+    location / {{ return 200 '{{"service":"bench","ok":true}}'; }} }}
+}}
+"#,
+            w = work.display()
+        ),
+    )?;
+    let gw_conf = work.join("gateway.toml");
+    std::fs::write(
+        &gw_conf,
+        format!(
+            r#"
+[listen]
+https = "127.0.0.1:{port}"
+https_only = false
+[runtime]
+workers = {w}
+[log]
+access = false
+[tls]
+[[tls.certificates]]
+cert = "{cert}"
+key = "{key}"
+[[upstreams]]
+name = "backend"
+servers = ["127.0.0.1:{BACKEND_PORT}"]
+idle_per_server = 256
+[[routes]]
+upstream = "backend"
+[xdp]
+enabled = false
+"#,
+            port = PORTS[1].1,
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )?;
+    let haproxy_conf = work.join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_conf,
+        format!(
+            r#"
+global
+  nbthread {w}
+  maxconn 4000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port} ssl crt {combined} alpn http/1.1
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  http-response set-header Strict-Transport-Security "{hsts}"
+  default_backend be
+backend be
+  server s1 127.0.0.1:{BACKEND_PORT}
+"#,
+            port = PORTS[2].1,
+            combined = combined.display()
+        ),
+    )?;
+    let nginx_conf = work.join("nginx.conf");
+    std::fs::write(
+        &nginx_conf,
+        format!(
+            r#"
+daemon off; worker_processes {w}; pid {d}/nginx.pid; error_log {d}/nginx-error.log;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} ssl reuseport;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+      add_header Strict-Transport-Security "{hsts}" always;
+    }}
+  }}
+}}
+"#,
+            d = work.display(),
+            port = PORTS[3].1,
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )?;
+
+    let pc = opts.proxy_cpus.as_deref();
+    let lc = opts.load_cpus.as_deref();
+    let nginx_bin = PathBuf::from("nginx");
+    let mut backend = spawn(
+        "backend",
+        lc,
+        &nginx_bin,
+        &[
+            "-c",
+            &backend_conf.display().to_string(),
+            "-e",
+            &work.join("backend-e.log").display().to_string(),
+        ],
+        &work.join("backend.log"),
+    )?;
+    wait_port(BACKEND_PORT, &mut backend)?;
+    let mut procs: Vec<(String, Option<Proc>, String)> = Vec::new();
+    let mut gw = spawn(
+        "gateway",
+        pc,
+        &gateway,
+        &["run", "--config", &gw_conf.display().to_string()],
+        &work.join("gateway.log"),
+    )?;
+    wait_port(PORTS[1].1, &mut gw)?;
+    let mut hp = spawn(
+        "haproxy",
+        pc,
+        Path::new("haproxy"),
+        &["-db", "-f", &haproxy_conf.display().to_string()],
+        &work.join("haproxy.log"),
+    )?;
+    wait_port(PORTS[2].1, &mut hp)?;
+    let mut ng = spawn(
+        "nginx",
+        pc,
+        &nginx_bin,
+        &[
+            "-c",
+            &nginx_conf.display().to_string(),
+            "-e",
+            &work.join("nginx-e.log").display().to_string(),
+        ],
+        &work.join("nginx.log"),
+    )?;
+    wait_port(PORTS[3].1, &mut ng)?;
+    procs.push((
+        "backend".into(),
+        None,
+        format!("http://127.0.0.1:{BACKEND_PORT}/"),
+    ));
+    procs.push((
+        "gateway".into(),
+        Some(gw),
+        format!("https://127.0.0.1:{}/", PORTS[1].1),
+    ));
+    procs.push((
+        "haproxy".into(),
+        Some(hp),
+        format!("https://127.0.0.1:{}/", PORTS[2].1),
+    ));
+    procs.push((
+        "nginx".into(),
+        Some(ng),
+        format!("https://127.0.0.1:{}/", PORTS[3].1),
+    ));
+
+    // Warm up every system (TLS session setup, pools).
+    for (name, p, url) in &procs {
+        let short = Opts {
+            duration: 2,
+            ..clone_opts(&opts)
+        };
+        wrk(
+            &short,
+            url,
+            &lua,
+            p.as_ref().map(|p| p.child.id()),
+            &work.join(format!("warmup-{name}.csv")),
+        )?;
+    }
+    let mut results: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        let mut order: Vec<usize> = (0..procs.len()).collect();
+        order.rotate_left(round % procs.len());
+        for i in order {
+            let (name, p, url) = &procs[i];
+            let dist = out.join(format!("latency-{name}-round{}.csv", round + 1));
+            let r = wrk(&opts, url, &lua, p.as_ref().map(|p| p.child.id()), &dist)?;
+            eprintln!(
+                "round {} {name:<8} {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us cpu/req {} errors {}",
+                round + 1,
+                r.rps,
+                r.pct.get("50").copied().unwrap_or(f64::NAN),
+                r.pct.get("99").copied().unwrap_or(f64::NAN),
+                r.pct.get("99.9").copied().unwrap_or(f64::NAN),
+                r.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}us")),
+                r.errors
+            );
+            results.entry(name.clone()).or_default().push(r);
+        }
+    }
+    drop(procs);
+    drop(backend);
+
+    let med = |name: &str, f: &dyn Fn(&Run) -> Option<f64>| -> f64 {
+        median(
+            results
+                .get(name)
+                .map(|v| v.iter().filter_map(f).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let hp_rps = med("haproxy", &|r| Some(r.rps));
+    let hp_p99 = med("haproxy", &|r| r.pct.get("99").copied());
+    let hp_cpu = med("haproxy", &|r| r.cpu_us_per_req);
+    let mut table = format!(
+        "bench proxy: wrk -t{} -c{} -d{}s, {} rounds (medians), {} workers each, proxy cpus {}, load cpus {}\n",
+        opts.threads,
+        opts.connections,
+        opts.duration,
+        opts.rounds,
+        opts.workers,
+        opts.proxy_cpus.as_deref().unwrap_or("any"),
+        opts.load_cpus.as_deref().unwrap_or("any")
+    );
+    let _ = writeln!(
+        table,
+        "{:<8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>11} {:>10} {:>11}",
+        "system",
+        "req/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "CPU us/req",
+        "req/s vs HA",
+        "p99 vs HA",
+        "CPU vs HA"
+    );
+    let mut csv = String::from(
+        "system,rps,p50_us,p99_us,p999_us,cpu_us_per_req,rps_vs_haproxy,p99_vs_haproxy,cpu_vs_haproxy\n",
+    );
+    for (name, _) in PORTS {
+        let rps = med(name, &|r| Some(r.rps));
+        let p50 = med(name, &|r| r.pct.get("50").copied());
+        let p99 = med(name, &|r| r.pct.get("99").copied());
+        let p999 = med(name, &|r| r.pct.get("99.9").copied());
+        let cpu = med(name, &|r| r.cpu_us_per_req);
+        let _ = writeln!(
+            table,
+            "{name:<8} {rps:>10.0} {p50:>8.0} {p99:>8.0} {p999:>8.0} {cpu:>9.1} {:>11.2} {:>10.2} {:>11.2}",
+            rps / hp_rps,
+            p99 / hp_p99,
+            cpu / hp_cpu
+        );
+        let _ = writeln!(
+            csv,
+            "{name},{rps:.0},{p50:.0},{p99:.0},{p999:.0},{cpu:.2},{:.3},{:.3},{:.3}",
+            rps / hp_rps,
+            p99 / hp_p99,
+            cpu / hp_cpu
+        );
+    }
+    print!("{table}");
+    std::fs::write(out.join("summary.txt"), &table)?;
+    std::fs::write(out.join("summary.csv"), csv)?;
+    println!("latency distributions and summary: {}", out.display());
+    Ok(())
+}
+
+fn clone_opts(o: &Opts) -> Opts {
+    Opts {
+        duration: o.duration,
+        connections: o.connections,
+        threads: o.threads,
+        rounds: o.rounds,
+        workers: o.workers,
+        proxy_cpus: o.proxy_cpus.clone(),
+        load_cpus: o.load_cpus.clone(),
+        out: o.out.clone(),
+        gateway: o.gateway.clone(),
+    }
+}

@@ -1,0 +1,3 @@
+//! Upstream response heads: never panic.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gateway::http::fuzz::response(data));

@@ -109,7 +109,7 @@ mod tests {
                     x ^= x << 5;
                     let i = (x as usize) % v.len().max(1);
                     match x % 4 {
-                        0 => v[i] = (x >> 8) as u8,
+                        0 if !v.is_empty() => v[i] = (x >> 8) as u8,
                         1 => v.insert(i, b"\r\n: ;0"[(x as usize >> 4) % 6]),
                         2 if v.len() > 1 => {
                             v.remove(i);

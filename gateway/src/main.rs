@@ -243,14 +243,14 @@ fn run(cfg: Config) -> Result<(), String> {
         cfg.https,
         cfg.runtime.workers
     );
-    if cfg.tls.certificates.is_empty() {
-        if let Some((cert, _, _)) = certs.first() {
-            tracing::info!(
-                "try: curl --cacert {} https://{}/",
-                cert.display(),
-                cfg.https
-            );
-        }
+    if cfg.tls.certificates.is_empty()
+        && let Some((cert, _, _)) = certs.first()
+    {
+        tracing::info!(
+            "try: curl --cacert {} https://{}/",
+            cert.display(),
+            cfg.https
+        );
     }
     if cfg.redirect_plain_http {
         tracing::info!(
@@ -278,11 +278,11 @@ fn run(cfg: Config) -> Result<(), String> {
         since_stats += tick;
         if !stats_every.is_zero() && since_stats >= stats_every {
             since_stats = Duration::ZERO;
-            if let Some(Ok(c)) = enforcement.counters() {
-                if last != Some(c) {
-                    tracing::info!("xdp counters: {c}");
-                    last = Some(c);
-                }
+            if let Some(Ok(c)) = enforcement.counters()
+                && last != Some(c)
+            {
+                tracing::info!("xdp counters: {c}");
+                last = Some(c);
             }
         }
     }

@@ -660,11 +660,12 @@ async fn exchange(
         if http::head_end(conn.pending()).is_some() {
             // Skip interim 1xx responses (we answered 100-continue ourselves).
             let code = peek_status(conn.pending());
-            if let Some((code, len)) = code {
-                if (100..200).contains(&code) && code != 101 {
-                    conn.consume(len);
-                    continue;
-                }
+            if let Some((code, len)) = code
+                && (100..200).contains(&code)
+                && code != 101
+            {
+                conn.consume(len);
+                continue;
             }
             break;
         }

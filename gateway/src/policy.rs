@@ -55,7 +55,7 @@ impl CidrSet {
                 .insert(u128::from_be_bytes(bytes));
         }
         let mut by_len: Vec<_> = map.into_iter().collect();
-        by_len.sort_by(|a, b| b.0.cmp(&a.0));
+        by_len.sort_by_key(|e| std::cmp::Reverse(e.0));
         Self { by_len }
     }
 
@@ -150,11 +150,11 @@ impl SourcePolicy {
         if self.allow.contains(&src) {
             return Ok(());
         }
-        if let Some(v) = self.verdicts.get(&src) {
-            if packet::verdict_live(v.expires_at_ns, now_ns) {
-                let reason = VerdictReason::from_u32(v.reason).unwrap_or(VerdictReason::Policy);
-                return Err(Refusal::Verdict(reason));
-            }
+        if let Some(v) = self.verdicts.get(&src)
+            && packet::verdict_live(v.expires_at_ns, now_ns)
+        {
+            let reason = VerdictReason::from_u32(v.reason).unwrap_or(VerdictReason::Policy);
+            return Err(Refusal::Verdict(reason));
         }
         if self.deny.contains(&src) {
             return Err(Refusal::Denied);

@@ -57,10 +57,10 @@ impl Recorder {
                             let _ = conn.set_nonblocking(false);
                             let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                             let mut buf = [0u8; 64];
-                            if let Ok(n) = conn.read(&mut buf) {
-                                if let Ok(mut v) = s.lock() {
-                                    v.push(buf[..n].to_vec());
-                                }
+                            if let Ok(n) = conn.read(&mut buf)
+                                && let Ok(mut v) = s.lock()
+                            {
+                                v.push(buf[..n].to_vec());
                             }
                         });
                     }

@@ -137,7 +137,7 @@ pub fn parse<'b, 'h>(
         _ => return Err(HttpError::Host),
     };
     let origin = target.starts_with('/') && !target.starts_with("//");
-    if !origin && !(target == "*" && method == "OPTIONS") {
+    if !(origin || target == "*" && method == "OPTIONS") {
         return Err(HttpError::Target);
     }
     let framing = match (te_chunked, content_length) {

@@ -109,7 +109,8 @@ mod tests {
     #[test]
     fn response_framing_table() {
         use HttpError::*;
-        let rows: &[(&str, &[u8], bool, Result<Framing, HttpError>)] = &[
+        type Row<'a> = (&'a str, &'a [u8], bool, Result<Framing, HttpError>);
+        let rows: &[Row<'_>] = &[
             ("cl", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, Ok(Framing::Length(3))),
             ("chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, Ok(Framing::Chunked)),
             ("close_delimited", b"HTTP/1.1 200 OK\r\n\r\n", false, Ok(Framing::UntilClose)),

@@ -1,7 +1,7 @@
 //! `gateway-bench`: benchmarks that need root, namespaces and peers, driven
 //! by `cargo xtask bench`. Speed targets live here, never in tests.
 
-mod flood;
+mod cpu;
 mod proxy;
 mod xdp;
 

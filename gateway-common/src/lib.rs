@@ -34,6 +34,10 @@ pub mod map_names {
 /// Name of the XDP program function in the object.
 pub const PROGRAM_NAME: &str = "gateway_xdp";
 
+/// Name of the reflector program (`XDP_TX` for every frame) in the same
+/// object: a veth peer for tests and a frame generator for benchmarks.
+pub const TX_PROGRAM_NAME: &str = "gateway_xdp_tx";
+
 /// Capacity of the verdict map. Userspace reports a full map as an error.
 pub const VERDICT_CAPACITY: u32 = 65_536;
 /// Capacity of each CIDR trie.
@@ -159,8 +163,16 @@ pub struct XdpConfig {
     pub syn_tolerance_ns: u64,
     /// A [`PlainHttpAction`] value.
     pub plain_http_action: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`XdpConfig::flags`].
+pub mod config_flags {
+    /// The allow list has entries (else its lookup is skipped).
+    pub const HAS_ALLOW: u32 = 1;
+    /// The deny list has entries (else its lookup is skipped).
+    pub const HAS_DENY: u32 = 2;
 }
 const _: () = assert!(size_of::<XdpConfig>() == 24);
 

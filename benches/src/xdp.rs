@@ -161,8 +161,10 @@ fn trial(system: System, opts: &Opts) -> Result<Trial> {
     // XDP frames from the generator are delivered only to a veth with NAPI:
     // native XDP turns it on; for the others GRO does, when switched on while up.
     if system != System::XdpDriver {
-        bed.server.exec(&["ethtool", "-K", &bed.server_if, "gro", "off"])?;
-        bed.server.exec(&["ethtool", "-K", &bed.server_if, "gro", "on"])?;
+        bed.server
+            .exec(&["ethtool", "-K", &bed.server_if, "gro", "off"])?;
+        bed.server
+            .exec(&["ethtool", "-K", &bed.server_if, "gro", "on"])?;
     }
     let c0 = dp.as_ref().map(|p| p.counters()).transpose()?;
     let cpu0 = MachineCpu::now()?;

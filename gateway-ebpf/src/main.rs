@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    CIDR_CAPACITY, config_flags, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
-    SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig,
+    CIDR_CAPACITY, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
+    SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, config_flags,
     packet::{
         self, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_HLEN,
         Payload, SegmentInfo, TCP_HLEN, tcp_flags,

@@ -25,7 +25,7 @@ use crate::{
     log::{self, AccessRecord},
     respond::{self, Failure},
     server::Shared,
-    tls::{StreamError, TlsStream, deadline},
+    tls::{StreamError, TlsStream, deadline, write_deadline},
     upstream::{self, ConnectError, Pool, UpstreamConn},
 };
 
@@ -96,8 +96,10 @@ impl Client {
 
     /// Reads more plaintext (appending); `None` when the deadline passed.
     async fn read_within(&mut self, limit: Duration) -> Option<Result<usize, StreamError>> {
-        if self.start > 0 && self.start == self.inbuf.len() {
-            self.inbuf.clear();
+        // Drop consumed bytes before growing: with pipelined requests the
+        // buffer may never be fully consumed.
+        if self.start > 0 {
+            self.inbuf.drain(..self.start);
             self.start = 0;
         }
         let fd = self.tls.fd();
@@ -113,7 +115,7 @@ fn ms(v: u64) -> Duration {
 pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let limits = w.shared.cfg.limits;
-    let mut tls = match TlsStream::new(tcp, w.shared.tls.clone()) {
+    let mut tls = match TlsStream::new(tcp, w.shared.tls.clone(), ms(limits.body_timeout_ms)) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("{peer}: cannot start TLS: {e}");
@@ -282,7 +284,7 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
                                 upstream: route.upstream,
                                 max_body: route.max_body_bytes,
                                 head_request: head.method == "HEAD",
-                                retryable: head.is_idempotent() && head.framing == Framing::None,
+                                retryable: head.is_idempotent() && !head.framing.has_body(),
                                 http10: head.minor == 0,
                             })
                         }
@@ -290,7 +292,7 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
                 };
                 // A refused request with a body leaves the body unread: close.
                 let decided = match decided {
-                    Err((f, keep)) => Err((f, keep && head.framing == Framing::None)),
+                    Err((f, keep)) => Err((f, keep && !head.framing.has_body())),
                     ok => ok,
                 };
                 (head.len, decided)
@@ -329,7 +331,8 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
         }
     }
 
-    if plan.expect_continue && plan.framing != Framing::None {
+    // RFC 9110 §10.1.1: ignore Expect from an HTTP/1.0 client.
+    if plan.expect_continue && plan.framing.has_body() && !plan.http10 {
         // RFC 9110 §10.1.1: the gateway answers 100 itself once it will read the body.
         if c.tls
             .send(&[b"HTTP/1.1 100 Continue\r\n\r\n"])
@@ -351,7 +354,7 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
             client_keep && done.client_reusable,
         ),
         Err(Abort::Respond(f, addr)) => {
-            let keep = client_keep && plan.framing == Framing::None;
+            let keep = client_keep && !plan.framing.has_body();
             send_failure_bytes(w, c, f, keep).await;
             (f.status, f.reason, addr, 0, keep)
         }
@@ -409,11 +412,10 @@ fn write_upstream_head(
     let trusted = shared
         .trusted_proxies
         .contains(&crate::policy::source_addr(peer.ip()));
-    let connection = head
+    let has_connection = head
         .headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value);
+        .any(|h| h.name.eq_ignore_ascii_case("connection"));
     let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
     let mut prior_xff: Option<&[u8]> = None;
     let mut prior_fwd: Option<&[u8]> = None;
@@ -422,7 +424,7 @@ fn write_upstream_head(
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
-            || connection.is_some_and(|v| lists_token(v, name))
+            || (has_connection && named_by_connection(head.headers, name))
         {
             continue;
         }
@@ -447,6 +449,10 @@ fn write_upstream_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
+    }
+    if head.host.is_empty() {
+        // HTTP/1.0 without Host: HTTP/1.1 upstream needs one.
+        let _ = write!(out, "host: {}\r\n", shared.cfg.https);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prior) = prior_xff {
@@ -485,6 +491,22 @@ fn write_upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether any Connection field (RFC 9110 §7.6.1) names `name` as
+/// hop-by-hop. Host and the framing fields are never dropped this way: a
+/// `Connection: host` must not make an HTTP/1.1 request lose its Host.
+fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    if name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return false;
+    }
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| lists_token(h.value, name))
+}
+
 /// A finished exchange.
 struct Done {
     status: u16,
@@ -515,6 +537,8 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
     let mut exclude = None;
     let mut attempts = 0;
     let mut last_failure: Option<(Failure, SocketAddr)> = None;
+    // After a pooled connection failed, the retry gets a fresh one.
+    let mut fresh_only = false;
     loop {
         attempts += 1;
         let now = Instant::now();
@@ -528,10 +552,11 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
             });
         };
         let addr = w.pools.borrow()[plan.upstream].addr(server);
-        let pooled = w.pools.borrow_mut()[plan.upstream].checkout(server);
-        // A request with a body cannot be replayed: make sure a pooled
-        // connection is still open before streaming into it.
-        let pooled = pooled.filter(|p| plan.retryable || p.looks_alive());
+        let pooled = if fresh_only {
+            None
+        } else {
+            w.pools.borrow_mut()[plan.upstream].checkout(server)
+        };
         let mut conn = match pooled {
             Some(p) => p,
             None => match upstream::connect(addr, server, ms(settings.connect_timeout_ms)).await {
@@ -577,7 +602,9 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
             Err(Attempt::Retry(f)) if plan.retryable && attempts < 3 => {
                 // A stale pooled connection is tried again fresh; a fresh
                 // connection that failed sends the retry to another server.
-                if !reused {
+                if reused {
+                    fresh_only = true;
+                } else {
                     exclude = Some(server);
                 }
                 last_failure = Some((f, addr));
@@ -592,14 +619,18 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
     }
 }
 
-/// Writes all of `buf[range]` to the upstream; returns the buffer.
+/// Writes `buf[..len]` to the upstream within `limit`; returns the buffer.
 async fn write_upstream(
     conn: &UpstreamConn,
     buf: Vec<u8>,
     len: usize,
+    limit: Duration,
 ) -> (std::io::Result<()>, Vec<u8>) {
-    let (res, slice) = conn.tcp.write_all(buf.slice(0..len)).await;
-    (res, slice.into_inner())
+    match write_deadline(conn.fd(), limit, conn.tcp.write_all(buf.slice(0..len))).await {
+        Some((res, slice)) => (res, slice.into_inner()),
+        // The buffer went with the cancelled write; the connection is dead.
+        None => (Err(std::io::ErrorKind::TimedOut.into()), Vec::new()),
+    }
 }
 
 /// One request/response exchange on one upstream connection.
@@ -622,7 +653,8 @@ async fn exchange(
     match plan.framing {
         Framing::None | Framing::UntilClose => {
             let len = head.len();
-            let (res, buf) = write_upstream(conn, head, len).await;
+            let (res, buf) =
+                write_upstream(conn, head, len, ms(settings.response_timeout_ms)).await;
             c.up_head = buf;
             res.map_err(upstream_gone)?;
         }
@@ -633,7 +665,8 @@ async fn exchange(
                 head.extend_from_slice(&c.inbuf[c.start..c.start + avail]);
             }
             let len = head.len();
-            let (res, buf) = write_upstream(conn, head, len).await;
+            let (res, buf) =
+                write_upstream(conn, head, len, ms(settings.response_timeout_ms)).await;
             c.up_head = buf;
             res.map_err(upstream_gone)?;
             let mut remaining = total;
@@ -645,7 +678,8 @@ async fn exchange(
         }
         Framing::Chunked => {
             let len = head.len();
-            let (res, buf) = write_upstream(conn, head, len).await;
+            let (res, buf) =
+                write_upstream(conn, head, len, ms(settings.response_timeout_ms)).await;
             c.up_head = buf;
             res.map_err(upstream_gone)?;
             stream_chunked_body(c, conn, plan.max_body, limits.body_timeout_ms, addr).await?;
@@ -724,7 +758,11 @@ async fn exchange(
     conn.consume(head_len);
 
     // 3. Response body, streamed.
+    // An HTTP/1.0 client cannot read chunked: it gets the data raw and the
+    // end of the body is the end of the connection.
     let client_chunked = framing == Framing::UntilClose && !plan.http10;
+    let client_close_delimited =
+        plan.http10 && matches!(framing, Framing::Chunked | Framing::UntilClose);
     let mut bytes = 0u64;
     let body_limit = ms(settings.response_timeout_ms);
     let closing = |f| Attempt::Abort(Abort::Close(f, Some(addr)));
@@ -759,7 +797,11 @@ async fn exchange(
             r
         }
         Framing::Chunked => {
-            let mut dec = chunked::Decoder::new();
+            let mut dec = if plan.http10 {
+                chunked::Decoder::dechunking()
+            } else {
+                chunked::Decoder::new()
+            };
             let mut chunks = std::mem::take(&mut c.chunks);
             chunks.clear();
             let mut r = match dec.feed(conn.pending(), Some(&mut chunks)) {
@@ -815,8 +857,13 @@ async fn exchange(
                 if !pending.is_empty() {
                     bytes += pending.len() as u64;
                     r = if client_chunked {
-                        let size = format!("{:x}\r\n", pending.len());
-                        c.tls.send(&[size.as_bytes(), pending, b"\r\n"]).await
+                        let mut size = [0u8; 20];
+                        let n = {
+                            let mut cur = std::io::Cursor::new(&mut size[..]);
+                            let _ = write!(cur, "{:x}\r\n", pending.len());
+                            cur.position() as usize
+                        };
+                        c.tls.send(&[&size[..n], pending, b"\r\n"]).await
                     } else {
                         c.tls.send(&[pending]).await
                     };
@@ -829,7 +876,11 @@ async fn exchange(
                         c.out = out;
                         return Err(closing(Failure::UPSTREAM_TIMEOUT));
                     }
-                    Some(Ok(0)) | Some(Err(_)) => break,
+                    Some(Ok(0)) => break,
+                    Some(Err(_)) => {
+                        c.out = out;
+                        return Err(closing(Failure::UPSTREAM_CLOSED));
+                    }
                     Some(Ok(_)) => {}
                 }
             }
@@ -852,7 +903,8 @@ async fn exchange(
     }
     let upstream_reusable =
         upstream_keep && conn.pending().is_empty() && framing != Framing::UntilClose;
-    let client_reusable = framing != Framing::UntilClose || client_chunked;
+    let client_reusable =
+        (framing != Framing::UntilClose || client_chunked) && !client_close_delimited;
     Ok((
         Done {
             status,
@@ -881,17 +933,12 @@ fn write_client_head(
     shared: &Shared,
 ) {
     out.clear();
-    let reason = if resp.reason.is_empty() {
-        respond::reason_phrase(resp.code)
-    } else {
-        resp.reason
-    };
+    let reason = resp.reason;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.code, reason);
-    let connection = resp
+    let has_connection = resp
         .headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value);
+        .any(|h| h.name.eq_ignore_ascii_case("connection"));
     // HEAD and 304 keep the upstream's Content-Length: it describes the
     // representation, not this (empty) body.
     let keep_length = plan.head_request || resp.code == 304;
@@ -900,7 +947,7 @@ fn write_client_head(
         let is_length = name.eq_ignore_ascii_case("content-length");
         if is_hop_by_hop(name)
             || (is_length && !keep_length)
-            || connection.is_some_and(|v| lists_token(v, name))
+            || (has_connection && named_by_connection(resp.headers, name))
             || shared.filters.overrides(name)
         {
             continue;
@@ -914,14 +961,14 @@ fn write_client_head(
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::UntilClose if !plan.http10 => {
+        Framing::Chunked | Framing::UntilClose if !plan.http10 => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")
         }
-        Framing::UntilClose | Framing::None => {}
+        Framing::Chunked | Framing::UntilClose | Framing::None => {}
     }
     out.extend_from_slice(shared.filters.lines());
-    let close = !client_keep || (resp.framing == Framing::UntilClose && plan.http10);
+    let close = !client_keep
+        || (plan.http10 && matches!(resp.framing, Framing::Chunked | Framing::UntilClose));
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if plan.http10 {
@@ -961,9 +1008,16 @@ async fn stream_length_body(
         let take = (c.pending().len() as u64).min(remaining) as usize;
         let buf = std::mem::take(&mut c.inbuf);
         let start = c.start;
-        let (res, slice) = conn.tcp.write_all(buf.slice(start..start + take)).await;
+        let write = conn.tcp.write_all(buf.slice(start..start + take));
+        let Some((res, slice)) = write_deadline(conn.fd(), ms(body_timeout_ms), write).await else {
+            // The upstream stopped reading; the buffer went with the write.
+            return Err(Attempt::Abort(Abort::Close(
+                Failure::UPSTREAM_TIMEOUT,
+                Some(addr),
+            )));
+        };
         c.inbuf = slice.into_inner();
-        res.map_err(|_| abort(Failure::UPSTREAM_CLOSED))?;
+        res.map_err(|_| Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr))))?;
         c.consume(take);
         remaining -= take as u64;
     }
@@ -996,9 +1050,12 @@ async fn stream_chunked_body(
             }
             if !out.is_empty() {
                 let len = out.len();
-                let (res, buf) = write_upstream(conn, std::mem::take(&mut out), len).await;
+                let (res, buf) =
+                    write_upstream(conn, std::mem::take(&mut out), len, ms(body_timeout_ms)).await;
                 out = buf;
-                res.map_err(|_| abort(Failure::UPSTREAM_CLOSED))?;
+                res.map_err(|_| {
+                    Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr)))
+                })?;
             }
             if p.done {
                 return Ok(());

@@ -182,6 +182,10 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// How long, and how much, a closing connection drains from the client.
+const LINGER: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 256 * 1024;
+
 /// Read buffer for ciphertext: small, because every idle connection keeps a
 /// read in flight that owns it (../shared/io-uring-tls.md: memory per conn).
 const CIPHERTEXT_READ: usize = 8 * 1024;
@@ -213,6 +217,24 @@ pub struct TlsStream {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     eof: bool,
+    /// Longest a write may wait for a client that does not read.
+    write_timeout: Duration,
+}
+
+/// Runs a write with a deadline; on expiry the socket is shut down both
+/// ways, which fails the in-flight io_uring write (SHUT_RD alone would not).
+pub async fn write_deadline<T>(
+    fd: RawFd,
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        _ = tokio::time::sleep(limit) => {
+            shutdown_fd(fd);
+            None
+        }
+    }
 }
 
 /// Runs `fut` with a deadline; on expiry the socket's read side is shut
@@ -240,14 +262,20 @@ pub fn shutdown_fd(fd: RawFd) {
 }
 
 impl TlsStream {
-    /// Wraps an accepted socket.
-    pub fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<Self, StreamError> {
+    /// Wraps an accepted socket; writes that wait longer than
+    /// `write_timeout` for the client fail.
+    pub fn new(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        write_timeout: Duration,
+    ) -> Result<Self, StreamError> {
         Ok(Self {
             tcp,
             conn: ServerConnection::new(config)?,
             rbuf: Vec::with_capacity(CIPHERTEXT_READ),
             wbuf: Vec::new(),
             eof: false,
+            write_timeout,
         })
     }
 
@@ -412,7 +440,12 @@ impl TlsStream {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.wbuf);
-        let (res, mut buf) = self.tcp.write_all(buf).await;
+        let fd = self.fd();
+        let Some((res, mut buf)) =
+            write_deadline(fd, self.write_timeout, self.tcp.write_all(buf)).await
+        else {
+            return Err(StreamError::TimedOut);
+        };
         buf.clear();
         // Keep big buffers from pinning memory on idle connections.
         if buf.capacity() > 64 * 1024 {
@@ -423,10 +456,39 @@ impl TlsStream {
         Ok(())
     }
 
-    /// Sends close_notify and shuts the socket down.
+    /// Sends close_notify, shuts the write side, and drains what the client
+    /// still sends for a moment: closing with unread data makes the kernel
+    /// answer with RST, which can destroy the last response before the
+    /// client reads it (a lingering close, as HAProxy and nginx do).
     pub async fn close(mut self) {
         self.conn.send_close_notify();
-        let _ = self.flush().await;
-        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+        if self.eof {
+            return;
+        }
+        let fd = self.fd();
+        let until = std::time::Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut buf = std::mem::take(&mut self.rbuf);
+            buf.clear();
+            if buf.capacity() == 0 {
+                buf.reserve(CIPHERTEXT_READ);
+            }
+            match deadline(fd, left, self.tcp.read(buf)).await {
+                Some((Ok(n), b)) if n > 0 => {
+                    self.rbuf = b;
+                    drained += n;
+                }
+                _ => break,
+            }
+        }
     }
 }

@@ -178,8 +178,15 @@ impl Pool {
     }
 
     /// An idle connection to server `i`, if one is pooled.
+    /// Connections the server closed while idle, or that hold stray bytes
+    /// (which would be read as the next response), are dropped here.
     pub fn checkout(&mut self, i: usize) -> Option<UpstreamConn> {
-        self.servers[i].idle.pop()
+        while let Some(c) = self.servers[i].idle.pop() {
+            if c.looks_alive() {
+                return Some(c);
+            }
+        }
+        None
     }
 
     /// Returns a connection to its server's pool (closed if the pool is full).

@@ -207,8 +207,15 @@ impl DataPlane {
                 PlainHttpOnTls::Drop => PlainHttpAction::Drop,
                 PlainHttpOnTls::Reset => PlainHttpAction::Reset,
             } as u32,
-            flags: if cfg.policy.allow.is_empty() { 0 } else { gateway_common::config_flags::HAS_ALLOW }
-                | if cfg.policy.deny.is_empty() { 0 } else { gateway_common::config_flags::HAS_DENY },
+            flags: if cfg.policy.allow.is_empty() {
+                0
+            } else {
+                gateway_common::config_flags::HAS_ALLOW
+            } | if cfg.policy.deny.is_empty() {
+                0
+            } else {
+                gateway_common::config_flags::HAS_DENY
+            },
         };
         self.config
             .set(0, knobs, 0)
@@ -357,7 +364,8 @@ fn named_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, XdpE
         context: format!("the XDP object has no program {name}"),
         source: "missing program".into(),
     })?;
-    p.try_into().map_err(|e| classify("opening the XDP program", e))
+    p.try_into()
+        .map_err(|e| classify("opening the XDP program", e))
 }
 
 /// The object's reflector program (`XDP_TX` for every frame), for tests

@@ -119,7 +119,8 @@ pub struct Received {
 
 /// A real HTTP/1.1 backend on loopback with behaviours chosen by path:
 /// `/slow/<ms>` waits, `/chunked` answers chunked, `/bytes/<n>` sends n
-/// bytes, `/bad/cl-te` and `/bad/cl` answer with broken framing, anything
+/// bytes, `/bad/cl-te` and `/bad/cl` answer with broken framing,
+/// `/then-close` closes the connection 50 ms after answering, anything
 /// else echoes what it received.
 pub struct Backend {
     /// Its address.
@@ -267,6 +268,12 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
         }
         let ok = respond(&mut conn, &path, &head, body_len);
         if !ok || lower.contains("connection: close") {
+            return;
+        }
+        if path == "/then-close" {
+            // Like a backend whose keep-alive timeout is short: close while
+            // the gateway holds this connection in its pool.
+            std::thread::sleep(Duration::from_millis(50));
             return;
         }
     }

@@ -507,3 +507,78 @@ fn sigterm_lets_a_slow_request_finish() {
         "still accepting after SIGTERM"
     );
 }
+
+#[test]
+fn http10_clients_get_no_chunked_and_a_host_upstream() {
+    let s = setup("http10", "");
+    let mut c = s.client();
+    c.send(b"GET /chunked HTTP/1.0\r\n\r\n").expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), None, "{}", r.head);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(r.body, b"hello world");
+    let head = s.backend.received()[0].head.to_ascii_lowercase();
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{}\r\n", s.gw.port)),
+        "{head}"
+    );
+}
+
+#[test]
+fn connection_tokens_never_strip_host_and_zero_length_is_kept() {
+    let s = setup("conntokens", "");
+    let mut c = s.client();
+    c.send(b"POST /z HTTP/1.1\r\nHost: localhost\r\nConnection: host, x-drop\r\nConnection: x-also\r\nX-Drop: 1\r\nX-Also: 2\r\nContent-Length: 0\r\n\r\n").expect("send");
+    assert_eq!(c.response("POST").expect("response").status, 200);
+    let head = s.backend.received()[0].head.to_ascii_lowercase();
+    assert!(head.contains("host: localhost\r\n"), "{head}");
+    assert!(
+        !head.contains("x-drop") && !head.contains("x-also"),
+        "{head}"
+    );
+    assert!(head.contains("content-length: 0\r\n"), "{head}");
+}
+
+#[test]
+fn a_pooled_connection_the_backend_closed_is_not_used() {
+    let s = setup("stalepool", "");
+    let mut c = s.client();
+    c.send(b"GET /then-close HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    // Bodiless and with a body: neither may hit the dead connection.
+    c.send(b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    c.send(b"GET /then-close HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(b"POST /after HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
+        .expect("send");
+    assert_eq!(c.response("POST").expect("response").status, 200);
+}
+
+#[test]
+fn trailers_are_not_forwarded() {
+    let s = setup("trailers", "");
+    let mut c = s.client();
+    c.send(b"POST /t HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n").expect("send");
+    assert_eq!(
+        c.response("POST").expect("response").body,
+        b"received 2 bytes\n"
+    );
+    // A second request on the same upstream connection parses cleanly: the
+    // trailer section ended the first body exactly.
+    c.send(b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert!(
+        s.backend
+            .received()
+            .iter()
+            .all(|r| !r.head.contains("6.6.6.6"))
+    );
+}

@@ -1,7 +1,9 @@
 //! Chunked transfer coding (RFC 9112 §7.1), decoded incrementally as bytes
-//! arrive and re-encoded canonically for the next hop: chunk extensions are
-//! validated and dropped, trailers are validated and passed on as trailers
-//! (never merged into the header section).
+//! arrive and re-encoded canonically for the next hop (or, for an HTTP/1.0
+//! peer, passed on as plain data): chunk extensions are validated and
+//! dropped; trailers are validated and dropped too, because a next hop that
+//! merged them into the header section would see fields (forwarding,
+//! framing) the gateway never vetted.
 
 use super::HttpError;
 
@@ -31,6 +33,8 @@ pub struct Decoder {
     remaining: u64,
     crlf_seen: u8,
     line: Vec<u8>,
+    /// Write only the data, no chunk framing (for HTTP/1.0 peers).
+    raw: bool,
     /// Total body bytes (chunk data) seen.
     pub body_bytes: u64,
 }
@@ -58,7 +62,16 @@ impl Decoder {
             remaining: 0,
             crlf_seen: 0,
             line: Vec::new(),
+            raw: false,
             body_bytes: 0,
+        }
+    }
+
+    /// A decoder that writes only the body's data (no chunk framing).
+    pub fn dechunking() -> Self {
+        Self {
+            raw: true,
+            ..Self::new()
         }
     }
 
@@ -92,10 +105,12 @@ impl Decoder {
                         } else {
                             self.remaining = size;
                             self.state = State::Data;
-                            if let Some(o) = out.as_deref_mut() {
+                            if let Some(o) = out.as_deref_mut()
+                                && !self.raw
+                            {
                                 // One output chunk per input chunk: sizes are
                                 // known up front, so no buffering is needed.
-                                o.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                                push_size_line(o, size);
                             }
                         }
                     }
@@ -123,7 +138,9 @@ impl Decoder {
                     self.crlf_seen += 1;
                     if self.crlf_seen == 2 {
                         self.state = State::SizeLine;
-                        if let Some(o) = out.as_deref_mut() {
+                        if let Some(o) = out.as_deref_mut()
+                            && !self.raw
+                        {
                             o.extend_from_slice(b"\r\n");
                         }
                     }
@@ -137,9 +154,10 @@ impl Decoder {
                     }
                     if self.line.ends_with(b"\r\n\r\n") || self.line == b"\r\n" {
                         check_trailers(&self.line)?;
-                        if let Some(o) = out.as_deref_mut() {
-                            o.extend_from_slice(b"0\r\n");
-                            o.extend_from_slice(&self.line);
+                        if let Some(o) = out.as_deref_mut()
+                            && !self.raw
+                        {
+                            o.extend_from_slice(b"0\r\n\r\n");
                         }
                         self.line.clear();
                         self.state = State::Done;
@@ -162,6 +180,24 @@ impl Decoder {
             done: self.state == State::Done,
         })
     }
+}
+
+/// Appends `{size:x}\r\n` without allocating.
+fn push_size_line(out: &mut Vec<u8>, size: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut n = 0;
+    let mut v = size;
+    loop {
+        digits[n] = HEX[(v & 0xf) as usize];
+        n += 1;
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(digits[..n].iter().rev());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `chunk-size [ chunk-ext ] CRLF` with chunk-ext = *( ";" token [ "=" ( token / quoted-string ) ] ).
@@ -285,8 +321,19 @@ mod tests {
         assert!(d.is_done());
         // Byte-at-a-time data re-encodes in the same chunks (sizes are copied).
         assert_eq!(out, whole);
-        assert!(out.ends_with(b"0\r\nX-T: 1\r\n\r\n"));
+        // Trailers are validated and dropped.
+        assert!(out.ends_with(b"\r\n0\r\n\r\n"));
         assert_eq!(d.body_bytes, 13);
+    }
+
+    #[test]
+    fn dechunking_writes_only_data() {
+        let mut d = Decoder::dechunking();
+        let mut out = Vec::new();
+        let input = b"5\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nT: 1\r\n\r\n";
+        let p = d.feed(input, Some(&mut out)).expect("valid");
+        assert!(p.done);
+        assert_eq!(out, b"helloabcdefghijklmnopqrstuvwxyz");
     }
 
     #[test]

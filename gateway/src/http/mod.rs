@@ -92,6 +92,13 @@ pub enum Framing {
     UntilClose,
 }
 
+impl Framing {
+    /// Whether a body follows (a `Content-Length: 0` is framing, not a body).
+    pub fn has_body(self) -> bool {
+        !matches!(self, Self::None | Self::Length(0))
+    }
+}
+
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded.
 pub fn is_hop_by_hop(name: &str) -> bool {
     const HOP: [&str; 8] = [

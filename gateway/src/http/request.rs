@@ -142,7 +142,7 @@ pub fn parse<'b, 'h>(
     }
     let framing = match (te_chunked, content_length) {
         (true, _) => Framing::Chunked,
-        (false, Some(0)) | (false, None) => Framing::None,
+        (false, None) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
     };
     Ok(Some(RequestHead {

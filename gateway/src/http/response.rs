@@ -93,7 +93,9 @@ pub fn parse<'b, 'h>(
         headers,
         len: end,
         framing,
-        keep_alive: !close && framing != Framing::UntilClose,
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means
+        // the framing cannot be trusted past this response.
+        keep_alive: !close && framing != Framing::UntilClose && !(minor == 0 && te.is_some()),
     }))
 }
 

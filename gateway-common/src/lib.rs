@@ -27,12 +27,25 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU counters indexed by [`crate::Outcome`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// The workers' listening sockets, by worker index (SO_REUSEPORT group).
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `[workers, next]`: how many listeners, and the round-robin cursor.
+    pub const BALANCE: &str = "BALANCE";
     /// Every map name, for the export check.
-    pub const ALL: [&str; 7] = [VERDICTS, DENY, ALLOW, PORTS, SYN_TAT, CONFIG, COUNTERS];
+    pub const ALL: [&str; 9] = [
+        VERDICTS, DENY, ALLOW, PORTS, SYN_TAT, CONFIG, COUNTERS, LISTENERS, BALANCE,
+    ];
 }
 
 /// Name of the XDP program function in the object.
 pub const PROGRAM_NAME: &str = "gateway_xdp";
+
+/// Name of the SO_REUSEPORT program that spreads new connections over the
+/// workers' listeners.
+pub const BALANCE_PROGRAM_NAME: &str = "gateway_balance";
+
+/// Most workers the listener balancer can spread connections over.
+pub const MAX_WORKERS: u32 = 256;
 
 /// Name of the reflector program (`XDP_TX` for every frame) in the same
 /// object: a veth peer for tests and a frame generator for benchmarks.

@@ -21,17 +21,17 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
+    bindings::{BPF_NOEXIST, sk_action, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_tail},
-    macros::{map, xdp},
+    macros::{map, sk_reuseport, xdp},
     maps::{
-        Array, HashMap, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray, ReusePortSockArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::XdpContext,
+    programs::{SkReuseportContext, XdpContext},
 };
 use gateway_common::{
-    CIDR_CAPACITY, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
+    CIDR_CAPACITY, MAX_WORKERS, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
     SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, config_flags,
     packet::{
         self, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_HLEN,
@@ -59,6 +59,32 @@ static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+#[map(name = "LISTENERS")]
+static LISTENERS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_WORKERS, 0);
+
+#[map(name = "BALANCE")]
+static BALANCE: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Spreads new connections over the workers' SO_REUSEPORT listeners in
+/// turn. The kernel's default picks by a hash of the 4-tuple, which leaves
+/// one worker with noticeably more of a few dozen keep-alive connections
+/// than another, and its clients with the worse tail latency.
+#[sk_reuseport]
+pub fn gateway_balance(ctx: SkReuseportContext) -> u32 {
+    let workers = BALANCE.get(0).copied().unwrap_or(0);
+    let Some(cursor) = BALANCE.get_ptr_mut(1) else {
+        return sk_action::SK_PASS;
+    };
+    if workers == 0 {
+        return sk_action::SK_PASS;
+    }
+    // SAFETY: an aligned u64 in an array map, only ever updated atomically.
+    let turn = unsafe { atomic_xadd::<u64, u64, { SeqCst }>(cursor, 1) };
+    // On failure (a worker's slot empty) the kernel falls back to its hash.
+    let _ = LISTENERS.select_reuseport(&ctx, (turn % workers) as u32);
+    sk_action::SK_PASS
+}
 
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {

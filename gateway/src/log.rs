@@ -21,13 +21,15 @@ pub struct AccessRecord<'a> {
     pub elapsed: Duration,
     /// Response body bytes sent.
     pub bytes: u64,
+    /// The worker that served it.
+    pub worker: usize,
 }
 
 /// Writes the line (target `access`, so `RUST_LOG=access=off` silences it).
 pub fn access(r: &AccessRecord<'_>) {
     tracing::info!(
         target: "access",
-        "{} \"{} {}\" {} {} upstream={} {}us {}B",
+        "{} \"{} {}\" {} {} upstream={} {}us {}B w{}",
         r.peer.ip(),
         r.method,
         r.target,
@@ -35,6 +37,7 @@ pub fn access(r: &AccessRecord<'_>) {
         r.reason,
         r.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
         r.elapsed.as_micros(),
-        r.bytes
+        r.bytes,
+        r.worker
     );
 }

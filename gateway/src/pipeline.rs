@@ -39,6 +39,8 @@ const COALESCE_BODY: usize = 16 * 1024;
 pub struct Worker {
     /// Server-wide, immutable state.
     pub shared: Arc<Shared>,
+    /// This worker's index (in logs).
+    pub index: usize,
     /// One pool per upstream, by index.
     pub pools: RefCell<Vec<Pool>>,
     /// Open client connections.
@@ -49,10 +51,11 @@ pub struct Worker {
 
 impl Worker {
     /// A worker with empty pools.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, index: usize) -> Self {
         let pools = shared.cfg.upstreams.iter().map(Pool::new).collect();
         Self {
             shared,
+            index,
             pools: RefCell::new(pools),
             active: Cell::new(0),
             idle: RefCell::new(HashSet::new()),
@@ -370,6 +373,7 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
             upstream: upstream_addr,
             elapsed: started.elapsed(),
             bytes,
+            worker: w.index,
         });
     }
     keep
@@ -395,6 +399,7 @@ async fn send_failure(w: &Worker, c: &mut Client, f: Failure, keep: bool, starte
             upstream: None,
             elapsed: started.elapsed(),
             bytes: 0,
+            worker: w.index,
         });
     }
 }

@@ -84,6 +84,7 @@ pub struct Server {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     listener_fds: Vec<i32>,
+    _balancer: Option<crate::xdp::Balancer>,
 }
 
 impl Server {
@@ -101,6 +102,23 @@ impl Server {
             let plain = redirect_addr.map(reuseport_listener).transpose()?;
             sockets.push((https, plain));
         }
+        // New connections go to the workers in turn (a SO_REUSEPORT eBPF
+        // program); without BPF the kernel's 4-tuple hash decides.
+        let https: Vec<std::os::fd::BorrowedFd<'_>> = sockets
+            .iter()
+            .map(|(h, _)| std::os::fd::AsFd::as_fd(h))
+            .collect();
+        let balancer = if n > 1 {
+            match crate::xdp::Balancer::attach(&https) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::debug!("listeners balanced by the kernel's hash: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let listener_fds = sockets
             .iter()
             .flat_map(|(h, p)| {
@@ -117,7 +135,7 @@ impl Server {
                     if pin {
                         pin_to_cpu(i);
                     }
-                    run_worker(shared, https, plain);
+                    run_worker(shared, i, https, plain);
                 })
                 .map_err(StartError::Worker)?;
             workers.push(handle);
@@ -126,6 +144,7 @@ impl Server {
             shared,
             workers,
             listener_fds,
+            _balancer: balancer,
         })
     }
 
@@ -161,7 +180,7 @@ fn pin_to_cpu(i: usize) {
     }
 }
 
-fn run_worker(shared: Arc<Shared>, https: StdListener, plain: Option<StdListener>) {
+fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Option<StdListener>) {
     // COOP_TASKRUN: measured 0.86x HAProxy without it, 1.07x with it
     // (../shared/io-uring-tls.md). DEFER_TASKRUN hangs tokio-uring.
     let mut ring = tokio_uring::uring_builder();
@@ -170,7 +189,7 @@ fn run_worker(shared: Arc<Shared>, https: StdListener, plain: Option<StdListener
         .entries(1024)
         .uring_builder(&ring)
         .start(async move {
-            let worker = Rc::new(Worker::new(shared.clone()));
+            let worker = Rc::new(Worker::new(shared.clone(), index));
             let grace = Duration::from_millis(shared.cfg.limits.shutdown_grace_ms);
             if let Some(plain) = plain {
                 let w = worker.clone();

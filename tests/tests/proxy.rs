@@ -582,3 +582,38 @@ fn trailers_are_not_forwarded() {
             .all(|r| !r.head.contains("6.6.6.6"))
     );
 }
+
+#[test]
+fn new_connections_go_to_the_workers_in_turn() {
+    gateway_tests::require_root();
+    let mut s = setup("balance", "");
+    for i in 0..8 {
+        let mut c = s.client();
+        c.send(
+            format!("GET /rr{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("send");
+        assert_eq!(c.response("GET").expect("response").status, 200);
+    }
+    assert!(
+        s.gw.proc
+            .wait_for_line("GET /rr7", Duration::from_secs(5))
+            .is_some(),
+        "{:?}",
+        s.gw.proc.seen
+    );
+    let workers: Vec<&str> =
+        s.gw.proc
+            .seen
+            .iter()
+            .filter(|l| l.contains("\"GET /rr"))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+    assert_eq!(workers.len(), 8, "{:?}", s.gw.proc.seen);
+    // In turn: never the same worker twice in a row.
+    assert!(
+        workers.windows(2).all(|w| w[0] != w[1]),
+        "not round robin: {workers:?}"
+    );
+}

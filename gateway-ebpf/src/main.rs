@@ -250,7 +250,7 @@ fn inspect_tcp(
 ) -> Result<Decision, Malformed> {
     let dst_port = u16::from_be(read::<u16>(ctx, l4 + 2)?);
     // SAFETY: plain Copy value, copied out at once.
-    let Some(port) = (unsafe { PORTS.get(&dst_port) }).copied() else {
+    let Some(port) = (unsafe { PORTS.get(dst_port) }).copied() else {
         return Ok((Outcome::Passed, PASS));
     };
     if port.kind == PortKind::PlainHttpDrop as u32 {

@@ -28,26 +28,34 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Builds the eBPF object with nightly and returns its path.
-pub fn ebpf() -> Result<PathBuf> {
-    let tc = toolchain::ensure()?;
+/// `cargo +nightly <verb>` for the eBPF crate on its target, with build-std.
+/// Build and clippy get the same flags, so neither invalidates the other.
+pub fn nightly_ebpf_cargo(verb: &str, tc: &toolchain::Toolchain) -> Command {
+    // v3: atomic fetch-add and compare-exchange (the SYN budget).
     let rustflags = format!(
         "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3 -C linker={}",
         tc.bpf_linker.display()
     );
-    let status = Command::new("rustup")
-        .args(["run", "nightly", "cargo", "build", "--quiet"])
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", verb, "--quiet"])
         .args(["--package", "gateway-ebpf", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", target_dir())
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", rustflags)
         // The outer (stable) cargo's settings must not leak into nightly's.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", rustflags);
+    cmd
+}
+
+/// Builds the eBPF object with nightly and returns its path.
+pub fn ebpf() -> Result<PathBuf> {
+    let tc = toolchain::ensure()?;
+    let status = nightly_ebpf_cargo("build", &tc)
         .status()
         .context("running cargo +nightly")?;
     if !status.success() {

@@ -93,7 +93,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Clippy => {
             let obj = build::ebpf()?;
-            exec(build::cargo(&obj).args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+            exec(build::cargo(&obj).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            // And the kernel crate on its own target.
+            let tc = toolchain::ensure()?;
+            exec(build::nightly_ebpf_cargo("clippy", &tc).args(["--", "-D", "warnings"]))
         }
         Cmd::Bench { which, args } => {
             let obj = build::ebpf()?;

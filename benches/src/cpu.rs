@@ -1,4 +1,4 @@
-//! Machine-wide CPU accounting from /proc/stat.
+//! Machine-wide CPU accounting from /proc/stat, and the median the reports use.
 
 use std::time::Duration;
 
@@ -43,5 +43,15 @@ impl MachineCpu {
             task: self.task.saturating_sub(earlier.task),
             irq: self.irq.saturating_sub(earlier.irq),
         }
+    }
+}
+
+/// The median (upper of the two middle values); NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
     }
 }

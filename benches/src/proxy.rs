@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::cpu::median;
+
 /// Options of `bench proxy`.
 #[derive(clap::Args, Debug)]
 pub struct Opts {
@@ -237,15 +239,6 @@ fn wrk(opts: &Opts, url: &str, lua: &Path, pgid: Option<u32>, dist_file: &Path) 
         cpu_us_per_req,
         errors,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 /// Runs the benchmark.

@@ -20,7 +20,7 @@ use gateway::{
 use gateway_common::{Outcome, Verdict, VerdictReason};
 use gateway_tests::{Testbed, frame};
 
-use crate::cpu::MachineCpu;
+use crate::cpu::{MachineCpu, median};
 
 /// Options of `bench xdp`.
 #[derive(clap::Args, Debug)]
@@ -235,15 +235,6 @@ fn trial(system: System, opts: &Opts) -> Result<Trial> {
         cpu,
         prog_ns_per_pkt,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 /// Runs the benchmark and prints the table.

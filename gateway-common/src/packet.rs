@@ -138,6 +138,24 @@ fn rst_tcp_header(seg: &SegmentInfo) -> [u8; TCP_HLEN] {
     ]
 }
 
+/// The RST's TCP header with its checksum over the pseudo-header of
+/// `local` → `peer` (RFC 9293 §3.1; the same sum for IPv4 and IPv6).
+#[inline(always)]
+fn rst_tcp_segment<const N: usize>(
+    local: &[u8; N],
+    peer: &[u8; N],
+    seg: &SegmentInfo,
+) -> [u8; TCP_HLEN] {
+    let mut tcp = rst_tcp_header(seg);
+    let mut acc = sum_words(0, local);
+    acc = sum_words(acc, peer);
+    acc += u32::from(IPPROTO_TCP) + TCP_HLEN as u32;
+    let c = fold(sum_words(acc, &tcp)).to_be_bytes();
+    tcp[16] = c[0];
+    tcp[17] = c[1];
+    tcp
+}
+
 /// IPv4 + TCP headers of the RST answering `seg`, sent from `local` (the
 /// offending segment's destination) to `peer` (its source).
 #[inline(always)]
@@ -170,14 +188,7 @@ pub fn rst_v4(local: [u8; 4], peer: [u8; 4], seg: &SegmentInfo) -> ([u8; 20], [u
     ip[10] = c[0];
     ip[11] = c[1];
 
-    let mut tcp = rst_tcp_header(seg);
-    let mut acc = sum_words(0, &local);
-    acc = sum_words(acc, &peer);
-    acc += u32::from(IPPROTO_TCP) + TCP_HLEN as u32;
-    let c = fold(sum_words(acc, &tcp)).to_be_bytes();
-    tcp[16] = c[0];
-    tcp[17] = c[1];
-    (ip, tcp)
+    (ip, rst_tcp_segment(&local, &peer, seg))
 }
 
 /// IPv6 + TCP headers of the RST answering `seg` (see [`rst_v4`]).
@@ -194,14 +205,7 @@ pub fn rst_v6(local: [u8; 16], peer: [u8; 16], seg: &SegmentInfo) -> ([u8; 40], 
         ip[24 + i] = peer[i];
         i += 1;
     }
-    let mut tcp = rst_tcp_header(seg);
-    let mut acc = sum_words(0, &local);
-    acc = sum_words(acc, &peer);
-    acc += u32::from(IPPROTO_TCP) + TCP_HLEN as u32;
-    let c = fold(sum_words(acc, &tcp)).to_be_bytes();
-    tcp[16] = c[0];
-    tcp[17] = c[1];
-    (ip, tcp)
+    (ip, rst_tcp_segment(&local, &peer, seg))
 }
 
 /// Whether a verdict expiring at `expires_at_ns` still holds at `now_ns`.

@@ -982,6 +982,21 @@ fn write_client_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Reads more of a request body within the body timeout.
+async fn read_body(c: &mut Client, body_timeout_ms: u64, addr: SocketAddr) -> Result<(), Attempt> {
+    match c.read_within(ms(body_timeout_ms)).await {
+        None => Err(Attempt::Abort(Abort::Respond(
+            Failure::BODY_TIMEOUT,
+            Some(addr),
+        ))),
+        Some(Ok(0)) | Some(Err(_)) => Err(Attempt::Abort(Abort::Close(
+            Failure::CLIENT_GONE,
+            Some(addr),
+        ))),
+        Some(Ok(_)) => Ok(()),
+    }
+}
+
 /// Streams `remaining` Content-Length body bytes from the client.
 async fn stream_length_body(
     c: &mut Client,
@@ -990,25 +1005,9 @@ async fn stream_length_body(
     body_timeout_ms: u64,
     addr: SocketAddr,
 ) -> Result<(), Attempt> {
-    let abort = |f| Attempt::Abort(Abort::Close(f, Some(addr)));
     while remaining > 0 {
         if c.pending().is_empty() {
-            match c.read_within(ms(body_timeout_ms)).await {
-                None => {
-                    return Err(Attempt::Abort(Abort::Respond(
-                        Failure::BODY_TIMEOUT,
-                        Some(addr),
-                    )));
-                }
-                Some(Ok(0)) | Some(Err(_)) => {
-                    return Err(abort(Failure {
-                        status: 400,
-                        reason: "client.gone",
-                        fault: crate::respond::Fault::Client,
-                    }));
-                }
-                Some(Ok(_)) => {}
-            }
+            read_body(c, body_timeout_ms, addr).await?;
         }
         let take = (c.pending().len() as u64).min(remaining) as usize;
         let buf = std::mem::take(&mut c.inbuf);
@@ -1037,7 +1036,6 @@ async fn stream_chunked_body(
     body_timeout_ms: u64,
     addr: SocketAddr,
 ) -> Result<(), Attempt> {
-    let abort = |f| Attempt::Abort(Abort::Close(f, Some(addr)));
     let mut dec = chunked::Decoder::new();
     let mut out = std::mem::take(&mut c.chunks);
     let result = async {
@@ -1065,22 +1063,7 @@ async fn stream_chunked_body(
             if p.done {
                 return Ok(());
             }
-            match c.read_within(ms(body_timeout_ms)).await {
-                None => {
-                    return Err(Attempt::Abort(Abort::Respond(
-                        Failure::BODY_TIMEOUT,
-                        Some(addr),
-                    )));
-                }
-                Some(Ok(0)) | Some(Err(_)) => {
-                    return Err(abort(Failure {
-                        status: 400,
-                        reason: "client.gone",
-                        fault: crate::respond::Fault::Client,
-                    }));
-                }
-                Some(Ok(_)) => {}
-            }
+            read_body(c, body_timeout_ms, addr).await?;
         }
     }
     .await;

@@ -97,6 +97,12 @@ impl Failure {
         reason: "upstream.timeout",
         fault: Fault::Upstream,
     };
+    /// The client went away mid-request.
+    pub const CLIENT_GONE: Self = Self {
+        status: 400,
+        reason: "client.gone",
+        fault: Fault::Client,
+    };
     /// The gateway is shutting down.
     pub const SHUTTING_DOWN: Self = Self {
         status: 503,

@@ -303,6 +303,12 @@ impl TlsStream {
             self.eof = true;
             return Ok(false);
         }
+        self.feed(n).await?;
+        Ok(true)
+    }
+
+    /// Feeds `rbuf[..n]` to rustls (it may take a slice in parts).
+    async fn feed(&mut self, n: usize) -> Result<(), StreamError> {
         let mut off = 0;
         while off < n {
             off += self.conn.read_tls(&mut &self.rbuf[off..n])?;
@@ -312,7 +318,7 @@ impl TlsStream {
                 return Err(e.into());
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Completes the handshake within `limit`.
@@ -372,14 +378,7 @@ impl TlsStream {
                 return Ok(true);
             }
         }
-        let mut off = 0;
-        while off < n {
-            off += self.conn.read_tls(&mut &self.rbuf[off..n])?;
-            if let Err(e) = self.conn.process_new_packets() {
-                let _ = self.flush().await;
-                return Err(e.into());
-            }
-        }
+        self.feed(n).await?;
         Ok(false)
     }
 

@@ -77,21 +77,24 @@ pub fn cargo(obj: &Path) -> Command {
     cmd
 }
 
-/// Builds the gateway (release) and returns the binary's path.
-pub fn gateway_release(obj: &Path) -> Result<PathBuf> {
-    let status = cargo(obj)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "gateway",
-            "--bin",
-            "gateway",
-        ])
-        .status()
-        .context("running cargo build")?;
+/// Builds the gateway (release), and any extra `--package P --bin B`
+/// pairs in the same cargo run; returns the gateway binary's path.
+pub fn release(obj: &Path, extra: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut cmd = cargo(obj);
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "gateway",
+        "--bin",
+        "gateway",
+    ]);
+    for (package, bin) in extra {
+        cmd.args(["--package", package, "--bin", bin]);
+    }
+    let status = cmd.status().context("running cargo build")?;
     if !status.success() {
-        bail!("building the gateway failed (see the compiler output above)");
+        bail!("the release build failed (see the compiler output above)");
     }
     Ok(target_dir().join("release/gateway"))
 }

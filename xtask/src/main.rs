@@ -71,7 +71,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Build => {
             let obj = build::ebpf()?;
-            let bin = build::gateway_release(&obj)?;
+            let bin = build::release(&obj, &[])?;
             println!(
                 "eBPF object: {}\ngateway:     {}",
                 obj.display(),
@@ -81,7 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Run { args } => {
             let obj = build::ebpf()?;
-            let bin = build::gateway_release(&obj)?;
+            let bin = build::release(&obj, &[])?;
             exec(Command::new(bin).arg("run").args(args))
         }
         Cmd::Test { args } => {
@@ -101,21 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { which, args } => {
             let obj = build::ebpf()?;
             // The benchmark runs the release gateway: build both at once.
-            let status = build::cargo(&obj)
-                .args([
-                    "build",
-                    "--release",
-                    "--package",
-                    "gateway",
-                    "--bin",
-                    "gateway",
-                ])
-                .args(["--package", "gateway-benches", "--bin", "gateway-bench"])
-                .status()
-                .context("running cargo build")?;
-            if !status.success() {
-                bail!("building the benchmarks failed");
-            }
+            build::release(&obj, &[("gateway-benches", "gateway-bench")])?;
             let bin = build::target_dir().join("release/gateway-bench");
             exec(Command::new(bin).arg(which).args(args))
         }

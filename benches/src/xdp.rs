@@ -237,6 +237,65 @@ fn trial(system: System, opts: &Opts) -> Result<Trial> {
     })
 }
 
+/// The program's own time per decision, from BPF_PROG_TEST_RUN with many
+/// repetitions (no attach): what each path through it costs.
+fn decision_costs() -> Result<()> {
+    use std::net::IpAddr;
+    let ip = |s: &str| s.parse::<IpAddr>().map_err(anyhow::Error::from);
+    let cfg = Config::parse(
+        "[listen]\nhttps = \"198.18.0.1:8443\"\n[xdp]\ninterface = \"lo\"\nsyn_rate = 1000\nsyn_burst = 10\n[policy]\ndeny = [\"198.18.9.0/24\"]\nallow = [\"198.18.8.0/24\"]\n",
+        "bench.toml",
+    )?;
+    let mut dp = DataPlane::load()?;
+    dp.configure(&cfg)?;
+    let forever = Monotonic.now_ns() + 3_600_000_000_000;
+    dp.set_verdict(
+        ip("198.18.0.3")?,
+        Verdict {
+            expires_at_ns: forever,
+            reason: 1,
+            _pad: 0,
+        },
+    )?;
+    let gw = ip("198.18.0.1")?;
+    let rows = [
+        (
+            "verdict drop",
+            frame::tcp(ip("198.18.0.3")?, gw, 40000, 8443, frame::SYN, b"", None),
+        ),
+        (
+            "deny drop",
+            frame::tcp(ip("198.18.9.3")?, gw, 40000, 8443, frame::SYN, b"", None),
+        ),
+        (
+            "pass (not a gateway port)",
+            frame::tcp(ip("198.18.0.4")?, gw, 40000, 22, frame::SYN, b"", None),
+        ),
+        (
+            "SYN over budget (shared GCRA)",
+            frame::tcp(ip("198.18.0.5")?, gw, 40000, 8443, frame::SYN, b"", None),
+        ),
+        (
+            "TLS data pass",
+            frame::tcp(
+                ip("198.18.0.4")?,
+                gw,
+                40000,
+                8443,
+                frame::ACK_PSH,
+                &[0x16, 3, 1, 0, 5],
+                None,
+            ),
+        ),
+    ];
+    println!("\nprogram time per decision (BPF_PROG_TEST_RUN, 1M repetitions, kernel average):");
+    for (name, f) in rows {
+        let t = dp.time_run(&f, 1_000_000)?;
+        println!("  {name:<32} {:>6} ns", t.as_nanos());
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints the table.
 pub fn run(opts: Opts) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -314,6 +373,7 @@ pub fn run(opts: Opts) -> Result<()> {
             opts.rounds
         ));
     }
+    decision_costs()?;
     let nft = drop_cost.get("nftables").copied().unwrap_or(f64::NAN);
     for s in ["xdp-driver", "xdp-skb"] {
         let x = drop_cost.get(s).copied().unwrap_or(f64::NAN);

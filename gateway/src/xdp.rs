@@ -337,6 +337,19 @@ impl DataPlane {
         Ok((res.return_value, out))
     }
 
+    /// Runs the program `repeat` times on `frame` with `BPF_PROG_TEST_RUN`;
+    /// returns the kernel's average time per run.
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> Result<std::time::Duration, XdpError> {
+        let prog = program(&mut self.ebpf)?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let res = prog
+            .test_run(opts)
+            .map_err(|e| classify("BPF_PROG_TEST_RUN", e))?;
+        Ok(res.duration)
+    }
+
     /// The program's cumulative run time and run count (counted only while
     /// BPF run-time stats are enabled, see `aya::sys::enable_stats`).
     pub fn run_stats(&mut self) -> Result<(std::time::Duration, u64), XdpError> {

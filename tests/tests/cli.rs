@@ -218,3 +218,69 @@ fn without_privilege_policy_moves_to_userspace_after_one_warning() {
         .expect("stops on SIGINT");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn the_embedded_default_serves_the_demo_over_https_and_resets_plain_http() {
+    use gateway_tests::harness::{Client, client_config};
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    use std::io::{Read, Write};
+    require_root();
+    let ns = NetNs::new(&format!("gwt-cli-default-{}", std::process::id())).expect("namespace");
+    let state = std::env::temp_dir().join(format!("gateway-default-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()])
+        .arg(gateway_bin())
+        .arg("run")
+        .env("GATEWAY_STATE_DIR", &state);
+    let mut gw = Running::spawn(cmd);
+    assert!(
+        gw.wait_for_line("running;", Duration::from_secs(10))
+            .is_some(),
+        "{:?}",
+        gw.seen
+    );
+    let hint = gw
+        .seen
+        .iter()
+        .find(|l| l.contains("try: curl --cacert"))
+        .cloned();
+    assert!(hint.is_some(), "no curl hint: {:?}", gw.seen);
+    let cert = state.join("self-signed-cert.pem");
+    assert!(
+        hint.unwrap_or_default()
+            .contains(&cert.display().to_string())
+    );
+    let ca = CertificateDer::from_pem_file(&cert).expect("generated certificate");
+    let (https, plain) = ns.run(|| {
+        let cfg = client_config(&ca, &[&rustls::version::TLS13]);
+        let mut c = Client::connect(8443, "localhost", cfg).expect("TLS to the embedded default");
+        c.send(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        let r = c.response("GET").expect("response");
+        // Plain HTTP to the TLS port: XDP on lo answers with a reset.
+        let mut tcp = std::net::TcpStream::connect("127.0.0.1:8443").expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut buf = [0u8; 64];
+        (r, tcp.read(&mut buf).map_err(|e| e.kind()))
+    });
+    assert_eq!(https.status, 200);
+    assert!(
+        String::from_utf8_lossy(&https.body).contains("\"service\":\"demo\""),
+        "{https:?}"
+    );
+    assert_eq!(plain, Err(std::io::ErrorKind::ConnectionReset));
+    let status = gw
+        .stop(Signal::SIGINT, Duration::from_secs(10))
+        .expect("stops on Ctrl-C");
+    assert!(status.success(), "{status}");
+    assert!(
+        gw.seen.iter().any(|l| l.contains("XDP detached from lo")),
+        "{:?}",
+        gw.seen
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}

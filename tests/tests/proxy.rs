@@ -14,6 +14,11 @@ struct Setup {
 }
 
 fn setup(tag: &str, extra: &str) -> Setup {
+    setup_full(tag, extra, "workers = 2", "")
+}
+
+/// `limits` goes into `[limits]`, `runtime` into `[runtime]`, `tail` at the end.
+fn setup_full(tag: &str, extra: &str, runtime: &str, tail: &str) -> Setup {
     let dir = TempDir::new(tag);
     let certs = Certs::issue(&dir.0, &["localhost", "api.test", "other.test"]);
     let backend = Backend::start();
@@ -28,7 +33,7 @@ plain_http_port = {plain_port}
 redirect_plain_http = true
 
 [runtime]
-workers = 2
+{runtime}
 
 [limits]
 header_timeout_ms = 800
@@ -47,9 +52,17 @@ response_timeout_ms = 700
 name = "down"
 servers = ["127.0.0.1:{closed}"]
 
+[[upstreams]]
+name = "mixed"
+servers = ["127.0.0.1:{closed}", "{backend}"]
+
 [[routes]]
 path_prefix = "/down"
 upstream = "down"
+
+[[routes]]
+path_prefix = "/mixed"
+upstream = "mixed"
 
 [[routes]]
 path_prefix = "/big"
@@ -62,6 +75,8 @@ upstream = "backend"
 
 [xdp]
 enabled = false
+
+{tail}
 "#,
         certs = certs.toml(),
         backend = backend.addr,
@@ -616,4 +631,97 @@ fn new_connections_go_to_the_workers_in_turn() {
         workers.windows(2).all(|w| w[0] != w[1]),
         "not round robin: {workers:?}"
     );
+}
+
+#[test]
+fn sessions_resume_with_tls13_and_tls12() {
+    use rustls::HandshakeKind;
+    let s = setup("resume", "");
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let cfg = client_config(&s.certs.ca, versions);
+        let mut first = Client::connect(s.gw.port, "localhost", cfg.clone()).expect("connect");
+        // A round trip lets the client take in the session ticket.
+        first
+            .send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        assert_eq!(first.response("GET").expect("response").status, 200);
+        assert_eq!(first.tls.conn.handshake_kind(), Some(HandshakeKind::Full));
+        let second = Client::connect(s.gw.port, "localhost", cfg).expect("reconnect");
+        assert_eq!(
+            second.tls.conn.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{versions:?}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_connect_is_retried_on_another_server() {
+    let s = setup("retry", "");
+    for i in 0..4 {
+        let mut c = s.client();
+        c.send(format!("GET /mixed/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(
+            c.response("GET").expect("response").status,
+            200,
+            "request {i}"
+        );
+    }
+    assert_eq!(s.backend.received().len(), 4);
+}
+
+#[test]
+fn a_trusted_proxy_keeps_and_extends_forwarding_headers() {
+    let s = setup_full(
+        "trusted",
+        "",
+        "workers = 2",
+        "[proxy]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    let mut c = s.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    let head = s.backend.received()[0].head.to_ascii_lowercase();
+    assert!(
+        head.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"),
+        "{head}"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let s = setup("idle", "idle_timeout_ms = 300");
+    let mut c = s.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    let started = std::time::Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(2)),
+        "idle connection left open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early"
+    );
+}
+
+#[test]
+fn connections_beyond_the_worker_cap_are_closed() {
+    let s = setup_full("cap", "", "workers = 1\nmax_connections_per_worker = 2", "");
+    let mut a = s.client();
+    let _b = s.client();
+    let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
+    assert!(
+        Client::connect(s.gw.port, "localhost", cfg).is_err(),
+        "third connection served"
+    );
+    a.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(a.response("GET").expect("response").status, 200);
 }

@@ -44,6 +44,10 @@ pub struct Opts {
     /// CPU list for wrk and the backend; default: unpinned.
     #[arg(long)]
     load_cpus: Option<String>,
+    /// Pin each proxy's workers one per CPU (gateway `pin_cpus`, HAProxy
+    /// `cpu-map`, nginx `worker_cpu_affinity`), within `--proxy-cpus`.
+    #[arg(long)]
+    pin_workers: bool,
     /// Where results and latency distributions go.
     #[arg(long, default_value = "target/bench/proxy")]
     out: PathBuf,
@@ -305,6 +309,7 @@ https = "127.0.0.1:{port}"
 https_only = false
 [runtime]
 workers = {w}
+pin_cpus = {pin}
 [log]
 access = false
 [tls]
@@ -322,7 +327,8 @@ enabled = false
 "#,
             port = PORTS[1].1,
             cert = cert.display(),
-            key = key.display()
+            key = key.display(),
+            pin = opts.pin_workers
         ),
     )?;
     let haproxy_conf = work.join("haproxy.cfg");
@@ -332,6 +338,7 @@ enabled = false
             r#"
 global
   nbthread {w}
+{cpu_map}
   maxconn 4000
   tune.ssl.default-dh-param 2048
 defaults
@@ -352,7 +359,8 @@ backend be
   server s1 127.0.0.1:{BACKEND_PORT}
 "#,
             port = PORTS[2].1,
-            combined = combined.display()
+            combined = combined.display(),
+            cpu_map = haproxy_cpu_map(&opts)
         ),
     )?;
     let nginx_conf = work.join("nginx.conf");
@@ -360,7 +368,7 @@ backend be
         &nginx_conf,
         format!(
             r#"
-daemon off; worker_processes {w}; pid {d}/nginx.pid; error_log {d}/nginx-error.log;
+daemon off; worker_processes {w}; {affinity} pid {d}/nginx.pid; error_log {d}/nginx-error.log;
 events {{ worker_connections 20000; }}
 http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
@@ -383,7 +391,12 @@ http {{
             d = work.display(),
             port = PORTS[3].1,
             cert = cert.display(),
-            key = key.display()
+            key = key.display(),
+            affinity = if opts.pin_workers {
+                "worker_cpu_affinity auto;"
+            } else {
+                ""
+            }
         ),
     )?;
 
@@ -504,12 +517,17 @@ http {{
     let hp_p99 = med("haproxy", &|r| r.pct.get("99").copied());
     let hp_cpu = med("haproxy", &|r| r.cpu_us_per_req);
     let mut table = format!(
-        "bench proxy: wrk -t{} -c{} -d{}s, {} rounds (medians), {} workers each, proxy cpus {}, load cpus {}\n",
+        "bench proxy: wrk -t{} -c{} -d{}s, {} rounds (medians), {} workers each{}, proxy cpus {}, load cpus {}\n",
         opts.threads,
         opts.connections,
         opts.duration,
         opts.rounds,
         opts.workers,
+        if opts.pin_workers {
+            " pinned one per CPU"
+        } else {
+            ""
+        },
         opts.proxy_cpus.as_deref().unwrap_or("any"),
         opts.load_cpus.as_deref().unwrap_or("any")
     );
@@ -557,6 +575,22 @@ http {{
     Ok(())
 }
 
+/// HAProxy's `cpu-map` line pinning thread i to the i-th proxy CPU.
+fn haproxy_cpu_map(opts: &Opts) -> String {
+    if !opts.pin_workers {
+        return String::new();
+    }
+    let all = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
+    format!(
+        "  cpu-map auto:1/1-{} {}",
+        opts.workers,
+        opts.proxy_cpus.as_deref().unwrap_or(&all)
+    )
+}
+
 fn clone_opts(o: &Opts) -> Opts {
     Opts {
         duration: o.duration,
@@ -568,5 +602,6 @@ fn clone_opts(o: &Opts) -> Opts {
         load_cpus: o.load_cpus.clone(),
         out: o.out.clone(),
         gateway: o.gateway.clone(),
+        pin_workers: o.pin_workers,
     }
 }

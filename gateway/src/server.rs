@@ -170,13 +170,22 @@ impl Server {
     }
 }
 
+/// Pins the calling thread to the `i`-th CPU it may run on (so a `taskset`
+/// around the gateway is respected).
 fn pin_to_cpu(i: usize) {
-    let Ok(cores) = std::thread::available_parallelism() else {
+    use nix::{sched::CpuSet, unistd::Pid};
+    let Ok(allowed) = nix::sched::sched_getaffinity(Pid::from_raw(0)) else {
         return;
     };
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(i % cores.get()).is_ok() {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    let Some(&cpu) = cpus.get(i % cpus.len().max(1)) else {
+        return;
+    };
+    let mut set = CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &set);
     }
 }
 

@@ -512,6 +512,13 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
         .any(|h| lists_token(h.value, name))
 }
 
+/// An upstream's timeouts, as one request needs them.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    connect_ms: u64,
+    response_ms: u64,
+}
+
 /// A finished exchange.
 struct Done {
     status: u16,
@@ -538,7 +545,15 @@ enum Attempt {
 }
 
 async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Result<Done, Abort> {
-    let settings = w.pools.borrow()[plan.upstream].settings.clone();
+    // Copied out, not cloned: no allocation per request.
+    let timeouts = {
+        let pools = w.pools.borrow();
+        let u = &pools[plan.upstream].settings;
+        Timeouts {
+            connect_ms: u.connect_timeout_ms,
+            response_ms: u.response_timeout_ms,
+        }
+    };
     let mut exclude = None;
     let mut attempts = 0;
     let mut last_failure: Option<(Failure, SocketAddr)> = None;
@@ -564,13 +579,13 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
         };
         let mut conn = match pooled {
             Some(p) => p,
-            None => match upstream::connect(addr, server, ms(settings.connect_timeout_ms)).await {
+            None => match upstream::connect(addr, server, ms(timeouts.connect_ms)).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     w.pools.borrow_mut()[plan.upstream].mark_down(server, Instant::now());
                     tracing::warn!(
                         "upstream {} server {addr}: connect {}",
-                        settings.name,
+                        w.pools.borrow()[plan.upstream].settings.name,
                         match e {
                             ConnectError::Refused => "refused",
                             ConnectError::TimedOut => "timed out",
@@ -593,7 +608,7 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
         };
         let reused = conn.reused;
         w.pools.borrow_mut()[plan.upstream].begin(server);
-        let result = exchange(w, c, &mut conn, plan, client_keep, &settings, addr).await;
+        let result = exchange(w, c, &mut conn, plan, client_keep, timeouts, addr).await;
         w.pools.borrow_mut()[plan.upstream].end(server);
         match result {
             Ok((done, upstream_reusable)) => {
@@ -647,7 +662,7 @@ async fn exchange(
     conn: &mut UpstreamConn,
     plan: &Plan,
     client_keep: bool,
-    settings: &crate::config::UpstreamSettings,
+    timeouts: Timeouts,
     addr: SocketAddr,
 ) -> Result<(Done, bool), Attempt> {
     let limits = w.shared.cfg.limits;
@@ -658,8 +673,7 @@ async fn exchange(
     match plan.framing {
         Framing::None | Framing::UntilClose => {
             let len = head.len();
-            let (res, buf) =
-                write_upstream(conn, head, len, ms(settings.response_timeout_ms)).await;
+            let (res, buf) = write_upstream(conn, head, len, ms(timeouts.response_ms)).await;
             c.up_head = buf;
             res.map_err(upstream_gone)?;
         }
@@ -670,8 +684,7 @@ async fn exchange(
                 head.extend_from_slice(&c.inbuf[c.start..c.start + avail]);
             }
             let len = head.len();
-            let (res, buf) =
-                write_upstream(conn, head, len, ms(settings.response_timeout_ms)).await;
+            let (res, buf) = write_upstream(conn, head, len, ms(timeouts.response_ms)).await;
             c.up_head = buf;
             res.map_err(upstream_gone)?;
             let mut remaining = total;
@@ -683,8 +696,7 @@ async fn exchange(
         }
         Framing::Chunked => {
             let len = head.len();
-            let (res, buf) =
-                write_upstream(conn, head, len, ms(settings.response_timeout_ms)).await;
+            let (res, buf) = write_upstream(conn, head, len, ms(timeouts.response_ms)).await;
             c.up_head = buf;
             res.map_err(upstream_gone)?;
             stream_chunked_body(c, conn, plan.max_body, limits.body_timeout_ms, addr).await?;
@@ -692,7 +704,7 @@ async fn exchange(
     }
 
     // 2. Response head (skipping 1xx), within the response timeout.
-    let response_deadline = Instant::now() + ms(settings.response_timeout_ms);
+    let response_deadline = Instant::now() + ms(timeouts.response_ms);
     let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let started_reading = conn.pending().is_empty();
     loop {
@@ -769,7 +781,7 @@ async fn exchange(
     let client_close_delimited =
         plan.http10 && matches!(framing, Framing::Chunked | Framing::UntilClose);
     let mut bytes = 0u64;
-    let body_limit = ms(settings.response_timeout_ms);
+    let body_limit = ms(timeouts.response_ms);
     let closing = |f| Attempt::Abort(Abort::Close(f, Some(addr)));
     let out = std::mem::take(&mut c.out);
     let sent = match framing {

@@ -182,6 +182,9 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// Most slices one `send` takes.
+const MAX_PARTS: usize = 4;
+
 /// How long, and how much, a closing connection drains from the client.
 const LINGER: Duration = Duration::from_millis(250);
 const LINGER_BYTES: usize = 256 * 1024;
@@ -416,9 +419,15 @@ impl TlsStream {
     /// parts of a small response share one record) in as few socket writes
     /// as rustls' send buffer allows, usually one.
     pub async fn send(&mut self, parts: &[&[u8]]) -> Result<(), StreamError> {
-        let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-        let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
-        io::IoSlice::advance_slices(&mut rest, 0);
+        // On the stack: a response is at most head, body and chunk framing.
+        let mut slices = [io::IoSlice::new(&[]); MAX_PARTS];
+        if parts.len() > MAX_PARTS {
+            return Err(StreamError::Io(io::ErrorKind::InvalidInput.into()));
+        }
+        for (slot, p) in slices.iter_mut().zip(parts) {
+            *slot = io::IoSlice::new(p);
+        }
+        let mut rest: &mut [io::IoSlice<'_>] = &mut slices[..parts.len()];
         while !rest.is_empty() {
             let n = self.conn.writer().write_vectored(rest)?;
             io::IoSlice::advance_slices(&mut rest, n);

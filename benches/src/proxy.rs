@@ -35,15 +35,20 @@ pub struct Opts {
     /// Rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Worker threads/processes for each proxy.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// CPU list for the proxies (taskset syntax, e.g. "0-1"); default: unpinned.
+    /// Worker threads/processes for each proxy; default: one per proxy CPU.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// CPU list for the proxies (taskset syntax, e.g. "0-1"). Default: the
+    /// first half of the machine's CPUs, so proxies never share a core with
+    /// the load.
     #[arg(long)]
     proxy_cpus: Option<String>,
-    /// CPU list for wrk and the backend; default: unpinned.
+    /// CPU list for wrk and the backend. Default: the second half.
     #[arg(long)]
     load_cpus: Option<String>,
+    /// Do not split the CPUs: proxies, wrk and backend all float.
+    #[arg(long)]
+    unpinned: bool,
     /// Pin each proxy's workers one per CPU (gateway `pin_cpus`, HAProxy
     /// `cpu-map`, nginx `worker_cpu_affinity`), within `--proxy-cpus`.
     #[arg(long)]
@@ -157,10 +162,12 @@ done = function(summary, latency, requests)
   for _, p in pairs({50, 90, 99, 99.9, 99.99}) do
     io.write(string.format("PCT %g %d\n", p, latency:percentile(p)))
   end
-  for p = 1, 100 do
+  for p = 1, 99 do
     io.write(string.format("DIST %d %d\n", p, latency:percentile(p)))
   end
-  io.write(string.format("DIST 99.9 %d\nDIST 99.99 %d\n", latency:percentile(99.9), latency:percentile(99.99)))
+  for _, p in pairs({99.5, 99.9, 99.95, 99.99, 99.999}) do
+    io.write(string.format("DIST %g %d\n", p, latency:percentile(p)))
+  end
 end
 "#;
 
@@ -246,7 +253,31 @@ fn wrk(opts: &Opts, url: &str, lua: &Path, pgid: Option<u32>, dist_file: &Path) 
 }
 
 /// Runs the benchmark.
-pub fn run(opts: Opts) -> Result<()> {
+pub fn run(mut opts: Opts) -> Result<()> {
+    // Fair by default: the proxies get one half of the CPUs, wrk and the
+    // backend the other, and each proxy one worker per proxy CPU.
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !opts.unpinned && ncpu >= 2 {
+        let half = ncpu / 2;
+        opts.proxy_cpus.get_or_insert_with(|| {
+            if half == 1 {
+                "0".into()
+            } else {
+                format!("0-{}", half - 1)
+            }
+        });
+        opts.load_cpus.get_or_insert_with(|| {
+            if half == ncpu - 1 {
+                format!("{half}")
+            } else {
+                format!("{half}-{}", ncpu - 1)
+            }
+        });
+    }
+    if opts.workers.is_none() {
+        let n = opts.proxy_cpus.as_deref().map_or(ncpu, cpu_count);
+        opts.workers = Some(n.max(1));
+    }
     for tool in ["wrk", "haproxy", "nginx"] {
         if Command::new("sh")
             .arg("-c")
@@ -278,7 +309,7 @@ pub fn run(opts: Opts) -> Result<()> {
     )?;
     let lua = work.join("report.lua");
     std::fs::write(&lua, WRK_LUA)?;
-    let w = opts.workers;
+    let w = opts.workers.unwrap_or(1);
     let hsts = "max-age=31536000; includeSubDomains";
 
     // The backend: nginx answering small JSON on plain HTTP.
@@ -522,7 +553,7 @@ http {{
         opts.connections,
         opts.duration,
         opts.rounds,
-        opts.workers,
+        opts.workers.unwrap_or(1),
         if opts.pin_workers {
             " pinned one per CPU"
         } else {
@@ -569,10 +600,75 @@ http {{
         );
     }
     print!("{table}");
+    plot(&out, opts.rounds)?;
     std::fs::write(out.join("summary.txt"), &table)?;
     std::fs::write(out.join("summary.csv"), csv)?;
     println!("latency distributions and summary: {}", out.display());
     Ok(())
+}
+
+/// Draws the last round's latency distributions (percentile against
+/// latency, log scale) into `latency.png` with gnuplot, when it is installed.
+fn plot(out: &Path, rounds: usize) -> Result<()> {
+    let have = Command::new("sh")
+        .arg("-c")
+        .arg("command -v gnuplot")
+        .output()
+        .map(|o| o.status.success());
+    if !have.unwrap_or(false) {
+        println!("no plot: gnuplot is missing (apt-get install gnuplot-nox)");
+        return Ok(());
+    }
+    let png = out.join("latency.png");
+    let mut script = format!(
+        "set terminal pngcairo size 1000,600\nset output '{}'\nset datafile separator ','\n\
+         set key left top\nset logscale xy\nset xlabel 'percentile'\nset ylabel 'latency (us)'\n\
+         set xtics ('p0' 1, 'p50' 2, 'p90' 10, 'p99' 100, 'p99.9' 1000, 'p99.99' 10000, 'p99.999' 100000)\n\
+         set title 'wrk over TLS keep-alive: latency by percentile (round {rounds})'\nset grid\nplot ",
+        png.display()
+    );
+    let series: Vec<String> = PORTS
+        .iter()
+        .map(|(name, _)| {
+            format!(
+                "'{}' every ::1 using (100/(100-$1)):2 with lines lw 2 title '{name}'",
+                out.join(format!("latency-{name}-round{rounds}.csv"))
+                    .display()
+            )
+        })
+        .collect();
+    script.push_str(&series.join(", "));
+    script.push('\n');
+    let status = Command::new("gnuplot")
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(stdin) = child.stdin.as_mut() {
+                std::io::Write::write_all(stdin, script.as_bytes())?;
+            }
+            child.wait()
+        })
+        .context("running gnuplot")?;
+    if status.success() {
+        println!("plot: {}", png.display());
+    }
+    Ok(())
+}
+
+/// How many CPUs a taskset-style list names ("0-3,6" → 5).
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => {
+                b.trim()
+                    .parse::<usize>()
+                    .unwrap_or(0)
+                    .saturating_sub(a.trim().parse().unwrap_or(0))
+                    + 1
+            }
+            None => usize::from(!part.trim().is_empty()),
+        })
+        .sum()
 }
 
 /// HAProxy's `cpu-map` line pinning thread i to the i-th proxy CPU.
@@ -586,7 +682,7 @@ fn haproxy_cpu_map(opts: &Opts) -> String {
     );
     format!(
         "  cpu-map auto:1/1-{} {}",
-        opts.workers,
+        opts.workers.unwrap_or(1),
         opts.proxy_cpus.as_deref().unwrap_or(&all)
     )
 }
@@ -598,6 +694,7 @@ fn clone_opts(o: &Opts) -> Opts {
         threads: o.threads,
         rounds: o.rounds,
         workers: o.workers,
+        unpinned: o.unpinned,
         proxy_cpus: o.proxy_cpus.clone(),
         load_cpus: o.load_cpus.clone(),
         out: o.out.clone(),

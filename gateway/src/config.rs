@@ -141,7 +141,7 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 struct ProxyFile {
     #[serde(default)]
-    trusted_proxies: Vec<IpNet>,
+    trusted_proxies: Vec<Cidr>,
     #[serde(default)]
     hsts: Option<String>,
 }
@@ -222,15 +222,49 @@ struct RouteFile {
 struct ListenFile {
     https: SocketAddr,
     #[serde(default = "default_plain_port")]
-    plain_http_port: u16,
+    plain_http_port: Spanned<u16>,
     #[serde(default = "yes")]
     https_only: bool,
     #[serde(default)]
     redirect_plain_http: bool,
 }
 
-fn default_plain_port() -> u16 {
-    80
+fn default_plain_port() -> Spanned<u16> {
+    Spanned::new(0..0, 80)
+}
+
+/// A CIDR as written in the file, with errors that say what is wrong
+/// (ipnet alone says "invalid IP address syntax" for `10.0.0.0/33` too).
+#[derive(Debug, Clone, Copy)]
+struct Cidr(IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_cidr(&text)
+            .map(Cidr)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `a.b.c.d/n`, `x::y/n`, or a bare address (a host route).
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => match l.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("prefix length `{l}` must be 0 to {max} for {ip}")),
+        },
+    };
+    IpNet::new(ip, len).map_err(|e| e.to_string())
 }
 fn yes() -> bool {
     true
@@ -325,9 +359,9 @@ fn default_stats_secs() -> u64 {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     #[serde(default)]
-    allow: Option<Spanned<Vec<IpNet>>>,
+    allow: Option<Spanned<Vec<Cidr>>>,
     #[serde(default)]
-    deny: Option<Spanned<Vec<IpNet>>>,
+    deny: Option<Spanned<Vec<Cidr>>>,
 }
 
 /// The validated configuration.
@@ -544,9 +578,9 @@ impl Config {
             Some(b) => *b.get_ref(),
             None => xdp.syn_rate.max(1),
         };
-        if raw.listen.plain_http_port == raw.listen.https.port() {
+        if *raw.listen.plain_http_port.get_ref() == raw.listen.https.port() {
             return Err(invalid(
-                None,
+                Some(raw.listen.plain_http_port.span()),
                 "listen.plain_http_port".into(),
                 "must differ from the HTTPS port".into(),
             ));
@@ -571,7 +605,7 @@ impl Config {
                     ),
                 ));
             }
-            lists[i] = list.get_ref().iter().map(IpNet::trunc).collect();
+            lists[i] = list.get_ref().iter().map(|c| c.0.trunc()).collect();
         }
         let [allow, deny] = lists;
 
@@ -693,7 +727,12 @@ impl Config {
             },
             limits,
             proxy: ProxySettings {
-                trusted_proxies: raw.proxy.trusted_proxies.iter().map(IpNet::trunc).collect(),
+                trusted_proxies: raw
+                    .proxy
+                    .trusted_proxies
+                    .iter()
+                    .map(|c| c.0.trunc())
+                    .collect(),
                 hsts: match raw.proxy.hsts {
                     Some(h) if h.is_empty() => None,
                     Some(h) => Some(h),
@@ -706,7 +745,7 @@ impl Config {
             routes,
             source: file.to_owned(),
             https: raw.listen.https,
-            plain_http_port: raw.listen.plain_http_port,
+            plain_http_port: *raw.listen.plain_http_port.get_ref(),
             https_only: raw.listen.https_only,
             xdp: XdpSettings {
                 enabled: xdp.enabled,
@@ -782,6 +821,33 @@ mod tests {
             "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"10.0.0.0/8\", \"10.1.2.300/24\"]\n",
         );
         assert!(e.starts_with("t.toml:4: policy.deny[1]: "), "{e}");
+    }
+
+    #[test]
+    fn cidr_errors_say_what_is_wrong() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"10.0.0.0/33\"]\n");
+        assert_eq!(
+            e,
+            "t.toml:4: policy.deny[0]: prefix length `33` must be 0 to 32 for 10.0.0.0"
+        );
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"nope/8\"]\n");
+        assert_eq!(e, "t.toml:4: policy.allow[0]: `nope` is not an IP address");
+        // A bare address is a host route.
+        let c = Config::parse(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"2001:db8::1\"]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.policy.allow[0].to_string(), "2001:db8::1/128");
+    }
+
+    #[test]
+    fn same_ports_point_at_the_key() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\nplain_http_port = 8443\n");
+        assert_eq!(
+            e,
+            "t.toml:3: listen.plain_http_port: must differ from the HTTPS port"
+        );
     }
 
     #[test]

@@ -94,8 +94,10 @@ impl Enforcement {
     pub fn describe(&self, cfg: &Config) -> Vec<String> {
         let mut lines = vec![match self {
             Self::Kernel(dp) => format!(
-                "XDP attached to {} (mode {}): policy enforced in the kernel",
+                "XDP attached to {} in {} mode (xdp.mode = {}): policy enforced in the kernel",
                 dp.attached_to().unwrap_or("?"),
+                dp.attached_mode()
+                    .map_or_else(|| "?".to_owned(), |m| m.to_string()),
                 cfg.xdp.mode
             ),
             Self::Userspace(_) => "policy enforced in userspace (no XDP)".to_owned(),

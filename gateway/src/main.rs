@@ -93,10 +93,15 @@ fn check(cfg: &Config) -> Result<(), String> {
         cfg.https, cfg.runtime.workers
     );
     if cfg.tls.certificates.is_empty() {
-        println!(
-            "certificate: self-signed, generated on first run in {}",
-            tls::state_dir().display()
-        );
+        let cert = tls::state_dir().join("self-signed-cert.pem");
+        if cert.is_file() {
+            println!("certificate: self-signed, {}", cert.display());
+        } else {
+            println!(
+                "certificate: self-signed, generated on first run as {}",
+                cert.display()
+            );
+        }
     }
     for c in &cfg.tls.certificates {
         let names = if c.names.is_empty() {

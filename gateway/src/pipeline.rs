@@ -309,8 +309,12 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
             if head_len > 0 {
                 c.consume(head_len);
             } else {
+                // Refused before it parsed: log what the request line says.
+                let (method, target) = request_line_words(&c.inbuf[c.start..]);
                 c.method.clear();
+                c.method.push_str(method);
                 c.target.clear();
+                c.target.push_str(target);
             }
             let keep = keep && !w.stopping();
             send_failure(w, c, failure, keep, started).await;
@@ -402,6 +406,23 @@ async fn send_failure(w: &Worker, c: &mut Client, f: Failure, keep: bool, starte
             worker: w.index,
         });
     }
+}
+
+/// Method and target of a request line that did not parse, for the log:
+/// printable ASCII only, cut short, `-` when absent.
+fn request_line_words(buf: &[u8]) -> (&str, &str) {
+    let line = buf
+        .split(|&b| b == b'\n' || b == b'\r')
+        .next()
+        .unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ').map(|w| {
+        let w = &w[..w.len().min(128)];
+        match std::str::from_utf8(w) {
+            Ok(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => t,
+            _ => "-",
+        }
+    });
+    (words.next().unwrap_or("-"), words.next().unwrap_or("-"))
 }
 
 /// The upstream request head: the client's fields minus hop-by-hop ones and

@@ -43,7 +43,7 @@ pub enum XdpError {
     UnknownInterface(String),
     /// Another XDP program already holds the interface.
     #[error(
-        "interface `{0}` already has an XDP program attached (another gateway?); detach it first: ip link set dev {0} xdp off"
+        "interface `{0}` already has an XDP program attached (another gateway?): stop the process that holds it, or `ip link set dev {0} xdp off` if it was attached with ip"
     )]
     SlotTaken(String),
     /// Native mode was asked for on a driver without it.
@@ -144,7 +144,7 @@ pub struct DataPlane {
     ports: HashMap<MapData, u16, PortPolicy>,
     config: Array<MapData, XdpConfig>,
     counters: PerCpuArray<MapData, u64>,
-    attached: Option<String>,
+    attached: Option<(String, AttachMode)>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
@@ -248,16 +248,30 @@ impl DataPlane {
     }
 
     /// Attaches the program to `interface`.
+    /// `auto` tries native (driver) mode first and falls back to generic
+    /// (skb) mode when the driver has none, so the mode in use is known.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), XdpError> {
-        let xdp_mode = match mode {
-            AttachMode::Auto => XdpMode::Default,
-            AttachMode::Driver => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
+        match mode {
+            AttachMode::Auto => match self.attach_as(interface, AttachMode::Driver) {
+                Err(XdpError::DriverModeUnsupported(_)) => {
+                    self.attach_as(interface, AttachMode::Skb)
+                }
+                other => other,
+            },
+            m => self.attach_as(interface, m),
+        }
+    }
+
+    fn attach_as(&mut self, interface: &str, mode: AttachMode) -> Result<(), XdpError> {
+        let xdp_mode = if mode == AttachMode::Skb {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
         };
         let prog = program(&mut self.ebpf)?;
         match prog.attach(interface, xdp_mode) {
             Ok(_) => {
-                self.attached = Some(interface.to_owned());
+                self.attached = Some((interface.to_owned(), mode));
                 Ok(())
             }
             Err(ProgramError::UnknownInterface { name }) => Err(XdpError::UnknownInterface(name)),
@@ -276,7 +290,12 @@ impl DataPlane {
 
     /// The interface the program is attached to, if any.
     pub fn attached_to(&self) -> Option<&str> {
-        self.attached.as_deref()
+        self.attached.as_ref().map(|(i, _)| i.as_str())
+    }
+
+    /// The mode it was attached in (`driver` or `skb`), if attached.
+    pub fn attached_mode(&self) -> Option<AttachMode> {
+        self.attached.as_ref().map(|(_, m)| *m)
     }
 
     /// Places (or replaces) a verdict on a source address.

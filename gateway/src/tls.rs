@@ -231,13 +231,7 @@ pub async fn write_deadline<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = T>,
 ) -> Option<T> {
-    tokio::select! {
-        r = fut => Some(r),
-        _ = tokio::time::sleep(limit) => {
-            shutdown_fd(fd);
-            None
-        }
-    }
+    expire(fd, limit, libc::SHUT_RDWR, fut).await
 }
 
 /// Runs `fut` with a deadline; on expiry the socket's read side is shut
@@ -248,11 +242,20 @@ pub async fn deadline<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = T>,
 ) -> Option<T> {
+    expire(fd, limit, libc::SHUT_RD, fut).await
+}
+
+async fn expire<T>(
+    fd: RawFd,
+    limit: Duration,
+    how: libc::c_int,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
         r = fut => Some(r),
         _ = tokio::time::sleep(limit) => {
             // SAFETY: shutdown(2) on a descriptor the caller owns.
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            unsafe { libc::shutdown(fd, how) };
             None
         }
     }

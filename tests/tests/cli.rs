@@ -70,6 +70,14 @@ fn check_reports_a_missing_file() {
     );
 }
 
+/// Nothing is left attached to `lo` in `ns`.
+fn assert_no_xdp(ns: &NetNs) {
+    let link = ns
+        .exec(&["ip", "link", "show", "dev", "lo"])
+        .expect("ip link");
+    assert!(!link.contains("xdp"), "XDP still attached: {link}");
+}
+
 fn ns_config(name: &str, iface: &str) -> std::path::PathBuf {
     ns_config_on(name, iface, 8443)
 }
@@ -138,10 +146,7 @@ fn run_attaches_refuses_a_second_instance_and_detaches_on_sigterm() {
         "{:?}",
         first.seen
     );
-    let link = ns
-        .exec(&["ip", "link", "show", "dev", "lo"])
-        .expect("ip link");
-    assert!(!link.contains("xdp"), "still attached: {link}");
+    assert_no_xdp(&ns);
 }
 
 #[test]
@@ -161,10 +166,7 @@ fn run_with_an_unknown_interface_fails_in_one_line() {
         "{:?}",
         gw.seen
     );
-    let link = ns
-        .exec(&["ip", "link", "show", "dev", "lo"])
-        .expect("ip link");
-    assert!(!link.contains("xdp"), "something attached: {link}");
+    assert_no_xdp(&ns);
 }
 
 #[test]

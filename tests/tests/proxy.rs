@@ -725,3 +725,22 @@ fn connections_beyond_the_worker_cap_are_closed() {
         .expect("send");
     assert_eq!(a.response("GET").expect("response").status, 200);
 }
+
+#[test]
+fn each_pipelined_request_is_judged_on_its_own() {
+    let s = setup("pipejudge", "");
+    let mut c = s.client();
+    // A valid request, then a smuggling attempt in the same write.
+    c.send(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /evil HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").expect("send");
+    assert_eq!(c.response("GET").expect("first").status, 200);
+    let second = c.response("POST").expect("second");
+    assert_eq!(second.status, 400);
+    assert_eq!(second.header("connection").as_deref(), Some("close"));
+    let paths: Vec<_> = s
+        .backend
+        .received()
+        .iter()
+        .map(|r| r.head.split_whitespace().nth(1).unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(paths, ["/ok"]);
+}

@@ -21,8 +21,11 @@ pub mod map_names {
     pub const ALLOW: &str = "ALLOW_CIDRS";
     /// Destination TCP port → [`crate::PortPolicy`].
     pub const PORTS: &str = "PORTS";
-    /// Source address → theoretical arrival time of the next SYN (GCRA).
+    /// Source address → theoretical arrival time of the next SYN (GCRA),
+    /// one entry shared by all CPUs.
     pub const SYN_TAT: &str = "SYN_TAT";
+    /// The same, one entry per CPU (`xdp.syn_budget = "per_cpu"`).
+    pub const SYN_TAT_PER_CPU: &str = "SYN_TAT_PER_CPU";
     /// Single-entry array holding [`crate::XdpConfig`].
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU counters indexed by [`crate::Outcome`].
@@ -32,8 +35,17 @@ pub mod map_names {
     /// `[workers, next]`: how many listeners, and the round-robin cursor.
     pub const BALANCE: &str = "BALANCE";
     /// Every map name, for the export check.
-    pub const ALL: [&str; 9] = [
-        VERDICTS, DENY, ALLOW, PORTS, SYN_TAT, CONFIG, COUNTERS, LISTENERS, BALANCE,
+    pub const ALL: [&str; 10] = [
+        VERDICTS,
+        DENY,
+        ALLOW,
+        PORTS,
+        SYN_TAT,
+        SYN_TAT_PER_CPU,
+        CONFIG,
+        COUNTERS,
+        LISTENERS,
+        BALANCE,
     ];
 }
 
@@ -186,6 +198,9 @@ pub mod config_flags {
     pub const HAS_ALLOW: u32 = 1;
     /// The deny list has entries (else its lookup is skipped).
     pub const HAS_DENY: u32 = 2;
+    /// Keep SYN budgets per CPU instead of shared (cheaper; a source spread
+    /// over N CPUs gets up to N times its budget).
+    pub const SYN_PER_CPU: u32 = 4;
 }
 const _: () = assert!(size_of::<XdpConfig>() == 24);
 

@@ -25,7 +25,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_tail},
     macros::{map, sk_reuseport, xdp},
     maps::{
-        Array, HashMap, LruHashMap, PerCpuArray, ReusePortSockArray,
+        Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ReusePortSockArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SkReuseportContext, XdpContext},
@@ -53,6 +53,10 @@ static PORTS: HashMap<u16, PortPolicy> = HashMap::with_max_entries(PORT_CAPACITY
 
 #[map(name = "SYN_TAT")]
 static SYN_TAT: LruHashMap<SourceAddr, u64> = LruHashMap::with_max_entries(SYN_TRACKED_SOURCES, 0);
+
+#[map(name = "SYN_TAT_PER_CPU")]
+static SYN_TAT_PER_CPU: LruPerCpuHashMap<SourceAddr, u64> =
+    LruPerCpuHashMap::with_max_entries(SYN_TRACKED_SOURCES, 0);
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
@@ -306,6 +310,9 @@ fn syn_budget(src: &SourceAddr, now: u64, cfg: &XdpConfig) -> bool {
     if interval == 0 {
         return true;
     }
+    if cfg.flags & config_flags::SYN_PER_CPU != 0 {
+        return syn_budget_per_cpu(src, now, cfg);
+    }
     let Some(slot) = SYN_TAT.get_ptr_mut(src) else {
         // First SYN seen from this source (or it was evicted): admit it.
         let _ = SYN_TAT.insert(src, now + interval, u64::from(BPF_NOEXIST));
@@ -329,6 +336,26 @@ fn syn_budget(src: &SourceAddr, now: u64, cfg: &XdpConfig) -> bool {
             true
         } else {
             atomic_xsub::<u64, u64, { Relaxed }>(slot, interval);
+            false
+        }
+    }
+}
+
+/// The same GCRA with one state per CPU: no atomics, no shared cache line,
+/// but each CPU grants the full budget on its own.
+#[inline(always)]
+fn syn_budget_per_cpu(src: &SourceAddr, now: u64, cfg: &XdpConfig) -> bool {
+    let Some(slot) = SYN_TAT_PER_CPU.get_ptr_mut(src) else {
+        let _ = SYN_TAT_PER_CPU.insert(src, now + cfg.syn_interval_ns, u64::from(BPF_NOEXIST));
+        return true;
+    };
+    // SAFETY: this CPU's own copy of the value; nothing else writes it while we run.
+    unsafe {
+        let before = (*slot).max(now);
+        if packet::gcra_admits(before, now, cfg.syn_tolerance_ns) {
+            *slot = before + cfg.syn_interval_ns;
+            true
+        } else {
             false
         }
     }

@@ -293,6 +293,17 @@ impl fmt::Display for AttachMode {
     }
 }
 
+/// Where the kernel keeps SYN budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SynBudget {
+    /// One budget per source shared by all CPUs (exact).
+    #[default]
+    Shared,
+    /// One budget per source and CPU (cheaper; up to N× on N CPUs).
+    PerCpu,
+}
+
 /// What happens to plain HTTP sent to the TLS port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -317,6 +328,8 @@ struct XdpFile {
     mode: AttachMode,
     #[serde(default)]
     plain_http_on_tls: PlainHttpOnTls,
+    #[serde(default)]
+    syn_budget: SynBudget,
     #[serde(default = "default_syn_rate")]
     syn_rate: u32,
     #[serde(default)]
@@ -334,6 +347,7 @@ impl Default for XdpFile {
             interface: Spanned::new(0..0, "auto".into()),
             mode: AttachMode::Auto,
             plain_http_on_tls: PlainHttpOnTls::Reset,
+            syn_budget: SynBudget::Shared,
             syn_rate: default_syn_rate(),
             syn_burst: None,
             sweep_interval_ms: default_sweep_ms(),
@@ -493,6 +507,8 @@ pub struct XdpSettings {
     pub mode: AttachMode,
     /// Plain HTTP on the TLS port.
     pub plain_http_on_tls: PlainHttpOnTls,
+    /// Where SYN budgets are kept in the kernel.
+    pub syn_budget: SynBudget,
     /// SYNs per second per source; 0 disables the limit.
     pub syn_rate: u32,
     /// SYNs a source may send at once.
@@ -752,6 +768,7 @@ impl Config {
                 interface,
                 mode: xdp.mode,
                 plain_http_on_tls: xdp.plain_http_on_tls,
+                syn_budget: xdp.syn_budget,
                 syn_rate: xdp.syn_rate,
                 syn_burst,
                 sweep_interval_ms: xdp.sweep_interval_ms.max(10),

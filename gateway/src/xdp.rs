@@ -215,6 +215,10 @@ impl DataPlane {
                 0
             } else {
                 gateway_common::config_flags::HAS_DENY
+            } | if cfg.xdp.syn_budget == crate::config::SynBudget::PerCpu {
+                gateway_common::config_flags::SYN_PER_CPU
+            } else {
+                0
             },
         };
         self.config

@@ -269,7 +269,17 @@ fn reset_frame_is_a_valid_rst() {
 
 #[test]
 fn syn_budget_admits_the_burst_then_drops() {
-    let mut dp = plane(&CONFIG.replace("syn_rate = 0", "syn_rate = 1\nsyn_burst = 3"));
+    syn_budget_case("syn_rate = 1\nsyn_burst = 3");
+}
+
+#[test]
+fn per_cpu_syn_budget_admits_the_burst_then_drops() {
+    // BPF_PROG_TEST_RUN runs on one CPU, so the per-CPU budget is the same.
+    syn_budget_case("syn_rate = 1\nsyn_burst = 3\nsyn_budget = \"per_cpu\"");
+}
+
+fn syn_budget_case(knobs: &str) {
+    let mut dp = plane(&CONFIG.replace("syn_rate = 0", knobs));
     let syn = tcp("198.18.1.2", "198.18.1.1", 8443, SYN, b"");
     let other = tcp("198.18.1.3", "198.18.1.1", 8443, SYN, b"");
     let actions: Vec<u32> = (0..6).map(|_| dp.test_run(&syn).expect("run").0).collect();

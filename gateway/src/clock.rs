@@ -22,20 +22,3 @@ impl Clock for Monotonic {
             .unwrap_or(0)
     }
 }
-
-/// A clock tests set by hand.
-#[derive(Debug, Default)]
-pub struct FakeClock(pub std::cell::Cell<u64>);
-
-impl FakeClock {
-    /// Moves the clock forward.
-    pub fn advance(&self, ns: u64) {
-        self.0.set(self.0.get() + ns);
-    }
-}
-
-impl Clock for FakeClock {
-    fn now_ns(&self) -> u64 {
-        self.0.get()
-    }
-}

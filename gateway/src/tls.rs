@@ -290,11 +290,6 @@ impl TlsStream {
         self.tcp.as_raw_fd()
     }
 
-    /// The SNI name the client asked for.
-    pub fn server_name(&self) -> Option<&str> {
-        self.conn.server_name()
-    }
-
     /// One socket read fed to rustls; returns false at EOF.
     async fn read_socket(&mut self) -> Result<bool, StreamError> {
         let mut buf = std::mem::take(&mut self.rbuf);

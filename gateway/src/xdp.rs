@@ -381,14 +381,6 @@ impl DataPlane {
             .map(|i| (i.run_time(), i.run_count()))
             .map_err(|e| classify("reading program info", e))
     }
-
-    /// The kernel's id of the loaded program (for bpftool).
-    pub fn program_id(&mut self) -> Result<u32, XdpError> {
-        let prog = program(&mut self.ebpf)?;
-        prog.info()
-            .map(|i| i.id())
-            .map_err(|e| classify("reading program info", e))
-    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {

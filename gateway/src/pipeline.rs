@@ -247,7 +247,7 @@ struct Plan {
 /// Returns whether the connection stays open.
 async fn handle_request(w: &Worker, c: &mut Client) -> bool {
     let started = Instant::now();
-    let shared = w.shared.clone();
+    let shared = &*w.shared;
     let limits = shared.cfg.limits;
     let head_limits = HeadLimits {
         max_request_line: limits.max_request_line_bytes,
@@ -279,7 +279,7 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
                         if too_big {
                             Err((Failure::BODY_TOO_LARGE, false))
                         } else {
-                            write_upstream_head(&mut c.up_head, &head, c.peer, &shared);
+                            write_upstream_head(&mut c.up_head, &head, c.peer, shared);
                             Ok(Plan {
                                 framing: head.framing,
                                 keep_alive: head.keep_alive,

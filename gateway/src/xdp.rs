@@ -147,14 +147,27 @@ pub struct DataPlane {
     attached: Option<(String, AttachMode)>,
 }
 
+/// The object lacks a map or program it was built with (a build mismatch).
+fn missing(kind: &str, name: &str) -> XdpError {
+    XdpError::Kernel {
+        context: format!("the XDP object has no {kind} {name}"),
+        source: format!("missing {kind}").into(),
+    }
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| XdpError::Kernel {
-        context: format!("the XDP object has no map {name}"),
-        source: "missing map".into(),
-    })?;
+    let map = ebpf.take_map(name).ok_or_else(|| missing("map", name))?;
+    T::try_from(map).map_err(|e| classify(&format!("opening map {name}"), e))
+}
+
+fn borrow_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, XdpError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or_else(|| missing("map", name))?;
     T::try_from(map).map_err(|e| classify(&format!("opening map {name}"), e))
 }
 
@@ -388,12 +401,18 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
 }
 
 fn named_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, XdpError> {
-    let p = ebpf.program_mut(name).ok_or_else(|| XdpError::Kernel {
-        context: format!("the XDP object has no program {name}"),
-        source: "missing program".into(),
-    })?;
+    program_as(ebpf, name)
+}
+
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, XdpError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| missing("program", name))?;
     p.try_into()
-        .map_err(|e| classify("opening the XDP program", e))
+        .map_err(|e| classify(&format!("opening program {name}"), e))
 }
 
 /// The SO_REUSEPORT balancer: the kernel hands new connections to the
@@ -424,42 +443,19 @@ impl Balancer {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| classify("loading the XDP object", e))?;
-        {
-            let mut socks: ReusePortSockArray<&mut MapData> = ebpf
-                .map_mut(map_names::LISTENERS)
-                .ok_or_else(|| XdpError::Kernel {
-                    context: "no LISTENERS map".into(),
-                    source: "missing map".into(),
-                })?
-                .try_into()
-                .map_err(|e| classify("opening LISTENERS", e))?;
-            for (i, l) in listeners.iter().enumerate() {
-                socks
-                    .set(i as u32, l, 0)
-                    .map_err(|e| classify("registering a listener", e))?;
-            }
+        let mut socks: ReusePortSockArray<&mut MapData> =
+            borrow_map(&mut ebpf, map_names::LISTENERS)?;
+        for (i, l) in listeners.iter().enumerate() {
+            socks
+                .set(i as u32, l, 0)
+                .map_err(|e| classify("registering a listener", e))?;
         }
-        {
-            let mut balance: Array<&mut MapData, u64> = ebpf
-                .map_mut(map_names::BALANCE)
-                .ok_or_else(|| XdpError::Kernel {
-                    context: "no BALANCE map".into(),
-                    source: "missing map".into(),
-                })?
-                .try_into()
-                .map_err(|e| classify("opening BALANCE", e))?;
-            balance
-                .set(0, listeners.len() as u64, 0)
-                .map_err(|e| classify("writing BALANCE", e))?;
-        }
-        let prog: &mut aya::programs::SkReuseport = ebpf
-            .program_mut(gateway_common::BALANCE_PROGRAM_NAME)
-            .ok_or_else(|| XdpError::Kernel {
-                context: "no balancer program".into(),
-                source: "missing program".into(),
-            })?
-            .try_into()
-            .map_err(|e| classify("opening the balancer", e))?;
+        let mut balance: Array<&mut MapData, u64> = borrow_map(&mut ebpf, map_names::BALANCE)?;
+        balance
+            .set(0, listeners.len() as u64, 0)
+            .map_err(|e| classify("writing BALANCE", e))?;
+        let prog: &mut aya::programs::SkReuseport =
+            program_as(&mut ebpf, gateway_common::BALANCE_PROGRAM_NAME)?;
         prog.load()
             .map_err(|e| classify("verifying the balancer", e))?;
         if let Some(first) = listeners.first() {

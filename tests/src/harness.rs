@@ -454,6 +454,12 @@ impl Client {
         }
     }
 
+    /// Sends `GET path` for Host localhost and reads the response.
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+        self.response("GET")
+    }
+
     /// Reads one response (for a request with method `method`).
     pub fn response(&mut self, method: &str) -> std::io::Result<Response> {
         let end = loop {

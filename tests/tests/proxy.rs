@@ -149,9 +149,7 @@ fn chunked_both_ways() {
     let got = s.backend.received();
     assert!(got[0].chunked, "the backend got a chunked body");
     assert_eq!(got[0].body_len, 11);
-    c.send(b"GET /chunked HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    let r = c.response("GET").expect("response");
+    let r = c.get("/chunked").expect("response");
     assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
     assert_eq!(r.body, b"hello world");
 }
@@ -327,9 +325,7 @@ fn tls_1_1_is_refused() {
     assert_eq!(buf[5], 2, "not fatal: {:?}", &buf[..n]);
     // And a modern client still works.
     let mut c = s.client();
-    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert_eq!(c.get("/").expect("response").status, 200);
 }
 
 #[test]
@@ -391,22 +387,16 @@ fn smuggling_shapes_get_400_and_never_reach_the_backend() {
 fn upstream_down_is_502_and_slow_upstream_is_504() {
     let s = setup("errors", "");
     let mut c = s.client();
-    c.send(b"GET /down HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    let r = c.response("GET").expect("response");
+    let r = c.get("/down").expect("response");
     assert_eq!(r.status, 502);
     assert_eq!(
         r.body,
         b"{\"error\":\"bad_gateway\",\"reason\":\"upstream.connect\"}\n"
     );
     // Marked down: the next request does not even try.
-    c.send(b"GET /down HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 503);
+    assert_eq!(c.get("/down").expect("response").status, 503);
     let mut c = s.client();
-    c.send(b"GET /slow/2000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    let r = c.response("GET").expect("response");
+    let r = c.get("/slow/2000").expect("response");
     assert_eq!(r.status, 504);
     assert_eq!(
         r.body,
@@ -430,9 +420,7 @@ fn broken_upstream_framing_is_502() {
     }
     // The poisoned connections were discarded: a good request still works.
     let mut c = s.client();
-    c.send(b"GET /fine HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert_eq!(c.get("/fine").expect("response").status, 200);
     let ports: std::collections::HashSet<_> =
         s.backend.received().iter().map(|r| r.conn_port).collect();
     assert_eq!(
@@ -559,17 +547,11 @@ fn connection_tokens_never_strip_host_and_zero_length_is_kept() {
 fn a_pooled_connection_the_backend_closed_is_not_used() {
     let s = setup("stalepool", "");
     let mut c = s.client();
-    c.send(b"GET /then-close HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert_eq!(c.get("/then-close").expect("response").status, 200);
     std::thread::sleep(Duration::from_millis(200));
     // Bodiless and with a body: neither may hit the dead connection.
-    c.send(b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
-    c.send(b"GET /then-close HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert_eq!(c.get("/after").expect("response").status, 200);
+    assert_eq!(c.get("/then-close").expect("response").status, 200);
     std::thread::sleep(Duration::from_millis(200));
     c.send(b"POST /after HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
         .expect("send");
@@ -587,9 +569,7 @@ fn trailers_are_not_forwarded() {
     );
     // A second request on the same upstream connection parses cleanly: the
     // trailer section ended the first body exactly.
-    c.send(b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert_eq!(c.get("/next").expect("response").status, 200);
     assert!(
         s.backend
             .received()
@@ -697,9 +677,7 @@ fn a_trusted_proxy_keeps_and_extends_forwarding_headers() {
 fn idle_keep_alive_connections_are_closed() {
     let s = setup("idle", "idle_timeout_ms = 300");
     let mut c = s.client();
-    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(c.response("GET").expect("response").status, 200);
+    assert_eq!(c.get("/").expect("response").status, 200);
     let started = std::time::Instant::now();
     assert!(
         c.closed_within(Duration::from_secs(2)),
@@ -721,9 +699,7 @@ fn connections_beyond_the_worker_cap_are_closed() {
         Client::connect(s.gw.port, "localhost", cfg).is_err(),
         "third connection served"
     );
-    a.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    assert_eq!(a.response("GET").expect("response").status, 200);
+    assert_eq!(a.get("/").expect("response").status, 200);
 }
 
 #[test]

@@ -277,10 +277,13 @@ fn inspect_tcp(
         return Err(Malformed);
     }
     let payload_len = ip.l4_len.saturating_sub(doff);
-    if payload_len < 4 {
+    // Shorter segments pass: a real request line is longer, and a short
+    // mid-stream segment of ciphertext must never be reset.
+    if payload_len < packet::REQUEST_LINE_PROBE {
         return Ok((Outcome::Passed, PASS));
     }
-    if packet::classify(read::<[u8; 4]>(ctx, l4 + doff)?) != Payload::HttpRequest {
+    let probe = read::<[u8; packet::REQUEST_LINE_PROBE]>(ctx, l4 + doff)?;
+    if packet::classify_segment(&probe) != Payload::HttpRequest {
         return Ok((Outcome::Passed, PASS));
     }
     if cfg.plain_http_action == PlainHttpAction::Reset as u32 {

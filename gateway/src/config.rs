@@ -42,6 +42,12 @@ pub enum ConfigError {
     },
 }
 
+/// Most `upstreams[].retries`: each retry can repeat a request's effect.
+const MAX_RETRIES: u32 = 5;
+
+/// Largest `limits.buffer_body_bytes`: each connection may hold that much.
+const MAX_BUFFER_BODY: usize = 1024 * 1024;
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,8 +114,15 @@ pub struct Limits {
     pub header_timeout_ms: u64,
     /// Time a keep-alive connection may sit idle between requests.
     pub idle_timeout_ms: u64,
-    /// Longest gap between two reads of a request body.
+    /// Longest gap between two reads of a request body; also the time a
+    /// body has before `body_min_rate` starts to count.
     pub body_timeout_ms: u64,
+    /// Bytes per second a request body must average after
+    /// `body_timeout_ms` (each such many bytes buy one more second); 0: off.
+    pub body_min_rate: u64,
+    /// Bodies up to this size are read whole before an upstream connection
+    /// is taken; larger ones stream.
+    pub buffer_body_bytes: usize,
     /// Longest request line (414 beyond).
     pub max_request_line_bytes: usize,
     /// Longest request head (431 beyond).
@@ -128,6 +141,8 @@ impl Default for Limits {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_timeout_ms: 30_000,
+            body_min_rate: 1024,
+            buffer_body_bytes: 16 * 1024,
             max_request_line_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -143,7 +158,22 @@ struct ProxyFile {
     #[serde(default)]
     trusted_proxies: Vec<Cidr>,
     #[serde(default)]
-    hsts: Option<String>,
+    hsts: Option<Spanned<String>>,
+    #[serde(default)]
+    underscores_in_headers: Underscores,
+}
+
+/// What happens to request header names with an underscore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Not forwarded (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request is refused with 400 `http.header_name`.
+    Reject,
+    /// Forwarded like any other field.
+    Allow,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +219,12 @@ struct UpstreamFile {
     response_timeout_ms: u64,
     #[serde(default = "default_idle_per_server")]
     idle_per_server: usize,
+    #[serde(default = "default_retries")]
+    retries: Spanned<u32>,
+}
+
+fn default_retries() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
 }
 
 fn default_connect_ms() -> u64 {
@@ -205,7 +241,7 @@ fn default_idle_per_server() -> usize {
 #[serde(deny_unknown_fields)]
 struct RouteFile {
     #[serde(default)]
-    host: Option<String>,
+    host: Option<Spanned<String>>,
     #[serde(default)]
     path_prefix: Option<Spanned<String>>,
     #[serde(default)]
@@ -442,6 +478,9 @@ pub struct RuntimeSettings {
     pub workers: usize,
     /// Connections one worker holds at most; more are closed at accept.
     pub max_connections_per_worker: usize,
+    /// Whether the file set `max_connections_per_worker` (else the default
+    /// may be lowered to what `RLIMIT_NOFILE` allows).
+    pub max_connections_set: bool,
     /// Pin worker `i` to CPU `i`.
     pub pin_cpus: bool,
 }
@@ -453,6 +492,8 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Strict-Transport-Security value; `None` disables it.
     pub hsts: Option<String>,
+    /// Header names with `_`: dropped, refused or forwarded.
+    pub underscores_in_headers: Underscores,
 }
 
 /// Validated `[[upstreams]]` entry.
@@ -470,6 +511,10 @@ pub struct UpstreamSettings {
     pub response_timeout_ms: u64,
     /// Idle keep-alive connections kept per server and worker.
     pub idle_per_server: usize,
+    /// Further attempts after the first: a connect that failed (any
+    /// request), or an idempotent bodiless request that failed before any
+    /// response byte.
+    pub retries: u32,
 }
 
 /// How a route matches the path.
@@ -635,6 +680,13 @@ impl Config {
                     format!("upstream `{name}` is defined twice"),
                 ));
             }
+            if *u.retries.get_ref() > MAX_RETRIES {
+                return Err(invalid(
+                    Some(u.retries.span()),
+                    format!("upstreams[{i}].retries"),
+                    format!("at most {MAX_RETRIES}"),
+                ));
+            }
             if u.servers.get_ref().is_empty() {
                 return Err(invalid(
                     Some(u.servers.span()),
@@ -649,6 +701,7 @@ impl Config {
                 connect_timeout_ms: u.connect_timeout_ms.max(1),
                 response_timeout_ms: u.response_timeout_ms.max(1),
                 idle_per_server: u.idle_per_server,
+                retries: *u.retries.get_ref(),
             });
         }
         let mut routes = Vec::new();
@@ -685,6 +738,13 @@ impl Config {
                 }
                 methods.push(v.clone());
             }
+            let host = match &r.host {
+                None => None,
+                Some(h) => Some(
+                    route_host(h.get_ref())
+                        .map_err(|m| invalid(Some(h.span()), format!("routes[{i}].host"), m))?,
+                ),
+            };
             let target = r.upstream.get_ref();
             let Some(upstream) = upstreams.iter().position(|u| &u.name == target) else {
                 return Err(invalid(
@@ -694,14 +754,43 @@ impl Config {
                 ));
             };
             routes.push(RouteSettings {
-                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                host,
                 path: path.0,
                 methods,
                 upstream,
                 max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
             });
         }
+        let hsts = match &raw.proxy.hsts {
+            Some(h) if h.get_ref().is_empty() => None,
+            Some(h) => {
+                // It goes into every response head: a CR or LF would let
+                // the file inject header lines.
+                let v = h.get_ref();
+                if let Some(b) = v
+                    .bytes()
+                    .find(|&b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+                {
+                    return Err(invalid(
+                        Some(h.span()),
+                        "proxy.hsts".into(),
+                        format!(
+                            "byte 0x{b:02x} is not allowed in a header value (visible ASCII, space and tab only)"
+                        ),
+                    ));
+                }
+                Some(v.trim().to_owned())
+            }
+            None => Some("max-age=31536000; includeSubDomains".into()),
+        };
         let limits = raw.limits;
+        if limits.buffer_body_bytes > MAX_BUFFER_BODY {
+            return Err(invalid(
+                None,
+                "limits.buffer_body_bytes".into(),
+                format!("at most {MAX_BUFFER_BODY} (it is held per connection)"),
+            ));
+        }
         if limits.max_headers == 0
             || limits.max_header_bytes < 64
             || limits.max_request_line_bytes < 16
@@ -739,6 +828,7 @@ impl Config {
                     .max_connections_per_worker
                     .unwrap_or(10_000)
                     .max(1),
+                max_connections_set: raw.runtime.max_connections_per_worker.is_some(),
                 pin_cpus: raw.runtime.pin_cpus,
             },
             limits,
@@ -749,11 +839,8 @@ impl Config {
                     .iter()
                     .map(|c| c.0.trunc())
                     .collect(),
-                hsts: match raw.proxy.hsts {
-                    Some(h) if h.is_empty() => None,
-                    Some(h) => Some(h),
-                    None => Some("max-age=31536000; includeSubDomains".into()),
-                },
+                hsts,
+                underscores_in_headers: raw.proxy.underscores_in_headers,
             },
             demo: raw.demo.map(|d| d.listen),
             access_log: raw.log.access,
@@ -776,6 +863,23 @@ impl Config {
             },
             policy: PolicySettings { allow, deny },
         })
+    }
+}
+
+/// A route's host: a name or IP literal, matched without the request's
+/// port. A port here could never match, so it is an error, not a silent miss.
+fn route_host(h: &str) -> Result<String, String> {
+    let bare = if h.starts_with('[') {
+        h.strip_suffix(']').map(|_| h)
+    } else {
+        (!h.contains(':')).then_some(h)
+    };
+    match bare {
+        Some(b) if !b.is_empty() && !b.contains(['/', ' ', '*']) => Ok(b.to_ascii_lowercase()),
+        Some(_) => Err(format!("`{h}` is not a host name")),
+        None => Err(format!(
+            "`{h}` has a port; routes match the host without its port (any port reaches the listener)"
+        )),
     }
 }
 

@@ -17,10 +17,21 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     std::thread::Builder::new()
         .name("demo-backend".into())
         .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let _ = std::thread::Builder::new()
-                    .name("demo-conn".into())
-                    .spawn(move || serve(conn));
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(conn) => {
+                        let _ = std::thread::Builder::new()
+                            .name("demo-conn".into())
+                            .spawn(move || serve(conn));
+                    }
+                    // Out of file descriptors (or another transient
+                    // failure): the connection stays queued, so retrying at
+                    // once would spin. Back off as the gateway's own accept does.
+                    Err(e) => {
+                        tracing::debug!("demo backend: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
             }
         })?;
     Ok(local)

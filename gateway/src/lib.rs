@@ -6,12 +6,14 @@
 //! `upstream` → `filters` (response headers) → `log`; `pipeline` calls them
 //! in that order and `respond` turns every failure into a response.
 //! Around them: `config`, `xdp` (kernel data plane), `policy` and `enforce`
-//! (where the source policy is enforced), `demo` (the built-in backend).
+//! (where the source policy is enforced), `fdlimit` (connection caps against
+//! `RLIMIT_NOFILE`), `demo` (the built-in backend).
 
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod enforce;
+pub mod fdlimit;
 pub mod filters;
 pub mod http;
 pub mod log;

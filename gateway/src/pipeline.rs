@@ -21,6 +21,7 @@ use std::{
 use tokio_uring::{buf::BoundedBuf as _, net::TcpStream};
 
 use crate::{
+    config::Underscores,
     http::{self, Framing, HttpError, chunked, is_hop_by_hop, lists_token, request::HeadLimits},
     log::{self, AccessRecord},
     respond::{self, Failure},
@@ -62,7 +63,8 @@ impl Worker {
         }
     }
 
-    fn stopping(&self) -> bool {
+    /// Whether SIGTERM/SIGINT came.
+    pub fn stopping(&self) -> bool {
         self.shared.stopping.load(Ordering::Relaxed)
     }
 }
@@ -82,6 +84,41 @@ struct Client {
     /// Copies of method and target for the log line.
     method: String,
     target: String,
+    /// The current request body's deadline.
+    body: BodyClock,
+}
+
+/// A request body's deadline: `limits.body_timeout_ms` from the end of the
+/// head, plus one second for every `limits.body_min_rate` bytes received
+/// (Apache's `mod_reqtimeout` MinRate). The gap timeout alone lets one byte
+/// every few seconds hold a connection for as long as Content-Length allows.
+#[derive(Clone, Copy)]
+struct BodyClock {
+    started: Instant,
+    received: u64,
+    timeout: Duration,
+    min_rate: u64,
+}
+
+impl BodyClock {
+    fn start(limits: &crate::config::Limits, already: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            received: already as u64,
+            timeout: ms(limits.body_timeout_ms),
+            min_rate: limits.body_min_rate,
+        }
+    }
+
+    /// When the body must have arrived by, at the rate so far; `None` when
+    /// no minimum rate is set.
+    fn deadline(&self) -> Option<Instant> {
+        if self.min_rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_millis(self.received.saturating_mul(1000) / self.min_rate);
+        Some(self.started + self.timeout + earned)
+    }
 }
 
 impl Client {
@@ -144,6 +181,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         chunks: Vec::new(),
         method: String::new(),
         target: String::new(),
+        body: BodyClock::start(&limits, 0),
     };
     loop {
         match next_head(&w, &mut c).await {
@@ -268,7 +306,11 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
                 c.target.clear();
                 c.target.push_str(head.target);
                 let routed = shared.routes.find(head.host, head.path(), head.method);
+                let underscore_refused = shared.cfg.proxy.underscores_in_headers
+                    == Underscores::Reject
+                    && head.headers.iter().any(|h| h.name.contains('_'));
                 let decided = match routed {
+                    _ if underscore_refused => Err((Failure::HEADER_NAME, head.keep_alive)),
                     Err(crate::route::Miss::NotFound) => Err((Failure::NOT_FOUND, head.keep_alive)),
                     Err(crate::route::Miss::MethodNotAllowed) => {
                         Err((Failure::METHOD, head.keep_alive))
@@ -322,6 +364,7 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
         }
     };
     c.consume(head_len);
+    c.body = BodyClock::start(&limits, c.pending().len());
 
     // Judge the chunked framing already buffered before anything goes
     // upstream: a bad chunk in the first bytes never reaches the backend.
@@ -351,7 +394,10 @@ async fn handle_request(w: &Worker, c: &mut Client) -> bool {
     }
 
     let client_keep = plan.keep_alive && !w.stopping();
-    let outcome = proxy(w, c, &plan, client_keep).await;
+    let outcome = match buffer_small_body(w, c, &plan).await {
+        Ok(()) => proxy(w, c, &plan, client_keep).await,
+        Err(a) => Err(a),
+    };
     let (status, reason, upstream_addr, bytes, keep) = match outcome {
         Ok(done) => (
             done.status,
@@ -425,6 +471,68 @@ fn request_line_words(buf: &[u8]) -> (&str, &str) {
     (words.next().unwrap_or("-"), words.next().unwrap_or("-"))
 }
 
+/// Fields that carry a client address or a rewritten URL. A client can
+/// send any of them, and backends believe them (`X-Real-IP` for rate
+/// limits, `X-Original-URL` for routing), so they pass only from a
+/// trusted proxy; the gateway's own forwarding fields are written anew.
+const ADDRESS_FIELDS: [&str; 12] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-original-forwarded-for",
+    "x-forwarded",
+];
+
+/// Fields that override the URL in some frameworks (IIS, Symfony):
+/// never forwarded, whoever sends them, since routing already decided.
+const URL_OVERRIDE_FIELDS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
+
+fn is_one_of(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// What happens to a forwarded field: written as is, or left out.
+fn keeps_field(name: &str, trusted: bool, underscores: Underscores) -> bool {
+    // CGI/WSGI backends fold `X_Forwarded_For` onto the same variable as
+    // `X-Forwarded-For` (nginx drops such names for the same reason).
+    if name.contains('_') && underscores != Underscores::Allow {
+        return false;
+    }
+    if is_one_of(name, &URL_OVERRIDE_FIELDS)
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || name.eq_ignore_ascii_case("x-forwarded-host")
+        || name.eq_ignore_ascii_case("x-forwarded-port")
+    {
+        return false;
+    }
+    trusted || !is_one_of(name, &ADDRESS_FIELDS)
+}
+
+/// Appends every `name` field's value, comma-joined (RFC 9110 §5.3: repeated
+/// fields are one list), for a trusted proxy's forwarding chain.
+fn append_all(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &str) -> bool {
+    let mut any = false;
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+        let v = h.value.trim_ascii();
+        if v.is_empty() {
+            continue;
+        }
+        if any {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+        any = true;
+    }
+    any
+}
+
 /// The upstream request head: the client's fields minus hop-by-hop ones and
 /// forwarding fields we do not trust, plus our own forwarding fields and
 /// the framing we will send.
@@ -438,36 +546,21 @@ fn write_upstream_head(
     let trusted = shared
         .trusted_proxies
         .contains(&crate::policy::source_addr(peer.ip()));
+    let underscores = shared.cfg.proxy.underscores_in_headers;
     let has_connection = head
         .headers
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("connection"));
     let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
-    let mut prior_xff: Option<&[u8]> = None;
-    let mut prior_fwd: Option<&[u8]> = None;
     for h in head.headers {
         let name = h.name;
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("x-forwarded-for")
+            || name.eq_ignore_ascii_case("forwarded")
             || (has_connection && named_by_connection(head.headers, name))
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            if trusted {
-                prior_xff = Some(h.value);
-            }
-            continue;
-        }
-        if name.eq_ignore_ascii_case("forwarded") {
-            if trusted {
-                prior_fwd = Some(h.value);
-            }
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
+            || !keeps_field(name, trusted, underscores)
         {
             continue;
         }
@@ -481,8 +574,7 @@ fn write_upstream_head(
         let _ = write!(out, "host: {}\r\n", shared.cfg.https);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = prior_xff {
-        out.extend_from_slice(prior);
+    if trusted && append_all(out, head.headers, "x-forwarded-for") {
         out.extend_from_slice(b", ");
     }
     let _ = write!(
@@ -490,8 +582,7 @@ fn write_upstream_head(
         "{}\r\nx-forwarded-proto: https\r\nforwarded: ",
         peer.ip()
     );
-    if let Some(prior) = prior_fwd {
-        out.extend_from_slice(prior);
+    if trusted && append_all(out, head.headers, "forwarded") {
         out.extend_from_slice(b", ");
     }
     match peer.ip() {
@@ -533,11 +624,13 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
         .any(|h| lists_token(h.value, name))
 }
 
-/// An upstream's timeouts, as one request needs them.
+/// An upstream's timeouts and retry budget, as one request needs them.
 #[derive(Clone, Copy)]
 struct Timeouts {
     connect_ms: u64,
     response_ms: u64,
+    /// Further attempts after the first (`upstreams[].retries`).
+    retries: u32,
 }
 
 /// A finished exchange.
@@ -573,6 +666,7 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
         Timeouts {
             connect_ms: u.connect_timeout_ms,
             response_ms: u.response_timeout_ms,
+            retries: u.retries,
         }
     };
     let mut exclude = None;
@@ -602,15 +696,20 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
             Some(p) => p,
             None => match upstream::connect(addr, server, ms(timeouts.connect_ms)).await {
                 Ok(conn) => conn,
+                Err(e @ ConnectError::Local(_)) => {
+                    // Our own exhaustion: the server is fine, and another
+                    // server would fail the same way.
+                    tracing::warn!(
+                        "upstream {} server {addr}: connect {e}",
+                        w.pools.borrow()[plan.upstream].settings.name,
+                    );
+                    return Err(Abort::Respond(Failure::LOCAL_RESOURCES, Some(addr)));
+                }
                 Err(e) => {
                     w.pools.borrow_mut()[plan.upstream].mark_down(server, Instant::now());
                     tracing::warn!(
-                        "upstream {} server {addr}: connect {}",
+                        "upstream {} server {addr}: connect {e}",
                         w.pools.borrow()[plan.upstream].settings.name,
-                        match e {
-                            ConnectError::Refused => "refused",
-                            ConnectError::TimedOut => "timed out",
-                        }
                     );
                     let f = if e == ConnectError::TimedOut {
                         Failure::UPSTREAM_TIMEOUT
@@ -618,7 +717,7 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
                         Failure::UPSTREAM_CONNECT
                     };
                     // Nothing was sent: trying another server is safe for any request.
-                    if attempts < 3 {
+                    if attempts <= timeouts.retries {
                         exclude = Some(server);
                         last_failure = Some((f, addr));
                         continue;
@@ -640,7 +739,7 @@ async fn proxy(w: &Worker, c: &mut Client, plan: &Plan, client_keep: bool) -> Re
                 }
                 return Ok(done);
             }
-            Err(Attempt::Retry(f)) if plan.retryable && attempts < 3 => {
+            Err(Attempt::Retry(f)) if plan.retryable && attempts <= timeouts.retries => {
                 // A stale pooled connection is tried again fresh; a fresh
                 // connection that failed sends the retry to another server.
                 if reused {
@@ -1015,18 +1114,68 @@ fn write_client_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Reads more of a request body within the body timeout.
-async fn read_body(c: &mut Client, body_timeout_ms: u64, addr: SocketAddr) -> Result<(), Attempt> {
-    match c.read_within(ms(body_timeout_ms)).await {
-        None => Err(Attempt::Abort(Abort::Respond(
-            Failure::BODY_TIMEOUT,
-            Some(addr),
-        ))),
-        Some(Ok(0)) | Some(Err(_)) => Err(Attempt::Abort(Abort::Close(
-            Failure::CLIENT_GONE,
-            Some(addr),
-        ))),
-        Some(Ok(_)) => Ok(()),
+/// Reads more of a request body within the gap timeout and the body's
+/// deadline (see [`BodyClock`]).
+async fn read_body(
+    c: &mut Client,
+    body_timeout_ms: u64,
+    addr: Option<SocketAddr>,
+) -> Result<(), Abort> {
+    let gap = ms(body_timeout_ms);
+    let limit = match c.body.deadline() {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Abort::Respond(Failure::BODY_RATE, addr));
+            }
+            gap.min(left)
+        }
+        None => gap,
+    };
+    match c.read_within(limit).await {
+        None => {
+            let too_slow = c.body.deadline().is_some_and(|d| d <= Instant::now());
+            let f = if too_slow {
+                Failure::BODY_RATE
+            } else {
+                Failure::BODY_TIMEOUT
+            };
+            Err(Abort::Respond(f, addr))
+        }
+        Some(Ok(0)) | Some(Err(_)) => Err(Abort::Close(Failure::CLIENT_GONE, addr)),
+        Some(Ok(n)) => {
+            c.body.received += n as u64;
+            Ok(())
+        }
+    }
+}
+
+/// Reads a body of up to `limits.buffer_body_bytes` whole before an upstream
+/// connection is taken, so a slow client ties up only its own connection
+/// (nginx's `client_body_buffer_size`). Larger bodies stream.
+async fn buffer_small_body(w: &Worker, c: &mut Client, plan: &Plan) -> Result<(), Abort> {
+    let limits = &w.shared.cfg.limits;
+    let max = limits.buffer_body_bytes as u64;
+    loop {
+        let complete = match plan.framing {
+            Framing::None | Framing::UntilClose => return Ok(()),
+            Framing::Length(n) if n > max => return Ok(()),
+            Framing::Length(n) => c.pending().len() as u64 >= n,
+            Framing::Chunked => {
+                let mut check = chunked::Decoder::new();
+                let p = check
+                    .feed(c.pending(), None)
+                    .map_err(|e| Abort::Respond(Failure::http(e), None))?;
+                if check.body_bytes > plan.max_body {
+                    return Err(Abort::Respond(Failure::BODY_TOO_LARGE, None));
+                }
+                p.done || c.pending().len() as u64 >= max
+            }
+        };
+        if complete {
+            return Ok(());
+        }
+        read_body(c, limits.body_timeout_ms, None).await?;
     }
 }
 
@@ -1040,7 +1189,9 @@ async fn stream_length_body(
 ) -> Result<(), Attempt> {
     while remaining > 0 {
         if c.pending().is_empty() {
-            read_body(c, body_timeout_ms, addr).await?;
+            read_body(c, body_timeout_ms, Some(addr))
+                .await
+                .map_err(Attempt::Abort)?;
         }
         let take = (c.pending().len() as u64).min(remaining) as usize;
         let buf = std::mem::take(&mut c.inbuf);
@@ -1096,7 +1247,9 @@ async fn stream_chunked_body(
             if p.done {
                 return Ok(());
             }
-            read_body(c, body_timeout_ms, addr).await?;
+            read_body(c, body_timeout_ms, Some(addr))
+                .await
+                .map_err(Attempt::Abort)?;
         }
     }
     .await;

@@ -37,6 +37,12 @@ impl Failure {
             fault: Fault::Client,
         }
     }
+    /// A header name with `_` while `proxy.underscores_in_headers = "reject"`.
+    pub const HEADER_NAME: Self = Self {
+        status: 400,
+        reason: "http.header_name",
+        fault: Fault::Client,
+    };
     /// No route for the request.
     pub const NOT_FOUND: Self = Self {
         status: 404,
@@ -65,6 +71,12 @@ impl Failure {
     pub const BODY_TIMEOUT: Self = Self {
         status: 408,
         reason: "limit.body_timeout",
+        fault: Fault::Client,
+    };
+    /// The request body came slower than `limits.body_min_rate`.
+    pub const BODY_RATE: Self = Self {
+        status: 408,
+        reason: "limit.body_rate",
         fault: Fault::Client,
     };
     /// The upstream refused or reset the connection.
@@ -96,6 +108,13 @@ impl Failure {
         status: 504,
         reason: "upstream.timeout",
         fault: Fault::Upstream,
+    };
+    /// The gateway ran out of file descriptors, memory or local ports
+    /// while connecting upstream; the upstream is not marked down.
+    pub const LOCAL_RESOURCES: Self = Self {
+        status: 503,
+        reason: "gateway.resources",
+        fault: Fault::Internal,
     };
     /// The client went away mid-request.
     pub const CLIENT_GONE: Self = Self {

@@ -12,6 +12,9 @@ pub enum Miss {
     MethodNotAllowed,
 }
 
+/// Methods a route without `methods` does not take.
+const EXPLICIT_ONLY: [&str; 2] = ["TRACE", "CONNECT"];
+
 /// The compiled route table.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -53,7 +56,14 @@ impl RouteTable {
             if !path_ok {
                 continue;
             }
-            if !r.methods.is_empty() && !r.methods.iter().any(|m| m == method) {
+            let allowed = if r.methods.is_empty() {
+                // TRACE echoes the request (cookies, tokens) back: a route
+                // takes it, or CONNECT, only when it names it.
+                !EXPLICIT_ONLY.contains(&method)
+            } else {
+                r.methods.iter().any(|m| m == method)
+            };
+            if !allowed {
                 miss = Miss::MethodNotAllowed;
                 continue;
             }

@@ -222,6 +222,8 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
 
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let max = w.shared.cfg.runtime.max_connections_per_worker;
+    let mut last_warning: Option<Instant> = None;
+    let mut failures = 0u64;
     loop {
         let accepted = listener.accept().await;
         if w.shared.stopping.load(Ordering::Relaxed) {
@@ -230,8 +232,14 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept: {e}");
+                // EMFILE and friends: back off instead of spinning, and say
+                // so once a second rather than 50 times.
+                failures += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!("accept: {e} ({failures} failed accepts)");
+                    last_warning = Some(Instant::now());
+                    failures = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -262,22 +270,34 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
 }
 
 async fn redirect_loop(w: Rc<Worker>, listener: TcpListener) {
+    let max = w.shared.cfg.runtime.max_connections_per_worker;
     loop {
         let accepted = listener.accept().await;
         if w.shared.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        // Redirects share the worker's connection cap and its shutdown
+        // accounting with HTTPS connections.
+        if w.active.get() >= max {
+            tracing::debug!("{peer}: worker at max_connections_per_worker ({max}), closing");
+            drop(stream);
+            continue;
+        }
         let w2 = w.clone();
-        tokio_uring::spawn(async move { redirect(w2, stream).await });
+        w.active.set(w.active.get() + 1);
+        tokio_uring::spawn(async move {
+            redirect(&w2, stream).await;
+            w2.active.set(w2.active.get() - 1);
+        });
     }
 }
 
 /// Answers one plain-HTTP request with 308 to the same URL over HTTPS.
-async fn redirect(w: Rc<Worker>, stream: TcpStream) {
+async fn redirect(w: &Worker, stream: TcpStream) {
     let cfg = &w.shared.cfg;
     let limits = cfg.limits;
     let fd = stream.as_raw_fd();
@@ -293,9 +313,20 @@ async fn redirect(w: Rc<Worker>, stream: TcpStream) {
         }
         let len = buf.len();
         let left = deadline.saturating_duration_since(Instant::now());
+        // Until its first byte the connection is idle: stopping may cut it.
+        let idle = buf.is_empty();
+        if idle {
+            if w.stopping() {
+                return;
+            }
+            w.idle.borrow_mut().insert(fd);
+        }
         let read =
             crate::tls::deadline(fd, left, stream.read(std::mem::take(&mut buf).slice(len..)))
                 .await;
+        if idle {
+            w.idle.borrow_mut().remove(&fd);
+        }
         let Some((res, slice)) = read else { return };
         buf = slice.into_inner();
         match res {
@@ -312,7 +343,12 @@ async fn redirect(w: Rc<Worker>, stream: TcpStream) {
     let response = match crate::http::request::parse(&buf, &mut hdrs[..max], &head_limits) {
         Ok(Some(head)) => {
             let host = if head.host.is_empty() {
-                cfg.https.ip().to_string()
+                // An HTTP/1.0 request without Host: the listen address,
+                // bracketed if IPv6 (RFC 3986 §3.2.2).
+                match cfg.https.ip() {
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                }
             } else {
                 crate::route::host_without_port(head.host).to_owned()
             };
@@ -322,7 +358,9 @@ async fn redirect(w: Rc<Worker>, stream: TcpStream) {
             } else {
                 format!("{host}:{port}")
             };
-            let location = format!("https://{authority}{}", head.target);
+            // `OPTIONS *` names the server, not a resource: its root.
+            let target = if head.target == "*" { "/" } else { head.target };
+            let location = format!("https://{authority}{target}");
             format!(
                 "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             )

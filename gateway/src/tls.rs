@@ -211,6 +211,11 @@ pub enum StreamError {
     /// A deadline passed.
     #[error("timed out")]
     TimedOut,
+    /// rustls wants neither to read nor to write while the handshake is
+    /// unfinished: nothing can make progress, so the connection ends
+    /// rather than spin.
+    #[error("TLS state machine stalled")]
+    Stalled,
 }
 
 /// A server-side TLS connection over an io_uring socket.
@@ -309,15 +314,28 @@ impl TlsStream {
     }
 
     /// Feeds `rbuf[..n]` to rustls (it may take a slice in parts).
+    ///
+    /// Once the peer's close_notify is processed, `read_tls` takes nothing
+    /// more (`Ok(0)` forever): the stream has ended and whatever follows is
+    /// discarded. Looping on `Ok(0)` would spin the worker with no await.
     async fn feed(&mut self, n: usize) -> Result<(), StreamError> {
         let mut off = 0;
         while off < n {
-            off += self.conn.read_tls(&mut &self.rbuf[off..n])?;
-            if let Err(e) = self.conn.process_new_packets() {
-                // Still send the alert that explains the failure.
-                let _ = self.flush().await;
-                return Err(e.into());
+            let took = self.conn.read_tls(&mut &self.rbuf[off..n])?;
+            match self.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => self.eof = true,
+                Ok(_) => {}
+                Err(e) => {
+                    // Still send the alert that explains the failure.
+                    let _ = self.flush().await;
+                    return Err(e.into());
+                }
             }
+            if took == 0 {
+                self.eof = true;
+                break;
+            }
+            off += took;
         }
         Ok(())
     }
@@ -331,8 +349,14 @@ impl TlsStream {
                 if self.conn.wants_write() {
                     self.flush().await?;
                 }
+                if self.eof {
+                    return Err(StreamError::HandshakeEof);
+                }
                 if !self.conn.wants_read() {
-                    continue;
+                    if self.conn.wants_write() {
+                        continue;
+                    }
+                    return Err(StreamError::Stalled);
                 }
                 if first {
                     first = false;
@@ -429,7 +453,12 @@ impl TlsStream {
         while !rest.is_empty() {
             let n = self.conn.writer().write_vectored(rest)?;
             io::IoSlice::advance_slices(&mut rest, n);
-            if n == 0 || !rest.is_empty() {
+            if !rest.is_empty() {
+                if n == 0 && !self.conn.wants_write() {
+                    // rustls takes nothing and has nothing to send: waiting
+                    // would spin (e.g. after close_notify was sent).
+                    return Err(StreamError::Io(io::ErrorKind::WriteZero.into()));
+                }
                 // rustls' send buffer is full: put it on the wire first.
                 self.flush().await?;
             }

@@ -120,13 +120,19 @@ pub struct Received {
 /// A real HTTP/1.1 backend on loopback with behaviours chosen by path:
 /// `/slow/<ms>` waits, `/chunked` answers chunked, `/bytes/<n>` sends n
 /// bytes, `/bad/cl-te` and `/bad/cl` answer with broken framing,
-/// `/then-close` closes the connection 50 ms after answering, anything
-/// else echoes what it received.
+/// `/bad/status/<code>` answers with that status code as written,
+/// `/then-close` closes the connection 50 ms after answering,
+/// `/close-twice` answers with `Connection: close` then
+/// `Connection: keep-alive` and keeps reading (recording anything sent on
+/// that connection afterwards) before it closes, a path ending in `/drop`
+/// closes without answering, `/extra-bytes` sends bytes beyond its
+/// response, anything else echoes what it received.
 pub struct Backend {
     /// Its address.
     pub addr: SocketAddr,
     /// What it received, in order.
     pub received: Arc<Mutex<Vec<Received>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -138,12 +144,15 @@ impl Backend {
         listener.set_nonblocking(true).expect("nonblocking");
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (received.clone(), stop.clone());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, s, a) = (received.clone(), stop.clone(), accepted.clone());
         std::thread::spawn(move || {
             let until = Instant::now() + Duration::from_secs(300);
             while !s.load(Ordering::Relaxed) && Instant::now() < until {
                 match listener.accept() {
                     Ok((conn, peer)) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        let _ = conn.set_nonblocking(false);
                         let r = r.clone();
                         std::thread::spawn(move || backend_conn(conn, peer.port(), r));
                     }
@@ -154,8 +163,22 @@ impl Backend {
         Self {
             addr,
             received,
+            accepted,
             stop,
         }
+    }
+
+    /// Connections it accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// The targets of the requests it received so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|r| r.head.split_whitespace().nth(1).unwrap_or("").to_owned())
+            .collect()
     }
 
     /// What it received so far.
@@ -266,8 +289,28 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
                 conn_port: port,
             });
         }
+        if path.ends_with("/drop") {
+            return;
+        }
         let ok = respond(&mut conn, &path, &head, body_len);
         if !ok || lower.contains("connection: close") {
+            return;
+        }
+        if path == "/close-twice" {
+            // It said close: a gateway that honours that sends nothing
+            // more here. Anything that arrives is recorded, then dropped.
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+            if read_until_head(&mut conn, &mut buf).is_some() {
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                if let Ok(mut r) = received.lock() {
+                    r.push(Received {
+                        head,
+                        body_len: 0,
+                        chunked: false,
+                        conn_port: port,
+                    });
+                }
+            }
             return;
         }
         if path == "/then-close" {
@@ -306,6 +349,12 @@ fn respond(conn: &mut TcpStream, path: &str, head: &str, body_len: u64) -> bool 
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_owned()
     } else if path == "/bad/cl-te" {
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned()
+    } else if let Some(code) = path.strip_prefix("/bad/status/") {
+        format!("HTTP/1.1 {code} Odd\r\ncontent-length: 2\r\n\r\nok")
+    } else if path == "/extra-bytes" {
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokJUNK".to_owned()
+    } else if path == "/close-twice" {
+        "HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok".to_owned()
     } else if path == "/bad/cl" {
         "HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\nhello".to_owned()
     } else if let Some(n) = path
@@ -340,9 +389,22 @@ impl Gateway {
     /// Starts `gateway run` with `config` (which must listen on `port`)
     /// and waits until it serves.
     pub fn start(dir: TempDir, port: u16, config: &str) -> Self {
+        Self::start_under(dir, port, config, &[])
+    }
+
+    /// Like [`Gateway::start`], run under a wrapper command (e.g.
+    /// `["prlimit", "--nofile=128:128", "--"]`).
+    pub fn start_under(dir: TempDir, port: u16, config: &str, wrapper: &[&str]) -> Self {
         let path = dir.0.join("gateway.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&path)
@@ -433,6 +495,17 @@ impl Client {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned())
+    }
+
+    /// Sends a TLS close_notify alert, then `after` raw on the socket
+    /// (bytes the peer must ignore once the TLS stream has ended).
+    pub fn close_notify_then(&mut self, pause: Duration, after: &[u8]) -> std::io::Result<()> {
+        self.tls.conn.send_close_notify();
+        while self.tls.conn.wants_write() {
+            self.tls.conn.write_tls(&mut self.tls.sock)?;
+        }
+        std::thread::sleep(pause);
+        self.tls.sock.write_all(after)
     }
 
     /// Sends raw bytes.
@@ -538,6 +611,27 @@ impl Client {
             head: lower,
             body,
         })
+    }
+
+    /// Whether response bytes (or EOF) arrive within `within`; the bytes
+    /// are kept for [`Client::response`].
+    pub fn answered_within(&mut self, within: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let _ = self.tls.sock.set_read_timeout(Some(within));
+        let answered = match self.fill() {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        let _ = self
+            .tls
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(10)));
+        answered
     }
 
     /// Whether the server closed the connection (EOF) within `within`.

@@ -61,6 +61,44 @@ fn check_reports_file_line_and_key() {
 }
 
 #[test]
+fn header_injection_and_unmatchable_hosts_are_config_errors() {
+    let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nenabled = false\n";
+    let upstream = "[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n";
+    let cases = [
+        (
+            "hsts-crlf.toml",
+            format!("{base}[proxy]\nhsts = \"max-age=1\\r\\nSet-Cookie: a=b\"\n"),
+            ":6: proxy.hsts: byte 0x0d is not allowed",
+        ),
+        (
+            "host-port.toml",
+            format!("{base}{upstream}[[routes]]\nhost = \"api.test:8443\"\nupstream = \"a\"\n"),
+            ":9: routes[0].host: `api.test:8443` has a port",
+        ),
+        (
+            "retries.toml",
+            format!(
+                "{base}[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\nretries = 9\n"
+            ),
+            ":8: upstreams[0].retries: at most 5",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = write_config(name, &text);
+        let p = path.display().to_string();
+        // `run` refuses the file the same way `check` does, before binding anything.
+        for cmd in ["check", "run"] {
+            let (code, _, err) = output(&[cmd, "--config", &p]);
+            assert_eq!(code, 1, "{cmd} {name}: {err}");
+            assert!(
+                err.starts_with(&format!("gateway: error: {p}{want}")),
+                "{cmd} {name}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn check_reports_a_missing_file() {
     let (code, _, err) = output(&["check", "--config", "/nonexistent/gateway.toml"]);
     assert_eq!(code, 1);

@@ -19,12 +19,40 @@ fn setup(tag: &str, extra: &str) -> Setup {
 
 /// `limits` goes into `[limits]`, `runtime` into `[runtime]`, `tail` at the end.
 fn setup_full(tag: &str, extra: &str, runtime: &str, tail: &str) -> Setup {
+    setup_with(tag, extra, runtime, "", tail, &[])
+}
+
+/// The short limits the tests use, each left out when `extra` sets it.
+const TEST_LIMITS: [&str; 3] = [
+    "header_timeout_ms = 800",
+    "body_timeout_ms = 3000",
+    "shutdown_grace_ms = 5000",
+];
+
+/// Like [`setup_full`]; `routes` (upstreams and routes) go before the
+/// catch-all routes, and the gateway runs under `wrapper` (e.g. prlimit).
+fn setup_with(
+    tag: &str,
+    extra: &str,
+    runtime: &str,
+    routes: &str,
+    tail: &str,
+    wrapper: &[&str],
+) -> Setup {
     let dir = TempDir::new(tag);
     let certs = Certs::issue(&dir.0, &["localhost", "api.test", "other.test"]);
     let backend = Backend::start();
     let port = free_port();
     let plain_port = free_port();
     let closed = free_port();
+    let limits: Vec<&str> = TEST_LIMITS
+        .iter()
+        .copied()
+        .filter(|l| {
+            let key = l.split(' ').next().unwrap_or_default();
+            !extra.lines().any(|e| e.trim_start().starts_with(key))
+        })
+        .collect();
     let config = format!(
         r#"
 [listen]
@@ -36,9 +64,7 @@ redirect_plain_http = true
 {runtime}
 
 [limits]
-header_timeout_ms = 800
-body_timeout_ms = 3000
-shutdown_grace_ms = 5000
+{limits}
 {extra}
 
 {certs}
@@ -55,6 +81,8 @@ servers = ["127.0.0.1:{closed}"]
 [[upstreams]]
 name = "mixed"
 servers = ["127.0.0.1:{closed}", "{backend}"]
+
+{routes}
 
 [[routes]]
 path_prefix = "/down"
@@ -80,8 +108,9 @@ enabled = false
 "#,
         certs = certs.toml(),
         backend = backend.addr,
+        limits = limits.join("\n"),
     );
-    let gw = Gateway::start(dir, port, &config);
+    let gw = Gateway::start_under(dir, port, &config, wrapper);
     Setup {
         gw,
         backend,
@@ -233,12 +262,7 @@ fn pipelined_requests_are_answered_in_order() {
             b"received 0 bytes\n".to_vec()
         ]
     );
-    let paths: Vec<_> = s
-        .backend
-        .received()
-        .iter()
-        .map(|r| r.head.split_whitespace().nth(1).unwrap_or("").to_owned())
-        .collect();
+    let paths = s.backend.paths();
     assert_eq!(paths, ["/p1", "/p2", "/p3"]);
 }
 
@@ -712,11 +736,500 @@ fn each_pipelined_request_is_judged_on_its_own() {
     let second = c.response("POST").expect("second");
     assert_eq!(second.status, 400);
     assert_eq!(second.header("connection").as_deref(), Some("close"));
-    let paths: Vec<_> = s
-        .backend
-        .received()
-        .iter()
-        .map(|r| r.head.split_whitespace().nth(1).unwrap_or("").to_owned())
-        .collect();
+    let paths = s.backend.paths();
     assert_eq!(paths, ["/ok"]);
+}
+
+// The review's defects (issue 11), each tried from the attacker's side
+// through the running gateway.
+
+/// CPU time (user + system) the process has used, in milliseconds.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}
+
+/// CPU the gateway burns over `window` while nothing is asked of it.
+fn idle_cpu_ms(pid: u32, window: Duration) -> u64 {
+    let before = cpu_ms(pid);
+    std::thread::sleep(window);
+    cpu_ms(pid) - before
+}
+
+/// Sockets in SYN_SENT towards `port` on this machine.
+fn syn_sent_to(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(rem), Some(st)) = (cols.get(2), cols.get(3)) else {
+                continue;
+            };
+            let rport = rem
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *st == "02" && rport == Some(port) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn reason_of(r: &gateway_tests::harness::Response) -> String {
+    let body = String::from_utf8_lossy(&r.body);
+    body.split("\"reason\":\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn close_notify_then_more_bytes_does_not_wedge_a_worker() {
+    // One worker: a spinning worker would stop the whole gateway.
+    let s = setup_full("closenotify", "", "workers = 1", "");
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let mut a = s.client();
+        assert_eq!(a.get("/").expect("response").status, 200);
+        // An application-data record header and 16 bytes after close_notify.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x10];
+        record.extend_from_slice(&[0xab; 16]);
+        a.close_notify_then(Duration::from_millis(100), &record)
+            .expect("send");
+        attackers.push(a);
+    }
+    let used = idle_cpu_ms(s.gw.pid(), Duration::from_secs(1));
+    assert!(used < 300, "the gateway burned {used} ms of CPU in 1 s");
+    for i in 0..6 {
+        let mut c = s.client();
+        assert_eq!(c.get("/").expect("served").status, 200, "request {i}");
+    }
+}
+
+#[test]
+fn running_out_of_descriptors_is_503_and_marks_no_backend_down() {
+    let demo = free_port();
+    let s = setup_with(
+        "emfile",
+        "header_timeout_ms = 10000",
+        "workers = 1\nmax_connections_per_worker = 1000",
+        "",
+        &format!("[demo]\nlisten = \"127.0.0.1:{demo}\"\n"),
+        &["prlimit", "--nofile=64:64"],
+    );
+    // An explicit cap that cannot fit in 64 descriptors is called out.
+    assert!(
+        s.gw.proc
+            .seen
+            .iter()
+            .any(|l| l.contains("max_connections_per_worker = 1000") && l.contains("limit is 64")),
+        "{:?}",
+        s.gw.proc.seen
+    );
+    let mut a = s.client();
+    // Connections that never finish their handshake take every other descriptor.
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", s.gw.port)).ok())
+        .collect();
+    let mut gw = s.gw;
+    assert!(
+        gw.proc
+            .wait_for_line("Too many open files", Duration::from_secs(5))
+            .is_some(),
+        "descriptors never ran out"
+    );
+    // And one waits in the demo backend's accept queue.
+    let queued = TcpStream::connect(("127.0.0.1", demo)).expect("demo queue");
+    let r = a.get("/").expect("response");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(reason_of(&r), "gateway.resources");
+    // Out of descriptors, neither accept loop spins.
+    let used = idle_cpu_ms(gw.pid(), Duration::from_secs(1));
+    assert!(used < 300, "the gateway burned {used} ms of CPU in 1 s");
+    drop(flood);
+    drop(queued);
+    // Once the pressure ends the backend answers at once: it was never marked down.
+    let mut last = None;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let r = a.get("/").expect("response");
+        let reason = reason_of(&r);
+        assert!(
+            !reason.starts_with("upstream."),
+            "the backend was blamed: {r:?}"
+        );
+        if r.status == 200 {
+            last = Some(r);
+            break;
+        }
+    }
+    assert!(last.is_some(), "never recovered");
+}
+
+#[test]
+fn the_descriptor_limit_is_raised_and_the_default_cap_fits_it() {
+    let s = setup_with(
+        "rlimit",
+        "",
+        "workers = 2",
+        "",
+        "",
+        &["prlimit", "--nofile=256:2048"],
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.gw.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("line");
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, ["2048", "2048"], "{line}");
+    let seen = s.gw.proc.seen.join("\n");
+    assert!(
+        seen.contains("file descriptor limit raised from 256 to 2048"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("max_connections_per_worker lowered from 10000 to"),
+        "{seen}"
+    );
+    let mut c = s.client();
+    assert_eq!(c.get("/").expect("response").status, 200);
+}
+
+#[test]
+fn a_timed_out_connect_leaves_no_socket_behind() {
+    use socket2::{Domain, Socket, Type};
+    // A listener whose accept queue is full drops further SYNs, so a
+    // connect to it hangs like one to a host that does not answer.
+    let hole = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    hole.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    hole.listen(0).expect("listen");
+    let addr = hole
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("addr");
+    let _queued = TcpStream::connect(addr).expect("fills the queue");
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "the accept queue is not full: the test would prove nothing"
+    );
+    let routes = format!(
+        "[[upstreams]]\nname = \"hole\"\nservers = [\"{addr}\"]\nconnect_timeout_ms = 300\n\n\
+         [[routes]]\npath_prefix = \"/hole\"\nupstream = \"hole\"\n"
+    );
+    let s = setup_with("connecttimeout", "", "workers = 1", &routes, "", &[]);
+    let mut c = s.client();
+    let r = c.get("/hole").expect("response");
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(reason_of(&r), "upstream.timeout");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        syn_sent_to(addr.port()),
+        0,
+        "the abandoned connect still holds a socket"
+    );
+}
+
+#[test]
+fn forged_forwarding_headers_never_reach_the_backend() {
+    let s = setup("forged", "");
+    let mut c = s.client();
+    c.send(
+        b"GET /who HTTP/1.1\r\nHost: localhost\r\nX_Forwarded_For: 6.6.6.1\r\n\
+          X-Forwarded_For: 6.6.6.2\r\nX-Real-IP: 6.6.6.3\r\nTrue-Client-IP: 6.6.6.4\r\n\
+          X-Client-IP: 6.6.6.5\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
+          X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.7\r\nX-Forwarded-Host: evil\r\n\
+          X-Api_Key: k\r\n\r\n",
+    )
+    .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    let head = s.backend.received()[0].head.to_ascii_lowercase();
+    for forged in ["6.6.6", "/admin", "evil", "_"] {
+        assert!(
+            !head.contains(forged),
+            "{forged} reached the backend: {head}"
+        );
+    }
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+}
+
+#[test]
+fn underscored_names_can_be_refused_and_a_trusted_chain_is_kept_whole() {
+    let s = setup_full(
+        "underscore",
+        "",
+        "workers = 1",
+        "[proxy]\nunderscores_in_headers = \"reject\"\n",
+    );
+    let mut c = s.client();
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n")
+        .expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(
+        (r.status, reason_of(&r).as_str()),
+        (400, "http.header_name")
+    );
+    assert!(s.backend.received().is_empty());
+
+    let s = setup_full(
+        "trustedchain",
+        "",
+        "workers = 1",
+        "[proxy]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    let mut c = s.client();
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 203.0.113.7\r\n\
+          X-Forwarded-For: 198.51.100.9\r\nForwarded: for=203.0.113.7\r\n\
+          Forwarded: for=198.51.100.9\r\nX-Real-IP: 203.0.113.7\r\nX-Original-URL: /admin\r\n\r\n",
+    )
+    .expect("send");
+    assert_eq!(c.response("GET").expect("response").status, 200);
+    let head = s.backend.received()[0].head.to_ascii_lowercase();
+    assert!(
+        head.contains("x-forwarded-for: 203.0.113.7, 198.51.100.9, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("forwarded: for=203.0.113.7, for=198.51.100.9, for=127.0.0.1;"),
+        "{head}"
+    );
+    assert!(head.contains("x-real-ip: 203.0.113.7\r\n"), "{head}");
+    assert!(!head.contains("/admin"), "{head}");
+}
+
+#[test]
+fn connection_close_wins_over_a_later_keep_alive() {
+    let s = setup("closewins", "");
+    let mut c = s.client();
+    c.send(b"GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+        .expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closed_within(Duration::from_secs(1)), "connection kept");
+
+    // An upstream that says close in one field and keep-alive in another.
+    let mut c = s.client();
+    assert_eq!(c.get("/close-twice").expect("response").status, 200);
+    assert_eq!(c.get("/after").expect("response").status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    let got = s.backend.received();
+    let at = got
+        .iter()
+        .position(|r| r.head.contains("/close-twice"))
+        .expect("close-twice");
+    let port = got[at].conn_port;
+    let reused: Vec<_> = got[at + 1..]
+        .iter()
+        .filter(|r| r.conn_port == port)
+        .collect();
+    assert!(
+        reused.is_empty(),
+        "sent on a connection the backend closed: {reused:?}"
+    );
+}
+
+#[test]
+fn a_slow_body_is_cut_and_a_small_one_never_takes_a_backend_connection() {
+    let s = setup("slowbody", "body_timeout_ms = 1000\nbody_min_rate = 100000");
+    // One byte every 300 ms (every gap well under body_timeout_ms) until
+    // the gateway answers, for at most 3 s.
+    let trickle = |c: &mut Client| {
+        for _ in 0..10 {
+            if c.answered_within(Duration::from_millis(300)) || c.send(b"x").is_err() {
+                break;
+            }
+        }
+    };
+    let mut c = s.client();
+    c.send(b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        .expect("send");
+    trickle(&mut c);
+    let r = c.response("POST").expect("408");
+    assert_eq!((r.status, reason_of(&r).as_str()), (408, "limit.body_rate"));
+    assert_eq!(
+        s.backend.accepted(),
+        0,
+        "a backend connection was taken for a small body still arriving"
+    );
+
+    // A large body streams, and is held to the same rate.
+    let mut c = s.client();
+    c.send(b"POST /big HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n")
+        .expect("send");
+    c.send(&vec![b'a'; 20_000]).expect("send");
+    trickle(&mut c);
+    let r = c.response("POST").expect("408");
+    assert_eq!((r.status, reason_of(&r).as_str()), (408, "limit.body_rate"));
+    assert_eq!(s.backend.accepted(), 1);
+}
+
+#[test]
+fn the_redirect_listener_is_capped_bracketed_and_drained_at_shutdown() {
+    use std::io::Read;
+    let dir = TempDir::new("redirect6");
+    let certs = Certs::issue(&dir.0, &["localhost"]);
+    let backend = Backend::start();
+    let (port, plain) = (free_port(), free_port());
+    let config = format!(
+        "[listen]\nhttps = \"[::1]:{port}\"\nplain_http_port = {plain}\nredirect_plain_http = true\n\n\
+         [runtime]\nworkers = 1\nmax_connections_per_worker = 3\n\n\
+         [limits]\nheader_timeout_ms = 5000\nshutdown_grace_ms = 3000\n\n{}\n\
+         [[upstreams]]\nname = \"b\"\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"b\"\n\n\
+         [xdp]\nenabled = false\n",
+        certs.toml(),
+        backend.addr
+    );
+    let mut gw = Gateway::start(dir, port, &config);
+    let connect = || {
+        let t = TcpStream::connect(("::1", plain)).expect("connect");
+        t.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        t
+    };
+    let ask = |raw: &[u8]| {
+        let mut t = connect();
+        t.write_all(raw).expect("send");
+        let mut out = String::new();
+        let _ = t.read_to_string(&mut out);
+        out.to_ascii_lowercase()
+    };
+    let r = ask(b"GET /x?y=1 HTTP/1.0\r\n\r\n");
+    assert!(
+        r.contains(&format!("location: https://[::1]:{port}/x?y=1\r\n")),
+        "{r}"
+    );
+    let r = ask(format!("OPTIONS * HTTP/1.1\r\nHost: [::1]:{plain}\r\n\r\n").as_bytes());
+    assert!(
+        r.contains(&format!("location: https://[::1]:{port}/\r\n")),
+        "{r}"
+    );
+
+    // Three idle connections fill the worker's cap; a fourth is closed at once.
+    let idle: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = connect();
+    let mut b = [0u8; 1];
+    let closed = match fourth.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(closed, "a connection over the cap was kept");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A request under way when SIGTERM comes still gets its answer.
+    let mut slow = connect();
+    slow.write_all(b"GET /late HTTP/1.1\r\n").expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = nix::unistd::Pid::from_raw(gw.pid() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    std::thread::sleep(Duration::from_millis(300));
+    slow.write_all(b"Host: localhost\r\n\r\n").expect("send");
+    let mut out = String::new();
+    let _ = slow.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 308"), "{out:?}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&format!("location: https://localhost:{port}/late\r\n")),
+        "{out}"
+    );
+    let status = gw
+        .proc
+        .stop(Signal::SIGCONT, Duration::from_secs(8))
+        .expect("gateway exits");
+    assert!(status.success(), "{status}: {:?}", gw.proc.seen);
+}
+
+#[test]
+fn a_failed_request_reaches_the_backends_at_most_retries_plus_one_times() {
+    let trio: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
+    let servers = trio
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let routes = format!(
+        "[[upstreams]]\nname = \"trio\"\nservers = [{servers}]\n\n\
+         [[upstreams]]\nname = \"once\"\nservers = [{servers}]\nretries = 0\n\n\
+         [[routes]]\npath_prefix = \"/trio\"\nupstream = \"trio\"\n\n\
+         [[routes]]\npath_prefix = \"/once\"\nupstream = \"once\"\n"
+    );
+    let s = setup_with("retries", "", "workers = 1", &routes, "", &[]);
+    let reached = || trio.iter().map(|b| b.received().len()).sum::<usize>();
+    let mut c = s.client();
+    c.send(b"DELETE /trio/drop HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let r = c.response("DELETE").expect("response");
+    assert_eq!((r.status, reason_of(&r).as_str()), (502, "upstream.closed"));
+    assert_eq!(reached(), 2, "the default is one retry");
+    let mut c = s.client();
+    c.send(b"DELETE /once/drop HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("DELETE").expect("response").status, 502);
+    assert_eq!(reached(), 3, "retries = 0 tries once");
+}
+
+#[test]
+fn upstream_status_outside_100_to_599_is_502() {
+    let s = setup("badstatus", "");
+    for code in ["099", "600", "000"] {
+        let mut c = s.client();
+        let r = c.get(&format!("/bad/status/{code}")).expect("response");
+        assert_eq!(
+            (r.status, reason_of(&r).as_str()),
+            (502, "upstream.protocol"),
+            "{code}"
+        );
+    }
+}
+
+#[test]
+fn trace_is_405_unless_a_route_names_it() {
+    let routes =
+        "[[routes]]\npath_prefix = \"/echo\"\nmethods = [\"TRACE\"]\nupstream = \"backend\"\n";
+    let s = setup_with("trace", "", "workers = 1", routes, "", &[]);
+    let mut c = s.client();
+    c.send(b"TRACE / HTTP/1.1\r\nHost: localhost\r\nCookie: secret\r\n\r\n")
+        .expect("send");
+    let r = c.response("TRACE").expect("response");
+    assert_eq!((r.status, reason_of(&r).as_str()), (405, "route.method"));
+    c.send(b"TRACE /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(c.response("TRACE").expect("response").status, 200);
+    let paths = s.backend.paths();
+    assert_eq!(paths, ["/echo"]);
+}
+
+#[test]
+fn bytes_beyond_an_upstream_response_are_relayed_but_never_pooled() {
+    let s = setup_full("extrabytes", "", "workers = 1", "");
+    let mut c = s.client();
+    let r = c.get("/extra-bytes").expect("response");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!(c.get("/next").expect("response").status, 200);
+    let got = s.backend.received();
+    assert_eq!(got.len(), 2);
+    assert_ne!(
+        got[0].conn_port, got[1].conn_port,
+        "a connection with stray bytes was reused"
+    );
 }

@@ -179,6 +179,32 @@ fn cases() -> Vec<Case> {
             outcome: Outcome::Passed,
         },
         Case {
+            // Mid-stream ciphertext whose first bytes spell a method word:
+            // no request-line shape, so it is never reset.
+            name: "ciphertext_starting_with_a_method_passes",
+            frame: tcp(
+                "198.18.1.2",
+                gw4,
+                8443,
+                ACK_PSH,
+                b"GET \x00\x9f\x13\xee\x01\x02\x8a\x7f\x10\x11",
+            ),
+            action: PASS,
+            outcome: Outcome::Passed,
+        },
+        Case {
+            name: "ciphertext_starting_with_a_method_and_slash_passes",
+            frame: tcp(
+                "198.18.1.2",
+                gw4,
+                8443,
+                ACK_PSH,
+                b"POST /\x01\xfe\x00\x13\x37",
+            ),
+            action: PASS,
+            outcome: Outcome::Passed,
+        },
+        Case {
             name: "short_payload_passes",
             frame: tcp("198.18.1.2", gw4, 8443, ACK_PSH, b"GE"),
             action: PASS,

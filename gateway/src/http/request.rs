@@ -93,7 +93,8 @@ pub fn parse<'b, 'h>(
     let mut content_length: Option<u64> = None;
     let mut te_seen = false;
     let mut te_chunked = false;
-    let mut close = minor == 0;
+    let mut said_close = false;
+    let mut said_keep_alive = false;
     let mut expect_continue = false;
     for h in headers {
         let name = h.name;
@@ -112,11 +113,9 @@ pub fn parse<'b, 'h>(
             te_seen = true;
             te_chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case("connection") {
-            if lists_token(h.value, "close") {
-                close = true;
-            } else if lists_token(h.value, "keep-alive") {
-                close = false;
-            }
+            // RFC 9112 §9.6: `close` in any Connection field wins.
+            said_close |= lists_token(h.value, "close");
+            said_keep_alive |= lists_token(h.value, "keep-alive");
         } else if name.eq_ignore_ascii_case("expect") {
             if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -153,7 +152,7 @@ pub fn parse<'b, 'h>(
         len: end,
         framing,
         host,
-        keep_alive: !close,
+        keep_alive: !said_close && (minor == 1 || said_keep_alive),
         expect_continue,
     }))
 }
@@ -296,5 +295,21 @@ mod tests {
             .expect("ok")
             .expect("complete");
         assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn close_in_any_connection_field_wins() {
+        let mut hdrs = [httparse::EMPTY_HEADER; 32];
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n",
+        ] {
+            let h = parse(raw, &mut hdrs, &LIMITS)
+                .expect("ok")
+                .expect("complete");
+            assert!(!h.keep_alive, "{}", String::from_utf8_lossy(raw));
+        }
     }
 }

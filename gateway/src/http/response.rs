@@ -50,12 +50,18 @@ pub fn parse<'b, 'h>(
     let (Some(code), Some(minor)) = (res.code, res.version) else {
         return Err(HttpError::Malformed);
     };
+    // RFC 9110 §15: three digits, 1xx to 5xx. A code under 100 would be
+    // relayed unpadded, which no client parses.
+    if !(100..=599).contains(&code) {
+        return Err(HttpError::Malformed);
+    }
     let reason = res.reason.unwrap_or("");
     let headers: &'h [httparse::Header<'b>] = res.headers;
 
     let mut content_length = None;
     let mut te = None;
-    let mut close = minor == 0;
+    let mut said_close = false;
+    let mut said_keep_alive = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = parse_content_length(h.value)?;
@@ -69,11 +75,9 @@ pub fn parse<'b, 'h>(
             }
             te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("connection") {
-            if lists_token(h.value, "close") {
-                close = true;
-            } else if lists_token(h.value, "keep-alive") {
-                close = false;
-            }
+            // RFC 9112 §9.6: `close` in any Connection field wins.
+            said_close |= lists_token(h.value, "close");
+            said_keep_alive |= lists_token(h.value, "keep-alive");
         }
     }
     if te.is_some() && content_length.is_some() {
@@ -95,7 +99,10 @@ pub fn parse<'b, 'h>(
         framing,
         // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means
         // the framing cannot be trusted past this response.
-        keep_alive: !close && framing != Framing::UntilClose && !(minor == 0 && te.is_some()),
+        keep_alive: !said_close
+            && (minor == 1 || said_keep_alive)
+            && framing != Framing::UntilClose
+            && !(minor == 0 && te.is_some()),
     }))
 }
 
@@ -126,6 +133,9 @@ mod tests {
             ("chunked_chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", false, Err(TransferEncoding)),
             ("gzip_te", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, Err(TransferEncoding)),
             ("bare_lf", b"HTTP/1.1 200 OK\nContent-Length: 3\n\n", false, Err(BareLineEnding)),
+            ("status_under_100", b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n", false, Err(Malformed)),
+            ("status_over_599", b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", false, Err(Malformed)),
+            ("status_000", b"HTTP/1.1 000 Odd\r\nContent-Length: 0\r\n\r\n", false, Err(Malformed)),
         ];
         let mut failed = Vec::new();
         for (name, raw, head, want) in rows {
@@ -135,5 +145,20 @@ mod tests {
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    #[test]
+    fn close_in_any_connection_field_wins() {
+        let mut hdrs = [httparse::EMPTY_HEADER; 32];
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        let r = parse(raw, &mut hdrs, 4096, false)
+            .expect("ok")
+            .expect("complete");
+        assert!(!r.keep_alive);
+        let raw = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        let r = parse(raw, &mut hdrs, 4096, false)
+            .expect("ok")
+            .expect("complete");
+        assert!(r.keep_alive);
     }
 }

@@ -1,0 +1,63 @@
+//! File descriptors: every proxied request needs two (the client's socket
+//! and an upstream socket), so the connection caps are sized against
+//! `RLIMIT_NOFILE` at start rather than discovered as EMFILE under load.
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Descriptors kept aside for listeners, the ring, BPF maps, logs and the
+/// demo backend.
+const RESERVED: u64 = 64;
+
+/// What the start-up check found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft limit before we raised it.
+    pub was: u64,
+    /// The soft limit now (the hard limit, if raising worked).
+    pub limit: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (what nginx's
+/// `worker_rlimit_nofile` and HAProxy do), and reports both.
+pub fn raise() -> Result<FdBudget, String> {
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("reading RLIMIT_NOFILE: {e}"))?;
+    if soft >= hard {
+        return Ok(FdBudget {
+            was: soft,
+            limit: soft,
+        });
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Ok(FdBudget {
+            was: soft,
+            limit: hard,
+        }),
+        Err(e) => Err(format!("raising RLIMIT_NOFILE from {soft} to {hard}: {e}")),
+    }
+}
+
+/// How many connections per worker fit in `limit` descriptors, with
+/// `pooled` idle upstream connections kept across all workers.
+pub fn connections_that_fit(limit: u64, workers: usize, pooled: u64) -> usize {
+    let per_conn = 2 * workers.max(1) as u64;
+    let free = limit.saturating_sub(RESERVED + pooled);
+    usize::try_from(free / per_conn)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_descriptors_per_connection_after_the_reserve() {
+        // 1024 - 64 reserved = 960; 2 workers × 2 fds each = 4 per slot.
+        assert_eq!(connections_that_fit(1024, 2, 0), 240);
+        // Idle pooled upstream connections hold descriptors too.
+        assert_eq!(connections_that_fit(1024, 2, 160), 200);
+        // Never zero: a tiny limit still serves one connection.
+        assert_eq!(connections_that_fit(10, 4, 0), 1);
+    }
+}

@@ -161,6 +161,19 @@ struct ProxyFile {
     hsts: Option<Spanned<String>>,
     #[serde(default)]
     underscores_in_headers: Underscores,
+    #[serde(default)]
+    encoded_slashes: EncodedSlashes,
+}
+
+/// What happens to `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// 400 `path.encoded_separator`.
+    #[default]
+    Reject,
+    /// Forwarded still encoded; never treated as a separator by the gateway.
+    Keep,
 }
 
 /// What happens to request header names with an underscore.
@@ -494,6 +507,8 @@ pub struct ProxySettings {
     pub hsts: Option<String>,
     /// Header names with `_`: dropped, refused or forwarded.
     pub underscores_in_headers: Underscores,
+    /// `%2F` and `%5C` in paths: refused or kept encoded.
+    pub encoded_slashes: EncodedSlashes,
 }
 
 /// Validated `[[upstreams]]` entry.
@@ -715,7 +730,13 @@ impl Config {
                     ));
                 }
                 (Some(p), None) => (PathMatch::Exact(p.get_ref().clone()), p.span()),
-                (None, Some(p)) => (PathMatch::Prefix(p.get_ref().clone()), p.span()),
+                (None, Some(p)) => {
+                    // Matching is per segment: `/api/` means `/api`.
+                    let v = p.get_ref();
+                    let trimmed = v.trim_end_matches('/');
+                    let v = if trimmed.is_empty() { "/" } else { trimmed };
+                    (PathMatch::Prefix(v.to_owned()), p.span())
+                }
                 (None, None) => (PathMatch::Prefix("/".into()), r.upstream.span()),
             };
             let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path.0;
@@ -841,6 +862,7 @@ impl Config {
                     .collect(),
                 hsts,
                 underscores_in_headers: raw.proxy.underscores_in_headers,
+                encoded_slashes: raw.proxy.encoded_slashes,
             },
             demo: raw.demo.map(|d| d.listen),
             access_log: raw.log.access,

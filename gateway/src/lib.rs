@@ -11,6 +11,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod enforce;
 pub mod fdlimit;
@@ -19,9 +20,11 @@ pub mod http;
 pub mod log;
 pub mod pipeline;
 pub mod policy;
+pub mod proxy;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod snapshot;
 pub mod tls;
-pub mod upstream;
+pub mod worker;
 pub mod xdp;

@@ -12,11 +12,10 @@ use gateway::{
     clock::{Clock, Monotonic},
     config::Config,
     enforce::Enforcement,
-    filters::ResponseFilters,
-    policy::CidrSet,
-    route::RouteTable,
-    server::{Server, Shared},
+    server::Server,
+    snapshot::{Published, Snapshot},
     tls,
+    worker::Shared,
 };
 use nix::sys::signal::{SigSet, Signal};
 
@@ -282,14 +281,9 @@ fn run(mut cfg: Config) -> Result<(), String> {
         tracing::info!("demo backend on http://{local}");
     }
     let shared = Arc::new(Shared {
-        routes: RouteTable::new(&cfg.routes),
-        tls: tls_config,
-        trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
-        filters: ResponseFilters::new(&cfg),
+        published: Published::new(Snapshot::new(cfg.clone(), tls_config)),
         source_policy: enforcement.userspace_policy(),
-        access_log: cfg.access_log,
         stopping: AtomicBool::new(false),
-        cfg: cfg.clone(),
     });
     let server = Server::start(shared).map_err(|e| e.to_string())?;
     tracing::info!(

@@ -43,6 +43,14 @@ impl Failure {
         reason: "http.header_name",
         fault: Fault::Client,
     };
+    /// A path refused by normalization.
+    pub fn path(e: crate::route::normalize::PathError) -> Self {
+        Self {
+            status: 400,
+            reason: e.code(),
+            fault: Fault::Client,
+        }
+    }
     /// No route for the request.
     pub const NOT_FOUND: Self = Self {
         status: 404,
@@ -146,6 +154,15 @@ impl Failure {
             _ => "internal_error",
         }
     }
+}
+
+/// Why a request ended early.
+#[derive(Debug)]
+pub enum Abort {
+    /// Nothing was sent to the client yet: answer with this failure.
+    Respond(Failure, Option<std::net::SocketAddr>),
+    /// The client already got part of a response (or vanished): close.
+    Close(Failure, Option<std::net::SocketAddr>),
 }
 
 /// Canonical reason phrase for a status.

@@ -11,6 +11,9 @@ pub mod fuzz;
 pub mod request;
 pub mod response;
 
+/// Most header fields any message may carry (`limits.max_headers` is capped to it).
+pub const MAX_HEADERS: usize = 128;
+
 /// Why a message was refused. Every variant has a stable reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {

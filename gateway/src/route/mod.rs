@@ -1,5 +1,8 @@
-//! Routing: the first route whose host, path and method match names the
-//! upstream. Routes are compiled once from the configuration.
+//! Routing: the path is normalized first (`normalize`), then the first
+//! route whose host, path and method match decides the request's plan.
+//! Routes are compiled once from the configuration.
+
+pub mod normalize;
 
 use crate::config::{PathMatch, RouteSettings};
 
@@ -30,6 +33,20 @@ pub fn host_without_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// Segment-aware prefix match: `/api` takes `/api` and `/api/...` but not
+/// `/apix`; `/` takes every path. (Prefixes are stored without a trailing
+/// slash, so `/api/` in the file means the same as `/api`.)
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        // Every origin-form path; not `*` (OPTIONS *).
+        return path.starts_with('/');
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 impl RouteTable {
     /// Compiles the configured routes.
     pub fn new(routes: &[RouteSettings]) -> Self {
@@ -39,10 +56,15 @@ impl RouteTable {
     }
 
     /// The route for a request.
-    pub fn find(&self, host: &str, path: &str, method: &str) -> Result<&RouteSettings, Miss> {
+    pub fn find(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+    ) -> Result<(usize, &RouteSettings), Miss> {
         let host = host_without_port(host);
         let mut miss = Miss::NotFound;
-        for r in &self.routes {
+        for (i, r) in self.routes.iter().enumerate() {
             if r.host
                 .as_deref()
                 .is_some_and(|h| !h.eq_ignore_ascii_case(host))
@@ -51,7 +73,7 @@ impl RouteTable {
             }
             let path_ok = match &r.path {
                 PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+                PathMatch::Prefix(p) => prefix_matches(p, path),
             };
             if !path_ok {
                 continue;
@@ -67,7 +89,7 @@ impl RouteTable {
                 miss = Miss::MethodNotAllowed;
                 continue;
             }
-            return Ok(r);
+            return Ok((i, r));
         }
         Err(miss)
     }
@@ -112,13 +134,22 @@ upstream = "a"
         let t = table();
         assert_eq!(
             t.find("api.example.com:8443", "/exact", "GET")
-                .map(|r| r.upstream),
+                .map(|(_, r)| r.upstream),
             Ok(1)
         );
-        assert_eq!(t.find("other", "/exact", "GET").map(|r| r.upstream), Ok(0));
-        assert_eq!(t.find("x", "/write/1", "POST").map(|r| r.upstream), Ok(1));
+        assert_eq!(
+            t.find("other", "/exact", "GET").map(|(_, r)| r.upstream),
+            Ok(0)
+        );
+        assert_eq!(
+            t.find("x", "/write/1", "POST").map(|(_, r)| r.upstream),
+            Ok(1)
+        );
         // /write with GET falls through to the catch-all.
-        assert_eq!(t.find("x", "/write/1", "GET").map(|r| r.upstream), Ok(0));
+        assert_eq!(
+            t.find("x", "/write/1", "GET").map(|(_, r)| r.upstream),
+            Ok(0)
+        );
     }
 
     #[test]
@@ -133,6 +164,16 @@ upstream = "a"
             t.find("x", "/", "DELETE").err(),
             Some(Miss::MethodNotAllowed)
         );
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/"));
+        assert!(prefix_matches("/api", "/api/v1/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(!prefix_matches("/api", "/ap"));
+        assert!(prefix_matches("/", "/anything"));
     }
 
     #[test]

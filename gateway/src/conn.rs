@@ -1,0 +1,232 @@
+//! One client connection's state: TLS, the snapshot it judges by, the
+//! buffers every request on it reuses, and reading request bodies within
+//! their deadlines. The loop over its requests is `server::connection`'s;
+//! the requests themselves are `pipeline`'s.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::Limits,
+    respond::{self, Abort, Failure},
+    snapshot::{Published, Snapshot},
+    tls::{StreamError, TlsStream, deadline},
+};
+
+/// A client connection's state, reused by every request on it.
+pub struct Conn {
+    /// The TLS stream.
+    pub tls: TlsStream,
+    /// The client's address (the TCP peer).
+    pub peer: SocketAddr,
+    /// The snapshot this connection judges requests by, and its generation.
+    snap: Arc<Snapshot>,
+    generation: u64,
+    /// Plaintext from the client; `inbuf[start..]` is not yet consumed.
+    pub inbuf: Vec<u8>,
+    start: usize,
+    /// Scratch: the upstream request head.
+    pub up_head: Vec<u8>,
+    /// Scratch: the client response head.
+    pub out: Vec<u8>,
+    /// Scratch: re-encoded chunked bytes.
+    pub chunks: Vec<u8>,
+    /// Scratch: the normalized path.
+    pub path: String,
+    /// Copies of method and target for the log line.
+    pub method: String,
+    /// See `method`.
+    pub target: String,
+    /// The current request body's deadline.
+    pub body: BodyClock,
+}
+
+pub(crate) fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Conn {
+    /// The snapshot requests on this connection are judged by.
+    pub fn snap(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// A connection's state around an accepted, handshaken TLS stream.
+    pub fn new(tls: TlsStream, peer: SocketAddr, published: &Published) -> Self {
+        let (generation, snap) = published.load();
+        let body = BodyClock::start(&snap.cfg.limits, 0);
+        Self {
+            tls,
+            peer,
+            snap,
+            generation,
+            inbuf: Vec::with_capacity(4096),
+            start: 0,
+            up_head: Vec::with_capacity(1024),
+            out: Vec::with_capacity(1024),
+            chunks: Vec::new(),
+            path: String::with_capacity(256),
+            method: String::new(),
+            target: String::new(),
+            body,
+        }
+    }
+
+    /// Takes up a newer snapshot between requests (one atomic load when
+    /// nothing changed).
+    pub fn refresh(&mut self, published: &Published) {
+        if published.generation() != self.generation {
+            (self.generation, self.snap) = published.load();
+        }
+    }
+
+    /// Unconsumed plaintext.
+    pub fn pending(&self) -> &[u8] {
+        &self.inbuf[self.start..]
+    }
+
+    /// Marks `n` pending bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.inbuf.len() {
+            self.inbuf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Lends the read buffer to an io_uring write: the buffer and where its
+    /// unconsumed bytes start. Give it back with [`Conn::put_inbuf`].
+    pub fn take_inbuf(&mut self) -> (Vec<u8>, usize) {
+        let start = std::mem::take(&mut self.start);
+        (std::mem::take(&mut self.inbuf), start)
+    }
+
+    /// Returns the buffer lent by [`Conn::take_inbuf`].
+    pub fn put_inbuf(&mut self, buf: Vec<u8>, start: usize) {
+        self.inbuf = buf;
+        self.start = start;
+    }
+
+    /// Reads more plaintext (appending); `None` when the deadline passed.
+    pub async fn read_within(&mut self, limit: Duration) -> Option<Result<usize, StreamError>> {
+        // Drop consumed bytes before growing: with pipelined requests the
+        // buffer may never be fully consumed.
+        if self.start > 0 {
+            self.inbuf.drain(..self.start);
+            self.start = 0;
+        }
+        let fd = self.tls.fd();
+        deadline(fd, limit, self.tls.read_plain(&mut self.inbuf)).await
+    }
+
+    /// Sends a failure response.
+    pub async fn send_failure(&mut self, f: Failure, keep: bool) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        respond::write_failure(&mut out, f, !keep, self.snap.filters.lines());
+        let _ = self.tls.send(&[&out]).await;
+        self.out = out;
+    }
+}
+
+/// What the head stages borrow from a connection at once.
+pub struct HeadParts<'c> {
+    /// The snapshot to judge by.
+    pub snap: &'c Snapshot,
+    /// The unconsumed plaintext (the head is at its start).
+    pub pending: &'c [u8],
+    /// Scratch for the normalized path.
+    pub path: &'c mut String,
+    /// Scratch for the upstream head.
+    pub up_head: &'c mut Vec<u8>,
+    /// The method, for the log.
+    pub method: &'c mut String,
+    /// The target, for the log.
+    pub target: &'c mut String,
+    /// The client.
+    pub peer: SocketAddr,
+}
+
+impl Conn {
+    /// Splits the connection into what the head stages need.
+    pub fn head_parts(&mut self) -> HeadParts<'_> {
+        HeadParts {
+            snap: &self.snap,
+            pending: &self.inbuf[self.start..],
+            path: &mut self.path,
+            up_head: &mut self.up_head,
+            method: &mut self.method,
+            target: &mut self.target,
+            peer: self.peer,
+        }
+    }
+}
+
+/// A request body's deadline: `limits.body_timeout_ms` from the end of the
+/// head, plus one second for every `limits.body_min_rate` bytes received
+/// (Apache's `mod_reqtimeout` MinRate). The gap timeout alone lets one byte
+/// every few seconds hold a connection for as long as Content-Length allows.
+#[derive(Clone, Copy)]
+pub struct BodyClock {
+    started: Instant,
+    received: u64,
+    timeout: Duration,
+    min_rate: u64,
+}
+
+impl BodyClock {
+    /// Starts the clock with `already` body bytes buffered.
+    pub fn start(limits: &Limits, already: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            received: already as u64,
+            timeout: ms(limits.body_timeout_ms),
+            min_rate: limits.body_min_rate,
+        }
+    }
+
+    /// When the body must have arrived by, at the rate so far; `None` when
+    /// no minimum rate is set.
+    fn deadline(&self) -> Option<Instant> {
+        if self.min_rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_millis(self.received.saturating_mul(1000) / self.min_rate);
+        Some(self.started + self.timeout + earned)
+    }
+}
+
+/// Reads more of a request body within the gap timeout and the body's
+/// deadline (see [`BodyClock`]).
+pub async fn read_body(c: &mut Conn, addr: Option<SocketAddr>) -> Result<(), Abort> {
+    let gap = ms(c.snap.cfg.limits.body_timeout_ms);
+    let limit = match c.body.deadline() {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Abort::Respond(Failure::BODY_RATE, addr));
+            }
+            gap.min(left)
+        }
+        None => gap,
+    };
+    match c.read_within(limit).await {
+        None => {
+            let too_slow = c.body.deadline().is_some_and(|d| d <= Instant::now());
+            let f = if too_slow {
+                Failure::BODY_RATE
+            } else {
+                Failure::BODY_TIMEOUT
+            };
+            Err(Abort::Respond(f, addr))
+        }
+        Some(Ok(0)) | Some(Err(_)) => Err(Abort::Close(Failure::CLIENT_GONE, addr)),
+        Some(Ok(n)) => {
+            c.body.received += n as u64;
+            Ok(())
+        }
+    }
+}

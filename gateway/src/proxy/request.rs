@@ -1,0 +1,302 @@
+//! The request as the upstream gets it: the head rewritten (normalized
+//! path, hop-by-hop fields out, forwarding fields ours), then the body,
+//! coalesced with the head when small, streamed (and re-chunked) otherwise.
+
+use std::{io::Write as _, net::SocketAddr, time::Duration};
+
+use tokio_uring::buf::BoundedBuf as _;
+
+use super::{Attempt, pool::UpstreamConn};
+use crate::{
+    config::Underscores,
+    conn::{Conn, ms, read_body},
+    http::{self, Framing, chunked, is_hop_by_hop, lists_token},
+    respond::{Abort, Failure},
+    snapshot::Snapshot,
+    tls::write_deadline,
+};
+
+/// Bodies up to this size travel in the same write as the request head.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// Fields that carry a client address or a rewritten URL. A client can
+/// send any of them, and backends believe them (`X-Real-IP` for rate
+/// limits, `X-Original-URL` for routing), so they pass only from a
+/// trusted proxy; the gateway's own forwarding fields are written anew.
+const ADDRESS_FIELDS: [&str; 12] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-original-forwarded-for",
+    "x-forwarded",
+];
+
+/// Fields that override the URL in some frameworks (IIS, Symfony):
+/// never forwarded, whoever sends them, since routing already decided.
+const URL_OVERRIDE_FIELDS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
+
+fn is_one_of(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// What happens to a forwarded field: written as is, or left out.
+fn keeps_field(name: &str, trusted: bool, underscores: Underscores) -> bool {
+    // CGI/WSGI backends fold `X_Forwarded_For` onto the same variable as
+    // `X-Forwarded-For` (nginx drops such names for the same reason).
+    if name.contains('_') && underscores != Underscores::Allow {
+        return false;
+    }
+    // Every listed name starts with x, t, c or f: most fields skip the lists.
+    if !matches!(
+        name.as_bytes().first().map(u8::to_ascii_lowercase),
+        Some(b'x' | b't' | b'c' | b'f')
+    ) {
+        return true;
+    }
+    if is_one_of(name, &URL_OVERRIDE_FIELDS)
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || name.eq_ignore_ascii_case("x-forwarded-host")
+        || name.eq_ignore_ascii_case("x-forwarded-port")
+    {
+        return false;
+    }
+    trusted || !is_one_of(name, &ADDRESS_FIELDS)
+}
+
+/// Appends every `name` field's value, comma-joined (RFC 9110 §5.3: repeated
+/// fields are one list), for a trusted proxy's forwarding chain.
+fn append_all(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &str) -> bool {
+    let mut any = false;
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+        let v = h.value.trim_ascii();
+        if v.is_empty() {
+            continue;
+        }
+        if any {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+        any = true;
+    }
+    any
+}
+
+/// The upstream request head: the client's fields minus hop-by-hop ones and
+/// forwarding fields we do not trust, plus our own forwarding fields and
+/// the framing we will send.
+pub fn write_upstream_head(
+    out: &mut Vec<u8>,
+    head: &http::request::RequestHead<'_, '_>,
+    path: &str,
+    peer: SocketAddr,
+    snap: &Snapshot,
+) {
+    out.clear();
+    let trusted = snap
+        .trusted_proxies
+        .contains(&crate::policy::source_addr(peer.ip()));
+    let underscores = snap.cfg.proxy.underscores_in_headers;
+    let has_connection = head
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection"));
+    // The normalized path, and the query as the client sent it.
+    let query = head.target.find('?').map_or("", |i| &head.target[i..]);
+    let path = if head.target == "*" { "*" } else { path };
+    let _ = write!(out, "{} {path}{query} HTTP/1.1\r\n", head.method);
+    for h in head.headers {
+        let name = h.name;
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("x-forwarded-for")
+            || name.eq_ignore_ascii_case("forwarded")
+            || (has_connection && named_by_connection(head.headers, name))
+            || !keeps_field(name, trusted, underscores)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if head.host.is_empty() {
+        // HTTP/1.0 without Host: HTTP/1.1 upstream needs one.
+        let _ = write!(out, "host: {}\r\n", snap.cfg.https);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if trusted && append_all(out, head.headers, "x-forwarded-for") {
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(
+        out,
+        "{}\r\nx-forwarded-proto: https\r\nforwarded: ",
+        peer.ip()
+    );
+    if trusted && append_all(out, head.headers, "forwarded") {
+        out.extend_from_slice(b", ");
+    }
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let _ = write!(out, "for={ip}");
+        }
+        std::net::IpAddr::V6(ip) => {
+            let _ = write!(out, "for=\"[{ip}]\"");
+        }
+    }
+    out.extend_from_slice(b";proto=https");
+    if !head.host.is_empty() {
+        let _ = write!(out, ";host=\"{}\"", head.host);
+    }
+    out.extend_from_slice(b"\r\n");
+    match head.framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether any Connection field (RFC 9110 §7.6.1) names `name` as
+/// hop-by-hop. Host and the framing fields are never dropped this way: a
+/// `Connection: host` must not make an HTTP/1.1 request lose its Host.
+pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    if name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return false;
+    }
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| lists_token(h.value, name))
+}
+
+/// Writes `buf[..len]` to the upstream within `limit`; returns the buffer.
+async fn write_upstream(
+    conn: &UpstreamConn,
+    buf: Vec<u8>,
+    len: usize,
+    limit: Duration,
+) -> (std::io::Result<()>, Vec<u8>) {
+    match write_deadline(conn.fd(), limit, conn.tcp.write_all(buf.slice(0..len))).await {
+        Some((res, slice)) => (res, slice.into_inner()),
+        // The buffer went with the cancelled write; the connection is dead.
+        None => (Err(std::io::ErrorKind::TimedOut.into()), Vec::new()),
+    }
+}
+
+/// Sends the head (already in `c.up_head`) and the body.
+pub(super) async fn send(
+    c: &mut Conn,
+    conn: &UpstreamConn,
+    framing: Framing,
+    max_body: u64,
+    response_ms: u64,
+    addr: SocketAddr,
+) -> Result<(), Attempt> {
+    let upstream_gone = |_| Attempt::Retry(Failure::UPSTREAM_CLOSED);
+    let mut head = std::mem::take(&mut c.up_head);
+    let mut coalesced = 0;
+    if let Framing::Length(total) = framing {
+        let avail = (c.pending().len() as u64).min(total) as usize;
+        if total as usize == avail && avail <= COALESCE_BODY {
+            head.extend_from_slice(&c.pending()[..avail]);
+            coalesced = avail;
+        }
+    }
+    let len = head.len();
+    let (res, buf) = write_upstream(conn, head, len, ms(response_ms)).await;
+    c.up_head = buf;
+    res.map_err(upstream_gone)?;
+    c.consume(coalesced);
+    match framing {
+        Framing::None | Framing::UntilClose => Ok(()),
+        Framing::Length(total) => stream_length_body(c, conn, total - coalesced as u64, addr).await,
+        Framing::Chunked => stream_chunked_body(c, conn, max_body, addr).await,
+    }
+}
+
+/// Streams `remaining` Content-Length body bytes from the client.
+async fn stream_length_body(
+    c: &mut Conn,
+    conn: &UpstreamConn,
+    mut remaining: u64,
+    addr: SocketAddr,
+) -> Result<(), Attempt> {
+    let body_timeout_ms = c.snap().cfg.limits.body_timeout_ms;
+    while remaining > 0 {
+        if c.pending().is_empty() {
+            read_body(c, Some(addr)).await.map_err(Attempt::Abort)?;
+        }
+        let take = (c.pending().len() as u64).min(remaining) as usize;
+        let (buf, start) = c.take_inbuf();
+        let write = conn.tcp.write_all(buf.slice(start..start + take));
+        let Some((res, slice)) = write_deadline(conn.fd(), ms(body_timeout_ms), write).await else {
+            // The upstream stopped reading; the buffer went with the write.
+            return Err(Attempt::Abort(Abort::Close(
+                Failure::UPSTREAM_TIMEOUT,
+                Some(addr),
+            )));
+        };
+        c.put_inbuf(slice.into_inner(), start);
+        res.map_err(|_| Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr))))?;
+        c.consume(take);
+        remaining -= take as u64;
+    }
+    Ok(())
+}
+
+/// Streams a chunked body from the client, re-encoded, within `max_body`.
+async fn stream_chunked_body(
+    c: &mut Conn,
+    conn: &UpstreamConn,
+    max_body: u64,
+    addr: SocketAddr,
+) -> Result<(), Attempt> {
+    let body_timeout_ms = c.snap().cfg.limits.body_timeout_ms;
+    let mut dec = chunked::Decoder::new();
+    let mut out = std::mem::take(&mut c.chunks);
+    let result = async {
+        loop {
+            out.clear();
+            let p = dec
+                .feed(c.pending(), Some(&mut out))
+                .map_err(|e| Attempt::Abort(Abort::Respond(Failure::http(e), Some(addr))))?;
+            c.consume(p.consumed);
+            if dec.body_bytes > max_body {
+                return Err(Attempt::Abort(Abort::Respond(
+                    Failure::BODY_TOO_LARGE,
+                    Some(addr),
+                )));
+            }
+            if !out.is_empty() {
+                let len = out.len();
+                let (res, buf) =
+                    write_upstream(conn, std::mem::take(&mut out), len, ms(body_timeout_ms)).await;
+                out = buf;
+                res.map_err(|_| {
+                    Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr)))
+                })?;
+            }
+            if p.done {
+                return Ok(());
+            }
+            read_body(c, Some(addr)).await.map_err(Attempt::Abort)?;
+        }
+    }
+    .await;
+    c.chunks = out;
+    result
+}

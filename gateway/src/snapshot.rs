@@ -1,0 +1,80 @@
+//! The configuration as the request path uses it: compiled once, immutable,
+//! and published to the workers whole. A reload builds a new snapshot beside
+//! the old one and publishes it; a connection picks the new one up between
+//! two requests with one atomic load, never a lock on the request path.
+
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{config::Config, filters::ResponseFilters, policy::CidrSet, route::RouteTable};
+
+/// Everything a request needs from the configuration, compiled.
+pub struct Snapshot {
+    /// The validated configuration it was built from.
+    pub cfg: Config,
+    /// Compiled routes, each with its stage plan.
+    pub routes: RouteTable,
+    /// TLS configuration (certificates, resumption).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Peers whose forwarding headers are kept.
+    pub trusted_proxies: CidrSet,
+    /// Headers added to every response.
+    pub filters: ResponseFilters,
+}
+
+impl Snapshot {
+    /// Compiles a configuration with its TLS settings.
+    pub fn new(cfg: Config, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            routes: RouteTable::new(&cfg.routes),
+            trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
+            filters: ResponseFilters::new(&cfg),
+            tls,
+            cfg,
+        }
+    }
+}
+
+/// The snapshot in force, behind a generation counter.
+pub struct Published {
+    current: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+}
+
+impl Published {
+    /// Publishes the first snapshot (generation 0).
+    pub fn new(first: Snapshot) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(first)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The current generation: compare with the one held to see whether to [`Published::load`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current snapshot and its generation.
+    pub fn load(&self) -> (u64, Arc<Snapshot>) {
+        // The lock is taken only when the generation changed (a reload),
+        // or once per worker at start; a poisoned lock still holds a
+        // complete snapshot, since publish only swaps an Arc.
+        let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (self.generation(), guard.clone())
+    }
+
+    /// The snapshot in force now.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.load().1
+    }
+
+    /// Replaces the snapshot; connections take it up at their next request.
+    pub fn publish(&self, next: Snapshot) {
+        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *guard = Arc::new(next);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,58 @@
+//! One worker thread's state: its pools, its connections, and the
+//! server-wide state it shares with the other workers. Never shared across
+//! threads itself; `RefCell` borrows never live across an `.await`.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    os::fd::RawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use crate::{policy::SourcePolicy, proxy::Upstreams, snapshot::Published};
+
+/// Server-wide state shared by all workers.
+pub struct Shared {
+    /// The configuration snapshot in force.
+    pub published: Published,
+    /// The source policy when XDP does not enforce it.
+    pub source_policy: Option<Arc<Mutex<SourcePolicy>>>,
+    /// Set once on SIGTERM/SIGINT.
+    pub stopping: AtomicBool,
+}
+
+/// One worker's state.
+pub struct Worker {
+    /// Server-wide state.
+    pub shared: Arc<Shared>,
+    /// This worker's index (in logs).
+    pub index: usize,
+    /// Its pools, one per upstream.
+    pub upstreams: Upstreams,
+    /// Open client connections (HTTPS and redirects).
+    pub active: Cell<usize>,
+    /// Connections waiting for their next request (shut down on stop).
+    pub idle: RefCell<HashSet<RawFd>>,
+}
+
+impl Worker {
+    /// A worker with empty pools for the current snapshot's upstreams.
+    pub fn new(shared: Arc<Shared>, index: usize) -> Self {
+        let snap = shared.published.current();
+        Self {
+            upstreams: Upstreams::new(&snap.cfg.upstreams),
+            shared,
+            index,
+            active: Cell::new(0),
+            idle: RefCell::new(HashSet::new()),
+        }
+    }
+
+    /// Whether SIGTERM/SIGINT came.
+    pub fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Relaxed)
+    }
+}

@@ -6,6 +6,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashSet,
     os::fd::RawFd,
+    rc::Rc,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -36,6 +37,8 @@ pub struct Worker {
     pub active: Cell<usize>,
     /// Connections waiting for their next request (shut down on stop).
     pub idle: RefCell<HashSet<RawFd>>,
+    /// `runtime.max_connections_per_worker` (a listener setting: fixed at start).
+    max_connections: usize,
 }
 
 impl Worker {
@@ -43,12 +46,39 @@ impl Worker {
     pub fn new(shared: Arc<Shared>, index: usize) -> Self {
         let snap = shared.published.current();
         Self {
+            max_connections: snap.cfg.runtime.max_connections_per_worker,
             upstreams: Upstreams::new(&snap.cfg.upstreams),
             shared,
             index,
             active: Cell::new(0),
             idle: RefCell::new(HashSet::new()),
         }
+    }
+
+    /// Whether a new connection from `peer` would exceed the worker's cap
+    /// (HTTPS and redirect connections count alike); says so at debug level.
+    pub fn full(&self, peer: std::net::SocketAddr) -> bool {
+        let max = self.max_connections;
+        let full = self.active.get() >= max;
+        if full {
+            tracing::debug!("{peer}: worker at max_connections_per_worker ({max}), closing");
+        }
+        full
+    }
+
+    /// Runs a connection's task, counted in `active` (the cap, and what
+    /// shutdown waits for) until it ends.
+    pub fn spawn_connection<F>(self: &Rc<Self>, task: impl FnOnce(Rc<Self>) -> F)
+    where
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        let w = self.clone();
+        self.active.set(self.active.get() + 1);
+        let fut = task(self.clone());
+        tokio_uring::spawn(async move {
+            fut.await;
+            w.active.set(w.active.get() - 1);
+        });
     }
 
     /// Whether SIGTERM/SIGINT came.

@@ -1233,3 +1233,82 @@ fn bytes_beyond_an_upstream_response_are_relayed_but_never_pooled() {
         "a connection with stray bytes was reused"
     );
 }
+
+// Paths are normalized before routing (issue 12, section 2).
+
+#[test]
+fn hostile_paths_are_routed_and_forwarded_normalized_or_refused() {
+    let (api, admin) = (Backend::start(), Backend::start());
+    let routes = format!(
+        "[[upstreams]]\nname = \"api\"\nservers = [\"{}\"]\n\n\
+         [[upstreams]]\nname = \"admin\"\nservers = [\"{}\"]\n\n\
+         [[routes]]\npath_prefix = \"/admin\"\nupstream = \"admin\"\n\n\
+         [[routes]]\npath_prefix = \"/api/\"\nupstream = \"api\"\n",
+        api.addr, admin.addr
+    );
+    let s = setup_with("paths", "", "workers = 1", &routes, "", &[]);
+    // (sent, which backend gets it and as what) or (sent, 400 reason).
+    enum Want {
+        Api(&'static str),
+        Admin(&'static str),
+        Default(&'static str),
+        Refused(&'static str),
+    }
+    use Want::*;
+    let rows: &[(&str, Want)] = &[
+        ("/api/v1/users", Api("/api/v1/users")),
+        ("/api", Api("/api")),
+        ("/api/../admin", Admin("/admin")),
+        ("/api/%2e%2e/admin", Admin("/admin")),
+        (
+            "/api/%2E%2E/admin?next=/api/%2e%2e",
+            Admin("/admin?next=/api/%2e%2e"),
+        ),
+        ("/api/.%2e/admin/./keys", Admin("/admin/keys")),
+        ("/api//..//admin", Admin("/admin")),
+        // A leading `//` reads as a network-path reference: the parser refuses it.
+        ("//admin", Refused("http.target")),
+        ("/../../admin", Admin("/admin")),
+        ("/%61dmin", Admin("/admin")),
+        ("/api/./v1//users/", Api("/api/v1/users/")),
+        ("/apix", Default("/apix")),
+        ("/adminx/../api/x", Api("/api/x")),
+        ("/api%2f..%2fadmin", Refused("path.encoded_separator")),
+        ("/api/%5c../admin", Refused("path.encoded_separator")),
+        ("/a%00b", Refused("path.encoded_nul")),
+        ("/a%zz", Refused("path.bad_escape")),
+        ("/api\\..\\admin", Refused("path.backslash")),
+    ];
+    let mut c = s.client();
+    let mut failed = Vec::new();
+    let mut want_api = Vec::new();
+    let mut want_admin = Vec::new();
+    let mut want_default = Vec::new();
+    for (sent, want) in rows {
+        c.send(format!("GET {sent} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .expect("send");
+        let r = c.response("GET").expect("response");
+        let got = (r.status, reason_of(&r));
+        let ok = match want {
+            Refused(reason) => got == (400, reason.to_string()),
+            Api(p) | Admin(p) | Default(p) => {
+                match want {
+                    Api(_) => want_api.push(*p),
+                    Admin(_) => want_admin.push(*p),
+                    _ => want_default.push(*p),
+                }
+                got.0 == 200
+            }
+        };
+        if !ok {
+            failed.push(format!("{sent}: got {got:?}"));
+        }
+        if r.header("connection").as_deref() == Some("close") {
+            c = s.client();
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_eq!(api.paths(), want_api, "api backend");
+    assert_eq!(admin.paths(), want_admin, "admin backend");
+    assert_eq!(s.backend.paths(), want_default, "default backend");
+}

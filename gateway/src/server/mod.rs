@@ -199,14 +199,6 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
 }
 
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
-    // Listener-level settings cannot change on reload.
-    let max = w
-        .shared
-        .published
-        .current()
-        .cfg
-        .runtime
-        .max_connections_per_worker;
     let mut last_warning: Option<Instant> = None;
     let mut failures = 0u64;
     loop {
@@ -229,8 +221,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 continue;
             }
         };
-        if w.active.get() >= max {
-            tracing::debug!("{peer}: worker at max_connections_per_worker ({max}), closing");
+        if w.full(peer) {
             drop(stream);
             continue;
         }
@@ -245,11 +236,6 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 continue;
             }
         }
-        let w2 = w.clone();
-        w.active.set(w.active.get() + 1);
-        tokio_uring::spawn(async move {
-            connection::serve(w2.clone(), stream, peer).await;
-            w2.active.set(w2.active.get() - 1);
-        });
+        w.spawn_connection(|w| connection::serve(w, stream, peer));
     }
 }

@@ -14,13 +14,6 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use crate::{http::MAX_HEADERS, worker::Worker};
 
 pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
-    let max = w
-        .shared
-        .published
-        .current()
-        .cfg
-        .runtime
-        .max_connections_per_worker;
     loop {
         let accepted = listener.accept().await;
         if w.shared.stopping.load(Ordering::Relaxed) {
@@ -32,17 +25,11 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
         };
         // Redirects share the worker's connection cap and its shutdown
         // accounting with HTTPS connections.
-        if w.active.get() >= max {
-            tracing::debug!("{peer}: worker at max_connections_per_worker ({max}), closing");
+        if w.full(peer) {
             drop(stream);
             continue;
         }
-        let w2 = w.clone();
-        w.active.set(w.active.get() + 1);
-        tokio_uring::spawn(async move {
-            redirect(&w2, stream).await;
-            w2.active.set(w2.active.get() - 1);
-        });
+        w.spawn_connection(|w| async move { redirect(&w, stream).await });
     }
 }
 

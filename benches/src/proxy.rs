@@ -353,6 +353,7 @@ servers = ["127.0.0.1:{BACKEND_PORT}"]
 idle_per_server = 256
 [[routes]]
 upstream = "backend"
+auth = "none"
 [xdp]
 enabled = false
 "#,

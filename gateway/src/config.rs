@@ -42,6 +42,9 @@ pub enum ConfigError {
     },
 }
 
+/// Most distinct roles across all routes (they are bits of a `u64`).
+const MAX_ROLES: usize = 64;
+
 /// Most `upstreams[].retries`: each retry can repeat a request's effect.
 const MAX_RETRIES: u32 = 5;
 
@@ -73,6 +76,50 @@ struct File {
     xdp: XdpFile,
     #[serde(default)]
     policy: PolicyFile,
+    #[serde(default)]
+    auth: AuthFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    #[serde(default)]
+    key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_key_header")]
+    key_header: Spanned<String>,
+    #[serde(default = "default_consumer_header")]
+    consumer_header: Spanned<String>,
+    #[serde(default = "default_roles_header")]
+    roles_header: Spanned<String>,
+}
+
+impl Default for AuthFile {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            key_header: default_key_header(),
+            consumer_header: default_consumer_header(),
+            roles_header: default_roles_header(),
+        }
+    }
+}
+
+fn default_key_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-api-key".into())
+}
+fn default_consumer_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-consumer-id".into())
+}
+fn default_roles_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-consumer-roles".into())
+}
+
+/// A route's `auth` as written: `"none"` or a list of authenticators.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AuthList {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -206,6 +253,8 @@ impl Default for LogFile {
 #[serde(deny_unknown_fields)]
 struct DemoFile {
     listen: SocketAddr,
+    #[serde(default)]
+    api_key: bool,
 }
 
 /// How an upstream spreads requests over its servers.
@@ -264,6 +313,12 @@ struct RouteFile {
     upstream: Spanned<String>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    auth: Option<Spanned<AuthList>>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    consumers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +509,11 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Address of the built-in demo backend, when it should run.
     pub demo: Option<SocketAddr>,
+    /// Generate a demo consumer and key (in the state directory) when no
+    /// `auth.key_file` is given.
+    pub demo_api_key: bool,
+    /// Authentication settings.
+    pub auth: AuthSettings,
     /// One access-log line per request.
     pub access_log: bool,
     /// Upstreams by position; routes refer to them by index.
@@ -554,6 +614,42 @@ pub struct RouteSettings {
     pub upstream: usize,
     /// Largest request body for this route.
     pub max_body_bytes: u64,
+    /// Who may call it.
+    pub auth: RouteAuth,
+    /// Roles the caller must hold, every one of them.
+    pub roles: Vec<String>,
+    /// Consumers allowed (empty: any authenticated caller).
+    pub consumers: Vec<String>,
+}
+
+/// How a route authenticates callers. Public is written out in the file
+/// (`auth = "none"`), never implied by a missing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Anyone, unauthenticated.
+    Public,
+    /// A caller proven by one of these.
+    Required(Vec<Authenticator>),
+}
+
+/// A way a caller proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticator {
+    /// An API key from the key file, in `auth.key_header`.
+    ApiKey,
+}
+
+/// Validated `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The consumers and their key hashes (re-read when it changes).
+    pub key_file: Option<PathBuf>,
+    /// Request header holding the API key (lower case).
+    pub key_header: String,
+    /// Header the upstream gets the consumer id in (lower case).
+    pub consumer_header: String,
+    /// Header the upstream gets the consumer's roles in (lower case).
+    pub roles_header: String,
 }
 
 /// Validated `[xdp]` section.
@@ -605,29 +701,8 @@ impl Config {
 
     /// Parses and validates `text`, naming it `file` in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
-            ConfigError::Invalid {
-                file: file.to_owned(),
-                line: span.map_or(1, |s| line_of(text, s.start)),
-                key: if key.is_empty() || key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                message,
-            }
-        };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
-        let raw: File = serde_path_to_error::deserialize(de).map_err(|e| {
-            // Spanned<T> wraps the value in a private field; keep the key clean.
-            let key = e
-                .path()
-                .to_string()
-                .replace(".$__serde_spanned_private_value", "");
-            let inner = e.into_inner();
-            invalid(inner.span(), key, inner.message().to_owned())
-        })?;
+        let invalid = located(text, file);
+        let raw: File = parse_toml(text, file)?;
 
         let xdp = &raw.xdp;
         let interface = if xdp.interface.get_ref() == "auto" {
@@ -719,68 +794,30 @@ impl Config {
                 retries: *u.retries.get_ref(),
             });
         }
+        let auth = auth_settings(&raw.auth, file, &invalid)?;
+        let has_keys = auth.key_file.is_some() || raw.demo.as_ref().is_some_and(|d| d.api_key);
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
-            let path = match (&r.path, &r.path_prefix) {
-                (Some(_), Some(p)) => {
-                    return Err(invalid(
-                        Some(p.span()),
-                        format!("routes[{i}].path_prefix"),
-                        "give `path` or `path_prefix`, not both".into(),
-                    ));
-                }
-                (Some(p), None) => (PathMatch::Exact(p.get_ref().clone()), p.span()),
-                (None, Some(p)) => {
-                    // Matching is per segment: `/api/` means `/api`.
-                    let v = p.get_ref();
-                    let trimmed = v.trim_end_matches('/');
-                    let v = if trimmed.is_empty() { "/" } else { trimmed };
-                    (PathMatch::Prefix(v.to_owned()), p.span())
-                }
-                (None, None) => (PathMatch::Prefix("/".into()), r.upstream.span()),
-            };
-            let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path.0;
-            if !p.starts_with('/') {
-                return Err(invalid(
-                    Some(path.1),
-                    format!("routes[{i}].path"),
-                    format!("`{p}` must start with /"),
-                ));
-            }
-            let mut methods = Vec::new();
-            for m in &r.methods {
-                let v = m.get_ref();
-                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err(invalid(
-                        Some(m.span()),
-                        format!("routes[{i}].methods"),
-                        format!("`{v}` is not a method (use upper case, e.g. GET)"),
-                    ));
-                }
-                methods.push(v.clone());
-            }
-            let host = match &r.host {
-                None => None,
-                Some(h) => Some(
-                    route_host(h.get_ref())
-                        .map_err(|m| invalid(Some(h.span()), format!("routes[{i}].host"), m))?,
+            let max_body = raw.limits.max_body_bytes;
+            routes.push(compile_route(
+                i, r, &upstreams, max_body, has_keys, &invalid,
+            )?);
+        }
+        let mut roles: Vec<&str> = routes
+            .iter()
+            .flat_map(|r| r.roles.iter().map(String::as_str))
+            .collect();
+        roles.sort_unstable();
+        roles.dedup();
+        if roles.len() > MAX_ROLES {
+            return Err(invalid(
+                None,
+                "routes".into(),
+                format!(
+                    "{} distinct roles across routes, at most {MAX_ROLES}",
+                    roles.len()
                 ),
-            };
-            let target = r.upstream.get_ref();
-            let Some(upstream) = upstreams.iter().position(|u| &u.name == target) else {
-                return Err(invalid(
-                    Some(r.upstream.span()),
-                    format!("routes[{i}].upstream"),
-                    format!("no upstream named `{target}`"),
-                ));
-            };
-            routes.push(RouteSettings {
-                host,
-                path: path.0,
-                methods,
-                upstream,
-                max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
-            });
+            ));
         }
         let hsts = match &raw.proxy.hsts {
             Some(h) if h.get_ref().is_empty() => None,
@@ -864,7 +901,9 @@ impl Config {
                 underscores_in_headers: raw.proxy.underscores_in_headers,
                 encoded_slashes: raw.proxy.encoded_slashes,
             },
-            demo: raw.demo.map(|d| d.listen),
+            demo: raw.demo.as_ref().map(|d| d.listen),
+            demo_api_key: raw.demo.as_ref().is_some_and(|d| d.api_key),
+            auth,
             access_log: raw.log.access,
             upstreams,
             routes,
@@ -888,6 +927,192 @@ impl Config {
     }
 }
 
+/// Builds a [`ConfigError::Invalid`] from a span, a key and a message.
+type Invalid<'a> = dyn Fn(Option<std::ops::Range<usize>>, String, String) -> ConfigError + 'a;
+
+/// One `[[routes]]` entry, validated.
+fn compile_route(
+    i: usize,
+    r: &RouteFile,
+    upstreams: &[UpstreamSettings],
+    default_max_body: u64,
+    has_keys: bool,
+    invalid: &Invalid<'_>,
+) -> Result<RouteSettings, ConfigError> {
+    let path = match (&r.path, &r.path_prefix) {
+        (Some(_), Some(p)) => {
+            return Err(invalid(
+                Some(p.span()),
+                format!("routes[{i}].path_prefix"),
+                "give `path` or `path_prefix`, not both".into(),
+            ));
+        }
+        (Some(p), None) => (PathMatch::Exact(p.get_ref().clone()), p.span()),
+        (None, Some(p)) => {
+            // Matching is per segment: `/api/` means `/api`.
+            let v = p.get_ref();
+            let trimmed = v.trim_end_matches('/');
+            let v = if trimmed.is_empty() { "/" } else { trimmed };
+            (PathMatch::Prefix(v.to_owned()), p.span())
+        }
+        (None, None) => (PathMatch::Prefix("/".into()), r.upstream.span()),
+    };
+    let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path.0;
+    if !p.starts_with('/') {
+        return Err(invalid(
+            Some(path.1),
+            format!("routes[{i}].path"),
+            format!("`{p}` must start with /"),
+        ));
+    }
+    let mut methods = Vec::new();
+    for m in &r.methods {
+        let v = m.get_ref();
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(
+                Some(m.span()),
+                format!("routes[{i}].methods"),
+                format!("`{v}` is not a method (use upper case, e.g. GET)"),
+            ));
+        }
+        methods.push(v.clone());
+    }
+    let host = match &r.host {
+        None => None,
+        Some(h) => Some(
+            route_host(h.get_ref())
+                .map_err(|m| invalid(Some(h.span()), format!("routes[{i}].host"), m))?,
+        ),
+    };
+    let target = r.upstream.get_ref();
+    let Some(upstream) = upstreams.iter().position(|u| &u.name == target) else {
+        return Err(invalid(
+            Some(r.upstream.span()),
+            format!("routes[{i}].upstream"),
+            format!("no upstream named `{target}`"),
+        ));
+    };
+    let auth = route_auth(i, r, has_keys, invalid)?;
+    Ok(RouteSettings {
+        host,
+        path: path.0,
+        methods,
+        upstream,
+        max_body_bytes: r.max_body_bytes.unwrap_or(default_max_body),
+        auth,
+        roles: r.roles.clone(),
+        consumers: r.consumers.clone(),
+    })
+}
+
+/// A route's `auth`, required on every route: a public route says so.
+fn route_auth(
+    i: usize,
+    r: &RouteFile,
+    has_keys: bool,
+    invalid: &Invalid<'_>,
+) -> Result<RouteAuth, ConfigError> {
+    let key = format!("routes[{i}].auth");
+    let Some(auth) = &r.auth else {
+        return Err(invalid(
+            Some(r.upstream.span()),
+            key,
+            "missing: every route says who may call it: `auth = \"none\"` for a public \
+             route, or e.g. `auth = [\"api_key\"]`"
+                .into(),
+        ));
+    };
+    let names: Vec<&str> = match auth.get_ref() {
+        AuthList::One(s) if s == "none" => {
+            if !r.roles.is_empty() || !r.consumers.is_empty() {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "a public route (`auth = \"none\"`) cannot require roles or consumers".into(),
+                ));
+            }
+            return Ok(RouteAuth::Public);
+        }
+        AuthList::One(s) => vec![s.as_str()],
+        AuthList::Many(v) => v.iter().map(String::as_str).collect(),
+    };
+    let mut list = Vec::new();
+    for name in names {
+        let a = match name {
+            "api_key" if has_keys => Authenticator::ApiKey,
+            "api_key" => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "`api_key` needs `auth.key_file` (consumers and their key hashes)".into(),
+                ));
+            }
+            "none" => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "`none` stands alone: `auth = \"none\"`".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    format!("unknown authenticator `{other}` (known: api_key)"),
+                ));
+            }
+        };
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+    if list.is_empty() {
+        return Err(invalid(
+            Some(auth.span()),
+            key,
+            "empty: name an authenticator, or `auth = \"none\"`".into(),
+        ));
+    }
+    Ok(RouteAuth::Required(list))
+}
+
+/// `[auth]`, validated: header names are tokens, stored lower case; a
+/// relative key file is relative to the configuration file.
+fn auth_settings(
+    a: &AuthFile,
+    file: &str,
+    invalid: &Invalid<'_>,
+) -> Result<AuthSettings, ConfigError> {
+    let header = |h: &Spanned<String>, key: &str| {
+        let v = h.get_ref();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(invalid(
+                Some(h.span()),
+                key.into(),
+                format!("`{v}` is not a header name"),
+            ));
+        }
+        Ok(v.to_ascii_lowercase())
+    };
+    let key_file = a.key_file.as_ref().map(|p| {
+        let p = p.get_ref();
+        match Path::new(file).parent() {
+            Some(dir) if p.is_relative() && !file.starts_with('<') => dir.join(p),
+            _ => p.clone(),
+        }
+    });
+    Ok(AuthSettings {
+        key_file,
+        key_header: header(&a.key_header, "auth.key_header")?,
+        consumer_header: header(&a.consumer_header, "auth.consumer_header")?,
+        roles_header: header(&a.roles_header, "auth.roles_header")?,
+    })
+}
+
 /// A route's host: a name or IP literal, matched without the request's
 /// port. A port here could never match, so it is an error, not a silent miss.
 fn route_host(h: &str) -> Result<String, String> {
@@ -903,6 +1128,42 @@ fn route_host(h: &str) -> Result<String, String> {
             "`{h}` has a port; routes match the host without its port (any port reaches the listener)"
         )),
     }
+}
+
+/// Makes errors located in `text`: `file:line: key: message`.
+pub(crate) fn located<'a>(
+    text: &'a str,
+    file: &'a str,
+) -> impl Fn(Option<std::ops::Range<usize>>, String, String) -> ConfigError + 'a {
+    move |span, key, message| ConfigError::Invalid {
+        file: file.to_owned(),
+        line: span.map_or(1, |s| line_of(text, s.start)),
+        key: if key.is_empty() || key == "." {
+            "(top level)".into()
+        } else {
+            key
+        },
+        message,
+    }
+}
+
+/// Parses TOML into `T`, every error located in the file.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    let invalid = located(text, file);
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // Spanned<T> wraps the value in a private field; keep the key clean.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        invalid(inner.span(), key, inner.message().to_owned())
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

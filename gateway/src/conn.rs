@@ -126,7 +126,13 @@ impl Conn {
     pub async fn send_failure(&mut self, f: Failure, keep: bool) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        respond::write_failure(&mut out, f, !keep, self.snap.filters.lines());
+        // RFC 9110 §15.5.2: a 401 says how to authenticate.
+        let challenge: &[u8] = if f.status == 401 {
+            &self.snap.challenge
+        } else {
+            b""
+        };
+        respond::write_failure(&mut out, f, !keep, &[self.snap.filters.lines(), challenge]);
         let _ = self.tls.send(&[&out]).await;
         self.out = out;
     }

@@ -50,17 +50,19 @@ fn serve(mut conn: TcpStream) {
         let (reply, used, keep, framing) = loop {
             match http::request::parse(&buf, &mut hdrs, &limits) {
                 Ok(Some(h)) => {
-                    let xff = h
-                        .headers
-                        .iter()
-                        .find(|x| x.name.eq_ignore_ascii_case("x-forwarded-for"))
-                        .map(|x| String::from_utf8_lossy(x.value).into_owned())
-                        .unwrap_or_default();
+                    let field = |name: &str| {
+                        h.headers
+                            .iter()
+                            .find(|x| x.name.eq_ignore_ascii_case(name))
+                            .map(|x| String::from_utf8_lossy(x.value).replace('"', ""))
+                            .unwrap_or_default()
+                    };
                     let reply = format!(
-                        "{{\"service\":\"demo\",\"method\":\"{}\",\"path\":\"{}\",\"x_forwarded_for\":\"{}\"",
+                        "{{\"service\":\"demo\",\"method\":\"{}\",\"path\":\"{}\",\"x_forwarded_for\":\"{}\",\"consumer\":\"{}\"",
                         h.method,
                         h.path().replace('"', "%22"),
-                        xff.replace('"', "")
+                        field("x-forwarded-for"),
+                        field("x-consumer-id"),
                     );
                     break (reply, h.len, h.keep_alive, h.framing);
                 }

@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod demo;
 pub mod enforce;
 pub mod fdlimit;
@@ -25,6 +26,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod stages;
 pub mod tls;
 pub mod worker;
 pub mod xdp;

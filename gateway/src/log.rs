@@ -7,6 +7,8 @@ use std::{net::SocketAddr, time::Duration};
 pub struct AccessRecord<'a> {
     /// The client.
     pub peer: SocketAddr,
+    /// The consumer id, `-` when anonymous.
+    pub consumer: &'a str,
     /// Method.
     pub method: &'a str,
     /// Path and query.
@@ -29,8 +31,9 @@ pub struct AccessRecord<'a> {
 pub fn access(r: &AccessRecord<'_>) {
     tracing::info!(
         target: "access",
-        "{} \"{} {}\" {} {} upstream={} {}us {}B w{}",
+        "{} {} \"{} {}\" {} {} upstream={} {}us {}B w{}",
         r.peer.ip(),
+        r.consumer,
         r.method,
         r.target,
         r.status,

@@ -10,10 +10,12 @@ use std::{
 use clap::{Parser, Subcommand};
 use gateway::{
     clock::{Clock, Monotonic},
-    config::Config,
+    config::{Authenticator, Config, RouteAuth},
+    control::{self, AuthFailures, Events, KeyWatch},
     enforce::Enforcement,
     server::Server,
     snapshot::{Published, Snapshot},
+    stages::auth::api_key::{self, KeyRing},
     tls,
     worker::Shared,
 };
@@ -43,6 +45,29 @@ enum Cmd {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Make and hash API keys for the key file (`auth.key_file`).
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Print a fresh key once, and the lines to add to the key file.
+    New {
+        /// The consumer the key is for.
+        #[arg(long)]
+        consumer: String,
+        /// Roles of a new consumer, comma-separated (for the printed lines).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// When the key stops working, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Read a key from standard input and print the line the key file stores.
+    Hash,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +88,7 @@ fn main() -> ExitCode {
             print!("{}", gateway::config::EMBEDDED_DEFAULT);
             Ok(())
         }
+        Cmd::Keys { cmd } => keys(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,32 +136,15 @@ fn check(cfg: &Config) -> Result<(), String> {
         };
         println!("certificate {} for {names}", c.cert.display());
     }
-    println!("routes (first match wins):");
-    for r in &cfg.routes {
-        let path = match &r.path {
-            gateway::config::PathMatch::Exact(p) => format!("path = {p}"),
-            gateway::config::PathMatch::Prefix(p) => format!("prefix {p}"),
-        };
-        let methods = if r.methods.is_empty() {
-            "any method".to_owned()
-        } else {
-            r.methods.join(",")
-        };
-        let u = &cfg.upstreams[r.upstream];
+    print_routes(cfg);
+    if let Some(path) = &cfg.auth.key_file {
+        let keys = KeyRing::load(path).map_err(|e| e.to_string())?;
         println!(
-            "  host {} {path} {methods} -> {} [{}] max body {} B",
-            r.host.as_deref().unwrap_or("*"),
-            u.name,
-            u.servers
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            r.max_body_bytes
+            "key file {}: {} consumers, {} keys",
+            path.display(),
+            keys.consumers().len(),
+            keys.key_count()
         );
-    }
-    if cfg.routes.is_empty() {
-        println!("  (none: every request gets 404)");
     }
     println!(
         "XDP: {} on {} (mode {})",
@@ -180,6 +189,148 @@ fn check(cfg: &Config) -> Result<(), String> {
             .collect::<Vec<_>>()
     );
     Ok(())
+}
+
+/// The route table as `check` prints it, public routes called out.
+fn print_routes(cfg: &Config) {
+    println!("routes (first match wins):");
+    for r in &cfg.routes {
+        let path = match &r.path {
+            gateway::config::PathMatch::Exact(p) => format!("path = {p}"),
+            gateway::config::PathMatch::Prefix(p) => format!("prefix {p}"),
+        };
+        let methods = if r.methods.is_empty() {
+            "any method".to_owned()
+        } else {
+            r.methods.join(",")
+        };
+        let auth = match &r.auth {
+            RouteAuth::Public => "PUBLIC".to_owned(),
+            RouteAuth::Required(list) => {
+                let mut s = list
+                    .iter()
+                    .map(|a| match a {
+                        Authenticator::ApiKey => "api_key",
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|");
+                if !r.roles.is_empty() {
+                    s.push_str(&format!(" roles {}", r.roles.join("+")));
+                }
+                if !r.consumers.is_empty() {
+                    s.push_str(&format!(" consumers {}", r.consumers.join(",")));
+                }
+                s
+            }
+        };
+        let u = &cfg.upstreams[r.upstream];
+        let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
+        println!(
+            "  host {} {path} {methods} auth {auth} -> {} [{}] max body {} B",
+            r.host.as_deref().unwrap_or("*"),
+            u.name,
+            servers.join(", "),
+            r.max_body_bytes
+        );
+    }
+    if cfg.routes.is_empty() {
+        println!("  (none: every request gets 404)");
+    }
+    let public: Vec<String> = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.auth == RouteAuth::Public)
+        .map(|(i, _)| format!("routes[{i}]"))
+        .collect();
+    if public.is_empty() {
+        println!("public routes: none");
+    } else {
+        println!("public routes (auth = \"none\"): {}", public.join(", "));
+    }
+}
+
+/// `gateway keys new|hash`.
+fn keys(cmd: KeysCmd) -> Result<(), String> {
+    match cmd {
+        KeysCmd::New {
+            consumer,
+            roles,
+            expires,
+        } => {
+            let key = api_key::generate()?;
+            println!("key (shown once; give it to {consumer} and keep no copy):\n{key}\n");
+            println!(
+                "key file lines (a new consumer; for an existing one add only the [[consumers.keys]] table):"
+            );
+            println!("[[consumers]]\nid = \"{consumer}\"");
+            let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+            println!("roles = [{}]", roles.join(", "));
+            println!("[[consumers.keys]]");
+            println!("hash = \"{}\"", api_key::hash_line(&key));
+            println!("prefix = \"{}\"", api_key::shown_prefix(&key));
+            if let Some(e) = expires {
+                println!("expires = {e}");
+            }
+            Ok(())
+        }
+        KeysCmd::Hash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("reading the key from standard input: {e}"))?;
+            let key = line.trim_end_matches(['\r', '\n']);
+            if key.is_empty() {
+                return Err("no key on standard input".into());
+            }
+            println!("hash = \"{}\"", api_key::hash_line(key));
+            println!("prefix = \"{}\"", api_key::shown_prefix(key));
+            Ok(())
+        }
+    }
+}
+
+/// The demo consumer of the embedded default: a key file and the key itself
+/// in the state directory, made on first run. The key is kept in clear only
+/// for this demo, so it can be printed at every start.
+fn demo_keys(cfg: &mut Config) -> Result<Option<String>, String> {
+    if !cfg.demo_api_key || cfg.auth.key_file.is_some() {
+        return Ok(None);
+    }
+    let dir = tls::state_dir();
+    let key_path = dir.join("demo-api-key");
+    let file = dir.join("demo-consumers.toml");
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(k) if file.is_file() => k.trim().to_owned(),
+        _ => {
+            let key = api_key::generate()?;
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let text = format!(
+                "# The embedded default's demo consumer (made by `gateway run`).\n\
+                 [[consumers]]\nid = \"demo\"\nroles = [\"reader\"]\n\
+                 [[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
+                api_key::hash_line(&key),
+                api_key::shown_prefix(&key)
+            );
+            write_private(&file, &text)?;
+            write_private(&key_path, &key)?;
+            key
+        }
+    };
+    cfg.auth.key_file = Some(file);
+    Ok(Some(key))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// The certificates to serve: the configured ones, or the self-signed one
@@ -260,14 +411,24 @@ fn fit_connections(cfg: &mut Config) {
 
 fn run(mut cfg: Config) -> Result<(), String> {
     fit_connections(&mut cfg);
-    // Block the stop signals before anything else so they are only ever
-    // taken by the wait below, never by default handlers mid-attach.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGINT);
-    stop.add(Signal::SIGTERM);
-    stop.thread_block()
+    // Block the signals before anything else so they are only ever taken
+    // by the wait below, never by default handlers mid-attach.
+    let mut signals = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(sig);
+    }
+    signals
+        .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
 
+    let demo_key = demo_keys(&mut cfg)?;
+    // Stamped before the first read: a change made while starting is
+    // seen at the first tick (at worst one needless reload).
+    let key_watch = cfg.auth.key_file.as_deref().map(KeyWatch::new);
+    let keys = match &cfg.auth.key_file {
+        Some(path) => KeyRing::load(path).map_err(|e| e.to_string())?,
+        None => KeyRing::default(),
+    };
     let certs = certificates(&cfg, true)?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     let mut enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
@@ -275,65 +436,35 @@ fn run(mut cfg: Config) -> Result<(), String> {
     for line in enforcement.describe(&cfg) {
         tracing::info!("{line}");
     }
+    if let Some(path) = &cfg.auth.key_file {
+        tracing::info!(
+            "key file {}: {} consumers, {} keys (re-read when it changes and on SIGHUP)",
+            path.display(),
+            keys.consumers().len(),
+            keys.key_count()
+        );
+    }
     if let Some(addr) = cfg.demo {
         let local =
             gateway::demo::start(addr).map_err(|e| format!("demo backend on {addr}: {e}"))?;
         tracing::info!("demo backend on http://{local}");
     }
+    let (events, rx) = Events::new();
     let shared = Arc::new(Shared {
-        published: Published::new(Snapshot::new(cfg.clone(), tls_config)),
+        published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys))),
         source_policy: enforcement.userspace_policy(),
         stopping: AtomicBool::new(false),
+        events,
     });
-    let server = Server::start(shared).map_err(|e| e.to_string())?;
-    tracing::info!(
-        "serving https://{} with {} workers",
-        cfg.https,
-        cfg.runtime.workers
-    );
-    if cfg.tls.certificates.is_empty()
-        && let Some((cert, _, _)) = certs.first()
-    {
-        tracing::info!(
-            "try: curl --cacert {} https://{}/",
-            cert.display(),
-            cfg.https
-        );
-    }
-    if cfg.redirect_plain_http {
-        tracing::info!(
-            "plain HTTP on port {} answers 308 to HTTPS",
-            cfg.plain_http_port
-        );
-    }
-    tracing::info!("running; Ctrl-C or SIGTERM stops and detaches");
+    let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
+    announce(&cfg, &certs, demo_key.as_deref());
+    let mut control = Control {
+        keys: key_watch,
+        failures: AuthFailures::default(),
+        rx,
+    };
+    serve_until_stopped(&cfg, &signals, &shared, &mut enforcement, &mut control);
 
-    let tick = Duration::from_millis(cfg.xdp.sweep_interval_ms);
-    let stats_every = Duration::from_secs(cfg.xdp.stats_interval_secs);
-    let mut since_stats = Duration::ZERO;
-    let mut last = None;
-    let clock = Monotonic;
-    loop {
-        if let Some(sig) = wait_for(&stop, tick) {
-            tracing::info!("{sig} received: stopping");
-            break;
-        }
-        match enforcement.sweep(clock.now_ns()) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} expired verdicts"),
-            Err(e) => tracing::warn!("sweeping verdicts: {e}"),
-        }
-        since_stats += tick;
-        if !stats_every.is_zero() && since_stats >= stats_every {
-            since_stats = Duration::ZERO;
-            if let Some(Ok(c)) = enforcement.counters()
-                && last != Some(c)
-            {
-                tracing::info!("xdp counters: {c}");
-                last = Some(c);
-            }
-        }
-    }
     let grace = Duration::from_millis(cfg.limits.shutdown_grace_ms);
     tracing::info!("stopping: no new connections, in-flight requests get {grace:?}");
     server.stop(grace);
@@ -349,6 +480,115 @@ fn run(mut cfg: Config) -> Result<(), String> {
         tracing::info!("XDP detached from {iface}");
     }
     Ok(())
+}
+
+/// What the start-up log tells a new user to try.
+fn announce(cfg: &Config, certs: &[(PathBuf, PathBuf, Vec<String>)], demo_key: Option<&str>) {
+    tracing::info!(
+        "serving https://{} with {} workers",
+        cfg.https,
+        cfg.runtime.workers
+    );
+    if cfg.tls.certificates.is_empty()
+        && let Some((cert, _, _)) = certs.first()
+    {
+        let base = format!("curl --cacert {} https://{}", cert.display(), cfg.https);
+        match demo_key {
+            Some(key) => {
+                tracing::info!("try (public): {base}/public/hello");
+                tracing::info!(
+                    "try (demo consumer's API key): {base}/api/hello -H 'x-api-key: {key}'"
+                );
+                tracing::info!("try (no key: 401): {base}/api/hello");
+            }
+            None => tracing::info!("try: {base}/"),
+        }
+    }
+    if cfg.redirect_plain_http {
+        tracing::info!(
+            "plain HTTP on port {} answers 308 to HTTPS",
+            cfg.plain_http_port
+        );
+    }
+    tracing::info!("running; Ctrl-C or SIGTERM stops and detaches, SIGHUP re-reads the key file");
+}
+
+/// The main thread's side: the control work of `gateway::control`.
+struct Control {
+    keys: Option<KeyWatch>,
+    failures: AuthFailures,
+    rx: std::sync::mpsc::Receiver<control::Event>,
+}
+
+/// Ticks until SIGINT or SIGTERM: sweeps verdicts, reloads the key file,
+/// counts events, logs counters.
+fn serve_until_stopped(
+    cfg: &Config,
+    signals: &SigSet,
+    shared: &Shared,
+    enforcement: &mut Enforcement,
+    control: &mut Control,
+) {
+    let tick = Duration::from_millis(cfg.xdp.sweep_interval_ms);
+    let stats_every = Duration::from_secs(cfg.xdp.stats_interval_secs);
+    let mut since_stats = Duration::ZERO;
+    let mut last = None;
+    let clock = Monotonic;
+    loop {
+        let sig = wait_for(signals, tick);
+        if let Some(sig @ (Signal::SIGINT | Signal::SIGTERM)) = sig {
+            tracing::info!("{sig} received: stopping");
+            return;
+        }
+        if let Some(watch) = &mut control.keys {
+            let hup = sig == Some(Signal::SIGHUP);
+            if hup {
+                tracing::info!("SIGHUP received: re-reading the key file");
+            }
+            watch.poll(&shared.published, hup);
+        }
+        control::drain(&control.rx, &mut control.failures);
+        match enforcement.sweep(clock.now_ns()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} expired verdicts"),
+            Err(e) => tracing::warn!("sweeping verdicts: {e}"),
+        }
+        since_stats += tick;
+        if !stats_every.is_zero() && since_stats >= stats_every {
+            since_stats = Duration::ZERO;
+            if let Some(Ok(c)) = enforcement.counters()
+                && last != Some(c)
+            {
+                tracing::info!("xdp counters: {c}");
+                last = Some(c);
+            }
+            log_auth_failures(&mut control.failures, stats_every);
+        }
+    }
+}
+
+/// One line naming the sources that failed authentication lately.
+fn log_auth_failures(failures: &mut AuthFailures, window: Duration) {
+    let recent = failures.take_recent();
+    if recent.is_empty() {
+        return;
+    }
+    let top: Vec<String> = recent
+        .iter()
+        .take(5)
+        .map(|(ip, n)| format!("{ip} x{n} (total {})", failures.count(*ip)))
+        .collect();
+    let more = recent.len().saturating_sub(5);
+    tracing::warn!(
+        "auth failures in the last {}s: {}{}",
+        window.as_secs(),
+        top.join(", "),
+        if more > 0 {
+            format!(" and {more} more sources")
+        } else {
+            String::new()
+        }
+    );
 }
 
 /// Waits up to `timeout` for one of `set`; returns the signal taken.

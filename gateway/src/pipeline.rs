@@ -15,11 +15,16 @@ use std::{net::SocketAddr, time::Instant};
 use crate::{
     config::Underscores,
     conn::{self, Conn},
+    control::Event,
     http::{self, Framing, HttpError, MAX_HEADERS, chunked, request::HeadLimits},
     log::{self, AccessRecord},
     proxy::{self, Admitted, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
+    stages::{
+        auth::{self, Identity},
+        authz,
+    },
     worker::Worker,
 };
 
@@ -37,6 +42,8 @@ pub struct Ctx {
     pub upstream: Option<SocketAddr>,
     /// Response body bytes sent.
     pub bytes: u64,
+    /// Who called, once authenticated.
+    pub identity: Identity,
 }
 
 impl Ctx {
@@ -48,6 +55,7 @@ impl Ctx {
             reason: "-",
             upstream: None,
             bytes: 0,
+            identity: Identity::Anonymous,
         }
     }
 
@@ -79,6 +87,15 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         Err(r) => {
             c.consume(r.head_len);
             let keep = r.keep && !w.stopping();
+            if r.failure.status == 401 {
+                // IPv4-mapped IPv6 counts as the IPv4 address.
+                let ip = c.peer.ip();
+                let source = match ip {
+                    std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
+                    v4 => v4,
+                };
+                w.shared.events.report(Event::AuthFailed { source });
+            }
             c.send_failure(r.failure, keep).await;
             ctx.failed(r.failure, None);
             keep
@@ -154,7 +171,17 @@ fn admit_head(c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
     if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
         return Err(refuse(Failure::BODY_TOO_LARGE, false));
     }
-    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, p.snap);
+    let snap = p.snap;
+    let caller = auth::authenticate(&route.auth, &head, &snap.cfg.auth, &snap.keys)
+        .map_err(|f| refuse(f, head.keep_alive))?;
+    let who = caller.identity();
+    ctx.identity = who;
+    let have = match who {
+        Identity::Consumer(i) => snap.consumer_roles[i],
+        Identity::Anonymous => 0,
+    };
+    authz::authorize(&snap.rules[index], who, have).map_err(|f| refuse(f, head.keep_alive))?;
+    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, who, snap);
     let plan = Plan {
         upstream: route.upstream,
         framing: head.framing,
@@ -165,7 +192,7 @@ fn admit_head(c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
         retryable: head.is_idempotent() && !head.framing.has_body(),
         http10: head.minor == 0,
     };
-    Ok(Admitted::new(plan, head.len))
+    Ok(Admitted::new(plan, head.len, caller))
 }
 
 /// The body stages, then the upstream.
@@ -257,8 +284,14 @@ fn record(w: &Worker, c: &Conn, ctx: &Ctx) {
     if !c.snap().cfg.access_log {
         return;
     }
+    let snap = c.snap();
+    let consumer = match ctx.identity {
+        Identity::Consumer(i) => snap.keys.consumer(i).id.as_str(),
+        Identity::Anonymous => "-",
+    };
     log::access(&AccessRecord {
         peer: c.peer,
+        consumer,
         method: if c.method.is_empty() { "-" } else { &c.method },
         target: if c.target.is_empty() { "-" } else { &c.target },
         status: ctx.status,

@@ -29,6 +29,15 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure that is the client's fault, for a stage's own constants.
+    pub const fn client(status: u16, reason: &'static str) -> Self {
+        Self {
+            status,
+            reason,
+            fault: Fault::Client,
+        }
+    }
+
     /// A client protocol error.
     pub fn http(e: HttpError) -> Self {
         Self {
@@ -141,6 +150,8 @@ impl Failure {
     fn word(self) -> &'static str {
         match self.status {
             400 => "bad_request",
+            401 => "unauthorized",
+            403 => "forbidden",
             404 => "not_found",
             405 => "method_not_allowed",
             408 => "request_timeout",
@@ -172,6 +183,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -186,26 +199,47 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// A sentence for the client where the reason code alone would not tell
+/// it what to do (never internal detail).
+fn detail(reason: &str) -> Option<&'static str> {
+    match reason {
+        "auth.key_in_query" => Some(
+            "send the API key in its header, not in the URL: URLs end up in logs, proxies and browser history",
+        ),
+        "auth.ambiguous" => Some("send one credential header, not several"),
+        _ => None,
+    }
+}
+
 /// Writes a complete error response into `out`.
-pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: &[u8]) {
-    // {"error":"<word>","reason":"<reason>"}\n
-    let body_len = 25 + f.word().len() + f.reason.len();
+/// `extra_headers` are complete header lines (the route's response headers,
+/// a 401's challenge).
+pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: &[&[u8]]) {
+    let detail = detail(f.reason);
+    // {"error":"<word>","reason":"<reason>"[,"detail":"<detail>"]}\n
+    let body_len = 25 + f.word().len() + f.reason.len() + detail.map_or(0, |d| 12 + d.len());
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
         f.status,
         reason_phrase(f.status)
     );
-    out.extend_from_slice(extra_headers);
+    for lines in extra_headers {
+        out.extend_from_slice(lines);
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     let _ = write!(
         out,
-        "\r\n{{\"error\":\"{}\",\"reason\":\"{}\"}}\n",
+        "\r\n{{\"error\":\"{}\",\"reason\":\"{}\"",
         f.word(),
         f.reason
     );
+    if let Some(d) = detail {
+        let _ = write!(out, ",\"detail\":\"{d}\"");
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
@@ -215,7 +249,7 @@ mod tests {
     #[test]
     fn failure_body_is_json_with_exact_length() {
         let mut out = Vec::new();
-        write_failure(&mut out, Failure::UPSTREAM_TIMEOUT, true, b"x-a: b\r\n");
+        write_failure(&mut out, Failure::UPSTREAM_TIMEOUT, true, &[b"x-a: b\r\n"]);
         let text = String::from_utf8(out).expect("utf8");
         let (head, body) = text.split_once("\r\n\r\n").expect("head");
         assert!(head.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"));
@@ -226,5 +260,23 @@ mod tests {
             "{\"error\":\"gateway_timeout\",\"reason\":\"upstream.timeout\"}\n"
         );
         assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+
+    #[test]
+    fn a_detail_is_counted_in_the_length() {
+        let mut out = Vec::new();
+        write_failure(
+            &mut out,
+            Failure::client(400, "auth.key_in_query"),
+            false,
+            &[],
+        );
+        let text = String::from_utf8(out).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head");
+        assert!(body.contains("\"detail\":\"send the API key"), "{body}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
     }
 }

@@ -8,10 +8,24 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use crate::{config::Config, filters::ResponseFilters, policy::CidrSet, route::RouteTable};
+use crate::{
+    config::{Config, RouteAuth},
+    filters::ResponseFilters,
+    policy::CidrSet,
+    route::RouteTable,
+    stages::{auth::api_key::KeyRing, authz::Rule},
+};
 
 /// Everything a request needs from the configuration, compiled.
 pub struct Snapshot {
+    /// Consumers and API key hashes (the key file's last good version).
+    pub keys: Arc<KeyRing>,
+    /// Each route's authorization rule, by route index.
+    pub rules: Vec<Rule>,
+    /// Each consumer's role bits, by consumer index.
+    pub consumer_roles: Vec<u64>,
+    /// `www-authenticate` lines for a 401.
+    pub challenge: Vec<u8>,
     /// The validated configuration it was built from.
     pub cfg: Config,
     /// Compiled routes, each with its stage plan.
@@ -25,15 +39,71 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles a configuration with its TLS settings.
-    pub fn new(cfg: Config, tls: Arc<rustls::ServerConfig>) -> Self {
+    /// Compiles a configuration with its TLS settings and key ring.
+    pub fn new(cfg: Config, tls: Arc<rustls::ServerConfig>, keys: Arc<KeyRing>) -> Self {
+        // Role names become bit positions (the configuration allows at most
+        // 64 distinct roles across routes).
+        let mut roles: Vec<&str> = Vec::new();
+        for r in &cfg.routes {
+            for role in &r.roles {
+                if !roles.contains(&role.as_str()) {
+                    roles.push(role);
+                }
+            }
+        }
+        let bits = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|n| roles.iter().position(|r| r == n))
+                .fold(0u64, |acc, i| acc | 1 << i)
+        };
+        let rules = cfg
+            .routes
+            .iter()
+            .map(|r| Rule {
+                need_roles: bits(&r.roles),
+                // Unknown consumer ids simply match nobody (the key file
+                // may not list them yet).
+                consumers: (!r.consumers.is_empty()).then(|| {
+                    keys.consumers()
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| r.consumers.contains(&c.id))
+                        .map(|(i, _)| i)
+                        .collect()
+                }),
+            })
+            .collect();
+        let consumer_roles = keys.consumers().iter().map(|c| bits(&c.roles)).collect();
+        let uses_keys = cfg
+            .routes
+            .iter()
+            .any(|r| matches!(&r.auth, RouteAuth::Required(_)));
+        let challenge = if uses_keys {
+            format!(
+                "www-authenticate: ApiKey realm=\"gateway\", header=\"{}\"\r\n",
+                cfg.auth.key_header
+            )
+            .into_bytes()
+        } else {
+            Vec::new()
+        };
         Self {
+            keys,
+            rules,
+            consumer_roles,
+            challenge,
             routes: RouteTable::new(&cfg.routes),
             trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
             filters: ResponseFilters::new(&cfg),
             tls,
             cfg,
         }
+    }
+
+    /// The same configuration with another version of the key file.
+    pub fn with_keys(&self, keys: Arc<KeyRing>) -> Self {
+        Self::new(self.cfg.clone(), self.tls.clone(), keys)
     }
 }
 

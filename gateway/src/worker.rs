@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use crate::{policy::SourcePolicy, proxy::Upstreams, snapshot::Published};
+use crate::{control::Events, policy::SourcePolicy, proxy::Upstreams, snapshot::Published};
 
 /// Server-wide state shared by all workers.
 pub struct Shared {
@@ -23,6 +23,8 @@ pub struct Shared {
     pub source_policy: Option<Arc<Mutex<SourcePolicy>>>,
     /// Set once on SIGTERM/SIGINT.
     pub stopping: AtomicBool,
+    /// Events for the control side (auth failures).
+    pub events: Events,
 }
 
 /// One worker's state.

@@ -653,3 +653,152 @@ impl Client {
         }
     }
 }
+
+/// A gateway in front of a recording backend, with its certificates.
+pub struct Setup {
+    /// The gateway.
+    pub gw: Gateway,
+    /// The default backend.
+    pub backend: Backend,
+    /// The test CA and leaves.
+    pub certs: Certs,
+    /// The plain-HTTP port.
+    pub plain_port: u16,
+}
+
+/// A gateway with the test config; `extra` goes into `[limits]`.
+pub fn setup(tag: &str, extra: &str) -> Setup {
+    setup_full(tag, extra, "workers = 2", "")
+}
+
+/// `limits` goes into `[limits]`, `runtime` into `[runtime]`, `tail` at the end.
+pub fn setup_full(tag: &str, extra: &str, runtime: &str, tail: &str) -> Setup {
+    setup_with(tag, extra, runtime, "", tail, &[])
+}
+
+/// The short limits the tests use, each left out when `extra` sets it.
+const TEST_LIMITS: [&str; 3] = [
+    "header_timeout_ms = 800",
+    "body_timeout_ms = 3000",
+    "shutdown_grace_ms = 5000",
+];
+
+/// Like [`setup_full`]; `routes` (upstreams and routes) go before the
+/// catch-all routes, and the gateway runs under `wrapper` (e.g. prlimit).
+pub fn setup_with(
+    tag: &str,
+    extra: &str,
+    runtime: &str,
+    routes: &str,
+    tail: &str,
+    wrapper: &[&str],
+) -> Setup {
+    let dir = TempDir::new(tag);
+    let certs = Certs::issue(&dir.0, &["localhost", "api.test", "other.test"]);
+    let backend = Backend::start();
+    let port = free_port();
+    let plain_port = free_port();
+    let closed = free_port();
+    let limits: Vec<&str> = TEST_LIMITS
+        .iter()
+        .copied()
+        .filter(|l| {
+            let key = l.split(' ').next().unwrap_or_default();
+            !extra.lines().any(|e| e.trim_start().starts_with(key))
+        })
+        .collect();
+    let config = format!(
+        r#"
+[listen]
+https = "127.0.0.1:{port}"
+plain_http_port = {plain_port}
+redirect_plain_http = true
+
+[runtime]
+{runtime}
+
+[limits]
+{limits}
+{extra}
+
+{certs}
+
+[[upstreams]]
+name = "backend"
+servers = ["{backend}"]
+response_timeout_ms = 700
+
+[[upstreams]]
+name = "down"
+servers = ["127.0.0.1:{closed}"]
+
+[[upstreams]]
+name = "mixed"
+servers = ["127.0.0.1:{closed}", "{backend}"]
+
+{routes}
+
+[[routes]]
+path_prefix = "/down"
+upstream = "down"
+auth = "none"
+
+[[routes]]
+path_prefix = "/mixed"
+upstream = "mixed"
+auth = "none"
+
+[[routes]]
+path_prefix = "/big"
+upstream = "backend"
+auth = "none"
+max_body_bytes = 104857600
+
+[[routes]]
+path_prefix = "/"
+upstream = "backend"
+auth = "none"
+
+[xdp]
+enabled = false
+
+{tail}
+"#,
+        certs = certs.toml(),
+        backend = backend.addr,
+        limits = limits.join("\n"),
+    );
+    let gw = Gateway::start_under(dir, port, &config, wrapper);
+    Setup {
+        gw,
+        backend,
+        certs,
+        plain_port,
+    }
+}
+
+impl Setup {
+    /// A TLS client for `localhost`.
+    pub fn client(&self) -> Client {
+        self.client_sni("localhost")
+    }
+
+    /// A TLS client asking for `sni`.
+    pub fn client_sni(&self, sni: &str) -> Client {
+        let cfg = client_config(
+            &self.certs.ca,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        );
+        Client::connect(self.gw.port, sni, cfg).expect("TLS connect")
+    }
+}
+
+/// The reason code of an error response body.
+pub fn reason_of(r: &Response) -> String {
+    let body = String::from_utf8_lossy(&r.body);
+    body.split("\"reason\":\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap_or("")
+        .to_owned()
+}

@@ -72,7 +72,9 @@ fn header_injection_and_unmatchable_hosts_are_config_errors() {
         ),
         (
             "host-port.toml",
-            format!("{base}{upstream}[[routes]]\nhost = \"api.test:8443\"\nupstream = \"a\"\n"),
+            format!(
+                "{base}{upstream}[[routes]]\nhost = \"api.test:8443\"\nupstream = \"a\"\nauth = \"none\"\n"
+            ),
             ":9: routes[0].host: `api.test:8443` has a port",
         ),
         (
@@ -96,6 +98,88 @@ fn header_injection_and_unmatchable_hosts_are_config_errors() {
             );
         }
     }
+}
+
+#[test]
+fn keys_new_prints_a_key_once_and_its_hash_matches_keys_hash() {
+    let (code, out, err) = output(&["keys", "new", "--consumer", "alice", "--roles", "admin,ops"]);
+    assert_eq!(code, 0, "{err}");
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("gwk_"))
+        .expect("the key")
+        .to_owned();
+    assert_eq!(key.len(), 47, "{out}");
+    assert!(
+        out.contains("id = \"alice\"\nroles = [\"admin\", \"ops\"]"),
+        "{out}"
+    );
+    let hash_line = out
+        .lines()
+        .find(|l| l.starts_with("hash = "))
+        .expect("hash");
+    // The printed lines make a key file the gateway accepts.
+    let file = write_config(
+        "keys-new.toml",
+        out.split_once("table):\n").expect("lines").1,
+    );
+    let keyring = gateway::stages::auth::api_key::KeyRing::load(&file).expect("valid key file");
+    assert_eq!(keyring.verify(key.as_bytes(), 0), Ok(0));
+    // `keys hash` of the same key prints the same line.
+    let mut child = Command::new(gateway_bin())
+        .args(["keys", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{key}").expect("write");
+    }
+    let hashed = child.wait_with_output().expect("output");
+    let hashed = String::from_utf8_lossy(&hashed.stdout);
+    assert!(hashed.lines().any(|l| l == hash_line), "{hashed}");
+    assert!(!hashed.contains(&key), "the key was echoed");
+}
+
+#[test]
+fn a_route_without_auth_is_an_error_and_check_lists_public_routes() {
+    let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nenabled = false\n[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n";
+    let path = write_config(
+        "no-auth.toml",
+        &format!("{base}[[routes]]\npath_prefix = \"/x\"\nupstream = \"a\"\n"),
+    );
+    let p = path.display().to_string();
+    let (code, _, err) = output(&["check", "--config", &p]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!(
+            "gateway: error: {p}:10: routes[0].auth: missing: every route says who may call it"
+        )),
+        "{err}"
+    );
+    let path = write_config(
+        "public.toml",
+        &format!("{base}[[routes]]\npath_prefix = \"/docs\"\nupstream = \"a\"\nauth = \"none\"\n"),
+    );
+    let (code, out, err) = output(&["check", "--config", &path.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("prefix /docs any method auth PUBLIC"), "{out}");
+    assert!(
+        out.contains("public routes (auth = \"none\"): routes[0]"),
+        "{out}"
+    );
+    let path = write_config(
+        "api-key-without-file.toml",
+        &format!("{base}[[routes]]\nupstream = \"a\"\nauth = [\"api_key\"]\n"),
+    );
+    let (code, _, err) = output(&["check", "--config", &path.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes[0].auth: `api_key` needs `auth.key_file`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -283,21 +367,42 @@ fn the_embedded_default_serves_the_demo_over_https_and_resets_plain_http() {
     let hint = gw
         .seen
         .iter()
-        .find(|l| l.contains("try: curl --cacert"))
-        .cloned();
-    assert!(hint.is_some(), "no curl hint: {:?}", gw.seen);
+        .find(|l| l.contains("try (demo consumer's API key): curl --cacert"))
+        .cloned()
+        .unwrap_or_default();
     let cert = state.join("self-signed-cert.pem");
-    assert!(
-        hint.unwrap_or_default()
-            .contains(&cert.display().to_string())
-    );
+    assert!(hint.contains(&cert.display().to_string()), "{:?}", gw.seen);
+    // The demo key is printed with the curl line that uses it.
+    let key = hint
+        .split("x-api-key: ")
+        .nth(1)
+        .and_then(|k| k.split('\'').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(key.starts_with("gwk_"), "{hint}");
     let ca = CertificateDer::from_pem_file(&cert).expect("generated certificate");
     let (https, plain) = ns.run(|| {
         let cfg = client_config(&ca, &[&rustls::version::TLS13]);
         let mut c = Client::connect(8443, "localhost", cfg).expect("TLS to the embedded default");
-        c.send(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("send");
-        let r = c.response("GET").expect("response");
+        let mut ask = |path: &str, key: Option<&str>| {
+            let key = key
+                .map(|k| format!("x-api-key: {k}\r\n"))
+                .unwrap_or_default();
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{key}\r\n").as_bytes())
+                .expect("send");
+            c.response("GET").expect("response")
+        };
+        let public = ask("/public/hello", None);
+        assert_eq!(public.status, 200, "{public:?}");
+        let anonymous = ask("/api/hello", None);
+        assert_eq!(anonymous.status, 401, "{anonymous:?}");
+        assert!(
+            anonymous.header("www-authenticate").is_some(),
+            "{anonymous:?}"
+        );
+        let not_admin = ask("/admin/users", Some(&key));
+        assert_eq!(not_admin.status, 403, "{not_admin:?}");
+        let r = ask("/api/hello", Some(&key));
         // Plain HTTP to the TLS port: XDP on lo answers with a reset.
         let mut tcp = std::net::TcpStream::connect("127.0.0.1:8443").expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(3)))
@@ -308,8 +413,9 @@ fn the_embedded_default_serves_the_demo_over_https_and_resets_plain_http() {
         (r, tcp.read(&mut buf).map_err(|e| e.kind()))
     });
     assert_eq!(https.status, 200);
+    let body = String::from_utf8_lossy(&https.body).into_owned();
     assert!(
-        String::from_utf8_lossy(&https.body).contains("\"service\":\"demo\""),
+        body.contains("\"service\":\"demo\"") && body.contains("\"consumer\":\"demo\""),
         "{https:?}"
     );
     assert_eq!(plain, Err(std::io::ErrorKind::ConnectionReset));

@@ -3,135 +3,11 @@
 
 use std::{io::Write, net::TcpStream, time::Duration};
 
-use gateway_tests::harness::{Backend, Certs, Client, Gateway, TempDir, client_config, free_port};
+use gateway_tests::harness::{
+    Backend, Certs, Client, Gateway, TempDir, client_config, free_port, reason_of, setup,
+    setup_full, setup_with,
+};
 use nix::sys::signal::Signal;
-
-struct Setup {
-    gw: Gateway,
-    backend: Backend,
-    certs: Certs,
-    plain_port: u16,
-}
-
-fn setup(tag: &str, extra: &str) -> Setup {
-    setup_full(tag, extra, "workers = 2", "")
-}
-
-/// `limits` goes into `[limits]`, `runtime` into `[runtime]`, `tail` at the end.
-fn setup_full(tag: &str, extra: &str, runtime: &str, tail: &str) -> Setup {
-    setup_with(tag, extra, runtime, "", tail, &[])
-}
-
-/// The short limits the tests use, each left out when `extra` sets it.
-const TEST_LIMITS: [&str; 3] = [
-    "header_timeout_ms = 800",
-    "body_timeout_ms = 3000",
-    "shutdown_grace_ms = 5000",
-];
-
-/// Like [`setup_full`]; `routes` (upstreams and routes) go before the
-/// catch-all routes, and the gateway runs under `wrapper` (e.g. prlimit).
-fn setup_with(
-    tag: &str,
-    extra: &str,
-    runtime: &str,
-    routes: &str,
-    tail: &str,
-    wrapper: &[&str],
-) -> Setup {
-    let dir = TempDir::new(tag);
-    let certs = Certs::issue(&dir.0, &["localhost", "api.test", "other.test"]);
-    let backend = Backend::start();
-    let port = free_port();
-    let plain_port = free_port();
-    let closed = free_port();
-    let limits: Vec<&str> = TEST_LIMITS
-        .iter()
-        .copied()
-        .filter(|l| {
-            let key = l.split(' ').next().unwrap_or_default();
-            !extra.lines().any(|e| e.trim_start().starts_with(key))
-        })
-        .collect();
-    let config = format!(
-        r#"
-[listen]
-https = "127.0.0.1:{port}"
-plain_http_port = {plain_port}
-redirect_plain_http = true
-
-[runtime]
-{runtime}
-
-[limits]
-{limits}
-{extra}
-
-{certs}
-
-[[upstreams]]
-name = "backend"
-servers = ["{backend}"]
-response_timeout_ms = 700
-
-[[upstreams]]
-name = "down"
-servers = ["127.0.0.1:{closed}"]
-
-[[upstreams]]
-name = "mixed"
-servers = ["127.0.0.1:{closed}", "{backend}"]
-
-{routes}
-
-[[routes]]
-path_prefix = "/down"
-upstream = "down"
-
-[[routes]]
-path_prefix = "/mixed"
-upstream = "mixed"
-
-[[routes]]
-path_prefix = "/big"
-upstream = "backend"
-max_body_bytes = 104857600
-
-[[routes]]
-path_prefix = "/"
-upstream = "backend"
-
-[xdp]
-enabled = false
-
-{tail}
-"#,
-        certs = certs.toml(),
-        backend = backend.addr,
-        limits = limits.join("\n"),
-    );
-    let gw = Gateway::start_under(dir, port, &config, wrapper);
-    Setup {
-        gw,
-        backend,
-        certs,
-        plain_port,
-    }
-}
-
-impl Setup {
-    fn client(&self) -> Client {
-        self.client_sni("localhost")
-    }
-
-    fn client_sni(&self, sni: &str) -> Client {
-        let cfg = client_config(
-            &self.certs.ca,
-            &[&rustls::version::TLS13, &rustls::version::TLS12],
-        );
-        Client::connect(self.gw.port, sni, cfg).expect("TLS connect")
-    }
-}
 
 #[test]
 fn get_and_post_reach_the_backend_with_forwarding_headers() {
@@ -786,15 +662,6 @@ fn syn_sent_to(port: u16) -> usize {
     n
 }
 
-fn reason_of(r: &gateway_tests::harness::Response) -> String {
-    let body = String::from_utf8_lossy(&r.body);
-    body.split("\"reason\":\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
-        .unwrap_or("")
-        .to_owned()
-}
-
 #[test]
 fn close_notify_then_more_bytes_does_not_wedge_a_worker() {
     // One worker: a spinning worker would stop the whole gateway.
@@ -929,7 +796,7 @@ fn a_timed_out_connect_leaves_no_socket_behind() {
     );
     let routes = format!(
         "[[upstreams]]\nname = \"hole\"\nservers = [\"{addr}\"]\nconnect_timeout_ms = 300\n\n\
-         [[routes]]\npath_prefix = \"/hole\"\nupstream = \"hole\"\n"
+         [[routes]]\npath_prefix = \"/hole\"\nupstream = \"hole\"\nauth = \"none\"\n"
     );
     let s = setup_with("connecttimeout", "", "workers = 1", &routes, "", &[]);
     let mut c = s.client();
@@ -1090,7 +957,7 @@ fn the_redirect_listener_is_capped_bracketed_and_drained_at_shutdown() {
         "[listen]\nhttps = \"[::1]:{port}\"\nplain_http_port = {plain}\nredirect_plain_http = true\n\n\
          [runtime]\nworkers = 1\nmax_connections_per_worker = 3\n\n\
          [limits]\nheader_timeout_ms = 5000\nshutdown_grace_ms = 3000\n\n{}\n\
-         [[upstreams]]\nname = \"b\"\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"b\"\n\n\
+         [[upstreams]]\nname = \"b\"\nservers = [\"{}\"]\n\n[[routes]]\nupstream = \"b\"\nauth = \"none\"\n\n\
          [xdp]\nenabled = false\n",
         certs.toml(),
         backend.addr
@@ -1170,8 +1037,8 @@ fn a_failed_request_reaches_the_backends_at_most_retries_plus_one_times() {
     let routes = format!(
         "[[upstreams]]\nname = \"trio\"\nservers = [{servers}]\n\n\
          [[upstreams]]\nname = \"once\"\nservers = [{servers}]\nretries = 0\n\n\
-         [[routes]]\npath_prefix = \"/trio\"\nupstream = \"trio\"\n\n\
-         [[routes]]\npath_prefix = \"/once\"\nupstream = \"once\"\n"
+         [[routes]]\npath_prefix = \"/trio\"\nupstream = \"trio\"\nauth = \"none\"\n\n\
+         [[routes]]\npath_prefix = \"/once\"\nupstream = \"once\"\nauth = \"none\"\n"
     );
     let s = setup_with("retries", "", "workers = 1", &routes, "", &[]);
     let reached = || trio.iter().map(|b| b.received().len()).sum::<usize>();
@@ -1204,8 +1071,7 @@ fn upstream_status_outside_100_to_599_is_502() {
 
 #[test]
 fn trace_is_405_unless_a_route_names_it() {
-    let routes =
-        "[[routes]]\npath_prefix = \"/echo\"\nmethods = [\"TRACE\"]\nupstream = \"backend\"\n";
+    let routes = "[[routes]]\npath_prefix = \"/echo\"\nmethods = [\"TRACE\"]\nupstream = \"backend\"\nauth = \"none\"\n";
     let s = setup_with("trace", "", "workers = 1", routes, "", &[]);
     let mut c = s.client();
     c.send(b"TRACE / HTTP/1.1\r\nHost: localhost\r\nCookie: secret\r\n\r\n")
@@ -1242,8 +1108,8 @@ fn hostile_paths_are_routed_and_forwarded_normalized_or_refused() {
     let routes = format!(
         "[[upstreams]]\nname = \"api\"\nservers = [\"{}\"]\n\n\
          [[upstreams]]\nname = \"admin\"\nservers = [\"{}\"]\n\n\
-         [[routes]]\npath_prefix = \"/admin\"\nupstream = \"admin\"\n\n\
-         [[routes]]\npath_prefix = \"/api/\"\nupstream = \"api\"\n",
+         [[routes]]\npath_prefix = \"/admin\"\nupstream = \"admin\"\nauth = \"none\"\n\n\
+         [[routes]]\npath_prefix = \"/api/\"\nupstream = \"api\"\nauth = \"none\"\n",
         api.addr, admin.addr
     );
     let s = setup_with("paths", "", "workers = 1", &routes, "", &[]);

@@ -18,6 +18,7 @@ use crate::{
     conn::{Conn, ms},
     http::Framing,
     respond::{Abort, Failure, Fault},
+    stages::auth::{Authenticated, Identity},
 };
 
 /// What the head stages decided about a request to proxy.
@@ -42,17 +43,29 @@ pub struct Plan {
 }
 
 /// A request every head stage let through: the only thing [`forward`]
-/// takes. Made by `pipeline::admit_head` once the last head stage passed.
+/// takes. Made by `pipeline::admit_head` once the last head stage passed;
+/// it cannot be made without an [`Authenticated`], which only the auth
+/// stage makes.
 #[derive(Debug)]
 pub struct Admitted {
     plan: Plan,
     head_len: usize,
+    caller: Authenticated,
 }
 
 impl Admitted {
     /// Admits a request whose head (`head_len` bytes) passed every stage.
-    pub(crate) fn new(plan: Plan, head_len: usize) -> Self {
-        Self { plan, head_len }
+    pub(crate) fn new(plan: Plan, head_len: usize, caller: Authenticated) -> Self {
+        Self {
+            plan,
+            head_len,
+            caller,
+        }
+    }
+
+    /// Who is calling.
+    pub fn identity(&self) -> Identity {
+        self.caller.identity()
     }
 
     /// Bytes of the request head.

@@ -13,6 +13,7 @@ use crate::{
     http::{self, Framing, chunked, is_hop_by_hop, lists_token},
     respond::{Abort, Failure},
     snapshot::Snapshot,
+    stages::auth::Identity,
     tls::write_deadline,
 };
 
@@ -96,8 +97,10 @@ pub fn write_upstream_head(
     head: &http::request::RequestHead<'_, '_>,
     path: &str,
     peer: SocketAddr,
+    who: Identity,
     snap: &Snapshot,
 ) {
+    let auth = &snap.cfg.auth;
     out.clear();
     let trusted = snap
         .trusted_proxies
@@ -118,6 +121,11 @@ pub fn write_upstream_head(
             || name.eq_ignore_ascii_case("expect")
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("forwarded")
+            // The identity headers are ours: a client's copy is a forgery.
+            || name.eq_ignore_ascii_case(&auth.consumer_header)
+            || name.eq_ignore_ascii_case(&auth.roles_header)
+            // The credential stays at the gateway.
+            || (who != Identity::Anonymous && name.eq_ignore_ascii_case(&auth.key_header))
             || (has_connection && named_by_connection(head.headers, name))
             || !keeps_field(name, trusted, underscores)
         {
@@ -131,6 +139,13 @@ pub fn write_upstream_head(
     if head.host.is_empty() {
         // HTTP/1.0 without Host: HTTP/1.1 upstream needs one.
         let _ = write!(out, "host: {}\r\n", snap.cfg.https);
+    }
+    if let Identity::Consumer(i) = who {
+        let c = snap.keys.consumer(i);
+        let _ = write!(out, "{}: {}\r\n", auth.consumer_header, c.id);
+        if !c.roles_line.is_empty() {
+            let _ = write!(out, "{}: {}\r\n", auth.roles_header, c.roles_line);
+        }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if trusted && append_all(out, head.headers, "x-forwarded-for") {

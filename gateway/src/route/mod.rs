@@ -115,13 +115,16 @@ servers = ["127.0.0.1:2"]
 host = "API.example.com"
 path = "/exact"
 upstream = "b"
+auth = "none"
 [[routes]]
 path_prefix = "/write"
 methods = ["POST", "PUT"]
 upstream = "b"
+auth = "none"
 [[routes]]
 path_prefix = "/"
 upstream = "a"
+auth = "none"
 "#,
             "t.toml",
         )
@@ -155,7 +158,7 @@ upstream = "a"
     #[test]
     fn method_mismatch_is_405_when_nothing_else_matches() {
         let cfg = Config::parse(
-            "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath_prefix = \"/\"\nmethods = [\"GET\"]\nupstream = \"a\"\n",
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\npath_prefix = \"/\"\nmethods = [\"GET\"]\nupstream = \"a\"\nauth = \"none\"\n",
             "t.toml",
         )
         .expect("valid");

@@ -110,7 +110,7 @@ async fn redirect(w: &Worker, stream: TcpStream) {
                 &mut out,
                 crate::respond::Failure::http(crate::http::HttpError::Malformed),
                 true,
-                b"",
+                &[],
             );
             out
         }

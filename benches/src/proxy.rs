@@ -1,7 +1,9 @@
 //! `bench proxy`: wrk over TLS keep-alive against the backend directly, our
 //! gateway, HAProxy 2.6 and nginx 1.22 doing the same work: TLS termination,
 //! proxying to the same nginx backend over pooled keep-alive connections,
-//! adding X-Forwarded-For, X-Forwarded-Proto and HSTS, no access log.
+//! adding X-Forwarded-For, X-Forwarded-Proto and HSTS, no access log; and
+//! the gateway again with an API key required on the route (`gw+key`), whose
+//! ratio to the plain gateway is the cost of authentication.
 //!
 //! The systems alternate within each round; the report gives medians of
 //! req/s, latency percentiles, and each proxy's own CPU time per request
@@ -62,9 +64,12 @@ pub struct Opts {
 }
 
 const BACKEND_PORT: u16 = 18080;
-const PORTS: [(&str, u16); 4] = [
+const PORTS: [(&str, u16); 5] = [
     ("backend", BACKEND_PORT),
     ("gateway", 18443),
+    // The same gateway with an API key required on the route (auth stage,
+    // key hash and lookup, identity headers): its cost is the ratio to `gateway`.
+    ("gw+key", 18446),
     ("haproxy", 18444),
     ("nginx", 18445),
 ];
@@ -178,7 +183,13 @@ struct Run {
     errors: u64,
 }
 
-fn wrk(opts: &Opts, url: &str, lua: &Path, pgid: Option<u32>, dist_file: &Path) -> Result<Run> {
+fn wrk(
+    opts: &Opts,
+    target: &Target,
+    lua: &Path,
+    pgid: Option<u32>,
+    dist_file: &Path,
+) -> Result<Run> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let before = pgid.map(group_cpu_ticks);
@@ -205,7 +216,8 @@ fn wrk(opts: &Opts, url: &str, lua: &Path, pgid: Option<u32>, dist_file: &Path) 
             "-s",
         ])
         .arg(lua)
-        .arg(url)
+        .args(target.headers.iter().flat_map(|h| ["-H", h.as_str()]))
+        .arg(&target.url)
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let after = pgid.map(group_cpu_ticks);
@@ -250,6 +262,13 @@ fn wrk(opts: &Opts, url: &str, lua: &Path, pgid: Option<u32>, dist_file: &Path) 
         cpu_us_per_req,
         errors,
     })
+}
+
+/// What wrk asks one system for.
+struct Target {
+    url: String,
+    /// Extra request headers (`Name: value`).
+    headers: Vec<String>,
 }
 
 /// Runs the benchmark.
@@ -363,6 +382,30 @@ enabled = false
             pin = opts.pin_workers
         ),
     )?;
+    // The API-key scenario: one consumer, its key sent by wrk.
+    let api_key = gateway::stages::auth::api_key::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key_file = work.join("consumers.toml");
+    std::fs::write(
+        &key_file,
+        format!(
+            "[[consumers]]\nid = \"bench\"\nroles = [\"reader\"]\n[[consumers.keys]]\nhash = \"{}\"\n",
+            gateway::stages::auth::api_key::hash_line(&api_key)
+        ),
+    )?;
+    let gw_key_conf = work.join("gateway-key.toml");
+    std::fs::write(
+        &gw_key_conf,
+        std::fs::read_to_string(&gw_conf)?
+            .replace(
+                &format!("127.0.0.1:{}", PORTS[1].1),
+                &format!("127.0.0.1:{}", PORTS[2].1),
+            )
+            .replace(
+                "auth = \"none\"",
+                "auth = [\"api_key\"]\nroles = [\"reader\"]",
+            )
+            + &format!("[auth]\nkey_file = \"{}\"\n", key_file.display()),
+    )?;
     let haproxy_conf = work.join("haproxy.cfg");
     std::fs::write(
         &haproxy_conf,
@@ -390,7 +433,7 @@ frontend fe
 backend be
   server s1 127.0.0.1:{BACKEND_PORT}
 "#,
-            port = PORTS[2].1,
+            port = PORTS[3].1,
             combined = combined.display(),
             cpu_map = haproxy_cpu_map(&opts)
         ),
@@ -421,7 +464,7 @@ http {{
 }}
 "#,
             d = work.display(),
-            port = PORTS[3].1,
+            port = PORTS[4].1,
             cert = cert.display(),
             key = key.display(),
             affinity = if opts.pin_workers {
@@ -448,7 +491,7 @@ http {{
         &work.join("backend.log"),
     )?;
     wait_port(BACKEND_PORT, &mut backend)?;
-    let mut procs: Vec<(String, Option<Proc>, String)> = Vec::new();
+    let mut procs: Vec<(String, Option<Proc>, Target)> = Vec::new();
     let mut gw = spawn(
         "gateway",
         pc,
@@ -457,6 +500,14 @@ http {{
         &work.join("gateway.log"),
     )?;
     wait_port(PORTS[1].1, &mut gw)?;
+    let mut gw_key = spawn(
+        "gw+key",
+        pc,
+        &gateway,
+        &["run", "--config", &gw_key_conf.display().to_string()],
+        &work.join("gateway-key.log"),
+    )?;
+    wait_port(PORTS[2].1, &mut gw_key)?;
     let mut hp = spawn(
         "haproxy",
         pc,
@@ -464,7 +515,7 @@ http {{
         &["-db", "-f", &haproxy_conf.display().to_string()],
         &work.join("haproxy.log"),
     )?;
-    wait_port(PORTS[2].1, &mut hp)?;
+    wait_port(PORTS[3].1, &mut hp)?;
     let mut ng = spawn(
         "nginx",
         pc,
@@ -477,27 +528,24 @@ http {{
         ],
         &work.join("nginx.log"),
     )?;
-    wait_port(PORTS[3].1, &mut ng)?;
+    wait_port(PORTS[4].1, &mut ng)?;
+    let target = |port: u16, https: bool, headers: Vec<String>| Target {
+        url: format!(
+            "{}://127.0.0.1:{port}/",
+            if https { "https" } else { "http" }
+        ),
+        headers,
+    };
+    let key_header = vec![format!("x-api-key: {api_key}")];
+    procs.push(("backend".into(), None, target(BACKEND_PORT, false, vec![])));
+    procs.push(("gateway".into(), Some(gw), target(PORTS[1].1, true, vec![])));
     procs.push((
-        "backend".into(),
-        None,
-        format!("http://127.0.0.1:{BACKEND_PORT}/"),
+        "gw+key".into(),
+        Some(gw_key),
+        target(PORTS[2].1, true, key_header),
     ));
-    procs.push((
-        "gateway".into(),
-        Some(gw),
-        format!("https://127.0.0.1:{}/", PORTS[1].1),
-    ));
-    procs.push((
-        "haproxy".into(),
-        Some(hp),
-        format!("https://127.0.0.1:{}/", PORTS[2].1),
-    ));
-    procs.push((
-        "nginx".into(),
-        Some(ng),
-        format!("https://127.0.0.1:{}/", PORTS[3].1),
-    ));
+    procs.push(("haproxy".into(), Some(hp), target(PORTS[3].1, true, vec![])));
+    procs.push(("nginx".into(), Some(ng), target(PORTS[4].1, true, vec![])));
 
     // Warm up every system (TLS session setup, pools).
     for (name, p, url) in &procs {
@@ -600,6 +648,15 @@ http {{
             cpu / hp_cpu
         );
     }
+    let gw = |f: &dyn Fn(&Run) -> Option<f64>| (med("gateway", f), med("gw+key", f));
+    let (rps_plain, rps_key) = gw(&|r| Some(r.rps));
+    let (cpu_plain, cpu_key) = gw(&|r| r.cpu_us_per_req);
+    let _ = writeln!(
+        table,
+        "API key: {:.3}x the unauthenticated gateway's req/s, {:+.1} us CPU per request",
+        rps_key / rps_plain,
+        cpu_key - cpu_plain
+    );
     print!("{table}");
     plot(&out, opts.rounds)?;
     std::fs::write(out.join("summary.txt"), &table)?;

@@ -42,7 +42,8 @@ pub enum ConfigError {
     },
 }
 
-/// Most distinct roles across all routes (they are bits of a `u64`).
+/// Most distinct roles (and scopes, and claim rules) across all routes:
+/// they are bits of a `u64`.
 const MAX_ROLES: usize = 64;
 
 /// Most `upstreams[].retries`: each retry can repeat a request's effect.
@@ -91,6 +92,10 @@ struct AuthFile {
     consumer_header: Spanned<String>,
     #[serde(default = "default_roles_header")]
     roles_header: Spanned<String>,
+    #[serde(default = "default_subject_header")]
+    subject_header: Spanned<String>,
+    #[serde(default)]
+    jwt: Vec<JwtFile>,
 }
 
 impl Default for AuthFile {
@@ -100,8 +105,70 @@ impl Default for AuthFile {
             key_header: default_key_header(),
             consumer_header: default_consumer_header(),
             roles_header: default_roles_header(),
+            subject_header: default_subject_header(),
+            jwt: Vec::new(),
         }
     }
+}
+
+fn default_subject_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-auth-subject".into())
+}
+
+/// One `[[auth.jwt]]` issuer as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtFile {
+    name: Spanned<String>,
+    issuer: Spanned<String>,
+    audiences: Spanned<Vec<String>>,
+    algorithms: Spanned<Vec<String>>,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    #[serde(default = "yes")]
+    require_exp: bool,
+    #[serde(default = "default_roles_claim")]
+    roles_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    scopes_claim: String,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_refresh")]
+    refresh_secs: u64,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_max_token")]
+    max_token_bytes: usize,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_scopes_claim() -> String {
+    "scope".into()
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_max_token() -> usize {
+    8192
+}
+
+/// A claim rule as written: one value or several (any of them).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ClaimValues {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn default_key_header() -> Spanned<String> {
@@ -319,6 +386,10 @@ struct RouteFile {
     roles: Vec<String>,
     #[serde(default)]
     consumers: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, ClaimValues>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -620,6 +691,10 @@ pub struct RouteSettings {
     pub roles: Vec<String>,
     /// Consumers allowed (empty: any authenticated caller).
     pub consumers: Vec<String>,
+    /// Scopes a token must all carry.
+    pub scopes: Vec<String>,
+    /// Claims a token must carry: claim name (dotted path) → accepted values.
+    pub claims: Vec<(String, Vec<String>)>,
 }
 
 /// How a route authenticates callers. Public is written out in the file
@@ -637,6 +712,64 @@ pub enum RouteAuth {
 pub enum Authenticator {
     /// An API key from the key file, in `auth.key_header`.
     ApiKey,
+    /// A bearer token from `auth.jwt[i]`.
+    Jwt(usize),
+}
+
+impl RouteAuth {
+    /// The JWT issuers (by index) a route accepts.
+    pub fn issuers(&self) -> impl Iterator<Item = usize> + '_ {
+        let list: &[Authenticator] = match self {
+            Self::Public => &[],
+            Self::Required(list) => list,
+        };
+        list.iter().filter_map(|a| match a {
+            Authenticator::Jwt(i) => Some(*i),
+            Authenticator::ApiKey => None,
+        })
+    }
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS file (re-read when it changes).
+    File(PathBuf),
+    /// A JWKS URL over HTTPS.
+    Url(String),
+    /// OIDC discovery: `issuer` + `/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery,
+    /// An HMAC secret in a file (at least 32 bytes, RFC 8725 §3.5).
+    Secret(PathBuf),
+}
+
+/// A validated `[[auth.jwt]]` issuer.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// Its name (routes say `jwt:NAME`).
+    pub name: String,
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Algorithms accepted (each key pins its own as well).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Whether a token without `exp` is refused.
+    pub require_exp: bool,
+    /// Dotted path of the roles claim (string or array), e.g. `realm_access.roles`.
+    pub roles_claim: Vec<String>,
+    /// Dotted path of the scopes claim (space-separated string or array).
+    pub scopes_claim: Vec<String>,
+    /// Where the keys come from.
+    pub source: KeySource,
+    /// How often keys are fetched again (URL and discovery).
+    pub refresh_secs: u64,
+    /// CA certificates (PEM) to trust when fetching keys; default: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Longest token accepted, checked before any decoding.
+    pub max_token_bytes: usize,
 }
 
 /// Validated `[auth]`.
@@ -650,6 +783,10 @@ pub struct AuthSettings {
     pub consumer_header: String,
     /// Header the upstream gets the consumer's roles in (lower case).
     pub roles_header: String,
+    /// Header the upstream gets a token's subject in (lower case).
+    pub subject_header: String,
+    /// JWT issuers, by index.
+    pub jwt: Vec<JwtSettings>,
 }
 
 /// Validated `[xdp]` section.
@@ -796,28 +933,45 @@ impl Config {
         }
         let auth = auth_settings(&raw.auth, file, &invalid)?;
         let has_keys = auth.key_file.is_some() || raw.demo.as_ref().is_some_and(|d| d.api_key);
+        let issuers: Vec<&str> = auth.jwt.iter().map(|j| j.name.as_str()).collect();
+        let auth_ctx = AuthContext {
+            has_keys,
+            issuers: &issuers,
+        };
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let max_body = raw.limits.max_body_bytes;
             routes.push(compile_route(
-                i, r, &upstreams, max_body, has_keys, &invalid,
+                i, r, &upstreams, max_body, &auth_ctx, &invalid,
             )?);
         }
-        let mut roles: Vec<&str> = routes
-            .iter()
-            .flat_map(|r| r.roles.iter().map(String::as_str))
-            .collect();
-        roles.sort_unstable();
-        roles.dedup();
-        if roles.len() > MAX_ROLES {
-            return Err(invalid(
-                None,
-                "routes".into(),
-                format!(
-                    "{} distinct roles across routes, at most {MAX_ROLES}",
-                    roles.len()
-                ),
-            ));
+        // Rules compile to bits of a u64 (stages::authz).
+        let count = |names: Vec<String>| {
+            let mut n = names;
+            n.sort_unstable();
+            n.dedup();
+            n.len()
+        };
+        let roles = count(routes.iter().flat_map(|r| r.roles.clone()).collect());
+        let scopes = count(routes.iter().flat_map(|r| r.scopes.clone()).collect());
+        let claims = count(
+            routes
+                .iter()
+                .flat_map(|r| r.claims.iter().map(|(k, v)| format!("{k}={v:?}")))
+                .collect(),
+        );
+        for (what, n) in [
+            ("roles", roles),
+            ("scopes", scopes),
+            ("claim rules", claims),
+        ] {
+            if n > MAX_ROLES {
+                return Err(invalid(
+                    None,
+                    "routes".into(),
+                    format!("{n} distinct {what} across routes, at most {MAX_ROLES}"),
+                ));
+            }
         }
         let hsts = match &raw.proxy.hsts {
             Some(h) if h.get_ref().is_empty() => None,
@@ -936,7 +1090,7 @@ fn compile_route(
     r: &RouteFile,
     upstreams: &[UpstreamSettings],
     default_max_body: u64,
-    has_keys: bool,
+    auth_ctx: &AuthContext<'_>,
     invalid: &Invalid<'_>,
 ) -> Result<RouteSettings, ConfigError> {
     let path = match (&r.path, &r.path_prefix) {
@@ -992,7 +1146,18 @@ fn compile_route(
             format!("no upstream named `{target}`"),
         ));
     };
-    let auth = route_auth(i, r, has_keys, invalid)?;
+    let auth = route_auth(i, r, auth_ctx, invalid)?;
+    let claims = r
+        .claims
+        .iter()
+        .map(|(k, v)| {
+            let values = match v {
+                ClaimValues::One(s) => vec![s.clone()],
+                ClaimValues::Many(v) => v.clone(),
+            };
+            (k.clone(), values)
+        })
+        .collect();
     Ok(RouteSettings {
         host,
         path: path.0,
@@ -1002,16 +1167,25 @@ fn compile_route(
         auth,
         roles: r.roles.clone(),
         consumers: r.consumers.clone(),
+        scopes: r.scopes.clone(),
+        claims,
     })
 }
 
 /// A route's `auth`, required on every route: a public route says so.
+/// What a route's `auth` may name.
+struct AuthContext<'a> {
+    has_keys: bool,
+    issuers: &'a [&'a str],
+}
+
 fn route_auth(
     i: usize,
     r: &RouteFile,
-    has_keys: bool,
+    ctx: &AuthContext<'_>,
     invalid: &Invalid<'_>,
 ) -> Result<RouteAuth, ConfigError> {
+    let has_keys = ctx.has_keys;
     let key = format!("routes[{i}].auth");
     let Some(auth) = &r.auth else {
         return Err(invalid(
@@ -1024,11 +1198,16 @@ fn route_auth(
     };
     let names: Vec<&str> = match auth.get_ref() {
         AuthList::One(s) if s == "none" => {
-            if !r.roles.is_empty() || !r.consumers.is_empty() {
+            if !r.roles.is_empty()
+                || !r.consumers.is_empty()
+                || !r.scopes.is_empty()
+                || !r.claims.is_empty()
+            {
                 return Err(invalid(
                     Some(auth.span()),
                     key,
-                    "a public route (`auth = \"none\"`) cannot require roles or consumers".into(),
+                    "a public route (`auth = \"none\"`) cannot require roles, consumers, scopes or claims"
+                        .into(),
                 ));
             }
             return Ok(RouteAuth::Public);
@@ -1054,11 +1233,24 @@ fn route_auth(
                     "`none` stands alone: `auth = \"none\"`".into(),
                 ));
             }
+            jwt if jwt.starts_with("jwt:") => {
+                let name = &jwt[4..];
+                match ctx.issuers.iter().position(|n| *n == name) {
+                    Some(idx) => Authenticator::Jwt(idx),
+                    None => {
+                        return Err(invalid(
+                            Some(auth.span()),
+                            key,
+                            format!("no [[auth.jwt]] named `{name}`"),
+                        ));
+                    }
+                }
+            }
             other => {
                 return Err(invalid(
                     Some(auth.span()),
                     key,
-                    format!("unknown authenticator `{other}` (known: api_key)"),
+                    format!("unknown authenticator `{other}` (known: api_key, jwt:NAME)"),
                 ));
             }
         };
@@ -1105,12 +1297,170 @@ fn auth_settings(
             _ => p.clone(),
         }
     });
+    let mut jwt: Vec<JwtSettings> = Vec::new();
+    for (i, j) in a.jwt.iter().enumerate() {
+        let settings = jwt_settings(i, j, file, invalid)?;
+        if jwt.iter().any(|x| x.name == settings.name) {
+            return Err(invalid(
+                Some(j.name.span()),
+                format!("auth.jwt[{i}].name"),
+                format!("issuer `{}` is defined twice", settings.name),
+            ));
+        }
+        jwt.push(settings);
+    }
     Ok(AuthSettings {
         key_file,
         key_header: header(&a.key_header, "auth.key_header")?,
         consumer_header: header(&a.consumer_header, "auth.consumer_header")?,
         roles_header: header(&a.roles_header, "auth.roles_header")?,
+        subject_header: header(&a.subject_header, "auth.subject_header")?,
+        jwt,
     })
+}
+
+/// One `[[auth.jwt]]` issuer, validated: `iss` and `aud` always set, the
+/// algorithms named, one key source that fits them (RFC 8725).
+fn jwt_settings(
+    i: usize,
+    j: &JwtFile,
+    file: &str,
+    invalid: &Invalid<'_>,
+) -> Result<JwtSettings, ConfigError> {
+    let at = |k: &str| format!("auth.jwt[{i}].{k}");
+    let name = j.name.get_ref();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(invalid(
+            Some(j.name.span()),
+            at("name"),
+            format!("`{name}` is not a name"),
+        ));
+    }
+    if j.issuer.get_ref().is_empty() {
+        return Err(invalid(
+            Some(j.issuer.span()),
+            at("issuer"),
+            "must not be empty".into(),
+        ));
+    }
+    if j.audiences.get_ref().is_empty() {
+        return Err(invalid(
+            Some(j.audiences.span()),
+            at("audiences"),
+            "name at least one audience: a token for another service must not pass".into(),
+        ));
+    }
+    let algorithms = jwt_algorithms(j.algorithms.get_ref())
+        .map_err(|m| invalid(Some(j.algorithms.span()), at("algorithms"), m))?;
+    let source = jwt_key_source(j, &algorithms, file)
+        .map_err(|(k, m)| invalid(Some(j.name.span()), at(k), m))?;
+    let relative = |p: &PathBuf| relative_to(file, p);
+    Ok(JwtSettings {
+        name: name.clone(),
+        issuer: j.issuer.get_ref().clone(),
+        audiences: j.audiences.get_ref().clone(),
+        algorithms,
+        leeway_secs: j.leeway_secs,
+        require_exp: j.require_exp,
+        roles_claim: j.roles_claim.split('.').map(str::to_owned).collect(),
+        scopes_claim: j.scopes_claim.split('.').map(str::to_owned).collect(),
+        source,
+        refresh_secs: j.refresh_secs.max(10),
+        ca_file: j.ca_file.as_ref().map(relative),
+        max_token_bytes: j.max_token_bytes.clamp(256, 64 * 1024),
+    })
+}
+
+/// A path from the configuration, relative to the file it is written in.
+fn relative_to(file: &str, p: &Path) -> PathBuf {
+    match Path::new(file).parent() {
+        Some(dir) if p.is_relative() && !file.starts_with('<') => dir.join(p),
+        _ => p.to_owned(),
+    }
+}
+
+fn jwt_algorithms(names: &[String]) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+    use jsonwebtoken::Algorithm as A;
+    let mut out = Vec::new();
+    for a in names {
+        out.push(match a.as_str() {
+            "HS256" => A::HS256,
+            "HS384" => A::HS384,
+            "HS512" => A::HS512,
+            "RS256" => A::RS256,
+            "RS384" => A::RS384,
+            "RS512" => A::RS512,
+            "PS256" => A::PS256,
+            "PS384" => A::PS384,
+            "PS512" => A::PS512,
+            "ES256" => A::ES256,
+            "ES384" => A::ES384,
+            "EdDSA" => A::EdDSA,
+            other if other.eq_ignore_ascii_case("none") => {
+                return Err("`none` is never accepted".into());
+            }
+            other => {
+                return Err(format!(
+                    "`{other}` is not supported (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
+                ));
+            }
+        });
+    }
+    if out.is_empty() {
+        return Err("name at least one".into());
+    }
+    Ok(out)
+}
+
+/// The one key source an issuer names, checked against its algorithms.
+fn jwt_key_source(
+    j: &JwtFile,
+    algorithms: &[jsonwebtoken::Algorithm],
+    file: &str,
+) -> Result<KeySource, (&'static str, String)> {
+    use jsonwebtoken::Algorithm as A;
+    let hmac = algorithms
+        .iter()
+        .filter(|a| matches!(a, A::HS256 | A::HS384 | A::HS512))
+        .count();
+    let given = [
+        j.jwks_file.is_some(),
+        j.jwks_url.is_some(),
+        j.discovery,
+        j.secret_file.is_some(),
+    ];
+    if given.iter().filter(|s| **s).count() != 1 {
+        return Err((
+            "jwks_file",
+            "give exactly one of jwks_file, jwks_url, discovery = true, secret_file".into(),
+        ));
+    }
+    if let Some(p) = &j.secret_file {
+        if hmac != algorithms.len() {
+            return Err((
+                "algorithms",
+                "a secret_file issuer takes HS256/384/512 only".into(),
+            ));
+        }
+        return Ok(KeySource::Secret(relative_to(file, p)));
+    }
+    if hmac > 0 {
+        return Err((
+            "algorithms",
+            "HS* needs secret_file: public keys never verify HMAC (no RS/HS confusion)".into(),
+        ));
+    }
+    match (&j.jwks_file, &j.jwks_url) {
+        (Some(p), _) => Ok(KeySource::File(relative_to(file, p))),
+        (None, Some(u)) if u.starts_with("https://") => Ok(KeySource::Url(u.clone())),
+        (None, Some(u)) => Err(("jwks_url", format!("`{u}` is not https://"))),
+        (None, None) if j.issuer.get_ref().starts_with("https://") => Ok(KeySource::Discovery),
+        (None, None) => Err(("issuer", "discovery needs an https:// issuer".into())),
+    }
 }
 
 /// A route's host: a name or IP literal, matched without the request's

@@ -42,6 +42,8 @@ pub struct Conn {
     pub target: String,
     /// The current request body's deadline.
     pub body: BodyClock,
+    /// Scratch: a verified token's subject.
+    pub subject: String,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -72,6 +74,7 @@ impl Conn {
             method: String::new(),
             target: String::new(),
             body,
+            subject: String::new(),
         }
     }
 
@@ -126,11 +129,18 @@ impl Conn {
     pub async fn send_failure(&mut self, f: Failure, keep: bool) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        // RFC 9110 §15.5.2: a 401 says how to authenticate.
-        let challenge: &[u8] = if f.status == 401 {
-            &self.snap.challenge
-        } else {
-            b""
+        // RFC 9110 §15.5.2: a 401 says how to authenticate; for a bad
+        // bearer token, RFC 6750 §3 adds why.
+        let invalid_token;
+        let challenge: &[u8] = match f.reason.strip_prefix("jwt.") {
+            Some(why) if f.status == 401 => {
+                invalid_token = format!(
+                    "www-authenticate: Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{why}\"\r\n"
+                );
+                invalid_token.as_bytes()
+            }
+            _ if f.status == 401 => &self.snap.challenge,
+            _ => b"",
         };
         respond::write_failure(&mut out, f, !keep, &[self.snap.filters.lines(), challenge]);
         let _ = self.tls.send(&[&out]).await;
@@ -152,6 +162,8 @@ pub struct HeadParts<'c> {
     pub method: &'c mut String,
     /// The target, for the log.
     pub target: &'c mut String,
+    /// Scratch for a token's subject.
+    pub subject: &'c mut String,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -166,6 +178,7 @@ impl Conn {
             up_head: &mut self.up_head,
             method: &mut self.method,
             target: &mut self.target,
+            subject: &mut self.subject,
             peer: self.peer,
         }
     }

@@ -12,12 +12,17 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use crate::{
+    config::{JwtSettings, KeySource},
+    fetch::Https,
     snapshot::Published,
-    stages::auth::api_key::{KeyFileError, KeyRing},
+    stages::auth::{
+        api_key::{KeyFileError, KeyRing},
+        jwt::keys::KeySet,
+    },
 };
 
 /// Something a worker saw that the control side counts.
@@ -27,6 +32,11 @@ pub enum Event {
     AuthFailed {
         /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
         source: IpAddr,
+    },
+    /// A token named a key the issuer's key set lacks: fetch it again.
+    UnknownKid {
+        /// The issuer, by index.
+        issuer: usize,
     },
 }
 
@@ -102,11 +112,17 @@ impl AuthFailures {
     }
 }
 
-/// Counts every queued event.
-pub fn drain(rx: &Receiver<Event>, failures: &mut AuthFailures) {
+/// Handles every queued event: counts failures, passes on requests for
+/// fresh keys.
+pub fn drain(
+    rx: &Receiver<Event>,
+    failures: &mut AuthFailures,
+    mut unknown_kid: impl FnMut(usize),
+) {
     while let Ok(e) = rx.try_recv() {
         match e {
             Event::AuthFailed { source } => failures.record(source),
+            Event::UnknownKid { issuer } => unknown_kid(issuer),
         }
     }
 }
@@ -140,8 +156,8 @@ impl KeyWatch {
         match KeyRing::load(&self.path) {
             Ok(keys) => {
                 let (consumers, count) = (keys.consumers().len(), keys.key_count());
-                let next = published.current().with_keys(Arc::new(keys));
-                published.publish(next);
+                let keys = Arc::new(keys);
+                published.update(|s| s.with_keys(keys));
                 self.reported = None;
                 tracing::info!(
                     "key file {} reloaded: {consumers} consumers, {count} keys",
@@ -165,6 +181,165 @@ fn report_broken(e: &KeyFileError) {
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+/// Key set revisions, unique for the process (a cached verification names
+/// the revision it used).
+static REVISION: AtomicU64 = AtomicU64::new(1);
+
+fn next_revision() -> u64 {
+    REVISION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Reads an issuer's keys from a file (JWKS or HMAC secret).
+pub fn load_key_file(s: &JwtSettings) -> Result<KeySet, String> {
+    let (path, secret) = match &s.source {
+        KeySource::File(p) => (p, false),
+        KeySource::Secret(p) => (p, true),
+        KeySource::Url(_) | KeySource::Discovery => return Err("not a file".into()),
+    };
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let set = if secret {
+        // A trailing newline is an editor's, not the secret's.
+        let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        KeySet::from_secret(trimmed, &s.algorithms, next_revision())
+    } else {
+        KeySet::from_jwks(&bytes, &s.algorithms, next_revision())
+    };
+    set.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Fetches an issuer's JWKS (after OIDC discovery when configured).
+pub fn fetch_keys(s: &JwtSettings, https: &Https) -> Result<KeySet, String> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let url = match &s.source {
+        KeySource::Url(u) => u.clone(),
+        KeySource::Discovery => {
+            let at = format!(
+                "{}/.well-known/openid-configuration",
+                s.issuer.trim_end_matches('/')
+            );
+            let doc: serde_json::Value = serde_json::from_slice(&https.get(&at, TIMEOUT)?)
+                .map_err(|e| format!("{at}: {e}"))?;
+            // OpenID Connect Discovery §4.3: the document speaks for this issuer.
+            if doc.get("issuer").and_then(|v| v.as_str()) != Some(s.issuer.as_str()) {
+                return Err(format!("{at}: `issuer` is not {}", s.issuer));
+            }
+            match doc.get("jwks_uri").and_then(|v| v.as_str()) {
+                Some(u) if u.starts_with("https://") => u.to_owned(),
+                _ => return Err(format!("{at}: no https jwks_uri")),
+            }
+        }
+        KeySource::File(_) | KeySource::Secret(_) => return Err("not fetched".into()),
+    };
+    let body = https.get(&url, TIMEOUT)?;
+    KeySet::from_jwks(&body, &s.algorithms, next_revision()).map_err(|e| format!("{url}: {e}"))
+}
+
+/// Fewest seconds between two fetches an unknown `kid` may cause, so
+/// tokens with made-up key ids cannot hammer the issuer.
+const MIN_REFETCH: Duration = Duration::from_secs(1);
+
+/// Keeps issuer `i`'s fetched key set fresh: every `refresh_secs`, and
+/// (at most once per [`MIN_REFETCH`]) when a token names an unknown key.
+/// An outage keeps the last good set.
+pub fn spawn_fetcher(
+    i: usize,
+    s: JwtSettings,
+    https: Https,
+    published: Arc<crate::worker::Shared>,
+    asks: Receiver<()>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("jwks-{}", s.name))
+        .spawn(move || {
+            let refresh = Duration::from_secs(s.refresh_secs);
+            let mut last = std::time::Instant::now();
+            loop {
+                let wait = refresh.saturating_sub(last.elapsed());
+                match asks.recv_timeout(wait) {
+                    Ok(()) => {
+                        let since = last.elapsed();
+                        if since < MIN_REFETCH {
+                            std::thread::sleep(MIN_REFETCH - since);
+                        }
+                        // One fetch answers every ask queued meanwhile.
+                        while asks.try_recv().is_ok() {}
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                if published.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                last = std::time::Instant::now();
+                refresh_keys(i, &s, &https, &published.published);
+            }
+        })
+        .map(|_| ())
+}
+
+/// One fetch of issuer `i`'s keys, published on success.
+pub fn refresh_keys(i: usize, s: &JwtSettings, https: &Https, published: &Published) {
+    match fetch_keys(s, https) {
+        Ok(set) => {
+            let (n, rev) = (set.len(), set.revision);
+            let set = Arc::new(set);
+            published.update(|snap| snap.with_jwks(i, set));
+            tracing::info!("issuer {}: {n} keys (revision {rev})", s.name);
+        }
+        Err(e) => tracing::warn!(
+            "issuer {}: fetching keys: {e}; keeping the last good key set",
+            s.name
+        ),
+    }
+}
+
+/// Re-reads issuer key files (JWKS files and secrets) when they change.
+pub struct IssuerFiles {
+    watched: Vec<Watched>,
+}
+
+/// One watched file: its issuer, path and last version seen.
+type Watched = (usize, PathBuf, Option<(SystemTime, u64)>);
+
+impl IssuerFiles {
+    /// Watches every file-based issuer of `settings`.
+    pub fn new(settings: &[JwtSettings]) -> Self {
+        let watched = settings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.source {
+                KeySource::File(p) | KeySource::Secret(p) => Some((i, p.clone(), stamp(p))),
+                _ => None,
+            })
+            .collect();
+        Self { watched }
+    }
+
+    /// Reloads changed files (or all, with `force`).
+    pub fn poll(&mut self, settings: &[JwtSettings], published: &Published, force: bool) {
+        for (i, path, last) in &mut self.watched {
+            let now = stamp(path);
+            if !force && now == *last {
+                continue;
+            }
+            *last = now;
+            match load_key_file(&settings[*i]) {
+                Ok(set) => {
+                    let (n, rev) = (set.len(), set.revision);
+                    let set = Arc::new(set);
+                    published.update(|snap| snap.with_jwks(*i, set));
+                    tracing::info!(
+                        "issuer {}: {n} keys from {} (revision {rev})",
+                        settings[*i].name,
+                        path.display()
+                    );
+                }
+                Err(e) => tracing::error!("{e}; keeping the last good key set"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -198,7 +373,7 @@ mod tests {
         }
         assert_eq!(events.dropped(), 5);
         let mut f = AuthFailures::default();
-        drain(&rx, &mut f);
+        drain(&rx, &mut f, |_| {});
         assert_eq!(f.count(a), QUEUE as u64);
     }
 }

@@ -16,6 +16,7 @@ pub mod control;
 pub mod demo;
 pub mod enforce;
 pub mod fdlimit;
+pub mod fetch;
 pub mod filters;
 pub mod http;
 pub mod log;

@@ -10,12 +10,16 @@ use std::{
 use clap::{Parser, Subcommand};
 use gateway::{
     clock::{Clock, Monotonic},
-    config::{Authenticator, Config, RouteAuth},
-    control::{self, AuthFailures, Events, KeyWatch},
+    config::{Authenticator, Config, KeySource, RouteAuth},
+    control::{self, AuthFailures, Events, IssuerFiles, KeyWatch},
     enforce::Enforcement,
+    fetch::Https,
     server::Server,
     snapshot::{Published, Snapshot},
-    stages::auth::api_key::{self, KeyRing},
+    stages::auth::{
+        api_key::{self, KeyRing},
+        jwt::keys::KeySet,
+    },
     tls,
     worker::Shared,
 };
@@ -210,7 +214,8 @@ fn print_routes(cfg: &Config) {
                 let mut s = list
                     .iter()
                     .map(|a| match a {
-                        Authenticator::ApiKey => "api_key",
+                        Authenticator::ApiKey => "api_key".to_owned(),
+                        Authenticator::Jwt(i) => format!("jwt:{}", cfg.auth.jwt[*i].name),
                     })
                     .collect::<Vec<_>>()
                     .join("|");
@@ -429,6 +434,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
         Some(path) => KeyRing::load(path).map_err(|e| e.to_string())?,
         None => KeyRing::default(),
     };
+    let (jwks, fetchers) = issuer_keys(&cfg)?;
     let certs = certificates(&cfg, true)?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     let mut enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
@@ -451,15 +457,28 @@ fn run(mut cfg: Config) -> Result<(), String> {
     }
     let (events, rx) = Events::new();
     let shared = Arc::new(Shared {
-        published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys))),
+        published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys), jwks)),
         source_policy: enforcement.userspace_policy(),
         stopping: AtomicBool::new(false),
         events,
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
+    let mut asks = Vec::new();
+    for (i, fetcher) in fetchers.into_iter().enumerate() {
+        let Some(https) = fetcher else {
+            asks.push(None);
+            continue;
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        control::spawn_fetcher(i, cfg.auth.jwt[i].clone(), https, shared.clone(), rx)
+            .map_err(|e| format!("starting the key fetcher: {e}"))?;
+        asks.push(Some(tx));
+    }
     announce(&cfg, &certs, demo_key.as_deref());
     let mut control = Control {
         keys: key_watch,
+        issuer_files: IssuerFiles::new(&cfg.auth.jwt),
+        fetchers: asks,
         failures: AuthFailures::default(),
         rx,
     };
@@ -480,6 +499,49 @@ fn run(mut cfg: Config) -> Result<(), String> {
         tracing::info!("XDP detached from {iface}");
     }
     Ok(())
+}
+
+/// Every issuer's first key set: files are read (a broken one stops the
+/// start), URLs fetched once (a failure leaves the issuer without keys, and
+/// its routes answer 503 until a fetch succeeds). Returns the key sets and,
+/// per issuer, the HTTPS client of those fetched in the background.
+#[expect(
+    clippy::type_complexity,
+    reason = "two parallel per-issuer lists, used once"
+)]
+fn issuer_keys(cfg: &Config) -> Result<(Vec<Arc<KeySet>>, Vec<Option<Https>>), String> {
+    gateway::stages::auth::jwt::provider::install();
+    let mut sets = Vec::new();
+    let mut fetchers = Vec::new();
+    for (i, s) in cfg.auth.jwt.iter().enumerate() {
+        let at = format!("auth.jwt[{i}] ({})", s.name);
+        match &s.source {
+            KeySource::File(_) | KeySource::Secret(_) => {
+                let set = control::load_key_file(s).map_err(|e| format!("{at}: {e}"))?;
+                tracing::info!("issuer {}: {} keys", s.name, set.len());
+                sets.push(Arc::new(set));
+                fetchers.push(None);
+            }
+            KeySource::Url(_) | KeySource::Discovery => {
+                let https = Https::new(s.ca_file.as_deref()).map_err(|e| format!("{at}: {e}"))?;
+                match control::fetch_keys(s, &https) {
+                    Ok(set) => {
+                        tracing::info!("issuer {}: {} keys", s.name, set.len());
+                        sets.push(Arc::new(set));
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "issuer {}: no keys yet ({e}); its routes answer 503 until a fetch succeeds",
+                            s.name
+                        );
+                        sets.push(Arc::default());
+                    }
+                }
+                fetchers.push(Some(https));
+            }
+        }
+    }
+    Ok((sets, fetchers))
 }
 
 /// What the start-up log tells a new user to try.
@@ -516,6 +578,9 @@ fn announce(cfg: &Config, certs: &[(PathBuf, PathBuf, Vec<String>)], demo_key: O
 /// The main thread's side: the control work of `gateway::control`.
 struct Control {
     keys: Option<KeyWatch>,
+    issuer_files: IssuerFiles,
+    /// Per issuer: asks its fetcher for fresh keys (URL and discovery issuers).
+    fetchers: Vec<Option<std::sync::mpsc::SyncSender<()>>>,
     failures: AuthFailures,
     rx: std::sync::mpsc::Receiver<control::Event>,
 }
@@ -540,14 +605,23 @@ fn serve_until_stopped(
             tracing::info!("{sig} received: stopping");
             return;
         }
+        let hup = sig == Some(Signal::SIGHUP);
+        if hup {
+            tracing::info!("SIGHUP received: re-reading the key files");
+        }
         if let Some(watch) = &mut control.keys {
-            let hup = sig == Some(Signal::SIGHUP);
-            if hup {
-                tracing::info!("SIGHUP received: re-reading the key file");
-            }
             watch.poll(&shared.published, hup);
         }
-        control::drain(&control.rx, &mut control.failures);
+        control
+            .issuer_files
+            .poll(&cfg.auth.jwt, &shared.published, hup);
+        let fetchers = &control.fetchers;
+        control::drain(&control.rx, &mut control.failures, |issuer| {
+            if let Some(Some(ask)) = fetchers.get(issuer) {
+                // A full queue means a fetch is already asked for.
+                let _ = ask.try_send(());
+            }
+        });
         match enforcement.sweep(clock.now_ns()) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} expired verdicts"),

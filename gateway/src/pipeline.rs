@@ -79,7 +79,7 @@ struct Refused {
 /// Returns whether the connection stays open.
 pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     let mut ctx = Ctx::new();
-    let keep = match admit_head(c, &mut ctx) {
+    let keep = match admit_head(w, c, &mut ctx) {
         Ok(a) => {
             let outcome = forward(w, c, &a).await;
             finish(w, c, &a, &mut ctx, outcome).await
@@ -106,7 +106,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
 }
 
 /// Runs every stage that judges the head, in order.
-fn admit_head(c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
+fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
     let p = c.head_parts();
     let limits = &p.snap.cfg.limits;
     let head_limits = HeadLimits {
@@ -172,16 +172,36 @@ fn admit_head(c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
         return Err(refuse(Failure::BODY_TOO_LARGE, false));
     }
     let snap = p.snap;
-    let caller = auth::authenticate(&route.auth, &head, &snap.cfg.auth, &snap.keys)
-        .map_err(|f| refuse(f, head.keep_alive))?;
+    let mut verifiers = auth::Verifiers {
+        settings: &snap.cfg.auth,
+        keys: &snap.keys,
+        issuers: &snap.issuers,
+        jwks: &snap.jwks,
+        vocab: &snap.vocab,
+        cache: &mut w.tokens.borrow_mut(),
+    };
+    let caller =
+        auth::authenticate(&route.auth, &head, &mut verifiers, p.subject).map_err(|f| {
+            if f.reason == "jwt.unknown_key" || f.reason == "jwt.keys_unavailable" {
+                // Ask for the issuer's keys again (single-flight, rate-limited).
+                for issuer in route.auth.issuers() {
+                    w.shared.events.report(Event::UnknownKid { issuer });
+                }
+            }
+            refuse(f, head.keep_alive)
+        })?;
     let who = caller.identity();
     ctx.identity = who;
     let have = match who {
         Identity::Consumer(i) => snap.consumer_roles[i],
-        Identity::Anonymous => 0,
+        Identity::Anonymous | Identity::Token(_) => 0,
     };
     authz::authorize(&snap.rules[index], who, have).map_err(|f| refuse(f, head.keep_alive))?;
-    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, who, snap);
+    let caller_id = proxy::request::Caller {
+        who,
+        subject: p.subject,
+    };
+    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, caller_id, snap);
     let plan = Plan {
         upstream: route.upstream,
         framing: head.framing,
@@ -287,7 +307,8 @@ fn record(w: &Worker, c: &Conn, ctx: &Ctx) {
     let snap = c.snap();
     let consumer = match ctx.identity {
         Identity::Consumer(i) => snap.keys.consumer(i).id.as_str(),
-        Identity::Anonymous => "-",
+        Identity::Token(_) if !c.subject.is_empty() => c.subject.as_str(),
+        Identity::Token(_) | Identity::Anonymous => "-",
     };
     log::access(&AccessRecord {
         peer: c.peer,

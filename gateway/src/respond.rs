@@ -38,6 +38,15 @@ impl Failure {
         }
     }
 
+    /// A failure that is the gateway's own, for a stage's constants.
+    pub const fn internal(status: u16, reason: &'static str) -> Self {
+        Self {
+            status,
+            reason,
+            fault: Fault::Internal,
+        }
+    }
+
     /// A client protocol error.
     pub fn http(e: HttpError) -> Self {
         Self {

@@ -9,26 +9,38 @@ use std::sync::{
 };
 
 use crate::{
-    config::{Config, RouteAuth},
+    config::{Authenticator, Config, RouteAuth},
     filters::ResponseFilters,
     policy::CidrSet,
     route::RouteTable,
-    stages::{auth::api_key::KeyRing, authz::Rule},
+    stages::{
+        auth::{
+            api_key::KeyRing,
+            jwt::{Issuer, Vocabulary, keys::KeySet},
+        },
+        authz::Rule,
+    },
 };
 
 /// Everything a request needs from the configuration, compiled.
 pub struct Snapshot {
     /// Consumers and API key hashes (the key file's last good version).
     pub keys: Arc<KeyRing>,
+    /// JWT issuers, compiled, by index.
+    pub issuers: Vec<Issuer>,
+    /// Each issuer's key set (last good version), by issuer index.
+    pub jwks: Vec<Arc<KeySet>>,
+    /// Role, scope and claim-rule names as bit positions.
+    pub vocab: Vocabulary,
     /// Each route's authorization rule, by route index.
     pub rules: Vec<Rule>,
     /// Each consumer's role bits, by consumer index.
     pub consumer_roles: Vec<u64>,
-    /// `www-authenticate` lines for a 401.
+    /// `www-authenticate` lines for a 401 without credentials.
     pub challenge: Vec<u8>,
     /// The validated configuration it was built from.
     pub cfg: Config,
-    /// Compiled routes, each with its stage plan.
+    /// Compiled routes.
     pub routes: RouteTable,
     /// TLS configuration (certificates, resumption).
     pub tls: Arc<rustls::ServerConfig>,
@@ -39,60 +51,60 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles a configuration with its TLS settings and key ring.
-    pub fn new(cfg: Config, tls: Arc<rustls::ServerConfig>, keys: Arc<KeyRing>) -> Self {
-        // Role names become bit positions (the configuration allows at most
-        // 64 distinct roles across routes).
-        let mut roles: Vec<&str> = Vec::new();
-        for r in &cfg.routes {
-            for role in &r.roles {
-                if !roles.contains(&role.as_str()) {
-                    roles.push(role);
-                }
-            }
-        }
-        let bits = |names: &[String]| {
-            names
-                .iter()
-                .filter_map(|n| roles.iter().position(|r| r == n))
-                .fold(0u64, |acc, i| acc | 1 << i)
-        };
+    /// Compiles a configuration with its TLS settings, key ring and JWT key
+    /// sets (missing sets start empty and not loaded).
+    pub fn new(
+        cfg: Config,
+        tls: Arc<rustls::ServerConfig>,
+        keys: Arc<KeyRing>,
+        mut jwks: Vec<Arc<KeySet>>,
+    ) -> Self {
+        let vocab = vocabulary(&cfg);
         let rules = cfg
             .routes
             .iter()
-            .map(|r| Rule {
-                need_roles: bits(&r.roles),
-                // Unknown consumer ids simply match nobody (the key file
-                // may not list them yet).
-                consumers: (!r.consumers.is_empty()).then(|| {
-                    keys.consumers()
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| r.consumers.contains(&c.id))
-                        .map(|(i, _)| i)
-                        .collect()
-                }),
+            .map(|r| {
+                let attr_bits = vocab
+                    .attrs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (path, values))| {
+                        r.claims.iter().any(|(c, v)| {
+                            c.split('.').eq(path.iter().map(String::as_str)) && v == values
+                        })
+                    })
+                    .fold(0u64, |acc, (i, _)| acc | 1 << i);
+                Rule {
+                    need_roles: Vocabulary::bits(&vocab.roles, &r.roles),
+                    need_scopes: Vocabulary::bits(&vocab.scopes, &r.scopes),
+                    need_attrs: attr_bits,
+                    // Unknown consumer ids simply match nobody (the key
+                    // file may not list them yet).
+                    consumers: (!r.consumers.is_empty()).then(|| {
+                        keys.consumers()
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| r.consumers.contains(&c.id))
+                            .map(|(i, _)| i)
+                            .collect()
+                    }),
+                }
             })
             .collect();
-        let consumer_roles = keys.consumers().iter().map(|c| bits(&c.roles)).collect();
-        let uses_keys = cfg
-            .routes
+        let consumer_roles = keys
+            .consumers()
             .iter()
-            .any(|r| matches!(&r.auth, RouteAuth::Required(_)));
-        let challenge = if uses_keys {
-            format!(
-                "www-authenticate: ApiKey realm=\"gateway\", header=\"{}\"\r\n",
-                cfg.auth.key_header
-            )
-            .into_bytes()
-        } else {
-            Vec::new()
-        };
+            .map(|c| Vocabulary::bits(&vocab.roles, &c.roles))
+            .collect();
+        jwks.resize_with(cfg.auth.jwt.len(), Arc::default);
         Self {
             keys,
+            issuers: cfg.auth.jwt.iter().map(Issuer::new).collect(),
+            jwks,
+            challenge: challenge(&cfg),
+            vocab,
             rules,
             consumer_roles,
-            challenge,
             routes: RouteTable::new(&cfg.routes),
             trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
             filters: ResponseFilters::new(&cfg),
@@ -103,14 +115,85 @@ impl Snapshot {
 
     /// The same configuration with another version of the key file.
     pub fn with_keys(&self, keys: Arc<KeyRing>) -> Self {
-        Self::new(self.cfg.clone(), self.tls.clone(), keys)
+        Self::new(self.cfg.clone(), self.tls.clone(), keys, self.jwks.clone())
     }
+
+    /// The same configuration with another key set for issuer `i`.
+    pub fn with_jwks(&self, i: usize, set: Arc<KeySet>) -> Self {
+        let mut jwks = self.jwks.clone();
+        if let Some(slot) = jwks.get_mut(i) {
+            *slot = set;
+        }
+        Self::new(self.cfg.clone(), self.tls.clone(), self.keys.clone(), jwks)
+    }
+}
+
+/// Every role, scope and claim rule routes name, each given a bit (the
+/// configuration allows at most 64 of each).
+fn vocabulary(cfg: &Config) -> Vocabulary {
+    let mut v = Vocabulary::default();
+    for r in &cfg.routes {
+        for role in &r.roles {
+            if !v.roles.contains(role) {
+                v.roles.push(role.clone());
+            }
+        }
+        for scope in &r.scopes {
+            if !v.scopes.contains(scope) {
+                v.scopes.push(scope.clone());
+            }
+        }
+        for (claim, values) in &r.claims {
+            let rule = (
+                claim.split('.').map(str::to_owned).collect(),
+                values.clone(),
+            );
+            if !v.attrs.contains(&rule) {
+                v.attrs.push(rule);
+            }
+        }
+    }
+    v
+}
+
+/// `www-authenticate` for a 401 without credentials: one challenge per
+/// scheme routes use (RFC 9110 §11.6.1).
+fn challenge(cfg: &Config) -> Vec<u8> {
+    let mut api_key = false;
+    let mut bearer = false;
+    for r in &cfg.routes {
+        if let RouteAuth::Required(list) = &r.auth {
+            for a in list {
+                match a {
+                    Authenticator::ApiKey => api_key = true,
+                    Authenticator::Jwt(_) => bearer = true,
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if api_key {
+        out.extend_from_slice(
+            format!(
+                "www-authenticate: ApiKey realm=\"gateway\", header=\"{}\"\r\n",
+                cfg.auth.key_header
+            )
+            .as_bytes(),
+        );
+    }
+    if bearer {
+        out.extend_from_slice(b"www-authenticate: Bearer realm=\"gateway\"\r\n");
+    }
+    out
 }
 
 /// The snapshot in force, behind a generation counter.
 pub struct Published {
     current: RwLock<Arc<Snapshot>>,
     generation: AtomicU64,
+    /// Serialises read-modify-publish (key file reloads on the main
+    /// thread, key set fetches on their threads) so no update is lost.
+    updating: std::sync::Mutex<()>,
 }
 
 impl Published {
@@ -119,6 +202,7 @@ impl Published {
         Self {
             current: RwLock::new(Arc::new(first)),
             generation: AtomicU64::new(0),
+            updating: std::sync::Mutex::new(()),
         }
     }
 
@@ -139,6 +223,13 @@ impl Published {
     /// The snapshot in force now.
     pub fn current(&self) -> Arc<Snapshot> {
         self.load().1
+    }
+
+    /// Publishes `change(current)`, with no other update in between.
+    pub fn update(&self, change: impl FnOnce(&Snapshot) -> Snapshot) {
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let next = change(&self.current());
+        self.publish(next);
     }
 
     /// Replaces the snapshot; connections take it up at their next request.

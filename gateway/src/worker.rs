@@ -13,7 +13,10 @@ use std::{
     },
 };
 
-use crate::{control::Events, policy::SourcePolicy, proxy::Upstreams, snapshot::Published};
+use crate::{
+    control::Events, policy::SourcePolicy, proxy::Upstreams, snapshot::Published,
+    stages::auth::jwt::TokenCache,
+};
 
 /// Server-wide state shared by all workers.
 pub struct Shared {
@@ -35,6 +38,8 @@ pub struct Worker {
     pub index: usize,
     /// Its pools, one per upstream.
     pub upstreams: Upstreams,
+    /// Bearer tokens it verified lately.
+    pub tokens: RefCell<TokenCache>,
     /// Open client connections (HTTPS and redirects).
     pub active: Cell<usize>,
     /// Connections waiting for their next request (shut down on stop).
@@ -50,6 +55,7 @@ impl Worker {
         Self {
             max_connections: snap.cfg.runtime.max_connections_per_worker,
             upstreams: Upstreams::new(&snap.cfg.upstreams),
+            tokens: RefCell::new(TokenCache::default()),
             shared,
             index,
             active: Cell::new(0),

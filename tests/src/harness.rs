@@ -45,6 +45,8 @@ pub struct Certs {
     pub ca: CertificateDer<'static>,
     /// PEM paths per name: (cert, key).
     pub files: Vec<(String, PathBuf, PathBuf)>,
+    /// The CA certificate as a PEM file (for `ca_file` settings).
+    pub ca_pem: PathBuf,
 }
 
 impl Certs {
@@ -71,9 +73,12 @@ impl Certs {
             std::fs::write(&kp, key.serialize_pem()).expect("write key");
             files.push((name.to_string(), cp, kp));
         }
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, ca_cert.pem()).expect("write CA");
         Self {
             ca: ca_cert.der().clone(),
             files,
+            ca_pem,
         }
     }
 
@@ -801,4 +806,136 @@ pub fn reason_of(r: &Response) -> String {
         .and_then(|t| t.split('"').next())
         .unwrap_or("")
         .to_owned()
+}
+
+/// An HTTPS server on loopback serving documents by path (an identity
+/// provider's discovery document and JWKS), counting requests; it can be
+/// taken down (every request then gets 503).
+pub struct DocServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    docs: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DocServer {
+    /// Starts it with the leaf for `localhost` (valid for 127.0.0.1 too).
+    pub fn start(certs: &Certs) -> Self {
+        let (_, cert, key) = &certs.files[0];
+        let chain: Vec<CertificateDer<'static>> =
+            rustls_pki_types::pem::PemObject::pem_file_iter(cert)
+                .and_then(|it| it.collect())
+                .expect("cert");
+        let key = rustls_pki_types::pem::PemObject::from_pem_file(key).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config"),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let docs: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (down, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (d, h, dn, st) = (docs.clone(), hits.clone(), down.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(300);
+            while !st.load(Ordering::Relaxed) && Instant::now() < until {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = tcp.set_nonblocking(false);
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let (config, d, h, dn) = (config.clone(), d.clone(), h.clone(), dn.clone());
+                std::thread::spawn(move || serve_doc(tcp, config, &d, &h, &dn));
+            }
+        });
+        Self {
+            addr,
+            docs,
+            hits,
+            down,
+            stop,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Serves `body` at `path`.
+    pub fn put(&self, path: &str, body: &str) {
+        if let Ok(mut d) = self.docs.lock() {
+            d.insert(path.to_owned(), body.to_owned());
+        }
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Takes it down (503 for everything) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+    }
+}
+
+impl Drop for DocServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_doc(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    docs: &Mutex<std::collections::HashMap<String, String>>,
+    hits: &std::sync::atomic::AtomicUsize,
+    down: &AtomicBool,
+) {
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tls.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    hits.fetch_add(1, Ordering::Relaxed);
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let doc = docs.lock().ok().and_then(|d| d.get(&path).cloned());
+    let reply = match doc {
+        _ if down.load(Ordering::Relaxed) => {
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                .to_owned()
+        }
+        Some(body) => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        None => {
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+        }
+    };
+    let _ = tls.write_all(reply.as_bytes());
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
 }

@@ -92,14 +92,24 @@ fn append_all(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &str) -
 /// The upstream request head: the client's fields minus hop-by-hop ones and
 /// forwarding fields we do not trust, plus our own forwarding fields and
 /// the framing we will send.
+/// Who the upstream is told is calling.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    /// The identity the auth stage proved.
+    pub who: Identity,
+    /// A token's subject (empty otherwise).
+    pub subject: &'a str,
+}
+
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &http::request::RequestHead<'_, '_>,
     path: &str,
     peer: SocketAddr,
-    who: Identity,
+    caller: Caller<'_>,
     snap: &Snapshot,
 ) {
+    let who = caller.who;
     let auth = &snap.cfg.auth;
     out.clear();
     let trusted = snap
@@ -124,6 +134,7 @@ pub fn write_upstream_head(
             // The identity headers are ours: a client's copy is a forgery.
             || name.eq_ignore_ascii_case(&auth.consumer_header)
             || name.eq_ignore_ascii_case(&auth.roles_header)
+            || name.eq_ignore_ascii_case(&auth.subject_header)
             // The credential stays at the gateway.
             || (who != Identity::Anonymous && name.eq_ignore_ascii_case(&auth.key_header))
             || (has_connection && named_by_connection(head.headers, name))
@@ -140,13 +151,7 @@ pub fn write_upstream_head(
         // HTTP/1.0 without Host: HTTP/1.1 upstream needs one.
         let _ = write!(out, "host: {}\r\n", snap.cfg.https);
     }
-    if let Identity::Consumer(i) = who {
-        let c = snap.keys.consumer(i);
-        let _ = write!(out, "{}: {}\r\n", auth.consumer_header, c.id);
-        if !c.roles_line.is_empty() {
-            let _ = write!(out, "{}: {}\r\n", auth.roles_header, c.roles_line);
-        }
-    }
+    write_identity(out, caller, snap);
     out.extend_from_slice(b"x-forwarded-for: ");
     if trusted && append_all(out, head.headers, "x-forwarded-for") {
         out.extend_from_slice(b", ");
@@ -180,6 +185,43 @@ pub fn write_upstream_head(
         Framing::None | Framing::UntilClose => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The identity headers: a consumer's id and roles, or a token's subject
+/// and the roles routes know of (client copies were dropped above).
+fn write_identity(out: &mut Vec<u8>, caller: Caller<'_>, snap: &Snapshot) {
+    let auth = &snap.cfg.auth;
+    match caller.who {
+        Identity::Anonymous => {}
+        Identity::Consumer(i) => {
+            let c = snap.keys.consumer(i);
+            let _ = write!(out, "{}: {}\r\n", auth.consumer_header, c.id);
+            if !c.roles_line.is_empty() {
+                let _ = write!(out, "{}: {}\r\n", auth.roles_header, c.roles_line);
+            }
+        }
+        Identity::Token(t) => {
+            if !caller.subject.is_empty() {
+                let _ = write!(out, "{}: {}\r\n", auth.subject_header, caller.subject);
+            }
+            if t.roles != 0 {
+                let _ = write!(out, "{}: ", auth.roles_header);
+                let names = snap
+                    .vocab
+                    .roles
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| t.roles & 1 << b != 0);
+                for (n, (_, role)) in names.enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(role.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
 }
 
 /// Whether any Connection field (RFC 9110 §7.6.1) names `name` as

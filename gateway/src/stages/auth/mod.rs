@@ -8,8 +8,12 @@
 //! was skipped does not compile.
 
 pub mod api_key;
+pub mod jwt;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use crate::{
     config::{AuthSettings, Authenticator, RouteAuth},
@@ -17,6 +21,7 @@ use crate::{
     respond::Failure,
 };
 use api_key::{KeyError, KeyRing};
+use jwt::{Issuer, JwtError, TokenCache, TokenId, Vocabulary, keys::KeySet};
 
 /// Who the caller is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +30,9 @@ pub enum Identity {
     Anonymous,
     /// A consumer of the key file, by index in the snapshot's key ring.
     Consumer(usize),
+    /// The bearer of a verified token (its subject is in the connection's
+    /// scratch, its roles, scopes and claims as bits).
+    Token(TokenId),
 }
 
 /// Proof that a route's authentication ran and passed.
@@ -44,20 +52,38 @@ impl Authenticated {
 pub const MISSING: Failure = Failure::client(401, "auth.missing");
 /// An API key no consumer holds, or outside its validity.
 pub const INVALID_KEY: Failure = Failure::client(401, "auth.invalid_key");
-/// Two API key headers: which one would a backend read?
+/// Two credential headers of one kind: which one would a backend read?
 pub const AMBIGUOUS: Failure = Failure::client(400, "auth.ambiguous");
 /// An API key in the query string, where it lands in logs and browser history.
 pub const KEY_IN_QUERY: Failure = Failure::client(400, "auth.key_in_query");
+/// An Authorization header that is not `Bearer <token>`.
+pub const MALFORMED: Failure = Failure::client(400, "auth.malformed");
+
+/// Everything authentication reads, from the snapshot and the worker.
+pub struct Verifiers<'a> {
+    /// Header names.
+    pub settings: &'a AuthSettings,
+    /// API keys.
+    pub keys: &'a KeyRing,
+    /// JWT issuers, by index.
+    pub issuers: &'a [Issuer],
+    /// Their key sets, by issuer index.
+    pub jwks: &'a [Arc<KeySet>],
+    /// Role, scope and claim names as bits.
+    pub vocab: &'a Vocabulary,
+    /// The worker's verified tokens.
+    pub cache: &'a mut TokenCache,
+}
 
 /// Query parameter names that carry API keys by common convention.
 const QUERY_KEY_NAMES: [&str; 3] = ["api_key", "apikey", "api-key"];
 
-/// Runs a route's authentication.
+/// Runs a route's authentication: the first credential present decides.
 pub fn authenticate(
     route: &RouteAuth,
     head: &RequestHead<'_, '_>,
-    settings: &AuthSettings,
-    keys: &KeyRing,
+    v: &mut Verifiers<'_>,
+    subject: &mut String,
 ) -> Result<Authenticated, Failure> {
     let list = match route {
         RouteAuth::Public => {
@@ -68,24 +94,73 @@ pub fn authenticate(
         RouteAuth::Required(list) => list,
     };
     for a in list {
-        match a {
+        let identity = match *a {
             Authenticator::ApiKey => {
-                if key_in_query(head.target, &settings.key_header) {
+                if key_in_query(head.target, &v.settings.key_header) {
                     return Err(KEY_IN_QUERY);
                 }
-                let Some(key) = single_header(head, &settings.key_header)? else {
+                let Some(key) = single_header(head, &v.settings.key_header)? else {
                     continue;
                 };
-                let consumer = keys.verify(key, now()).map_err(|e| match e {
+                let consumer = v.keys.verify(key, now()).map_err(|e| match e {
                     KeyError::Unknown | KeyError::NotYetValid | KeyError::Expired => INVALID_KEY,
                 })?;
-                return Ok(Authenticated {
-                    identity: Identity::Consumer(consumer),
-                });
+                Identity::Consumer(consumer)
             }
-        }
+            Authenticator::Jwt(i) => {
+                let Some(token) = bearer(head)? else {
+                    continue;
+                };
+                Identity::Token(token_identity(i, token, v, subject)?)
+            }
+        };
+        return Ok(Authenticated { identity });
     }
     Err(MISSING)
+}
+
+/// A bearer token, from the cache or verified now.
+fn token_identity(
+    i: usize,
+    token: &str,
+    v: &mut Verifiers<'_>,
+    subject: &mut String,
+) -> Result<TokenId, Failure> {
+    let keys = &v.jwks[i];
+    let now = now();
+    let key = jwt::digest(token);
+    if let Some(id) = v.cache.get(&key, i, keys.revision, now, subject) {
+        return Ok(id);
+    }
+    let (id, exp) =
+        jwt::verify(i, &v.issuers[i], keys, token, v.vocab, subject).map_err(JwtError::failure)?;
+    v.cache.put(key, keys.revision, exp, now, id, subject);
+    Ok(id)
+}
+
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme
+/// is case-insensitive). Another scheme is no bearer token; two
+/// Authorization headers or a broken value are refused.
+fn bearer<'b>(head: &RequestHead<'b, '_>) -> Result<Option<&'b str>, Failure> {
+    let Some(value) = single_header(head, "authorization")? else {
+        return Ok(None);
+    };
+    let value = std::str::from_utf8(value).map_err(|_| MALFORMED)?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = token.trim_start_matches(' ');
+    // token68 (RFC 9110 §11.2).
+    let body = token.trim_end_matches('=');
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    {
+        return Err(MALFORMED);
+    }
+    Ok(Some(token))
 }
 
 /// The value of a header that must appear at most once.

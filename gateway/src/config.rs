@@ -1383,29 +1383,38 @@ fn relative_to(file: &str, p: &Path) -> PathBuf {
     }
 }
 
-fn jwt_algorithms(names: &[String]) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
+/// A JWS `alg` name exactly as RFC 7518 spells it; anything else (`none`
+/// in any spelling included) is no algorithm.
+pub fn jwt_algorithm(name: &str) -> Option<jsonwebtoken::Algorithm> {
     use jsonwebtoken::Algorithm as A;
+    Some(match name {
+        "HS256" => A::HS256,
+        "HS384" => A::HS384,
+        "HS512" => A::HS512,
+        "RS256" => A::RS256,
+        "RS384" => A::RS384,
+        "RS512" => A::RS512,
+        "PS256" => A::PS256,
+        "PS384" => A::PS384,
+        "PS512" => A::PS512,
+        "ES256" => A::ES256,
+        "ES384" => A::ES384,
+        "EdDSA" => A::EdDSA,
+        _ => return None,
+    })
+}
+
+fn jwt_algorithms(names: &[String]) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
     let mut out = Vec::new();
     for a in names {
-        out.push(match a.as_str() {
-            "HS256" => A::HS256,
-            "HS384" => A::HS384,
-            "HS512" => A::HS512,
-            "RS256" => A::RS256,
-            "RS384" => A::RS384,
-            "RS512" => A::RS512,
-            "PS256" => A::PS256,
-            "PS384" => A::PS384,
-            "PS512" => A::PS512,
-            "ES256" => A::ES256,
-            "ES384" => A::ES384,
-            "EdDSA" => A::EdDSA,
-            other if other.eq_ignore_ascii_case("none") => {
+        out.push(match jwt_algorithm(a) {
+            Some(alg) => alg,
+            None if a.eq_ignore_ascii_case("none") => {
                 return Err("`none` is never accepted".into());
             }
-            other => {
+            None => {
                 return Err(format!(
-                    "`{other}` is not supported (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
+                    "`{a}` is not supported (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
                 ));
             }
         });

@@ -21,7 +21,10 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
-use crate::{config::JwtSettings, respond::Failure};
+use crate::{
+    config::{JwtSettings, jwt_algorithm},
+    respond::Failure,
+};
 use keys::KeySet;
 
 /// Why a bearer token is refused.
@@ -176,7 +179,7 @@ fn read_header(part: &str, issuer: &Issuer) -> Result<Header, JwtError> {
         return Err(JwtError::Header);
     }
     let alg = match h.get("alg") {
-        Some(Value::String(a)) => algorithm(a).ok_or(JwtError::Algorithm)?,
+        Some(Value::String(a)) => jwt_algorithm(a).ok_or(JwtError::Algorithm)?,
         _ => return Err(JwtError::Malformed),
     };
     if !issuer.settings.algorithms.contains(&alg) {
@@ -188,27 +191,6 @@ fn read_header(part: &str, issuer: &Issuer) -> Result<Header, JwtError> {
         Some(_) => return Err(JwtError::Malformed),
     };
     Ok(Header { alg, kid })
-}
-
-/// An `alg` name, exactly as RFC 7518 spells it (so `none`, `None`,
-/// `NONE`, `nOnE` and anything else unknown are no algorithm at all).
-fn algorithm(name: &str) -> Option<Algorithm> {
-    use Algorithm as A;
-    Some(match name {
-        "HS256" => A::HS256,
-        "HS384" => A::HS384,
-        "HS512" => A::HS512,
-        "RS256" => A::RS256,
-        "RS384" => A::RS384,
-        "RS512" => A::RS512,
-        "PS256" => A::PS256,
-        "PS384" => A::PS384,
-        "PS512" => A::PS512,
-        "ES256" => A::ES256,
-        "ES384" => A::ES384,
-        "EdDSA" => A::EdDSA,
-        _ => return None,
-    })
 }
 
 /// Verifies `token` for `issuer` (index `index`) with `keys`; on success

@@ -2,6 +2,7 @@
 //! by `cargo xtask bench`. Speed targets live here, never in tests.
 
 mod cpu;
+mod jwt_fixture;
 mod proxy;
 mod xdp;
 

@@ -61,6 +61,10 @@ pub struct Opts {
     /// The gateway binary (release).
     #[arg(long, default_value = "target/release/gateway")]
     gateway: PathBuf,
+    /// Leave out the JWT scenarios (gateway ES256 with and without its
+    /// verified-token cache, RS256; HAProxy `jwt_verify` ES256 and RS256).
+    #[arg(long)]
+    no_jwt: bool,
 }
 
 const BACKEND_PORT: u16 = 18080;
@@ -392,6 +396,10 @@ enabled = false
             gateway::stages::auth::api_key::hash_line(&api_key)
         ),
     )?;
+    // The authenticated gateway: the API key on `/`, and the JWT routes
+    // (issuers and routes from the fixture) before it.
+    let jwt = crate::jwt_fixture::make(&work)?;
+    let (jwt_routes, jwt_issuers) = crate::jwt_fixture::gateway_toml(&jwt);
     let gw_key_conf = work.join("gateway-key.toml");
     std::fs::write(
         &gw_key_conf,
@@ -401,10 +409,15 @@ enabled = false
                 &format!("127.0.0.1:{}", PORTS[2].1),
             )
             .replace(
-                "auth = \"none\"",
-                "auth = [\"api_key\"]\nroles = [\"reader\"]",
+                "[[routes]]\nupstream = \"backend\"\nauth = \"none\"",
+                &format!(
+                    "{jwt_routes}[[routes]]\nupstream = \"backend\"\nauth = [\"api_key\"]\nroles = [\"reader\"]"
+                ),
             )
-            + &format!("[auth]\nkey_file = \"{}\"\n", key_file.display()),
+            + &format!(
+                "[auth]\nkey_file = \"{}\"\n{jwt_issuers}",
+                key_file.display()
+            ),
     )?;
     let haproxy_conf = work.join("haproxy.cfg");
     std::fs::write(
@@ -429,13 +442,14 @@ frontend fe
   option forwardfor
   http-request set-header X-Forwarded-Proto https
   http-response set-header Strict-Transport-Security "{hsts}"
-  default_backend be
+{jwt_rules}  default_backend be
 backend be
   server s1 127.0.0.1:{BACKEND_PORT}
 "#,
             port = PORTS[3].1,
             combined = combined.display(),
-            cpu_map = haproxy_cpu_map(&opts)
+            cpu_map = haproxy_cpu_map(&opts),
+            jwt_rules = crate::jwt_fixture::haproxy_rules(&jwt)
         ),
     )?;
     let nginx_conf = work.join("nginx.conf");
@@ -546,29 +560,77 @@ http {{
     ));
     procs.push(("haproxy".into(), Some(hp), target(PORTS[3].1, true, vec![])));
     procs.push(("nginx".into(), Some(ng), target(PORTS[4].1, true, vec![])));
+    // What is measured: each process's own scenario, and the JWT scenarios
+    // on the authenticated gateway and on HAProxy (a process's CPU counts
+    // only while its own wrk runs, so sharing it is fair).
+    let pid = |name: &str| {
+        procs
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .and_then(|(_, p, _)| p.as_ref().map(|p| p.child.id()))
+    };
+    let mut systems: Vec<(String, Option<u32>, Target)> = Vec::new();
+    for (name, p, t) in &procs {
+        systems.push((
+            name.clone(),
+            p.as_ref().map(|p| p.child.id()),
+            Target {
+                url: t.url.clone(),
+                headers: t.headers.clone(),
+            },
+        ));
+    }
+    if !opts.no_jwt {
+        let on = |port: u16, path: &str, token: &str| Target {
+            url: format!("https://127.0.0.1:{port}{path}"),
+            headers: vec![format!("Authorization: Bearer {token}")],
+        };
+        let (g, h) = (PORTS[2].1, PORTS[3].1);
+        let (gk, hk) = (pid("gw+key"), pid("haproxy"));
+        let at = systems.len() - 2;
+        for (i, sys) in [
+            ("gw+es256", gk, on(g, "/es/x", &jwt.es_token)),
+            ("gw+es256-nc", gk, on(g, "/es-nc/x", &jwt.es_token)),
+            ("gw+rs256", gk, on(g, "/rs/x", &jwt.rs_token)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            systems.insert(at + i, (sys.0.into(), sys.1, sys.2));
+        }
+        systems.push(("ha+es256".into(), hk, on(h, "/es/x", &jwt.es_token)));
+        systems.push(("ha+rs256".into(), hk, on(h, "/rs/x", &jwt.rs_token)));
+    }
 
     // Warm up every system (TLS session setup, pools).
-    for (name, p, url) in &procs {
+    for (name, pgid, target) in &systems {
         let short = Opts {
             duration: 2,
             ..clone_opts(&opts)
         };
-        wrk(
+        let r = wrk(
             &short,
-            url,
+            target,
             &lua,
-            p.as_ref().map(|p| p.child.id()),
+            *pgid,
             &work.join(format!("warmup-{name}.csv")),
         )?;
+        if r.rps < 1.0 || r.errors > 0 {
+            bail!(
+                "{name}: warm-up failed ({} errors, {:.0} req/s)",
+                r.errors,
+                r.rps
+            );
+        }
     }
     let mut results: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     for round in 0..opts.rounds {
-        let mut order: Vec<usize> = (0..procs.len()).collect();
-        order.rotate_left(round % procs.len());
+        let mut order: Vec<usize> = (0..systems.len()).collect();
+        order.rotate_left(round % systems.len());
         for i in order {
-            let (name, p, url) = &procs[i];
+            let (name, pgid, target) = &systems[i];
             let dist = out.join(format!("latency-{name}-round{}.csv", round + 1));
-            let r = wrk(&opts, url, &lua, p.as_ref().map(|p| p.child.id()), &dist)?;
+            let r = wrk(&opts, target, &lua, *pgid, &dist)?;
             eprintln!(
                 "round {} {name:<8} {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us cpu/req {} errors {}",
                 round + 1,
@@ -627,7 +689,8 @@ http {{
     let mut csv = String::from(
         "system,rps,p50_us,p99_us,p999_us,cpu_us_per_req,rps_vs_haproxy,p99_vs_haproxy,cpu_vs_haproxy\n",
     );
-    for (name, _) in PORTS {
+    let names: Vec<&str> = systems.iter().map(|(n, _, _)| n.as_str()).collect();
+    for &name in &names {
         let rps = med(name, &|r| Some(r.rps));
         let p50 = med(name, &|r| r.pct.get("50").copied());
         let p99 = med(name, &|r| r.pct.get("99").copied());
@@ -657,8 +720,18 @@ http {{
         rps_key / rps_plain,
         cpu_key - cpu_plain
     );
+    if !opts.no_jwt {
+        let rps = |n: &str| med(n, &|r| Some(r.rps));
+        let _ = writeln!(
+            table,
+            "JWT ES256: {:.2}x HAProxy jwt_verify's req/s with the verified-token cache, {:.2}x without; RS256: {:.2}x",
+            rps("gw+es256") / rps("ha+es256"),
+            rps("gw+es256-nc") / rps("ha+es256"),
+            rps("gw+rs256") / rps("ha+rs256"),
+        );
+    }
     print!("{table}");
-    plot(&out, opts.rounds)?;
+    plot(&out, opts.rounds, &names)?;
     std::fs::write(out.join("summary.txt"), &table)?;
     std::fs::write(out.join("summary.csv"), csv)?;
     println!("latency distributions and summary: {}", out.display());
@@ -667,7 +740,7 @@ http {{
 
 /// Draws the last round's latency distributions (percentile against
 /// latency, log scale) into `latency.png` with gnuplot, when it is installed.
-fn plot(out: &Path, rounds: usize) -> Result<()> {
+fn plot(out: &Path, rounds: usize, names: &[&str]) -> Result<()> {
     let have = Command::new("sh")
         .arg("-c")
         .arg("command -v gnuplot")
@@ -685,9 +758,9 @@ fn plot(out: &Path, rounds: usize) -> Result<()> {
          set title 'wrk over TLS keep-alive: latency by percentile (round {rounds})'\nset grid\nplot ",
         png.display()
     );
-    let series: Vec<String> = PORTS
+    let series: Vec<String> = names
         .iter()
-        .map(|(name, _)| {
+        .map(|name| {
             format!(
                 "'{}' every ::1 using (100/(100-$1)):2 with lines lw 2 title '{name}'",
                 out.join(format!("latency-{name}-round{rounds}.csv"))
@@ -758,5 +831,6 @@ fn clone_opts(o: &Opts) -> Opts {
         out: o.out.clone(),
         gateway: o.gateway.clone(),
         pin_workers: o.pin_workers,
+        no_jwt: o.no_jwt,
     }
 }

@@ -145,6 +145,8 @@ struct JwtFile {
     ca_file: Option<PathBuf>,
     #[serde(default = "default_max_token")]
     max_token_bytes: usize,
+    #[serde(default = "yes")]
+    cache: bool,
 }
 
 fn default_leeway() -> u64 {
@@ -770,6 +772,8 @@ pub struct JwtSettings {
     pub ca_file: Option<PathBuf>,
     /// Longest token accepted, checked before any decoding.
     pub max_token_bytes: usize,
+    /// Whether workers cache verified tokens (off only to measure).
+    pub cache: bool,
 }
 
 /// Validated `[auth]`.
@@ -1372,6 +1376,7 @@ fn jwt_settings(
         refresh_secs: j.refresh_secs.max(10),
         ca_file: j.ca_file.as_ref().map(relative),
         max_token_bytes: j.max_token_bytes.clamp(256, 64 * 1024),
+        cache: j.cache,
     })
 }
 

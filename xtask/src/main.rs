@@ -41,10 +41,11 @@ enum Cmd {
     },
     /// Lint the host workspace and the eBPF crate.
     Clippy,
-    /// Benchmarks: `xdp` (kernel drop path vs nftables), `proxy` (vs HAProxy and nginx).
+    /// Benchmarks: `xdp` (kernel drop path vs nftables), `proxy` (vs HAProxy
+    /// and nginx), `jwt` (the verify path against ring's bare check, criterion).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "proxy"])]
+        #[arg(value_parser = ["xdp", "proxy", "jwt"])]
         which: String,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -97,6 +98,14 @@ fn run(cli: Cli) -> Result<()> {
             // And the kernel crate on its own target.
             let tc = toolchain::ensure()?;
             exec(build::nightly_ebpf_cargo("clippy", &tc).args(["--", "-D", "warnings"]))
+        }
+        Cmd::Bench { which, args } if which == "jwt" => {
+            let obj = build::ebpf()?;
+            exec(
+                build::cargo(&obj)
+                    .args(["bench", "-p", "gateway", "--bench", "jwt", "--"])
+                    .args(args),
+            )
         }
         Cmd::Bench { which, args } => {
             let obj = build::ebpf()?;

@@ -316,6 +316,27 @@ mod tests {
         Ok(())
     }
 
+    /// The library's fixed HS256 vector (`tests/hmac.rs`, `sign_hs256`).
+    #[test]
+    fn the_librarys_fixed_hmac_vector() {
+        install();
+        let sig = jsonwebtoken::crypto::sign(
+            b"hello world",
+            &EncodingKey::from_secret(b"secret"),
+            Algorithm::HS256,
+        )
+        .expect("sign");
+        assert_eq!(sig, "c0zGLzKEFWj0VxWuufTXiRMk5tlI5MbGDAYhzaxIYjo");
+        let ok = jsonwebtoken::crypto::verify(
+            &sig,
+            b"hello world",
+            &DecodingKey::from_secret(b"secret"),
+            Algorithm::HS256,
+        )
+        .expect("verify");
+        assert!(ok);
+    }
+
     fn ec(alg: &'static sig::EcdsaSigningAlgorithm) -> (EncodingKey, DecodingKey) {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");

@@ -93,33 +93,10 @@ pub fn make(dir: &Path) -> Result<JwtFixture> {
         &rng,
     )
     .map_err(|e| anyhow::anyhow!("EC key: {e}"))?;
-    let (rsa_pem, rsa_der, rs_pub) = (
-        dir.join("rsa.pem"),
-        dir.join("rsa.der"),
-        dir.join("rsa-pub.pem"),
-    );
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &s(&rsa_pem),
-    ])?;
-    openssl(&[
-        "rsa",
-        "-in",
-        &s(&rsa_pem),
-        "-traditional",
-        "-outform",
-        "DER",
-        "-out",
-        &s(&rsa_der),
-    ])?;
+    let (rsa_pem, rsa_der) = gateway_tests::harness::openssl_rsa_key(dir);
+    let rs_pub = dir.join("rsa-pub.pem");
     openssl(&["pkey", "-in", &s(&rsa_pem), "-pubout", "-out", &s(&rs_pub)])?;
-    let rsa = sig::RsaKeyPair::from_der(&std::fs::read(&rsa_der)?)
-        .map_err(|e| anyhow::anyhow!("RSA key: {e}"))?;
+    let rsa = sig::RsaKeyPair::from_der(&rsa_der).map_err(|e| anyhow::anyhow!("RSA key: {e}"))?;
     let point = ec.public_key().as_ref();
     let rc: sig::RsaPublicKeyComponents<Vec<u8>> = rsa.public().into();
     let jwks = dir.join("jwks.json");

@@ -939,3 +939,40 @@ fn serve_doc(
     tls.conn.send_close_notify();
     let _ = tls.flush();
 }
+
+/// A 2048-bit RSA key made by openssl (ring makes none): `(PEM path, PKCS#1
+/// DER)`, the PEM for tools that read it (HAProxy), the DER for ring.
+pub fn openssl_rsa_key(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let pem = dir.join("rsa.pem");
+    let der = dir.join("rsa.der");
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (apt-get install openssl)");
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    let (pem_s, der_s) = (pem.display().to_string(), der.display().to_string());
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &pem_s,
+    ]);
+    run(&[
+        "rsa",
+        "-in",
+        &pem_s,
+        "-traditional",
+        "-outform",
+        "DER",
+        "-out",
+        &der_s,
+    ]);
+    let bytes = std::fs::read(&der).expect("RSA key");
+    (pem, bytes)
+}

@@ -32,38 +32,8 @@ fn ec_key() -> Key {
 
 /// ring makes no RSA keys: openssl does (PKCS#1 DER, which ring reads).
 fn rsa_key(dir: &Path) -> Key {
-    let pem = dir.join("rsa.pem");
-    let der = dir.join("rsa.der");
-    let run = |args: &[&str]| {
-        let ok = std::process::Command::new("openssl")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl (apt-get install openssl)");
-        assert!(ok.success(), "openssl {args:?}");
-    };
-    let (pem_s, der_s) = (pem.display().to_string(), der.display().to_string());
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &pem_s,
-    ]);
-    run(&[
-        "rsa",
-        "-in",
-        &pem_s,
-        "-traditional",
-        "-outform",
-        "DER",
-        "-out",
-        &der_s,
-    ]);
-    let bytes = std::fs::read(&der).expect("key");
-    Key::Rsa(RsaKeyPair::from_der(&bytes).expect("PKCS#1"))
+    let (_, der) = gateway_tests::harness::openssl_rsa_key(dir);
+    Key::Rsa(RsaKeyPair::from_der(&der).expect("PKCS#1"))
 }
 
 /// The key's JWK (public part), with `kid` and `alg`.

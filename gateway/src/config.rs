@@ -96,6 +96,35 @@ struct AuthFile {
     subject_header: Spanned<String>,
     #[serde(default)]
     jwt: Vec<JwtFile>,
+    #[serde(default)]
+    introspection: Vec<IntrospectionFile>,
+}
+
+/// One `[[auth.introspection]]` endpoint as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntrospectionFile {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    client_id: String,
+    client_secret_file: PathBuf,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_max_cache")]
+    max_cache_secs: u64,
+    #[serde(default = "default_inactive_cache")]
+    inactive_cache_secs: u64,
+    #[serde(default = "default_roles_claim")]
+    roles_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    scopes_claim: String,
+}
+
+fn default_max_cache() -> u64 {
+    300
+}
+fn default_inactive_cache() -> u64 {
+    10
 }
 
 impl Default for AuthFile {
@@ -107,6 +136,7 @@ impl Default for AuthFile {
             roles_header: default_roles_header(),
             subject_header: default_subject_header(),
             jwt: Vec::new(),
+            introspection: Vec::new(),
         }
     }
 }
@@ -716,6 +746,31 @@ pub enum Authenticator {
     ApiKey,
     /// A bearer token from `auth.jwt[i]`.
     Jwt(usize),
+    /// An opaque bearer token checked at `auth.introspection[i]`.
+    Introspect(usize),
+}
+
+/// A validated `[[auth.introspection]]` endpoint (RFC 7662).
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    /// Its name (routes say `introspect:NAME`).
+    pub name: String,
+    /// The endpoint (https).
+    pub url: String,
+    /// The gateway's client id there.
+    pub client_id: String,
+    /// The file holding the gateway's client secret.
+    pub client_secret_file: PathBuf,
+    /// CA certificates (PEM) to trust; default: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Longest an active answer is cached (and never past the token's `exp`).
+    pub max_cache_secs: u64,
+    /// How long an inactive answer is cached.
+    pub inactive_cache_secs: u64,
+    /// Dotted path of the roles member of the answer.
+    pub roles_claim: Vec<String>,
+    /// Dotted path of the scopes member of the answer.
+    pub scopes_claim: Vec<String>,
 }
 
 impl RouteAuth {
@@ -727,7 +782,7 @@ impl RouteAuth {
         };
         list.iter().filter_map(|a| match a {
             Authenticator::Jwt(i) => Some(*i),
-            Authenticator::ApiKey => None,
+            Authenticator::ApiKey | Authenticator::Introspect(_) => None,
         })
     }
 }
@@ -791,6 +846,8 @@ pub struct AuthSettings {
     pub subject_header: String,
     /// JWT issuers, by index.
     pub jwt: Vec<JwtSettings>,
+    /// Introspection endpoints, by index.
+    pub introspection: Vec<IntrospectionSettings>,
 }
 
 /// Validated `[xdp]` section.
@@ -938,9 +995,11 @@ impl Config {
         let auth = auth_settings(&raw.auth, file, &invalid)?;
         let has_keys = auth.key_file.is_some() || raw.demo.as_ref().is_some_and(|d| d.api_key);
         let issuers: Vec<&str> = auth.jwt.iter().map(|j| j.name.as_str()).collect();
+        let endpoints: Vec<&str> = auth.introspection.iter().map(|j| j.name.as_str()).collect();
         let auth_ctx = AuthContext {
             has_keys,
             issuers: &issuers,
+            endpoints: &endpoints,
         };
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
@@ -1181,6 +1240,7 @@ fn compile_route(
 struct AuthContext<'a> {
     has_keys: bool,
     issuers: &'a [&'a str],
+    endpoints: &'a [&'a str],
 }
 
 fn route_auth(
@@ -1237,6 +1297,19 @@ fn route_auth(
                     "`none` stands alone: `auth = \"none\"`".into(),
                 ));
             }
+            intro if intro.starts_with("introspect:") => {
+                let name = &intro["introspect:".len()..];
+                match ctx.endpoints.iter().position(|n| *n == name) {
+                    Some(idx) => Authenticator::Introspect(idx),
+                    None => {
+                        return Err(invalid(
+                            Some(auth.span()),
+                            key,
+                            format!("no [[auth.introspection]] named `{name}`"),
+                        ));
+                    }
+                }
+            }
             jwt if jwt.starts_with("jwt:") => {
                 let name = &jwt[4..];
                 match ctx.issuers.iter().position(|n| *n == name) {
@@ -1254,7 +1327,9 @@ fn route_auth(
                 return Err(invalid(
                     Some(auth.span()),
                     key,
-                    format!("unknown authenticator `{other}` (known: api_key, jwt:NAME)"),
+                    format!(
+                        "unknown authenticator `{other}` (known: api_key, jwt:NAME, introspect:NAME)"
+                    ),
                 ));
             }
         };
@@ -1313,7 +1388,38 @@ fn auth_settings(
         }
         jwt.push(settings);
     }
+    let mut introspection = Vec::new();
+    for (i, e) in a.introspection.iter().enumerate() {
+        let at = |k: &str| format!("auth.introspection[{i}].{k}");
+        if !e.url.get_ref().starts_with("https://") {
+            return Err(invalid(
+                Some(e.url.span()),
+                at("url"),
+                format!("`{}` is not https://", e.url.get_ref()),
+            ));
+        }
+        let name = e.name.get_ref().clone();
+        if name.is_empty() || jwt.iter().any(|j| j.name == name) {
+            return Err(invalid(
+                Some(e.name.span()),
+                at("name"),
+                format!("`{name}` is empty or taken"),
+            ));
+        }
+        introspection.push(IntrospectionSettings {
+            name,
+            url: e.url.get_ref().clone(),
+            client_id: e.client_id.clone(),
+            client_secret_file: relative_to(file, &e.client_secret_file),
+            ca_file: e.ca_file.as_ref().map(|p| relative_to(file, p)),
+            max_cache_secs: e.max_cache_secs.clamp(1, 3600),
+            inactive_cache_secs: e.inactive_cache_secs.min(300),
+            roles_claim: e.roles_claim.split('.').map(str::to_owned).collect(),
+            scopes_claim: e.scopes_claim.split('.').map(str::to_owned).collect(),
+        });
+    }
     Ok(AuthSettings {
+        introspection,
         key_file,
         key_header: header(&a.key_header, "auth.key_header")?,
         consumer_header: header(&a.consumer_header, "auth.consumer_header")?,

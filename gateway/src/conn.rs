@@ -44,6 +44,8 @@ pub struct Conn {
     pub body: BodyClock,
     /// Scratch: a verified token's subject.
     pub subject: String,
+    /// Scratch: a bearer token waiting for introspection.
+    pub token: String,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -75,6 +77,7 @@ impl Conn {
             target: String::new(),
             body,
             subject: String::new(),
+            token: String::new(),
         }
     }
 
@@ -164,6 +167,8 @@ pub struct HeadParts<'c> {
     pub target: &'c mut String,
     /// Scratch for a token's subject.
     pub subject: &'c mut String,
+    /// Scratch for a token to introspect.
+    pub token: &'c mut String,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -179,6 +184,7 @@ impl Conn {
             method: &mut self.method,
             target: &mut self.target,
             subject: &mut self.subject,
+            token: &mut self.token,
             peer: self.peer,
         }
     }

@@ -62,8 +62,35 @@ impl Https {
 
     /// GETs `url` (https only) and returns the body of a 200.
     pub fn get(&self, url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+        self.request("GET", url, "", &[], timeout)
+    }
+
+    /// POSTs a form to `url` with an `Authorization` value; returns the body of a 200.
+    pub fn post_form(
+        &self,
+        url: &str,
+        authorization: &str,
+        form: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let head = format!(
+            "Authorization: {authorization}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            form.len()
+        );
+        self.request("POST", url, &head, form.as_bytes(), timeout)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        extra_head: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
         let (host, port, path) = split_url(url)?;
-        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = (bare, port)
             .to_socket_addrs()
             .map_err(|e| format!("{host}: {e}"))?
             .next()
@@ -73,19 +100,15 @@ impl Https {
             .map_err(|e| e.to_string())?;
         tcp.set_write_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-        )
-        .map_err(|e| format!("{host}: {e}"))?;
+        let name = ServerName::try_from(bare.to_owned()).map_err(|e| format!("{host}: {e}"))?;
         let conn =
             rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: gateway\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: gateway\r\nConnection: close\r\n{extra_head}\r\n"
         );
         tls.write_all(request.as_bytes())
+            .and_then(|()| tls.write_all(body))
             .map_err(|e| format!("{url}: {e}"))?;
         let mut raw = Vec::new();
         let mut chunk = [0u8; 16 * 1024];

@@ -18,6 +18,7 @@ use gateway::{
     snapshot::{Published, Snapshot},
     stages::auth::{
         api_key::{self, KeyRing},
+        introspect::Introspector,
         jwt::keys::KeySet,
     },
     tls,
@@ -216,6 +217,9 @@ fn print_routes(cfg: &Config) {
                     .map(|a| match a {
                         Authenticator::ApiKey => "api_key".to_owned(),
                         Authenticator::Jwt(i) => format!("jwt:{}", cfg.auth.jwt[*i].name),
+                        Authenticator::Introspect(i) => {
+                            format!("introspect:{}", cfg.auth.introspection[*i].name)
+                        }
                     })
                     .collect::<Vec<_>>()
                     .join("|");
@@ -461,6 +465,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
         source_policy: enforcement.userspace_policy(),
         stopping: AtomicBool::new(false),
         events,
+        introspector: Introspector::start(&cfg.auth.introspection)?,
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
     let mut asks = Vec::new();

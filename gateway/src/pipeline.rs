@@ -22,7 +22,10 @@ use crate::{
     respond::{Abort, Failure},
     route::{Miss, normalize},
     stages::{
-        auth::{self, Identity},
+        auth::{
+            self, AuthError, Identity, introspect,
+            jwt::{self, TokenId, Vocabulary},
+        },
         authz,
     },
     worker::Worker,
@@ -73,13 +76,36 @@ struct Refused {
     keep: bool,
     /// Bytes of the head (0 when it did not parse).
     head_len: usize,
+    /// Not refused yet: the bearer token (in the connection's token
+    /// scratch) must first be looked up at this introspection endpoint.
+    lookup: Option<usize>,
 }
 
 /// Handles the request whose head is at the start of the pending bytes.
 /// Returns whether the connection stays open.
 pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     let mut ctx = Ctx::new();
-    let keep = match admit_head(w, c, &mut ctx) {
+    let mut admitted = admit_head(w, c, &mut ctx);
+    if let Err(Refused {
+        lookup: Some(endpoint),
+        head_len,
+        keep,
+        ..
+    }) = admitted
+    {
+        // The head is judged again once the answer is cached (it is still
+        // in the read buffer: nothing was consumed).
+        admitted = match introspect(w, c, endpoint).await {
+            Ok(()) => admit_head(w, c, &mut ctx),
+            Err(failure) => Err(Refused {
+                failure,
+                keep,
+                head_len,
+                lookup: None,
+            }),
+        };
+    }
+    let keep = match admitted {
         Ok(a) => {
             let outcome = forward(w, c, &a).await;
             finish(w, c, &a, &mut ctx, outcome).await
@@ -129,6 +155,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
                 failure: Failure::http(e),
                 keep: false,
                 head_len: 0,
+                lookup: None,
             });
         }
     };
@@ -141,6 +168,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         failure,
         keep: keep && !head.framing.has_body(),
         head_len: head.len,
+        lookup: None,
     };
 
     // Paths are normalized before routing and before any check.
@@ -179,16 +207,23 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         jwks: &snap.jwks,
         vocab: &snap.vocab,
         cache: &mut w.tokens.borrow_mut(),
+        answers: &w.answers.borrow(),
     };
-    let caller =
-        auth::authenticate(&route.auth, &head, &mut verifiers, p.subject).map_err(|f| {
-            if f.reason == "jwt.unknown_key" || f.reason == "jwt.keys_unavailable" {
-                // Ask for the issuer's keys again (single-flight, rate-limited).
-                for issuer in route.auth.issuers() {
-                    w.shared.events.report(Event::UnknownKid { issuer });
+    let caller = auth::authenticate(&route.auth, &head, &mut verifiers, p.subject, p.token)
+        .map_err(|e| match e {
+            AuthError::Lookup(endpoint) => Refused {
+                lookup: Some(endpoint),
+                ..refuse(introspect::UNAVAILABLE, head.keep_alive)
+            },
+            AuthError::Refused(f) => {
+                if f.reason == "jwt.unknown_key" || f.reason == "jwt.keys_unavailable" {
+                    // Ask for the issuer's keys again (single-flight, rate-limited).
+                    for issuer in route.auth.issuers() {
+                        w.shared.events.report(Event::UnknownKid { issuer });
+                    }
                 }
+                refuse(f, head.keep_alive)
             }
-            refuse(f, head.keep_alive)
         })?;
     let who = caller.identity();
     ctx.identity = who;
@@ -213,6 +248,38 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         http10: head.minor == 0,
     };
     Ok(Admitted::new(plan, head.len, caller))
+}
+
+/// Asks introspection endpoint `endpoint` about the token in the
+/// connection's token scratch and caches the answer in the worker.
+async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Failure> {
+    let token = std::mem::take(&mut c.token);
+    let key = jwt::digest(&token);
+    let asked = w
+        .shared
+        .introspector
+        .as_ref()
+        .and_then(|i| i.ask(endpoint, token));
+    let Some(reply) = asked else {
+        return Err(introspect::UNAVAILABLE);
+    };
+    let answer = match tokio::time::timeout(introspect::TIMEOUT * 2, reply).await {
+        Ok(Ok(Ok(answer))) => answer,
+        _ => return Err(introspect::UNAVAILABLE),
+    };
+    let snap = c.snap();
+    let vocab = &snap.vocab;
+    let id = TokenId {
+        issuer: snap.issuers.len() + endpoint,
+        roles: Vocabulary::bits(&vocab.roles, &answer.roles),
+        scopes: Vocabulary::bits(&vocab.scopes, &answer.scopes),
+        attrs: 0,
+    };
+    let settings = &snap.cfg.auth.introspection[endpoint];
+    w.answers
+        .borrow_mut()
+        .put(key, settings, endpoint, &answer, id, auth::now());
+    Ok(())
 }
 
 /// The body stages, then the upstream.

@@ -166,7 +166,7 @@ fn challenge(cfg: &Config) -> Vec<u8> {
             for a in list {
                 match a {
                     Authenticator::ApiKey => api_key = true,
-                    Authenticator::Jwt(_) => bearer = true,
+                    Authenticator::Jwt(_) | Authenticator::Introspect(_) => bearer = true,
                 }
             }
         }

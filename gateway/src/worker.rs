@@ -14,8 +14,14 @@ use std::{
 };
 
 use crate::{
-    control::Events, policy::SourcePolicy, proxy::Upstreams, snapshot::Published,
-    stages::auth::jwt::TokenCache,
+    control::Events,
+    policy::SourcePolicy,
+    proxy::Upstreams,
+    snapshot::Published,
+    stages::auth::{
+        introspect::{AnswerCache, Introspector},
+        jwt::TokenCache,
+    },
 };
 
 /// Server-wide state shared by all workers.
@@ -28,6 +34,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Events for the control side (auth failures).
     pub events: Events,
+    /// The pool that asks introspection endpoints, if any is configured.
+    pub introspector: Option<Introspector>,
 }
 
 /// One worker's state.
@@ -40,6 +48,8 @@ pub struct Worker {
     pub upstreams: Upstreams,
     /// Bearer tokens it verified lately.
     pub tokens: RefCell<TokenCache>,
+    /// Introspection answers it got lately.
+    pub answers: RefCell<AnswerCache>,
     /// Open client connections (HTTPS and redirects).
     pub active: Cell<usize>,
     /// Connections waiting for their next request (shut down on stop).
@@ -56,6 +66,7 @@ impl Worker {
             max_connections: snap.cfg.runtime.max_connections_per_worker,
             upstreams: Upstreams::new(&snap.cfg.upstreams),
             tokens: RefCell::new(TokenCache::default()),
+            answers: RefCell::new(AnswerCache::default()),
             shared,
             index,
             active: Cell::new(0),

@@ -919,9 +919,56 @@ fn serve_doc(
         }
     }
     hits.fetch_add(1, Ordering::Relaxed);
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let lower = head.to_ascii_lowercase();
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let doc = docs.lock().ok().and_then(|d| d.get(&path).cloned());
+    // A POST (introspection): the form's `token` picks the document, and
+    // the client credentials must be the ones put under "AUTH".
+    let key = if head.starts_with("POST ") {
+        let len = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = buf[end..].to_vec();
+        while body.len() < len {
+            match tls.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => body.extend_from_slice(&tmp[..n]),
+            }
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let token = body
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .unwrap_or_default()
+            .to_owned();
+        let want = docs
+            .lock()
+            .ok()
+            .and_then(|d| d.get("AUTH").cloned())
+            .unwrap_or_default();
+        let sent = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        if sent == want {
+            format!("POST {path} {token}")
+        } else {
+            "UNAUTHORIZED".to_owned()
+        }
+    } else {
+        path
+    };
+    let doc = docs.lock().ok().and_then(|d| d.get(&key).cloned());
     let reply = match doc {
         _ if down.load(Ordering::Relaxed) => {
             "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"

@@ -722,3 +722,78 @@ fn an_hmac_secret_under_32_bytes_stops_the_start() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("HMAC secret of 9 bytes: at least 32"), "{err}");
 }
+
+#[test]
+fn opaque_tokens_are_introspected_cached_and_refused_when_inactive() {
+    let dir = TempDir::new("introspect");
+    let certs = gateway_tests::harness::Certs::issue(&dir.0, &["localhost"]);
+    let docs = DocServer::start(&certs);
+    let secret = dir.0.join("client.secret");
+    std::fs::write(&secret, "s3cret\n").expect("secret");
+    docs.put(
+        "AUTH",
+        &format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("gateway:s3cret")
+        ),
+    );
+    docs.put(
+        "POST /introspect good",
+        &format!(
+            r#"{{"active":true,"sub":"svc-1","exp":{},"scope":"orders:read"}}"#,
+            now() + 600
+        ),
+    );
+    docs.put(
+        "POST /introspect noscope",
+        &format!(r#"{{"active":true,"sub":"svc-2","exp":{}}}"#, now() + 600),
+    );
+    docs.put("POST /introspect revoked", r#"{"active":false}"#);
+    let auth = format!(
+        "[auth]\n[[auth.introspection]]\nname = \"opaque\"\nurl = \"{}/introspect\"\nclient_id = \"gateway\"\nclient_secret_file = \"{}\"\nca_file = \"{}\"\ninactive_cache_secs = 30\n",
+        docs.base(),
+        secret.display(),
+        certs.ca_pem.display()
+    );
+    let routes = "[[routes]]\npath_prefix = \"/orders\"\nupstream = \"backend\"\nauth = [\"introspect:opaque\"]\nscopes = [\"orders:read\"]\n";
+    let s = setup_with("introspect", "", "workers = 1", routes, &auth, &[]);
+    let status = |r: &Response| (r.status, reason_of(r));
+
+    assert_eq!(
+        status(&ask(&s, "/orders/1", &bearer("good"))),
+        (200, String::new())
+    );
+    let after_first = docs.hits();
+    // Cached: the endpoint is not asked again.
+    assert_eq!(
+        status(&ask(&s, "/orders/2", &bearer("good"))),
+        (200, String::new())
+    );
+    assert_eq!(docs.hits(), after_first);
+    assert_eq!(
+        status(&ask(&s, "/orders/x", &bearer("noscope"))),
+        (403, "auth.forbidden".into())
+    );
+    let inactive = (401, "token.inactive".to_owned());
+    assert_eq!(status(&ask(&s, "/orders/x", &bearer("revoked"))), inactive);
+    let after_revoked = docs.hits();
+    assert_eq!(status(&ask(&s, "/orders/x", &bearer("revoked"))), inactive);
+    assert_eq!(
+        docs.hits(),
+        after_revoked,
+        "an inactive answer is cached too"
+    );
+    // The endpoint down: cached answers still work, new tokens get 503.
+    docs.set_down(true);
+    assert_eq!(
+        status(&ask(&s, "/orders/3", &bearer("good"))),
+        (200, String::new())
+    );
+    assert_eq!(
+        status(&ask(&s, "/orders/x", &bearer("unseen"))),
+        (503, "token.introspection_unavailable".into())
+    );
+    assert_eq!(s.backend.paths(), ["/orders/1", "/orders/2", "/orders/3"]);
+    let head = s.backend.received()[0].head.to_ascii_lowercase();
+    assert!(head.contains("x-auth-subject: svc-1\r\n"), "{head}");
+}

@@ -8,6 +8,7 @@
 //! was skipped does not compile.
 
 pub mod api_key;
+pub mod introspect;
 pub mod jwt;
 
 use std::{
@@ -21,6 +22,7 @@ use crate::{
     respond::Failure,
 };
 use api_key::{KeyError, KeyRing};
+use introspect::{AnswerCache, CachedAnswer};
 use jwt::{Issuer, JwtError, TokenCache, TokenId, Vocabulary, keys::KeySet};
 
 /// Who the caller is.
@@ -73,6 +75,24 @@ pub struct Verifiers<'a> {
     pub vocab: &'a Vocabulary,
     /// The worker's verified tokens.
     pub cache: &'a mut TokenCache,
+    /// The worker's introspection answers.
+    pub answers: &'a AnswerCache,
+}
+
+/// Why authentication did not pass (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// Refused, with this failure.
+    Refused(Failure),
+    /// The token must be looked up at introspection endpoint `i` first
+    /// (its value is in the caller's token scratch).
+    Lookup(usize),
+}
+
+impl From<Failure> for AuthError {
+    fn from(f: Failure) -> Self {
+        Self::Refused(f)
+    }
 }
 
 /// Query parameter names that carry API keys by common convention.
@@ -84,7 +104,8 @@ pub fn authenticate(
     head: &RequestHead<'_, '_>,
     v: &mut Verifiers<'_>,
     subject: &mut String,
-) -> Result<Authenticated, Failure> {
+    token_out: &mut String,
+) -> Result<Authenticated, AuthError> {
     let list = match route {
         RouteAuth::Public => {
             return Ok(Authenticated {
@@ -97,7 +118,7 @@ pub fn authenticate(
         let identity = match *a {
             Authenticator::ApiKey => {
                 if key_in_query(head.target, &v.settings.key_header) {
-                    return Err(KEY_IN_QUERY);
+                    return Err(KEY_IN_QUERY.into());
                 }
                 let Some(key) = single_header(head, &v.settings.key_header)? else {
                     continue;
@@ -113,10 +134,25 @@ pub fn authenticate(
                 };
                 Identity::Token(token_identity(i, token, v, subject)?)
             }
+            Authenticator::Introspect(i) => {
+                let Some(token) = bearer(head)? else {
+                    continue;
+                };
+                let key = jwt::digest(token);
+                match v.answers.get(&key, i, now(), subject) {
+                    Some(CachedAnswer::Active(id)) => Identity::Token(id),
+                    Some(CachedAnswer::Inactive) => return Err(introspect::INACTIVE.into()),
+                    None => {
+                        token_out.clear();
+                        token_out.push_str(token);
+                        return Err(AuthError::Lookup(i));
+                    }
+                }
+            }
         };
         return Ok(Authenticated { identity });
     }
-    Err(MISSING)
+    Err(MISSING.into())
 }
 
 /// A bearer token, from the cache or verified now.
@@ -197,7 +233,8 @@ fn key_in_query(target: &str, header: &str) -> bool {
     })
 }
 
-fn now() -> i64 {
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -1,0 +1,287 @@
+//! Opaque bearer tokens, checked at an RFC 7662 introspection endpoint with
+//! the gateway's client credentials (HTTP Basic, RFC 6749 §2.3.1).
+//!
+//! The request path never waits on the network while it holds the head: on
+//! a cache miss the head stage asks for a lookup, the request awaits a
+//! small pool of control-side threads (its worker keeps serving other
+//! connections meanwhile), and the head is judged again from the cache.
+//! Active answers are cached until the token's `exp` (at most
+//! `max_cache_secs`), inactive ones for `inactive_cache_secs`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::Duration,
+};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::jwt::TokenId;
+use crate::{config::IntrospectionSettings, fetch::Https, respond::Failure};
+
+/// The endpoint said the token is not active (revoked, expired, unknown).
+pub const INACTIVE: Failure = Failure::client(401, "token.inactive");
+/// The endpoint could not be asked (down, slow, or the pool is full).
+pub const UNAVAILABLE: Failure = Failure::internal(503, "token.introspection_unavailable");
+
+/// Lookups running at once, across the gateway.
+const THREADS: usize = 4;
+/// Lookups waiting at most before new ones are refused (503).
+const QUEUE: usize = 256;
+/// Longest a lookup may take.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What an endpoint answered, before it is compiled to bits.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// `active`.
+    pub active: bool,
+    /// `sub`, if printable.
+    pub subject: String,
+    /// `exp`, Unix seconds.
+    pub exp: Option<i64>,
+    /// Roles and scopes, as words.
+    pub roles: Vec<String>,
+    /// See `roles`.
+    pub scopes: Vec<String>,
+}
+
+/// A lookup handed to the pool.
+struct Lookup {
+    endpoint: usize,
+    token: String,
+    reply: tokio::sync::oneshot::Sender<Result<Answer, String>>,
+}
+
+/// The pool of lookup threads.
+pub struct Introspector {
+    tx: SyncSender<Lookup>,
+}
+
+/// One endpoint as the pool uses it.
+struct Endpoint {
+    settings: IntrospectionSettings,
+    https: Https,
+    /// `Basic base64(client_id:secret)`.
+    authorization: String,
+}
+
+impl Introspector {
+    /// Reads the client secrets and starts the pool; `None` without endpoints.
+    pub fn start(settings: &[IntrospectionSettings]) -> Result<Option<Self>, String> {
+        if settings.is_empty() {
+            return Ok(None);
+        }
+        let mut endpoints = Vec::new();
+        for s in settings {
+            let secret = std::fs::read_to_string(&s.client_secret_file)
+                .map_err(|e| format!("{}: {e}", s.client_secret_file.display()))?;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                s.client_id,
+                secret.trim_end_matches(['\r', '\n'])
+            ));
+            endpoints.push(Endpoint {
+                https: Https::new(s.ca_file.as_deref()).map_err(|e| format!("{}: {e}", s.name))?,
+                settings: s.clone(),
+                authorization: format!("Basic {basic}"),
+            });
+        }
+        let endpoints = Arc::new(endpoints);
+        let (tx, rx) = sync_channel::<Lookup>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..THREADS {
+            let (rx, endpoints) = (rx.clone(), endpoints.clone());
+            std::thread::Builder::new()
+                .name(format!("introspect-{n}"))
+                .spawn(move || serve(&rx, &endpoints))
+                .map_err(|e| format!("starting the introspection pool: {e}"))?;
+        }
+        Ok(Some(Self { tx }))
+    }
+
+    /// Hands a lookup to the pool; `None` when its queue is full.
+    pub fn ask(
+        &self,
+        endpoint: usize,
+        token: String,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<Answer, String>>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        match self.tx.try_send(Lookup {
+            endpoint,
+            token,
+            reply,
+        }) {
+            Ok(()) => Some(rx),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => None,
+        }
+    }
+}
+
+fn serve(rx: &Mutex<Receiver<Lookup>>, endpoints: &[Endpoint]) {
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let answer = endpoints
+            .get(job.endpoint)
+            .ok_or_else(|| "no such endpoint".to_owned())
+            .and_then(|e| ask_endpoint(e, &job.token));
+        if let Err(e) = &answer {
+            tracing::warn!("token introspection: {e}");
+        }
+        let _ = job.reply.send(answer);
+    }
+}
+
+fn ask_endpoint(e: &Endpoint, token: &str) -> Result<Answer, String> {
+    let form = format!("token={}&token_type_hint=access_token", form_encode(token));
+    let body = e
+        .https
+        .post_form(&e.settings.url, &e.authorization, &form, TIMEOUT)?;
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|err| format!("{}: {err}", e.settings.url))?;
+    let active = doc.get("active") == Some(&Value::Bool(true));
+    let mut answer = Answer {
+        active,
+        ..Answer::default()
+    };
+    if !active {
+        return Ok(answer);
+    }
+    if let Some(Value::String(sub)) = doc.get("sub")
+        && sub.len() <= 256
+        && sub.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        answer.subject = sub.clone();
+    }
+    answer.exp = doc.get("exp").and_then(Value::as_i64);
+    answer.roles = words_at(&doc, &e.settings.roles_claim);
+    answer.scopes = words_at(&doc, &e.settings.scopes_claim);
+    Ok(answer)
+}
+
+fn words_at(doc: &Value, path: &[String]) -> Vec<String> {
+    let mut v = Some(doc);
+    for p in path {
+        v = v.and_then(|x| x.get(p));
+    }
+    match v {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `application/x-www-form-urlencoded` for a token (token68 needs little).
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Answers per worker, bounded.
+#[derive(Default)]
+pub struct AnswerCache {
+    map: HashMap<[u8; 16], Cached>,
+}
+
+struct Cached {
+    endpoint: usize,
+    expires: i64,
+    active: bool,
+    id: TokenId,
+    subject: String,
+}
+
+const CACHE_ENTRIES: usize = 16_384;
+
+/// What a cached answer says.
+pub enum CachedAnswer {
+    /// Active: the token's bits.
+    Active(TokenId),
+    /// Not active.
+    Inactive,
+}
+
+impl AnswerCache {
+    /// A cached answer for `token` at `endpoint`, still valid at `now`.
+    pub fn get(
+        &self,
+        key: &[u8; 16],
+        endpoint: usize,
+        now: i64,
+        subject: &mut String,
+    ) -> Option<CachedAnswer> {
+        let c = self.map.get(key)?;
+        if c.endpoint != endpoint || now >= c.expires {
+            return None;
+        }
+        if !c.active {
+            return Some(CachedAnswer::Inactive);
+        }
+        subject.clear();
+        subject.push_str(&c.subject);
+        Some(CachedAnswer::Active(c.id))
+    }
+
+    /// Remembers an answer, compiled to `id`.
+    pub fn put(
+        &mut self,
+        key: [u8; 16],
+        settings: &IntrospectionSettings,
+        endpoint: usize,
+        answer: &Answer,
+        id: TokenId,
+        now: i64,
+    ) {
+        if self.map.len() >= CACHE_ENTRIES {
+            self.map.retain(|_, c| c.expires > now);
+            if self.map.len() >= CACHE_ENTRIES {
+                self.map.clear();
+            }
+        }
+        let expires = if answer.active {
+            let cap = now + settings.max_cache_secs as i64;
+            answer.exp.map_or(cap, |e| e.min(cap))
+        } else {
+            now + settings.inactive_cache_secs as i64
+        };
+        self.map.insert(
+            key,
+            Cached {
+                endpoint,
+                expires,
+                active: answer.active,
+                id,
+                subject: answer.subject.clone(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_form_encoded() {
+        assert_eq!(form_encode("abc.DEF-_~"), "abc.DEF-_~");
+        assert_eq!(form_encode("a+b/c="), "a%2Bb%2Fc%3D");
+    }
+}

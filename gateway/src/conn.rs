@@ -46,6 +46,8 @@ pub struct Conn {
     pub subject: String,
     /// Scratch: a bearer token waiting for introspection.
     pub token: String,
+    /// Scratch: the path routes match on (without `;` parameters).
+    pub route_path: String,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -78,6 +80,7 @@ impl Conn {
             body,
             subject: String::new(),
             token: String::new(),
+            route_path: String::new(),
         }
     }
 
@@ -169,6 +172,8 @@ pub struct HeadParts<'c> {
     pub subject: &'c mut String,
     /// Scratch for a token to introspect.
     pub token: &'c mut String,
+    /// Scratch for the path routes match on.
+    pub route_path: &'c mut String,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -185,6 +190,7 @@ impl Conn {
             target: &mut self.target,
             subject: &mut self.subject,
             token: &mut self.token,
+            route_path: &mut self.route_path,
             peer: self.peer,
         }
     }

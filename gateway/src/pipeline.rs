@@ -179,10 +179,11 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
             .map_err(|e| refuse(Failure::path(e), false))?;
         p.path.as_str()
     };
+    let matched = normalize::route_path(path, p.route_path);
     let (index, route) = p
         .snap
         .routes
-        .find(head.host, path, head.method)
+        .find(head.host, matched, head.method)
         .map_err(|m| {
             let f = match m {
                 Miss::NotFound => Failure::NOT_FOUND,
@@ -318,15 +319,24 @@ fn check_chunks(buf: &[u8], max_body: u64) -> Result<bool, Failure> {
 /// (nginx's `client_body_buffer_size`). Larger bodies stream.
 async fn buffer_small_body(c: &mut Conn, a: &Admitted) -> Result<(), Abort> {
     let max = c.snap().cfg.limits.buffer_body_bytes as u64;
+    // One decoder across reads, fed only new bytes: re-decoding the whole
+    // buffer on every tiny record would be quadratic in the body.
+    let mut chunks = chunked::Decoder::new();
+    let mut judged = 0;
     loop {
         let complete = match a.framing {
             Framing::None | Framing::UntilClose => return Ok(()),
             Framing::Length(n) if n > max => return Ok(()),
             Framing::Length(n) => c.pending().len() as u64 >= n,
             Framing::Chunked => {
-                let done =
-                    check_chunks(c.pending(), a.max_body).map_err(|f| Abort::Respond(f, None))?;
-                done || c.pending().len() as u64 >= max
+                let p = chunks
+                    .feed(&c.pending()[judged..], None)
+                    .map_err(|e| Abort::Respond(Failure::http(e), None))?;
+                judged += p.consumed;
+                if chunks.body_bytes > a.max_body {
+                    return Err(Abort::Respond(Failure::BODY_TOO_LARGE, None));
+                }
+                p.done || c.pending().len() as u64 >= max
             }
         };
         if complete {

@@ -150,6 +150,17 @@ fn api_keys_authenticate_roles_authorize_and_forged_identities_are_stripped() {
             400,
             "auth.ambiguous",
         ),
+        // A bearer token beside the key was never checked: it must not
+        // reach a backend that would believe it.
+        (
+            "/api/bearer",
+            format!(
+                "{}Authorization: Bearer forged.admin.token\r\n",
+                key_header(&b)
+            ),
+            200,
+            "",
+        ),
         (
             &format!("/api/x?api_key={a}"),
             String::new(),
@@ -178,10 +189,16 @@ fn api_keys_authenticate_roles_authorize_and_forged_identities_are_stripped() {
             "/api/x",
             "/admin/x",
             "/only-alice/x",
-            "/api/forged"
+            "/api/forged",
+            "/api/bearer"
         ]
     );
     let got = s.backend.received();
+    let bearer = got[5].head.to_ascii_lowercase();
+    assert!(
+        !bearer.contains("authorization") && !bearer.contains("forged"),
+        "{bearer}"
+    );
     let alice = got[1].head.to_ascii_lowercase();
     assert!(alice.contains("x-consumer-id: alice\r\n"), "{alice}");
     assert!(alice.contains("x-consumer-roles: admin\r\n"), "{alice}");

@@ -133,6 +133,11 @@ claims = { tenant = "acme" }
 path_prefix = "/hs"
 upstream = "backend"
 auth = ["jwt:hs"]
+
+[[routes]]
+path_prefix = "/both"
+upstream = "backend"
+auth = ["jwt:corp", "jwt:hs"]
 "#;
 
 struct Fixture {
@@ -460,6 +465,27 @@ fn hostile_tokens_never_reach_the_backend() {
             "auth.forbidden",
         ),
         (
+            "tenant among words",
+            "/tenant/x",
+            t(ES, &corp(r#","tenant":"evil acme""#), ec),
+            403,
+            "auth.forbidden",
+        ),
+        (
+            "second issuer of a route",
+            "/both/1",
+            t(
+                r#"{"alg":"HS256"}"#,
+                &format!(
+                    r#"{{"iss":"hs-issuer","aud":"api://hs","sub":"svc","exp":{}}}"#,
+                    now() + 60
+                ),
+                &f.hs,
+            ),
+            200,
+            "",
+        ),
+        (
             "HS256 issuer",
             "/hs/1",
             t(
@@ -535,12 +561,13 @@ fn hostile_tokens_never_reach_the_backend() {
             "/orders/3",
             "/admin/1",
             "/tenant/1",
+            "/both/1",
             "/hs/1",
             "/orders/4"
         ]
     );
     let got = f.s.backend.received();
-    let forged = got[6].head.to_ascii_lowercase();
+    let forged = got[7].head.to_ascii_lowercase();
     assert!(forged.contains("x-auth-subject: alice\r\n"), "{forged}");
     assert!(
         !forged.contains("root") && !forged.contains("x-consumer-roles"),

@@ -820,12 +820,12 @@ fn forged_forwarding_headers_never_reach_the_backend() {
           X-Forwarded_For: 6.6.6.2\r\nX-Real-IP: 6.6.6.3\r\nTrue-Client-IP: 6.6.6.4\r\n\
           X-Client-IP: 6.6.6.5\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
           X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.7\r\nX-Forwarded-Host: evil\r\n\
-          X-Api_Key: k\r\n\r\n",
+          X-Api_Key: k\r\nX-HTTP-Method-Override: DELETE\r\nX-Forwarded-Prefix: /admin\r\n\r\n",
     )
     .expect("send");
     assert_eq!(c.response("GET").expect("response").status, 200);
     let head = s.backend.received()[0].head.to_ascii_lowercase();
-    for forged in ["6.6.6", "/admin", "evil", "_"] {
+    for forged in ["6.6.6", "/admin", "evil", "_", "delete", "override"] {
         assert!(
             !head.contains(forged),
             "{forged} reached the backend: {head}"
@@ -1144,6 +1144,12 @@ fn hostile_paths_are_routed_and_forwarded_normalized_or_refused() {
         ("/a%00b", Refused("path.encoded_nul")),
         ("/a%zz", Refused("path.bad_escape")),
         ("/api\\..\\admin", Refused("path.backslash")),
+        // Servlet containers drop `;params` and resolve the dot segment.
+        ("/api/..;/admin", Refused("path.dot_segment_params")),
+        ("/api/%2e%2e;x/admin", Refused("path.dot_segment_params")),
+        // Routed as the backend will read it: `/admin;x` is `/admin`.
+        ("/admin;jsessionid=1", Admin("/admin;jsessionid=1")),
+        ("/admin#x", Refused("http.target")),
     ];
     let mut c = s.client();
     let mut failed = Vec::new();

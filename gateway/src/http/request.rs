@@ -135,7 +135,9 @@ pub fn parse<'b, 'h>(
         (0, _) if minor == 0 => "",
         _ => return Err(HttpError::Host),
     };
-    let origin = target.starts_with('/') && !target.starts_with("//");
+    // A fragment is never part of a request-target (RFC 9112 §3.2), and
+    // backends that cut at `#` would serve another path than was routed.
+    let origin = target.starts_with('/') && !target.starts_with("//") && !target.contains('#');
     if !(origin || target == "*" && method == "OPTIONS") {
         return Err(HttpError::Target);
     }

@@ -41,10 +41,34 @@ const ADDRESS_FIELDS: [&str; 12] = [
 
 /// Fields that override the URL in some frameworks (IIS, Symfony):
 /// never forwarded, whoever sends them, since routing already decided.
-const URL_OVERRIDE_FIELDS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
+/// Also the method overrides (Rack, Express, Laravel): a POST routed as
+/// POST must not run as DELETE behind the gateway.
+const URL_OVERRIDE_FIELDS: [&str; 10] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 fn is_one_of(name: &str, list: &[&str]) -> bool {
-    list.iter().any(|f| f.eq_ignore_ascii_case(name))
+    list.iter().any(|f| header_is(name, f))
+}
+
+/// Whether a field name is `want` (lower case), reading `_` as `-`: CGI,
+/// WSGI and PHP backends fold both spellings onto one variable, so with
+/// `underscores_in_headers = "allow"` `X_Consumer_Id` is `x-consumer-id`.
+fn header_is(name: &str, want: &str) -> bool {
+    name.len() == want.len()
+        && name
+            .bytes()
+            .zip(want.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
 /// What happens to a forwarded field: written as is, or left out.
@@ -129,12 +153,15 @@ pub fn write_upstream_head(
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("forwarded")
+            || header_is(name, "x-forwarded-for")
+            || header_is(name, "forwarded")
             // The identity headers are ours: a client's copy is a forgery.
-            || name.eq_ignore_ascii_case(&auth.consumer_header)
-            || name.eq_ignore_ascii_case(&auth.roles_header)
-            || name.eq_ignore_ascii_case(&auth.subject_header)
+            || header_is(name, &auth.consumer_header)
+            || header_is(name, &auth.roles_header)
+            || header_is(name, &auth.subject_header)
+            // A caller proven by its API key: an Authorization it also sent
+            // was never checked, and a backend might believe it.
+            || (matches!(who, Identity::Consumer(_)) && header_is(name, "authorization"))
             // The credential stays at the gateway.
             || (who != Identity::Anonymous && name.eq_ignore_ascii_case(&auth.key_header))
             || (has_connection && named_by_connection(head.headers, name))
@@ -275,8 +302,19 @@ pub(super) async fn send(
     }
     let len = head.len();
     let (res, buf) = write_upstream(conn, head, len, ms(response_ms)).await;
+    if let Err(e) = res {
+        // A timed-out write took the head with it: no retry can send it.
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            c.up_head = Vec::new();
+            return Err(Attempt::Abort(Abort::Respond(
+                Failure::UPSTREAM_TIMEOUT,
+                Some(addr),
+            )));
+        }
+        c.up_head = buf;
+        return Err(upstream_gone(e));
+    }
     c.up_head = buf;
-    res.map_err(upstream_gone)?;
     c.consume(coalesced);
     match framing {
         Framing::None | Framing::UntilClose => Ok(()),

@@ -25,6 +25,11 @@ pub enum PathError {
     /// `%` not followed by two hex digits.
     #[error("invalid percent-encoding")]
     BadEscape,
+    /// A `.` or `..` segment with `;` parameters (`/public/..;/admin`):
+    /// Java servlet containers drop the parameters and resolve the dot
+    /// segment, serving another path than was routed.
+    #[error("dot segment with parameters")]
+    DotParams,
 }
 
 impl PathError {
@@ -35,6 +40,7 @@ impl PathError {
             Self::EncodedNul => "path.encoded_nul",
             Self::Backslash => "path.backslash",
             Self::BadEscape => "path.bad_escape",
+            Self::DotParams => "path.dot_segment_params",
         }
     }
 }
@@ -56,6 +62,9 @@ pub fn normalize(path: &str, out: &mut String, slashes: EncodedSlashes) -> Resul
         decode_segment(raw, out, slashes)?;
         let seg = &out[start + 1..];
         trailing = false;
+        if seg.contains(';') && matches!(seg.split(';').next(), Some("." | "..")) {
+            return Err(PathError::DotParams);
+        }
         match seg {
             // Repeated slash: merged, but a final empty segment keeps the
             // path's trailing slash.
@@ -81,6 +90,24 @@ pub fn normalize(path: &str, out: &mut String, slashes: EncodedSlashes) -> Resul
         out.push('/');
     }
     Ok(())
+}
+
+/// The path routes match on: `;parameters` cut from every segment, as
+/// servlet containers do before they map a path (`/admin;x` is `/admin`),
+/// so a route's rule covers what such a backend serves. Written to `out`
+/// only when `path` has a `;`; returns the path to match.
+pub fn route_path<'a>(path: &'a str, out: &'a mut String) -> &'a str {
+    if !path.contains(';') {
+        return path;
+    }
+    out.clear();
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split(';').next().unwrap_or_default());
+    }
+    out
 }
 
 /// The common case, a path with nothing to normalize, is copied as is.
@@ -179,6 +206,10 @@ mod tests {
             ("/api%2f..%2fadmin", Err(EncodedSeparator)),
             ("/api%5cadmin", Err(EncodedSeparator)),
             ("/api\\..\\admin", Err(Backslash)),
+            ("/public/..;/admin", Err(DotParams)),
+            ("/public/.;x/admin", Err(DotParams)),
+            ("/public/%2e%2e;/admin", Err(DotParams)),
+            ("/a;b/c", Ok("/a;b/c")),
             ("/a%00", Err(EncodedNul)),
             ("/a%", Err(BadEscape)),
             ("/a%2", Err(BadEscape)),
@@ -192,6 +223,14 @@ mod tests {
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    #[test]
+    fn routes_match_without_segment_parameters() {
+        let mut out = String::new();
+        assert_eq!(route_path("/admin;jsessionid=1/x", &mut out), "/admin/x");
+        assert_eq!(route_path("/admin;x", &mut out), "/admin");
+        assert_eq!(route_path("/plain/path", &mut out), "/plain/path");
     }
 
     #[test]

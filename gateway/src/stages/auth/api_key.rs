@@ -167,6 +167,14 @@ impl KeyRing {
                 });
                 ring.key_count += 1;
             }
+            // Roles go into a comma-separated header.
+            if let Some(bad) = c.roles.iter().find(|r| !valid_id(r)) {
+                return Err(invalid(
+                    Some(c.id.span()),
+                    format!("consumers[{ci}].roles"),
+                    format!("`{bad}` is not a role (letters, digits and . _ @ - only)"),
+                ));
+            }
             ring.consumers.push(Consumer {
                 id: id.clone(),
                 roles: c.roles.clone(),

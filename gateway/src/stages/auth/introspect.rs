@@ -161,7 +161,9 @@ fn ask_endpoint(e: &Endpoint, token: &str) -> Result<Answer, String> {
     {
         answer.subject = sub.clone();
     }
-    answer.exp = doc.get("exp").and_then(Value::as_i64);
+    answer.exp = doc
+        .get("exp")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)));
     answer.roles = words_at(&doc, &e.settings.roles_claim);
     answer.scopes = words_at(&doc, &e.settings.scopes_claim);
     Ok(answer)

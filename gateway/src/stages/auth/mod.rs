@@ -132,7 +132,12 @@ pub fn authenticate(
                 let Some(token) = bearer(head)? else {
                     continue;
                 };
-                Identity::Token(token_identity(i, token, v, subject)?)
+                Identity::Token(token_identity(
+                    pick_issuer(list, i, token, v),
+                    token,
+                    v,
+                    subject,
+                )?)
             }
             Authenticator::Introspect(i) => {
                 let Some(token) = bearer(head)? else {
@@ -153,6 +158,23 @@ pub fn authenticate(
         return Ok(Authenticated { identity });
     }
     Err(MISSING.into())
+}
+
+/// Of a route's JWT issuers, the one the token names (by its unverified
+/// `iss`); `first` when it names none of them, so the error is that one's.
+fn pick_issuer(list: &[Authenticator], first: usize, token: &str, v: &Verifiers<'_>) -> usize {
+    let mut jwt = list.iter().filter_map(|a| match a {
+        Authenticator::Jwt(i) => Some(*i),
+        _ => None,
+    });
+    if jwt.clone().count() < 2 {
+        return first;
+    }
+    let Some(iss) = jwt::unverified_issuer(token) else {
+        return first;
+    };
+    jwt.find(|&i| v.issuers[i].settings.issuer == iss)
+        .unwrap_or(first)
 }
 
 /// A bearer token, from the cache or verified now.

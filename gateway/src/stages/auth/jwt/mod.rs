@@ -256,21 +256,43 @@ pub fn verify(
     let s = &issuer.settings;
     let id = TokenId {
         issuer: index,
-        roles: Vocabulary::bits(&vocab.roles, words(claim(&claims, &s.roles_claim))),
-        scopes: Vocabulary::bits(&vocab.scopes, words(claim(&claims, &s.scopes_claim))),
+        roles: Vocabulary::bits(&vocab.roles, words(claim(&claims, &s.roles_claim), false)),
+        scopes: Vocabulary::bits(&vocab.scopes, words(claim(&claims, &s.scopes_claim), true)),
         attrs: vocab
             .attrs
             .iter()
             .enumerate()
             .filter(|(_, (path, values))| {
-                words(claim(&claims, path))
+                words(claim(&claims, path), false)
                     .iter()
                     .any(|w| values.iter().any(|v| v == w))
             })
             .fold(0, |acc, (i, _)| acc | 1 << i),
     };
-    let exp = claims.get("exp").and_then(Value::as_i64);
+    // jsonwebtoken takes a decimal `exp` (rounded): the cache must not
+    // keep such a token past it.
+    let exp = claims
+        .get("exp")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)));
     Ok((id, exp))
+}
+
+/// The `iss` a token claims, unverified: only to pick among a route's
+/// issuers which one verifies it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 64 * 1024 {
+        return None;
+    }
+    let claims = strict_json::object(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?,
+    )?;
+    match claims.get("iss") {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
 }
 
 /// The value at a dotted path (`realm_access.roles`).
@@ -283,12 +305,13 @@ fn claim<'c>(claims: &'c Map<String, Value>, path: &[String]) -> Option<&'c Valu
     Some(v)
 }
 
-/// A claim as a list of words: an array of strings, or a string split on
-/// whitespace (`scope` is space-separated, RFC 8693 §4.2); numbers and
-/// booleans as their text.
-fn words(v: Option<&Value>) -> Vec<String> {
+/// A claim as a list of words: an array of strings, or a string (split on
+/// whitespace only for scopes: `scope` is space-separated, RFC 8693 §4.2;
+/// a role or claim value is compared whole); numbers and booleans as text.
+fn words(v: Option<&Value>, split: bool) -> Vec<String> {
     match v {
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::String(s)) if split => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a.iter().filter_map(scalar).collect(),
         Some(other) => scalar(other).into_iter().collect(),
         None => Vec::new(),

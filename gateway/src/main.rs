@@ -267,6 +267,14 @@ fn keys(cmd: KeysCmd) -> Result<(), String> {
             roles,
             expires,
         } => {
+            // Refuse here what the key file would refuse later.
+            api_key::check_id(&consumer).map_err(|m| format!("--consumer: {m}"))?;
+            for r in &roles {
+                api_key::check_id(r).map_err(|m| format!("--roles: {m}"))?;
+            }
+            if let Some(e) = &expires {
+                api_key::check_datetime(e).map_err(|m| format!("--expires: {m}"))?;
+            }
             let key = api_key::generate()?;
             println!("key (shown once; give it to {consumer} and keep no copy):\n{key}\n");
             println!(

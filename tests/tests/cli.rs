@@ -430,3 +430,30 @@ fn the_embedded_default_serves_the_demo_over_https_and_resets_plain_http() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[test]
+fn keys_new_refuses_what_the_key_file_would_refuse() {
+    for (args, want) in [
+        (
+            &["keys", "new", "--consumer", "a b"][..],
+            "--consumer: `a b` is not an id",
+        ),
+        (
+            &["keys", "new", "--consumer", "a", "--roles", "x,y\r\nz"][..],
+            "--roles: ",
+        ),
+        (
+            &["keys", "new", "--consumer", "a", "--expires", "2027-01-01"][..],
+            "--expires: `2027-01-01` needs a date, a time and an offset",
+        ),
+        (
+            &["keys", "new", "--consumer", "a", "--expires", "soon"][..],
+            "--expires: `soon` is not a date-time",
+        ),
+    ] {
+        let (code, out, err) = output(args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.contains("gwk_"), "a key was printed: {out}");
+    }
+}

@@ -228,6 +228,25 @@ fn bucket(hash: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// An id or role as the key file takes it, with the reason when not.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not an id (letters, digits and . _ @ - only)"
+        ))
+    }
+}
+
+/// A date-time as `not_before`/`expires` take it (with an offset).
+pub fn check_datetime(text: &str) -> Result<(), String> {
+    let d: toml::value::Datetime = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a date-time, e.g. 2027-01-01T00:00:00Z"))?;
+    unix_seconds(&d).map(|_| ())
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128

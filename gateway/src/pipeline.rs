@@ -149,7 +149,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
             p.method.clear();
             p.method.push_str(method);
             p.target.clear();
-            p.target.push_str(target);
+            auth::redact_query(target, &p.snap.cfg.auth.key_header, p.target);
             let e = parsed.err().unwrap_or(HttpError::Malformed);
             return Err(Refused {
                 failure: Failure::http(e),
@@ -162,7 +162,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     p.method.clear();
     p.method.push_str(head.method);
     p.target.clear();
-    p.target.push_str(head.target);
+    auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     // A refused request with a body leaves the body unread: close.
     let refuse = |failure, keep: bool| Refused {
         failure,

@@ -181,6 +181,23 @@ fn api_keys_authenticate_roles_authorize_and_forged_identities_are_stripped() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+    // No key reached the log, not even the one sent in the URL.
+    let mut s = s;
+    assert!(
+        s.gw.proc
+            .wait_for_line(&a, Duration::from_millis(500))
+            .is_none(),
+        "an API key was logged: {:?}",
+        s.gw.proc.seen
+    );
+    assert!(
+        s.gw.proc
+            .seen
+            .iter()
+            .any(|l| l.contains("api_key=REDACTED")),
+        "{:?}",
+        s.gw.proc.seen
+    );
     // Only the allowed requests reached the backend.
     assert_eq!(
         s.backend.paths(),

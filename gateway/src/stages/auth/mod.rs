@@ -243,6 +243,34 @@ fn single_header<'b>(head: &RequestHead<'b, '_>, name: &str) -> Result<Option<&'
     Ok(found)
 }
 
+/// Copies `target` into `out` (cleared first) for the log, with the value
+/// of every query parameter that carries a credential replaced: a key or
+/// token refused for being in the URL must not land in the log either.
+pub fn redact_query(target: &str, key_header: &str, out: &mut String) {
+    out.clear();
+    let Some((path, query)) = target.split_once('?') else {
+        out.push_str(target);
+        return;
+    };
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let name = pair.split('=').next().unwrap_or_default();
+        let secret = name.eq_ignore_ascii_case(key_header)
+            || name.eq_ignore_ascii_case("access_token")
+            || QUERY_KEY_NAMES.iter().any(|n| name.eq_ignore_ascii_case(n));
+        if secret && pair.contains('=') {
+            out.push_str(name);
+            out.push_str("=REDACTED");
+        } else {
+            out.push_str(pair);
+        }
+    }
+}
+
 /// Whether the query has a parameter named like an API key.
 fn key_in_query(target: &str, header: &str) -> bool {
     let Some((_, query)) = target.split_once('?') else {
@@ -265,6 +293,19 @@ pub fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_query_are_redacted_for_the_log() {
+        let mut out = String::new();
+        redact_query(
+            "/a?x=1&api_key=gwk_secret&access_token=t&y",
+            "x-api-key",
+            &mut out,
+        );
+        assert_eq!(out, "/a?x=1&api_key=REDACTED&access_token=REDACTED&y");
+        redact_query("/plain", "x-api-key", &mut out);
+        assert_eq!(out, "/plain");
+    }
 
     #[test]
     fn keys_in_the_query_are_recognised_by_name() {

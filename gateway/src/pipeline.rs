@@ -13,17 +13,21 @@
 use std::{net::SocketAddr, time::Instant};
 
 use crate::{
-    config::Underscores,
-    conn::{self, Conn},
+    config::{RouteSettings, Underscores},
+    conn::{self, Conn, HeadParts},
     control::Event,
-    http::{self, Framing, HttpError, MAX_HEADERS, chunked, request::HeadLimits},
+    http::{
+        self, Framing, HttpError, MAX_HEADERS, chunked,
+        request::{HeadLimits, RequestHead},
+    },
     log::{self, AccessRecord},
     proxy::{self, Admitted, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
+    snapshot::Snapshot,
     stages::{
         auth::{
-            self, AuthError, Identity, introspect,
+            self, AuthError, Authenticated, Identity, introspect,
             jwt::{self, TokenId, Vocabulary},
         },
         authz,
@@ -143,25 +147,10 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let head = match http::request::parse(p.pending, &mut hdrs[..max_headers], &head_limits) {
         Ok(Some(head)) => head,
-        parsed => {
-            // Refused before it parsed: log what the request line says.
-            let (method, target) = request_line_words(p.pending);
-            p.method.clear();
-            p.method.push_str(method);
-            p.target.clear();
-            auth::redact_query(target, &p.snap.cfg.auth.key_header, p.target);
-            let e = parsed.err().unwrap_or(HttpError::Malformed);
-            return Err(Refused {
-                failure: Failure::http(e),
-                keep: false,
-                head_len: 0,
-                lookup: None,
-            });
-        }
+        parsed => return Err(unparsed(p, parsed.err().unwrap_or(HttpError::Malformed))),
     };
     p.method.clear();
     p.method.push_str(head.method);
-    p.target.clear();
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     // A refused request with a body leaves the body unread: close.
     let refuse = |failure, keep: bool| Refused {
@@ -200,7 +189,48 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
         return Err(refuse(Failure::BODY_TOO_LARGE, false));
     }
-    let snap = p.snap;
+    let caller =
+        check_caller(w, p.snap, index, &head, p.subject, p.token).map_err(|e| match e {
+            AuthError::Lookup(endpoint) => Refused {
+                lookup: Some(endpoint),
+                ..refuse(introspect::UNAVAILABLE, head.keep_alive)
+            },
+            AuthError::Refused(f) => refuse(f, head.keep_alive),
+        })?;
+    ctx.identity = caller.identity();
+    let caller_id = proxy::request::Caller {
+        who: caller.identity(),
+        subject: p.subject,
+    };
+    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, caller_id, p.snap);
+    Ok(Admitted::new(plan_of(route, &head), head.len, caller))
+}
+
+/// A head that did not parse: refused, with what its request line says
+/// kept for the log.
+fn unparsed(p: HeadParts<'_>, e: HttpError) -> Refused {
+    let (method, target) = request_line_words(p.pending);
+    p.method.clear();
+    p.method.push_str(method);
+    auth::redact_query(target, &p.snap.cfg.auth.key_header, p.target);
+    Refused {
+        failure: Failure::http(e),
+        keep: false,
+        head_len: 0,
+        lookup: None,
+    }
+}
+
+/// Authentication, then authorization, for route `index`.
+fn check_caller(
+    w: &Worker,
+    snap: &Snapshot,
+    index: usize,
+    head: &RequestHead<'_, '_>,
+    subject: &mut String,
+    token: &mut String,
+) -> Result<Authenticated, AuthError> {
+    let route = &snap.cfg.routes[index];
     let mut verifiers = auth::Verifiers {
         settings: &snap.cfg.auth,
         keys: &snap.keys,
@@ -210,35 +240,27 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         cache: &mut w.tokens.borrow_mut(),
         answers: &w.answers.borrow(),
     };
-    let caller = auth::authenticate(&route.auth, &head, &mut verifiers, p.subject, p.token)
-        .map_err(|e| match e {
-            AuthError::Lookup(endpoint) => Refused {
-                lookup: Some(endpoint),
-                ..refuse(introspect::UNAVAILABLE, head.keep_alive)
-            },
-            AuthError::Refused(f) => {
-                if f.reason == "jwt.unknown_key" || f.reason == "jwt.keys_unavailable" {
-                    // Ask for the issuer's keys again (single-flight, rate-limited).
-                    for issuer in route.auth.issuers() {
-                        w.shared.events.report(Event::UnknownKid { issuer });
-                    }
-                }
-                refuse(f, head.keep_alive)
-            }
-        })?;
-    let who = caller.identity();
-    ctx.identity = who;
-    let have = match who {
+    let caller = auth::authenticate(&route.auth, head, &mut verifiers, subject, token);
+    if let Err(AuthError::Refused(f)) = &caller
+        && (f.reason == "jwt.unknown_key" || f.reason == "jwt.keys_unavailable")
+    {
+        // Ask for the issuer's keys again (single-flight, rate-limited).
+        for issuer in route.auth.issuers() {
+            w.shared.events.report(Event::UnknownKid { issuer });
+        }
+    }
+    let caller = caller?;
+    let have = match caller.identity() {
         Identity::Consumer(i) => snap.consumer_roles[i],
         Identity::Anonymous | Identity::Token(_) => 0,
     };
-    authz::authorize(&snap.rules[index], who, have).map_err(|f| refuse(f, head.keep_alive))?;
-    let caller_id = proxy::request::Caller {
-        who,
-        subject: p.subject,
-    };
-    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, caller_id, snap);
-    let plan = Plan {
+    authz::authorize(&snap.rules[index], caller.identity(), have)?;
+    Ok(caller)
+}
+
+/// What the proxy needs to know of an admitted request.
+fn plan_of(route: &RouteSettings, head: &RequestHead<'_, '_>) -> Plan {
+    Plan {
         upstream: route.upstream,
         framing: head.framing,
         keep_alive: head.keep_alive,
@@ -247,8 +269,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         head_request: head.method == "HEAD",
         retryable: head.is_idempotent() && !head.framing.has_body(),
         http10: head.minor == 0,
-    };
-    Ok(Admitted::new(plan, head.len, caller))
+    }
 }
 
 /// Asks introspection endpoint `endpoint` about the token in the

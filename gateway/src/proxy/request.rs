@@ -116,6 +116,26 @@ fn append_all(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &str) -
 /// The upstream request head: the client's fields minus hop-by-hop ones and
 /// forwarding fields we do not trust, plus our own forwarding fields and
 /// the framing we will send.
+/// Client fields never forwarded as sent: hop-by-hop and framing fields
+/// (the gateway writes its own), the forwarding chain (rewritten), the
+/// identity headers (a client's copy is a forgery), and credentials the
+/// gateway consumed or never checked.
+fn ours_or_hop(name: &str, who: Identity, auth: &crate::config::AuthSettings) -> bool {
+    is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("expect")
+        || header_is(name, "x-forwarded-for")
+        || header_is(name, "forwarded")
+        || header_is(name, &auth.consumer_header)
+        || header_is(name, &auth.roles_header)
+        || header_is(name, &auth.subject_header)
+        // A caller proven by its API key: an Authorization it also sent was
+        // never checked, and a backend might believe it.
+        || (matches!(who, Identity::Consumer(_)) && header_is(name, "authorization"))
+        // The key stays at the gateway.
+        || (who != Identity::Anonymous && name.eq_ignore_ascii_case(&auth.key_header))
+}
+
 /// Who the upstream is told is calling.
 #[derive(Clone, Copy)]
 pub struct Caller<'a> {
@@ -150,20 +170,7 @@ pub fn write_upstream_head(
     let _ = write!(out, "{} {path}{query} HTTP/1.1\r\n", head.method);
     for h in head.headers {
         let name = h.name;
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("expect")
-            || header_is(name, "x-forwarded-for")
-            || header_is(name, "forwarded")
-            // The identity headers are ours: a client's copy is a forgery.
-            || header_is(name, &auth.consumer_header)
-            || header_is(name, &auth.roles_header)
-            || header_is(name, &auth.subject_header)
-            // A caller proven by its API key: an Authorization it also sent
-            // was never checked, and a backend might believe it.
-            || (matches!(who, Identity::Consumer(_)) && header_is(name, "authorization"))
-            // The credential stays at the gateway.
-            || (who != Identity::Anonymous && name.eq_ignore_ascii_case(&auth.key_header))
+        if ours_or_hop(name, who, auth)
             || (has_connection && named_by_connection(head.headers, name))
             || !keeps_field(name, trusted, underscores)
         {

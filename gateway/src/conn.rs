@@ -84,6 +84,11 @@ impl Conn {
         }
     }
 
+    /// The snapshot, held (for use across an `.await` that needs `&mut self`).
+    pub fn snap_arc(&self) -> Arc<Snapshot> {
+        self.snap.clone()
+    }
+
     /// Takes up a newer snapshot between requests (one atomic load when
     /// nothing changed).
     pub fn refresh(&mut self, published: &Published) {
@@ -133,22 +138,14 @@ impl Conn {
 
     /// Sends a failure response.
     pub async fn send_failure(&mut self, f: Failure, keep: bool) {
+        self.send_failure_with(f, keep, b"").await;
+    }
+
+    /// Sends a failure response with extra header lines (a 401's challenge).
+    pub async fn send_failure_with(&mut self, f: Failure, keep: bool, extra: &[u8]) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        // RFC 9110 §15.5.2: a 401 says how to authenticate; for a bad
-        // bearer token, RFC 6750 §3 adds why.
-        let invalid_token;
-        let challenge: &[u8] = match f.reason.strip_prefix("jwt.") {
-            Some(why) if f.status == 401 => {
-                invalid_token = format!(
-                    "www-authenticate: Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{why}\"\r\n"
-                );
-                invalid_token.as_bytes()
-            }
-            _ if f.status == 401 => &self.snap.challenge,
-            _ => b"",
-        };
-        respond::write_failure(&mut out, f, !keep, &[self.snap.filters.lines(), challenge]);
+        respond::write_failure(&mut out, f, !keep, &[self.snap.filters.lines(), extra]);
         let _ = self.tls.send(&[&out]).await;
         self.out = out;
     }

@@ -1,7 +1,9 @@
 //! Work that must not run on the request path, done on the main thread's
 //! tick: the workers hand it events with a bounded `try_send` (never
 //! waiting), it keeps per-source counts (which the rate-limit stage will
-//! turn into kernel verdicts), and it re-reads the key file when it changes.
+//! turn into kernel verdicts), and it re-reads the key file and issuer key
+//! files when they change. Issuer keys are loaded first here at start, and
+//! fetched over HTTPS by a thread per URL issuer.
 
 use std::{
     collections::HashMap,
@@ -19,10 +21,7 @@ use crate::{
     config::{JwtSettings, KeySource},
     fetch::Https,
     snapshot::Published,
-    stages::auth::{
-        api_key::{KeyFileError, KeyRing},
-        jwt::keys::KeySet,
-    },
+    stages::auth::{api_key::KeyRing, jwt::keys::KeySet},
 };
 
 /// Something a worker saw that the control side counts.
@@ -127,60 +126,73 @@ pub fn drain(
     }
 }
 
+/// A watched file's last version seen: its modification time and size (a
+/// change of either is a new version).
+struct FileVersion {
+    path: PathBuf,
+    seen: Option<(SystemTime, u64)>,
+}
+
+impl FileVersion {
+    /// Watches `path`, whose current version counts as seen.
+    fn new(path: &Path) -> Self {
+        Self {
+            seen: stamp(path),
+            path: path.to_owned(),
+        }
+    }
+
+    /// Whether there is a version not seen yet (always, with `force`);
+    /// it counts as seen from now on, so a broken one is reported once.
+    fn changed(&mut self, force: bool) -> bool {
+        let now = stamp(&self.path);
+        let changed = force || now != self.seen;
+        self.seen = now;
+        changed
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 /// Watches the key file and publishes a new snapshot when it changes.
 pub struct KeyWatch {
-    path: PathBuf,
-    stamp: Option<(SystemTime, u64)>,
-    /// The stamp of a broken version already reported (one error per version).
-    reported: Option<(SystemTime, u64)>,
+    file: FileVersion,
 }
 
 impl KeyWatch {
     /// Watches `path`, whose current version is already loaded.
     pub fn new(path: &Path) -> Self {
         Self {
-            stamp: stamp(path),
-            path: path.to_owned(),
-            reported: None,
+            file: FileVersion::new(path),
         }
     }
 
     /// Reloads when the file changed (or always, with `force`: SIGHUP).
-    /// A broken file keeps the last good key set and is reported once.
+    /// A broken file keeps the last good key set.
     pub fn poll(&mut self, published: &Published, force: bool) {
-        let now = stamp(&self.path);
-        if !force && now == self.stamp {
+        if !self.file.changed(force) {
             return;
         }
-        self.stamp = now;
-        match KeyRing::load(&self.path) {
+        match KeyRing::load(&self.file.path) {
             Ok(keys) => {
                 let (consumers, count) = (keys.consumers().len(), keys.key_count());
                 let keys = Arc::new(keys);
                 published.update(|s| s.with_keys(keys));
-                self.reported = None;
                 tracing::info!(
                     "key file {} reloaded: {consumers} consumers, {count} keys",
-                    self.path.display()
+                    self.file.path.display()
                 );
             }
-            Err(e) if force || self.reported != now => {
-                self.reported = now;
-                report_broken(&e);
-            }
-            Err(_) => {}
+            Err(e) => report_broken(&e),
         }
     }
 }
 
-fn report_broken(e: &KeyFileError) {
+fn report_broken(e: &dyn std::fmt::Display) {
     tracing::error!("{e}; keeping the last good key set");
-}
-
-/// When and how big: a change of either means a new version.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// Key set revisions, unique for the process (a cached verification names
@@ -297,11 +309,8 @@ pub fn refresh_keys(i: usize, s: &JwtSettings, https: &Https, published: &Publis
 
 /// Re-reads issuer key files (JWKS files and secrets) when they change.
 pub struct IssuerFiles {
-    watched: Vec<Watched>,
+    watched: Vec<(usize, FileVersion)>,
 }
-
-/// One watched file: its issuer, path and last version seen.
-type Watched = (usize, PathBuf, Option<(SystemTime, u64)>);
 
 impl IssuerFiles {
     /// Watches every file-based issuer of `settings`.
@@ -310,7 +319,7 @@ impl IssuerFiles {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match &s.source {
-                KeySource::File(p) | KeySource::Secret(p) => Some((i, p.clone(), stamp(p))),
+                KeySource::File(p) | KeySource::Secret(p) => Some((i, FileVersion::new(p))),
                 _ => None,
             })
             .collect();
@@ -319,12 +328,10 @@ impl IssuerFiles {
 
     /// Reloads changed files (or all, with `force`).
     pub fn poll(&mut self, settings: &[JwtSettings], published: &Published, force: bool) {
-        for (i, path, last) in &mut self.watched {
-            let now = stamp(path);
-            if !force && now == *last {
+        for (i, file) in &mut self.watched {
+            if !file.changed(force) {
                 continue;
             }
-            *last = now;
             match load_key_file(&settings[*i]) {
                 Ok(set) => {
                     let (n, rev) = (set.len(), set.revision);
@@ -333,13 +340,58 @@ impl IssuerFiles {
                     tracing::info!(
                         "issuer {}: {n} keys from {} (revision {rev})",
                         settings[*i].name,
-                        path.display()
+                        file.path.display()
                     );
                 }
-                Err(e) => tracing::error!("{e}; keeping the last good key set"),
+                Err(e) => report_broken(&e),
             }
         }
     }
+}
+
+/// Every issuer's first key set: files are read (a broken one stops the
+/// start), URLs fetched once (a failure leaves the issuer without keys, and
+/// its routes answer 503 until a fetch succeeds). Returns the key sets and,
+/// per issuer, the HTTPS client of those fetched in the background.
+#[expect(
+    clippy::type_complexity,
+    reason = "two parallel per-issuer lists, used once"
+)]
+pub fn first_issuer_keys(
+    cfg: &crate::config::Config,
+) -> Result<(Vec<Arc<KeySet>>, Vec<Option<Https>>), String> {
+    crate::stages::auth::jwt::provider::install();
+    let mut sets = Vec::new();
+    let mut fetchers = Vec::new();
+    for (i, s) in cfg.auth.jwt.iter().enumerate() {
+        let at = format!("auth.jwt[{i}] ({})", s.name);
+        match &s.source {
+            KeySource::File(_) | KeySource::Secret(_) => {
+                let set = load_key_file(s).map_err(|e| format!("{at}: {e}"))?;
+                tracing::info!("issuer {}: {} keys", s.name, set.len());
+                sets.push(Arc::new(set));
+                fetchers.push(None);
+            }
+            KeySource::Url(_) | KeySource::Discovery => {
+                let https = Https::new(s.ca_file.as_deref()).map_err(|e| format!("{at}: {e}"))?;
+                match fetch_keys(s, &https) {
+                    Ok(set) => {
+                        tracing::info!("issuer {}: {} keys", s.name, set.len());
+                        sets.push(Arc::new(set));
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "issuer {}: no keys yet ({e}); its routes answer 503 until a fetch succeeds",
+                            s.name
+                        );
+                        sets.push(Arc::default());
+                    }
+                }
+                fetchers.push(Some(https));
+            }
+        }
+    }
+    Ok((sets, fetchers))
 }
 
 #[cfg(test)]

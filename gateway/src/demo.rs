@@ -1,6 +1,7 @@
 //! The built-in demo backend the embedded default proxies to, so a fresh
 //! machine has something to curl. Plain HTTP/1.1 with keep-alive, one
-//! thread per connection: a demo, not a server to load-test.
+//! thread per connection: a demo, not a server to load-test. And the demo
+//! consumer whose API key the embedded default prints at start.
 
 use std::{
     io::{Read, Write},
@@ -128,4 +129,47 @@ fn read_body(conn: &mut TcpStream, buf: &mut Vec<u8>, framing: Framing) -> Optio
             }
         }
     }
+}
+
+/// The demo consumer of the embedded default: a key file and the key itself
+/// in the state directory, made on first run. The key is kept in clear only
+/// for this demo, so it can be printed at every start.
+pub fn demo_keys(cfg: &mut crate::config::Config) -> Result<Option<String>, String> {
+    if !cfg.demo_api_key || cfg.auth.key_file.is_some() {
+        return Ok(None);
+    }
+    let dir = crate::tls::state_dir();
+    let key_path = dir.join("demo-api-key");
+    let file = dir.join("demo-consumers.toml");
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(k) if file.is_file() => k.trim().to_owned(),
+        _ => {
+            let key = crate::stages::auth::api_key::generate()?;
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let text = format!(
+                "# The embedded default's demo consumer (made by `gateway run`).\n\
+                 [[consumers]]\nid = \"demo\"\nroles = [\"reader\"]\n\
+                 [[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
+                crate::stages::auth::api_key::hash_line(&key),
+                crate::stages::auth::api_key::shown_prefix(&key)
+            );
+            write_private(&file, &text)?;
+            write_private(&key_path, &key)?;
+            key
+        }
+    };
+    cfg.auth.key_file = Some(file);
+    Ok(Some(key))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
 }

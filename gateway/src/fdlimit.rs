@@ -47,6 +47,54 @@ pub fn connections_that_fit(limit: u64, workers: usize, pooled: u64) -> usize {
         .max(1)
 }
 
+/// Raises the descriptor limit and fits the connection cap to it: the
+/// default cap shrinks to what fits, an explicit one that does not fit is
+/// kept with a warning (the operator may know better, e.g. few upstream hops).
+pub fn fit_connections(cfg: &mut crate::config::Config) {
+    let budget = match raise() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    if budget.was != budget.limit {
+        tracing::info!(
+            "file descriptor limit raised from {} to {}",
+            budget.was,
+            budget.limit
+        );
+    }
+    let rt = &mut cfg.runtime;
+    let pooled: u64 = cfg
+        .upstreams
+        .iter()
+        .map(|u| (u.idle_per_server * u.servers.len() * rt.workers) as u64)
+        .sum();
+    let fit = connections_that_fit(budget.limit, rt.workers, pooled);
+    if rt.max_connections_per_worker <= fit {
+        return;
+    }
+    if rt.max_connections_set {
+        tracing::warn!(
+            "runtime.max_connections_per_worker = {} with {} workers needs about {} file descriptors \
+             (a client and an upstream socket each), but the limit is {}: raise it \
+             (ulimit -n, systemd LimitNOFILE=) or lower the cap to {fit}",
+            rt.max_connections_per_worker,
+            rt.workers,
+            2 * rt.max_connections_per_worker * rt.workers,
+            budget.limit
+        );
+    } else {
+        tracing::info!(
+            "max_connections_per_worker lowered from {} to {fit} to fit the file descriptor limit {}",
+            rt.max_connections_per_worker,
+            budget.limit
+        );
+        rt.max_connections_per_worker = fit;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

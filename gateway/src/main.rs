@@ -10,16 +10,14 @@ use std::{
 use clap::{Parser, Subcommand};
 use gateway::{
     clock::{Clock, Monotonic},
-    config::{Authenticator, Config, KeySource, RouteAuth},
+    config::{Authenticator, Config, RouteAuth},
     control::{self, AuthFailures, Events, IssuerFiles, KeyWatch},
     enforce::Enforcement,
-    fetch::Https,
     server::Server,
     snapshot::{Published, Snapshot},
     stages::auth::{
         api_key::{self, KeyRing},
         introspect::Introspector,
-        jwt::keys::KeySet,
     },
     tls,
     worker::Shared,
@@ -307,49 +305,6 @@ fn keys(cmd: KeysCmd) -> Result<(), String> {
     }
 }
 
-/// The demo consumer of the embedded default: a key file and the key itself
-/// in the state directory, made on first run. The key is kept in clear only
-/// for this demo, so it can be printed at every start.
-fn demo_keys(cfg: &mut Config) -> Result<Option<String>, String> {
-    if !cfg.demo_api_key || cfg.auth.key_file.is_some() {
-        return Ok(None);
-    }
-    let dir = tls::state_dir();
-    let key_path = dir.join("demo-api-key");
-    let file = dir.join("demo-consumers.toml");
-    let key = match std::fs::read_to_string(&key_path) {
-        Ok(k) if file.is_file() => k.trim().to_owned(),
-        _ => {
-            let key = api_key::generate()?;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let text = format!(
-                "# The embedded default's demo consumer (made by `gateway run`).\n\
-                 [[consumers]]\nid = \"demo\"\nroles = [\"reader\"]\n\
-                 [[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
-                api_key::hash_line(&key),
-                api_key::shown_prefix(&key)
-            );
-            write_private(&file, &text)?;
-            write_private(&key_path, &key)?;
-            key
-        }
-    };
-    cfg.auth.key_file = Some(file);
-    Ok(Some(key))
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
 /// The certificates to serve: the configured ones, or the self-signed one
 /// (generated on first run when `generate`).
 fn certificates(
@@ -378,56 +333,8 @@ fn certificates(
     Ok(vec![(cert, key, Vec::new())])
 }
 
-/// Raises the descriptor limit and fits the connection cap to it: the
-/// default cap shrinks to what fits, an explicit one that does not fit is
-/// kept with a warning (the operator may know better, e.g. few upstream hops).
-fn fit_connections(cfg: &mut Config) {
-    let budget = match gateway::fdlimit::raise() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!("{e}");
-            return;
-        }
-    };
-    if budget.was != budget.limit {
-        tracing::info!(
-            "file descriptor limit raised from {} to {}",
-            budget.was,
-            budget.limit
-        );
-    }
-    let rt = &mut cfg.runtime;
-    let pooled: u64 = cfg
-        .upstreams
-        .iter()
-        .map(|u| (u.idle_per_server * u.servers.len() * rt.workers) as u64)
-        .sum();
-    let fit = gateway::fdlimit::connections_that_fit(budget.limit, rt.workers, pooled);
-    if rt.max_connections_per_worker <= fit {
-        return;
-    }
-    if rt.max_connections_set {
-        tracing::warn!(
-            "runtime.max_connections_per_worker = {} with {} workers needs about {} file descriptors \
-             (a client and an upstream socket each), but the limit is {}: raise it \
-             (ulimit -n, systemd LimitNOFILE=) or lower the cap to {fit}",
-            rt.max_connections_per_worker,
-            rt.workers,
-            2 * rt.max_connections_per_worker * rt.workers,
-            budget.limit
-        );
-    } else {
-        tracing::info!(
-            "max_connections_per_worker lowered from {} to {fit} to fit the file descriptor limit {}",
-            rt.max_connections_per_worker,
-            budget.limit
-        );
-        rt.max_connections_per_worker = fit;
-    }
-}
-
 fn run(mut cfg: Config) -> Result<(), String> {
-    fit_connections(&mut cfg);
+    gateway::fdlimit::fit_connections(&mut cfg);
     // Block the signals before anything else so they are only ever taken
     // by the wait below, never by default handlers mid-attach.
     let mut signals = SigSet::empty();
@@ -438,7 +345,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
         .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
 
-    let demo_key = demo_keys(&mut cfg)?;
+    let demo_key = gateway::demo::demo_keys(&mut cfg)?;
     // Stamped before the first read: a change made while starting is
     // seen at the first tick (at worst one needless reload).
     let key_watch = cfg.auth.key_file.as_deref().map(KeyWatch::new);
@@ -446,7 +353,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
         Some(path) => KeyRing::load(path).map_err(|e| e.to_string())?,
         None => KeyRing::default(),
     };
-    let (jwks, fetchers) = issuer_keys(&cfg)?;
+    let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = certificates(&cfg, true)?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     let mut enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
@@ -514,49 +421,6 @@ fn run(mut cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Every issuer's first key set: files are read (a broken one stops the
-/// start), URLs fetched once (a failure leaves the issuer without keys, and
-/// its routes answer 503 until a fetch succeeds). Returns the key sets and,
-/// per issuer, the HTTPS client of those fetched in the background.
-#[expect(
-    clippy::type_complexity,
-    reason = "two parallel per-issuer lists, used once"
-)]
-fn issuer_keys(cfg: &Config) -> Result<(Vec<Arc<KeySet>>, Vec<Option<Https>>), String> {
-    gateway::stages::auth::jwt::provider::install();
-    let mut sets = Vec::new();
-    let mut fetchers = Vec::new();
-    for (i, s) in cfg.auth.jwt.iter().enumerate() {
-        let at = format!("auth.jwt[{i}] ({})", s.name);
-        match &s.source {
-            KeySource::File(_) | KeySource::Secret(_) => {
-                let set = control::load_key_file(s).map_err(|e| format!("{at}: {e}"))?;
-                tracing::info!("issuer {}: {} keys", s.name, set.len());
-                sets.push(Arc::new(set));
-                fetchers.push(None);
-            }
-            KeySource::Url(_) | KeySource::Discovery => {
-                let https = Https::new(s.ca_file.as_deref()).map_err(|e| format!("{at}: {e}"))?;
-                match control::fetch_keys(s, &https) {
-                    Ok(set) => {
-                        tracing::info!("issuer {}: {} keys", s.name, set.len());
-                        sets.push(Arc::new(set));
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "issuer {}: no keys yet ({e}); its routes answer 503 until a fetch succeeds",
-                            s.name
-                        );
-                        sets.push(Arc::default());
-                    }
-                }
-                fetchers.push(Some(https));
-            }
-        }
-    }
-    Ok((sets, fetchers))
-}
-
 /// What the start-up log tells a new user to try.
 fn announce(cfg: &Config, certs: &[(PathBuf, PathBuf, Vec<String>)], demo_key: Option<&str>) {
     tracing::info!(
@@ -611,6 +475,7 @@ fn serve_until_stopped(
     let stats_every = Duration::from_secs(cfg.xdp.stats_interval_secs);
     let mut since_stats = Duration::ZERO;
     let mut last = None;
+    let mut dropped_before = 0;
     let clock = Monotonic;
     loop {
         let sig = wait_for(signals, tick);
@@ -650,6 +515,14 @@ fn serve_until_stopped(
                 last = Some(c);
             }
             log_auth_failures(&mut control.failures, stats_every);
+            let dropped = shared.events.dropped();
+            if dropped > dropped_before {
+                tracing::warn!(
+                    "{} events dropped: the control queue was full",
+                    dropped - dropped_before
+                );
+                dropped_before = dropped;
+            }
         }
     }
 }

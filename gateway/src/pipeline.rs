@@ -126,7 +126,10 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
                 };
                 w.shared.events.report(Event::AuthFailed { source });
             }
-            c.send_failure(r.failure, keep).await;
+            // A refusal only: holding the snapshot costs one atomic increment.
+            let snap = c.snap_arc();
+            let challenge = auth::challenge(r.failure, &snap.challenge);
+            c.send_failure_with(r.failure, keep, &challenge).await;
             ctx.failed(r.failure, None);
             keep
         }
@@ -241,8 +244,8 @@ fn check_caller(
         answers: &w.answers.borrow(),
     };
     let caller = auth::authenticate(&route.auth, head, &mut verifiers, subject, token);
-    if let Err(AuthError::Refused(f)) = &caller
-        && (f.reason == "jwt.unknown_key" || f.reason == "jwt.keys_unavailable")
+    if let Err(AuthError::Refused(f)) = caller
+        && jwt::needs_fresh_keys(f)
     {
         // Ask for the issuer's keys again (single-flight, rate-limited).
         for issuer in route.auth.issuers() {
@@ -308,10 +311,13 @@ async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Fai
 async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
     c.consume(a.head_len());
     c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
+    let mut chunks = ChunkJudge::default();
     if a.framing == Framing::Chunked {
         // Judge the chunked framing already buffered before anything goes
         // upstream: a bad chunk in the first bytes never reaches the backend.
-        check_chunks(c.pending(), a.max_body).map_err(|f| Abort::Respond(f, None))?;
+        chunks
+            .judge(c.pending(), a.max_body)
+            .map_err(|f| Abort::Respond(f, None))?;
     }
     // RFC 9110 §10.1.1: the gateway answers 100 itself once it will read
     // the body, and ignores Expect from an HTTP/1.0 client.
@@ -321,43 +327,52 @@ async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> 
             .await
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }
-    buffer_small_body(c, a).await?;
+    buffer_small_body(c, a, &mut chunks).await?;
     proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await
 }
 
-/// Judges the chunked framing in `buf` so far.
-fn check_chunks(buf: &[u8], max_body: u64) -> Result<bool, Failure> {
-    let mut check = chunked::Decoder::new();
-    let p = check.feed(buf, None).map_err(Failure::http)?;
-    if check.body_bytes > max_body {
-        return Err(Failure::BODY_TOO_LARGE);
+/// Judges a chunked body's framing as it arrives, each byte once: the
+/// decoder keeps its state and is fed only what it has not seen.
+#[derive(Default)]
+struct ChunkJudge {
+    decoder: chunked::Decoder,
+    judged: usize,
+}
+
+impl ChunkJudge {
+    /// Judges the new part of `buf` (the body so far); whether it is complete.
+    fn judge(&mut self, buf: &[u8], max_body: u64) -> Result<bool, Failure> {
+        let p = self
+            .decoder
+            .feed(&buf[self.judged..], None)
+            .map_err(Failure::http)?;
+        self.judged += p.consumed;
+        if self.decoder.body_bytes > max_body {
+            return Err(Failure::BODY_TOO_LARGE);
+        }
+        Ok(p.done)
     }
-    Ok(p.done)
 }
 
 /// Reads a body of up to `limits.buffer_body_bytes` whole before an upstream
 /// connection is taken, so a slow client ties up only its own connection
 /// (nginx's `client_body_buffer_size`). Larger bodies stream.
-async fn buffer_small_body(c: &mut Conn, a: &Admitted) -> Result<(), Abort> {
+async fn buffer_small_body(
+    c: &mut Conn,
+    a: &Admitted,
+    chunks: &mut ChunkJudge,
+) -> Result<(), Abort> {
     let max = c.snap().cfg.limits.buffer_body_bytes as u64;
-    // One decoder across reads, fed only new bytes: re-decoding the whole
-    // buffer on every tiny record would be quadratic in the body.
-    let mut chunks = chunked::Decoder::new();
-    let mut judged = 0;
     loop {
         let complete = match a.framing {
             Framing::None | Framing::UntilClose => return Ok(()),
             Framing::Length(n) if n > max => return Ok(()),
             Framing::Length(n) => c.pending().len() as u64 >= n,
             Framing::Chunked => {
-                let p = chunks
-                    .feed(&c.pending()[judged..], None)
-                    .map_err(|e| Abort::Respond(Failure::http(e), None))?;
-                judged += p.consumed;
-                if chunks.body_bytes > a.max_body {
-                    return Err(Abort::Respond(Failure::BODY_TOO_LARGE, None));
-                }
-                p.done || c.pending().len() as u64 >= max
+                let done = chunks
+                    .judge(c.pending(), a.max_body)
+                    .map_err(|f| Abort::Respond(f, None))?;
+                done || c.pending().len() as u64 >= max
             }
         };
         if complete {

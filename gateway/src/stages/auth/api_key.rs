@@ -45,8 +45,9 @@ struct ConsumerFile {
 #[serde(deny_unknown_fields)]
 struct KeyFile {
     hash: Spanned<String>,
-    #[serde(default)]
-    prefix: Option<String>,
+    /// For people: which key this is in a ticket. The gateway needs only the hash.
+    #[serde(default, rename = "prefix")]
+    _prefix: Option<String>,
     #[serde(default)]
     not_before: Option<Spanned<toml::value::Datetime>>,
     #[serde(default)]
@@ -158,7 +159,6 @@ impl KeyRing {
                         "must be after not_before".into(),
                     ));
                 }
-                let _ = &k.prefix;
                 ring.keys.entry(bucket(&hash)).or_default().push(Key {
                     hash,
                     consumer: ci,

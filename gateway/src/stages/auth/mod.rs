@@ -243,6 +243,21 @@ fn single_header<'b>(head: &RequestHead<'b, '_>, name: &str) -> Result<Option<&'
     Ok(found)
 }
 
+/// The `www-authenticate` lines a refusal carries (RFC 9110 §15.5.2): for
+/// a refused bearer token, RFC 6750 §3's `invalid_token` with the reason;
+/// for any other 401, the schemes the routes use (`schemes`); else none.
+pub fn challenge(f: Failure, schemes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match f.reason.strip_prefix("jwt.") {
+        Some(why) if f.status == 401 => format!(
+            "www-authenticate: Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{why}\"\r\n"
+        )
+        .into_bytes()
+        .into(),
+        _ if f.status == 401 => schemes.into(),
+        _ => (&b""[..]).into(),
+    }
+}
+
 /// Copies `target` into `out` (cleared first) for the log, with the value
 /// of every query parameter that carries a credential replaced: a key or
 /// token refused for being in the URL must not land in the log either.

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use jsonwebtoken::{
-    Algorithm, DecodingKey,
+    Algorithm, AlgorithmFamily, DecodingKey,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 
@@ -140,21 +140,14 @@ fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Key, String> {
     }
     // The key type decides the family it can verify.
     let family: &[Algorithm] = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => &[
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa.algorithms(),
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => &[Algorithm::ES256],
             EllipticCurve::P384 => &[Algorithm::ES384],
             _ => return Err("unsupported curve".into()),
         },
         AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            &[Algorithm::EdDSA]
+            AlgorithmFamily::Ed.algorithms()
         }
         AlgorithmParameters::OctetKeyPair(_) => return Err("unsupported curve".into()),
         // HMAC secrets are not published in a JWKS: `secret_file` only.

@@ -84,6 +84,11 @@ impl JwtError {
 /// No key set for the issuer yet: the gateway's problem, never an open door.
 pub const NO_KEYS: Failure = Failure::internal(503, "jwt.keys_unavailable");
 
+/// Whether a refusal means the issuer's keys should be fetched again.
+pub fn needs_fresh_keys(f: Failure) -> bool {
+    f == NO_KEYS || f == JwtError::UnknownKey.failure()
+}
+
 /// Header parameters refused outright: keys or key locations supplied by
 /// the token itself, extensions the gateway does not understand, and
 /// unencoded payloads (RFC 7797).

@@ -5,13 +5,13 @@
 //! signing is here for `keys`-style tooling and for the tests, which sign
 //! with the library's own test keys and verify through this provider.
 
+use jsonwebtoken::DecodingKeyKind;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey,
     crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier},
     errors::{Error, ErrorKind},
     jwk::{EllipticCurve, ThumbprintHash},
 };
-use jsonwebtoken::{AlgorithmFamily, DecodingKeyKind};
 use ring::{
     rand::SystemRandom,
     signature::{self as sig, KeyPair as _, UnparsedPublicKey, VerificationAlgorithm},
@@ -59,17 +59,6 @@ fn hmac_alg(alg: Algorithm) -> Option<ring::hmac::Algorithm> {
         Algorithm::HS384 => Some(ring::hmac::HMAC_SHA384),
         Algorithm::HS512 => Some(ring::hmac::HMAC_SHA512),
         _ => None,
-    }
-}
-
-/// The key family an algorithm needs: a key of another family never
-/// verifies (no RS/HS confusion, whatever the token says).
-fn family(alg: Algorithm) -> AlgorithmFamily {
-    match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => AlgorithmFamily::Hmac,
-        Algorithm::ES256 | Algorithm::ES384 => AlgorithmFamily::Ec,
-        Algorithm::EdDSA => AlgorithmFamily::Ed,
-        _ => AlgorithmFamily::Rsa,
     }
 }
 
@@ -128,7 +117,7 @@ impl JwtVerifier for Verifier {
 
 fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
     let alg = *alg;
-    if key.family() != family(alg) {
+    if key.family() != alg.family() {
         return Err(invalid_key());
     }
     if let Some(h) = hmac_alg(alg) {
@@ -194,7 +183,7 @@ impl JwtSigner for Signer {
 
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {
     let alg = *alg;
-    if key.family() != family(alg) {
+    if key.family() != alg.family() {
         return Err(invalid_key());
     }
     let der = key.inner();

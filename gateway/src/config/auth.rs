@@ -1,0 +1,375 @@
+//! `[auth]` and each route's `auth`, `roles`, `scopes`, `claims`: API keys,
+//! JWT issuers and introspection endpoints, validated so a route can only be
+//! public by saying so and an issuer only with `iss`, `aud` and pinned
+//! algorithms (RFC 8725).
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthFile {
+    #[serde(default)]
+    pub(super) key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_key_header")]
+    pub(super) key_header: Spanned<String>,
+    #[serde(default = "default_consumer_header")]
+    pub(super) consumer_header: Spanned<String>,
+    #[serde(default = "default_roles_header")]
+    pub(super) roles_header: Spanned<String>,
+    #[serde(default = "default_subject_header")]
+    pub(super) subject_header: Spanned<String>,
+    #[serde(default)]
+    pub(super) jwt: Vec<JwtFile>,
+    #[serde(default)]
+    pub(super) introspection: Vec<IntrospectionFile>,
+}
+
+/// One `[[auth.introspection]]` endpoint as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IntrospectionFile {
+    pub(super) name: Spanned<String>,
+    pub(super) url: Spanned<String>,
+    pub(super) client_id: String,
+    pub(super) client_secret_file: PathBuf,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default = "default_max_cache")]
+    pub(super) max_cache_secs: u64,
+    #[serde(default = "default_inactive_cache")]
+    pub(super) inactive_cache_secs: u64,
+    #[serde(default = "default_roles_claim")]
+    pub(super) roles_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    pub(super) scopes_claim: String,
+}
+
+pub(super) fn default_max_cache() -> u64 {
+    300
+}
+pub(super) fn default_inactive_cache() -> u64 {
+    10
+}
+
+impl Default for AuthFile {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            key_header: default_key_header(),
+            consumer_header: default_consumer_header(),
+            roles_header: default_roles_header(),
+            subject_header: default_subject_header(),
+            jwt: Vec::new(),
+            introspection: Vec::new(),
+        }
+    }
+}
+
+pub(super) fn default_subject_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-auth-subject".into())
+}
+
+/// A claim rule as written: one value or several (any of them).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ClaimValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+pub(super) fn default_key_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-api-key".into())
+}
+pub(super) fn default_consumer_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-consumer-id".into())
+}
+pub(super) fn default_roles_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-consumer-roles".into())
+}
+
+/// A route's `auth` as written: `"none"` or a list of authenticators.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum AuthList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// How a route authenticates callers. Public is written out in the file
+/// (`auth = "none"`), never implied by a missing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Anyone, unauthenticated.
+    Public,
+    /// A caller proven by one of these.
+    Required(Vec<Authenticator>),
+}
+
+/// A way a caller proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticator {
+    /// An API key from the key file, in `auth.key_header`.
+    ApiKey,
+    /// A bearer token from `auth.jwt[i]`.
+    Jwt(usize),
+    /// An opaque bearer token checked at `auth.introspection[i]`.
+    Introspect(usize),
+}
+
+/// A validated `[[auth.introspection]]` endpoint (RFC 7662).
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    /// Its name (routes say `introspect:NAME`).
+    pub name: String,
+    /// The endpoint (https).
+    pub url: String,
+    /// The gateway's client id there.
+    pub client_id: String,
+    /// The file holding the gateway's client secret.
+    pub client_secret_file: PathBuf,
+    /// CA certificates (PEM) to trust; default: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Longest an active answer is cached (and never past the token's `exp`).
+    pub max_cache_secs: u64,
+    /// How long an inactive answer is cached.
+    pub inactive_cache_secs: u64,
+    /// Dotted path of the roles member of the answer.
+    pub roles_claim: Vec<String>,
+    /// Dotted path of the scopes member of the answer.
+    pub scopes_claim: Vec<String>,
+}
+
+impl RouteAuth {
+    /// The JWT issuers (by index) a route accepts.
+    pub fn issuers(&self) -> impl Iterator<Item = usize> + '_ {
+        let list: &[Authenticator] = match self {
+            Self::Public => &[],
+            Self::Required(list) => list,
+        };
+        list.iter().filter_map(|a| match a {
+            Authenticator::Jwt(i) => Some(*i),
+            Authenticator::ApiKey | Authenticator::Introspect(_) => None,
+        })
+    }
+}
+
+/// Validated `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The consumers and their key hashes (re-read when it changes).
+    pub key_file: Option<PathBuf>,
+    /// Request header holding the API key (lower case).
+    pub key_header: String,
+    /// Header the upstream gets the consumer id in (lower case).
+    pub consumer_header: String,
+    /// Header the upstream gets the consumer's roles in (lower case).
+    pub roles_header: String,
+    /// Header the upstream gets a token's subject in (lower case).
+    pub subject_header: String,
+    /// JWT issuers, by index.
+    pub jwt: Vec<JwtSettings>,
+    /// Introspection endpoints, by index.
+    pub introspection: Vec<IntrospectionSettings>,
+}
+
+/// A route's `auth`, required on every route: a public route says so.
+/// What a route's `auth` may name.
+pub(super) struct AuthContext<'a> {
+    pub(super) has_keys: bool,
+    pub(super) issuers: &'a [&'a str],
+    pub(super) endpoints: &'a [&'a str],
+}
+
+pub(super) fn route_auth(
+    i: usize,
+    r: &RouteFile,
+    ctx: &AuthContext<'_>,
+    invalid: &Invalid<'_>,
+) -> Result<RouteAuth, ConfigError> {
+    let has_keys = ctx.has_keys;
+    let key = format!("routes[{i}].auth");
+    let Some(auth) = &r.auth else {
+        return Err(invalid(
+            Some(r.upstream.span()),
+            key,
+            "missing: every route says who may call it: `auth = \"none\"` for a public \
+             route, or e.g. `auth = [\"api_key\"]`"
+                .into(),
+        ));
+    };
+    let names: Vec<&str> = match auth.get_ref() {
+        AuthList::One(s) if s == "none" => {
+            if !r.roles.is_empty()
+                || !r.consumers.is_empty()
+                || !r.scopes.is_empty()
+                || !r.claims.is_empty()
+            {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "a public route (`auth = \"none\"`) cannot require roles, consumers, scopes or claims"
+                        .into(),
+                ));
+            }
+            return Ok(RouteAuth::Public);
+        }
+        AuthList::One(s) => vec![s.as_str()],
+        AuthList::Many(v) => v.iter().map(String::as_str).collect(),
+    };
+    let mut list = Vec::new();
+    for name in names {
+        let a = match name {
+            "api_key" if has_keys => Authenticator::ApiKey,
+            "api_key" => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "`api_key` needs `auth.key_file` (consumers and their key hashes)".into(),
+                ));
+            }
+            "none" => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "`none` stands alone: `auth = \"none\"`".into(),
+                ));
+            }
+            intro if intro.starts_with("introspect:") => {
+                let name = &intro["introspect:".len()..];
+                match ctx.endpoints.iter().position(|n| *n == name) {
+                    Some(idx) => Authenticator::Introspect(idx),
+                    None => {
+                        return Err(invalid(
+                            Some(auth.span()),
+                            key,
+                            format!("no [[auth.introspection]] named `{name}`"),
+                        ));
+                    }
+                }
+            }
+            jwt if jwt.starts_with("jwt:") => {
+                let name = &jwt[4..];
+                match ctx.issuers.iter().position(|n| *n == name) {
+                    Some(idx) => Authenticator::Jwt(idx),
+                    None => {
+                        return Err(invalid(
+                            Some(auth.span()),
+                            key,
+                            format!("no [[auth.jwt]] named `{name}`"),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    format!(
+                        "unknown authenticator `{other}` (known: api_key, jwt:NAME, introspect:NAME)"
+                    ),
+                ));
+            }
+        };
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+    if list.is_empty() {
+        return Err(invalid(
+            Some(auth.span()),
+            key,
+            "empty: name an authenticator, or `auth = \"none\"`".into(),
+        ));
+    }
+    Ok(RouteAuth::Required(list))
+}
+
+/// `[auth]`, validated: header names are tokens, stored lower case; a
+/// relative key file is relative to the configuration file.
+pub(super) fn auth_settings(
+    a: &AuthFile,
+    file: &str,
+    invalid: &Invalid<'_>,
+) -> Result<AuthSettings, ConfigError> {
+    let header = |h: &Spanned<String>, key: &str| {
+        let v = h.get_ref();
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(invalid(
+                Some(h.span()),
+                key.into(),
+                format!("`{v}` is not a header name"),
+            ));
+        }
+        Ok(v.to_ascii_lowercase())
+    };
+    let key_file = a.key_file.as_ref().map(|p| {
+        let p = p.get_ref();
+        match Path::new(file).parent() {
+            Some(dir) if p.is_relative() && !file.starts_with('<') => dir.join(p),
+            _ => p.clone(),
+        }
+    });
+    let mut jwt: Vec<JwtSettings> = Vec::new();
+    for (i, j) in a.jwt.iter().enumerate() {
+        let settings = jwt_settings(i, j, file, invalid)?;
+        if jwt.iter().any(|x| x.name == settings.name) {
+            return Err(invalid(
+                Some(j.name.span()),
+                format!("auth.jwt[{i}].name"),
+                format!("issuer `{}` is defined twice", settings.name),
+            ));
+        }
+        jwt.push(settings);
+    }
+    let mut introspection = Vec::new();
+    for (i, e) in a.introspection.iter().enumerate() {
+        let at = |k: &str| format!("auth.introspection[{i}].{k}");
+        if !e.url.get_ref().starts_with("https://") {
+            return Err(invalid(
+                Some(e.url.span()),
+                at("url"),
+                format!("`{}` is not https://", e.url.get_ref()),
+            ));
+        }
+        let name = e.name.get_ref().clone();
+        if name.is_empty() || jwt.iter().any(|j| j.name == name) {
+            return Err(invalid(
+                Some(e.name.span()),
+                at("name"),
+                format!("`{name}` is empty or taken"),
+            ));
+        }
+        introspection.push(IntrospectionSettings {
+            name,
+            url: e.url.get_ref().clone(),
+            client_id: e.client_id.clone(),
+            client_secret_file: relative_to(file, &e.client_secret_file),
+            ca_file: e.ca_file.as_ref().map(|p| relative_to(file, p)),
+            max_cache_secs: e.max_cache_secs.clamp(1, 3600),
+            inactive_cache_secs: e.inactive_cache_secs.min(300),
+            roles_claim: e.roles_claim.split('.').map(str::to_owned).collect(),
+            scopes_claim: e.scopes_claim.split('.').map(str::to_owned).collect(),
+        });
+    }
+    Ok(AuthSettings {
+        introspection,
+        key_file,
+        key_header: header(&a.key_header, "auth.key_header")?,
+        consumer_header: header(&a.consumer_header, "auth.consumer_header")?,
+        roles_header: header(&a.roles_header, "auth.roles_header")?,
+        subject_header: header(&a.subject_header, "auth.subject_header")?,
+        jwt,
+    })
+}
+
+/// A path from the configuration, relative to the file it is written in.
+pub(super) fn relative_to(file: &str, p: &Path) -> PathBuf {
+    match Path::new(file).parent() {
+        Some(dir) if p.is_relative() && !file.starts_with('<') => dir.join(p),
+        _ => p.to_owned(),
+    }
+}

@@ -1,0 +1,596 @@
+//! Configuration: one TOML file parsed into plain typed structs, then
+//! validated once into the runtime form the rest of the gateway uses.
+//!
+//! Every error names where it is: `file:line: key: what is wrong`.
+//! The sections with most to check have their own files: `auth` (API keys,
+//! introspection, each route's rules), `jwt` (issuers), `routes`,
+//! `upstreams`, `xdp` (kernel settings and source policy); `located` makes
+//! the errors.
+
+mod auth;
+mod jwt;
+mod located;
+mod routes;
+mod upstreams;
+mod xdp;
+
+pub use auth::*;
+pub use jwt::*;
+pub(crate) use located::*;
+pub use routes::*;
+pub use upstreams::*;
+pub use xdp::*;
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The configuration used when no file is given: HTTPS on 127.0.0.1:8443,
+/// XDP on the loopback interface. Works on a fresh machine.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key is missing, unknown, mistyped or has a bad value.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file (or `<embedded default>`).
+        file: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// Dotted key path, e.g. `policy.deny[2]`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Largest `limits.buffer_body_bytes`: each connection may hold that much.
+const MAX_BUFFER_BODY: usize = 1024 * 1024;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: ListenFile,
+    #[serde(default)]
+    tls: TlsFile,
+    #[serde(default)]
+    runtime: RuntimeFile,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    proxy: ProxyFile,
+    #[serde(default)]
+    demo: Option<DemoFile>,
+    #[serde(default)]
+    log: LogFile,
+    #[serde(default)]
+    upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+    #[serde(default)]
+    xdp: XdpFile,
+    #[serde(default)]
+    policy: PolicyFile,
+    #[serde(default)]
+    auth: AuthFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    #[serde(default)]
+    certificates: Vec<CertFile>,
+    #[serde(default)]
+    session_cache: Option<usize>,
+    #[serde(default)]
+    tickets: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertFile {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuntimeFile {
+    #[serde(default)]
+    workers: usize,
+    #[serde(default)]
+    max_connections_per_worker: Option<usize>,
+    #[serde(default)]
+    pin_cpus: bool,
+}
+
+/// `[limits]`: the userspace protections, all per connection or request.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Time to receive a whole request head, from its first byte (slowloris).
+    pub header_timeout_ms: u64,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout_ms: u64,
+    /// Longest gap between two reads of a request body; also the time a
+    /// body has before `body_min_rate` starts to count.
+    pub body_timeout_ms: u64,
+    /// Bytes per second a request body must average after
+    /// `body_timeout_ms` (each such many bytes buy one more second); 0: off.
+    pub body_min_rate: u64,
+    /// Bodies up to this size are read whole before an upstream connection
+    /// is taken; larger ones stream.
+    pub buffer_body_bytes: usize,
+    /// Longest request line (414 beyond).
+    pub max_request_line_bytes: usize,
+    /// Longest request head (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request (431 beyond).
+    pub max_headers: usize,
+    /// Default largest request body; routes may lower or raise it (413 beyond).
+    pub max_body_bytes: u64,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 30_000,
+            body_min_rate: 1024,
+            buffer_body_bytes: 16 * 1024,
+            max_request_line_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    #[serde(default)]
+    trusted_proxies: Vec<Cidr>,
+    #[serde(default)]
+    hsts: Option<Spanned<String>>,
+    #[serde(default)]
+    underscores_in_headers: Underscores,
+    #[serde(default)]
+    encoded_slashes: EncodedSlashes,
+}
+
+/// What happens to `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// 400 `path.encoded_separator`.
+    #[default]
+    Reject,
+    /// Forwarded still encoded; never treated as a separator by the gateway.
+    Keep,
+}
+
+/// What happens to request header names with an underscore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Not forwarded (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request is refused with 400 `http.header_name`.
+    Reject,
+    /// Forwarded like any other field.
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    #[serde(default = "yes")]
+    access: bool,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self { access: true }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoFile {
+    listen: SocketAddr,
+    #[serde(default)]
+    api_key: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenFile {
+    https: SocketAddr,
+    #[serde(default = "default_plain_port")]
+    plain_http_port: Spanned<u16>,
+    #[serde(default = "yes")]
+    https_only: bool,
+    #[serde(default)]
+    redirect_plain_http: bool,
+}
+
+fn default_plain_port() -> Spanned<u16> {
+    Spanned::new(0..0, 80)
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from, for messages.
+    pub source: String,
+    /// The HTTPS listen address.
+    pub https: SocketAddr,
+    /// The port plain-HTTP clients try.
+    pub plain_http_port: u16,
+    /// Whether plain HTTP is refused (dropped in the kernel).
+    pub https_only: bool,
+    /// Kernel data plane settings.
+    pub xdp: XdpSettings,
+    /// Source address policy.
+    pub policy: PolicySettings,
+    /// Answer plain HTTP on `plain_http_port` with 308 to HTTPS.
+    pub redirect_plain_http: bool,
+    /// Certificates and session resumption.
+    pub tls: TlsSettings,
+    /// Workers and connection caps.
+    pub runtime: RuntimeSettings,
+    /// Timeouts and size limits.
+    pub limits: Limits,
+    /// Forwarding headers and HSTS.
+    pub proxy: ProxySettings,
+    /// Address of the built-in demo backend, when it should run.
+    pub demo: Option<SocketAddr>,
+    /// Generate a demo consumer and key (in the state directory) when no
+    /// `auth.key_file` is given.
+    pub demo_api_key: bool,
+    /// Authentication settings.
+    pub auth: AuthSettings,
+    /// One access-log line per request.
+    pub access_log: bool,
+    /// Upstreams by position; routes refer to them by index.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// Routes in match order.
+    pub routes: Vec<RouteSettings>,
+}
+
+/// One certificate with the names it answers for.
+#[derive(Debug, Clone)]
+pub struct CertSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// SNI names; empty means the default certificate.
+    pub names: Vec<String>,
+}
+
+/// Validated `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Certificates; empty means a self-signed one generated on first run.
+    pub certificates: Vec<CertSettings>,
+    /// Session cache entries (TLS 1.2 ids and 1.3 stateful resumption).
+    pub session_cache: usize,
+    /// Stateless session tickets.
+    pub tickets: bool,
+}
+
+/// Validated `[runtime]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeSettings {
+    /// Worker threads (each with its own listener and pools).
+    pub workers: usize,
+    /// Connections one worker holds at most; more are closed at accept.
+    pub max_connections_per_worker: usize,
+    /// Whether the file set `max_connections_per_worker` (else the default
+    /// may be lowered to what `RLIMIT_NOFILE` allows).
+    pub max_connections_set: bool,
+    /// Pin worker `i` to CPU `i`.
+    pub pin_cpus: bool,
+}
+
+/// Validated `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Peers whose X-Forwarded-For / Forwarded are kept and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Strict-Transport-Security value; `None` disables it.
+    pub hsts: Option<String>,
+    /// Header names with `_`: dropped, refused or forwarded.
+    pub underscores_in_headers: Underscores,
+    /// `%2F` and `%5C` in paths: refused or kept encoded.
+    pub encoded_slashes: EncodedSlashes,
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::parse(EMBEDDED_DEFAULT, "<embedded default>")
+    }
+
+    /// Parses and validates `text`, naming it `file` in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let invalid = located(text, file);
+        let raw: File = parse_toml(text, file)?;
+
+        let xdp = xdp_settings(&raw.xdp, raw.listen.https.ip(), &invalid)?;
+        if *raw.listen.plain_http_port.get_ref() == raw.listen.https.port() {
+            return Err(invalid(
+                Some(raw.listen.plain_http_port.span()),
+                "listen.plain_http_port".into(),
+                "must differ from the HTTPS port".into(),
+            ));
+        }
+        let policy = policy_settings(&raw.policy, &invalid)?;
+
+        let upstreams = upstream_settings(&raw.upstreams, &invalid)?;
+        let auth = auth_settings(&raw.auth, file, &invalid)?;
+        let has_keys = auth.key_file.is_some() || raw.demo.as_ref().is_some_and(|d| d.api_key);
+        let issuers: Vec<&str> = auth.jwt.iter().map(|j| j.name.as_str()).collect();
+        let endpoints: Vec<&str> = auth.introspection.iter().map(|j| j.name.as_str()).collect();
+        let auth_ctx = AuthContext {
+            has_keys,
+            issuers: &issuers,
+            endpoints: &endpoints,
+        };
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let max_body = raw.limits.max_body_bytes;
+            routes.push(compile_route(
+                i, r, &upstreams, max_body, &auth_ctx, &invalid,
+            )?);
+        }
+        check_rule_counts(&routes, &invalid)?;
+        let hsts = hsts(raw.proxy.hsts.as_ref(), &invalid)?;
+        let limits = raw.limits;
+        if limits.buffer_body_bytes > MAX_BUFFER_BODY {
+            return Err(invalid(
+                None,
+                "limits.buffer_body_bytes".into(),
+                format!("at most {MAX_BUFFER_BODY} (it is held per connection)"),
+            ));
+        }
+        if limits.max_headers == 0
+            || limits.max_header_bytes < 64
+            || limits.max_request_line_bytes < 16
+        {
+            return Err(invalid(
+                None,
+                "limits".into(),
+                "header limits are too small to parse a request".into(),
+            ));
+        }
+        let workers = match raw.runtime.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Ok(Config {
+            redirect_plain_http: raw.listen.redirect_plain_http,
+            tls: TlsSettings {
+                certificates: raw
+                    .tls
+                    .certificates
+                    .iter()
+                    .map(|c| CertSettings {
+                        cert: c.cert.clone(),
+                        key: c.key.clone(),
+                        names: c.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                    })
+                    .collect(),
+                session_cache: raw.tls.session_cache.unwrap_or(4096),
+                tickets: raw.tls.tickets.unwrap_or(true),
+            },
+            runtime: RuntimeSettings {
+                workers,
+                max_connections_per_worker: raw
+                    .runtime
+                    .max_connections_per_worker
+                    .unwrap_or(10_000)
+                    .max(1),
+                max_connections_set: raw.runtime.max_connections_per_worker.is_some(),
+                pin_cpus: raw.runtime.pin_cpus,
+            },
+            limits,
+            proxy: ProxySettings {
+                trusted_proxies: raw
+                    .proxy
+                    .trusted_proxies
+                    .iter()
+                    .map(|c| c.0.trunc())
+                    .collect(),
+                hsts,
+                underscores_in_headers: raw.proxy.underscores_in_headers,
+                encoded_slashes: raw.proxy.encoded_slashes,
+            },
+            demo: raw.demo.as_ref().map(|d| d.listen),
+            demo_api_key: raw.demo.as_ref().is_some_and(|d| d.api_key),
+            auth,
+            access_log: raw.log.access,
+            upstreams,
+            routes,
+            source: file.to_owned(),
+            https: raw.listen.https,
+            plain_http_port: *raw.listen.plain_http_port.get_ref(),
+            https_only: raw.listen.https_only,
+            xdp,
+            policy,
+        })
+    }
+}
+
+/// `proxy.hsts`: it goes into every response head, so a CR or LF in it
+/// would let the file inject header lines.
+fn hsts(h: Option<&Spanned<String>>, invalid: &Invalid<'_>) -> Result<Option<String>, ConfigError> {
+    Ok(match h {
+        Some(h) if h.get_ref().is_empty() => None,
+        Some(h) => {
+            // It goes into every response head: a CR or LF would let
+            // the file inject header lines.
+            let v = h.get_ref();
+            if let Some(b) = v
+                .bytes()
+                .find(|&b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+            {
+                return Err(invalid(
+                    Some(h.span()),
+                    "proxy.hsts".into(),
+                    format!(
+                        "byte 0x{b:02x} is not allowed in a header value (visible ASCII, space and tab only)"
+                    ),
+                ));
+            }
+            Some(v.trim().to_owned())
+        }
+        None => Some("max-age=31536000; includeSubDomains".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text, "t.toml") {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded().expect("embedded default");
+        assert_eq!(c.https.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.xdp.interface, "lo");
+        assert!(c.https_only);
+    }
+
+    #[test]
+    fn bad_cidr_names_line_and_key() {
+        let e = err(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"10.0.0.0/8\", \"10.1.2.300/24\"]\n",
+        );
+        assert!(e.starts_with("t.toml:4: policy.deny[1]: "), "{e}");
+    }
+
+    #[test]
+    fn cidr_errors_say_what_is_wrong() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"10.0.0.0/33\"]\n");
+        assert_eq!(
+            e,
+            "t.toml:4: policy.deny[0]: prefix length `33` must be 0 to 32 for 10.0.0.0"
+        );
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"nope/8\"]\n");
+        assert_eq!(e, "t.toml:4: policy.allow[0]: `nope` is not an IP address");
+        // A bare address is a host route.
+        let c = Config::parse(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"2001:db8::1\"]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.policy.allow[0].to_string(), "2001:db8::1/128");
+    }
+
+    #[test]
+    fn same_ports_point_at_the_key() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\nplain_http_port = 8443\n");
+        assert_eq!(
+            e,
+            "t.toml:3: listen.plain_http_port: must differ from the HTTPS port"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n\n[xdp]\nmodee = \"skb\"\n");
+        assert!(e.starts_with("t.toml:5: xdp"), "{e}");
+        assert!(e.contains("modee"), "{e}");
+    }
+
+    #[test]
+    fn bad_mode_is_refused() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nmode = \"turbo\"\n");
+        assert!(e.starts_with("t.toml:4: xdp.mode: "), "{e}");
+    }
+
+    #[test]
+    fn zero_burst_is_refused() {
+        let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nsyn_burst = 0\n");
+        assert_eq!(e, "t.toml:4: xdp.syn_burst: must be at least 1");
+    }
+
+    #[test]
+    fn auto_interface_needs_a_concrete_address() {
+        let e = err("[listen]\nhttps = \"0.0.0.0:8443\"\n");
+        assert!(e.contains("xdp.interface: `auto` cannot pick"), "{e}");
+    }
+
+    #[test]
+    fn missing_listen_is_reported() {
+        let e = err("[xdp]\nmode = \"skb\"\n");
+        assert!(e.contains("missing field `listen`"), "{e}");
+    }
+
+    #[test]
+    fn too_many_cidrs_are_refused() {
+        let many: Vec<String> = (0..=gateway_common::CIDR_CAPACITY)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        let e = err(&format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [{}]\n",
+            many.join(",")
+        ));
+        assert!(
+            e.starts_with("t.toml:4: policy.allow: 16385 CIDRs, more than"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cidrs_are_normalised() {
+        let c = Config::parse(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"198.18.0.7/24\"]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.policy.allow[0].to_string(), "198.18.0.0/24");
+    }
+}

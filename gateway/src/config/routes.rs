@@ -1,0 +1,207 @@
+//! `[[routes]]`: host, path and methods to match, the upstream, limits.
+
+use super::*;
+
+/// Most distinct roles (and scopes, and claim rules) across all routes:
+/// they are bits of a `u64`.
+const MAX_ROLES: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteFile {
+    #[serde(default)]
+    pub(super) host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) methods: Vec<Spanned<String>>,
+    pub(super) upstream: Spanned<String>,
+    #[serde(default)]
+    pub(super) max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub(super) auth: Option<Spanned<AuthList>>,
+    #[serde(default)]
+    pub(super) roles: Vec<String>,
+    #[serde(default)]
+    pub(super) consumers: Vec<String>,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    #[serde(default)]
+    pub(super) claims: std::collections::BTreeMap<String, ClaimValues>,
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path starts with this.
+    Prefix(String),
+    /// The path is exactly this.
+    Exact(String),
+}
+
+/// Validated `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Host to match (lowercase, no port); `None` matches any.
+    pub host: Option<String>,
+    /// Path rule.
+    pub path: PathMatch,
+    /// Methods to match; empty matches any.
+    pub methods: Vec<String>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Largest request body for this route.
+    pub max_body_bytes: u64,
+    /// Who may call it.
+    pub auth: RouteAuth,
+    /// Roles the caller must hold, every one of them.
+    pub roles: Vec<String>,
+    /// Consumers allowed (empty: any authenticated caller).
+    pub consumers: Vec<String>,
+    /// Scopes a token must all carry.
+    pub scopes: Vec<String>,
+    /// Claims a token must carry: claim name (dotted path) → accepted values.
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+/// One `[[routes]]` entry, validated.
+pub(super) fn compile_route(
+    i: usize,
+    r: &RouteFile,
+    upstreams: &[UpstreamSettings],
+    default_max_body: u64,
+    auth_ctx: &AuthContext<'_>,
+    invalid: &Invalid<'_>,
+) -> Result<RouteSettings, ConfigError> {
+    let path = match (&r.path, &r.path_prefix) {
+        (Some(_), Some(p)) => {
+            return Err(invalid(
+                Some(p.span()),
+                format!("routes[{i}].path_prefix"),
+                "give `path` or `path_prefix`, not both".into(),
+            ));
+        }
+        (Some(p), None) => (PathMatch::Exact(p.get_ref().clone()), p.span()),
+        (None, Some(p)) => {
+            // Matching is per segment: `/api/` means `/api`.
+            let v = p.get_ref();
+            let trimmed = v.trim_end_matches('/');
+            let v = if trimmed.is_empty() { "/" } else { trimmed };
+            (PathMatch::Prefix(v.to_owned()), p.span())
+        }
+        (None, None) => (PathMatch::Prefix("/".into()), r.upstream.span()),
+    };
+    let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path.0;
+    if !p.starts_with('/') {
+        return Err(invalid(
+            Some(path.1),
+            format!("routes[{i}].path"),
+            format!("`{p}` must start with /"),
+        ));
+    }
+    let mut methods = Vec::new();
+    for m in &r.methods {
+        let v = m.get_ref();
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(
+                Some(m.span()),
+                format!("routes[{i}].methods"),
+                format!("`{v}` is not a method (use upper case, e.g. GET)"),
+            ));
+        }
+        methods.push(v.clone());
+    }
+    let host = match &r.host {
+        None => None,
+        Some(h) => Some(
+            route_host(h.get_ref())
+                .map_err(|m| invalid(Some(h.span()), format!("routes[{i}].host"), m))?,
+        ),
+    };
+    let target = r.upstream.get_ref();
+    let Some(upstream) = upstreams.iter().position(|u| &u.name == target) else {
+        return Err(invalid(
+            Some(r.upstream.span()),
+            format!("routes[{i}].upstream"),
+            format!("no upstream named `{target}`"),
+        ));
+    };
+    let auth = route_auth(i, r, auth_ctx, invalid)?;
+    let claims = r
+        .claims
+        .iter()
+        .map(|(k, v)| {
+            let values = match v {
+                ClaimValues::One(s) => vec![s.clone()],
+                ClaimValues::Many(v) => v.clone(),
+            };
+            (k.clone(), values)
+        })
+        .collect();
+    Ok(RouteSettings {
+        host,
+        path: path.0,
+        methods,
+        upstream,
+        max_body_bytes: r.max_body_bytes.unwrap_or(default_max_body),
+        auth,
+        roles: r.roles.clone(),
+        consumers: r.consumers.clone(),
+        scopes: r.scopes.clone(),
+        claims,
+    })
+}
+
+/// A route's host: a name or IP literal, matched without the request's
+/// port. A port here could never match, so it is an error, not a silent miss.
+pub(super) fn route_host(h: &str) -> Result<String, String> {
+    let bare = if h.starts_with('[') {
+        h.strip_suffix(']').map(|_| h)
+    } else {
+        (!h.contains(':')).then_some(h)
+    };
+    match bare {
+        Some(b) if !b.is_empty() && !b.contains(['/', ' ', '*']) => Ok(b.to_ascii_lowercase()),
+        Some(_) => Err(format!("`{h}` is not a host name")),
+        None => Err(format!(
+            "`{h}` has a port; routes match the host without its port (any port reaches the listener)"
+        )),
+    }
+}
+
+/// Roles, scopes and claim rules compile to bits of a `u64` (`stages::authz`).
+pub(super) fn check_rule_counts(
+    routes: &[RouteSettings],
+    invalid: &Invalid<'_>,
+) -> Result<(), ConfigError> {
+    let count = |names: Vec<String>| {
+        let mut n = names;
+        n.sort_unstable();
+        n.dedup();
+        n.len()
+    };
+    let roles = count(routes.iter().flat_map(|r| r.roles.clone()).collect());
+    let scopes = count(routes.iter().flat_map(|r| r.scopes.clone()).collect());
+    let claims = count(
+        routes
+            .iter()
+            .flat_map(|r| r.claims.iter().map(|(k, v)| format!("{k}={v:?}")))
+            .collect(),
+    );
+    for (what, n) in [
+        ("roles", roles),
+        ("scopes", scopes),
+        ("claim rules", claims),
+    ] {
+        if n > MAX_ROLES {
+            return Err(invalid(
+                None,
+                "routes".into(),
+                format!("{n} distinct {what} across routes, at most {MAX_ROLES}"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -197,7 +197,19 @@ fn verify_path(c: &mut Criterion) {
         let (input, sig64) = case.token.rsplit_once('.').expect("token");
         let sig_bytes = B64.decode(sig64).expect("b64");
         let mut subject = String::new();
-        assert!(jwt::verify(0, &issuer, &case.keys, &case.token, &vocab, &mut subject).is_ok());
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        assert!(
+            jwt::verify(
+                0,
+                &issuer,
+                &case.keys,
+                &case.token,
+                &vocab,
+                now,
+                &mut subject
+            )
+            .is_ok()
+        );
         assert!((case.floor)(input.as_bytes(), &sig_bytes));
         let mut g = c.benchmark_group(case.name);
         g.bench_function("ring floor", |b| {
@@ -211,14 +223,22 @@ fn verify_path(c: &mut Criterion) {
                     &case.keys,
                     black_box(&case.token),
                     &vocab,
+                    now,
                     &mut subject,
                 )
             })
         });
         let mut cache = TokenCache::default();
-        let (id, exp) =
-            jwt::verify(0, &issuer, &case.keys, &case.token, &vocab, &mut subject).expect("valid");
-        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let (id, exp) = jwt::verify(
+            0,
+            &issuer,
+            &case.keys,
+            &case.token,
+            &vocab,
+            now,
+            &mut subject,
+        )
+        .expect("valid");
         cache.put(jwt::digest(&case.token), 1, exp, now, id, &subject);
         g.bench_function("gateway cached", |b| {
             b.iter(|| {

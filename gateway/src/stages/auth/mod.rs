@@ -186,18 +186,18 @@ fn token_identity(
 ) -> Result<TokenId, Failure> {
     let keys = &v.jwks[i];
     let issuer = &v.issuers[i];
+    let now = now();
     if !issuer.settings.cache {
-        let (id, _) =
-            jwt::verify(i, issuer, keys, token, v.vocab, subject).map_err(JwtError::failure)?;
+        let (id, _) = jwt::verify(i, issuer, keys, token, v.vocab, now, subject)
+            .map_err(JwtError::failure)?;
         return Ok(id);
     }
-    let now = now();
     let key = jwt::digest(token);
     if let Some(id) = v.cache.get(&key, i, keys.revision, now, subject) {
         return Ok(id);
     }
     let (id, exp) =
-        jwt::verify(i, issuer, keys, token, v.vocab, subject).map_err(JwtError::failure)?;
+        jwt::verify(i, issuer, keys, token, v.vocab, now, subject).map_err(JwtError::failure)?;
     v.cache.put(key, keys.revision, exp, now, id, subject);
     Ok(id)
 }

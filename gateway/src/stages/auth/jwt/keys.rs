@@ -7,17 +7,33 @@
 
 use std::collections::HashMap;
 
+use super::provider::Check;
 use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 
-/// One verification key and the algorithms it verifies.
+/// One verification key: a ready signature check per algorithm it may
+/// verify (non-empty, one family), built once at load so a request only
+/// looks one up.
 pub struct Key {
-    /// The key.
-    pub key: DecodingKey,
-    /// Algorithms it may verify (non-empty, one family).
-    pub algorithms: Vec<Algorithm>,
+    checks: Vec<(Algorithm, Check)>,
+}
+
+impl Key {
+    fn new(key: &DecodingKey, algorithms: &[Algorithm]) -> Result<Self, String> {
+        let checks = algorithms
+            .iter()
+            .map(|&a| Check::new(a, key).map(|c| (a, c)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { checks })
+    }
+
+    /// The check for `alg`, if the key is pinned to it.
+    pub fn check(&self, alg: Algorithm) -> Option<&Check> {
+        self.checks.iter().find(|(a, _)| *a == alg).map(|(_, c)| c)
+    }
 }
 
 /// An issuer's keys at one revision.
@@ -43,6 +59,9 @@ pub enum KeySetError {
         /// Why each key was skipped.
         skipped: String,
     },
+    /// A secret no allowed algorithm can use.
+    #[error("secret unusable: {0}")]
+    Secret(String),
     /// An HMAC secret shorter than 32 bytes.
     #[error("HMAC secret of {0} bytes: at least 32 (RFC 8725 §3.5)")]
     ShortSecret(usize),
@@ -121,14 +140,14 @@ impl KeySet {
         if secret.len() < 32 {
             return Err(KeySetError::ShortSecret(secret.len()));
         }
+        // Config allows only HS* with a secret; anything else fails here.
+        let key =
+            Key::new(&DecodingKey::from_secret(secret), allowed).map_err(KeySetError::Secret)?;
         Ok(Self {
             revision,
             loaded: true,
             by_kid: HashMap::new(),
-            without_kid: vec![Key {
-                key: DecodingKey::from_secret(secret),
-                algorithms: allowed.to_vec(),
-            }],
+            without_kid: vec![key],
         })
     }
 }
@@ -171,7 +190,7 @@ fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Key, String> {
         return Err("verifies none of the issuer's algorithms".into());
     }
     let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-    Ok(Key { key, algorithms })
+    Key::new(&key, &algorithms)
 }
 
 fn pinned(a: &KeyAlgorithm) -> Option<Algorithm> {

@@ -39,17 +39,14 @@ fn invalid_key() -> Error {
 
 /// ring's verification algorithm for a JWS `alg` (RFC 7518 §3).
 fn public_key_alg(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    if let Some(rsa) = rsa_params(alg) {
+        return Some(rsa);
+    }
     Some(match alg {
         Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
         Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
-        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
         Algorithm::EdDSA => &sig::ED25519,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => return None,
+        _ => return None,
     })
 }
 
@@ -62,15 +59,73 @@ fn hmac_alg(alg: Algorithm) -> Option<ring::hmac::Algorithm> {
     }
 }
 
-enum PublicKey {
-    Bytes(Vec<u8>),
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+/// One key's signature check for one algorithm, built once when a key set
+/// loads: the request path calls [`Check::verify`] directly, and the
+/// jsonwebtoken provider wraps the same type.
+pub struct Check {
+    kind: CheckKind,
+}
+
+enum CheckKind {
+    Hmac(ring::hmac::Key),
+    Public(&'static dyn VerificationAlgorithm, Vec<u8>),
+    Rsa(&'static sig::RsaParameters, Vec<u8>, Vec<u8>),
+}
+
+fn rsa_params(alg: Algorithm) -> Option<&'static sig::RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+impl Check {
+    /// The check of `alg` signatures with `key`; an error when the key is
+    /// of another family than the algorithm (RS/HS confusion).
+    pub fn new(alg: Algorithm, key: &DecodingKey) -> Result<Self, Error> {
+        if key.family() != alg.family() {
+            return Err(invalid_key());
+        }
+        let kind = if let Some(h) = hmac_alg(alg) {
+            CheckKind::Hmac(ring::hmac::Key::new(h, key.try_get_hmac_secret()?))
+        } else {
+            match key.kind() {
+                DecodingKeyKind::SecretOrDer(b) => {
+                    CheckKind::Public(public_key_alg(alg).ok_or_else(invalid_key)?, b.clone())
+                }
+                DecodingKeyKind::RsaModulusExponent { n, e } => CheckKind::Rsa(
+                    rsa_params(alg).ok_or_else(invalid_key)?,
+                    n.clone(),
+                    e.clone(),
+                ),
+            }
+        };
+        Ok(Self { kind })
+    }
+
+    /// Whether `signature` signs `msg`.
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        match &self.kind {
+            // ring compares the tag in constant time.
+            CheckKind::Hmac(key) => ring::hmac::verify(key, msg, signature).is_ok(),
+            CheckKind::Public(alg, b) => UnparsedPublicKey::new(*alg, b)
+                .verify(msg, signature)
+                .is_ok(),
+            CheckKind::Rsa(params, n, e) => sig::RsaPublicKeyComponents { n, e }
+                .verify(params, msg, signature)
+                .is_ok(),
+        }
+    }
 }
 
 struct Verifier {
     alg: Algorithm,
-    hmac: Option<ring::hmac::Key>,
-    public: Option<(&'static dyn VerificationAlgorithm, PublicKey)>,
+    check: Check,
 }
 
 impl jsonwebtoken::signature::Verifier<Vec<u8>> for Verifier {
@@ -79,29 +134,7 @@ impl jsonwebtoken::signature::Verifier<Vec<u8>> for Verifier {
         msg: &[u8],
         signature: &Vec<u8>,
     ) -> Result<(), jsonwebtoken::signature::Error> {
-        let ok = match (&self.hmac, &self.public) {
-            // ring compares the tag in constant time.
-            (Some(key), _) => ring::hmac::verify(key, msg, signature).is_ok(),
-            (None, Some((alg, PublicKey::Bytes(b)))) => UnparsedPublicKey::new(*alg, b)
-                .verify(msg, signature)
-                .is_ok(),
-            (None, Some((alg, PublicKey::Rsa { n, e }))) => {
-                let params = match self.alg {
-                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                    _ => &sig::RSA_PSS_2048_8192_SHA512,
-                };
-                let _ = alg;
-                sig::RsaPublicKeyComponents { n, e }
-                    .verify(params, msg, signature)
-                    .is_ok()
-            }
-            (None, None) => false,
-        };
-        if ok {
+        if self.check.verify(msg, signature) {
             Ok(())
         } else {
             Err(jsonwebtoken::signature::Error::new())
@@ -116,30 +149,9 @@ impl JwtVerifier for Verifier {
 }
 
 fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
-    let alg = *alg;
-    if key.family() != alg.family() {
-        return Err(invalid_key());
-    }
-    if let Some(h) = hmac_alg(alg) {
-        let secret = key.try_get_hmac_secret()?;
-        return Ok(Box::new(Verifier {
-            alg,
-            hmac: Some(ring::hmac::Key::new(h, secret)),
-            public: None,
-        }));
-    }
-    let ring_alg = public_key_alg(alg).ok_or_else(invalid_key)?;
-    let public = match key.kind() {
-        DecodingKeyKind::SecretOrDer(b) => PublicKey::Bytes(b.clone()),
-        DecodingKeyKind::RsaModulusExponent { n, e } => PublicKey::Rsa {
-            n: n.clone(),
-            e: e.clone(),
-        },
-    };
     Ok(Box::new(Verifier {
-        alg,
-        hmac: None,
-        public: Some((ring_alg, public)),
+        alg: *alg,
+        check: Check::new(*alg, key)?,
     }))
 }
 

@@ -124,6 +124,8 @@ pub enum VerdictReason {
     RateLimit = 2,
     /// The source sent abusive traffic (e.g. repeated protocol violations).
     Abuse = 3,
+    /// The source failed authentication repeatedly.
+    AuthFailures = 4,
 }
 
 impl VerdictReason {
@@ -133,6 +135,7 @@ impl VerdictReason {
             1 => Some(Self::Policy),
             2 => Some(Self::RateLimit),
             3 => Some(Self::Abuse),
+            4 => Some(Self::AuthFailures),
             _ => None,
         }
     }
@@ -143,6 +146,7 @@ impl VerdictReason {
             Self::Policy => "policy",
             Self::RateLimit => "rate_limit",
             Self::Abuse => "abuse",
+            Self::AuthFailures => "auth_failures",
         }
     }
 }

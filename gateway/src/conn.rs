@@ -48,6 +48,8 @@ pub struct Conn {
     pub token: String,
     /// Scratch: the path routes match on (without `;` parameters).
     pub route_path: String,
+    /// The rate-limit header lines of the current request (empty: none).
+    pub limit_lines: Vec<u8>,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -81,6 +83,7 @@ impl Conn {
             subject: String::new(),
             token: String::new(),
             route_path: String::new(),
+            limit_lines: Vec::new(),
         }
     }
 
@@ -171,6 +174,8 @@ pub struct HeadParts<'c> {
     pub token: &'c mut String,
     /// Scratch for the path routes match on.
     pub route_path: &'c mut String,
+    /// Rate-limit header lines for the response.
+    pub limit_lines: &'c mut Vec<u8>,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -188,6 +193,7 @@ impl Conn {
             subject: &mut self.subject,
             token: &mut self.token,
             route_path: &mut self.route_path,
+            limit_lines: &mut self.limit_lines,
             peer: self.peer,
         }
     }

@@ -19,6 +19,7 @@ use std::{
 
 use crate::{
     config::{JwtSettings, KeySource},
+    escalate::{Escalation, Offence, Sentence},
     fetch::Https,
     snapshot::Published,
     stages::auth::{api_key::KeyRing, jwt::keys::KeySet},
@@ -29,6 +30,11 @@ use crate::{
 pub enum Event {
     /// A request from `source` failed authentication (a 401).
     AuthFailed {
+        /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
+        source: IpAddr,
+    },
+    /// A request from `source` was refused by a rate limit (a 429).
+    RateLimited {
         /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
         source: IpAddr,
     },
@@ -111,19 +117,32 @@ impl AuthFailures {
     }
 }
 
-/// Handles every queued event: counts failures, passes on requests for
-/// fresh keys.
+/// Handles every queued event: counts failures and refusals (at `now`,
+/// in seconds), passes on requests for fresh keys; returns the verdicts
+/// earned.
 pub fn drain(
     rx: &Receiver<Event>,
     failures: &mut AuthFailures,
+    escalation: &mut Escalation,
+    now: u64,
     mut unknown_kid: impl FnMut(usize),
-) {
+) -> Vec<Sentence> {
+    let mut sentences = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        match e {
-            Event::AuthFailed { source } => failures.record(source),
-            Event::UnknownKid { issuer } => unknown_kid(issuer),
-        }
+        let sentence = match e {
+            Event::AuthFailed { source } => {
+                failures.record(source);
+                escalation.record(source, Offence::AuthFailed, now)
+            }
+            Event::RateLimited { source } => escalation.record(source, Offence::RateLimited, now),
+            Event::UnknownKid { issuer } => {
+                unknown_kid(issuer);
+                None
+            }
+        };
+        sentences.extend(sentence);
     }
+    sentences
 }
 
 /// A watched file's last version seen: its modification time and size (a
@@ -425,7 +444,11 @@ mod tests {
         }
         assert_eq!(events.dropped(), 5);
         let mut f = AuthFailures::default();
-        drain(&rx, &mut f, |_| {});
+        let mut e = Escalation::new(crate::config::EscalationSettings::default(), &[]);
+        let sentences = drain(&rx, &mut f, &mut e, 0, |_| {});
         assert_eq!(f.count(a), QUEUE as u64);
+        // One verdict, however many failures past the threshold.
+        assert_eq!(sentences.len(), 1);
+        assert_eq!(sentences[0].source, a);
     }
 }

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod enforce;
+pub mod escalate;
 pub mod fdlimit;
 pub mod fetch;
 pub mod filters;

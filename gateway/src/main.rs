@@ -13,15 +13,20 @@ use gateway::{
     config::{Authenticator, Config, RouteAuth},
     control::{self, AuthFailures, Events, IssuerFiles, KeyWatch},
     enforce::Enforcement,
+    escalate::{Escalation, Sentence},
     server::Server,
     snapshot::{Published, Snapshot},
-    stages::auth::{
-        api_key::{self, KeyRing},
-        introspect::Introspector,
+    stages::{
+        auth::{
+            api_key::{self, KeyRing},
+            introspect::Introspector,
+        },
+        rate_limit::Buckets,
     },
     tls,
     worker::Shared,
 };
+use gateway_common::Verdict;
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser)]
@@ -232,8 +237,24 @@ fn print_routes(cfg: &Config) {
         };
         let u = &cfg.upstreams[r.upstream];
         let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
+        let limits: Vec<String> = r
+            .rate_limits
+            .iter()
+            .map(|&i| {
+                let l = &cfg.rate_limit.limits[i];
+                format!(
+                    "{} {}/{}s burst {} by {}",
+                    l.name, l.count, l.window_secs, l.burst, l.key
+                )
+            })
+            .collect();
+        let limits = if limits.is_empty() {
+            String::new()
+        } else {
+            format!(" limits [{}]", limits.join("; "))
+        };
         println!(
-            "  host {} {path} {methods} auth {auth} -> {} [{}] max body {} B",
+            "  host {} {path} {methods} auth {auth}{limits} -> {} [{}] max body {} B",
             r.host.as_deref().unwrap_or("*"),
             u.name,
             servers.join(", "),
@@ -381,6 +402,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
         stopping: AtomicBool::new(false),
         events,
         introspector: Introspector::start(&cfg.auth.introspection)?,
+        buckets: Buckets::new(cfg.rate_limit.table_entries),
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
     let mut asks = Vec::new();
@@ -400,6 +422,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
         issuer_files: IssuerFiles::new(&cfg.auth.jwt),
         fetchers: asks,
         failures: AuthFailures::default(),
+        escalation: Escalation::new(cfg.rate_limit.escalation, &cfg.policy.allow),
         rx,
     };
     serve_until_stopped(&cfg, &signals, &shared, &mut enforcement, &mut control);
@@ -459,6 +482,7 @@ struct Control {
     /// Per issuer: asks its fetcher for fresh keys (URL and discovery issuers).
     fetchers: Vec<Option<std::sync::mpsc::SyncSender<()>>>,
     failures: AuthFailures,
+    escalation: Escalation,
     rx: std::sync::mpsc::Receiver<control::Event>,
 }
 
@@ -494,12 +518,22 @@ fn serve_until_stopped(
             .issuer_files
             .poll(&cfg.auth.jwt, &shared.published, hup);
         let fetchers = &control.fetchers;
-        control::drain(&control.rx, &mut control.failures, |issuer| {
-            if let Some(Some(ask)) = fetchers.get(issuer) {
-                // A full queue means a fetch is already asked for.
-                let _ = ask.try_send(());
-            }
-        });
+        let now = clock.now_ns();
+        let sentences = control::drain(
+            &control.rx,
+            &mut control.failures,
+            &mut control.escalation,
+            now / 1_000_000_000,
+            |issuer| {
+                if let Some(Some(ask)) = fetchers.get(issuer) {
+                    // A full queue means a fetch is already asked for.
+                    let _ = ask.try_send(());
+                }
+            },
+        );
+        for s in sentences {
+            place(enforcement, &s, now);
+        }
         match enforcement.sweep(clock.now_ns()) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} expired verdicts"),
@@ -524,6 +558,30 @@ fn serve_until_stopped(
                 dropped_before = dropped;
             }
         }
+    }
+}
+
+/// Places an earned verdict and says so once, with the reason.
+fn place(enforcement: &mut Enforcement, s: &Sentence, now_ns: u64) {
+    let verdict = Verdict {
+        expires_at_ns: now_ns.saturating_add(s.secs.saturating_mul(1_000_000_000)),
+        reason: s.reason as u32,
+        _pad: 0,
+    };
+    let at = match enforcement {
+        Enforcement::Kernel(_) => "dropped in XDP",
+        Enforcement::Userspace(_) => "refused at accept",
+    };
+    match enforcement.set_verdict(s.source, verdict) {
+        Ok(()) => tracing::warn!(
+            "verdict: {} {at} for {}s ({}: {}; offence {})",
+            s.source,
+            s.secs,
+            s.reason.code(),
+            s.why,
+            s.offence
+        ),
+        Err(e) => tracing::error!("verdict for {} not placed: {e}", s.source),
     }
 }
 

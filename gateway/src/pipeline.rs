@@ -10,7 +10,10 @@
 //! only an [`Admitted`] request, which only `admit_head` can make, reaches
 //! `proxy::forward`. Every exit goes through one response and one log line.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use crate::{
     config::{RouteSettings, Underscores},
@@ -21,6 +24,7 @@ use crate::{
         request::{HeadLimits, RequestHead},
     },
     log::{self, AccessRecord},
+    policy::source_addr,
     proxy::{self, Admitted, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
@@ -31,6 +35,7 @@ use crate::{
             jwt::{self, TokenId, Vocabulary},
         },
         authz,
+        rate_limit::{self, Phase},
     },
     worker::Worker,
 };
@@ -51,6 +56,9 @@ pub struct Ctx {
     pub bytes: u64,
     /// Who called, once authenticated.
     pub identity: Identity,
+    /// The limits judged before authentication were charged (a head judged
+    /// again after introspection is not charged twice).
+    pub charged: bool,
 }
 
 impl Ctx {
@@ -63,6 +71,7 @@ impl Ctx {
             upstream: None,
             bytes: 0,
             identity: Identity::Anonymous,
+            charged: false,
         }
     }
 
@@ -117,19 +126,16 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         Err(r) => {
             c.consume(r.head_len);
             let keep = r.keep && !w.stopping();
-            if r.failure.status == 401 {
-                // IPv4-mapped IPv6 counts as the IPv4 address.
-                let ip = c.peer.ip();
-                let source = match ip {
-                    std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
-                    v4 => v4,
-                };
-                w.shared.events.report(Event::AuthFailed { source });
-            }
+            report(w, c, r.failure);
             // A refusal only: holding the snapshot costs one atomic increment.
             let snap = c.snap_arc();
-            let challenge = auth::challenge(r.failure, &snap.challenge);
-            c.send_failure_with(r.failure, keep, &challenge).await;
+            let lines = std::mem::take(&mut c.limit_lines);
+            let extra = match r.failure {
+                rate_limit::EXCEEDED => std::borrow::Cow::Borrowed(&lines[..]),
+                f => auth::challenge(f, &snap.challenge),
+            };
+            c.send_failure_with(r.failure, keep, &extra).await;
+            c.limit_lines = lines;
             ctx.failed(r.failure, None);
             keep
         }
@@ -138,9 +144,30 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     keep
 }
 
+/// Tells the control side of a refusal escalation counts: a 401 or a 429
+/// from a peer that is not a trusted proxy (a verdict on a proxy would
+/// drop everyone behind it).
+fn report(w: &Worker, c: &Conn, f: Failure) {
+    let ip = c.peer.ip();
+    // IPv4-mapped IPv6 counts as the IPv4 address.
+    let source = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
+        v4 => v4,
+    };
+    let event = match f.status {
+        401 => Event::AuthFailed { source },
+        429 if !c.snap().trusted_proxies.contains(&source_addr(source)) => {
+            Event::RateLimited { source }
+        }
+        _ => return,
+    };
+    w.shared.events.report(event);
+}
+
 /// Runs every stage that judges the head, in order.
 fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
     let p = c.head_parts();
+    p.limit_lines.clear();
     let limits = &p.snap.cfg.limits;
     let head_limits = HeadLimits {
         max_request_line: limits.max_request_line_bytes,
@@ -192,6 +219,12 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
         return Err(refuse(Failure::BODY_TOO_LARGE, false));
     }
+    let source = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
+    if !ctx.charged {
+        ctx.charged = true;
+        charge_limits(w, p.snap, index, source, None, p.limit_lines)
+            .map_err(|f| refuse(f, head.keep_alive))?;
+    }
     let caller =
         check_caller(w, p.snap, index, &head, p.subject, p.token).map_err(|e| match e {
             AuthError::Lookup(endpoint) => Refused {
@@ -201,6 +234,15 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
             AuthError::Refused(f) => refuse(f, head.keep_alive),
         })?;
     ctx.identity = caller.identity();
+    charge_limits(
+        w,
+        p.snap,
+        index,
+        source,
+        Some((ctx.identity, p.subject)),
+        p.limit_lines,
+    )
+    .map_err(|f| refuse(f, head.keep_alive))?;
     let caller_id = proxy::request::Caller {
         who: caller.identity(),
         subject: p.subject,
@@ -259,6 +301,46 @@ fn check_caller(
     };
     authz::authorize(&snap.rules[index], caller.identity(), have)?;
     Ok(caller)
+}
+
+/// Charges route `index`'s rate limits for `source`: those that need no
+/// identity while `caller` is unknown, those keyed by consumer once it is.
+fn charge_limits(
+    w: &Worker,
+    snap: &Snapshot,
+    index: usize,
+    source: IpAddr,
+    caller: Option<(Identity, &str)>,
+    lines: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let settings = &snap.cfg.rate_limit;
+    let route_limits = &snap.cfg.routes[index].rate_limits;
+    if route_limits.is_empty() {
+        return Ok(());
+    }
+    let (phase, consumer) = match caller {
+        None => (Phase::Anonymous, None),
+        Some((Identity::Consumer(i), _)) => {
+            (Phase::Identified, Some(snap.keys.consumer(i).id.as_str()))
+        }
+        Some((Identity::Token(_), subject)) if !subject.is_empty() => {
+            (Phase::Identified, Some(subject))
+        }
+        Some(_) => (Phase::Identified, None),
+    };
+    let who = rate_limit::Caller {
+        source: rate_limit::source_key(source, settings.ipv6_prefix),
+        consumer,
+        route: index,
+    };
+    rate_limit::charge(
+        &w.shared.buckets,
+        settings,
+        route_limits,
+        phase,
+        &who,
+        lines,
+    )
 }
 
 /// What the proxy needs to know of an admitted request.

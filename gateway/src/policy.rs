@@ -85,6 +85,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Which limit refused, for the log line.
+    pub fn describe(self, cfg: &Config) -> String {
+        match self {
+            Self::Verdict(r) => format!("a live verdict ({})", r.code()),
+            Self::Denied => "policy.deny".into(),
+            Self::SynRate => format!(
+                "its SYN budget (xdp.syn_rate = {}/s, xdp.syn_burst = {})",
+                cfg.xdp.syn_rate, cfg.xdp.syn_burst
+            ),
+        }
+    }
+
     /// Stable reason code, the same words the XDP counters use.
     pub fn code(self) -> &'static str {
         match self {

@@ -18,9 +18,12 @@ use crate::{
     policy::SourcePolicy,
     proxy::Upstreams,
     snapshot::Published,
-    stages::auth::{
-        introspect::{AnswerCache, Introspector},
-        jwt::TokenCache,
+    stages::{
+        auth::{
+            introspect::{AnswerCache, Introspector},
+            jwt::TokenCache,
+        },
+        rate_limit::Buckets,
     },
 };
 
@@ -36,6 +39,8 @@ pub struct Shared {
     pub events: Events,
     /// The pool that asks introspection endpoints, if any is configured.
     pub introspector: Option<Introspector>,
+    /// Rate-limit buckets, shared by every worker (lock-free).
+    pub buckets: Buckets,
 }
 
 /// One worker's state.

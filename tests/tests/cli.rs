@@ -44,6 +44,29 @@ fn check_accepts_the_embedded_default() {
 }
 
 #[test]
+fn check_shows_each_routes_rate_limits_and_names_an_unknown_one() {
+    let text = "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:9\"]\n\
+        [[routes]]\nupstream = \"u\"\nauth = \"none\"\nrate_limits = [\"ip\"]\n\
+        [[rate_limit.limits]]\nname = \"ip\"\nkey = [\"source\", \"route\"]\nrate = \"100/s\"\nburst = 50\n";
+    let p = write_config("limits.toml", text).display().to_string();
+    let (code, out, err) = output(&["check", "--config", &p]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("auth PUBLIC limits [ip 100/1s burst 50 by source+route] -> u"),
+        "{out}"
+    );
+    let p = write_config("limits-bad.toml", &text.replace("[\"ip\"]", "[\"ipp\"]"))
+        .display()
+        .to_string();
+    let (code, _, err) = output(&["check", "--config", &p]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(":9: routes[0].rate_limits: no limit named `ipp` in [[rate_limit.limits]]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_reports_file_line_and_key() {
     let path = write_config(
         "bad-cidr.toml",

@@ -191,10 +191,7 @@ secret_file = "{}"
 }
 
 fn ask(s: &Setup, path: &str, headers: &str) -> Response {
-    let mut c = s.client();
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").as_bytes())
-        .expect("send");
-    c.response("GET").expect("response")
+    s.get(path, headers)
 }
 
 fn bearer(t: &str) -> String {

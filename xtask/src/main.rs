@@ -42,10 +42,12 @@ enum Cmd {
     /// Lint the host workspace and the eBPF crate.
     Clippy,
     /// Benchmarks: `xdp` (kernel drop path vs nftables), `proxy` (vs HAProxy
-    /// and nginx), `jwt` (the verify path against ring's bare check, criterion).
+    /// and nginx), `jwt` (the verify path against ring's bare check, criterion),
+    /// `limit` (one rate-limit decision, alone and with a second thread on
+    /// the same key, criterion).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "proxy", "jwt"])]
+        #[arg(value_parser = ["xdp", "proxy", "jwt", "limit"])]
         which: String,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -99,11 +101,11 @@ fn run(cli: Cli) -> Result<()> {
             let tc = toolchain::ensure()?;
             exec(build::nightly_ebpf_cargo("clippy", &tc).args(["--", "-D", "warnings"]))
         }
-        Cmd::Bench { which, args } if which == "jwt" => {
+        Cmd::Bench { which, args } if which == "jwt" || which == "limit" => {
             let obj = build::ebpf()?;
             exec(
                 build::cargo(&obj)
-                    .args(["bench", "-p", "gateway", "--bench", "jwt", "--"])
+                    .args(["bench", "-p", "gateway", "--bench", &which, "--"])
                     .args(args),
             )
         }

@@ -10,6 +10,7 @@
 mod auth;
 mod jwt;
 mod located;
+mod rate_limit;
 mod routes;
 mod upstreams;
 mod xdp;
@@ -17,6 +18,7 @@ mod xdp;
 pub use auth::*;
 pub use jwt::*;
 pub(crate) use located::*;
+pub use rate_limit::*;
 pub use routes::*;
 pub use upstreams::*;
 pub use xdp::*;
@@ -90,6 +92,8 @@ struct File {
     policy: PolicyFile,
     #[serde(default)]
     auth: AuthFile,
+    #[serde(default)]
+    rate_limit: RateLimitFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -281,6 +285,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSettings>,
     /// Routes in match order.
     pub routes: Vec<RouteSettings>,
+    /// Rate limits and their escalation to verdicts.
+    pub rate_limit: RateLimitSettings,
 }
 
 /// One certificate with the names it answers for.
@@ -372,12 +378,13 @@ impl Config {
             issuers: &issuers,
             endpoints: &endpoints,
         };
+        let rate_limit = rate_limit_settings(&raw.rate_limit, &invalid)?;
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let max_body = raw.limits.max_body_bytes;
-            routes.push(compile_route(
-                i, r, &upstreams, max_body, &auth_ctx, &invalid,
-            )?);
+            let mut route = compile_route(i, r, &upstreams, max_body, &auth_ctx, &invalid)?;
+            route.rate_limits = route_limits(i, &r.rate_limits, &rate_limit.limits, &invalid)?;
+            routes.push(route);
         }
         check_rule_counts(&routes, &invalid)?;
         let hsts = hsts(raw.proxy.hsts.as_ref(), &invalid)?;
@@ -447,6 +454,7 @@ impl Config {
             access_log: raw.log.access,
             upstreams,
             routes,
+            rate_limit,
             source: file.to_owned(),
             https: raw.listen.https,
             plain_http_port: *raw.listen.plain_http_port.get_ref(),

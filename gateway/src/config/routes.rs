@@ -30,6 +30,8 @@ pub(super) struct RouteFile {
     pub(super) scopes: Vec<String>,
     #[serde(default)]
     pub(super) claims: std::collections::BTreeMap<String, ClaimValues>,
+    #[serde(default)]
+    pub(super) rate_limits: Vec<Spanned<String>>,
 }
 
 /// How a route matches the path.
@@ -64,6 +66,8 @@ pub struct RouteSettings {
     pub scopes: Vec<String>,
     /// Claims a token must carry: claim name (dotted path) → accepted values.
     pub claims: Vec<(String, Vec<String>)>,
+    /// Rate limits charged, by index into `rate_limit.limits`.
+    pub rate_limits: Vec<usize>,
 }
 
 /// One `[[routes]]` entry, validated.
@@ -151,6 +155,7 @@ pub(super) fn compile_route(
         consumers: r.consumers.clone(),
         scopes: r.scopes.clone(),
         claims,
+        rate_limits: Vec::new(),
     })
 }
 

@@ -84,7 +84,7 @@ pub(super) async fn read_head(
         &resp,
         a,
         client_keep,
-        c.snap().filters.lines(),
+        [c.snap().filters.lines(), &c.limit_lines],
         |n| c.snap().filters.overrides(n),
     );
     c.out = out;
@@ -112,7 +112,7 @@ fn write_client_head(
     resp: &http::response::ResponseHead<'_, '_>,
     a: &Admitted,
     client_keep: bool,
-    filter_lines: &[u8],
+    added: [&[u8]; 2],
     overridden: impl Fn(&str) -> bool,
 ) {
     out.clear();
@@ -148,7 +148,9 @@ fn write_client_head(
         }
         Framing::Chunked | Framing::UntilClose | Framing::None => {}
     }
-    out.extend_from_slice(filter_lines);
+    for lines in added {
+        out.extend_from_slice(lines);
+    }
     let close = !client_keep
         || (a.http10 && matches!(resp.framing, Framing::Chunked | Framing::UntilClose));
     if close {

@@ -201,6 +201,8 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut last_warning: Option<Instant> = None;
     let mut failures = 0u64;
+    let mut last_refusal: Option<Instant> = None;
+    let mut refusals = 0u64;
     loop {
         let accepted = listener.accept().await;
         if w.shared.stopping.load(Ordering::Relaxed) {
@@ -231,7 +233,18 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 Err(_) => None,
             };
             if let Some(r) = refused {
-                tracing::debug!("{peer}: refused in userspace: {}", r.code());
+                // Say which limit refused, at most once a second.
+                refusals += 1;
+                if last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    let cfg = &w.shared.published.current().cfg;
+                    tracing::warn!(
+                        "connection from {} refused at accept by {} ({refusals} refused since the last line)",
+                        peer.ip(),
+                        r.describe(cfg)
+                    );
+                    last_refusal = Some(Instant::now());
+                    refusals = 0;
+                }
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 continue;
             }

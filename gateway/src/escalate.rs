@@ -1,0 +1,251 @@
+//! Escalation: a source that keeps hitting a rate limit, or keeps failing
+//! authentication, earns a verdict: from then on the XDP program drops its
+//! packets before any TLS handshake (or, without XDP, the workers refuse
+//! its connections at accept). Userspace decides with what it knows of
+//! the requests; the kernel enforces at line rate.
+//!
+//! Counting is per source address in fixed windows of
+//! `rate_limit.escalation.window_secs`; a verdict lasts `ban_secs`, doubled
+//! for each earlier offence of the same source, up to `max_ban_secs`.
+//! Sources in `policy.allow` are never sentenced (the kernel lets them
+//! through whatever the verdict map says). Memory is bounded: at most
+//! [`MAX_SOURCES`] sources are counted and remembered.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use gateway_common::VerdictReason;
+use ipnet::IpNet;
+
+use crate::{
+    config::EscalationSettings,
+    policy::{CidrSet, source_addr},
+};
+
+/// Sources counted (and offenders remembered) at most.
+pub const MAX_SOURCES: usize = 100_000;
+
+/// What a source did, as escalation counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offence {
+    /// A request refused with 429.
+    RateLimited,
+    /// A request refused with 401.
+    AuthFailed,
+}
+
+/// A verdict to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentence {
+    /// The source.
+    pub source: IpAddr,
+    /// The reason stored in the verdict map.
+    pub reason: VerdictReason,
+    /// How long it lasts.
+    pub secs: u64,
+    /// Which offence of this source it is (1 for the first).
+    pub offence: u32,
+    /// What earned it, for the log line.
+    pub why: String,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    start: u64,
+    rejections: u32,
+    auth_failures: u32,
+}
+
+/// The counters and the record of earlier offences.
+pub struct Escalation {
+    settings: EscalationSettings,
+    allow: CidrSet,
+    windows: HashMap<IpAddr, Window>,
+    /// Per offender: offences so far and when the last verdict ends.
+    offenders: HashMap<IpAddr, (u32, u64)>,
+}
+
+impl Escalation {
+    /// Counting by `settings`, never sentencing `allow`.
+    pub fn new(settings: EscalationSettings, allow: &[IpNet]) -> Self {
+        Self {
+            settings,
+            allow: CidrSet::new(allow),
+            windows: HashMap::new(),
+            offenders: HashMap::new(),
+        }
+    }
+
+    /// Counts one offence of `source` at `now` (seconds); a sentence when
+    /// it crosses a threshold.
+    pub fn record(&mut self, source: IpAddr, what: Offence, now: u64) -> Option<Sentence> {
+        let s = self.settings;
+        let threshold = match what {
+            Offence::RateLimited => s.rejections,
+            Offence::AuthFailed => s.auth_failures,
+        };
+        if threshold == 0 || self.allow.contains(&source_addr(source)) {
+            return None;
+        }
+        // Requests already in flight when its verdict was placed do not
+        // count towards the next one.
+        if self
+            .offenders
+            .get(&source)
+            .is_some_and(|&(_, until)| until > now)
+        {
+            return None;
+        }
+        if self.windows.len() >= MAX_SOURCES && !self.windows.contains_key(&source) {
+            self.windows
+                .retain(|_, w| now.saturating_sub(w.start) < s.window_secs);
+            if self.windows.len() >= MAX_SOURCES {
+                self.windows.clear();
+            }
+        }
+        let w = self.windows.entry(source).or_default();
+        if now.saturating_sub(w.start) >= s.window_secs {
+            *w = Window {
+                start: now,
+                ..Window::default()
+            };
+        }
+        let (n, label, reason) = match what {
+            Offence::RateLimited => {
+                w.rejections += 1;
+                (
+                    w.rejections,
+                    "requests over a rate limit",
+                    VerdictReason::RateLimit,
+                )
+            }
+            Offence::AuthFailed => {
+                w.auth_failures += 1;
+                (
+                    w.auth_failures,
+                    "failed authentications",
+                    VerdictReason::AuthFailures,
+                )
+            }
+        };
+        if n < threshold {
+            return None;
+        }
+        self.windows.remove(&source);
+        Some(self.sentence(
+            source,
+            reason,
+            format!("{n} {label} in {}s", s.window_secs),
+            now,
+        ))
+    }
+
+    fn sentence(
+        &mut self,
+        source: IpAddr,
+        reason: VerdictReason,
+        why: String,
+        now: u64,
+    ) -> Sentence {
+        let s = self.settings;
+        if self.offenders.len() >= MAX_SOURCES && !self.offenders.contains_key(&source) {
+            // Forget offenders whose last verdict ended long ago.
+            self.offenders
+                .retain(|_, (_, until)| until.saturating_add(s.max_ban_secs) > now);
+            if self.offenders.len() >= MAX_SOURCES {
+                self.offenders.clear();
+            }
+        }
+        let entry = self.offenders.entry(source).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add(1);
+        let doublings = (entry.0 - 1).min(32);
+        let secs = s
+            .ban_secs
+            .saturating_mul(1u64 << doublings)
+            .min(s.max_ban_secs);
+        entry.1 = now + secs;
+        Sentence {
+            source,
+            reason,
+            secs,
+            offence: entry.0,
+            why,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> EscalationSettings {
+        EscalationSettings {
+            rejections: 3,
+            auth_failures: 2,
+            window_secs: 10,
+            ban_secs: 60,
+            max_ban_secs: 200,
+        }
+    }
+
+    #[test]
+    fn a_threshold_in_a_window_earns_a_growing_verdict() {
+        let mut e = Escalation::new(settings(), &[]);
+        let ip: IpAddr = "198.18.0.2".parse().expect("ip");
+        assert_eq!(e.record(ip, Offence::RateLimited, 100), None);
+        assert_eq!(e.record(ip, Offence::RateLimited, 101), None);
+        let first = e.record(ip, Offence::RateLimited, 102).expect("sentenced");
+        assert_eq!((first.secs, first.offence), (60, 1));
+        assert_eq!(first.reason, VerdictReason::RateLimit);
+        assert_eq!(first.why, "3 requests over a rate limit in 10s");
+        // Nothing counts while the verdict holds.
+        assert!((0..10).all(|_| e.record(ip, Offence::RateLimited, 150).is_none()));
+        // Then counting starts over; a second and third offence double, capped.
+        for _ in 0..2 {
+            assert_eq!(e.record(ip, Offence::RateLimited, 200), None);
+        }
+        assert_eq!(
+            e.record(ip, Offence::RateLimited, 200).map(|s| s.secs),
+            Some(120)
+        );
+        for _ in 0..2 {
+            e.record(ip, Offence::RateLimited, 400);
+        }
+        assert_eq!(
+            e.record(ip, Offence::RateLimited, 400).map(|s| s.secs),
+            Some(200)
+        );
+    }
+
+    #[test]
+    fn a_window_that_ended_counts_afresh() {
+        let mut e = Escalation::new(settings(), &[]);
+        let ip: IpAddr = "2001:db8::7".parse().expect("ip");
+        assert_eq!(e.record(ip, Offence::AuthFailed, 0), None);
+        assert_eq!(e.record(ip, Offence::AuthFailed, 10), None);
+        let s = e.record(ip, Offence::AuthFailed, 11).expect("sentenced");
+        assert_eq!(s.reason, VerdictReason::AuthFailures);
+        assert_eq!(s.why, "2 failed authentications in 10s");
+    }
+
+    #[test]
+    fn allowed_sources_and_zero_thresholds_are_never_sentenced() {
+        let allow: IpNet = "198.18.0.0/24".parse().expect("net");
+        let mut e = Escalation::new(settings(), &[allow]);
+        let ip: IpAddr = "198.18.0.9".parse().expect("ip");
+        assert!((0..10).all(|_| e.record(ip, Offence::RateLimited, 1).is_none()));
+        let mut off = settings();
+        off.rejections = 0;
+        let mut e = Escalation::new(off, &[]);
+        assert!((0..10).all(|_| e.record(ip, Offence::RateLimited, 1).is_none()));
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_many_sources() {
+        let mut e = Escalation::new(settings(), &[]);
+        for i in 0..(MAX_SOURCES as u32 + 5_000) {
+            let ip = IpAddr::from(i.to_be_bytes());
+            e.record(ip, Offence::RateLimited, u64::from(i / 1000));
+        }
+        assert!(e.windows.len() <= MAX_SOURCES);
+    }
+}

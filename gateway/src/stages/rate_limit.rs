@@ -1,0 +1,544 @@
+//! Rate limits: GCRA (the generic cell rate algorithm, as in ATM and
+//! Redis-cell) over one table of buckets every worker shares.
+//!
+//! A bucket is 16 bytes: the hash of its key (limit, source, consumer,
+//! route) and its theoretical arrival time, changed together by one
+//! 16-byte compare-and-swap. So a limit is exact across workers, with no
+//! lock: two workers charging one key serialize on that bucket's cache
+//! line only, and a client whose connections land on different workers
+//! gets exactly the rate it would get on one.
+//!
+//! Memory is the table, fixed at start (`rate_limit.table_entries`). A key
+//! lives in one of [`PROBES`] slots after its hash; a bucket back at rest
+//! (its arrival time passed) is free for another key, which loses nothing.
+//! When all the slots of a key are busy with live buckets, the most rested
+//! one is taken over: its key starts afresh, which can admit that key at
+//! most one more burst. That only happens when the table holds more live
+//! keys than it has room for; the takeovers are counted.
+//!
+//! Limits keyed by source only run before authentication (an attacker
+//! without credentials is counted before any token is verified); limits
+//! with `consumer` in their key run after it.
+
+use std::{
+    hash::{BuildHasher, Hasher, RandomState},
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
+
+use portable_atomic::AtomicU128;
+
+use crate::{
+    config::{LimitSettings, RateLimitSettings},
+    policy::{CidrSet, source_addr},
+    respond::Failure,
+};
+
+/// Slots a key may occupy: its hash's slot and the next ones.
+pub const PROBES: usize = 8;
+
+/// Over a limit.
+pub const EXCEEDED: Failure = Failure::client(429, "rate_limit.exceeded");
+
+/// The shared buckets.
+pub struct Buckets {
+    slots: Box<[AtomicU128]>,
+    mask: usize,
+    hasher: RandomState,
+    epoch: Instant,
+    takeovers: AtomicU64,
+}
+
+/// One charge's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    /// Whether the request is within the limit (and was counted).
+    pub allowed: bool,
+    /// Requests that would still pass right now.
+    pub remaining: u64,
+    /// Nanoseconds until the bucket is at rest (full burst again).
+    pub reset_ns: u64,
+    /// Refused: nanoseconds until one request would pass.
+    pub retry_ns: u64,
+}
+
+const fn pack(tag: u64, tat: u64) -> u128 {
+    ((tag as u128) << 64) | tat as u128
+}
+
+const fn unpack(v: u128) -> (u64, u64) {
+    ((v >> 64) as u64, v as u64)
+}
+
+impl Buckets {
+    /// A table of `entries` buckets (a power of two).
+    pub fn new(entries: usize) -> Self {
+        let entries = entries.next_power_of_two().max(PROBES);
+        Self {
+            slots: (0..entries).map(|_| AtomicU128::new(0)).collect(),
+            mask: entries - 1,
+            hasher: RandomState::new(),
+            epoch: Instant::now(),
+            takeovers: AtomicU64::new(0),
+        }
+    }
+
+    /// Nanoseconds on the table's clock.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The key of `limit` for these parts. Hashed with a per-process
+    /// random key (SipHash), so a client cannot pick keys that collide.
+    pub fn key(&self, limit: usize, parts: &[&[u8]]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_usize(limit);
+        for p in parts {
+            h.write_usize(p.len());
+            h.write(p);
+        }
+        // 0 marks an empty slot.
+        h.finish().max(1)
+    }
+
+    /// Buckets taken over from a live key so far.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.load(Ordering::Relaxed)
+    }
+
+    /// Buckets not at rest at `now`.
+    pub fn live(&self, now: u64) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                let (tag, tat) = unpack(s.load(Ordering::Relaxed));
+                tag != 0 && tat > now
+            })
+            .count()
+    }
+
+    /// Charges one request to `key`: allowed when the bucket can take it
+    /// (`burst` at once, then one per `interval` nanoseconds).
+    pub fn charge(&self, key: u64, now: u64, interval: u64, burst: u64) -> Charge {
+        let tau = interval.saturating_mul(burst);
+        let start = key as usize & self.mask;
+        loop {
+            // The key's own bucket first, wherever it is in the window.
+            let mut free = None;
+            let mut rested: Option<(usize, u128)> = None;
+            let mut found = None;
+            for i in 0..PROBES {
+                let at = (start + i) & self.mask;
+                let cur = self.slots[at].load(Ordering::Acquire);
+                let (tag, tat) = unpack(cur);
+                if tag == key {
+                    found = Some((at, cur));
+                    break;
+                }
+                if tag == 0 || tat <= now {
+                    free.get_or_insert((at, cur));
+                } else if rested.is_none_or(|(_, r)| unpack(r).1 > tat) {
+                    rested = Some((at, cur));
+                }
+            }
+            let (at, cur, tat) = match (found, free, rested) {
+                (Some((at, cur)), _, _) => (at, cur, unpack(cur).1),
+                // A bucket at rest holds nothing worth keeping.
+                (None, Some((at, cur)), _) => (at, cur, 0),
+                (None, None, Some((at, cur))) => (at, cur, 0),
+                (None, None, None) => unreachable!("PROBES > 0"),
+            };
+            let base = tat.max(now);
+            let next = base.saturating_add(interval);
+            if next - now > tau {
+                // Refused: nothing changes, so nothing to write.
+                return Charge {
+                    allowed: false,
+                    remaining: 0,
+                    reset_ns: base - now,
+                    retry_ns: next - now - tau,
+                };
+            }
+            if self.slots[at]
+                .compare_exchange(cur, pack(key, next), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if found.is_none() && free.is_none() {
+                    self.takeovers.fetch_add(1, Ordering::Relaxed);
+                }
+                return Charge {
+                    allowed: true,
+                    remaining: (tau - (next - now)) / interval,
+                    reset_ns: next - now,
+                    retry_ns: 0,
+                };
+            }
+            // Another worker changed the slot: judge again from what it wrote.
+        }
+    }
+}
+
+/// Which of a route's limits a phase charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before authentication: limits that need no identity.
+    Anonymous,
+    /// After authentication: limits keyed by consumer.
+    Identified,
+}
+
+/// Who a request is, as limits count it.
+pub struct Caller<'a> {
+    /// The source address, masked to its counting prefix.
+    pub source: [u8; 16],
+    /// The consumer id or token subject; none for an anonymous caller
+    /// (counted by source instead).
+    pub consumer: Option<&'a str>,
+    /// The route, by index.
+    pub route: usize,
+}
+
+/// The counting form of a source: IPv4 (also IPv4-mapped IPv6) per
+/// address, IPv6 per `/prefix`.
+pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> [u8; 16] {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => std::net::Ipv4Addr::to_ipv6_mapped(&v4).octets(),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            (bits & mask).to_be_bytes()
+        }
+    }
+}
+
+/// The address a request is counted by: the TCP peer or, when the peer is
+/// a trusted proxy, the nearest `X-Forwarded-For` address that is not one.
+/// The list is read right to left: each proxy appends the address it saw,
+/// so whatever a client wrote itself is further left and never wins over
+/// what a trusted proxy saw. An entry that does not parse stops the walk
+/// at the last trusted hop.
+pub fn client_source(peer: IpAddr, headers: &[httparse::Header<'_>], trusted: &CidrSet) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.contains(&source_addr(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut hop = peer;
+    let forwarded = headers
+        .iter()
+        .rev()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"));
+    for h in forwarded {
+        let Ok(list) = std::str::from_utf8(h.value) else {
+            return hop;
+        };
+        for item in list.rsplit(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let Some(ip) = forwarded_ip(item) else {
+                return hop;
+            };
+            if !is_trusted(ip) {
+                return ip;
+            }
+            hop = ip;
+        }
+    }
+    hop
+}
+
+/// An `X-Forwarded-For` entry: an address, `v4:port` or `[v6]:port`.
+fn forwarded_ip(item: &str) -> Option<IpAddr> {
+    if let Ok(ip) = item.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = item.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    item.rsplit_once(':')?
+        .0
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+}
+
+/// Charges the limits of `route_limits` that belong to `phase`. The
+/// strictest wins: a refusal is the one to wait longest for, and writes
+/// its `RateLimit-Policy`, `RateLimit` and `Retry-After` lines to
+/// `lines`; a pass writes the tightest limit's lines when
+/// `rate_limit.headers` asks for them.
+pub fn charge(
+    buckets: &Buckets,
+    settings: &RateLimitSettings,
+    route_limits: &[usize],
+    phase: Phase,
+    who: &Caller<'_>,
+    lines: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let now = buckets.now_ns();
+    let route = who.route.to_le_bytes();
+    let mut refused: Option<(&LimitSettings, Charge)> = None;
+    let mut tightest: Option<(&LimitSettings, Charge)> = None;
+    for &i in route_limits {
+        let limit = &settings.limits[i];
+        if (phase == Phase::Identified) != limit.key.needs_identity() {
+            continue;
+        }
+        let consumer = who.consumer.map(str::as_bytes);
+        // An anonymous caller of a consumer-keyed limit is counted by source.
+        let by_source = limit.key.source || (limit.key.consumer && consumer.is_none());
+        let parts: [&[u8]; 3] = [
+            if by_source { &who.source } else { b"" },
+            if limit.key.consumer {
+                consumer.unwrap_or(b"")
+            } else {
+                b""
+            },
+            if limit.key.route { &route } else { b"" },
+        ];
+        let key = buckets.key(i, &parts);
+        let c = buckets.charge(key, now, limit.interval_ns(), limit.burst);
+        if !c.allowed {
+            if refused.is_none_or(|(_, r)| r.retry_ns < c.retry_ns) {
+                refused = Some((limit, c));
+            }
+        } else if tightest.is_none_or(|(_, t)| t.remaining > c.remaining) {
+            tightest = Some((limit, c));
+        }
+    }
+    if let Some((limit, c)) = refused {
+        write_lines(lines, limit, &c);
+        return Err(EXCEEDED);
+    }
+    if settings.headers
+        && let Some((limit, c)) = tightest
+    {
+        write_lines(lines, limit, &c);
+    }
+    Ok(())
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers),
+/// and `Retry-After` on a refusal; seconds round up.
+fn write_lines(out: &mut Vec<u8>, limit: &LimitSettings, c: &Charge) {
+    use std::io::Write as _;
+    let secs = |ns: u64| ns.div_ceil(1_000_000_000);
+    out.clear();
+    let _ = write!(
+        out,
+        "ratelimit-policy: \"{}\";q={};w={}\r\nratelimit: \"{}\";r={};t={}\r\n",
+        limit.name,
+        limit.count,
+        limit.window_secs,
+        limit.name,
+        c.remaining,
+        secs(if c.allowed { c.reset_ns } else { c.retry_ns })
+    );
+    if !c.allowed {
+        let _ = write!(out, "retry-after: {}\r\n", secs(c.retry_ns).max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LimitKey;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let b = Buckets::new(1024);
+        let key = b.key(0, &[b"k"]);
+        // 10/s, burst 5: five at once, then one per 100 ms.
+        let interval = SEC / 10;
+        let t0 = 5 * SEC;
+        let passed = (0..8)
+            .filter(|_| b.charge(key, t0, interval, 5).allowed)
+            .count();
+        assert_eq!(passed, 5);
+        let refused = b.charge(key, t0, interval, 5);
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_ns, interval);
+        assert!(!b.charge(key, t0 + interval - 1, interval, 5).allowed);
+        let c = b.charge(key, t0 + interval, interval, 5);
+        assert!(c.allowed);
+        assert_eq!(c.remaining, 0);
+        // At rest again after the whole burst's worth of time.
+        let rested = b.charge(key, t0 + 10 * interval, interval, 5);
+        assert_eq!((rested.allowed, rested.remaining), (true, 4));
+    }
+
+    #[test]
+    fn keys_do_not_share_a_bucket() {
+        let b = Buckets::new(1024);
+        let (k1, k2) = (b.key(0, &[b"a"]), b.key(0, &[b"b"]));
+        assert_ne!(k1, k2);
+        assert_ne!(b.key(0, &[b"ab", b""]), b.key(0, &[b"a", b"b"]));
+        assert!(b.charge(k1, SEC, SEC, 1).allowed);
+        assert!(!b.charge(k1, SEC, SEC, 1).allowed);
+        assert!(b.charge(k2, SEC, SEC, 1).allowed);
+    }
+
+    #[test]
+    fn many_keys_stay_within_the_table() {
+        let b = Buckets::new(1024);
+        let now = SEC;
+        for i in 0..100_000u32 {
+            b.charge(b.key(0, &[&i.to_le_bytes()]), now, SEC, 10);
+        }
+        assert!(b.live(now) <= 1024);
+        assert!(b.takeovers() > 0);
+        // Buckets at rest are reused without a takeover (64 keys: eight
+        // of them in one probe window is all but impossible).
+        let later = now + 100 * SEC;
+        let before = b.takeovers();
+        for i in 0..64u32 {
+            b.charge(b.key(1, &[&i.to_le_bytes()]), later, SEC, 10);
+        }
+        assert_eq!(b.takeovers(), before);
+    }
+
+    #[test]
+    fn two_threads_charging_one_key_get_exactly_the_burst() {
+        let b = std::sync::Arc::new(Buckets::new(1024));
+        let key = b.key(0, &[b"shared"]);
+        let now = SEC;
+        let passed: usize = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    (0..10_000)
+                        .filter(|_| b.charge(key, now, SEC, 1000).allowed)
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .sum();
+        assert_eq!(passed, 1000);
+    }
+
+    #[test]
+    fn a_forged_forwarded_for_never_changes_whose_limit_is_charged() {
+        let header = |v: &'static str| httparse::Header {
+            name: "X-Forwarded-For",
+            value: v.as_bytes(),
+        };
+        let proxies = CidrSet::new(&["10.0.0.0/8".parse().expect("net")]);
+        let peer: IpAddr = "198.18.0.5".parse().expect("ip");
+        let proxy: IpAddr = "10.1.1.1".parse().expect("ip");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // Not from a trusted proxy: the header is ignored.
+        assert_eq!(client_source(peer, &[header("1.2.3.4")], &proxies), peer);
+        // From one: the nearest untrusted hop, whatever the client wrote.
+        let spoofed = [header("1.2.3.4, 198.18.0.7, 10.2.2.2")];
+        assert_eq!(client_source(proxy, &spoofed, &proxies), ip("198.18.0.7"));
+        let split = [header("1.2.3.4"), header("[2001:db8::5]:443, 10.0.0.9")];
+        assert_eq!(client_source(proxy, &split, &proxies), ip("2001:db8::5"));
+        assert_eq!(
+            client_source(proxy, &[header("198.18.0.7:5555")], &proxies),
+            ip("198.18.0.7")
+        );
+        // Garbage stops at the last trusted hop; no header is the proxy itself.
+        assert_eq!(
+            client_source(proxy, &[header("junk, 10.3.3.3")], &proxies),
+            ip("10.3.3.3")
+        );
+        assert_eq!(client_source(proxy, &[], &proxies), proxy);
+    }
+
+    #[test]
+    fn sources_count_ipv4_mapped_as_ipv4_and_ipv6_per_prefix() {
+        let v4: IpAddr = "198.18.0.7".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:198.18.0.7".parse().expect("ip");
+        assert_eq!(source_key(v4, 64), source_key(mapped, 64));
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(source_key(a, 64), source_key(b, 64));
+        assert_ne!(source_key(a, 64), source_key(c, 64));
+        assert_ne!(source_key(a, 128), source_key(b, 128));
+        assert_eq!(source_key(a, 48), source_key(c, 48));
+    }
+
+    fn settings(headers: bool) -> RateLimitSettings {
+        let limit = |name: &str, key: LimitKey, count, burst| LimitSettings {
+            name: name.into(),
+            key,
+            count,
+            window_secs: 1,
+            burst,
+        };
+        let source = LimitKey {
+            source: true,
+            ..LimitKey::default()
+        };
+        let consumer = LimitKey {
+            consumer: true,
+            ..LimitKey::default()
+        };
+        RateLimitSettings {
+            limits: vec![limit("ip", source, 10, 3), limit("user", consumer, 1, 1)],
+            ipv6_prefix: 64,
+            headers,
+            table_entries: 1024,
+            escalation: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_phase_picks_the_limits_and_the_refusal_says_when() {
+        let b = Buckets::new(1024);
+        let s = settings(false);
+        let who = Caller {
+            source: source_key("198.18.0.9".parse().expect("ip"), 64),
+            consumer: Some("alice"),
+            route: 0,
+        };
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            assert!(charge(&b, &s, &[0, 1], Phase::Anonymous, &who, &mut lines).is_ok());
+        }
+        assert!(lines.is_empty(), "headers off: nothing on a pass");
+        assert_eq!(
+            charge(&b, &s, &[0, 1], Phase::Anonymous, &who, &mut lines),
+            Err(EXCEEDED)
+        );
+        let text = String::from_utf8(lines.clone()).expect("ascii");
+        assert!(
+            text.contains("ratelimit-policy: \"ip\";q=10;w=1\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("ratelimit: \"ip\";r=0;t=1\r\n"), "{text}");
+        assert!(text.contains("retry-after: 1\r\n"), "{text}");
+        // The consumer limit is its own phase.
+        assert!(charge(&b, &s, &[0, 1], Phase::Identified, &who, &mut lines).is_ok());
+        assert_eq!(
+            charge(&b, &s, &[0, 1], Phase::Identified, &who, &mut lines),
+            Err(EXCEEDED)
+        );
+    }
+
+    #[test]
+    fn passes_carry_the_tightest_limit_when_asked() {
+        let b = Buckets::new(1024);
+        let s = settings(true);
+        let who = Caller {
+            source: source_key("198.18.0.9".parse().expect("ip"), 64),
+            consumer: None,
+            route: 3,
+        };
+        let mut lines = Vec::new();
+        assert!(charge(&b, &s, &[0], Phase::Anonymous, &who, &mut lines).is_ok());
+        let text = String::from_utf8(lines).expect("ascii");
+        assert_eq!(
+            text,
+            "ratelimit-policy: \"ip\";q=10;w=1\r\nratelimit: \"ip\";r=2;t=1\r\n"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Rate limits end to end: 429s with their headers per source, consumer and
+//! route; one limit across workers; forged forwarding headers; repeated
+//! refusals and failed authentications escalating to verdicts, enforced at
+//! accept without XDP and in the kernel with it (in a namespace).
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use gateway::stages::auth::api_key;
+use gateway_tests::{
+    Running, Testbed, connect_from, gateway_bin,
+    harness::{Certs, Client, Response, Setup, TempDir, client_config, reason_of, setup_with},
+    require_root,
+};
+use nix::sys::signal::Signal;
+
+/// A gateway with two consumers' keys.
+struct Limited {
+    s: Setup,
+    alice: String,
+    bob: String,
+    _keys: TempDir,
+}
+
+fn key_file(dir: &std::path::Path, alice: &str, bob: &str) -> std::path::PathBuf {
+    let mut text = String::new();
+    for (id, key) in [("alice", alice), ("bob", bob)] {
+        text.push_str(&format!(
+            "[[consumers]]\nid = \"{id}\"\n[[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
+            api_key::hash_line(key),
+            api_key::shown_prefix(key)
+        ));
+    }
+    let path = dir.join("keys.toml");
+    std::fs::write(&path, text).expect("key file");
+    path
+}
+
+const LIMITED_ROUTES: &str = r#"
+[[routes]]
+path_prefix = "/limited"
+upstream = "backend"
+auth = "none"
+rate_limits = ["ip"]
+
+[[routes]]
+path_prefix = "/keyed"
+upstream = "backend"
+auth = "api_key"
+rate_limits = ["per-consumer"]
+
+[[routes]]
+path_prefix = "/route-a"
+upstream = "backend"
+auth = "none"
+rate_limits = ["per-route"]
+
+[[routes]]
+path_prefix = "/route-b"
+upstream = "backend"
+auth = "none"
+rate_limits = ["per-route"]
+"#;
+
+fn limits(ip_rate: &str, escalation: &str) -> String {
+    format!(
+        r#"
+[rate_limit]
+headers = true
+
+[rate_limit.escalation]
+{escalation}
+
+[[rate_limit.limits]]
+name = "ip"
+key = "source"
+rate = "{ip_rate}"
+
+[[rate_limit.limits]]
+name = "per-consumer"
+key = "consumer"
+rate = "2/min"
+
+[[rate_limit.limits]]
+name = "per-route"
+key = "route"
+rate = "2/min"
+"#
+    )
+}
+
+fn start(tag: &str, runtime: &str, ip_rate: &str, escalation: &str) -> Limited {
+    let keys_dir = TempDir::new(&format!("{tag}-keys"));
+    let alice = api_key::generate().expect("key");
+    let bob = api_key::generate().expect("key");
+    let keys = key_file(&keys_dir.0, &alice, &bob);
+    let s = setup_with(
+        tag,
+        "",
+        runtime,
+        LIMITED_ROUTES,
+        &format!(
+            "{}\n[auth]\nkey_file = \"{}\"\n",
+            limits(ip_rate, escalation),
+            keys.display()
+        ),
+        &[],
+    );
+    Limited {
+        s,
+        alice,
+        bob,
+        _keys: keys_dir,
+    }
+}
+
+fn ask(s: &Setup, path: &str, headers: &str) -> Response {
+    s.get(path, headers)
+}
+
+fn hits(s: &Setup, prefix: &str) -> usize {
+    s.backend
+        .paths()
+        .iter()
+        .filter(|p| p.starts_with(prefix))
+        .count()
+}
+
+const NO_ESCALATION: &str = "rejections = 0\nauth_failures = 0";
+
+#[test]
+fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
+    let l = start("rl-keys", "workers = 2", "3/min", NO_ESCALATION);
+    let s = &l.s;
+    for left in [2, 1, 0] {
+        let r = ask(s, "/limited/x", "");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            r.header("ratelimit-policy").as_deref(),
+            Some("\"ip\";q=3;w=60")
+        );
+        let now = r.header("ratelimit").unwrap_or_default();
+        assert!(now.starts_with(&format!("\"ip\";r={left};t=")), "{now}");
+    }
+    // A forged X-Forwarded-For from a peer that is no trusted proxy
+    // changes nothing: the same source, still over.
+    let r = ask(s, "/limited/x", "X-Forwarded-For: 203.0.113.9\r\n");
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(reason_of(&r), "rate_limit.exceeded");
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert!(
+        r.header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"ip\";r=0;t=")),
+        "{r:?}"
+    );
+    assert_eq!(
+        hits(s, "/limited"),
+        3,
+        "a refused request reached the backend"
+    );
+
+    // Per consumer: alice's third is refused, bob has his own; a caller
+    // without a key is refused by authentication (401), not counted.
+    let alice = format!("x-api-key: {}\r\n", l.alice);
+    let bob = format!("x-api-key: {}\r\n", l.bob);
+    assert_eq!(ask(s, "/keyed/a", &alice).status, 200);
+    assert_eq!(ask(s, "/keyed/a", &alice).status, 200);
+    assert_eq!(ask(s, "/keyed/a", "").status, 401);
+    let r = ask(s, "/keyed/a", &alice);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(
+        r.header("ratelimit-policy").as_deref(),
+        Some("\"per-consumer\";q=2;w=60")
+    );
+    assert_eq!(ask(s, "/keyed/b", &bob).status, 200);
+    assert_eq!(hits(s, "/keyed"), 3);
+
+    // Per route: each route that names the limit has its own bucket.
+    assert_eq!(ask(s, "/route-a", "").status, 200);
+    assert_eq!(ask(s, "/route-a", "").status, 200);
+    assert_eq!(ask(s, "/route-a", "").status, 429);
+    assert_eq!(ask(s, "/route-b", "").status, 200);
+    // A route without limits carries no headers.
+    let r = ask(s, "/plain", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit"), None);
+}
+
+#[test]
+fn one_client_spread_over_two_workers_gets_exactly_one_limit() {
+    let mut l = start("rl-workers", "workers = 2", "20/min", NO_ESCALATION);
+    let s = &l.s;
+    // Sixteen connections land on both workers (SO_REUSEPORT hashes each
+    // connection); each sends three requests.
+    let mut clients: Vec<Client> = (0..16).map(|_| s.client()).collect();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        for c in &mut clients {
+            c.send(b"GET /limited/w HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .expect("send");
+            statuses.push(c.response("GET").expect("response").status);
+        }
+    }
+    let passed = statuses.iter().filter(|&&st| st == 200).count();
+    let refused = statuses.iter().filter(|&&st| st == 429).count();
+    assert_eq!((passed, refused), (20, 28), "{statuses:?}");
+    assert_eq!(hits(s, "/limited"), 20);
+    // Both workers served: the access log names the worker.
+    let gw = &mut l.s.gw;
+    gw.proc
+        .wait_for_line("/limited/w", Duration::from_secs(2))
+        .expect("access log");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline
+        && !(["w0", "w1"].iter().all(|w| {
+            gw.proc
+                .seen
+                .iter()
+                .any(|l| l.contains("/limited/w") && l.ends_with(w))
+        }))
+    {
+        gw.proc
+            .wait_for_line("/limited/w", Duration::from_millis(200));
+    }
+    for w in ["w0", "w1"] {
+        assert!(
+            gw.proc
+                .seen
+                .iter()
+                .any(|l| l.contains("/limited/w") && l.ends_with(w)),
+            "no request on {w}: {:?}",
+            gw.proc.seen
+        );
+    }
+}
+
+/// Waits for a log line containing `needle`.
+fn wait_line(gw: &mut Running, needle: &str, within: Duration) -> String {
+    gw.wait_for_line(needle, within)
+        .unwrap_or_else(|| panic!("no `{needle}` in {:?}", gw.seen))
+}
+
+#[test]
+fn repeated_refusals_and_failed_logins_become_verdicts_refused_at_accept_without_xdp() {
+    let mut l = start(
+        "rl-escalate",
+        "workers = 2",
+        "2/min",
+        "rejections = 3\nauth_failures = 3\nwindow_secs = 60\nban_secs = 2\nmax_ban_secs = 60",
+    );
+    let s = &mut l.s;
+    assert_eq!(ask(s, "/limited", "").status, 200);
+    assert_eq!(ask(s, "/limited", "").status, 200);
+    for _ in 0..3 {
+        assert_eq!(ask(s, "/limited", "").status, 429);
+    }
+    let line = wait_line(&mut s.gw.proc, "verdict: 127.0.0.1", Duration::from_secs(3));
+    assert!(
+        line.contains(
+            "refused at accept for 2s (rate_limit: 3 requests over a rate limit in 60s; offence 1)"
+        ),
+        "{line}"
+    );
+    // Banned: the connection is closed before the handshake.
+    let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
+    assert!(Client::connect(s.gw.port, "localhost", cfg.clone()).is_err());
+    // Expired: served again.
+    std::thread::sleep(Duration::from_millis(2600));
+    let mut back = None;
+    for _ in 0..20 {
+        if let Ok(c) = Client::connect(s.gw.port, "localhost", cfg.clone()) {
+            back = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(back.is_some(), "the verdict did not expire");
+    // Failed authentication escalates the same way; a repeat offence lasts
+    // twice as long.
+    for _ in 0..3 {
+        let r = ask(
+            s,
+            "/keyed/x",
+            "x-api-key: gwk_wrong_00000000000000000000000000000000\r\n",
+        );
+        assert_eq!(r.status, 401);
+    }
+    let line = wait_line(&mut s.gw.proc, "verdict: 127.0.0.1", Duration::from_secs(3));
+    assert!(
+        line.contains("for 4s (auth_failures: 3 failed authentications in 60s; offence 2)"),
+        "{line}"
+    );
+    let verdicts =
+        s.gw.proc
+            .seen
+            .iter()
+            .filter(|l| l.contains("verdict: "))
+            .count();
+    assert_eq!(
+        verdicts, 2,
+        "each verdict is logged once: {:?}",
+        s.gw.proc.seen
+    );
+}
+
+/// The escalation proven in the kernel: a veth pair in two namespaces, the
+/// gateway attached in skb mode on its side.
+#[test]
+fn a_source_over_its_limit_is_dropped_by_xdp_while_another_is_served() {
+    require_root();
+    let bed = Testbed::new("rlx").expect("testbed");
+    let dir = TempDir::new("rl-xdp");
+    let certs = Certs::issue(&dir.0, &["localhost"]);
+    let server = bed.server_ip(false);
+    let config = format!(
+        r#"
+[listen]
+https = "{server}:8443"
+plain_http_port = 8080
+
+[demo]
+listen = "127.0.0.1:8081"
+
+{certs}
+
+[[upstreams]]
+name = "demo"
+servers = ["127.0.0.1:8081"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "demo"
+auth = "none"
+rate_limits = ["ip"]
+
+[rate_limit.escalation]
+rejections = 3
+window_secs = 60
+ban_secs = 30
+
+[[rate_limit.limits]]
+name = "ip"
+key = "source"
+rate = "2/min"
+
+[xdp]
+interface = "{iface}"
+mode = "skb"
+sweep_interval_ms = 50
+"#,
+        certs = certs.toml(),
+        iface = bed.server_if,
+    );
+    let path = dir.0.join("gateway.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", bed.server.name()])
+        .arg(gateway_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("GATEWAY_STATE_DIR", dir.0.join("state"));
+    let mut gw = Running::spawn(cmd);
+    wait_line(&mut gw, "running;", Duration::from_secs(15));
+    let dst = SocketAddr::new(server, 8443);
+    let (attacker, neighbour) = (bed.host_ip(false, 2), bed.host_ip(false, 3));
+    let cfg = client_config(&certs.ca, &[&rustls::version::TLS13]);
+    let status_from = |src| {
+        bed.client.run(|| {
+            let tcp = connect_from(src, dst, Duration::from_secs(2)).expect("connect");
+            let mut c = Client::over(tcp, "localhost", cfg.clone()).expect("TLS");
+            c.send(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .expect("send");
+            c.response("GET").expect("response").status
+        })
+    };
+    let statuses: Vec<u16> = (0..5).map(|_| status_from(attacker)).collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    let line = wait_line(&mut gw, "verdict: ", Duration::from_secs(3));
+    assert!(
+        line.contains(&format!(
+            "verdict: {attacker} dropped in XDP for 30s (rate_limit:"
+        )),
+        "{line}"
+    );
+    // From now on the attacker's SYNs die in XDP; the neighbour is served.
+    let blocked = bed
+        .client
+        .run(|| connect_from(attacker, dst, Duration::from_secs(1)).map(|_| ()));
+    assert!(blocked.is_err(), "the banned source still connects");
+    assert_eq!(status_from(neighbour), 200);
+    gw.stop(Signal::SIGTERM, Duration::from_secs(10))
+        .expect("stops");
+    let counters = gw
+        .seen
+        .iter()
+        .rev()
+        .find(|l| l.contains("xdp counters:"))
+        .cloned()
+        .unwrap_or_default();
+    let dropped: u64 = counters
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("dropped_verdict="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 1, "no verdict drop counted: {counters}");
+}

@@ -14,7 +14,7 @@ use gateway_common::Verdict;
 
 use crate::{
     config::{Config, PlainHttpOnTls},
-    policy::SourcePolicy,
+    policy::{SourcePolicy, ip_of},
     xdp::{Counters, DataPlane, XdpError},
 };
 
@@ -63,6 +63,39 @@ impl Enforcement {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Every verdict held, live or not yet swept.
+    pub fn verdicts(&self) -> Vec<(IpAddr, Verdict)> {
+        let list = match self {
+            Self::Kernel(dp) => dp.verdicts(),
+            Self::Userspace(p) => p.lock().map_or_else(|_| Vec::new(), |p| p.verdicts()),
+        };
+        list.into_iter().map(|(k, v)| (ip_of(k), v)).collect()
+    }
+
+    /// Removes a source's verdict; whether it had one.
+    pub fn remove_verdict(&mut self, ip: IpAddr) -> bool {
+        match self {
+            Self::Kernel(dp) => dp.remove_verdict(ip),
+            Self::Userspace(p) => p.lock().is_ok_and(|mut p| p.remove_verdict(ip)),
+        }
+    }
+
+    /// A source's SYN clock (monotonic ns), wherever the budget is kept.
+    pub fn syn_clock(&self, ip: IpAddr) -> Option<u64> {
+        match self {
+            Self::Kernel(dp) => dp.syn_clock(ip),
+            Self::Userspace(p) => p.lock().ok().and_then(|p| p.syn_clock(ip)),
+        }
+    }
+
+    /// Where sources are checked, in a word.
+    pub fn place(&self) -> &'static str {
+        match self {
+            Self::Kernel(_) => "xdp",
+            Self::Userspace(_) => "userspace",
         }
     }
 

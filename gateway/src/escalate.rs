@@ -139,6 +139,23 @@ impl Escalation {
         ))
     }
 
+    /// What is counted against `source` at `now`: 429s and 401s in the
+    /// current window, and its offences so far.
+    pub fn counts(&self, source: IpAddr, now: u64) -> (u32, u32, u32) {
+        let (r, a) = self
+            .windows
+            .get(&source)
+            .filter(|w| now.saturating_sub(w.start) < self.settings.window_secs)
+            .map_or((0, 0), |w| (w.rejections, w.auth_failures));
+        let offences = self.offenders.get(&source).map_or(0, |o| o.0);
+        (r, a, offences)
+    }
+
+    /// The settings it counts by.
+    pub fn settings(&self) -> EscalationSettings {
+        self.settings
+    }
+
     fn sentence(
         &mut self,
         source: IpAddr,

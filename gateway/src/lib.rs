@@ -9,6 +9,7 @@
 //! (where the source policy is enforced), `fdlimit` (connection caps against
 //! `RLIMIT_NOFILE`), `demo` (the built-in backend).
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod conn;
@@ -30,5 +31,6 @@ pub mod server;
 pub mod snapshot;
 pub mod stages;
 pub mod tls;
+pub mod verdicts;
 pub mod worker;
 pub mod xdp;

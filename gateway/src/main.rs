@@ -3,17 +3,20 @@
 use std::{
     path::PathBuf,
     process::ExitCode,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
 use clap::{Parser, Subcommand};
 use gateway::{
+    admin::{
+        AdminServer,
+        client::{self, AdminClient},
+    },
     clock::{Clock, Monotonic},
     config::{Authenticator, Config, RouteAuth},
     control::{self, AuthFailures, Events, IssuerFiles, KeyWatch},
     enforce::Enforcement,
-    escalate::{Escalation, Sentence},
     server::Server,
     snapshot::{Published, Snapshot},
     stages::{
@@ -24,9 +27,9 @@ use gateway::{
         rate_limit::Buckets,
     },
     tls,
+    verdicts::Book,
     worker::Shared,
 };
-use gateway_common::Verdict;
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser)]
@@ -57,6 +60,71 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         cmd: KeysCmd,
+    },
+    /// List, place and lift verdicts through a running gateway's admin API.
+    Verdicts {
+        #[command(subcommand)]
+        cmd: VerdictsCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Say whether a source is dropped, by what, since when, and its counters.
+    Why {
+        /// The source address.
+        address: std::net::IpAddr,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the live rate limits of a source (and consumer) on each route.
+    Limits {
+        /// The source address.
+        #[arg(long)]
+        source: std::net::IpAddr,
+        /// The consumer (API-key consumer id or token subject).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Only this route (its index, as `gateway check` lists them).
+        #[arg(long)]
+        route: Option<usize>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Which gateway's admin API to ask.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The running gateway's configuration (for `admin.listen` and
+    /// `admin.token_file`); without it, the embedded default's.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The admin API's address, instead of the configuration's.
+    #[arg(long, global = true)]
+    admin: Option<std::net::SocketAddr>,
+    /// Print the API's JSON answer as is.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum VerdictsCmd {
+    /// The live verdicts.
+    List,
+    /// Drop a source for a while (reason `policy`).
+    Add {
+        /// The source address.
+        address: std::net::IpAddr,
+        /// For how long, in seconds.
+        #[arg(long)]
+        secs: u64,
+        /// Why, for the log and the list.
+        #[arg(long, default_value = "")]
+        why: String,
+    },
+    /// Lift a source's verdict.
+    Remove {
+        /// The source address.
+        address: std::net::IpAddr,
     },
 }
 
@@ -97,6 +165,14 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Keys { cmd } => keys(cmd),
+        Cmd::Verdicts { cmd, admin } => verdicts(cmd, &admin),
+        Cmd::Why { address, admin } => why(address, &admin),
+        Cmd::Limits {
+            source,
+            consumer,
+            route,
+            admin,
+        } => limits(source, consumer.as_deref(), route, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -278,6 +354,82 @@ fn print_routes(cfg: &Config) {
     }
 }
 
+fn admin_client(a: &AdminArgs) -> Result<AdminClient, String> {
+    AdminClient::new(&load(a.config.as_ref())?, a.admin)
+}
+
+fn print_lines(
+    json: bool,
+    v: &serde_json::Value,
+    lines: impl FnOnce(&serde_json::Value) -> Vec<String>,
+) {
+    if json {
+        println!("{v}");
+    } else {
+        for l in lines(v) {
+            println!("{l}");
+        }
+    }
+}
+
+/// `gateway verdicts list|add|remove`.
+fn verdicts(cmd: VerdictsCmd, a: &AdminArgs) -> Result<(), String> {
+    let c = admin_client(a)?;
+    match cmd {
+        VerdictsCmd::List => {
+            let v = c.ok("GET", "/verdicts", None)?;
+            print_lines(a.json, &v, client::verdict_lines);
+        }
+        VerdictsCmd::Add { address, secs, why } => {
+            let body = serde_json::json!({"source": address.to_string(), "secs": secs, "why": why});
+            let v = c.ok("POST", "/verdicts", Some(&body))?;
+            print_lines(a.json, &v, |_| {
+                vec![format!("verdict on {address} for {secs}s placed")]
+            });
+        }
+        VerdictsCmd::Remove { address } => {
+            let v = c.ok("DELETE", &format!("/verdicts/{address}"), None)?;
+            print_lines(a.json, &v, |_| vec![format!("verdict on {address} lifted")]);
+        }
+    }
+    Ok(())
+}
+
+/// `gateway why ADDRESS`.
+fn why(address: std::net::IpAddr, a: &AdminArgs) -> Result<(), String> {
+    let v = admin_client(a)?.ok("GET", &format!("/why/{address}"), None)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    print_lines(a.json, &v, |v| client::why_lines(v, now));
+    Ok(())
+}
+
+/// `gateway limits --source ADDRESS`.
+fn limits(
+    source: std::net::IpAddr,
+    consumer: Option<&str>,
+    route: Option<usize>,
+    a: &AdminArgs,
+) -> Result<(), String> {
+    let mut path = format!("/limits?source={source}");
+    if let Some(c) = consumer {
+        if !c
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"&=%#?".contains(&b))
+        {
+            return Err(format!("consumer `{c}`: printable ASCII without & = % # ?"));
+        }
+        path.push_str(&format!("&consumer={c}"));
+    }
+    if let Some(r) = route {
+        path.push_str(&format!("&route={r}"));
+    }
+    let v = admin_client(a)?.ok("GET", &path, None)?;
+    print_lines(a.json, &v, client::limit_lines);
+    Ok(())
+}
+
 /// `gateway keys new|hash`.
 fn keys(cmd: KeysCmd) -> Result<(), String> {
     match cmd {
@@ -377,7 +529,7 @@ fn run(mut cfg: Config) -> Result<(), String> {
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = certificates(&cfg, true)?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
-    let mut enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
+    let enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
     tracing::info!("config: {}", cfg.source);
     for line in enforcement.describe(&cfg) {
         tracing::info!("{line}");
@@ -405,6 +557,19 @@ fn run(mut cfg: Config) -> Result<(), String> {
         buckets: Buckets::new(cfg.rate_limit.table_entries),
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
+    let book = Arc::new(Mutex::new(Book::new(enforcement, &cfg)));
+    let admin = AdminServer::start(&cfg.admin, book.clone(), shared.clone())?;
+    if let Some(a) = &admin {
+        tracing::info!(
+            "admin API on http://{} ({})",
+            a.addr,
+            if cfg.admin.token_file.is_some() {
+                "bearer token required"
+            } else {
+                "no token: loopback only"
+            }
+        );
+    }
     let mut asks = Vec::new();
     for (i, fetcher) in fetchers.into_iter().enumerate() {
         let Some(https) = fetcher else {
@@ -422,10 +587,20 @@ fn run(mut cfg: Config) -> Result<(), String> {
         issuer_files: IssuerFiles::new(&cfg.auth.jwt),
         fetchers: asks,
         failures: AuthFailures::default(),
-        escalation: Escalation::new(cfg.rate_limit.escalation, &cfg.policy.allow),
         rx,
     };
-    serve_until_stopped(&cfg, &signals, &shared, &mut enforcement, &mut control);
+    serve_until_stopped(&cfg, &signals, &shared, &book, &mut control);
+    if let Some(a) = admin {
+        a.stop();
+    }
+    let enforcement = match Arc::try_unwrap(book) {
+        Ok(book) => {
+            book.into_inner()
+                .map_err(|_| "the verdict book was poisoned")?
+                .enforcement
+        }
+        Err(_) => return Err("the verdict book is still shared at exit".into()),
+    };
 
     let grace = Duration::from_millis(cfg.limits.shutdown_grace_ms);
     tracing::info!("stopping: no new connections, in-flight requests get {grace:?}");
@@ -482,7 +657,6 @@ struct Control {
     /// Per issuer: asks its fetcher for fresh keys (URL and discovery issuers).
     fetchers: Vec<Option<std::sync::mpsc::SyncSender<()>>>,
     failures: AuthFailures,
-    escalation: Escalation,
     rx: std::sync::mpsc::Receiver<control::Event>,
 }
 
@@ -492,7 +666,7 @@ fn serve_until_stopped(
     cfg: &Config,
     signals: &SigSet,
     shared: &Shared,
-    enforcement: &mut Enforcement,
+    book: &Mutex<Book>,
     control: &mut Control,
 ) {
     let tick = Duration::from_millis(cfg.xdp.sweep_interval_ms);
@@ -519,10 +693,14 @@ fn serve_until_stopped(
             .poll(&cfg.auth.jwt, &shared.published, hup);
         let fetchers = &control.fetchers;
         let now = clock.now_ns();
+        let Ok(mut book) = book.lock() else {
+            tracing::error!("the verdict book is unusable: stopping");
+            return;
+        };
         let sentences = control::drain(
             &control.rx,
             &mut control.failures,
-            &mut control.escalation,
+            &mut book.escalation,
             now / 1_000_000_000,
             |issuer| {
                 if let Some(Some(ask)) = fetchers.get(issuer) {
@@ -532,9 +710,9 @@ fn serve_until_stopped(
             },
         );
         for s in sentences {
-            place(enforcement, &s, now);
+            book.place(&s, now);
         }
-        match enforcement.sweep(clock.now_ns()) {
+        match book.sweep(clock.now_ns()) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} expired verdicts"),
             Err(e) => tracing::warn!("sweeping verdicts: {e}"),
@@ -542,7 +720,7 @@ fn serve_until_stopped(
         since_stats += tick;
         if !stats_every.is_zero() && since_stats >= stats_every {
             since_stats = Duration::ZERO;
-            if let Some(Ok(c)) = enforcement.counters()
+            if let Some(Ok(c)) = book.enforcement.counters()
                 && last != Some(c)
             {
                 tracing::info!("xdp counters: {c}");
@@ -558,30 +736,6 @@ fn serve_until_stopped(
                 dropped_before = dropped;
             }
         }
-    }
-}
-
-/// Places an earned verdict and says so once, with the reason.
-fn place(enforcement: &mut Enforcement, s: &Sentence, now_ns: u64) {
-    let verdict = Verdict {
-        expires_at_ns: now_ns.saturating_add(s.secs.saturating_mul(1_000_000_000)),
-        reason: s.reason as u32,
-        _pad: 0,
-    };
-    let at = match enforcement {
-        Enforcement::Kernel(_) => "dropped in XDP",
-        Enforcement::Userspace(_) => "refused at accept",
-    };
-    match enforcement.set_verdict(s.source, verdict) {
-        Ok(()) => tracing::warn!(
-            "verdict: {} {at} for {}s ({}: {}; offence {})",
-            s.source,
-            s.secs,
-            s.reason.code(),
-            s.why,
-            s.offence
-        ),
-        Err(e) => tracing::error!("verdict for {} not placed: {e}", s.source),
     }
 }
 

@@ -26,6 +26,12 @@ pub fn source_addr(ip: IpAddr) -> SourceAddr {
     }
 }
 
+/// The address a map key stands for (IPv4-mapped as IPv4).
+pub fn ip_of(addr: SourceAddr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(addr.octets);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
 /// A CIDR as (IPv6-mapped prefix bytes, prefix length), as the LPM tries key it.
 pub fn mapped_prefix(net: &IpNet) -> ([u8; 16], u32) {
     match net {
@@ -145,6 +151,21 @@ impl SourcePolicy {
     /// Places (or replaces) a verdict.
     pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) {
         self.verdicts.insert(source_addr(ip), verdict);
+    }
+
+    /// Every verdict held (live or not yet swept).
+    pub fn verdicts(&self) -> Vec<(SourceAddr, Verdict)> {
+        self.verdicts.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Removes a source's verdict; whether it had one.
+    pub fn remove_verdict(&mut self, ip: IpAddr) -> bool {
+        self.verdicts.remove(&source_addr(ip)).is_some()
+    }
+
+    /// A source's SYN clock (monotonic ns), if it has one.
+    pub fn syn_clock(&self, ip: IpAddr) -> Option<u64> {
+        self.tat.get(&source_addr(ip)).copied()
     }
 
     /// Removes expired verdicts and idle SYN state; returns how many verdicts went.

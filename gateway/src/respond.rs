@@ -191,6 +191,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        201 => "Created",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",

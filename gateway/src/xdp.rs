@@ -10,7 +10,7 @@ use std::{io, net::IpAddr};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use gateway_common::{
@@ -327,6 +327,34 @@ impl DataPlane {
                     e,
                 )
             })
+    }
+
+    /// Every verdict in the map (live or not yet swept).
+    pub fn verdicts(&self) -> Vec<(SourceAddr, Verdict)> {
+        self.verdicts.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Removes a source's verdict; whether it had one.
+    pub fn remove_verdict(&mut self, ip: IpAddr) -> bool {
+        self.verdicts.remove(&source_addr(ip)).is_ok()
+    }
+
+    /// A source's SYN clock (GCRA theoretical arrival time, monotonic ns)
+    /// in the shared map and, the latest over CPUs, in the per-CPU one.
+    pub fn syn_clock(&self, ip: IpAddr) -> Option<u64> {
+        let key = source_addr(ip);
+        let shared = self
+            .ebpf
+            .map(map_names::SYN_TAT)
+            .and_then(|m| HashMap::<&MapData, SourceAddr, u64>::try_from(m).ok())
+            .and_then(|m| m.get(&key, 0).ok());
+        let per_cpu = self
+            .ebpf
+            .map(map_names::SYN_TAT_PER_CPU)
+            .and_then(|m| PerCpuHashMap::<&MapData, SourceAddr, u64>::try_from(m).ok())
+            .and_then(|m| m.get(&key, 0).ok())
+            .and_then(|v| v.iter().copied().max());
+        shared.max(per_cpu)
     }
 
     /// Removes verdicts that expired before `now_ns`; returns how many.

@@ -428,6 +428,18 @@ impl Gateway {
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
+
+    /// The admin API's address, from the start-up log.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.proc.seen.iter().find_map(|l| {
+            l.split("admin API on http://")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+    }
 }
 
 /// A TLS client speaking raw HTTP/1.1.
@@ -783,11 +795,14 @@ enabled = false
     );
     // Every test talks from 127.0.0.1: a test that is not about verdicts
     // must not earn one for its refused requests.
-    let config = if tail.contains("[rate_limit.escalation]") {
-        config
-    } else {
-        config + "\n[rate_limit.escalation]\nrejections = 0\nauth_failures = 0\n"
-    };
+    let mut config = config;
+    if !tail.contains("[rate_limit.escalation]") {
+        config.push_str("\n[rate_limit.escalation]\nrejections = 0\nauth_failures = 0\n");
+    }
+    // Tests run side by side: each admin API on a port of its own.
+    if !tail.contains("[admin]") {
+        config.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
     let gw = Gateway::start_under(dir, port, &config, wrapper);
     Setup {
         gw,

@@ -396,6 +396,30 @@ sweep_interval_ms = 50
         .run(|| connect_from(attacker, dst, Duration::from_secs(1)).map(|_| ()));
     assert!(blocked.is_err(), "the banned source still connects");
     assert_eq!(status_from(neighbour), 200);
+    // The operator's view from the gateway's host, then lifting the verdict.
+    let admin = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", bed.server.name()])
+            .arg(gateway_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("gateway cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let why = admin(&["why", &attacker.to_string()]);
+    assert!(
+        why.starts_with(&format!("{attacker}: DROPPED by a verdict (in xdp)")),
+        "{why}"
+    );
+    assert!(why.contains("verdict: rate_limit, "), "{why}");
+    let lifted = admin(&["verdicts", "remove", &attacker.to_string()]);
+    assert_eq!(lifted.trim(), format!("verdict on {attacker} lifted"));
+    let back = bed
+        .client
+        .run(|| connect_from(attacker, dst, Duration::from_secs(2)).map(|_| ()));
+    assert!(back.is_ok(), "lifted, yet still dropped: {back:?}");
     gw.stop(Signal::SIGTERM, Duration::from_secs(10))
         .expect("stops");
     let counters = gw

@@ -7,6 +7,7 @@
 //! `upstreams`, `xdp` (kernel settings and source policy); `located` makes
 //! the errors.
 
+mod admin;
 mod auth;
 mod jwt;
 mod located;
@@ -15,6 +16,7 @@ mod routes;
 mod upstreams;
 mod xdp;
 
+pub use admin::*;
 pub use auth::*;
 pub use jwt::*;
 pub(crate) use located::*;
@@ -94,6 +96,8 @@ struct File {
     auth: AuthFile,
     #[serde(default)]
     rate_limit: RateLimitFile,
+    #[serde(default)]
+    admin: AdminFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -287,6 +291,8 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     /// Rate limits and their escalation to verdicts.
     pub rate_limit: RateLimitSettings,
+    /// The admin API.
+    pub admin: AdminSettings,
 }
 
 /// One certificate with the names it answers for.
@@ -379,6 +385,13 @@ impl Config {
             endpoints: &endpoints,
         };
         let rate_limit = rate_limit_settings(&raw.rate_limit, &invalid)?;
+        let admin = admin_settings(
+            &raw.admin,
+            file,
+            raw.listen.https,
+            *raw.listen.plain_http_port.get_ref(),
+            &invalid,
+        )?;
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let max_body = raw.limits.max_body_bytes;
@@ -455,6 +468,7 @@ impl Config {
             upstreams,
             routes,
             rate_limit,
+            admin,
             source: file.to_owned(),
             https: raw.listen.https,
             plain_http_port: *raw.listen.plain_http_port.get_ref(),

@@ -118,6 +118,30 @@ impl Buckets {
             .count()
     }
 
+    /// What charging `key` at `now` would answer, without charging.
+    pub fn peek(&self, key: u64, now: u64, interval: u64, burst: u64) -> Charge {
+        let tau = interval.saturating_mul(burst);
+        let start = key as usize & self.mask;
+        let tat = (0..PROBES)
+            .map(|i| unpack(self.slots[(start + i) & self.mask].load(Ordering::Acquire)))
+            .find(|&(tag, _)| tag == key)
+            .map_or(0, |(_, tat)| tat);
+        let base = tat.max(now);
+        let next = base.saturating_add(interval);
+        let allowed = next - now <= tau;
+        Charge {
+            allowed,
+            // Counting the request it describes.
+            remaining: if allowed {
+                (tau - (next - now)) / interval + 1
+            } else {
+                0
+            },
+            reset_ns: base - now,
+            retry_ns: if allowed { 0 } else { next - now - tau },
+        }
+    }
+
     /// Charges one request to `key`: allowed when the bucket can take it
     /// (`burst` at once, then one per `interval` nanoseconds).
     pub fn charge(&self, key: u64, now: u64, interval: u64, burst: u64) -> Charge {
@@ -279,7 +303,6 @@ pub fn charge(
     lines: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let now = buckets.now_ns();
-    let route = who.route.to_le_bytes();
     let mut refused: Option<(&LimitSettings, Charge)> = None;
     let mut tightest: Option<(&LimitSettings, Charge)> = None;
     for &i in route_limits {
@@ -287,19 +310,7 @@ pub fn charge(
         if (phase == Phase::Identified) != limit.key.needs_identity() {
             continue;
         }
-        let consumer = who.consumer.map(str::as_bytes);
-        // An anonymous caller of a consumer-keyed limit is counted by source.
-        let by_source = limit.key.source || (limit.key.consumer && consumer.is_none());
-        let parts: [&[u8]; 3] = [
-            if by_source { &who.source } else { b"" },
-            if limit.key.consumer {
-                consumer.unwrap_or(b"")
-            } else {
-                b""
-            },
-            if limit.key.route { &route } else { b"" },
-        ];
-        let key = buckets.key(i, &parts);
+        let key = bucket_key(buckets, i, limit, who);
         let c = buckets.charge(key, now, limit.interval_ns(), limit.burst);
         if !c.allowed {
             if refused.is_none_or(|(_, r)| r.retry_ns < c.retry_ns) {
@@ -319,6 +330,43 @@ pub fn charge(
         write_lines(lines, limit, &c);
     }
     Ok(())
+}
+
+/// The bucket of limit `i` for `who`.
+fn bucket_key(buckets: &Buckets, i: usize, limit: &LimitSettings, who: &Caller<'_>) -> u64 {
+    let consumer = who.consumer.map(str::as_bytes);
+    // An anonymous caller of a consumer-keyed limit is counted by source.
+    let by_source = limit.key.source || (limit.key.consumer && consumer.is_none());
+    let route = who.route.to_le_bytes();
+    let parts: [&[u8]; 3] = [
+        if by_source { &who.source } else { b"" },
+        if limit.key.consumer {
+            consumer.unwrap_or(b"")
+        } else {
+            b""
+        },
+        if limit.key.route { &route } else { b"" },
+    ];
+    buckets.key(i, &parts)
+}
+
+/// Each limit's state for `who`, as the admin API shows it: (limit index,
+/// what a request would get now).
+pub fn live(
+    buckets: &Buckets,
+    settings: &RateLimitSettings,
+    who: &Caller<'_>,
+) -> Vec<(usize, Charge)> {
+    let now = buckets.now_ns();
+    settings
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let key = bucket_key(buckets, i, l, who);
+            (i, buckets.peek(key, now, l.interval_ns(), l.burst))
+        })
+        .collect()
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers),

@@ -1,0 +1,381 @@
+//! The admin API: plain HTTP/1.1 with JSON, on its own listener (loopback
+//! by default, never the public port), one request per connection, served
+//! by one thread off the request path. With `admin.token_file` every
+//! request must carry `Authorization: Bearer <token>`.
+//!
+//! - `GET /verdicts`: the live verdicts.
+//! - `POST /verdicts` with `{"source": ADDR, "secs": N, "why": TEXT}`: place one.
+//! - `DELETE /verdicts/ADDR`: lift one.
+//! - `GET /why/ADDR`: is the source dropped, by what, since when, and its counters.
+//! - `GET /limits?source=ADDR[&consumer=ID][&route=N]`: each limit's live state.
+//!
+//! `client` is the other end, for `gateway verdicts|why|limits`.
+
+pub mod client;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::{
+    clock::{Clock, Monotonic},
+    config::AdminSettings,
+    respond::reason_phrase,
+    stages::rate_limit::{self, Caller},
+    verdicts::{Book, BookError},
+    worker::Shared,
+};
+
+/// Largest request head and body the admin API reads.
+const MAX_HEAD: usize = 8 * 1024;
+const MAX_BODY: usize = 4 * 1024;
+/// How long one client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running admin API.
+pub struct AdminServer {
+    /// The address it listens on (the port is known after binding `:0`).
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `settings.listen` and serves from a thread.
+    pub fn start(
+        settings: &AdminSettings,
+        book: Arc<Mutex<Book>>,
+        shared: Arc<Shared>,
+    ) -> Result<Option<Self>, String> {
+        let Some(listen) = settings.listen else {
+            return Ok(None);
+        };
+        let token = match &settings.token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| format!("admin.token_file {}: {e}", p.display()))?;
+                let t = t.trim().to_owned();
+                if t.len() < 16 {
+                    return Err(format!(
+                        "admin.token_file {}: the token needs at least 16 characters",
+                        p.display()
+                    ));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(listen)
+            .map_err(|e| format!("admin API: cannot listen on {listen}: {e} (admin.listen)"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let api = Api {
+            book,
+            shared,
+            token,
+        };
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => api.serve(stream),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the admin API: {e}"))?;
+        Ok(Some(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Stops serving and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Api {
+    book: Arc<Mutex<Book>>,
+    shared: Arc<Shared>,
+    token: Option<String>,
+}
+
+/// A request as the admin API reads it.
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'static str)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let head_len = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err((431, "admin.head_too_large"));
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err((400, "admin.incomplete")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err((400, "admin.malformed")),
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::to_owned)
+    };
+    if header("transfer-encoding").is_some() {
+        return Err((400, "admin.chunked"));
+    }
+    let length: usize = match header("content-length") {
+        None => 0,
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| (400, "admin.content_length"))?,
+    };
+    if length > MAX_BODY {
+        return Err((413, "admin.body_too_large"));
+    }
+    let mut body = buf[head_len..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err((400, "admin.incomplete")),
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(length);
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok(Request {
+        method: req.method.unwrap_or("").to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        authorization: header("authorization"),
+        body,
+    })
+}
+
+fn error(status: u16, reason: &str, detail: impl Into<String>) -> (u16, Value) {
+    (
+        status,
+        json!({"error": reason_phrase(status), "reason": reason, "detail": detail.into()}),
+    )
+}
+
+fn address(text: &str) -> Result<IpAddr, (u16, Value)> {
+    text.parse().map_err(|_| {
+        error(
+            400,
+            "admin.address",
+            format!("`{text}` is not an IP address"),
+        )
+    })
+}
+
+impl Api {
+    fn serve(&self, mut stream: TcpStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+        let (status, body) = match read_request(&mut stream) {
+            Ok(req) => self.answer(&req),
+            Err((status, reason)) => error(status, reason, "could not read the request"),
+        };
+        let body = body.to_string();
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            reason_phrase(status),
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body.as_bytes());
+    }
+
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .authorization
+            .as_deref()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, t)| t.trim());
+        bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    fn answer(&self, req: &Request) -> (u16, Value) {
+        if !self.authorized(req) {
+            return error(
+                401,
+                "admin.token",
+                "this admin API needs `Authorization: Bearer <token>`",
+            );
+        }
+        let now = Monotonic.now_ns();
+        let Ok(mut book) = self.book.lock() else {
+            return error(500, "admin.internal", "the verdict book is unusable");
+        };
+        let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        let result = match (req.method.as_str(), segments.as_slice()) {
+            ("GET", ["verdicts"]) => Ok((
+                200,
+                json!({"verdicts": book.list(now).iter().map(|e| e.json()).collect::<Vec<_>>()}),
+            )),
+            ("POST", ["verdicts"]) => add(&mut book, &req.body, now),
+            ("DELETE", ["verdicts", ip]) => address(ip).map(|ip| {
+                if book.remove(ip) {
+                    (200, json!({"removed": ip.to_string()}))
+                } else {
+                    error(404, "admin.no_verdict", format!("{ip} holds no verdict"))
+                }
+            }),
+            ("GET", ["why", ip]) => address(ip).map(|ip| (200, book.why(ip, now))),
+            ("GET", ["limits"]) => {
+                drop(book);
+                self.limits(&req.query)
+            }
+            (_, ["verdicts"] | ["verdicts", _] | ["why", _] | ["limits"]) => Ok(error(
+                405,
+                "admin.method",
+                format!("{} is not served here", req.method),
+            )),
+            _ => Ok(error(
+                404,
+                "admin.not_found",
+                format!("no {} here", req.path),
+            )),
+        };
+        result.unwrap_or_else(|e| e)
+    }
+
+    fn limits(&self, query: &str) -> Result<(u16, Value), (u16, Value)> {
+        let mut source = None;
+        let mut consumer = None;
+        let mut route = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "source" => source = Some(address(v)?),
+                "consumer" => consumer = Some(v.to_owned()),
+                "route" => {
+                    route = Some(v.parse::<usize>().map_err(|_| {
+                        error(400, "admin.route", format!("`{v}` is not a route index"))
+                    })?)
+                }
+                _ => {
+                    return Err(error(
+                        400,
+                        "admin.query",
+                        format!("unknown parameter `{k}`"),
+                    ));
+                }
+            }
+        }
+        let source = source.ok_or_else(|| error(400, "admin.query", "give source=ADDRESS"))?;
+        let snap = self.shared.published.current();
+        let settings = &snap.cfg.rate_limit;
+        let routes: Vec<usize> = match route {
+            Some(r) if r < snap.cfg.routes.len() => vec![r],
+            Some(r) => return Err(error(404, "admin.route", format!("no routes[{r}]"))),
+            None => (0..snap.cfg.routes.len()).collect(),
+        };
+        let mut out = Vec::new();
+        for r in routes {
+            let who = Caller {
+                source: rate_limit::source_key(source, settings.ipv6_prefix),
+                consumer: consumer.as_deref(),
+                route: r,
+            };
+            let live = rate_limit::live(&self.shared.buckets, settings, &who);
+            for i in &snap.cfg.routes[r].rate_limits {
+                let (_, c) = live[*i];
+                let l = &settings.limits[*i];
+                out.push(json!({
+                    "route": r,
+                    "limit": l.name,
+                    "key": l.key.to_string(),
+                    "rate": format!("{}/{}s", l.count, l.window_secs),
+                    "burst": l.burst,
+                    "remaining": c.remaining,
+                    "full_in_ms": c.reset_ns / 1_000_000,
+                    "retry_in_ms": c.retry_ns / 1_000_000,
+                }));
+            }
+        }
+        Ok((
+            200,
+            json!({"source": source.to_string(), "consumer": consumer, "limits": out}),
+        ))
+    }
+}
+
+fn add(book: &mut Book, body: &[u8], now: u64) -> Result<(u16, Value), (u16, Value)> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| error(400, "admin.json", format!("the body is not JSON: {e}")))?;
+    let source = v["source"]
+        .as_str()
+        .ok_or_else(|| error(400, "admin.json", "give \"source\": an IP address"))
+        .and_then(address)?;
+    let secs = v["secs"].as_u64().ok_or_else(|| {
+        error(
+            400,
+            "admin.json",
+            "give \"secs\": a whole number of seconds",
+        )
+    })?;
+    let why = v["why"].as_str().unwrap_or("");
+    if why.len() > 256 || why.chars().any(char::is_control) {
+        return Err(error(
+            400,
+            "admin.json",
+            "\"why\" is at most 256 printable characters",
+        ));
+    }
+    match book.add(source, secs, why, now) {
+        Ok(()) => Ok((
+            201,
+            json!({"source": source.to_string(), "expires_in_secs": secs}),
+        )),
+        Err(e @ (BookError::Length | BookError::Allowed(_) | BookError::Own(_))) => {
+            Err(error(400, "admin.verdict", e.to_string()))
+        }
+        Err(e @ BookError::Kernel(_)) => Err(error(500, "admin.kernel", e.to_string())),
+    }
+}

@@ -1,0 +1,215 @@
+//! The admin API and the commands that talk to it, end to end: a token it
+//! insists on, verdicts placed, listed, explained and lifted, live limits,
+//! bad requests, and the public port never answering for it.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use gateway_tests::{
+    gateway_bin,
+    harness::{Setup, TempDir, reason_of, setup_with},
+};
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+const ROUTES: &str = r#"
+[[routes]]
+path_prefix = "/limited"
+upstream = "backend"
+auth = "none"
+rate_limits = ["ip"]
+"#;
+
+fn start(dir: &TempDir) -> Setup {
+    let token = dir.0.join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    setup_with(
+        "admin",
+        "",
+        "workers = 2",
+        ROUTES,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+             [rate_limit.escalation]\nrejections = 50\nauth_failures = 0\n\
+             [[rate_limit.limits]]\nname = \"ip\"\nkey = \"source\"\nrate = \"3/min\"\n",
+            token.display()
+        ),
+        &[],
+    )
+}
+
+/// Runs `gateway ARGS --config <the running config> --admin <its API>`.
+fn cli(s: &Setup, args: &[&str]) -> (i32, String, String) {
+    let admin = s.gw.admin_addr().expect("admin address in the log");
+    let out = Command::new(gateway_bin())
+        .args(args)
+        .arg("--config")
+        .arg(s.gw.dir.0.join("gateway.toml"))
+        .arg("--admin")
+        .arg(admin.to_string())
+        .output()
+        .expect("run gateway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One raw request to the admin API; the status line and the body.
+fn raw(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli() {
+    let dir = TempDir::new("admin-token");
+    let s = start(&dir);
+    let admin = s.gw.admin_addr().expect("admin address");
+    assert!(admin.ip().is_loopback());
+
+    // Without the token, or with a wrong one: 401, nothing listed.
+    let (status, body) = raw(admin, "GET /verdicts HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(status.contains(" 401 "), "{status} {body}");
+    assert!(body.contains("admin.token"), "{body}");
+    let (status, _) = raw(
+        admin,
+        "GET /verdicts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-admin-token-0123456788\r\n\r\n",
+    );
+    assert!(status.contains(" 401 "), "{status}");
+
+    // Place one through the CLI; it is listed and explained.
+    let (code, out, err) = cli(
+        &s,
+        &[
+            "verdicts",
+            "add",
+            "198.18.7.7",
+            "--secs",
+            "60",
+            "--why",
+            "scanner",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "verdict on 198.18.7.7 for 60s placed");
+    let (code, out, _) = cli(&s, &["verdicts", "list"]);
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("198.18.7.7"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("policy") && line.contains("scanner"),
+        "{line}"
+    );
+    let (_, out, _) = cli(&s, &["why", "198.18.7.7"]);
+    assert!(
+        out.starts_with("198.18.7.7: DROPPED by a verdict (in userspace)"),
+        "{out}"
+    );
+    let verdict = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        verdict.starts_with("  verdict: policy, 6") && verdict.ends_with("s ago: scanner"),
+        "{out}"
+    );
+    let (_, out, _) = cli(&s, &["why", "198.18.7.7", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["by"], "verdict");
+
+    // 429s count towards escalation, and the live limit shows it.
+    for _ in 0..5 {
+        s.get("/limited/x", "");
+    }
+    // The control loop counts them at its next tick (every second).
+    let mut out = String::new();
+    for _ in 0..30 {
+        out = cli(&s, &["why", "127.0.0.1"]).1;
+        if out.contains("escalation: 2/") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(out.starts_with("127.0.0.1: not dropped"), "{out}");
+    assert!(out.contains("escalation: 2/50 rejections"), "{out}");
+    let (code, out, err) = cli(&s, &["limits", "--source", "127.0.0.1", "--route", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("routes[0] ip (by source) 3/60s burst 3: 0 left"),
+        "{out}"
+    );
+    assert!(out.contains("refused for "), "{out}");
+
+    // Lift it; lifting again says there is none.
+    let (code, out, _) = cli(&s, &["verdicts", "remove", "198.18.7.7"]);
+    assert_eq!((code, out.trim()), (0, "verdict on 198.18.7.7 lifted"));
+    let (code, _, err) = cli(&s, &["verdicts", "remove", "198.18.7.7"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("198.18.7.7 holds no verdict"), "{err}");
+    let (_, out, _) = cli(&s, &["verdicts", "list"]);
+    assert_eq!(out.trim(), "no verdicts");
+
+    // Bad requests get a reason, and change nothing.
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    for (body, want) in [
+        ("{\"source\":", "admin.json"),
+        ("{\"source\":\"nope\",\"secs\":5}", "admin.address"),
+        ("{\"source\":\"198.18.7.8\",\"secs\":0}", "admin.verdict"),
+        ("{\"source\":\"198.18.7.8\"}", "admin.json"),
+    ] {
+        let (status, answer) = raw(
+            admin,
+            &format!(
+                "POST /verdicts HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(status.contains(" 400 "), "{body}: {status} {answer}");
+        assert!(answer.contains(want), "{body}: {answer}");
+    }
+    let (status, _) = raw(
+        admin,
+        &format!("PUT /verdicts HTTP/1.1\r\nHost: x\r\n{auth}\r\n"),
+    );
+    assert!(status.contains(" 405 "), "{status}");
+    let (_, out, _) = cli(&s, &["verdicts", "list"]);
+    assert_eq!(out.trim(), "no verdicts");
+
+    // The public port never serves the admin API: its paths are routed
+    // like any other (here to the backend, which is not the API).
+    let r = s.get("/verdicts", &auth);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("\"verdicts\""),
+        "{r:?}"
+    );
+    assert_ne!(reason_of(&r), "admin.token");
+}
+
+#[test]
+fn the_cli_says_plainly_when_no_gateway_answers() {
+    let out = Command::new(gateway_bin())
+        .args(["verdicts", "list", "--admin", "127.0.0.1:9"])
+        .output()
+        .expect("run gateway");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("gateway: error: cannot reach the admin API at 127.0.0.1:9:"),
+        "{err}"
+    );
+    assert!(err.contains("is `gateway run` running?"), "{err}");
+}

@@ -13,7 +13,8 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::{
-    config::{LimitKey, LimitSettings, RateLimitSettings},
+    cluster,
+    config::{ClusterSettings, LimitKey, LimitSettings, OnFailure, RateLimitSettings},
     stages::rate_limit::{self, Buckets, Caller, Phase},
 };
 
@@ -34,7 +35,27 @@ fn settings() -> RateLimitSettings {
         headers: false,
         table_entries: 1 << 20,
         escalation: Default::default(),
+        shared: false,
     }
+}
+
+/// One decision on the per-ip limit.
+fn decide(
+    buckets: &Buckets,
+    s: &RateLimitSettings,
+    who: &Caller<'_>,
+    link: Option<&cluster::Link>,
+    lines: &mut Vec<u8>,
+) -> Result<(), gateway::respond::Failure> {
+    rate_limit::charge(
+        buckets,
+        s,
+        &[0],
+        Phase::Anonymous,
+        black_box(who),
+        link,
+        lines,
+    )
 }
 
 fn decision(c: &mut Criterion) {
@@ -46,18 +67,8 @@ fn decision(c: &mut Criterion) {
         route: 0,
     };
     let mut lines = Vec::new();
-    let mut one = |b: &mut criterion::Bencher<'_>| {
-        b.iter(|| {
-            rate_limit::charge(
-                &buckets,
-                &s,
-                &[0],
-                Phase::Anonymous,
-                black_box(&who),
-                &mut lines,
-            )
-        })
-    };
+    let mut one =
+        |b: &mut criterion::Bencher<'_>| b.iter(|| decide(&buckets, &s, &who, None, &mut lines));
     let mut g = c.benchmark_group("limit");
     g.bench_function("one worker", &mut one);
     let stop = Arc::new(AtomicBool::new(false));
@@ -72,7 +83,7 @@ fn decision(c: &mut Criterion) {
             let mut lines = Vec::new();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let _ = rate_limit::charge(&buckets, &s, &[0], Phase::Anonymous, &who, &mut lines);
+                let _ = decide(&buckets, &s, &who, None, &mut lines);
                 n += 1;
             }
             n
@@ -82,6 +93,29 @@ fn decision(c: &mut Criterion) {
     stop.store(true, Ordering::Relaxed);
     let n = other.join().expect("second thread");
     assert!(n > 0, "the second thread never charged");
+    // Shared through Redis: the decision also queues the admitted request
+    // for the sync thread (drained here as that thread would).
+    let (link, admitted) = cluster::link(&ClusterSettings {
+        redis: Some("redis://127.0.0.1:1/".into()),
+        sync_ms: 100,
+        on_failure: OnFailure::Open,
+    });
+    link.down.store(false, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                while admitted.try_recv().is_ok() {}
+            }
+        })
+    };
+    g.bench_function("one worker, shared through Redis", |b| {
+        b.iter(|| decide(&buckets, &s, &who, Some(&link), &mut Vec::new()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = drain.join();
     g.finish();
 }
 

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control;

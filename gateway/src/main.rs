@@ -14,6 +14,7 @@ use gateway::{
         client::{self, AdminClient},
     },
     clock::{Clock, Monotonic},
+    cluster::{self, Cluster},
     config::{Authenticator, Config, RouteAuth},
     control::{self, AuthFailures, Events, IssuerFiles, KeyWatch},
     enforce::Enforcement,
@@ -548,17 +549,52 @@ fn run(mut cfg: Config) -> Result<(), String> {
         tracing::info!("demo backend on http://{local}");
     }
     let (events, rx) = Events::new();
+    let (link, admitted) = match &cfg.cluster.redis {
+        Some(_) => {
+            let (l, rx) = cluster::link(&cfg.cluster);
+            (Some(l), Some(rx))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared {
         published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys), jwks)),
         source_policy: enforcement.userspace_policy(),
         stopping: AtomicBool::new(false),
         events,
         introspector: Introspector::start(&cfg.auth.introspection)?,
-        buckets: Buckets::new(cfg.rate_limit.table_entries),
+        buckets: match &cfg.cluster.redis {
+            // Every gateway of the cluster names buckets alike.
+            Some(url) if cfg.rate_limit.shared => {
+                Buckets::with_seed(cfg.rate_limit.table_entries, cluster::seed(url))
+            }
+            _ => Buckets::new(cfg.rate_limit.table_entries),
+        },
+        link,
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
     let book = Arc::new(Mutex::new(Book::new(enforcement, &cfg)));
     let admin = AdminServer::start(&cfg.admin, book.clone(), shared.clone())?;
+    let cluster = match admitted {
+        Some(admitted) => {
+            let (tx, shouts) = std::sync::mpsc::sync_channel(4096);
+            if let Ok(mut b) = book.lock() {
+                b.share(tx);
+            }
+            let c = Cluster::start(&cfg.cluster, shared.clone(), book.clone(), admitted, shouts)?;
+            tracing::info!(
+                "cluster: limits {} and verdicts shared through Redis at {} (sync every {} ms)",
+                if cfg.rate_limit.shared {
+                    "counted across gateways"
+                } else {
+                    "counted per gateway (rate_limit.backend = local)"
+                },
+                cluster::shown(cfg.cluster.redis.as_deref().unwrap_or("?")),
+                cfg.cluster.sync_ms
+            );
+            Some(c)
+        }
+        None => None,
+    };
     if let Some(a) = &admin {
         tracing::info!(
             "admin API on http://{} ({})",
@@ -592,6 +628,9 @@ fn run(mut cfg: Config) -> Result<(), String> {
     serve_until_stopped(&cfg, &signals, &shared, &book, &mut control);
     if let Some(a) = admin {
         a.stop();
+    }
+    if let Some(c) = cluster {
+        c.stop();
     }
     let enforcement = match Arc::try_unwrap(book) {
         Ok(book) => {

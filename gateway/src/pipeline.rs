@@ -333,12 +333,14 @@ fn charge_limits(
         consumer,
         route: index,
     };
+    let link = w.shared.link.as_ref().filter(|_| settings.shared);
     rate_limit::charge(
         &w.shared.buckets,
         settings,
         route_limits,
         phase,
         &who,
+        link,
         lines,
     )
 }

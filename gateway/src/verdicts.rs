@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::mpsc::SyncSender,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -14,6 +15,7 @@ use gateway_common::{Verdict, VerdictReason};
 use serde_json::{Value, json};
 
 use crate::{
+    cluster::Shout,
     config::Config,
     enforce::Enforcement,
     escalate::{Escalation, Sentence},
@@ -43,12 +45,19 @@ pub struct Book {
     syn_tolerance_ns: u64,
     syn_limited: bool,
     own: IpAddr,
+    outbox: Option<SyncSender<Shout>>,
 }
 
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn secs(ns: u64) -> u64 {
@@ -115,6 +124,67 @@ impl Book {
             syn_tolerance_ns: tolerance,
             syn_limited: cfg.xdp.syn_rate > 0,
             own: cfg.https.ip(),
+            outbox: None,
+        }
+    }
+
+    /// From now on, verdicts placed or lifted here are also sent to the
+    /// other gateways through `outbox`.
+    pub fn share(&mut self, outbox: SyncSender<Shout>) {
+        self.outbox = Some(outbox);
+    }
+
+    fn tell(&self, s: Shout) {
+        if let Some(o) = &self.outbox
+            && o.try_send(s).is_err()
+        {
+            tracing::warn!("the cluster queue is full: a verdict change was not shared");
+        }
+    }
+
+    /// A verdict another gateway placed, `left_ms` from now.
+    pub fn apply_shared(
+        &mut self,
+        source: IpAddr,
+        left_ms: u64,
+        reason: u32,
+        why: &str,
+        from: &str,
+        now_ns: u64,
+    ) {
+        if self.shields(source) || self.allow.contains(&source_addr(source)) {
+            return;
+        }
+        let reason = VerdictReason::from_u32(reason).unwrap_or(VerdictReason::Policy);
+        let verdict = Verdict {
+            expires_at_ns: now_ns.saturating_add(left_ms.saturating_mul(1_000_000)),
+            reason: reason as u32,
+            _pad: 0,
+        };
+        match self.enforcement.set_verdict(source, verdict) {
+            Ok(()) => {
+                self.notes.insert(
+                    source,
+                    Note {
+                        placed_unix: unix_now(),
+                        why: format!("{why} (from gateway {from})"),
+                    },
+                );
+                tracing::warn!(
+                    "verdict: {source} for {}s ({}: {why}), shared by gateway {from}",
+                    left_ms.div_ceil(1000),
+                    reason.code()
+                );
+            }
+            Err(e) => tracing::error!("shared verdict for {source} not placed: {e}"),
+        }
+    }
+
+    /// A verdict another gateway lifted.
+    pub fn lift_shared(&mut self, source: IpAddr, from: &str) {
+        self.notes.remove(&source);
+        if self.enforcement.remove_verdict(source) {
+            tracing::warn!("verdict on {source} lifted by gateway {from}");
         }
     }
 
@@ -142,6 +212,12 @@ impl Book {
             _pad: 0,
         };
         self.enforcement.set_verdict(source, verdict)?;
+        self.tell(Shout::Placed {
+            source,
+            expires_unix_ms: unix_now_ms().saturating_add(secs.saturating_mul(1000)),
+            reason: reason as u32,
+            why: why.clone(),
+        });
         self.notes.insert(
             source,
             Note {
@@ -212,6 +288,7 @@ impl Book {
     pub fn remove(&mut self, source: IpAddr) -> bool {
         self.notes.remove(&source);
         let had = self.enforcement.remove_verdict(source);
+        self.tell(Shout::Lifted { source });
         if had {
             tracing::warn!("verdict on {source} lifted through the admin API");
         }

@@ -14,6 +14,7 @@ use std::{
 };
 
 use crate::{
+    cluster::Link,
     control::Events,
     policy::SourcePolicy,
     proxy::Upstreams,
@@ -41,6 +42,8 @@ pub struct Shared {
     pub introspector: Option<Introspector>,
     /// Rate-limit buckets, shared by every worker (lock-free).
     pub buckets: Buckets,
+    /// Where admitted requests go when limits are shared through Redis.
+    pub link: Option<Link>,
 }
 
 /// One worker's state.

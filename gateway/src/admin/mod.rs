@@ -8,6 +8,7 @@
 //! - `DELETE /verdicts/ADDR`: lift one.
 //! - `GET /why/ADDR`: is the source dropped, by what, since when, and its counters.
 //! - `GET /limits?source=ADDR[&consumer=ID][&route=N]`: each limit's live state.
+//! - `GET /cluster`: whether Redis is reachable, and syncs made.
 //!
 //! `client` is the other end, for `gateway verdicts|why|limits`.
 
@@ -267,6 +268,18 @@ impl Api {
                 }
             }),
             ("GET", ["why", ip]) => address(ip).map(|ip| (200, book.why(ip, now))),
+            ("GET", ["cluster"]) => Ok(match &self.shared.link {
+                None => (200, json!({"redis": null})),
+                Some(l) => (
+                    200,
+                    json!({
+                        "redis": "configured",
+                        "up": !l.down.load(Ordering::Relaxed),
+                        "syncs": l.syncs.load(Ordering::Relaxed),
+                        "dropped": l.dropped(),
+                    }),
+                ),
+            }),
             ("GET", ["limits"]) => {
                 drop(book);
                 self.limits(&req.query)

@@ -9,6 +9,7 @@
 
 mod admin;
 mod auth;
+mod cluster;
 mod jwt;
 mod located;
 mod rate_limit;
@@ -18,6 +19,7 @@ mod xdp;
 
 pub use admin::*;
 pub use auth::*;
+pub use cluster::*;
 pub use jwt::*;
 pub(crate) use located::*;
 pub use rate_limit::*;
@@ -98,6 +100,8 @@ struct File {
     rate_limit: RateLimitFile,
     #[serde(default)]
     admin: AdminFile,
+    #[serde(default)]
+    cluster: ClusterFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -293,6 +297,8 @@ pub struct Config {
     pub rate_limit: RateLimitSettings,
     /// The admin API.
     pub admin: AdminSettings,
+    /// The Redis shared with other gateways.
+    pub cluster: ClusterSettings,
 }
 
 /// One certificate with the names it answers for.
@@ -385,6 +391,14 @@ impl Config {
             endpoints: &endpoints,
         };
         let rate_limit = rate_limit_settings(&raw.rate_limit, &invalid)?;
+        let cluster = cluster_settings(&raw.cluster, &invalid)?;
+        if rate_limit.shared && cluster.redis.is_none() {
+            return Err(invalid(
+                None,
+                "rate_limit.backend".into(),
+                "`redis` needs cluster.redis (the Redis the gateways share)".into(),
+            ));
+        }
         let admin = admin_settings(
             &raw.admin,
             file,
@@ -469,6 +483,7 @@ impl Config {
             routes,
             rate_limit,
             admin,
+            cluster,
             source: file.to_owned(),
             https: raw.listen.https,
             plain_http_port: *raw.listen.plain_http_port.get_ref(),

@@ -16,6 +16,19 @@ pub(super) struct RateLimitFile {
     table_entries: Option<Spanned<usize>>,
     #[serde(default)]
     escalation: EscalationFile,
+    #[serde(default)]
+    backend: Backend,
+}
+
+/// Where limits are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    /// By this gateway alone.
+    #[default]
+    Local,
+    /// Across the gateways sharing `cluster.redis`.
+    Redis,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +168,8 @@ pub struct RateLimitSettings {
     pub table_entries: usize,
     /// When offences become kernel verdicts.
     pub escalation: EscalationSettings,
+    /// Counted across the gateways sharing `cluster.redis`.
+    pub shared: bool,
 }
 
 /// Fewest and most buckets (`table_entries`).
@@ -270,6 +285,7 @@ pub(super) fn rate_limit_settings(
         ipv6_prefix,
         headers: f.headers,
         table_entries,
+        shared: f.backend == Backend::Redis,
         escalation: EscalationSettings {
             rejections: e.rejections,
             auth_failures: e.auth_failures,

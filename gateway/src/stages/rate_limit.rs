@@ -21,7 +21,7 @@
 //! with `consumer` in their key run after it.
 
 use std::{
-    hash::{BuildHasher, Hasher, RandomState},
+    hash::{BuildHasher, Hasher},
     net::IpAddr,
     sync::atomic::{AtomicU64, Ordering},
     time::Instant,
@@ -30,6 +30,7 @@ use std::{
 use portable_atomic::AtomicU128;
 
 use crate::{
+    cluster::{self, Link},
     config::{LimitSettings, RateLimitSettings},
     policy::{CidrSet, source_addr},
     respond::Failure,
@@ -45,7 +46,9 @@ pub const EXCEEDED: Failure = Failure::client(429, "rate_limit.exceeded");
 pub struct Buckets {
     slots: Box<[AtomicU128]>,
     mask: usize,
-    hasher: RandomState,
+    /// SipHash keys: random per process, or shared by the gateways of a
+    /// cluster (so their buckets have the same names in Redis).
+    keys: (u64, u64),
     epoch: Instant,
     takeovers: AtomicU64,
 }
@@ -72,13 +75,31 @@ const fn unpack(v: u128) -> (u64, u64) {
 }
 
 impl Buckets {
-    /// A table of `entries` buckets (a power of two).
+    /// A table of `entries` buckets (a power of two) whose keys are
+    /// hashed with a random secret.
     pub fn new(entries: usize) -> Self {
+        let mut seed = [0u8; 16];
+        // Without the OS's randomness, std's per-process keys still differ.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_err() {
+            let h = std::hash::RandomState::new().hash_one(entries);
+            seed[..8].copy_from_slice(&h.to_le_bytes());
+        }
+        Self::with_seed(entries, seed)
+    }
+
+    /// A table whose keys are hashed with `seed`: gateways with the same
+    /// seed name the same buckets alike.
+    pub fn with_seed(entries: usize, seed: [u8; 16]) -> Self {
         let entries = entries.next_power_of_two().max(PROBES);
+        let half = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&seed[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
         Self {
             slots: (0..entries).map(|_| AtomicU128::new(0)).collect(),
             mask: entries - 1,
-            hasher: RandomState::new(),
+            keys: (half(0), half(8)),
             epoch: Instant::now(),
             takeovers: AtomicU64::new(0),
         }
@@ -89,11 +110,12 @@ impl Buckets {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// The key of `limit` for these parts. Hashed with a per-process
-    /// random key (SipHash), so a client cannot pick keys that collide.
-    pub fn key(&self, limit: usize, parts: &[&[u8]]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write_usize(limit);
+    /// The key of the limit named `limit` for these parts. Keyed SipHash
+    /// with a secret, so a client cannot pick keys that collide.
+    pub fn key(&self, limit: &str, parts: &[&[u8]]) -> u64 {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        h.write_usize(limit.len());
+        h.write(limit.as_bytes());
         for p in parts {
             h.write_usize(p.len());
             h.write(p);
@@ -139,6 +161,41 @@ impl Buckets {
             },
             reset_ns: base - now,
             retry_ns: if allowed { 0 } else { next - now - tau },
+        }
+    }
+
+    /// Moves `key`'s arrival time to at least `tat` (what the cluster
+    /// admitted elsewhere); a key not in the table gets a bucket.
+    pub fn raise(&self, key: u64, tat: u64, now: u64) {
+        let start = key as usize & self.mask;
+        loop {
+            let mut target = None;
+            for i in 0..PROBES {
+                let at = (start + i) & self.mask;
+                let cur = self.slots[at].load(Ordering::Acquire);
+                let (tag, slot_tat) = unpack(cur);
+                if tag == key {
+                    target = Some((at, cur, slot_tat));
+                    break;
+                }
+                if target.is_none() && (tag == 0 || slot_tat <= now) {
+                    target = Some((at, cur, 0));
+                }
+            }
+            // Every slot holds another live key: the cluster's word waits
+            // for the next sync rather than evicting one.
+            let Some((at, cur, old)) = target else {
+                return;
+            };
+            if tat <= old || tat <= now {
+                return;
+            }
+            if self.slots[at]
+                .compare_exchange(cur, pack(key, tat), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
         }
     }
 
@@ -300,6 +357,7 @@ pub fn charge(
     route_limits: &[usize],
     phase: Phase,
     who: &Caller<'_>,
+    link: Option<&Link>,
     lines: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let now = buckets.now_ns();
@@ -310,8 +368,16 @@ pub fn charge(
         if (phase == Phase::Identified) != limit.key.needs_identity() {
             continue;
         }
-        let key = bucket_key(buckets, i, limit, who);
+        if link.is_some_and(Link::refuses) {
+            return Err(cluster::UNAVAILABLE);
+        }
+        let key = bucket_key(buckets, limit, who);
         let c = buckets.charge(key, now, limit.interval_ns(), limit.burst);
+        if c.allowed
+            && let Some(l) = link
+        {
+            l.admitted(key, limit.interval_ns());
+        }
         if !c.allowed {
             if refused.is_none_or(|(_, r)| r.retry_ns < c.retry_ns) {
                 refused = Some((limit, c));
@@ -332,8 +398,8 @@ pub fn charge(
     Ok(())
 }
 
-/// The bucket of limit `i` for `who`.
-fn bucket_key(buckets: &Buckets, i: usize, limit: &LimitSettings, who: &Caller<'_>) -> u64 {
+/// The bucket of `limit` for `who`.
+fn bucket_key(buckets: &Buckets, limit: &LimitSettings, who: &Caller<'_>) -> u64 {
     let consumer = who.consumer.map(str::as_bytes);
     // An anonymous caller of a consumer-keyed limit is counted by source.
     let by_source = limit.key.source || (limit.key.consumer && consumer.is_none());
@@ -347,7 +413,7 @@ fn bucket_key(buckets: &Buckets, i: usize, limit: &LimitSettings, who: &Caller<'
         },
         if limit.key.route { &route } else { b"" },
     ];
-    buckets.key(i, &parts)
+    buckets.key(&limit.name, &parts)
 }
 
 /// Each limit's state for `who`, as the admin API shows it: (limit index,
@@ -363,7 +429,7 @@ pub fn live(
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let key = bucket_key(buckets, i, l, who);
+            let key = bucket_key(buckets, l, who);
             (i, buckets.peek(key, now, l.interval_ns(), l.burst))
         })
         .collect()
@@ -400,7 +466,7 @@ mod tests {
     #[test]
     fn a_burst_then_the_sustained_rate() {
         let b = Buckets::new(1024);
-        let key = b.key(0, &[b"k"]);
+        let key = b.key("a", &[b"k"]);
         // 10/s, burst 5: five at once, then one per 100 ms.
         let interval = SEC / 10;
         let t0 = 5 * SEC;
@@ -423,9 +489,9 @@ mod tests {
     #[test]
     fn keys_do_not_share_a_bucket() {
         let b = Buckets::new(1024);
-        let (k1, k2) = (b.key(0, &[b"a"]), b.key(0, &[b"b"]));
+        let (k1, k2) = (b.key("a", &[b"a"]), b.key("a", &[b"b"]));
         assert_ne!(k1, k2);
-        assert_ne!(b.key(0, &[b"ab", b""]), b.key(0, &[b"a", b"b"]));
+        assert_ne!(b.key("a", &[b"ab", b""]), b.key("a", &[b"a", b"b"]));
         assert!(b.charge(k1, SEC, SEC, 1).allowed);
         assert!(!b.charge(k1, SEC, SEC, 1).allowed);
         assert!(b.charge(k2, SEC, SEC, 1).allowed);
@@ -436,7 +502,7 @@ mod tests {
         let b = Buckets::new(1024);
         let now = SEC;
         for i in 0..100_000u32 {
-            b.charge(b.key(0, &[&i.to_le_bytes()]), now, SEC, 10);
+            b.charge(b.key("a", &[&i.to_le_bytes()]), now, SEC, 10);
         }
         assert!(b.live(now) <= 1024);
         assert!(b.takeovers() > 0);
@@ -445,7 +511,7 @@ mod tests {
         let later = now + 100 * SEC;
         let before = b.takeovers();
         for i in 0..64u32 {
-            b.charge(b.key(1, &[&i.to_le_bytes()]), later, SEC, 10);
+            b.charge(b.key("b", &[&i.to_le_bytes()]), later, SEC, 10);
         }
         assert_eq!(b.takeovers(), before);
     }
@@ -453,7 +519,7 @@ mod tests {
     #[test]
     fn two_threads_charging_one_key_get_exactly_the_burst() {
         let b = std::sync::Arc::new(Buckets::new(1024));
-        let key = b.key(0, &[b"shared"]);
+        let key = b.key("a", &[b"shared"]);
         let now = SEC;
         let passed: usize = (0..2)
             .map(|_| {
@@ -536,6 +602,7 @@ mod tests {
             headers,
             table_entries: 1024,
             escalation: Default::default(),
+            shared: false,
         }
     }
 
@@ -550,11 +617,11 @@ mod tests {
         };
         let mut lines = Vec::new();
         for _ in 0..3 {
-            assert!(charge(&b, &s, &[0, 1], Phase::Anonymous, &who, &mut lines).is_ok());
+            assert!(charge(&b, &s, &[0, 1], Phase::Anonymous, &who, None, &mut lines).is_ok());
         }
         assert!(lines.is_empty(), "headers off: nothing on a pass");
         assert_eq!(
-            charge(&b, &s, &[0, 1], Phase::Anonymous, &who, &mut lines),
+            charge(&b, &s, &[0, 1], Phase::Anonymous, &who, None, &mut lines),
             Err(EXCEEDED)
         );
         let text = String::from_utf8(lines.clone()).expect("ascii");
@@ -565,9 +632,9 @@ mod tests {
         assert!(text.contains("ratelimit: \"ip\";r=0;t=1\r\n"), "{text}");
         assert!(text.contains("retry-after: 1\r\n"), "{text}");
         // The consumer limit is its own phase.
-        assert!(charge(&b, &s, &[0, 1], Phase::Identified, &who, &mut lines).is_ok());
+        assert!(charge(&b, &s, &[0, 1], Phase::Identified, &who, None, &mut lines).is_ok());
         assert_eq!(
-            charge(&b, &s, &[0, 1], Phase::Identified, &who, &mut lines),
+            charge(&b, &s, &[0, 1], Phase::Identified, &who, None, &mut lines),
             Err(EXCEEDED)
         );
     }
@@ -582,7 +649,7 @@ mod tests {
             route: 3,
         };
         let mut lines = Vec::new();
-        assert!(charge(&b, &s, &[0], Phase::Anonymous, &who, &mut lines).is_ok());
+        assert!(charge(&b, &s, &[0], Phase::Anonymous, &who, None, &mut lines).is_ok());
         let text = String::from_utf8(lines).expect("ascii");
         assert_eq!(
             text,

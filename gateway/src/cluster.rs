@@ -1,0 +1,495 @@
+//! Several gateways, one Redis: limits counted across them and verdicts
+//! shared, with no Redis round trip on the request path.
+//!
+//! **Limits.** Each gateway decides from its own bucket table, as alone.
+//! Workers hand every admitted request's bucket to a queue (no lock, no
+//! I/O); every `cluster.sync_ms` a background thread sends the counts in
+//! one pipeline, where a Lua script advances each bucket's shared GCRA
+//! arrival time by what this gateway admitted and returns it; the gateway
+//! then moves its own buckets up to the cluster's. So each gateway's
+//! buckets hold everything the cluster admitted up to the last sync.
+//! *Bound:* what the others admitted since then is not yet seen, and each
+//! of them can admit at most its bucket's content plus the rate over one
+//! sync interval, so over any period a key gets at most
+//! `burst + rate·t + (N−1)·(burst + rate·sync)` across N gateways; the
+//! excess is debt the cluster's buckets then pay back.
+//!
+//! **Verdicts.** A verdict placed or lifted here is published
+//! (`gw:verdicts`) and stored with its expiry (`gw:verdict:ADDR`); every
+//! gateway subscribes, applies what others publish at once, and reads the
+//! stored ones whenever it (re)subscribes, so a new node joins with the
+//! current set.
+//!
+//! **Redis down:** one line, local limits go on (`on_failure = "open"`) or
+//! limited routes answer 503 (`"closed"`); one line again on recovery.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    clock::{Clock, Monotonic},
+    config::{ClusterSettings, OnFailure},
+    respond::Failure,
+    verdicts::Book,
+    worker::Shared,
+};
+
+/// Limited routes while Redis is down and `on_failure = "closed"`.
+pub const UNAVAILABLE: Failure = Failure::internal(503, "rate_limit.unavailable");
+
+/// Admitted requests queued between syncs at most; beyond, they are
+/// dropped and counted (the cluster then under-counts this gateway).
+const QUEUE: usize = 1 << 18;
+/// Buckets per Lua call.
+const PER_CALL: usize = 256;
+const CHANNEL: &str = "gw:verdicts";
+const VERDICT_PREFIX: &str = "gw:verdict:";
+
+/// Advances each bucket (KEYS) by ARGV[2i] requests of ARGV[2i+1] µs at
+/// ARGV[1] µs since the epoch; returns the new arrival times. Microseconds
+/// keep them exact in Lua's doubles.
+const ADVANCE: &str = r"
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  tat = tat + n * interval
+  local s = string.format('%.0f', tat)
+  redis.call('SET', KEYS[i], s, 'PX', math.floor((tat - now) / 1000) + 1000)
+  out[i] = s
+end
+return out
+";
+
+/// The workers' side: where admitted requests go, and whether Redis is up.
+pub struct Link {
+    tx: SyncSender<(u64, u64)>,
+    /// Redis cannot be reached (true until the first connection).
+    pub down: AtomicBool,
+    /// Refuse limited routes while down.
+    pub fail_closed: bool,
+    dropped: AtomicU64,
+    /// Pipelines sent to Redis (by the sync thread; the request path sends none).
+    pub syncs: AtomicU64,
+}
+
+impl Link {
+    /// Records one admitted request on `key` of a limit `interval_ns` apart.
+    pub fn admitted(&self, key: u64, interval_ns: u64) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send((key, interval_ns))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Admitted requests dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether a limited route must refuse now.
+    pub fn refuses(&self) -> bool {
+        self.fail_closed && self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// A verdict change to publish.
+#[derive(Debug, Clone)]
+pub enum Shout {
+    /// Placed until `expires_unix_ms`.
+    Placed {
+        /// The source.
+        source: IpAddr,
+        /// When it ends.
+        expires_unix_ms: u64,
+        /// The map's reason number.
+        reason: u32,
+        /// What earned it.
+        why: String,
+    },
+    /// Lifted.
+    Lifted {
+        /// The source.
+        source: IpAddr,
+    },
+}
+
+/// The link for the workers and the receiving end for [`Cluster::start`].
+pub fn link(settings: &ClusterSettings) -> (Link, Receiver<(u64, u64)>) {
+    let (tx, rx) = sync_channel(QUEUE);
+    (
+        Link {
+            tx,
+            down: AtomicBool::new(true),
+            fail_closed: settings.on_failure == OnFailure::Closed,
+            dropped: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        },
+        rx,
+    )
+}
+
+/// The running threads.
+pub struct Cluster {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `url` without its password, for logs.
+pub fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The seed every gateway sharing `url` hashes bucket names with.
+pub fn seed(url: &str) -> [u8; 16] {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("gateway rate-limit buckets\n{url}").as_bytes(),
+    );
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&d.as_ref()[..16]);
+    s
+}
+
+impl Cluster {
+    /// Starts syncing limits and verdicts with the Redis at `settings.redis`.
+    pub fn start(
+        settings: &ClusterSettings,
+        shared: Arc<Shared>,
+        book: Arc<Mutex<Book>>,
+        admitted: Receiver<(u64, u64)>,
+        shouts: Receiver<Shout>,
+    ) -> Result<Self, String> {
+        let url = settings.redis.clone().ok_or("no cluster.redis")?;
+        let client =
+            redis::Client::open(url.as_str()).map_err(|e| format!("cluster.redis `{url}`: {e}"))?;
+        let node = format!("{:016x}", rand_u64());
+        let stop = Arc::new(AtomicBool::new(false));
+        let every = Duration::from_millis(settings.sync_ms);
+        let sync = Sync {
+            client: client.clone(),
+            url: shown(&url),
+            shared,
+            node: node.clone(),
+            admitted,
+            shouts,
+            every,
+            said: std::cell::Cell::new(false),
+        };
+        let listen = Listen { client, book, node };
+        let (s1, s2) = (stop.clone(), stop.clone());
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("cluster-sync".into())
+                .spawn(move || sync.run(&s1))
+                .map_err(|e| e.to_string())?,
+            std::thread::Builder::new()
+                .name("cluster-verdicts".into())
+                .spawn(move || listen.run(&s2))
+                .map_err(|e| e.to_string())?,
+        ];
+        Ok(Self { stop, threads })
+    }
+
+    /// Stops both threads.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The sync thread: counts out, the cluster's arrival times and verdicts in.
+struct Sync {
+    client: redis::Client,
+    url: String,
+    shared: Arc<Shared>,
+    node: String,
+    admitted: Receiver<(u64, u64)>,
+    shouts: Receiver<Shout>,
+    every: Duration,
+    /// Whether an outage was reported since the start.
+    said: std::cell::Cell<bool>,
+}
+
+impl Sync {
+    fn run(self, stop: &AtomicBool) {
+        let link = self.shared.link.as_ref();
+        let mut con: Option<redis::Connection> = None;
+        let mut retry_at = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(self.every);
+            let mut counts: HashMap<u64, (u64, u64)> = HashMap::new();
+            while let Ok((key, interval)) = self.admitted.try_recv() {
+                counts.entry(key).or_insert((0, interval)).0 += 1;
+            }
+            let shouts: Vec<Shout> = self.shouts.try_iter().collect();
+            if con.is_none() && Instant::now() >= retry_at {
+                match self
+                    .client
+                    .get_connection_with_timeout(Duration::from_secs(1))
+                {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        con = Some(c);
+                    }
+                    Err(e) => {
+                        self.went_down(&e.to_string());
+                        retry_at = Instant::now() + Duration::from_secs(1);
+                    }
+                }
+            }
+            let Some(c) = con.as_mut() else {
+                continue;
+            };
+            match self.exchange(c, &counts, &shouts) {
+                Ok(()) => {
+                    if let Some(l) = link {
+                        l.syncs.fetch_add(1, Ordering::Relaxed);
+                        if l.down.swap(false, Ordering::Relaxed) {
+                            tracing::info!(
+                                "Redis at {} reachable: limits and verdicts are shared across gateways",
+                                self.url
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    con = None;
+                    self.went_down(&e.to_string());
+                    retry_at = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+    }
+
+    fn went_down(&self, why: &str) {
+        let Some(l) = self.shared.link.as_ref() else {
+            return;
+        };
+        // Once per outage: when it was up, or the first time it never came up.
+        let was_up = !l.down.swap(true, Ordering::Relaxed);
+        if was_up || !self.said.replace(true) {
+            self.said.set(true);
+            let then = if l.fail_closed {
+                "limited routes answer 503 until it returns (cluster.on_failure = closed)"
+            } else {
+                "each gateway counts its limits alone until it returns (cluster.on_failure = open)"
+            };
+            tracing::warn!("Redis at {} unreachable ({why}): {then}", self.url);
+        }
+    }
+
+    /// One pipeline: verdict changes, then the counts; the cluster's
+    /// arrival times go into the buckets.
+    fn exchange(
+        &self,
+        con: &mut redis::Connection,
+        counts: &HashMap<u64, (u64, u64)>,
+        shouts: &[Shout],
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for s in shouts {
+            shout(&mut pipe, &self.node, s);
+        }
+        let keys: Vec<(u64, u64, u64)> = counts.iter().map(|(k, (n, i))| (*k, *n, *i)).collect();
+        let now_us = unix_ns() / 1000;
+        for chunk in keys.chunks(PER_CALL) {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(ADVANCE).arg(chunk.len());
+            for (k, _, _) in chunk {
+                cmd.arg(format!("gw:rl:{k:016x}"));
+            }
+            cmd.arg(now_us);
+            for (_, n, interval) in chunk {
+                cmd.arg(*n).arg((interval / 1000).max(1));
+            }
+            pipe.add_command(cmd);
+        }
+        if shouts.is_empty() && keys.is_empty() {
+            // A heartbeat, so an outage is seen even when idle.
+            pipe.cmd("PING");
+            let _: Vec<String> = pipe.query(con)?;
+            return Ok(());
+        }
+        let answers: Vec<Vec<String>> = pipe.query(con)?;
+        let buckets = &self.shared.buckets;
+        let now = buckets.now_ns();
+        // Cluster times are Unix µs; the table counts from its own start.
+        let offset = unix_ns().saturating_sub(now);
+        for (chunk, tats) in keys.chunks(PER_CALL).zip(answers) {
+            for ((key, _, _), tat) in chunk.iter().zip(tats) {
+                if let Ok(us) = tat.parse::<u64>() {
+                    let local = (us * 1000).saturating_sub(offset);
+                    buckets.raise(*key, local, now);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shout(pipe: &mut redis::Pipeline, node: &str, s: &Shout) {
+    match s {
+        Shout::Placed {
+            source,
+            expires_unix_ms,
+            reason,
+            why,
+        } => {
+            let msg = json!({
+                "node": node, "op": "add", "source": source.to_string(),
+                "expires_unix_ms": expires_unix_ms, "reason": reason, "why": why,
+            })
+            .to_string();
+            let left = expires_unix_ms.saturating_sub(unix_ns() / 1_000_000).max(1);
+            pipe.cmd("SET")
+                .arg(format!("{VERDICT_PREFIX}{source}"))
+                .arg(&msg)
+                .arg("PX")
+                .arg(left)
+                .ignore();
+            pipe.cmd("PUBLISH").arg(CHANNEL).arg(&msg).ignore();
+        }
+        Shout::Lifted { source } => {
+            let msg =
+                json!({"node": node, "op": "remove", "source": source.to_string()}).to_string();
+            pipe.cmd("DEL")
+                .arg(format!("{VERDICT_PREFIX}{source}"))
+                .ignore();
+            pipe.cmd("PUBLISH").arg(CHANNEL).arg(&msg).ignore();
+        }
+    }
+}
+
+/// The subscriber: other gateways' verdicts into this one's book.
+struct Listen {
+    client: redis::Client,
+    book: Arc<Mutex<Book>>,
+    node: String,
+}
+
+impl Listen {
+    fn run(self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            if self.subscribed(stop).is_err() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Subscribes, reads the stored verdicts, then applies what is
+    /// published until the connection fails or the gateway stops.
+    fn subscribed(&self, stop: &AtomicBool) -> redis::RedisResult<()> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(1))?;
+        let mut snapshot = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(1))?;
+        let mut ps = con.as_pubsub();
+        ps.subscribe(CHANNEL)?;
+        ps.set_read_timeout(Some(Duration::from_millis(250)))?;
+        // Subscribed first, then the stored set: nothing falls in between.
+        let stored: Vec<String> = stored_keys(&mut snapshot)?;
+        for key in stored {
+            let v: Option<String> = redis::cmd("GET").arg(&key).query(&mut snapshot)?;
+            if let Some(v) = v {
+                self.apply(&v);
+            }
+        }
+        while !stop.load(Ordering::Relaxed) {
+            match ps.get_message() {
+                Ok(msg) => {
+                    if let Ok(text) = msg.get_payload::<String>() {
+                        self.apply(&text);
+                    }
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, text: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        if v["node"].as_str() == Some(self.node.as_str()) {
+            return;
+        }
+        let Some(source) = v["source"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            return;
+        };
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        let from = v["node"].as_str().unwrap_or("?");
+        match v["op"].as_str() {
+            Some("add") => {
+                let left_ms = v["expires_unix_ms"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(unix_ns() / 1_000_000);
+                if left_ms > 0 {
+                    let reason = v["reason"].as_u64().unwrap_or(1) as u32;
+                    let why = v["why"].as_str().unwrap_or("");
+                    book.apply_shared(source, left_ms, reason, why, from, Monotonic.now_ns());
+                }
+            }
+            Some("remove") => book.lift_shared(source, from),
+            _ => {}
+        }
+    }
+}
+
+fn stored_keys(con: &mut redis::Connection) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{VERDICT_PREFIX}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)?;
+        out.extend(keys);
+        if next == 0 || out.len() > gateway_common::VERDICT_CAPACITY as usize {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}

@@ -55,3 +55,16 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         v[v.len() / 2]
     }
 }
+
+/// Pins the calling thread to `cpus` (taskset syntax: `0-3,8`).
+pub fn pin(cpus: &str) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for part in cpus.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        for c in a.trim().parse::<usize>()?..=b.trim().parse::<usize>()? {
+            set.set(c)?;
+        }
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! by `cargo xtask bench`. Speed targets live here, never in tests.
 
 mod cpu;
+mod flood;
 mod jwt_fixture;
 mod proxy;
 mod xdp;
@@ -26,12 +27,15 @@ enum Cmd {
     Xdp(xdp::Opts),
     /// The TLS proxy against HAProxy and nginx (and the backend directly).
     Proxy(proxy::Opts),
+    /// Legitimate load while a banned source floods, with XDP on and off.
+    Flood(flood::Opts),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Xdp(opts) => xdp::run(opts),
         Cmd::Proxy(opts) => proxy::run(opts),
+        Cmd::Flood(opts) => flood::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,7 @@ use gateway::{
 use gateway_common::{Outcome, Verdict, VerdictReason};
 use gateway_tests::{Testbed, frame};
 
-use crate::cpu::{MachineCpu, median};
+use crate::cpu::{MachineCpu, median, pin};
 
 /// Options of `bench xdp`.
 #[derive(clap::Args, Debug)]
@@ -66,18 +66,6 @@ struct Trial {
     secs: f64,
     cpu: MachineCpu,
     prog_ns_per_pkt: Option<f64>,
-}
-
-fn pin(cpus: &str) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    for part in cpus.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        for c in a.trim().parse::<usize>()?..=b.trim().parse::<usize>()? {
-            set.set(c)?;
-        }
-    }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
 }
 
 fn ifindex_and_mac(ns: &gateway_tests::NetNs, dev: &str) -> Result<(u32, [u8; 6])> {

@@ -44,10 +44,11 @@ enum Cmd {
     /// Benchmarks: `xdp` (kernel drop path vs nftables), `proxy` (vs HAProxy
     /// and nginx), `jwt` (the verify path against ring's bare check, criterion),
     /// `limit` (one rate-limit decision, alone and with a second thread on
-    /// the same key, criterion).
+    /// the same key, criterion), `flood` (legitimate load while a banned
+    /// source floods, XDP on and off).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "proxy", "jwt", "limit"])]
+        #[arg(value_parser = ["xdp", "proxy", "jwt", "limit", "flood"])]
         which: String,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -223,39 +223,69 @@ impl Buckets {
                     rested = Some((at, cur));
                 }
             }
-            let (at, cur, tat) = match (found, free, rested) {
-                (Some((at, cur)), _, _) => (at, cur, unpack(cur).1),
-                // A bucket at rest holds nothing worth keeping.
-                (None, Some((at, cur)), _) => (at, cur, 0),
-                (None, None, Some((at, cur))) => (at, cur, 0),
+            let (at, cur) = match (found, free, rested) {
+                (Some(f), _, _) | (None, Some(f), _) | (None, None, Some(f)) => f,
                 (None, None, None) => unreachable!("PROBES > 0"),
             };
+            let keep = found.is_some() || free.is_some();
+            if let Some(c) = self.settle(at, cur, key, now, interval, tau, keep) {
+                return c;
+            }
+        }
+    }
+
+    /// Charges `key` in slot `at`, last seen holding `cur` (another key's
+    /// bucket when `cur`'s tag differs: at rest, or taken over unless
+    /// `keep`). `None` when the slot went to another key meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        at: usize,
+        mut cur: u128,
+        key: u64,
+        now: u64,
+        interval: u64,
+        tau: u64,
+        keep: bool,
+    ) -> Option<Charge> {
+        loop {
+            let (tag, seen_tat) = unpack(cur);
+            // Another key's bucket holds nothing worth keeping.
+            let tat = if tag == key { seen_tat } else { 0 };
             let base = tat.max(now);
             let next = base.saturating_add(interval);
             if next - now > tau {
                 // Refused: nothing changes, so nothing to write.
-                return Charge {
+                return Some(Charge {
                     allowed: false,
                     remaining: 0,
                     reset_ns: base - now,
                     retry_ns: next - now - tau,
-                };
+                });
             }
-            if self.slots[at]
-                .compare_exchange(cur, pack(key, next), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                if found.is_none() && free.is_none() {
-                    self.takeovers.fetch_add(1, Ordering::Relaxed);
+            match self.slots[at].compare_exchange(
+                cur,
+                pack(key, next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if !keep {
+                        self.takeovers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Some(Charge {
+                        allowed: true,
+                        remaining: (tau - (next - now)) / interval,
+                        reset_ns: next - now,
+                        retry_ns: 0,
+                    });
                 }
-                return Charge {
-                    allowed: true,
-                    remaining: (tau - (next - now)) / interval,
-                    reset_ns: next - now,
-                    retry_ns: 0,
-                };
+                // Another worker charged the same key: judge again from
+                // what it wrote (the failed exchange read it already).
+                Err(actual) if unpack(actual).0 == key => cur = actual,
+                // The slot changed hands: look for the key again.
+                Err(_) => return None,
             }
-            // Another worker changed the slot: judge again from what it wrote.
         }
     }
 }

@@ -327,12 +327,18 @@ plain_http_port = 8080
 
 [demo]
 listen = "127.0.0.1:8081"
+api_key = true
 
 {certs}
 
 [[upstreams]]
 name = "demo"
 servers = ["127.0.0.1:8081"]
+
+[[routes]]
+path_prefix = "/keyed"
+upstream = "demo"
+auth = ["api_key"]
 
 [[routes]]
 path_prefix = "/"
@@ -342,6 +348,7 @@ rate_limits = ["ip"]
 
 [rate_limit.escalation]
 rejections = 3
+auth_failures = 3
 window_secs = 60
 ban_secs = 30
 
@@ -372,15 +379,15 @@ sweep_interval_ms = 50
     let dst = SocketAddr::new(server, 8443);
     let (attacker, neighbour) = (bed.host_ip(false, 2), bed.host_ip(false, 3));
     let cfg = client_config(&certs.ca, &[&rustls::version::TLS13]);
-    let status_from = |src| {
+    let ask_from = |src, request: &str| {
         bed.client.run(|| {
             let tcp = connect_from(src, dst, Duration::from_secs(2)).expect("connect");
             let mut c = Client::over(tcp, "localhost", cfg.clone()).expect("TLS");
-            c.send(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .expect("send");
+            c.send(request.as_bytes()).expect("send");
             c.response("GET").expect("response").status
         })
     };
+    let status_from = |src| ask_from(src, "GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let statuses: Vec<u16> = (0..5).map(|_| status_from(attacker)).collect();
     assert_eq!(statuses, [200, 200, 429, 429, 429]);
     let line = wait_line(&mut gw, "verdict: ", Duration::from_secs(3));
@@ -395,6 +402,23 @@ sweep_interval_ms = 50
         .client
         .run(|| connect_from(attacker, dst, Duration::from_secs(1)).map(|_| ()));
     assert!(blocked.is_err(), "the banned source still connects");
+    assert_eq!(status_from(neighbour), 200);
+    // A key guesser escalates the same way, from its 401s.
+    let guesser = bed.host_ip(false, 4);
+    let guess = "GET /keyed/x HTTP/1.1\r\nHost: localhost\r\nx-api-key: gwk_guess_0000000000000000000000000000000\r\n\r\n";
+    let statuses: Vec<u16> = (0..3).map(|_| ask_from(guesser, guess)).collect();
+    assert_eq!(statuses, [401; 3]);
+    let line = wait_line(&mut gw, "verdict: ", Duration::from_secs(3));
+    assert!(
+        line.contains(&format!(
+            "verdict: {guesser} dropped in XDP for 30s (auth_failures: 3 failed authentications in 60s"
+        )),
+        "{line}"
+    );
+    let blocked = bed
+        .client
+        .run(|| connect_from(guesser, dst, Duration::from_secs(1)).map(|_| ()));
+    assert!(blocked.is_err(), "the guesser still connects");
     assert_eq!(status_from(neighbour), 200);
     // The operator's view from the gateway's host, then lifting the verdict.
     let admin = |args: &[&str]| {
@@ -435,4 +459,68 @@ sweep_interval_ms = 50
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(dropped >= 1, "no verdict drop counted: {counters}");
+}
+
+/// The SYN budget's defaults (enforced here at accept, as without XDP):
+/// one address opens 1,000 connections at once and keeps them all, while a
+/// burst far beyond the budget is cut and the log says by which limit.
+#[test]
+fn one_address_opens_a_thousand_connections_at_once_and_a_flood_is_cut() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("nofile");
+    // Root may raise the hard limit; others get what the hard limit allows.
+    let want = 16_384.max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("nofile");
+    }
+    let mut s = start("rl-syn", "workers = 2", "100/s", NO_ESCALATION).s;
+    let addr = SocketAddr::from(([127, 0, 0, 1], s.gw.port));
+    let open = |n: usize| -> Vec<std::net::TcpStream> {
+        (0..n)
+            .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+            .collect()
+    };
+    // Refused connections are closed at once; kept ones wait for a hello.
+    let kept = |conns: &[std::net::TcpStream]| {
+        std::thread::sleep(Duration::from_millis(300));
+        conns
+            .iter()
+            .filter(|c| {
+                let _ = c.set_nonblocking(true);
+                let mut b = [0u8; 1];
+                matches!(std::io::Read::read(&mut &**c, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    let first = open(1000);
+    assert_eq!(first.len(), 1000, "connects failed");
+    assert_eq!(
+        kept(&first),
+        1000,
+        "the defaults refused some of 1,000 connections"
+    );
+    assert!(
+        !s.gw
+            .proc
+            .seen
+            .iter()
+            .any(|l| l.contains("refused at accept")),
+        "{:?}",
+        s.gw.proc.seen
+    );
+    // Far past burst + rate: cut, and the log names the limit.
+    let flood = open(4000);
+    let kept_flood = kept(&flood);
+    assert!(
+        kept_flood < 3000,
+        "a burst of 4000 more was not cut ({kept_flood} kept)"
+    );
+    let line =
+        s.gw.proc
+            .wait_for_line("refused at accept", Duration::from_secs(3))
+            .unwrap_or_default();
+    assert!(
+        line.contains("by its SYN budget (xdp.syn_rate = 1000/s, xdp.syn_burst = 2000)"),
+        "{line}"
+    );
 }

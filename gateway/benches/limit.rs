@@ -17,7 +17,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::{
     cluster,
     config::{ClusterSettings, LimitKey, LimitSettings, OnFailure, RateLimitSettings},
-    stages::rate_limit::{self, Buckets, Caller, Phase},
+    stages::rate_limit::{self, Buckets, Caller, Leases, Meter, Phase},
 };
 
 fn settings() -> RateLimitSettings {
@@ -47,17 +47,15 @@ fn decide(
     s: &RateLimitSettings,
     who: &Caller<'_>,
     link: Option<&cluster::Link>,
+    leases: &mut Leases,
     lines: &mut Vec<u8>,
 ) -> Result<(), gateway::respond::Failure> {
-    rate_limit::charge(
+    let mut meter = Meter {
         buckets,
-        s,
-        &[0],
-        Phase::Anonymous,
-        black_box(who),
         link,
-        lines,
-    )
+        leases,
+    };
+    rate_limit::charge(&mut meter, s, &[0], Phase::Anonymous, black_box(who), lines)
 }
 
 fn decision(c: &mut Criterion) {
@@ -69,9 +67,29 @@ fn decision(c: &mut Criterion) {
         route: 0,
     };
     let mut lines = Vec::new();
-    let mut one =
-        |b: &mut criterion::Bencher<'_>| b.iter(|| decide(&buckets, &s, &who, None, &mut lines));
+    let mut leases = Leases::default();
+    let mut one = |b: &mut criterion::Bencher<'_>| {
+        b.iter(|| decide(&buckets, &s, &who, None, &mut leases, &mut lines))
+    };
     let mut g = c.benchmark_group("limit");
+    // A new caller each time: the hash, the probe and one exchange, as for
+    // a client's occasional request.
+    let mut n = 0u32;
+    let mut cold = Leases::default();
+    let mut cold_lines = Vec::new();
+    g.bench_function("one worker, a new source each time", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let mut who = Caller {
+                source: who.source,
+                consumer: None,
+                route: 0,
+            };
+            who.source[12..].copy_from_slice(&n.to_be_bytes());
+            decide(&buckets, &s, &who, None, &mut cold, &mut cold_lines)
+        })
+    });
+    // One caller over and over (its requests taken ahead in leases).
     g.bench_function("one worker", &mut one);
     let stop = Arc::new(AtomicBool::new(false));
     let other = {
@@ -83,9 +101,10 @@ fn decision(c: &mut Criterion) {
         };
         std::thread::spawn(move || {
             let mut lines = Vec::new();
+            let mut leases = Leases::default();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let _ = decide(&buckets, &s, &who, None, &mut lines);
+                let _ = decide(&buckets, &s, &who, None, &mut leases, &mut lines);
                 n += 1;
             }
             n
@@ -131,7 +150,16 @@ fn decision(c: &mut Criterion) {
         })
     };
     g.bench_function("one worker, shared through Redis", |b| {
-        b.iter(|| decide(&buckets, &s, &who, Some(&link), &mut Vec::new()))
+        b.iter(|| {
+            decide(
+                &buckets,
+                &s,
+                &who,
+                Some(&link),
+                &mut leases,
+                &mut Vec::new(),
+            )
+        })
     });
     stop.store(true, Ordering::Relaxed);
     let _ = drain.join();

@@ -35,7 +35,7 @@ use crate::{
             jwt::{self, TokenId, Vocabulary},
         },
         authz,
-        rate_limit::{self, Phase},
+        rate_limit::{self, Meter, Phase},
     },
     worker::Worker,
 };
@@ -334,15 +334,12 @@ fn charge_limits(
         route: index,
     };
     let link = w.shared.link.as_ref().filter(|_| settings.shared);
-    rate_limit::charge(
-        &w.shared.buckets,
-        settings,
-        route_limits,
-        phase,
-        &who,
+    let mut meter = Meter {
+        buckets: &w.shared.buckets,
         link,
-        lines,
-    )
+        leases: &mut w.leases.borrow_mut(),
+    };
+    rate_limit::charge(&mut meter, settings, route_limits, phase, &who, lines)
 }
 
 /// What the proxy needs to know of an admitted request.

@@ -24,7 +24,7 @@ use crate::{
             introspect::{AnswerCache, Introspector},
             jwt::TokenCache,
         },
-        rate_limit::Buckets,
+        rate_limit::{Buckets, Leases},
     },
 };
 
@@ -58,6 +58,8 @@ pub struct Worker {
     pub tokens: RefCell<TokenCache>,
     /// Introspection answers it got lately.
     pub answers: RefCell<AnswerCache>,
+    /// Rate-limit requests it took ahead for its hottest keys.
+    pub leases: RefCell<Leases>,
     /// Open client connections (HTTPS and redirects).
     pub active: Cell<usize>,
     /// Connections waiting for their next request (shut down on stop).
@@ -75,6 +77,7 @@ impl Worker {
             upstreams: Upstreams::new(&snap.cfg.upstreams),
             tokens: RefCell::new(TokenCache::default()),
             answers: RefCell::new(AnswerCache::default()),
+            leases: RefCell::new(Leases::default()),
             shared,
             index,
             active: Cell::new(0),

@@ -690,24 +690,33 @@ mod tests {
         assert_eq!(b.takeovers(), before);
     }
 
-    #[test]
-    fn two_threads_charging_one_key_get_exactly_the_burst() {
-        let b = std::sync::Arc::new(Buckets::new(1024));
-        let key = b.key("a", &[b"shared"]);
-        let now = SEC;
-        let passed: usize = (0..2)
+    /// Requests two threads get through, each charging `key` 10,000
+    /// times through `charge` (its own state made by `state`).
+    fn two_threads<S: 'static>(
+        b: &std::sync::Arc<Buckets>,
+        state: fn() -> S,
+        charge: fn(&mut S, &Buckets) -> bool,
+    ) -> usize {
+        let threads: Vec<_> = (0..2)
             .map(|_| {
                 let b = b.clone();
                 std::thread::spawn(move || {
-                    (0..10_000)
-                        .filter(|_| b.charge(key, now, SEC, 1000).allowed)
-                        .count()
+                    let mut st = state();
+                    (0..10_000).filter(|_| charge(&mut st, &b)).count()
                 })
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().expect("thread"))
-            .sum();
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("thread")).sum()
+    }
+
+    #[test]
+    fn two_threads_charging_one_key_get_exactly_the_burst() {
+        let b = std::sync::Arc::new(Buckets::with_seed(1024, [1; 16]));
+        let passed = two_threads(
+            &b,
+            || (),
+            |_, b| b.charge(b.key("a", &[b"shared"]), SEC, SEC, 1000).allowed,
+        );
         assert_eq!(passed, 1000);
     }
 
@@ -742,23 +751,12 @@ mod tests {
 
     #[test]
     fn leases_never_admit_past_the_limit_and_give_back_what_they_hold() {
-        let b = std::sync::Arc::new(Buckets::new(1024));
-        let key = b.key("a", &[b"hot"]);
+        let b = std::sync::Arc::new(Buckets::with_seed(1024, [2; 16]));
         let now = SEC;
-        let passed: usize = (0..2)
-            .map(|_| {
-                let b = b.clone();
-                std::thread::spawn(move || {
-                    let mut leases = Leases::default();
-                    (0..10_000)
-                        .filter(|_| leases.charge(&b, key, now, SEC, 1000).0.allowed)
-                        .count()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().expect("thread"))
-            .sum();
+        let passed = two_threads(&b, Leases::default, |leases, b| {
+            let key = b.key("a", &[b"hot"]);
+            leases.charge(b, key, SEC, SEC, 1000).0.allowed
+        });
         let held = 2 * (LEASE as usize - 1);
         assert!((1000 - held..=1000).contains(&passed), "{passed}");
         // A lease's unused requests go back once it expires.

@@ -1,33 +1,145 @@
-//! Response filters: headers the gateway adds to every HTTPS response.
-//! Security headers and CORS will join HSTS here as their issues land.
+//! Response filters: the headers the gateway adds to every HTTPS response
+//! (HSTS and the security headers of `[response_headers]`, with each
+//! route's changes), and the upstream headers it never passes on (its own
+//! names, which it replaces, and the fingerprinting ones). Compiled once
+//! per snapshot; a response only looks them up.
 
-use crate::config::Config;
+use crate::config::{Config, merge};
 
-/// Header lines (each ending in CRLF) added to every response, computed once.
+/// One set of added lines and dropped names.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    /// Header lines, each ending in CRLF.
+    lines: Vec<u8>,
+    /// Lowercase names of upstream fields not passed on.
+    dropped: Vec<String>,
+    /// `cache-control: ...\r\n` for responses to authenticated requests.
+    private: Vec<u8>,
+}
+
+impl Headers {
+    fn new(cfg: &Config, changes: &[(String, String)]) -> Self {
+        let h = &cfg.response_headers;
+        let mut set = h.set.clone();
+        merge(&mut set, changes);
+        let mut lines = Vec::new();
+        let mut dropped = h.remove.clone();
+        if let Some(hsts) = &cfg.proxy.hsts {
+            lines.extend_from_slice(b"strict-transport-security: ");
+            lines.extend_from_slice(hsts.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+            dropped.push("strict-transport-security".into());
+        }
+        for (name, value) in &set {
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+            dropped.push(name.clone());
+        }
+        let private = h
+            .authenticated_cache_control
+            .as_ref()
+            .map(|v| format!("cache-control: {v}\r\n").into_bytes())
+            .unwrap_or_default();
+        Self {
+            lines,
+            dropped,
+            private,
+        }
+    }
+
+    /// The lines to add; `authenticated` adds the private `Cache-Control`.
+    pub fn lines(&self, authenticated: bool) -> [&[u8]; 2] {
+        [&self.lines, if authenticated { &self.private } else { b"" }]
+    }
+
+    /// Whether an upstream field is not passed on.
+    pub fn drops(&self, name: &str, authenticated: bool) -> bool {
+        self.dropped.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || (authenticated
+                && !self.private.is_empty()
+                && name.eq_ignore_ascii_case("cache-control"))
+    }
+}
+
+/// The headers of a snapshot: the global set, and one per route.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseFilters {
-    lines: Vec<u8>,
+    global: Headers,
+    routes: Vec<Headers>,
+    /// The global lines plus `cache-control: no-store`, for the gateway's
+    /// own answers (errors, preflights): never worth caching.
+    own: Vec<u8>,
 }
 
 impl ResponseFilters {
     /// The filters a configuration asks for.
     pub fn new(cfg: &Config) -> Self {
-        let mut lines = Vec::new();
-        if let Some(hsts) = &cfg.proxy.hsts {
-            lines.extend_from_slice(b"strict-transport-security: ");
-            lines.extend_from_slice(hsts.as_bytes());
-            lines.extend_from_slice(b"\r\n");
+        let global = Headers::new(cfg, &[]);
+        let routes = cfg
+            .routes
+            .iter()
+            .map(|r| Headers::new(cfg, &r.response_headers))
+            .collect();
+        let mut own = global.lines.clone();
+        own.extend_from_slice(b"cache-control: no-store\r\n");
+        Self {
+            global,
+            routes,
+            own,
         }
-        Self { lines }
     }
 
-    /// The header lines to append.
+    /// The lines of a response the gateway makes itself.
     pub fn lines(&self) -> &[u8] {
-        &self.lines
+        &self.own
     }
 
-    /// Whether an upstream header is replaced by ours (and so not forwarded).
-    pub fn overrides(&self, name: &str) -> bool {
-        !self.lines.is_empty() && name.eq_ignore_ascii_case("strict-transport-security")
+    /// Route `i`'s headers (the global ones for an unknown index).
+    pub fn route(&self, i: usize) -> &Headers {
+        self.routes.get(i).unwrap_or(&self.global)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_change_the_global_set_and_the_upstreams_copies_are_dropped() {
+        let cfg = Config::parse(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n\
+             [[routes]]\npath_prefix = \"/docs\"\nupstream = \"u\"\nauth = \"none\"\nresponse_headers = { \"X-Frame-Options\" = \"\", \"Content-Security-Policy\" = \"default-src 'self'\" }\n\
+             [[routes]]\nupstream = \"u\"\nauth = \"none\"\n",
+            "t.toml",
+        )
+        .expect("config");
+        let f = ResponseFilters::new(&cfg);
+        let text = |h: &Headers, auth| {
+            h.lines(auth)
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<String>()
+        };
+        let docs = text(f.route(0), false);
+        assert!(!docs.contains("x-frame-options"), "{docs}");
+        assert!(
+            docs.contains("content-security-policy: default-src 'self'\r\n"),
+            "{docs}"
+        );
+        let api = text(f.route(1), true);
+        assert!(api.contains("x-frame-options: DENY\r\n"), "{api}");
+        assert!(api.contains("cache-control: no-store\r\n"), "{api}");
+        assert!(api.contains("strict-transport-security: "), "{api}");
+        assert!(f.route(1).drops("Server", false));
+        assert!(f.route(1).drops("X-Frame-Options", false));
+        assert!(!f.route(1).drops("Cache-Control", false));
+        assert!(f.route(1).drops("Cache-Control", true));
+        let own = String::from_utf8_lossy(f.lines()).into_owned();
+        assert!(
+            own.contains("cache-control: no-store\r\n") && own.contains("nosniff"),
+            "{own}"
+        );
     }
 }

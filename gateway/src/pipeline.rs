@@ -248,7 +248,11 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         subject: p.subject,
     };
     proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, caller_id, p.snap);
-    Ok(Admitted::new(plan_of(route, &head), head.len, caller))
+    Ok(Admitted::new(
+        plan_of(index, route, &head),
+        head.len,
+        caller,
+    ))
 }
 
 /// A head that did not parse: refused, with what its request line says
@@ -343,8 +347,9 @@ fn charge_limits(
 }
 
 /// What the proxy needs to know of an admitted request.
-fn plan_of(route: &RouteSettings, head: &RequestHead<'_, '_>) -> Plan {
+fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> Plan {
     Plan {
+        route: index,
         upstream: route.upstream,
         framing: head.framing,
         keep_alive: head.keep_alive,

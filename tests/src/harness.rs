@@ -356,6 +356,10 @@ fn respond(conn: &mut TcpStream, path: &str, head: &str, body_len: u64) -> bool 
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned()
     } else if let Some(code) = path.strip_prefix("/bad/status/") {
         format!("HTTP/1.1 {code} Odd\r\ncontent-length: 2\r\n\r\nok")
+    } else if path.ends_with("/fingerprint") {
+        // What an nginx/PHP backend says about itself, and headers the
+        // gateway replaces.
+        "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nX-Powered-By: PHP/8.2.7\r\nX-AspNet-Version: 4.0.30319\r\nX-Frame-Options: ALLOWALL\r\nContent-Security-Policy: default-src *\r\nCache-Control: public, max-age=3600\r\ncontent-length: 2\r\n\r\nok".to_owned()
     } else if path == "/extra-bytes" {
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokJUNK".to_owned()
     } else if path == "/close-twice" {

@@ -10,6 +10,7 @@
 mod admin;
 mod auth;
 mod cluster;
+mod headers;
 mod jwt;
 mod located;
 mod rate_limit;
@@ -20,6 +21,7 @@ mod xdp;
 pub use admin::*;
 pub use auth::*;
 pub use cluster::*;
+pub use headers::*;
 pub use jwt::*;
 pub(crate) use located::*;
 pub use rate_limit::*;
@@ -102,6 +104,8 @@ struct File {
     admin: AdminFile,
     #[serde(default)]
     cluster: ClusterFile,
+    #[serde(default)]
+    response_headers: HeadersFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -299,6 +303,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// The Redis shared with other gateways.
     pub cluster: ClusterSettings,
+    /// Security headers added and fingerprinting headers removed.
+    pub response_headers: HeaderSettings,
 }
 
 /// One certificate with the names it answers for.
@@ -392,6 +398,7 @@ impl Config {
         };
         let rate_limit = rate_limit_settings(&raw.rate_limit, &invalid)?;
         let cluster = cluster_settings(&raw.cluster, &invalid)?;
+        let response_headers = header_settings(&raw.response_headers, &invalid)?;
         if rate_limit.shared && cluster.redis.is_none() {
             return Err(invalid(
                 None,
@@ -411,6 +418,11 @@ impl Config {
             let max_body = raw.limits.max_body_bytes;
             let mut route = compile_route(i, r, &upstreams, max_body, &auth_ctx, &invalid)?;
             route.rate_limits = route_limits(i, &r.rate_limits, &rate_limit.limits, &invalid)?;
+            if let Some(h) = &r.response_headers {
+                route.response_headers = header_map(h.get_ref()).map_err(|e| {
+                    invalid(Some(h.span()), format!("routes[{i}].response_headers"), e)
+                })?;
+            }
             routes.push(route);
         }
         check_rule_counts(&routes, &invalid)?;
@@ -484,6 +496,7 @@ impl Config {
             rate_limit,
             admin,
             cluster,
+            response_headers,
             source: file.to_owned(),
             https: raw.listen.https,
             plain_http_port: *raw.listen.plain_http_port.get_ref(),

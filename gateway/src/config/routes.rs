@@ -32,6 +32,8 @@ pub(super) struct RouteFile {
     pub(super) claims: std::collections::BTreeMap<String, ClaimValues>,
     #[serde(default)]
     pub(super) rate_limits: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// How a route matches the path.
@@ -68,6 +70,9 @@ pub struct RouteSettings {
     pub claims: Vec<(String, Vec<String>)>,
     /// Rate limits charged, by index into `rate_limit.limits`.
     pub rate_limits: Vec<usize>,
+    /// Changes to the global response headers: a value sets, an empty one
+    /// removes.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// One `[[routes]]` entry, validated.
@@ -156,6 +161,7 @@ pub(super) fn compile_route(
         scopes: r.scopes.clone(),
         claims,
         rate_limits: Vec::new(),
+        response_headers: Vec::new(),
     })
 }
 

@@ -24,6 +24,8 @@ use crate::{
 /// What the head stages decided about a request to proxy.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
+    /// Index of the route (its response headers).
+    pub route: usize,
     /// Index of the upstream.
     pub upstream: usize,
     /// Body framing.

@@ -16,6 +16,7 @@ use crate::{
     http::{self, Framing, MAX_HEADERS, chunked, is_hop_by_hop},
     respond::Abort,
     respond::Failure,
+    stages::auth::Identity,
     tls::{StreamError, deadline},
 };
 
@@ -79,13 +80,16 @@ pub(super) async fn read_head(
     // SIGTERM may have come while the upstream worked: say close now.
     let client_keep = a.keep_alive && !stopping.load(Ordering::Relaxed);
     let mut out = std::mem::take(&mut c.out);
+    let headers = c.snap().filters.route(a.route);
+    let authenticated = a.identity() != Identity::Anonymous;
+    let [ours, private] = headers.lines(authenticated);
     write_client_head(
         &mut out,
         &resp,
         a,
         client_keep,
-        [c.snap().filters.lines(), &c.limit_lines],
-        |n| c.snap().filters.overrides(n),
+        [ours, private, &c.limit_lines],
+        |n| headers.drops(n, authenticated),
     );
     c.out = out;
     let head = Head {
@@ -112,7 +116,7 @@ fn write_client_head(
     resp: &http::response::ResponseHead<'_, '_>,
     a: &Admitted,
     client_keep: bool,
-    added: [&[u8]; 2],
+    added: [&[u8]; 3],
     overridden: impl Fn(&str) -> bool,
 ) {
     out.clear();

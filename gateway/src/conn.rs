@@ -50,6 +50,8 @@ pub struct Conn {
     pub route_path: String,
     /// The rate-limit header lines of the current request (empty: none).
     pub limit_lines: Vec<u8>,
+    /// The CORS header lines of the current request (empty: none).
+    pub cors_lines: Vec<u8>,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -84,6 +86,7 @@ impl Conn {
             token: String::new(),
             route_path: String::new(),
             limit_lines: Vec::new(),
+            cors_lines: Vec::new(),
         }
     }
 
@@ -141,14 +144,18 @@ impl Conn {
 
     /// Sends a failure response.
     pub async fn send_failure(&mut self, f: Failure, keep: bool) {
-        self.send_failure_with(f, keep, b"").await;
+        self.send_failure_with(f, keep, &[]).await;
     }
 
     /// Sends a failure response with extra header lines (a 401's challenge).
-    pub async fn send_failure_with(&mut self, f: Failure, keep: bool, extra: &[u8]) {
+    pub async fn send_failure_with(&mut self, f: Failure, keep: bool, extra: &[&[u8]]) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        respond::write_failure(&mut out, f, !keep, &[self.snap.filters.lines(), extra]);
+        let mut lines: [&[u8]; 4] = [self.snap.filters.lines(), b"", b"", b""];
+        for (slot, e) in lines[1..].iter_mut().zip(extra) {
+            *slot = e;
+        }
+        respond::write_failure(&mut out, f, !keep, &lines);
         let _ = self.tls.send(&[&out]).await;
         self.out = out;
     }
@@ -176,6 +183,8 @@ pub struct HeadParts<'c> {
     pub route_path: &'c mut String,
     /// Rate-limit header lines for the response.
     pub limit_lines: &'c mut Vec<u8>,
+    /// CORS header lines for the response.
+    pub cors_lines: &'c mut Vec<u8>,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -194,6 +203,7 @@ impl Conn {
             token: &mut self.token,
             route_path: &mut self.route_path,
             limit_lines: &mut self.limit_lines,
+            cors_lines: &mut self.cors_lines,
             peer: self.peer,
         }
     }

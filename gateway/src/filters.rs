@@ -15,10 +15,13 @@ pub struct Headers {
     dropped: Vec<String>,
     /// `cache-control: ...\r\n` for responses to authenticated requests.
     private: Vec<u8>,
+    /// The route has a CORS policy: the upstream's `Access-Control-*`
+    /// fields are not passed on (the gateway's answer is the only one).
+    cors: bool,
 }
 
 impl Headers {
-    fn new(cfg: &Config, changes: &[(String, String)]) -> Self {
+    fn new(cfg: &Config, changes: &[(String, String)], cors: bool) -> Self {
         let h = &cfg.response_headers;
         let mut set = h.set.clone();
         merge(&mut set, changes);
@@ -46,6 +49,7 @@ impl Headers {
             lines,
             dropped,
             private,
+            cors,
         }
     }
 
@@ -57,6 +61,9 @@ impl Headers {
     /// Whether an upstream field is not passed on.
     pub fn drops(&self, name: &str, authenticated: bool) -> bool {
         self.dropped.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || (self.cors
+                && name.len() > 15
+                && name.as_bytes()[..15].eq_ignore_ascii_case(b"access-control-"))
             || (authenticated
                 && !self.private.is_empty()
                 && name.eq_ignore_ascii_case("cache-control"))
@@ -76,11 +83,11 @@ pub struct ResponseFilters {
 impl ResponseFilters {
     /// The filters a configuration asks for.
     pub fn new(cfg: &Config) -> Self {
-        let global = Headers::new(cfg, &[]);
+        let global = Headers::new(cfg, &[], false);
         let routes = cfg
             .routes
             .iter()
-            .map(|r| Headers::new(cfg, &r.response_headers))
+            .map(|r| Headers::new(cfg, &r.response_headers, r.cors.is_some()))
             .collect();
         let mut own = global.lines.clone();
         own.extend_from_slice(b"cache-control: no-store\r\n");

@@ -34,7 +34,7 @@ use crate::{
             self, AuthError, Authenticated, Identity, introspect,
             jwt::{self, TokenId, Vocabulary},
         },
-        authz,
+        authz, cors,
         rate_limit::{self, Meter, Phase},
     },
     worker::Worker,
@@ -129,13 +129,16 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
             report(w, c, r.failure);
             // A refusal only: holding the snapshot costs one atomic increment.
             let snap = c.snap_arc();
-            let lines = std::mem::take(&mut c.limit_lines);
+            let (limits, cors) = (
+                std::mem::take(&mut c.limit_lines),
+                std::mem::take(&mut c.cors_lines),
+            );
             let extra = match r.failure {
-                rate_limit::EXCEEDED => std::borrow::Cow::Borrowed(&lines[..]),
+                rate_limit::EXCEEDED => std::borrow::Cow::Borrowed(&limits[..]),
                 f => auth::challenge(f, &snap.challenge),
             };
-            c.send_failure_with(r.failure, keep, &extra).await;
-            c.limit_lines = lines;
+            c.send_failure_with(r.failure, keep, &[&extra, &cors]).await;
+            (c.limit_lines, c.cors_lines) = (limits, cors);
             ctx.failed(r.failure, None);
             keep
         }
@@ -168,6 +171,7 @@ fn report(w: &Worker, c: &Conn, f: Failure) {
 fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
     let p = c.head_parts();
     p.limit_lines.clear();
+    p.cors_lines.clear();
     let limits = &p.snap.cfg.limits;
     let head_limits = HeadLimits {
         max_request_line: limits.max_request_line_bytes,
@@ -199,26 +203,15 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         p.path.as_str()
     };
     let matched = normalize::route_path(path, p.route_path);
-    let (index, route) = p
-        .snap
-        .routes
-        .find(head.host, matched, head.method)
-        .map_err(|m| {
-            let f = match m {
-                Miss::NotFound => Failure::NOT_FOUND,
-                Miss::MethodNotAllowed => Failure::METHOD,
-            };
-            refuse(f, head.keep_alive)
-        })?;
+    let (index, route) = find_route(p.snap, &head, matched).map_err(|m| {
+        let f = match m {
+            Miss::NotFound => Failure::NOT_FOUND,
+            Miss::MethodNotAllowed => Failure::METHOD,
+        };
+        refuse(f, head.keep_alive)
+    })?;
     ctx.route = Some(index);
-    if p.snap.cfg.proxy.underscores_in_headers == Underscores::Reject
-        && head.headers.iter().any(|h| h.name.contains('_'))
-    {
-        return Err(refuse(Failure::HEADER_NAME, head.keep_alive));
-    }
-    if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
-        return Err(refuse(Failure::BODY_TOO_LARGE, false));
-    }
+    check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
     let source = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
     if !ctx.charged {
         ctx.charged = true;
@@ -253,6 +246,45 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         head.len,
         caller,
     ))
+}
+
+/// The route's checks of the head itself: CORS (a preflight ends here),
+/// header names, the declared body size. The failure and whether the
+/// connection may stay open.
+fn check_head(
+    snap: &Snapshot,
+    route: &RouteSettings,
+    head: &RequestHead<'_, '_>,
+    cors_lines: &mut Vec<u8>,
+) -> Result<(), (Failure, bool)> {
+    if let Some(policy) = &route.cors {
+        cors::judge(policy, head, cors_lines).map_err(|f| (f, head.keep_alive))?;
+    }
+    if snap.cfg.proxy.underscores_in_headers == Underscores::Reject
+        && head.headers.iter().any(|h| h.name.contains('_'))
+    {
+        return Err((Failure::HEADER_NAME, head.keep_alive));
+    }
+    if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
+        return Err((Failure::BODY_TOO_LARGE, false));
+    }
+    Ok(())
+}
+
+/// The route for a request; a CORS preflight is routed by the method it
+/// asks about, to a route with a CORS policy (else as the OPTIONS it is).
+fn find_route<'s>(
+    snap: &'s Snapshot,
+    head: &RequestHead<'_, '_>,
+    path: &str,
+) -> Result<(usize, &'s RouteSettings), Miss> {
+    if let Some(asked) = cors::preflight_method(head)
+        && let Ok(found) = snap.routes.find(head.host, path, asked)
+        && found.1.cors.is_some()
+    {
+        return Ok(found);
+    }
+    snap.routes.find(head.host, path, head.method)
 }
 
 /// A head that did not parse: refused, with what its request line says
@@ -487,7 +519,9 @@ async fn finish(
         }
         Err(Abort::Respond(f, addr)) => {
             let keep = client_keep && !a.framing.has_body();
-            c.send_failure(f, keep).await;
+            let cors = std::mem::take(&mut c.cors_lines);
+            c.send_failure_with(f, keep, &[&cors]).await;
+            c.cors_lines = cors;
             ctx.failed(f, addr);
             keep
         }

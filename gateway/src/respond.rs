@@ -192,6 +192,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         201 => "Created",
+        204 => "No Content",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -227,6 +228,18 @@ fn detail(reason: &str) -> Option<&'static str> {
 /// `extra_headers` are complete header lines (the route's response headers,
 /// a 401's challenge).
 pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: &[&[u8]]) {
+    if f.status == 204 {
+        // An answer without content (a CORS preflight).
+        let _ = write!(out, "HTTP/1.1 204 No Content\r\n");
+        for lines in extra_headers {
+            out.extend_from_slice(lines);
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        return;
+    }
     let detail = detail(f.reason);
     // {"error":"<word>","reason":"<reason>"[,"detail":"<detail>"]}\n
     let body_len = 25 + f.word().len() + f.reason.len() + detail.map_or(0, |d| 12 + d.len());

@@ -186,6 +186,14 @@ impl Backend {
             .collect()
     }
 
+    /// Requests received so far whose path starts with `prefix`.
+    pub fn hits(&self, prefix: &str) -> usize {
+        self.paths()
+            .iter()
+            .filter(|p| p.starts_with(prefix))
+            .count()
+    }
+
     /// What it received so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().map(|v| v.clone()).unwrap_or_default()
@@ -359,7 +367,7 @@ fn respond(conn: &mut TcpStream, path: &str, head: &str, body_len: u64) -> bool 
     } else if path.ends_with("/fingerprint") {
         // What an nginx/PHP backend says about itself, and headers the
         // gateway replaces.
-        "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nX-Powered-By: PHP/8.2.7\r\nX-AspNet-Version: 4.0.30319\r\nX-Frame-Options: ALLOWALL\r\nContent-Security-Policy: default-src *\r\nCache-Control: public, max-age=3600\r\ncontent-length: 2\r\n\r\nok".to_owned()
+        "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nX-Powered-By: PHP/8.2.7\r\nX-AspNet-Version: 4.0.30319\r\nX-Frame-Options: ALLOWALL\r\nContent-Security-Policy: default-src *\r\nCache-Control: public, max-age=3600\r\nAccess-Control-Allow-Origin: *\r\ncontent-length: 2\r\n\r\nok".to_owned()
     } else if path == "/extra-bytes" {
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokJUNK".to_owned()
     } else if path == "/close-twice" {
@@ -1144,4 +1152,45 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes a key file (`auth.key_file`) in `dir` with one key per
+/// consumer (`(id, key)`); returns its path.
+pub fn write_key_file(dir: &Path, consumers: &[(&str, &str)]) -> PathBuf {
+    let mut text = String::new();
+    for (id, key) in consumers {
+        text.push_str(&format!(
+            "[[consumers]]\nid = \"{id}\"\n[[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
+            gateway::stages::auth::api_key::hash_line(key),
+            gateway::stages::auth::api_key::shown_prefix(key)
+        ));
+    }
+    let path = dir.join("keys.toml");
+    std::fs::write(&path, text).expect("key file");
+    path
+}
+
+/// A gateway whose key file holds one consumer, `alice`, and her key.
+pub struct Keyed {
+    /// The gateway.
+    pub s: Setup,
+    /// Alice's API key.
+    pub key: String,
+    _dir: TempDir,
+}
+
+/// [`setup_with`] with `routes`, `tail` and a key file for `alice`.
+pub fn setup_keyed(tag: &str, routes: &str, tail: &str) -> Keyed {
+    let dir = TempDir::new(&format!("{tag}-keys"));
+    let key = gateway::stages::auth::api_key::generate().expect("key");
+    let keys = write_key_file(&dir.0, &[("alice", &key)]);
+    let s = setup_with(
+        tag,
+        "",
+        "workers = 2",
+        routes,
+        &format!("{tail}\n[auth]\nkey_file = \"{}\"\n", keys.display()),
+        &[],
+    );
+    Keyed { s, key, _dir: dir }
 }

@@ -1,8 +1,9 @@
 //! Security headers on every response, gateway-made errors included, and
 //! the backend's fingerprinting headers removed; per-route changes.
 
-use gateway::stages::auth::api_key;
-use gateway_tests::harness::{Response, Setup, TempDir, setup_with};
+use gateway_tests::harness::{Response, Setup, setup_keyed};
+
+const LIMIT: &str = "[[rate_limit.limits]]\nname = \"one\"\nkey = \"source\"\nrate = \"1/min\"\n";
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -35,39 +36,6 @@ auth = "none"
 response_headers = { "X-Frame-Options" = "", "Content-Security-Policy" = "default-src 'self'", "X-Docs" = "yes" }
 "#;
 
-struct Gw {
-    s: Setup,
-    key: String,
-    _dir: TempDir,
-}
-
-fn start() -> Gw {
-    let dir = TempDir::new("headers-keys");
-    let key = api_key::generate().expect("key");
-    let keys = dir.0.join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[consumers]]\nid = \"alice\"\n[[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
-            api_key::hash_line(&key),
-            api_key::shown_prefix(&key)
-        ),
-    )
-    .expect("key file");
-    let s = setup_with(
-        "headers",
-        "",
-        "workers = 2",
-        ROUTES,
-        &format!(
-            "[auth]\nkey_file = \"{}\"\n[[rate_limit.limits]]\nname = \"one\"\nkey = \"source\"\nrate = \"1/min\"\n",
-            keys.display()
-        ),
-        &[],
-    );
-    Gw { s, key, _dir: dir }
-}
-
 fn raw(s: &Setup, request: &str, method: &str) -> Response {
     let mut c = s.client();
     c.send(request.as_bytes()).expect("send");
@@ -99,7 +67,7 @@ fn assert_security_headers(r: &Response, what: &str) {
 
 #[test]
 fn every_gateway_made_error_carries_the_security_headers() {
-    let g = start();
+    let g = setup_keyed("headers", ROUTES, LIMIT);
     let s = &g.s;
     let cases = [
         (
@@ -147,7 +115,7 @@ fn every_gateway_made_error_carries_the_security_headers() {
 
 #[test]
 fn the_backends_fingerprints_are_removed_and_its_copies_replaced() {
-    let g = start();
+    let g = setup_keyed("headers", ROUTES, LIMIT);
     let r = g.s.get("/fingerprint", "");
     assert_eq!(r.status, 200, "{r:?}");
     for name in ["server", "x-powered-by", "x-aspnet-version"] {
@@ -173,7 +141,7 @@ fn the_backends_fingerprints_are_removed_and_its_copies_replaced() {
 
 #[test]
 fn a_route_changes_adds_and_removes_headers() {
-    let g = start();
+    let g = setup_keyed("headers", ROUTES, LIMIT);
     let r = g.s.get("/docs/x", "");
     assert_eq!(r.header("x-frame-options"), None, "{r:?}");
     let r = g.s.get("/docs/fingerprint", "");

@@ -12,7 +12,10 @@ use std::{
 use gateway::stages::auth::api_key;
 use gateway_tests::{
     Running, Testbed, connect_from, gateway_bin,
-    harness::{Certs, Client, Response, Setup, TempDir, client_config, reason_of, setup_with},
+    harness::{
+        Certs, Client, Response, Setup, TempDir, client_config, reason_of, setup_with,
+        write_key_file,
+    },
     require_root,
 };
 use nix::sys::signal::Signal;
@@ -23,20 +26,6 @@ struct Limited {
     alice: String,
     bob: String,
     _keys: TempDir,
-}
-
-fn key_file(dir: &std::path::Path, alice: &str, bob: &str) -> std::path::PathBuf {
-    let mut text = String::new();
-    for (id, key) in [("alice", alice), ("bob", bob)] {
-        text.push_str(&format!(
-            "[[consumers]]\nid = \"{id}\"\n[[consumers.keys]]\nhash = \"{}\"\nprefix = \"{}\"\n",
-            api_key::hash_line(key),
-            api_key::shown_prefix(key)
-        ));
-    }
-    let path = dir.join("keys.toml");
-    std::fs::write(&path, text).expect("key file");
-    path
 }
 
 const LIMITED_ROUTES: &str = r#"
@@ -96,7 +85,7 @@ fn start(tag: &str, runtime: &str, ip_rate: &str, escalation: &str) -> Limited {
     let keys_dir = TempDir::new(&format!("{tag}-keys"));
     let alice = api_key::generate().expect("key");
     let bob = api_key::generate().expect("key");
-    let keys = key_file(&keys_dir.0, &alice, &bob);
+    let keys = write_key_file(&keys_dir.0, &[("alice", &alice), ("bob", &bob)]);
     let s = setup_with(
         tag,
         "",
@@ -119,14 +108,6 @@ fn start(tag: &str, runtime: &str, ip_rate: &str, escalation: &str) -> Limited {
 
 fn ask(s: &Setup, path: &str, headers: &str) -> Response {
     s.get(path, headers)
-}
-
-fn hits(s: &Setup, prefix: &str) -> usize {
-    s.backend
-        .paths()
-        .iter()
-        .filter(|p| p.starts_with(prefix))
-        .count()
 }
 
 const NO_ESCALATION: &str = "rejections = 0\nauth_failures = 0";
@@ -161,7 +142,7 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
         "{r:?}"
     );
     assert_eq!(
-        hits(s, "/limited"),
+        s.backend.hits("/limited"),
         3,
         "a refused request reached the backend"
     );
@@ -180,7 +161,7 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
         Some("\"per-consumer\";q=2;w=60")
     );
     assert_eq!(ask(s, "/keyed/b", &bob).status, 200);
-    assert_eq!(hits(s, "/keyed"), 3);
+    assert_eq!(s.backend.hits("/keyed"), 3);
 
     // Per route: each route that names the limit has its own bucket.
     assert_eq!(ask(s, "/route-a", "").status, 200);
@@ -211,7 +192,7 @@ fn one_client_spread_over_two_workers_gets_exactly_one_limit() {
     let passed = statuses.iter().filter(|&&st| st == 200).count();
     let refused = statuses.iter().filter(|&&st| st == 429).count();
     assert_eq!((passed, refused), (20, 28), "{statuses:?}");
-    assert_eq!(hits(s, "/limited"), 20);
+    assert_eq!(s.backend.hits("/limited"), 20);
     // Both workers served: the access log names the worker.
     let gw = &mut l.s.gw;
     gw.proc

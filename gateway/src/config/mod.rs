@@ -10,6 +10,7 @@
 mod admin;
 mod auth;
 mod cluster;
+mod cors;
 mod headers;
 mod jwt;
 mod located;
@@ -21,6 +22,7 @@ mod xdp;
 pub use admin::*;
 pub use auth::*;
 pub use cluster::*;
+pub use cors::*;
 pub use headers::*;
 pub use jwt::*;
 pub(crate) use located::*;
@@ -106,6 +108,8 @@ struct File {
     cluster: ClusterFile,
     #[serde(default)]
     response_headers: HeadersFile,
+    #[serde(default)]
+    cors: Option<CorsFile>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -399,6 +403,11 @@ impl Config {
         let rate_limit = rate_limit_settings(&raw.rate_limit, &invalid)?;
         let cluster = cluster_settings(&raw.cluster, &invalid)?;
         let response_headers = header_settings(&raw.response_headers, &invalid)?;
+        let cors = raw
+            .cors
+            .as_ref()
+            .map(|c| cors_settings(c, "cors", &invalid))
+            .transpose()?;
         if rate_limit.shared && cluster.redis.is_none() {
             return Err(invalid(
                 None,
@@ -418,6 +427,7 @@ impl Config {
             let max_body = raw.limits.max_body_bytes;
             let mut route = compile_route(i, r, &upstreams, max_body, &auth_ctx, &invalid)?;
             route.rate_limits = route_limits(i, &r.rate_limits, &rate_limit.limits, &invalid)?;
+            route.cors = route_cors(i, r.cors.as_ref(), cors.as_ref(), &invalid)?;
             if let Some(h) = &r.response_headers {
                 route.response_headers = header_map(h.get_ref()).map_err(|e| {
                     invalid(Some(h.span()), format!("routes[{i}].response_headers"), e)

@@ -34,6 +34,8 @@ pub(super) struct RouteFile {
     pub(super) rate_limits: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub(super) cors: Option<RouteCors>,
 }
 
 /// How a route matches the path.
@@ -73,6 +75,8 @@ pub struct RouteSettings {
     /// Changes to the global response headers: a value sets, an empty one
     /// removes.
     pub response_headers: Vec<(String, String)>,
+    /// Its CORS policy (its own, or `[cors]`), if any.
+    pub cors: Option<CorsSettings>,
 }
 
 /// One `[[routes]]` entry, validated.
@@ -162,6 +166,7 @@ pub(super) fn compile_route(
         claims,
         rate_limits: Vec::new(),
         response_headers: Vec::new(),
+        cors: None,
     })
 }
 

@@ -88,7 +88,7 @@ pub(super) async fn read_head(
         &resp,
         a,
         client_keep,
-        [ours, private, &c.limit_lines],
+        [ours, private, &c.limit_lines, &c.cors_lines],
         |n| headers.drops(n, authenticated),
     );
     c.out = out;
@@ -116,7 +116,7 @@ fn write_client_head(
     resp: &http::response::ResponseHead<'_, '_>,
     a: &Admitted,
     client_keep: bool,
-    added: [&[u8]; 3],
+    added: [&[u8]; 4],
     overridden: impl Fn(&str) -> bool,
 ) {
     out.clear();

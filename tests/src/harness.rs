@@ -733,9 +733,14 @@ pub fn setup_with(
     let dir = TempDir::new(tag);
     let certs = Certs::issue(&dir.0, &["localhost", "api.test", "other.test"]);
     let backend = Backend::start();
+    // The kernel may hand the same free port out twice: draw until distinct.
     let port = free_port();
-    let plain_port = free_port();
-    let closed = free_port();
+    let plain_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != port)
+        .unwrap_or(port + 1);
+    let closed = std::iter::repeat_with(free_port)
+        .find(|p| *p != port && *p != plain_port)
+        .unwrap_or(port + 2);
     let limits: Vec<&str> = TEST_LIMITS
         .iter()
         .copied()

@@ -191,7 +191,7 @@ pub fn why_lines(v: &Value, now_unix: u64) -> Vec<String> {
     });
     let e = &v["escalation"];
     out.push(format!(
-        "  escalation: {}/{} rejections and {}/{} auth failures in the current {}s window; {} offences so far",
+        "  escalation: {}/{} rejections and {}/{} auth failures in the current {}s window; earlier offences: {}",
         e["rejections"],
         e["rejections_threshold"],
         e["auth_failures"],

@@ -377,6 +377,9 @@ idle_per_server = 256
 [[routes]]
 upstream = "backend"
 auth = "none"
+# Several gateways run side by side: none needs the admin API.
+[admin]
+enabled = false
 [xdp]
 enabled = false
 "#,

@@ -268,7 +268,32 @@ fn check_head(
     if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
         return Err((Failure::BODY_TOO_LARGE, false));
     }
+    if !route.content_types.is_empty()
+        && head.framing.has_body()
+        && !media_type_allowed(route, head)
+    {
+        // The body stays unread: close.
+        return Err((Failure::CONTENT_TYPE, false));
+    }
     Ok(())
+}
+
+/// Whether the body's `Content-Type` (one field; its media type, without
+/// parameters, case-insensitive) is one the route takes.
+fn media_type_allowed(route: &RouteSettings, head: &RequestHead<'_, '_>) -> bool {
+    let mut fields = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-type"));
+    let (Some(field), None) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let value = std::str::from_utf8(field.value).unwrap_or("");
+    let media = value.split(';').next().unwrap_or("").trim();
+    route
+        .content_types
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(media))
 }
 
 /// The route for a request; a CORS preflight is routed by the method it

@@ -81,6 +81,12 @@ impl Failure {
         reason: "route.method",
         fault: Fault::Client,
     };
+    /// A body whose media type the route does not take.
+    pub const CONTENT_TYPE: Self = Self {
+        status: 415,
+        reason: "validation.content_type",
+        fault: Fault::Client,
+    };
     /// The body exceeds the route's limit.
     pub const BODY_TOO_LARGE: Self = Self {
         status: 413,
@@ -165,6 +171,7 @@ impl Failure {
             405 => "method_not_allowed",
             408 => "request_timeout",
             413 => "payload_too_large",
+            415 => "unsupported_media_type",
             414 => "uri_too_long",
             417 => "expectation_failed",
             429 => "too_many_requests",
@@ -201,6 +208,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         414 => "URI Too Long",
         417 => "Expectation Failed",
         429 => "Too Many Requests",

@@ -645,6 +645,25 @@ mod tests {
     }
 
     #[test]
+    fn content_types_are_media_types() {
+        let route = |ct: &str| {
+            format!(
+                "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"u\"\nauth = \"none\"\ncontent_types = [{ct}]\n"
+            )
+        };
+        let c = Config::parse(&route("\"Application/JSON\""), "t.toml").expect("valid");
+        assert_eq!(
+            c.routes[0].content_types,
+            vec!["application/json".to_owned()]
+        );
+        let e = err(&route("\"json\""));
+        assert_eq!(
+            e,
+            "t.toml:9: routes[0].content_types: `json` is not a media type (e.g. application/json)"
+        );
+    }
+
+    #[test]
     fn cidrs_are_normalised() {
         let c = Config::parse(
             "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"198.18.0.7/24\"]\n",

@@ -36,6 +36,8 @@ pub(super) struct RouteFile {
     pub(super) response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     #[serde(default)]
     pub(super) cors: Option<RouteCors>,
+    #[serde(default)]
+    pub(super) content_types: Vec<Spanned<String>>,
 }
 
 /// How a route matches the path.
@@ -77,6 +79,9 @@ pub struct RouteSettings {
     pub response_headers: Vec<(String, String)>,
     /// Its CORS policy (its own, or `[cors]`), if any.
     pub cors: Option<CorsSettings>,
+    /// Media types a request body may have (lowercase, no parameters);
+    /// empty: any.
+    pub content_types: Vec<String>,
 }
 
 /// One `[[routes]]` entry, validated.
@@ -167,7 +172,37 @@ pub(super) fn compile_route(
         rate_limits: Vec::new(),
         response_headers: Vec::new(),
         cors: None,
+        content_types: media_types(i, &r.content_types, invalid)?,
     })
+}
+
+/// A route's `content_types`: `type/subtype` media types, lowercased.
+fn media_types(
+    i: usize,
+    list: &[Spanned<String>],
+    invalid: &Invalid<'_>,
+) -> Result<Vec<String>, ConfigError> {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    list.iter()
+        .map(|t| {
+            let v = t.get_ref().trim().to_ascii_lowercase();
+            match v.split_once('/') {
+                Some((a, b)) if token(a) && token(b) => Ok(v),
+                _ => Err(invalid(
+                    Some(t.span()),
+                    format!("routes[{i}].content_types"),
+                    format!(
+                        "`{}` is not a media type (e.g. application/json)",
+                        t.get_ref()
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// A route's host: a name or IP literal, matched without the request's

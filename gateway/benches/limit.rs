@@ -54,6 +54,7 @@ fn decide(
         buckets,
         link,
         leases,
+        refused_by_source: false,
     };
     rate_limit::charge(&mut meter, s, &[0], Phase::Anonymous, black_box(who), lines)
 }

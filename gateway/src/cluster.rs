@@ -51,26 +51,29 @@ pub const UNAVAILABLE: Failure = Failure::internal(503, "rate_limit.unavailable"
 /// Admitted requests queued between syncs at most; beyond, they are
 /// dropped and counted (the cluster then under-counts this gateway).
 const QUEUE: usize = 1 << 18;
+/// Verdict changes kept for Redis while it is unreachable, at most.
+const MAX_PENDING: usize = 10_000;
 /// Buckets per Lua call.
 const PER_CALL: usize = 256;
 const CHANNEL: &str = "gw:verdicts";
 const VERDICT_PREFIX: &str = "gw:verdict:";
 
-/// Advances each bucket (KEYS) by ARGV[2i] requests of ARGV[2i+1] µs at
-/// ARGV[1] µs since the epoch; returns the new arrival times. Microseconds
-/// keep them exact in Lua's doubles.
+/// Advances each bucket (KEYS) by ARGV[2i-1] requests of ARGV[2i] µs and
+/// returns how far ahead of now each bucket's arrival time is, in µs. Now
+/// is Redis's own clock, so the gateways' clocks never need to agree; the
+/// times are microseconds, exact in Lua's doubles.
 const ADVANCE: &str = r"
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
 for i = 1, #KEYS do
-  local n = tonumber(ARGV[2 * i])
-  local interval = tonumber(ARGV[2 * i + 1])
+  local n = tonumber(ARGV[2 * i - 1])
+  local interval = tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   tat = tat + n * interval
-  local s = string.format('%.0f', tat)
-  redis.call('SET', KEYS[i], s, 'PX', math.floor((tat - now) / 1000) + 1000)
-  out[i] = s
+  redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+  out[i] = string.format('%.0f', tat - now)
 end
 return out
 ";
@@ -247,6 +250,7 @@ impl Sync {
     fn run(self, stop: &AtomicBool) {
         let link = self.shared.link.as_ref();
         let mut con: Option<redis::Connection> = None;
+        let mut pending: Vec<Shout> = Vec::new();
         let mut retry_at = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(self.every);
@@ -254,7 +258,16 @@ impl Sync {
             while let Ok((key, interval)) = self.admitted.try_recv() {
                 counts.entry(key).or_insert((0, interval)).0 += 1;
             }
-            let shouts: Vec<Shout> = self.shouts.try_iter().collect();
+            // Verdict changes wait until Redis takes them (a lift lost in an
+            // outage would let the stored verdict come back).
+            pending.extend(self.shouts.try_iter());
+            if pending.len() > MAX_PENDING {
+                let drop = pending.len() - MAX_PENDING;
+                pending.drain(..drop);
+                tracing::warn!(
+                    "{drop} verdict changes not shared: Redis has been unreachable too long"
+                );
+            }
             if con.is_none() && Instant::now() >= retry_at {
                 match self
                     .client
@@ -273,8 +286,9 @@ impl Sync {
             let Some(c) = con.as_mut() else {
                 continue;
             };
-            match self.exchange(c, &counts, &shouts) {
+            match self.exchange(c, &counts, &pending) {
                 Ok(()) => {
+                    pending.clear();
                     if let Some(l) = link {
                         l.syncs.fetch_add(1, Ordering::Relaxed);
                         if l.down.swap(false, Ordering::Relaxed) {
@@ -324,14 +338,12 @@ impl Sync {
             shout(&mut pipe, &self.node, s);
         }
         let keys: Vec<(u64, u64, u64)> = counts.iter().map(|(k, (n, i))| (*k, *n, *i)).collect();
-        let now_us = unix_ns() / 1000;
         for chunk in keys.chunks(PER_CALL) {
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(ADVANCE).arg(chunk.len());
             for (k, _, _) in chunk {
                 cmd.arg(format!("gw:rl:{k:016x}"));
             }
-            cmd.arg(now_us);
             for (_, n, interval) in chunk {
                 cmd.arg(*n).arg((interval / 1000).max(1));
             }
@@ -346,13 +358,11 @@ impl Sync {
         let answers: Vec<Vec<String>> = pipe.query(con)?;
         let buckets = &self.shared.buckets;
         let now = buckets.now_ns();
-        // Cluster times are Unix µs; the table counts from its own start.
-        let offset = unix_ns().saturating_sub(now);
-        for (chunk, tats) in keys.chunks(PER_CALL).zip(answers) {
-            for ((key, _, _), tat) in chunk.iter().zip(tats) {
-                if let Ok(us) = tat.parse::<u64>() {
-                    let local = (us * 1000).saturating_sub(offset);
-                    buckets.raise(*key, local, now);
+        // Each answer is how far ahead of now the cluster's bucket is.
+        for (chunk, ahead) in keys.chunks(PER_CALL).zip(answers) {
+            for ((key, _, _), ahead) in chunk.iter().zip(ahead) {
+                if let Ok(us) = ahead.parse::<u64>() {
+                    buckets.raise(*key, now.saturating_add(us.saturating_mul(1000)), now);
                 }
             }
         }
@@ -368,12 +378,14 @@ fn shout(pipe: &mut redis::Pipeline, node: &str, s: &Shout) {
             reason,
             why,
         } => {
+            // How long it has left, by this gateway's clock: the others
+            // count from when they get it, so clocks need not agree.
+            let left = expires_unix_ms.saturating_sub(unix_ns() / 1_000_000).max(1);
             let msg = json!({
                 "node": node, "op": "add", "source": source.to_string(),
-                "expires_unix_ms": expires_unix_ms, "reason": reason, "why": why,
+                "left_ms": left, "reason": reason, "why": why,
             })
             .to_string();
-            let left = expires_unix_ms.saturating_sub(unix_ns() / 1_000_000).max(1);
             pipe.cmd("SET")
                 .arg(format!("{VERDICT_PREFIX}{source}"))
                 .arg(&msg)
@@ -424,16 +436,22 @@ impl Listen {
         // Subscribed first, then the stored set: nothing falls in between.
         let stored: Vec<String> = stored_keys(&mut snapshot)?;
         for key in stored {
-            let v: Option<String> = redis::cmd("GET").arg(&key).query(&mut snapshot)?;
-            if let Some(v) = v {
-                self.apply(&v);
+            // What is left is Redis's own expiry, not the stored figure.
+            let (v, ttl): (Option<String>, i64) = redis::pipe()
+                .cmd("GET")
+                .arg(&key)
+                .cmd("PTTL")
+                .arg(&key)
+                .query(&mut snapshot)?;
+            if let (Some(v), Ok(ttl)) = (v, u64::try_from(ttl)) {
+                self.apply(&v, Some(ttl));
             }
         }
         while !stop.load(Ordering::Relaxed) {
             match ps.get_message() {
                 Ok(msg) => {
                     if let Ok(text) = msg.get_payload::<String>() {
-                        self.apply(&text);
+                        self.apply(&text, None);
                     }
                 }
                 Err(e) if e.is_timeout() => {}
@@ -443,7 +461,9 @@ impl Listen {
         Ok(())
     }
 
-    fn apply(&self, text: &str) {
+    /// Applies one verdict change; `left_ms` overrides the message's own
+    /// (a stored verdict's time to live).
+    fn apply(&self, text: &str, left_ms: Option<u64>) {
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             return;
         };
@@ -459,10 +479,7 @@ impl Listen {
         let from = v["node"].as_str().unwrap_or("?");
         match v["op"].as_str() {
             Some("add") => {
-                let left_ms = v["expires_unix_ms"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .saturating_sub(unix_ns() / 1_000_000);
+                let left_ms = left_ms.or(v["left_ms"].as_u64()).unwrap_or(0);
                 if left_ms > 0 {
                     let reason = v["reason"].as_u64().unwrap_or(1) as u32;
                     let why = v["why"].as_str().unwrap_or("");

@@ -59,6 +59,8 @@ pub struct Ctx {
     /// The limits judged before authentication were charged (a head judged
     /// again after introspection is not charged twice).
     pub charged: bool,
+    /// A 429 came from a limit that counts the source address.
+    pub by_source: bool,
 }
 
 impl Ctx {
@@ -72,6 +74,7 @@ impl Ctx {
             bytes: 0,
             identity: Identity::Anonymous,
             charged: false,
+            by_source: false,
         }
     }
 
@@ -126,7 +129,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         Err(r) => {
             c.consume(r.head_len);
             let keep = r.keep && !w.stopping();
-            report(w, c, r.failure);
+            report(w, c, r.failure, ctx.by_source);
             // A refusal only: holding the snapshot costs one atomic increment.
             let snap = c.snap_arc();
             let (limits, cors) = (
@@ -150,18 +153,21 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
 /// Tells the control side of a refusal escalation counts: a 401 or a 429
 /// from a peer that is not a trusted proxy (a verdict on a proxy would
 /// drop everyone behind it).
-fn report(w: &Worker, c: &Conn, f: Failure) {
+fn report(w: &Worker, c: &Conn, f: Failure, by_source: bool) {
     let ip = c.peer.ip();
     // IPv4-mapped IPv6 counts as the IPv4 address.
     let source = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
         v4 => v4,
     };
+    if c.snap().trusted_proxies.contains(&source_addr(source)) {
+        return;
+    }
     let event = match f.status {
         401 => Event::AuthFailed { source },
-        429 if !c.snap().trusted_proxies.contains(&source_addr(source)) => {
-            Event::RateLimited { source }
-        }
+        // Only a limit that counts the address says something about it: a
+        // route-wide or per-consumer refusal must not ban a shared NAT.
+        429 if by_source => Event::RateLimited { source },
         _ => return,
     };
     w.shared.events.report(event);
@@ -213,10 +219,14 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     ctx.route = Some(index);
     check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
     let source = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
+    let snap = p.snap;
+    let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {
+        charge_limits(w, snap, index, (source, caller), lines, by)
+            .map_err(|f| refuse(f, head.keep_alive))
+    };
     if !ctx.charged {
         ctx.charged = true;
-        charge_limits(w, p.snap, index, source, None, p.limit_lines)
-            .map_err(|f| refuse(f, head.keep_alive))?;
+        limits(None, p.limit_lines, &mut ctx.by_source)?;
     }
     let caller =
         check_caller(w, p.snap, index, &head, p.subject, p.token).map_err(|e| match e {
@@ -227,25 +237,15 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
             AuthError::Refused(f) => refuse(f, head.keep_alive),
         })?;
     ctx.identity = caller.identity();
-    charge_limits(
-        w,
-        p.snap,
-        index,
-        source,
-        Some((ctx.identity, p.subject)),
-        p.limit_lines,
-    )
-    .map_err(|f| refuse(f, head.keep_alive))?;
+    let identified = Some((ctx.identity, p.subject.as_str()));
+    limits(identified, p.limit_lines, &mut ctx.by_source)?;
     let caller_id = proxy::request::Caller {
         who: caller.identity(),
         subject: p.subject,
     };
     proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, caller_id, p.snap);
-    Ok(Admitted::new(
-        plan_of(index, route, &head),
-        head.len,
-        caller,
-    ))
+    let plan = plan_of(index, route, &head);
+    Ok(Admitted::new(plan, head.len, caller))
 }
 
 /// The route's checks of the head itself: CORS (a preflight ends here),
@@ -370,9 +370,9 @@ fn charge_limits(
     w: &Worker,
     snap: &Snapshot,
     index: usize,
-    source: IpAddr,
-    caller: Option<(Identity, &str)>,
+    (source, caller): (IpAddr, Option<(Identity, &str)>),
     lines: &mut Vec<u8>,
+    by_source: &mut bool,
 ) -> Result<(), Failure> {
     let settings = &snap.cfg.rate_limit;
     let route_limits = &snap.cfg.routes[index].rate_limits;
@@ -399,8 +399,11 @@ fn charge_limits(
         buckets: &w.shared.buckets,
         link,
         leases: &mut w.leases.borrow_mut(),
+        refused_by_source: false,
     };
-    rate_limit::charge(&mut meter, settings, route_limits, phase, &who, lines)
+    let charged = rate_limit::charge(&mut meter, settings, route_limits, phase, &who, lines);
+    *by_source = meter.refused_by_source;
+    charged
 }
 
 /// What the proxy needs to know of an admitted request.

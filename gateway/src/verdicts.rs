@@ -327,7 +327,8 @@ impl Book {
     pub fn sweep(&mut self, now_ns: u64) -> Result<usize, XdpError> {
         let n = self.enforcement.sweep(now_ns)?;
         if !self.notes.is_empty() {
-            let live: Vec<IpAddr> = self.list(now_ns).into_iter().map(|e| e.source).collect();
+            let live: std::collections::HashSet<IpAddr> =
+                self.list(now_ns).into_iter().map(|e| e.source).collect();
             self.notes.retain(|ip, _| live.contains(ip));
         }
         Ok(n)

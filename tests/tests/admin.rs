@@ -83,12 +83,12 @@ fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli()
     assert!(admin.ip().is_loopback());
 
     // Without the token, or with a wrong one: 401, nothing listed.
-    let (status, body) = raw(admin, "GET /verdicts HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, body) = raw(admin, "GET /verdicts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     assert!(status.contains(" 401 "), "{status} {body}");
     assert!(body.contains("admin.token"), "{body}");
     let (status, _) = raw(
         admin,
-        "GET /verdicts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-admin-token-0123456788\r\n\r\n",
+        "GET /verdicts HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-admin-token-0123456788\r\n\r\n",
     );
     assert!(status.contains(" 401 "), "{status}");
 
@@ -174,16 +174,47 @@ fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli()
         let (status, answer) = raw(
             admin,
             &format!(
-                "POST /verdicts HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                "POST /verdicts HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             ),
         );
         assert!(status.contains(" 400 "), "{body}: {status} {answer}");
         assert!(answer.contains(want), "{body}: {answer}");
     }
+    // A web page open on the host can reach loopback: a cross-site POST
+    // (text/plain, no preflight) or a DNS-rebinding page must get nothing.
+    let body = r#"{"source":"198.18.7.9","secs":60}"#;
+    for (extra, want) in [
+        (
+            "Origin: https://evil.test\r\nContent-Type: text/plain\r\n",
+            " 403 ",
+        ),
+        (
+            "Sec-Fetch-Site: cross-site\r\nContent-Type: application/json\r\n",
+            " 403 ",
+        ),
+        ("Content-Type: text/plain\r\n", " 415 "),
+    ] {
+        let (status, answer) = raw(
+            admin,
+            &format!(
+                "POST /verdicts HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{extra}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(status.contains(want), "{extra:?}: {status} {answer}");
+    }
+    let (status, answer) = raw(
+        admin,
+        &format!("GET /verdicts HTTP/1.1\r\nHost: rebind.evil.test:9901\r\n{auth}\r\n"),
+    );
+    assert!(
+        status.contains(" 403 ") && answer.contains("admin.browser"),
+        "{status} {answer}"
+    );
     let (status, _) = raw(
         admin,
-        &format!("PUT /verdicts HTTP/1.1\r\nHost: x\r\n{auth}\r\n"),
+        &format!("PUT /verdicts HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n"),
     );
     assert!(status.contains(" 405 "), "{status}");
     let (_, out, _) = cli(&s, &["verdicts", "list"]);

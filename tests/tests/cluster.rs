@@ -87,7 +87,7 @@ fn admin(s: &Setup, method: &str, path: &str, body: &str) -> (u16, serde_json::V
         .expect("timeout");
     write!(
         c,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send");

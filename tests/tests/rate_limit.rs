@@ -237,6 +237,17 @@ fn repeated_refusals_and_failed_logins_become_verdicts_refused_at_accept_without
         "rejections = 3\nauth_failures = 3\nwindow_secs = 60\nban_secs = 2\nmax_ban_secs = 60",
     );
     let s = &mut l.s;
+    // 429s from a route-wide limit say nothing about this address (an
+    // attacker draining it must not get others banned): no verdict.
+    let shared: Vec<u16> = (0..6).map(|_| ask(s, "/route-a", "").status).collect();
+    assert_eq!(shared, [200, 200, 429, 429, 429, 429]);
+    assert!(
+        s.gw.proc
+            .wait_for_line("verdict: ", Duration::from_millis(1500))
+            .is_none(),
+        "a route-wide limit escalated: {:?}",
+        s.gw.proc.seen
+    );
     assert_eq!(ask(s, "/limited", "").status, 200);
     assert_eq!(ask(s, "/limited", "").status, 200);
     for _ in 0..3 {

@@ -129,12 +129,49 @@ struct Request {
     path: String,
     query: String,
     authorization: Option<String>,
+    /// Set by browsers: a page's request, never the CLI's.
+    from_browser: bool,
+    host_ok: bool,
+    json: bool,
     body: Vec<u8>,
 }
 
-fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'static str)> {
-    let mut buf = Vec::with_capacity(1024);
+/// Reads into `buf`, within what is left of the whole request's time (a
+/// client sending a byte every few seconds is cut off all the same).
+fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    started: std::time::Instant,
+) -> Result<(), (u16, &'static str)> {
+    let left = CLIENT_TIMEOUT
+        .checked_sub(started.elapsed())
+        .filter(|d| !d.is_zero())
+        .ok_or((408, "admin.timeout"))?;
+    let _ = stream.set_read_timeout(Some(left));
     let mut chunk = [0u8; 2048];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => Err((400, "admin.incomplete")),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
+}
+
+/// A `Host` naming an address or `localhost` (with any port): a DNS name
+/// would be a rebinding page's.
+fn host_is_local(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
+}
+
+fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'static str)> {
+    let started = std::time::Instant::now();
+    let mut buf = Vec::with_capacity(1024);
     let head_len = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
@@ -142,14 +179,21 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'static str)> 
         if buf.len() > MAX_HEAD {
             return Err((431, "admin.head_too_large"));
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return Err((400, "admin.incomplete")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        read_more(stream, &mut buf, started)?;
     };
+    let (mut request, length) = parse_head(&buf[..head_len])?;
+    while buf.len() < head_len + length {
+        read_more(stream, &mut buf, started)?;
+    }
+    request.body = buf[head_len..head_len + length].to_vec();
+    Ok(request)
+}
+
+/// The request a head describes (its body still to read), and the body's length.
+fn parse_head(head: &[u8]) -> Result<(Request, usize), (u16, &'static str)> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&buf[..head_len]) {
+    match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err((400, "admin.malformed")),
     }
@@ -173,23 +217,24 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'static str)> 
     if length > MAX_BODY {
         return Err((413, "admin.body_too_large"));
     }
-    let mut body = buf[head_len..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return Err((400, "admin.incomplete")),
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    body.truncate(length);
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Ok(Request {
+    let request = Request {
         method: req.method.unwrap_or("").to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
         authorization: header("authorization"),
-        body,
-    })
+        from_browser: header("origin").is_some()
+            || header("sec-fetch-site").is_some_and(|s| !s.eq_ignore_ascii_case("none")),
+        host_ok: header("host").is_some_and(|h| host_is_local(h.trim())),
+        json: header("content-type").is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        }),
+        body: Vec::new(),
+    };
+    Ok((request, length))
 }
 
 fn error(status: u16, reason: &str, detail: impl Into<String>) -> (u16, Value) {
@@ -212,7 +257,6 @@ fn address(text: &str) -> Result<IpAddr, (u16, Value)> {
 impl Api {
     fn serve(&self, mut stream: TcpStream) {
         let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
         let (status, body) = match read_request(&mut stream) {
             Ok(req) => self.answer(&req),
@@ -242,11 +286,27 @@ impl Api {
     }
 
     fn answer(&self, req: &Request) -> (u16, Value) {
+        // A web page the operator has open can reach loopback too: no
+        // browser-made request is served, and no Host but an address.
+        if req.from_browser || !req.host_ok {
+            return error(
+                403,
+                "admin.browser",
+                "the admin API answers the gateway command and scripts, not web pages",
+            );
+        }
         if !self.authorized(req) {
             return error(
                 401,
                 "admin.token",
                 "this admin API needs `Authorization: Bearer <token>`",
+            );
+        }
+        if req.method == "POST" && !req.json {
+            return error(
+                415,
+                "admin.content_type",
+                "send the body as application/json",
             );
         }
         let now = Monotonic.now_ns();

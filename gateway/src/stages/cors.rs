@@ -51,10 +51,12 @@ pub fn judge(
     lines: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     lines.clear();
+    // The answer depends on the origin, also when there is none: a cache
+    // must not serve a response without CORS lines to a page.
+    lines.extend_from_slice(b"vary: origin\r\n");
     let Some(origin) = header(head, "origin") else {
         return Ok(());
     };
-    lines.extend_from_slice(b"vary: origin\r\n");
     let allowed = policy.origins.iter().any(|r| r.allows(origin));
     if let Some(method) = preflight_method(head) {
         lines.extend_from_slice(

@@ -338,7 +338,9 @@ const LEASE_SLOTS: usize = 16;
 /// its cache line on every request. Requests are charged to the shared
 /// bucket before they are used, so a lease never admits more than the
 /// limit; what a lease did not use goes back after 1 ms, so it holds back
-/// at most `LEASE - 1` requests from other workers for that long.
+/// at most `LEASE - 1` requests from other workers for that long (until
+/// this worker next touches the shared buckets). Only limits of at least
+/// 4,000 requests a second and a burst of 16 or more lease.
 #[derive(Debug, Default)]
 pub struct Leases {
     slots: [Lease; LEASE_SLOTS],
@@ -379,7 +381,12 @@ impl Leases {
             };
             return (c, 0);
         }
-        let hot = lease.key == key && now.saturating_sub(lease.last) < HOT_NS;
+        // Only fast limits lease: what a lease holds must be worth no more
+        // than its 1 ms, and a small part of the burst.
+        let hot = lease.key == key
+            && now.saturating_sub(lease.last) < HOT_NS
+            && interval.saturating_mul(u64::from(LEASE)) <= LEASE_NS
+            && burst >= 4 * u64::from(LEASE);
         if lease.tokens > 0 {
             // Expired, or another key's: give its rest back.
             buckets.refund(lease.key, now, lease.interval, u64::from(lease.tokens));
@@ -402,8 +409,10 @@ impl Leases {
         };
         if c.allowed && taken > 1 {
             c.remaining += u64::from(taken - 1);
-            self.return_expired(buckets, now);
         }
+        // Every trip to the shared buckets also gives back what expired
+        // leases did not use (16 slots to look at).
+        self.return_expired(buckets, now);
         (c, if c.allowed { taken } else { 0 })
     }
 
@@ -513,6 +522,9 @@ pub struct Meter<'a> {
     pub link: Option<&'a Link>,
     /// This worker's leases.
     pub leases: &'a mut Leases,
+    /// Set when a refusal came from a limit that counts the source (only
+    /// those say anything about the address, so only they escalate).
+    pub refused_by_source: bool,
 }
 
 /// Charges the limits of `route_limits` that belong to `phase`. The
@@ -532,6 +544,7 @@ pub fn charge(
         buckets,
         link,
         leases,
+        refused_by_source,
     } = meter;
     let (buckets, link) = (*buckets, *link);
     let now = buckets.now_ns();
@@ -553,6 +566,9 @@ pub fn charge(
             }
         }
         if !c.allowed {
+            // An anonymous caller of a consumer limit is counted by source.
+            *refused_by_source |=
+                limit.key.source || (limit.key.consumer && who.consumer.is_none());
             if refused.is_none_or(|(_, r)| r.retry_ns < c.retry_ns) {
                 refused = Some((limit, c));
             }
@@ -755,23 +771,36 @@ mod tests {
         let now = SEC;
         let passed = two_threads(&b, Leases::default, |leases, b| {
             let key = b.key("a", &[b"hot"]);
-            leases.charge(b, key, SEC, SEC, 1000).0.allowed
+            leases.charge(b, key, SEC, 1000, 1000).0.allowed
         });
         let held = 2 * (LEASE as usize - 1);
         assert!((1000 - held..=1000).contains(&passed), "{passed}");
         // A lease's unused requests go back once it expires.
         let key = b.key("a", &[b"warm"]);
         let mut leases = Leases::default();
-        let (first, taken) = leases.charge(&b, key, now, SEC, 10);
+        // 1,000,000/s with a burst of 100: fast enough to lease. The
+        // interval is 1 µs, so the times below stay within it.
+        let (us, burst) = (1_000, 100);
+        let (first, taken) = leases.charge(&b, key, now, us, burst);
         assert_eq!((first.allowed, taken), (true, 1));
-        let (second, taken) = leases.charge(&b, key, now + 10, SEC, 10);
+        let (second, taken) = leases.charge(&b, key, now + 10, us, burst);
         assert_eq!((second.allowed, taken), (true, LEASE));
-        assert_eq!(
-            b.peek(key, now + 10, SEC, 10).remaining,
-            10 - 1 - u64::from(LEASE)
-        );
+        let left = |t| b.peek(key, t, us, burst).remaining;
+        assert_eq!(left(now + 10), burst - 1 - u64::from(LEASE));
+        // What a lease holds goes back when it expires.
+        assert!(leases.slots.iter().any(|l| l.tokens == LEASE - 1));
         leases.return_expired(&b, now + 10 + LEASE_NS);
-        assert_eq!(b.peek(key, now + 10 + LEASE_NS, SEC, 10).remaining, 10 - 2);
+        assert!(leases.slots.iter().all(|l| l.tokens == 0));
+        // A refund moves the bucket back by what was not used.
+        let k = b.key("a", &[b"refund"]);
+        assert!(b.charge_n(k, now, us, burst, 10).allowed);
+        b.refund(k, now, us, 4);
+        assert_eq!(b.peek(k, now, us, burst).remaining, burst - 6);
+        // A slow limit never leases: each request is one exchange.
+        let slow = b.key("a", &[b"slow"]);
+        for i in 0..5 {
+            assert_eq!(leases.charge(&b, slow, now + i, SEC, 10).1, 1);
+        }
     }
 
     #[test]
@@ -793,6 +822,7 @@ mod tests {
             buckets: b,
             link: None,
             leases,
+            refused_by_source: false,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Machine-wide CPU accounting from /proc/stat, and the median the reports use.
+//! CPU accounting from /proc (the machine, a process, a process group),
+//! the CPU lists benchmarks pin to, and the median the reports use.
 
 use std::time::Duration;
 
@@ -67,4 +68,68 @@ pub fn pin(cpus: &str) -> anyhow::Result<()> {
     }
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
     Ok(())
+}
+
+/// The machine's CPUs split in two lists (taskset syntax): the first half
+/// for the system measured, the second for the load; both "0" on one CPU.
+pub fn halves() -> (String, String) {
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if n < 2 {
+        return ("0".into(), "0".into());
+    }
+    let half = n / 2;
+    let list = |a: usize, b: usize| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    };
+    (list(0, half - 1), list(half, n - 1))
+}
+
+/// CPUs in a taskset list ("0-3,8" is 5).
+pub fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => {
+                b.trim()
+                    .parse::<usize>()
+                    .unwrap_or(0)
+                    .saturating_sub(a.trim().parse().unwrap_or(0))
+                    + 1
+            }
+            None => usize::from(!part.trim().is_empty()),
+        })
+        .sum()
+}
+
+/// A process's process group and its utime + stime (all threads), in
+/// clock ticks, from /proc.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" that closes the command name.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // f[2] = pgrp, f[11] = utime, f[12] = stime.
+    Some((f.get(2)?.parse().ok()?, n(11) + n(12)))
+}
+
+/// utime + stime of one process, in clock ticks.
+pub fn process_ticks(pid: u32) -> u64 {
+    stat(pid).map_or(0, |(_, t)| t)
+}
+
+/// utime + stime of every process in a process group, in clock ticks.
+pub fn group_ticks(pgid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat)
+        .filter(|(g, _)| *g == pgid)
+        .map(|(_, t)| t)
+        .sum()
 }

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use gateway_tests::{Running, Testbed, connect_from, syn_flood};
 
-use crate::cpu::{median, pin};
+use crate::cpu::{cpu_count, halves, median, pin, process_ticks};
 
 /// Options of `bench flood`.
 #[derive(clap::Args, Debug)]
@@ -84,35 +84,6 @@ struct Trial {
     tls_attempts: u64,
     tls_served: u64,
     xdp_dropped: u64,
-}
-
-fn halves() -> (String, String) {
-    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-    if n < 2 {
-        return ("0".into(), "0".into());
-    }
-    let half = n / 2;
-    let list = |a: usize, b: usize| {
-        if a == b {
-            a.to_string()
-        } else {
-            format!("{a}-{b}")
-        }
-    };
-    (list(0, half - 1), list(half, n - 1))
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime, all threads.
-    n(11) + n(12)
 }
 
 fn config(bed: &Testbed, xdp: bool, workers: usize) -> String {
@@ -243,14 +214,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 
 fn trial(s: Scenario, opts: &Opts, proxy: &str, load: &str, dir: &Path) -> Result<Trial> {
     let bed = Testbed::new("fl")?;
-    let workers = proxy
-        .split(',')
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
-            None => 1,
-        })
-        .sum::<usize>()
-        .max(1);
+    let workers = cpu_count(proxy).max(1);
     let cfg_path = dir.join("flood.toml");
     std::fs::write(&cfg_path, config(&bed, s != Scenario::FloodNoXdp, workers))?;
     let mut cmd = Command::new("ip");
@@ -318,7 +282,7 @@ fn trial(s: Scenario, opts: &Opts, proxy: &str, load: &str, dir: &Path) -> Resul
             // Let the flood reach full strength before measuring.
             std::thread::sleep(Duration::from_millis(500));
         }
-        let before = cpu_ticks(gw.pid());
+        let before = process_ticks(gw.pid());
         let out = bed.client.exec(&[
             "taskset",
             "-c",
@@ -332,7 +296,7 @@ fn trial(s: Scenario, opts: &Opts, proxy: &str, load: &str, dir: &Path) -> Resul
             "--latency",
             &format!("https://{server}/public"),
         ]);
-        let after = cpu_ticks(gw.pid());
+        let after = process_ticks(gw.pid());
         stop.store(true, Ordering::Relaxed);
         let out = out.context("running wrk (apt-get install wrk)")?;
         let rps: f64 = out

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cpu::median;
+use crate::cpu::{cpu_count, group_ticks, halves, median};
 
 /// Options of `bench proxy`.
 #[derive(clap::Args, Debug)]
@@ -137,33 +137,6 @@ fn wait_port(port: u16, proc: &mut Proc) -> Result<()> {
     bail!("{} did not listen on {port}", proc.name)
 }
 
-/// utime + stime of every process in a process group, in clock ticks.
-fn group_cpu_ticks(pgid: u32) -> u64 {
-    let mut total = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the ")" that closes the command name.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // f[0] = state, f[2] = pgrp, f[11] = utime, f[12] = stime.
-        if f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
-            total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
-    total
-}
-
 const WRK_LUA: &str = r#"
 done = function(summary, latency, requests)
   io.write(string.format("RESULT requests=%d duration_us=%d errors=%d\n", summary.requests, summary.duration,
@@ -196,7 +169,7 @@ fn wrk(
 ) -> Result<Run> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let before = pgid.map(group_cpu_ticks);
+    let before = pgid.map(group_ticks);
     let mut cmd = match &opts.load_cpus {
         Some(c) => {
             let mut t = Command::new("taskset");
@@ -224,7 +197,7 @@ fn wrk(
         .arg(&target.url)
         .output()
         .context("running wrk (apt-get install wrk)")?;
-    let after = pgid.map(group_cpu_ticks);
+    let after = pgid.map(group_ticks);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -281,21 +254,9 @@ pub fn run(mut opts: Opts) -> Result<()> {
     // backend the other, and each proxy one worker per proxy CPU.
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     if !opts.unpinned && ncpu >= 2 {
-        let half = ncpu / 2;
-        opts.proxy_cpus.get_or_insert_with(|| {
-            if half == 1 {
-                "0".into()
-            } else {
-                format!("0-{}", half - 1)
-            }
-        });
-        opts.load_cpus.get_or_insert_with(|| {
-            if half == ncpu - 1 {
-                format!("{half}")
-            } else {
-                format!("{half}-{}", ncpu - 1)
-            }
-        });
+        let (proxy, load) = halves();
+        opts.proxy_cpus.get_or_insert(proxy);
+        opts.load_cpus.get_or_insert(load);
     }
     if opts.workers.is_none() {
         let n = opts.proxy_cpus.as_deref().map_or(ncpu, cpu_count);
@@ -787,22 +748,6 @@ fn plot(out: &Path, rounds: usize, names: &[&str]) -> Result<()> {
         println!("plot: {}", png.display());
     }
     Ok(())
-}
-
-/// How many CPUs a taskset-style list names ("0-3,6" → 5).
-fn cpu_count(list: &str) -> usize {
-    list.split(',')
-        .map(|part| match part.split_once('-') {
-            Some((a, b)) => {
-                b.trim()
-                    .parse::<usize>()
-                    .unwrap_or(0)
-                    .saturating_sub(a.trim().parse().unwrap_or(0))
-                    + 1
-            }
-            None => usize::from(!part.trim().is_empty()),
-        })
-        .sum()
 }
 
 /// HAProxy's `cpu-map` line pinning thread i to the i-th proxy CPU.

@@ -1,5 +1,6 @@
 //! Time as the XDP program sees it: `CLOCK_MONOTONIC` nanoseconds
-//! (`bpf_ktime_get_ns`), so userspace and kernel agree on verdict expiry.
+//! (`bpf_ktime_get_ns`), so userspace and kernel agree on verdict expiry;
+//! and wall-clock milliseconds, for what other gateways and people read.
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -21,4 +22,11 @@ impl Clock for Monotonic {
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

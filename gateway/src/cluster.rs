@@ -32,13 +32,13 @@ use std::{
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
 use crate::{
-    clock::{Clock, Monotonic},
+    clock::{Clock, Monotonic, unix_ms},
     config::{ClusterSettings, OnFailure},
     respond::Failure,
     verdicts::Book,
@@ -78,9 +78,12 @@ end
 return out
 ";
 
+/// Requests admitted on a bucket: its key, its limit's interval (ns), how many.
+pub type Admitted = (u64, u64, u32);
+
 /// The workers' side: where admitted requests go, and whether Redis is up.
 pub struct Link {
-    tx: SyncSender<(u64, u64)>,
+    tx: SyncSender<Admitted>,
     /// Redis cannot be reached (true until the first connection).
     pub down: AtomicBool,
     /// Refuse limited routes while down.
@@ -91,12 +94,12 @@ pub struct Link {
 }
 
 impl Link {
-    /// Records one admitted request on `key` of a limit `interval_ns` apart.
-    pub fn admitted(&self, key: u64, interval_ns: u64) {
+    /// Records `n` requests admitted on `key`, of a limit `interval_ns` apart.
+    pub fn admitted(&self, key: u64, interval_ns: u64, n: u32) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send((key, interval_ns))
+            self.tx.try_send((key, interval_ns, n))
         {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(u64::from(n), Ordering::Relaxed);
         }
     }
 
@@ -133,7 +136,7 @@ pub enum Shout {
 }
 
 /// The link for the workers and the receiving end for [`Cluster::start`].
-pub fn link(settings: &ClusterSettings) -> (Link, Receiver<(u64, u64)>) {
+pub fn link(settings: &ClusterSettings) -> (Link, Receiver<Admitted>) {
     let (tx, rx) = sync_channel(QUEUE);
     (
         Link {
@@ -151,12 +154,6 @@ pub fn link(settings: &ClusterSettings) -> (Link, Receiver<(u64, u64)>) {
 pub struct Cluster {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `url` without its password, for logs.
@@ -184,7 +181,7 @@ impl Cluster {
         settings: &ClusterSettings,
         shared: Arc<Shared>,
         book: Arc<Mutex<Book>>,
-        admitted: Receiver<(u64, u64)>,
+        admitted: Receiver<Admitted>,
         shouts: Receiver<Shout>,
     ) -> Result<Self, String> {
         let url = settings.redis.clone().ok_or("no cluster.redis")?;
@@ -239,7 +236,7 @@ struct Sync {
     url: String,
     shared: Arc<Shared>,
     node: String,
-    admitted: Receiver<(u64, u64)>,
+    admitted: Receiver<Admitted>,
     shouts: Receiver<Shout>,
     every: Duration,
     /// Whether an outage was reported since the start.
@@ -255,8 +252,8 @@ impl Sync {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(self.every);
             let mut counts: HashMap<u64, (u64, u64)> = HashMap::new();
-            while let Ok((key, interval)) = self.admitted.try_recv() {
-                counts.entry(key).or_insert((0, interval)).0 += 1;
+            while let Ok((key, interval, n)) = self.admitted.try_recv() {
+                counts.entry(key).or_insert((0, interval)).0 += u64::from(n);
             }
             // Verdict changes wait until Redis takes them (a lift lost in an
             // outage would let the stored verdict come back).
@@ -380,7 +377,7 @@ fn shout(pipe: &mut redis::Pipeline, node: &str, s: &Shout) {
         } => {
             // How long it has left, by this gateway's clock: the others
             // count from when they get it, so clocks need not agree.
-            let left = expires_unix_ms.saturating_sub(unix_ns() / 1_000_000).max(1);
+            let left = expires_unix_ms.saturating_sub(unix_ms()).max(1);
             let msg = json!({
                 "node": node, "op": "add", "source": source.to_string(),
                 "left_ms": left, "reason": reason, "why": why,

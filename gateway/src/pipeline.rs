@@ -24,7 +24,7 @@ use crate::{
         request::{HeadLimits, RequestHead},
     },
     log::{self, AccessRecord},
-    policy::source_addr,
+    policy::{self, source_addr},
     proxy::{self, Admitted, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
@@ -36,6 +36,7 @@ use crate::{
         },
         authz, cors,
         rate_limit::{self, Meter, Phase},
+        validation,
     },
     worker::Worker,
 };
@@ -154,12 +155,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
 /// from a peer that is not a trusted proxy (a verdict on a proxy would
 /// drop everyone behind it).
 fn report(w: &Worker, c: &Conn, f: Failure, by_source: bool) {
-    let ip = c.peer.ip();
-    // IPv4-mapped IPv6 counts as the IPv4 address.
-    let source = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, Into::into),
-        v4 => v4,
-    };
+    let source = policy::canonical(c.peer.ip());
     if c.snap().trusted_proxies.contains(&source_addr(source)) {
         return;
     }
@@ -218,7 +214,11 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     })?;
     ctx.route = Some(index);
     check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
-    let source = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
+    // Whose limits: worked out only for a route that has any.
+    let source = match route.rate_limits.is_empty() {
+        true => p.peer.ip(),
+        false => rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies),
+    };
     let snap = p.snap;
     let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {
         charge_limits(w, snap, index, (source, caller), lines, by)
@@ -268,32 +268,9 @@ fn check_head(
     if matches!(head.framing, Framing::Length(n) if n > route.max_body_bytes) {
         return Err((Failure::BODY_TOO_LARGE, false));
     }
-    if !route.content_types.is_empty()
-        && head.framing.has_body()
-        && !media_type_allowed(route, head)
-    {
-        // The body stays unread: close.
-        return Err((Failure::CONTENT_TYPE, false));
-    }
+    // A refused body stays unread: close.
+    validation::content_type(route, head).map_err(|f| (f, false))?;
     Ok(())
-}
-
-/// Whether the body's `Content-Type` (one field; its media type, without
-/// parameters, case-insensitive) is one the route takes.
-fn media_type_allowed(route: &RouteSettings, head: &RequestHead<'_, '_>) -> bool {
-    let mut fields = head
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-type"));
-    let (Some(field), None) = (fields.next(), fields.next()) else {
-        return false;
-    };
-    let value = std::str::from_utf8(field.value).unwrap_or("");
-    let media = value.split(';').next().unwrap_or("").trim();
-    route
-        .content_types
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(media))
 }
 
 /// The route for a request; a CORS preflight is routed by the method it

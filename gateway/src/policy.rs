@@ -26,6 +26,15 @@ pub fn source_addr(ip: IpAddr) -> SourceAddr {
     }
 }
 
+/// An address as the gateway counts it: IPv4-mapped IPv6 as the IPv4
+/// address (one client, whichever socket family it came in on).
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// The address a map key stands for (IPv4-mapped as IPv4).
 pub fn ip_of(addr: SourceAddr) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(addr.octets);

@@ -4,17 +4,13 @@
 //! loop and the admin API share one book behind a mutex; the request path
 //! never touches it.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::mpsc::SyncSender,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, net::IpAddr, sync::mpsc::SyncSender};
 
 use gateway_common::{Verdict, VerdictReason};
 use serde_json::{Value, json};
 
 use crate::{
+    clock::unix_ms,
     cluster::Shout,
     config::Config,
     enforce::Enforcement,
@@ -46,18 +42,6 @@ pub struct Book {
     syn_limited: bool,
     own: IpAddr,
     outbox: Option<SyncSender<Shout>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn secs(ns: u64) -> u64 {
@@ -166,7 +150,7 @@ impl Book {
                 self.notes.insert(
                     source,
                     Note {
-                        placed_unix: unix_now(),
+                        placed_unix: unix_ms() / 1000,
                         why: format!("{why} (from gateway {from})"),
                     },
                 );
@@ -193,7 +177,7 @@ impl Book {
     /// a loopback address (or the gateway's own) would also drop the
     /// gateway's upstream replies and every local connection.
     fn shields(&self, source: IpAddr) -> bool {
-        let source = crate::policy::ip_of(source_addr(source));
+        let source = crate::policy::canonical(source);
         matches!(self.enforcement, Enforcement::Kernel(_))
             && (source.is_loopback() || source == self.own)
     }
@@ -214,14 +198,14 @@ impl Book {
         self.enforcement.set_verdict(source, verdict)?;
         self.tell(Shout::Placed {
             source,
-            expires_unix_ms: unix_now_ms().saturating_add(secs.saturating_mul(1000)),
+            expires_unix_ms: unix_ms().saturating_add(secs.saturating_mul(1000)),
             reason: reason as u32,
             why: why.clone(),
         });
         self.notes.insert(
             source,
             Note {
-                placed_unix: unix_now(),
+                placed_unix: unix_ms() / 1000,
                 why,
             },
         );

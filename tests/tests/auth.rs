@@ -72,10 +72,6 @@ fn start(tag: &str, keys: &std::path::Path, xdp_extra: &str) -> Setup {
     )
 }
 
-fn ask(s: &Setup, path: &str, headers: &str) -> Response {
-    s.get(path, headers)
-}
-
 fn key_header(key: &str) -> String {
     format!("x-api-key: {key}\r\n")
 }
@@ -169,7 +165,7 @@ fn api_keys_authenticate_roles_authorize_and_forged_identities_are_stripped() {
     ];
     let mut failed = Vec::new();
     for (path, headers, want_status, want_reason) in rows {
-        let r = ask(&s, path, headers);
+        let r = s.get(path, headers);
         if status(&r) != (*want_status, want_reason.to_string()) {
             failed.push(format!("{path} {headers:?}: got {:?}", status(&r)));
         }
@@ -258,7 +254,7 @@ fn auth_failures_are_counted_per_source_and_logged() {
     write_keys(&keys, &consumer("alice", &[], ""));
     let mut s = start("authcount", &keys, "stats_interval_secs = 1");
     for _ in 0..5 {
-        assert_eq!(ask(&s, "/api/x", &key_header("gwk_guess")).status, 401);
+        assert_eq!(s.get("/api/x", &key_header("gwk_guess")).status, 401);
     }
     let line =
         s.gw.proc
@@ -310,7 +306,7 @@ fn keys_rotate_with_overlap_while_a_load_loop_runs_without_a_failure() {
     let wait_until = |key: &str, want: u16| {
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
-            if ask(&s, "/api/probe", &key_header(key)).status == want {
+            if s.get("/api/probe", &key_header(key)).status == want {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -366,7 +362,7 @@ fn a_broken_key_file_keeps_the_last_good_set_and_sighup_reloads() {
         line.contains(&format!("{}:4: consumers[0].keys[0].hash:", keys.display())),
         "{line}"
     );
-    assert_eq!(ask(&s, "/api/x", &key_header(&a)).status, 200);
+    assert_eq!(s.get("/api/x", &key_header(&a)).status, 200);
     // A good file, then SIGHUP at once: no need to wait for the poll.
     write_keys(&keys, &consumer("alice", &[], &key_table(&b, "")));
     let pid = nix::unistd::Pid::from_raw(s.gw.pid() as i32);
@@ -376,6 +372,6 @@ fn a_broken_key_file_keeps_the_last_good_set_and_sighup_reloads() {
             .wait_for_line("reloaded: 1 consumers, 1 keys", Duration::from_secs(5))
             .is_some()
     );
-    assert_eq!(ask(&s, "/api/x", &key_header(&b)).status, 200);
-    assert_eq!(ask(&s, "/api/x", &key_header(&a)).status, 401);
+    assert_eq!(s.get("/api/x", &key_header(&b)).status, 200);
+    assert_eq!(s.get("/api/x", &key_header(&a)).status, 401);
 }

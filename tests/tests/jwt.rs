@@ -190,10 +190,6 @@ secret_file = "{}"
     }
 }
 
-fn ask(s: &Setup, path: &str, headers: &str) -> Response {
-    s.get(path, headers)
-}
-
 fn bearer(t: &str) -> String {
     format!("Authorization: Bearer {t}\r\n")
 }
@@ -537,7 +533,7 @@ fn hostile_tokens_never_reach_the_backend() {
     ];
     let mut failed = Vec::new();
     for (what, path, headers, status, reason) in &rows {
-        let r = ask(&f.s, path, headers);
+        let r = f.s.get(path, headers);
         let got = (r.status, reason_of(&r));
         if got != (*status, reason.to_string()) {
             failed.push(format!("{what}: got {got:?}, want ({status}, {reason:?})"));
@@ -579,13 +575,13 @@ fn a_key_removed_from_the_jwks_file_stops_cached_tokens() {
     let f = fixture("jwtrotate");
     let valid = bearer(&token(ES, &corp(""), &f.ec));
     // Twice: the second comes from the worker's cache of verified tokens.
-    assert_eq!(ask(&f.s, "/orders/a", &valid).status, 200);
-    assert_eq!(ask(&f.s, "/orders/b", &valid).status, 200);
+    assert_eq!(f.s.get("/orders/a", &valid).status, 200);
+    assert_eq!(f.s.get("/orders/b", &valid).status, 200);
     std::fs::write(&f.jwks_path, jwks(&[(&f.rsa, "r1")])).expect("rewrite");
     let until = Instant::now() + Duration::from_secs(5);
     let mut last = None;
     while Instant::now() < until {
-        let r = ask(&f.s, "/orders/c", &valid);
+        let r = f.s.get("/orders/c", &valid);
         if r.status == 401 {
             last = Some(reason_of(&r));
             break;
@@ -594,7 +590,8 @@ fn a_key_removed_from_the_jwks_file_stops_cached_tokens() {
     }
     assert_eq!(last.as_deref(), Some("jwt.unknown_key"));
     assert_eq!(
-        ask(&f.s, "/orders/d", &bearer(&token(RS, &corp(""), &f.rsa))).status,
+        f.s.get("/orders/d", &bearer(&token(RS, &corp(""), &f.rsa)))
+            .status,
         200
     );
 }
@@ -651,18 +648,18 @@ fn discovery_unknown_kid_refresh_rate_limit_and_outage() {
             key,
         ))
     };
-    assert_eq!(ask(&s, "/orders/1", &with("k1", &k1, 1)).status, 200);
+    assert_eq!(s.get("/orders/1", &with("k1", &k1, 1)).status, 200);
 
     // The provider adds k2: the first token naming it asks for a refresh.
     publish(&docs, &jwks(&[(&k1, "k1"), (&k2, "k2")]));
     std::thread::sleep(Duration::from_millis(1100));
-    let r = ask(&s, "/orders/x", &with("k2", &k2, 2));
+    let r = s.get("/orders/x", &with("k2", &k2, 2));
     assert_eq!((r.status, reason_of(&r)), (401, "jwt.unknown_key".into()));
     let until = Instant::now() + Duration::from_secs(5);
     let mut accepted = false;
     while Instant::now() < until && !accepted {
         std::thread::sleep(Duration::from_millis(100));
-        accepted = ask(&s, "/orders/2", &with("k2", &k2, 3)).status == 200;
+        accepted = s.get("/orders/2", &with("k2", &k2, 3)).status == 200;
     }
     assert!(accepted, "the new key was never fetched");
 
@@ -671,7 +668,7 @@ fn discovery_unknown_kid_refresh_rate_limit_and_outage() {
     let before = docs.hits();
     let started = Instant::now();
     for n in 0..30 {
-        let r = ask(&s, "/orders/x", &with(&format!("bogus{n}"), &k1, 10));
+        let r = s.get("/orders/x", &with(&format!("bogus{n}"), &k1, 10));
         assert_eq!(r.status, 401);
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -687,9 +684,9 @@ fn discovery_unknown_kid_refresh_rate_limit_and_outage() {
     // verification itself ran).
     docs.set_down(true);
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(ask(&s, "/orders/x", &with("bogus", &k1, 11)).status, 401);
+    assert_eq!(s.get("/orders/x", &with("bogus", &k1, 11)).status, 401);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(ask(&s, "/orders/3", &with("k1", &k1, 12)).status, 200);
+    assert_eq!(s.get("/orders/3", &with("k1", &k1, 12)).status, 200);
     assert_eq!(s.backend.paths(), ["/orders/1", "/orders/2", "/orders/3"]);
 }
 
@@ -707,7 +704,7 @@ fn no_key_set_yet_is_503_never_open_and_recovers() {
         &idp_claims(&docs.base(), 1),
         &k1,
     ));
-    let r = ask(&s, "/orders/x", &t);
+    let r = s.get("/orders/x", &t);
     assert_eq!(
         (r.status, reason_of(&r)),
         (503, "jwt.keys_unavailable".into())
@@ -717,7 +714,7 @@ fn no_key_set_yet_is_503_never_open_and_recovers() {
     let mut status = 0;
     while Instant::now() < until && status != 200 {
         std::thread::sleep(Duration::from_millis(300));
-        status = ask(&s, "/orders/1", &t).status;
+        status = s.get("/orders/1", &t).status;
     }
     assert_eq!(status, 200, "never recovered");
     assert_eq!(s.backend.paths(), ["/orders/1"]);
@@ -784,24 +781,24 @@ fn opaque_tokens_are_introspected_cached_and_refused_when_inactive() {
     let status = |r: &Response| (r.status, reason_of(r));
 
     assert_eq!(
-        status(&ask(&s, "/orders/1", &bearer("good"))),
+        status(&s.get("/orders/1", &bearer("good"))),
         (200, String::new())
     );
     let after_first = docs.hits();
     // Cached: the endpoint is not asked again.
     assert_eq!(
-        status(&ask(&s, "/orders/2", &bearer("good"))),
+        status(&s.get("/orders/2", &bearer("good"))),
         (200, String::new())
     );
     assert_eq!(docs.hits(), after_first);
     assert_eq!(
-        status(&ask(&s, "/orders/x", &bearer("noscope"))),
+        status(&s.get("/orders/x", &bearer("noscope"))),
         (403, "auth.forbidden".into())
     );
     let inactive = (401, "token.inactive".to_owned());
-    assert_eq!(status(&ask(&s, "/orders/x", &bearer("revoked"))), inactive);
+    assert_eq!(status(&s.get("/orders/x", &bearer("revoked"))), inactive);
     let after_revoked = docs.hits();
-    assert_eq!(status(&ask(&s, "/orders/x", &bearer("revoked"))), inactive);
+    assert_eq!(status(&s.get("/orders/x", &bearer("revoked"))), inactive);
     assert_eq!(
         docs.hits(),
         after_revoked,
@@ -810,11 +807,11 @@ fn opaque_tokens_are_introspected_cached_and_refused_when_inactive() {
     // The endpoint down: cached answers still work, new tokens get 503.
     docs.set_down(true);
     assert_eq!(
-        status(&ask(&s, "/orders/3", &bearer("good"))),
+        status(&s.get("/orders/3", &bearer("good"))),
         (200, String::new())
     );
     assert_eq!(
-        status(&ask(&s, "/orders/x", &bearer("unseen"))),
+        status(&s.get("/orders/x", &bearer("unseen"))),
         (503, "token.introspection_unavailable".into())
     );
     assert_eq!(s.backend.paths(), ["/orders/1", "/orders/2", "/orders/3"]);

@@ -13,8 +13,7 @@ use gateway::stages::auth::api_key;
 use gateway_tests::{
     Running, Testbed, connect_from, gateway_bin,
     harness::{
-        Certs, Client, Response, Setup, TempDir, client_config, reason_of, setup_with,
-        write_key_file,
+        Certs, Client, Setup, TempDir, client_config, reason_of, setup_with, write_key_file,
     },
     require_root,
 };
@@ -106,10 +105,6 @@ fn start(tag: &str, runtime: &str, ip_rate: &str, escalation: &str) -> Limited {
     }
 }
 
-fn ask(s: &Setup, path: &str, headers: &str) -> Response {
-    s.get(path, headers)
-}
-
 const NO_ESCALATION: &str = "rejections = 0\nauth_failures = 0";
 
 #[test]
@@ -117,7 +112,7 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
     let l = start("rl-keys", "workers = 2", "3/min", NO_ESCALATION);
     let s = &l.s;
     for left in [2, 1, 0] {
-        let r = ask(s, "/limited/x", "");
+        let r = s.get("/limited/x", "");
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(
             r.header("ratelimit-policy").as_deref(),
@@ -128,7 +123,7 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
     }
     // A forged X-Forwarded-For from a peer that is no trusted proxy
     // changes nothing: the same source, still over.
-    let r = ask(s, "/limited/x", "X-Forwarded-For: 203.0.113.9\r\n");
+    let r = s.get("/limited/x", "X-Forwarded-For: 203.0.113.9\r\n");
     assert_eq!(r.status, 429, "{r:?}");
     assert_eq!(reason_of(&r), "rate_limit.exceeded");
     let retry: u64 = r
@@ -151,25 +146,25 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
     // without a key is refused by authentication (401), not counted.
     let alice = format!("x-api-key: {}\r\n", l.alice);
     let bob = format!("x-api-key: {}\r\n", l.bob);
-    assert_eq!(ask(s, "/keyed/a", &alice).status, 200);
-    assert_eq!(ask(s, "/keyed/a", &alice).status, 200);
-    assert_eq!(ask(s, "/keyed/a", "").status, 401);
-    let r = ask(s, "/keyed/a", &alice);
+    assert_eq!(s.get("/keyed/a", &alice).status, 200);
+    assert_eq!(s.get("/keyed/a", &alice).status, 200);
+    assert_eq!(s.get("/keyed/a", "").status, 401);
+    let r = s.get("/keyed/a", &alice);
     assert_eq!(r.status, 429, "{r:?}");
     assert_eq!(
         r.header("ratelimit-policy").as_deref(),
         Some("\"per-consumer\";q=2;w=60")
     );
-    assert_eq!(ask(s, "/keyed/b", &bob).status, 200);
+    assert_eq!(s.get("/keyed/b", &bob).status, 200);
     assert_eq!(s.backend.hits("/keyed"), 3);
 
     // Per route: each route that names the limit has its own bucket.
-    assert_eq!(ask(s, "/route-a", "").status, 200);
-    assert_eq!(ask(s, "/route-a", "").status, 200);
-    assert_eq!(ask(s, "/route-a", "").status, 429);
-    assert_eq!(ask(s, "/route-b", "").status, 200);
+    assert_eq!(s.get("/route-a", "").status, 200);
+    assert_eq!(s.get("/route-a", "").status, 200);
+    assert_eq!(s.get("/route-a", "").status, 429);
+    assert_eq!(s.get("/route-b", "").status, 200);
     // A route without limits carries no headers.
-    let r = ask(s, "/plain", "");
+    let r = s.get("/plain", "");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("ratelimit"), None);
 }
@@ -239,7 +234,7 @@ fn repeated_refusals_and_failed_logins_become_verdicts_refused_at_accept_without
     let s = &mut l.s;
     // 429s from a route-wide limit say nothing about this address (an
     // attacker draining it must not get others banned): no verdict.
-    let shared: Vec<u16> = (0..6).map(|_| ask(s, "/route-a", "").status).collect();
+    let shared: Vec<u16> = (0..6).map(|_| s.get("/route-a", "").status).collect();
     assert_eq!(shared, [200, 200, 429, 429, 429, 429]);
     assert!(
         s.gw.proc
@@ -248,10 +243,10 @@ fn repeated_refusals_and_failed_logins_become_verdicts_refused_at_accept_without
         "a route-wide limit escalated: {:?}",
         s.gw.proc.seen
     );
-    assert_eq!(ask(s, "/limited", "").status, 200);
-    assert_eq!(ask(s, "/limited", "").status, 200);
+    assert_eq!(s.get("/limited", "").status, 200);
+    assert_eq!(s.get("/limited", "").status, 200);
     for _ in 0..3 {
-        assert_eq!(ask(s, "/limited", "").status, 429);
+        assert_eq!(s.get("/limited", "").status, 429);
     }
     let line = wait_line(&mut s.gw.proc, "verdict: 127.0.0.1", Duration::from_secs(3));
     assert!(
@@ -277,8 +272,7 @@ fn repeated_refusals_and_failed_logins_become_verdicts_refused_at_accept_without
     // Failed authentication escalates the same way; a repeat offence lasts
     // twice as long.
     for _ in 0..3 {
-        let r = ask(
-            s,
+        let r = s.get(
             "/keyed/x",
             "x-api-key: gwk_wrong_00000000000000000000000000000000\r\n",
         );

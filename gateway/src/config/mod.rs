@@ -4,8 +4,9 @@
 //! Every error names where it is: `file:line: key: what is wrong`.
 //! The sections with most to check have their own files: `auth` (API keys,
 //! introspection, each route's rules), `jwt` (issuers), `routes`,
-//! `upstreams`, `xdp` (kernel settings and source policy); `located` makes
-//! the errors.
+//! `upstreams`, `xdp` (kernel settings and source policy), `proxy`,
+//! `rate_limit`, `admin`, `cluster`, `cors`, `headers`; `located` makes the
+//! errors.
 
 mod admin;
 mod auth;
@@ -14,6 +15,7 @@ mod cors;
 mod headers;
 mod jwt;
 mod located;
+mod proxy;
 mod rate_limit;
 mod routes;
 mod upstreams;
@@ -26,6 +28,7 @@ pub use cors::*;
 pub use headers::*;
 pub use jwt::*;
 pub(crate) use located::*;
+pub use proxy::*;
 pub use rate_limit::*;
 pub use routes::*;
 pub use upstreams::*;
@@ -189,43 +192,6 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ProxyFile {
-    #[serde(default)]
-    trusted_proxies: Vec<Cidr>,
-    #[serde(default)]
-    hsts: Option<Spanned<String>>,
-    #[serde(default)]
-    underscores_in_headers: Underscores,
-    #[serde(default)]
-    encoded_slashes: EncodedSlashes,
-}
-
-/// What happens to `%2F` and `%5C` in a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum EncodedSlashes {
-    /// 400 `path.encoded_separator`.
-    #[default]
-    Reject,
-    /// Forwarded still encoded; never treated as a separator by the gateway.
-    Keep,
-}
-
-/// What happens to request header names with an underscore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Underscores {
-    /// Not forwarded (nginx's `underscores_in_headers off`).
-    #[default]
-    Drop,
-    /// The request is refused with 400 `http.header_name`.
-    Reject,
-    /// Forwarded like any other field.
-    Allow,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogFile {
@@ -347,19 +313,6 @@ pub struct RuntimeSettings {
     pub pin_cpus: bool,
 }
 
-/// Validated `[proxy]`.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    /// Peers whose X-Forwarded-For / Forwarded are kept and extended.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Strict-Transport-Security value; `None` disables it.
-    pub hsts: Option<String>,
-    /// Header names with `_`: dropped, refused or forwarded.
-    pub underscores_in_headers: Underscores,
-    /// `%2F` and `%5C` in paths: refused or kept encoded.
-    pub encoded_slashes: EncodedSlashes,
-}
-
 impl Config {
     /// Loads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -436,7 +389,7 @@ impl Config {
             routes.push(route);
         }
         check_rule_counts(&routes, &invalid)?;
-        let hsts = hsts(raw.proxy.hsts.as_ref(), &invalid)?;
+        let proxy = proxy_settings(&raw.proxy, &invalid)?;
         let limits = raw.limits;
         if limits.buffer_body_bytes > MAX_BUFFER_BODY {
             return Err(invalid(
@@ -486,17 +439,7 @@ impl Config {
                 pin_cpus: raw.runtime.pin_cpus,
             },
             limits,
-            proxy: ProxySettings {
-                trusted_proxies: raw
-                    .proxy
-                    .trusted_proxies
-                    .iter()
-                    .map(|c| c.0.trunc())
-                    .collect(),
-                hsts,
-                underscores_in_headers: raw.proxy.underscores_in_headers,
-                encoded_slashes: raw.proxy.encoded_slashes,
-            },
+            proxy,
             demo: raw.demo.as_ref().map(|d| d.listen),
             demo_api_key: raw.demo.as_ref().is_some_and(|d| d.api_key),
             auth,
@@ -515,33 +458,6 @@ impl Config {
             policy,
         })
     }
-}
-
-/// `proxy.hsts`: it goes into every response head, so a CR or LF in it
-/// would let the file inject header lines.
-fn hsts(h: Option<&Spanned<String>>, invalid: &Invalid<'_>) -> Result<Option<String>, ConfigError> {
-    Ok(match h {
-        Some(h) if h.get_ref().is_empty() => None,
-        Some(h) => {
-            // It goes into every response head: a CR or LF would let
-            // the file inject header lines.
-            let v = h.get_ref();
-            if let Some(b) = v
-                .bytes()
-                .find(|&b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
-            {
-                return Err(invalid(
-                    Some(h.span()),
-                    "proxy.hsts".into(),
-                    format!(
-                        "byte 0x{b:02x} is not allowed in a header value (visible ASCII, space and tab only)"
-                    ),
-                ));
-            }
-            Some(v.trim().to_owned())
-        }
-        None => Some("max-age=31536000; includeSubDomains".into()),
-    })
 }
 
 #[cfg(test)]

@@ -87,40 +87,45 @@ pub fn chunked(data: &[u8]) {
     }
 }
 
+/// The seeds and 300 deterministic mutations of each: what every fuzz
+/// body also runs on in the unit tests.
+#[cfg(test)]
+pub(crate) fn mutated(seeds: &[&[u8]]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut x: u32 = 0x9e37_79b9;
+    for s in seeds {
+        out.push(s.to_vec());
+        for _ in 0..300 {
+            let mut v = s.to_vec();
+            for _ in 0..3 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let i = (x as usize) % v.len().max(1);
+                match x % 4 {
+                    0 if !v.is_empty() => v[i] = (x >> 8) as u8,
+                    1 => v.insert(i, b"\r\n: ;0"[(x as usize >> 4) % 6]),
+                    2 if v.len() > 1 => {
+                        v.remove(i);
+                    }
+                    _ => v.truncate(i),
+                }
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    /// A tiny deterministic generator so the targets run in every test run.
     fn inputs() -> Vec<Vec<u8>> {
-        let seeds: &[&[u8]] = &[
+        super::mutated(&[
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
             b"5;a=b\r\nhello\r\n0\r\nX: y\r\n\r\n",
-        ];
-        let mut out = Vec::new();
-        let mut x: u32 = 0x9e37_79b9;
-        for s in seeds {
-            out.push(s.to_vec());
-            for _ in 0..300 {
-                let mut v = s.to_vec();
-                for _ in 0..3 {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    let i = (x as usize) % v.len().max(1);
-                    match x % 4 {
-                        0 if !v.is_empty() => v[i] = (x >> 8) as u8,
-                        1 => v.insert(i, b"\r\n: ;0"[(x as usize >> 4) % 6]),
-                        2 if v.len() > 1 => {
-                            v.remove(i);
-                        }
-                        _ => v.truncate(i),
-                    }
-                }
-                out.push(v);
-            }
-        }
-        out
+        ])
     }
 
     #[test]

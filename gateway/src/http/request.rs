@@ -49,6 +49,30 @@ impl RequestHead<'_, '_> {
     }
 }
 
+/// A field that must appear at most once appeared twice or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
+impl<'b> RequestHead<'b, '_> {
+    /// The trimmed value of field `name` (case-insensitive) when it appears
+    /// once; [`Repeated`] when more often, since two values would let two
+    /// readers see two different requests.
+    pub fn single(&self, name: &str) -> Result<Option<&'b [u8]>, Repeated> {
+        let mut found = None;
+        for h in self
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+        {
+            if found.is_some() {
+                return Err(Repeated);
+            }
+            found = Some(h.value.trim_ascii());
+        }
+        Ok(found)
+    }
+}
+
 /// Parses one request head from the start of `buf`.
 ///
 /// `Ok(None)` means the head is not complete yet (and still within limits).

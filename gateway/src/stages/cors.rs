@@ -20,17 +20,10 @@ pub const METHOD: Failure = Failure::client(403, "cors.method");
 /// A preflight for request headers the route does not allow.
 pub const HEADERS: Failure = Failure::client(403, "cors.headers");
 
+/// A field's value; two copies are ambiguous, so none.
 fn header<'b>(head: &RequestHead<'b, '_>, name: &str) -> Option<&'b str> {
-    let mut values = head
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name));
-    let first = values.next()?;
-    // Two copies: ambiguous, so none.
-    if values.next().is_some() {
-        return None;
-    }
-    std::str::from_utf8(first.value).ok().map(str::trim)
+    let value = head.single(name).ok()??;
+    std::str::from_utf8(value).ok()
 }
 
 /// The method a preflight asks about, when `head` is one (OPTIONS with

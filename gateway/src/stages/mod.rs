@@ -1,11 +1,13 @@
 //! The per-route stages that judge a request, each in its own module and
 //! called in order by `pipeline::admit_head`: `auth` (who is calling),
 //! `cors` (which browser origins; preflights end here), `authz` (may they
-//! call this route), `rate_limit` (how often; keyed by
-//! source before authentication, by consumer after it). Validation and the
-//! WAF join here. A stage never imports another stage or the server.
+//! call this route), `rate_limit` (how often; keyed by source before
+//! authentication, by consumer after it), `validation` (what a request may
+//! carry). The WAF joins here. A stage never imports another stage or the
+//! server.
 
 pub mod auth;
 pub mod authz;
 pub mod cors;
 pub mod rate_limit;
+pub mod validation;

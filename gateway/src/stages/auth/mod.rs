@@ -229,18 +229,7 @@ fn bearer<'b>(head: &RequestHead<'b, '_>) -> Result<Option<&'b str>, Failure> {
 
 /// The value of a header that must appear at most once.
 fn single_header<'b>(head: &RequestHead<'b, '_>, name: &str) -> Result<Option<&'b [u8]>, Failure> {
-    let mut found = None;
-    for h in head
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-    {
-        if found.is_some() {
-            return Err(AMBIGUOUS);
-        }
-        found = Some(h.value.trim_ascii());
-    }
-    Ok(found)
+    head.single(name).map_err(|_| AMBIGUOUS)
 }
 
 /// The `www-authenticate` lines a refusal carries (RFC 9110 §15.5.2): for

@@ -1,0 +1,81 @@
+//! `gateway verdicts`, `why` and `limits`: ask a running gateway's admin API.
+
+use gateway::admin::client::{self, AdminClient};
+
+use crate::{AdminArgs, VerdictsCmd, load};
+
+pub(crate) fn admin_client(a: &AdminArgs) -> Result<AdminClient, String> {
+    AdminClient::new(&load(a.config.as_ref())?, a.admin)
+}
+
+pub(crate) fn print_lines(
+    json: bool,
+    v: &serde_json::Value,
+    lines: impl FnOnce(&serde_json::Value) -> Vec<String>,
+) {
+    if json {
+        println!("{v}");
+    } else {
+        for l in lines(v) {
+            println!("{l}");
+        }
+    }
+}
+
+/// `gateway verdicts list|add|remove`.
+pub(crate) fn verdicts(cmd: VerdictsCmd, a: &AdminArgs) -> Result<(), String> {
+    let c = admin_client(a)?;
+    match cmd {
+        VerdictsCmd::List => {
+            let v = c.ok("GET", "/verdicts", None)?;
+            print_lines(a.json, &v, client::verdict_lines);
+        }
+        VerdictsCmd::Add { address, secs, why } => {
+            let body = serde_json::json!({"source": address.to_string(), "secs": secs, "why": why});
+            let v = c.ok("POST", "/verdicts", Some(&body))?;
+            print_lines(a.json, &v, |_| {
+                vec![format!("verdict on {address} for {secs}s placed")]
+            });
+        }
+        VerdictsCmd::Remove { address } => {
+            let v = c.ok("DELETE", &format!("/verdicts/{address}"), None)?;
+            print_lines(a.json, &v, |_| vec![format!("verdict on {address} lifted")]);
+        }
+    }
+    Ok(())
+}
+
+/// `gateway why ADDRESS`.
+pub(crate) fn why(address: std::net::IpAddr, a: &AdminArgs) -> Result<(), String> {
+    let v = admin_client(a)?.ok("GET", &format!("/why/{address}"), None)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    print_lines(a.json, &v, |v| client::why_lines(v, now));
+    Ok(())
+}
+
+/// `gateway limits --source ADDRESS`.
+pub(crate) fn limits(
+    source: std::net::IpAddr,
+    consumer: Option<&str>,
+    route: Option<usize>,
+    a: &AdminArgs,
+) -> Result<(), String> {
+    let mut path = format!("/limits?source={source}");
+    if let Some(c) = consumer {
+        if !c
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"&=%#?".contains(&b))
+        {
+            return Err(format!("consumer `{c}`: printable ASCII without & = % # ?"));
+        }
+        path.push_str(&format!("&consumer={c}"));
+    }
+    if let Some(r) = route {
+        path.push_str(&format!("&route={r}"));
+    }
+    let v = admin_client(a)?.ok("GET", &path, None)?;
+    print_lines(a.json, &v, client::limit_lines);
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `[proxy]`: which peers' forwarding headers are believed, HSTS, and how
+//! odd header names and encoded slashes are treated.
+
+use super::*;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProxyFile {
+    #[serde(default)]
+    trusted_proxies: Vec<Cidr>,
+    #[serde(default)]
+    hsts: Option<Spanned<String>>,
+    #[serde(default)]
+    underscores_in_headers: Underscores,
+    #[serde(default)]
+    encoded_slashes: EncodedSlashes,
+}
+
+/// What happens to `%2F` and `%5C` in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// 400 `path.encoded_separator`.
+    #[default]
+    Reject,
+    /// Forwarded still encoded; never treated as a separator by the gateway.
+    Keep,
+}
+
+/// What happens to request header names with an underscore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Not forwarded (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request is refused with 400 `http.header_name`.
+    Reject,
+    /// Forwarded like any other field.
+    Allow,
+}
+/// Validated `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Peers whose X-Forwarded-For / Forwarded are kept and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Strict-Transport-Security value; `None` disables it.
+    pub hsts: Option<String>,
+    /// Header names with `_`: dropped, refused or forwarded.
+    pub underscores_in_headers: Underscores,
+    /// `%2F` and `%5C` in paths: refused or kept encoded.
+    pub encoded_slashes: EncodedSlashes,
+}
+
+pub(super) fn proxy_settings(
+    p: &ProxyFile,
+    invalid: &Invalid<'_>,
+) -> Result<ProxySettings, ConfigError> {
+    Ok(ProxySettings {
+        trusted_proxies: p.trusted_proxies.iter().map(|c| c.0.trunc()).collect(),
+        hsts: hsts(p.hsts.as_ref(), invalid)?,
+        underscores_in_headers: p.underscores_in_headers,
+        encoded_slashes: p.encoded_slashes,
+    })
+}
+
+/// `proxy.hsts`: it goes into every response head, so a CR or LF in it
+/// would let the file inject header lines.
+fn hsts(h: Option<&Spanned<String>>, invalid: &Invalid<'_>) -> Result<Option<String>, ConfigError> {
+    Ok(match h {
+        Some(h) if h.get_ref().is_empty() => None,
+        Some(h) => {
+            // It goes into every response head: a CR or LF would let
+            // the file inject header lines.
+            let v = h.get_ref();
+            if let Some(b) = v
+                .bytes()
+                .find(|&b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+            {
+                return Err(invalid(
+                    Some(h.span()),
+                    "proxy.hsts".into(),
+                    format!(
+                        "byte 0x{b:02x} is not allowed in a header value (visible ASCII, space and tab only)"
+                    ),
+                ));
+            }
+            Some(v.trim().to_owned())
+        }
+        None => Some("max-age=31536000; includeSubDomains".into()),
+    })
+}

@@ -25,6 +25,9 @@ const LEASE_SLOTS: usize = 16;
 #[derive(Debug, Default)]
 pub struct Leases {
     slots: [Lease; LEASE_SLOTS],
+    /// No lease holding requests expires before this (0: look), so a
+    /// worker with nothing to give back pays one comparison.
+    next_expiry: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -90,6 +93,7 @@ impl Leases {
         };
         if c.allowed && taken > 1 {
             c.remaining += u64::from(taken - 1);
+            self.next_expiry = self.next_expiry.min(now + LEASE_NS);
         }
         // Every trip to the shared buckets also gives back what expired
         // leases did not use (16 slots to look at).
@@ -99,12 +103,19 @@ impl Leases {
 
     /// Gives back what expired leases did not use.
     fn return_expired(&mut self, buckets: &Buckets, now: u64) {
+        if now < self.next_expiry {
+            return;
+        }
+        let mut next = u64::MAX;
         for l in &mut self.slots {
             if l.tokens > 0 && now >= l.until {
                 buckets.refund(l.key, now, l.interval, u64::from(l.tokens));
                 l.tokens = 0;
+            } else if l.tokens > 0 {
+                next = next.min(l.until);
             }
         }
+        self.next_expiry = next;
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Conn {
     pub limit_lines: Vec<u8>,
     /// The CORS header lines of the current request (empty: none).
     pub cors_lines: Vec<u8>,
+    /// More members for the next failure's JSON body (a validation
+    /// error's field and rule); sent once, then cleared.
+    pub problem: String,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -87,6 +90,7 @@ impl Conn {
             route_path: String::new(),
             limit_lines: Vec::new(),
             cors_lines: Vec::new(),
+            problem: String::new(),
         }
     }
 
@@ -155,7 +159,8 @@ impl Conn {
         for (slot, e) in lines[1..].iter_mut().zip(extra) {
             *slot = e;
         }
-        respond::write_failure(&mut out, f, !keep, &lines);
+        respond::write_failure_with(&mut out, f, !keep, &lines, &self.problem);
+        self.problem.clear();
         let _ = self.tls.send(&[&out]).await;
         self.out = out;
     }

@@ -450,8 +450,62 @@ async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> 
             .await
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }
-    buffer_small_body(c, a, &mut chunks).await?;
+    if c.snap().cfg.routes[a.route].body_schema.is_some() {
+        read_whole_body(c, a, &mut chunks).await?;
+        validate_body(w, c, a).map_err(|f| Abort::Respond(f, None))?;
+    } else {
+        buffer_small_body(c, a, &mut chunks).await?;
+    }
     proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await
+}
+
+/// Reads the whole body (up to the route's limit, judged as it comes) on a
+/// route that validates it.
+async fn read_whole_body(c: &mut Conn, a: &Admitted, chunks: &mut ChunkJudge) -> Result<(), Abort> {
+    loop {
+        let complete = match a.framing {
+            Framing::None | Framing::UntilClose => return Ok(()),
+            Framing::Length(n) => c.pending().len() as u64 >= n,
+            Framing::Chunked => chunks
+                .judge(c.pending(), a.max_body)
+                .map_err(|f| Abort::Respond(f, None))?,
+        };
+        if complete {
+            return Ok(());
+        }
+        conn::read_body(c, None).await?;
+    }
+}
+
+/// Judges a whole body against the route's schema. The bytes the upstream
+/// gets are the client's: the parse works on a copy.
+fn validate_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
+    let snap = c.snap_arc();
+    let Some(schema) = &snap.cfg.routes[a.route].body_schema else {
+        return Ok(());
+    };
+    let mut scratch = w.json.borrow_mut();
+    let depth = snap.cfg.limits.json_max_depth;
+    if scratch.max_depth() != depth {
+        *scratch = validation::Scratch::new(depth);
+    }
+    let mut dechunked = std::mem::take(&mut scratch.body);
+    dechunked.clear();
+    let mut problem = std::mem::take(&mut c.problem);
+    let body = match a.framing {
+        Framing::Length(n) => &c.pending()[..n as usize],
+        Framing::Chunked => {
+            chunked::Decoder::dechunking()
+                .feed(c.pending(), Some(&mut dechunked))
+                .map_err(Failure::http)?;
+            &dechunked[..]
+        }
+        Framing::None | Framing::UntilClose => &[][..],
+    };
+    let verdict = validation::check_body(schema, body, &mut scratch, &mut problem);
+    scratch.body = dechunked;
+    c.problem = problem;
+    verdict
 }
 
 /// Judges a chunked body's framing as it arrives, each byte once: the

@@ -236,6 +236,19 @@ fn detail(reason: &str) -> Option<&'static str> {
 /// `extra_headers` are complete header lines (the route's response headers,
 /// a 401's challenge).
 pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: &[&[u8]]) {
+    write_failure_with(out, f, close, extra_headers, "");
+}
+
+/// [`write_failure`] with more members for the JSON body: `members` is
+/// empty or `,"name":value...`, already JSON (a validation error's field
+/// and rule).
+pub fn write_failure_with(
+    out: &mut Vec<u8>,
+    f: Failure,
+    close: bool,
+    extra_headers: &[&[u8]],
+    members: &str,
+) {
     if f.status == 204 {
         // An answer without content (a CORS preflight).
         let _ = write!(out, "HTTP/1.1 204 No Content\r\n");
@@ -250,7 +263,8 @@ pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: 
     }
     let detail = detail(f.reason);
     // {"error":"<word>","reason":"<reason>"[,"detail":"<detail>"]}\n
-    let body_len = 25 + f.word().len() + f.reason.len() + detail.map_or(0, |d| 12 + d.len());
+    let body_len =
+        25 + f.word().len() + f.reason.len() + detail.map_or(0, |d| 12 + d.len()) + members.len();
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
@@ -272,6 +286,7 @@ pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: 
     if let Some(d) = detail {
         let _ = write!(out, ",\"detail\":\"{d}\"");
     }
+    out.extend_from_slice(members.as_bytes());
     out.extend_from_slice(b"}\n");
 }
 

@@ -25,6 +25,7 @@ use crate::{
             jwt::TokenCache,
         },
         rate_limit::{Buckets, Leases},
+        validation,
     },
 };
 
@@ -60,6 +61,8 @@ pub struct Worker {
     pub answers: RefCell<AnswerCache>,
     /// Rate-limit requests it took ahead for its hottest keys.
     pub leases: RefCell<Leases>,
+    /// Parse buffers for the bodies it validates.
+    pub json: RefCell<validation::Scratch>,
     /// Open client connections (HTTPS and redirects).
     pub active: Cell<usize>,
     /// Connections waiting for their next request (shut down on stop).
@@ -78,6 +81,7 @@ impl Worker {
             tokens: RefCell::new(TokenCache::default()),
             answers: RefCell::new(AnswerCache::default()),
             leases: RefCell::new(Leases::default()),
+            json: RefCell::new(validation::Scratch::new(snap.cfg.limits.json_max_depth)),
             shared,
             index,
             active: Cell::new(0),

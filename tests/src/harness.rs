@@ -116,6 +116,8 @@ pub struct Received {
     pub head: String,
     /// Body bytes after de-chunking.
     pub body_len: u64,
+    /// SHA-256 of those bytes, hex: proof of what arrived, byte for byte.
+    pub body_sha256: String,
     /// Whether the body arrived chunked.
     pub chunked: bool,
     /// The upstream connection's client port (same port = same connection).
@@ -206,6 +208,16 @@ impl Drop for Backend {
     }
 }
 
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `bytes`, hex, to compare with [`Received::body_sha256`].
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 fn read_until_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -249,6 +261,7 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
             .lines()
             .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
         let mut body_len = 0u64;
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         if chunked {
             loop {
                 let found = loop {
@@ -277,6 +290,7 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
                 if !fill(&mut conn, &mut buf, size + 2) {
                     return;
                 }
+                digest.update(&buf[..size]);
                 buf.drain(..size + 2);
                 body_len += size as u64;
             }
@@ -288,6 +302,7 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
                     return;
                 }
                 let take = buf.len().min(left);
+                digest.update(&buf[..take]);
                 buf.drain(..take);
                 left -= take;
             }
@@ -298,6 +313,7 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
             r.push(Received {
                 head: head.clone(),
                 body_len,
+                body_sha256: hex(digest.finish().as_ref()),
                 chunked,
                 conn_port: port,
             });
@@ -319,6 +335,7 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
                     r.push(Received {
                         head,
                         body_len: 0,
+                        body_sha256: String::new(),
                         chunked: false,
                         conn_port: port,
                     });

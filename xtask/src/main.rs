@@ -48,7 +48,7 @@ enum Cmd {
     /// source floods, XDP on and off).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "proxy", "jwt", "limit", "flood"])]
+        #[arg(value_parser = ["xdp", "proxy", "jwt", "limit", "validate", "flood"])]
         which: String,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -102,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             let tc = toolchain::ensure()?;
             exec(build::nightly_ebpf_cargo("clippy", &tc).args(["--", "-D", "warnings"]))
         }
-        Cmd::Bench { which, args } if which == "jwt" || which == "limit" => {
+        Cmd::Bench { which, args } if ["jwt", "limit", "validate"].contains(&which.as_str()) => {
             let obj = build::ebpf()?;
             exec(
                 build::cargo(&obj)

@@ -153,6 +153,13 @@ pub(crate) fn print_routes(cfg: &Config) {
             servers.join(", "),
             r.max_body_bytes
         );
+        if !r.content_types.is_empty() {
+            println!("    bodies: {}", r.content_types.join(", "));
+        }
+        if let Some(s) = &r.body_schema {
+            let required = if s.required { ", required" } else { "" };
+            println!("    body schema: {}{required}", s.source);
+        }
     }
     if cfg.routes.is_empty() {
         println!("  (none: every request gets 404)");

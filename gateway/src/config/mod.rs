@@ -18,6 +18,7 @@ mod located;
 mod proxy;
 mod rate_limit;
 mod routes;
+mod schema;
 mod upstreams;
 mod xdp;
 
@@ -31,6 +32,7 @@ pub(crate) use located::*;
 pub use proxy::*;
 pub use rate_limit::*;
 pub use routes::*;
+pub use schema::*;
 pub use upstreams::*;
 pub use xdp::*;
 
@@ -173,6 +175,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// Deepest nesting of a JSON body on a route with a `body_schema`
+    /// (400 `validation.json` beyond).
+    pub json_max_depth: usize,
 }
 
 impl Default for Limits {
@@ -188,6 +193,7 @@ impl Default for Limits {
             max_headers: 100,
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            json_max_depth: 64,
         }
     }
 }
@@ -379,6 +385,7 @@ impl Config {
         for (i, r) in raw.routes.iter().enumerate() {
             let max_body = raw.limits.max_body_bytes;
             let mut route = compile_route(i, r, &upstreams, max_body, &auth_ctx, &invalid)?;
+            route.body_schema = route_body_schema(i, r, &mut route, file, &invalid)?;
             route.rate_limits = route_limits(i, &r.rate_limits, &rate_limit.limits, &invalid)?;
             route.cors = route_cors(i, r.cors.as_ref(), cors.as_ref(), &invalid)?;
             if let Some(h) = &r.response_headers {
@@ -396,6 +403,13 @@ impl Config {
                 None,
                 "limits.buffer_body_bytes".into(),
                 format!("at most {MAX_BUFFER_BODY} (it is held per connection)"),
+            ));
+        }
+        if !(1..=1024).contains(&limits.json_max_depth) {
+            return Err(invalid(
+                None,
+                "limits.json_max_depth".into(),
+                "between 1 and 1024".into(),
             ));
         }
         if limits.max_headers == 0

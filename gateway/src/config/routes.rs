@@ -1,6 +1,7 @@
 //! `[[routes]]`: host, path and methods to match, the upstream, limits.
 
 use super::*;
+use crate::stages::validation::BodySchema;
 
 /// Most distinct roles (and scopes, and claim rules) across all routes:
 /// they are bits of a `u64`.
@@ -38,6 +39,10 @@ pub(super) struct RouteFile {
     pub(super) cors: Option<RouteCors>,
     #[serde(default)]
     pub(super) content_types: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) body_schema: Option<Spanned<SchemaSource>>,
+    #[serde(default)]
+    pub(super) body_required: bool,
 }
 
 /// How a route matches the path.
@@ -82,6 +87,8 @@ pub struct RouteSettings {
     /// Media types a request body may have (lowercase, no parameters);
     /// empty: any.
     pub content_types: Vec<String>,
+    /// The JSON Schema its bodies must meet, if any.
+    pub body_schema: Option<BodySchema>,
 }
 
 /// One `[[routes]]` entry, validated.
@@ -173,6 +180,7 @@ pub(super) fn compile_route(
         response_headers: Vec::new(),
         cors: None,
         content_types: media_types(i, &r.content_types, invalid)?,
+        body_schema: None,
     })
 }
 

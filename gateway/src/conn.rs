@@ -190,6 +190,8 @@ pub struct HeadParts<'c> {
     pub limit_lines: &'c mut Vec<u8>,
     /// CORS header lines for the response.
     pub cors_lines: &'c mut Vec<u8>,
+    /// Members for a validation failure's body.
+    pub problem: &'c mut String,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -209,6 +211,7 @@ impl Conn {
             route_path: &mut self.route_path,
             limit_lines: &mut self.limit_lines,
             cors_lines: &mut self.cors_lines,
+            problem: &mut self.problem,
             peer: self.peer,
         }
     }

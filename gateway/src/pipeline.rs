@@ -239,6 +239,11 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     ctx.identity = caller.identity();
     let identified = Some((ctx.identity, p.subject.as_str()));
     limits(identified, p.limit_lines, &mut ctx.by_source)?;
+    if !route.params.is_empty() {
+        let query = head.target.split_once('?').map_or("", |(_, q)| q);
+        validation::params::check(&route.params, matched, query, p.problem)
+            .map_err(|f| refuse(f, head.keep_alive))?;
+    }
     let caller_id = proxy::request::Caller {
         who: caller.identity(),
         subject: p.subject,

@@ -318,3 +318,129 @@ fn hostile_and_invalid_bodies_never_reach_the_backend() {
     );
     assert_eq!(r.status, 200);
 }
+
+const PARAM_ROUTES: &str = r#"
+[[routes]]
+path = "/users/{id}/orders"
+methods = ["GET"]
+upstream = "backend"
+auth = "none"
+
+[[routes.params]]
+name = "id"
+in = "path"
+schema = { type = "integer", minimum = 1 }
+
+[[routes.params]]
+name = "limit"
+in = "query"
+schema = { type = "integer", minimum = 1, maximum = 100 }
+
+[[routes.params]]
+name = "sort"
+in = "query"
+required = true
+schema = { enum = ["asc", "desc"] }
+"#;
+
+#[test]
+fn path_and_query_parameters_are_judged_before_the_backend() {
+    let s = setup_with(
+        "validation-params",
+        "",
+        "workers = 2",
+        PARAM_ROUTES,
+        "",
+        &[],
+    );
+    for ok in [
+        "/users/42/orders?sort=asc",
+        "/users/7/orders?limit=100&sort=desc&x=%ff",
+        "/users/%34%32/orders?so%72t=asc",
+    ] {
+        let r = s.get(ok, "");
+        assert_eq!(r.status, 200, "{ok}: {r:?}");
+    }
+    let reached = s.backend.hits("/users");
+    assert_eq!(reached, 3);
+    let cases = [
+        (
+            "/users/0/orders?sort=asc",
+            "validation.path",
+            "path",
+            "id",
+            "minimum",
+        ),
+        (
+            "/users/1%20OR%201=1/orders?sort=asc",
+            "validation.path",
+            "path",
+            "id",
+            "type",
+        ),
+        (
+            "/users/1/orders",
+            "validation.query",
+            "query",
+            "sort",
+            "required",
+        ),
+        (
+            "/users/1/orders?sort=random",
+            "validation.query",
+            "query",
+            "sort",
+            "enum",
+        ),
+        (
+            "/users/1/orders?sort=asc&limit=1000",
+            "validation.query",
+            "query",
+            "limit",
+            "maximum",
+        ),
+        // Parameter pollution: the backend might read either one.
+        (
+            "/users/1/orders?sort=asc&limit=1&limit=1000",
+            "validation.query",
+            "query",
+            "limit",
+            "repeated",
+        ),
+        (
+            "/users/1/orders?sort=asc&limit=%zz",
+            "validation.query",
+            "query",
+            "limit",
+            "encoding",
+        ),
+        (
+            "/users/1/orders?sort=asc&li%6dit=1%27%20OR%201=1",
+            "validation.query",
+            "query",
+            "limit",
+            "type",
+        ),
+    ];
+    for (path, reason, at, field, rule) in cases {
+        let r = s.get(path, "");
+        assert_eq!(
+            (r.status, reason_of(&r).as_str()),
+            (400, reason),
+            "{path}: {r:?}"
+        );
+        let p = problem(&r);
+        assert_eq!(
+            (p["in"].as_str(), p["field"].as_str(), p["rule"].as_str()),
+            (Some(at), Some(field), Some(rule)),
+            "{path}: {p}"
+        );
+    }
+    // Not the template: other routes (the catch-all here), never this one's checks.
+    assert_eq!(s.get("/users/1/orders/extra?sort=x", "").status, 200);
+    assert_eq!(
+        s.backend.hits("/users"),
+        reached + 1,
+        "a refused request reached the backend"
+    );
+}

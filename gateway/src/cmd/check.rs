@@ -99,6 +99,7 @@ pub(crate) fn print_routes(cfg: &Config) {
         let path = match &r.path {
             gateway::config::PathMatch::Exact(p) => format!("path = {p}"),
             gateway::config::PathMatch::Prefix(p) => format!("prefix {p}"),
+            t @ gateway::config::PathMatch::Template(_) => format!("path = {}", t.written()),
         };
         let methods = if r.methods.is_empty() {
             "any method".to_owned()
@@ -159,6 +160,14 @@ pub(crate) fn print_routes(cfg: &Config) {
         if let Some(s) = &r.body_schema {
             let required = if s.required { ", required" } else { "" };
             println!("    body schema: {}{required}", s.source);
+        }
+        for p in &r.params {
+            let at = match p.location {
+                gateway::stages::validation::params::Location::Path => "path",
+                gateway::stages::validation::params::Location::Query => "query",
+            };
+            let required = if p.required { ", required" } else { "" };
+            println!("    {at} parameter {}{required}", p.name);
         }
     }
     if cfg.routes.is_empty() {

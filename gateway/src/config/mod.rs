@@ -386,6 +386,7 @@ impl Config {
             let max_body = raw.limits.max_body_bytes;
             let mut route = compile_route(i, r, &upstreams, max_body, &auth_ctx, &invalid)?;
             route.body_schema = route_body_schema(i, r, &mut route, file, &invalid)?;
+            route.params = route_params(i, r, &route.path, &invalid)?;
             route.rate_limits = route_limits(i, &r.rate_limits, &rate_limit.limits, &invalid)?;
             route.cors = route_cors(i, r.cors.as_ref(), cors.as_ref(), &invalid)?;
             if let Some(h) = &r.response_headers {

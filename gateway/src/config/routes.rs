@@ -1,7 +1,7 @@
 //! `[[routes]]`: host, path and methods to match, the upstream, limits.
 
 use super::*;
-use crate::stages::validation::BodySchema;
+use crate::stages::validation::{BodySchema, Param};
 
 /// Most distinct roles (and scopes, and claim rules) across all routes:
 /// they are bits of a `u64`.
@@ -43,6 +43,8 @@ pub(super) struct RouteFile {
     pub(super) body_schema: Option<Spanned<SchemaSource>>,
     #[serde(default)]
     pub(super) body_required: bool,
+    #[serde(default)]
+    pub(super) params: Vec<ParamFile>,
 }
 
 /// How a route matches the path.
@@ -52,6 +54,34 @@ pub enum PathMatch {
     Prefix(String),
     /// The path is exactly this.
     Exact(String),
+    /// The path has these segments, `{name}` ones taking any non-empty
+    /// segment (`/users/{id}/orders`).
+    Template(Vec<Segment>),
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// This text exactly.
+    Literal(String),
+    /// Any non-empty segment, named.
+    Param(String),
+}
+
+impl PathMatch {
+    /// The path as written in the configuration.
+    pub fn written(&self) -> String {
+        match self {
+            Self::Exact(p) | Self::Prefix(p) => p.clone(),
+            Self::Template(segments) => segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => format!("/{l}"),
+                    Segment::Param(n) => format!("/{{{n}}}"),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Validated `[[routes]]` entry.
@@ -89,6 +119,8 @@ pub struct RouteSettings {
     pub content_types: Vec<String>,
     /// The JSON Schema its bodies must meet, if any.
     pub body_schema: Option<BodySchema>,
+    /// Query and path parameters it declares, each with its schema.
+    pub params: Vec<Param>,
 }
 
 /// One `[[routes]]` entry, validated.
@@ -108,6 +140,11 @@ pub(super) fn compile_route(
                 "give `path` or `path_prefix`, not both".into(),
             ));
         }
+        (Some(p), None) if p.get_ref().contains(['{', '}']) => (
+            template(p.get_ref())
+                .map_err(|m| invalid(Some(p.span()), format!("routes[{i}].path"), m))?,
+            p.span(),
+        ),
         (Some(p), None) => (PathMatch::Exact(p.get_ref().clone()), p.span()),
         (None, Some(p)) => {
             // Matching is per segment: `/api/` means `/api`.
@@ -118,7 +155,7 @@ pub(super) fn compile_route(
         }
         (None, None) => (PathMatch::Prefix("/".into()), r.upstream.span()),
     };
-    let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path.0;
+    let p = path.0.written();
     if !p.starts_with('/') {
         return Err(invalid(
             Some(path.1),
@@ -181,7 +218,40 @@ pub(super) fn compile_route(
         cors: None,
         content_types: media_types(i, &r.content_types, invalid)?,
         body_schema: None,
+        params: Vec::new(),
     })
+}
+
+/// `/users/{id}/orders`: literal segments and whole-segment `{name}`s with
+/// distinct names.
+fn template(path: &str) -> Result<PathMatch, String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("`{path}` must start with /"));
+    };
+    let mut segments = Vec::new();
+    for s in rest.split('/') {
+        let seg = match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name)
+                if !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) =>
+            {
+                if segments.contains(&Segment::Param(name.to_owned())) {
+                    return Err(format!("`{{{name}}}` appears twice in `{path}`"));
+                }
+                Segment::Param(name.to_owned())
+            }
+            _ if s.contains(['{', '}']) => {
+                return Err(format!(
+                    "`{s}` in `{path}`: a parameter is a whole segment, `{{name}}` (letters, digits, _ - .)"
+                ));
+            }
+            _ => Segment::Literal(s.to_owned()),
+        };
+        segments.push(seg);
+    }
+    Ok(PathMatch::Template(segments))
 }
 
 /// A route's `content_types`: `type/subtype` media types, lowercased.

@@ -2,7 +2,10 @@
 //! or an inline table, compiled once at load.
 
 use super::*;
-use crate::stages::validation::{self, BodySchema};
+use crate::stages::validation::{
+    self, BodySchema, Param,
+    params::{Kind, Location},
+};
 
 /// Largest body a validating route may buffer: the whole body is read
 /// before it is judged.
@@ -77,6 +80,87 @@ pub(super) fn route_body_schema(
         source: from,
         required: r.body_required,
     }))
+}
+
+/// `[[routes.params]]`: a query or path parameter and its schema.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ParamFile {
+    name: Spanned<String>,
+    #[serde(rename = "in")]
+    location: Spanned<String>,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    schema: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Compiles route `i`'s parameters: path ones must name a `{segment}` of
+/// its template (and are required), query ones are named once.
+pub(super) fn route_params(
+    i: usize,
+    r: &RouteFile,
+    path: &PathMatch,
+    invalid: &Invalid<'_>,
+) -> Result<Vec<Param>, ConfigError> {
+    let mut out: Vec<Param> = Vec::new();
+    for (n, p) in r.params.iter().enumerate() {
+        let key = format!("routes[{i}].params[{n}]");
+        let name = p.name.get_ref();
+        let fail = |span: std::ops::Range<usize>, m: String| invalid(Some(span), key.clone(), m);
+        let (location, segment) = match p.location.get_ref().as_str() {
+            "query" => (Location::Query, 0),
+            "path" => {
+                let at = match path {
+                    PathMatch::Template(t) => {
+                        t.iter().position(|s| *s == Segment::Param(name.clone()))
+                    }
+                    _ => None,
+                };
+                let Some(at) = at else {
+                    return Err(fail(
+                        p.name.span(),
+                        format!("the route's path has no `{{{name}}}` segment"),
+                    ));
+                };
+                // Segment 0 is the empty text before the first `/`.
+                (Location::Path, at + 1)
+            }
+            other => {
+                return Err(fail(
+                    p.location.span(),
+                    format!(
+                        "`{other}`: parameters are `query` or `path` (headers and cookies are not validated)"
+                    ),
+                ));
+            }
+        };
+        if out
+            .iter()
+            .any(|q| q.name == *name && q.location == location)
+        {
+            return Err(fail(p.name.span(), format!("`{name}` is declared twice")));
+        }
+        let schema = serde_json::Value::Object(p.schema.clone());
+        let validator = validation::compile_reference(&schema)
+            .map_err(|e| fail(p.name.span(), format!("schema: {e}")))?;
+        let array = schema.get("type").and_then(|t| t.as_str()) == Some("array");
+        let items = if array {
+            schema.get("items").unwrap_or(&schema)
+        } else {
+            &schema
+        };
+        out.push(Param {
+            name: name.clone(),
+            location,
+            required: p.required || location == Location::Path,
+            array,
+            kind: Kind::of(items),
+            segment,
+            validator: std::sync::Arc::new(validator),
+        });
+    }
+    Ok(out)
 }
 
 /// `application/json` or any `+json` type.

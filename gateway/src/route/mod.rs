@@ -4,7 +4,7 @@
 
 pub mod normalize;
 
-use crate::config::{PathMatch, RouteSettings};
+use crate::config::{PathMatch, RouteSettings, Segment};
 
 /// Why no route took a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,20 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// `/users/{id}` takes `/users/42`: as many segments, literals equal,
+/// parameters non-empty.
+fn template_matches(template: &[Segment], path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    template.iter().all(|seg| match (seg, parts.next()) {
+        (Segment::Literal(l), Some(p)) => l == p,
+        (Segment::Param(_), Some(p)) => !p.is_empty(),
+        (_, None) => false,
+    }) && parts.next().is_none()
+}
+
 impl RouteTable {
     /// Compiles the configured routes.
     pub fn new(routes: &[RouteSettings]) -> Self {
@@ -74,6 +88,7 @@ impl RouteTable {
             let path_ok = match &r.path {
                 PathMatch::Exact(p) => path == p,
                 PathMatch::Prefix(p) => prefix_matches(p, path),
+                PathMatch::Template(t) => template_matches(t, path),
             };
             if !path_ok {
                 continue;
@@ -177,6 +192,27 @@ auth = "none"
         assert!(!prefix_matches("/api", "/apix"));
         assert!(!prefix_matches("/api", "/ap"));
         assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn templates_match_whole_segments() {
+        let t = [
+            Segment::Literal("users".into()),
+            Segment::Param("id".into()),
+            Segment::Literal("orders".into()),
+        ];
+        assert!(template_matches(&t, "/users/42/orders"));
+        assert!(template_matches(&t, "/users/a%20b/orders"));
+        for miss in [
+            "/users//orders",
+            "/users/42",
+            "/users/42/orders/",
+            "/users/42/orders/1",
+            "/user/42/orders",
+            "users/42/orders",
+        ] {
+            assert!(!template_matches(&t, miss), "{miss}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod document;
 mod fuzz;
+pub mod params;
 pub mod tape;
 
 use std::{fmt, fmt::Write as _, sync::Arc};
@@ -11,7 +12,8 @@ use std::{fmt, fmt::Write as _, sync::Arc};
 use crate::{config::RouteSettings, http::request::RequestHead, respond::Failure};
 
 pub use document::{DocumentError, Scratch};
-pub use fuzz::fuzz_json_body;
+pub use fuzz::{fuzz_json_body, fuzz_path_query};
+pub use params::{Param, fuzz_query};
 pub use tape::TapeJson;
 
 /// The body is not a JSON document we validate (syntax, encoding, depth,

@@ -34,7 +34,7 @@ use crate::{
             self, AuthError, Authenticated, Identity, introspect,
             jwt::{self, TokenId, Vocabulary},
         },
-        authz, cors,
+        authz, cors, docs,
         rate_limit::{self, Meter, Phase},
         validation,
     },
@@ -438,6 +438,9 @@ async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Fai
 /// The body stages, then the upstream.
 async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
     c.consume(a.head_len());
+    if let Some(doc) = c.snap().cfg.routes[a.route].serve.clone() {
+        return docs::serve(c, a, &doc).await;
+    }
     c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
     let mut chunks = ChunkJudge::default();
     if a.framing == Framing::Chunked {
@@ -577,7 +580,7 @@ async fn finish(
     match outcome {
         Ok(done) => {
             ctx.status = done.status;
-            ctx.upstream = Some(done.upstream);
+            ctx.upstream = done.upstream;
             ctx.bytes = done.bytes;
             client_keep && done.client_reusable
         }

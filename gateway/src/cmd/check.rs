@@ -37,6 +37,20 @@ pub(crate) fn check(cfg: &Config) -> Result<(), String> {
         };
         println!("certificate {} for {names}", c.cert.display());
     }
+    for o in &cfg.openapi {
+        println!("OpenAPI {}: {}", o.file, o.title);
+        println!(
+            "  imported {} operations as routes: {}",
+            o.routes.len(),
+            o.routes.join(", ")
+        );
+        for s in &o.skipped {
+            println!("  not imported or not validated: {s}");
+        }
+        if let Some(d) = &o.docs {
+            println!("  document served at {d} (x-internal operations removed)");
+        }
+    }
     print_routes(cfg);
     if let Some(path) = &cfg.auth.key_file {
         let keys = KeyRing::load(path).map_err(|e| e.to_string())?;
@@ -154,6 +168,12 @@ pub(crate) fn print_routes(cfg: &Config) {
             servers.join(", "),
             r.max_body_bytes
         );
+        if let Some(o) = &r.origin {
+            println!("    from {o}");
+        }
+        if r.serve.is_some() {
+            println!("    answered by the gateway (API documentation)");
+        }
         if !r.content_types.is_empty() {
             println!("    bodies: {}", r.content_types.join(", "));
         }

@@ -88,7 +88,7 @@ pub(super) fn default_roles_header() -> Spanned<String> {
 }
 
 /// A route's `auth` as written: `"none"` or a list of authenticators.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(super) enum AuthList {
     One(String),

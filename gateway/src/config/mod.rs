@@ -15,6 +15,7 @@ mod cors;
 mod headers;
 mod jwt;
 mod located;
+mod openapi;
 mod proxy;
 mod rate_limit;
 mod routes;
@@ -29,6 +30,7 @@ pub use cors::*;
 pub use headers::*;
 pub use jwt::*;
 pub(crate) use located::*;
+pub use openapi::ImportReport;
 pub use proxy::*;
 pub use rate_limit::*;
 pub use routes::*;
@@ -99,6 +101,8 @@ struct File {
     upstreams: Vec<UpstreamFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+    #[serde(default)]
+    openapi: Vec<openapi::OpenApiFile>,
     #[serde(default)]
     xdp: XdpFile,
     #[serde(default)]
@@ -271,8 +275,10 @@ pub struct Config {
     pub access_log: bool,
     /// Upstreams by position; routes refer to them by index.
     pub upstreams: Vec<UpstreamSettings>,
-    /// Routes in match order.
+    /// Routes in match order (those imported from OpenAPI documents first).
     pub routes: Vec<RouteSettings>,
+    /// What each `[[openapi]]` document brought in.
+    pub openapi: Vec<ImportReport>,
     /// Rate limits and their escalation to verdicts.
     pub rate_limit: RateLimitSettings,
     /// The admin API.
@@ -381,20 +387,38 @@ impl Config {
             *raw.listen.plain_http_port.get_ref(),
             &invalid,
         )?;
+        let (imported, openapi) = openapi::import(&raw.openapi, file, &invalid)?;
+        let ctx = RouteContext {
+            upstreams: &upstreams,
+            max_body: raw.limits.max_body_bytes,
+            auth: &auth_ctx,
+            limits: &rate_limit.limits,
+            cors: cors.as_ref(),
+            file,
+        };
         let mut routes = Vec::new();
-        for (i, r) in raw.routes.iter().enumerate() {
-            let max_body = raw.limits.max_body_bytes;
-            let mut route = compile_route(i, r, &upstreams, max_body, &auth_ctx, &invalid)?;
-            route.body_schema = route_body_schema(i, r, &mut route, file, &invalid)?;
-            route.params = route_params(i, r, &route.path, &invalid)?;
-            route.rate_limits = route_limits(i, &r.rate_limits, &rate_limit.limits, &invalid)?;
-            route.cors = route_cors(i, r.cors.as_ref(), cors.as_ref(), &invalid)?;
-            if let Some(h) = &r.response_headers {
-                route.response_headers = header_map(h.get_ref()).map_err(|e| {
-                    invalid(Some(h.span()), format!("routes[{i}].response_headers"), e)
-                })?;
-            }
+        for (i, imp) in imported.iter().enumerate() {
+            // Errors name the operation, not a `routes[i]` the file lacks.
+            let mut route = compile_full(i, &imp.route, &ctx, &invalid).map_err(|e| match e {
+                ConfigError::Invalid {
+                    file,
+                    line,
+                    key,
+                    message,
+                } => ConfigError::Invalid {
+                    file,
+                    line,
+                    key: key.replacen(&format!("routes[{i}]"), &imp.name, 1),
+                    message,
+                },
+                other => other,
+            })?;
+            route.serve = imp.serve.clone();
+            route.origin = Some(imp.name.clone());
             routes.push(route);
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            routes.push(compile_full(i, r, &ctx, &invalid)?);
         }
         check_rule_counts(&routes, &invalid)?;
         let proxy = proxy_settings(&raw.proxy, &invalid)?;
@@ -461,6 +485,7 @@ impl Config {
             access_log: raw.log.access,
             upstreams,
             routes,
+            openapi,
             rate_limit,
             admin,
             cluster,

@@ -121,6 +121,40 @@ pub struct RouteSettings {
     pub body_schema: Option<BodySchema>,
     /// Query and path parameters it declares, each with its schema.
     pub params: Vec<Param>,
+    /// A document the gateway serves itself (an OpenAPI `docs` route)
+    /// instead of proxying.
+    pub serve: Option<std::sync::Arc<[u8]>>,
+    /// The OpenAPI operation it was imported from, if it was.
+    pub origin: Option<String>,
+}
+
+/// What compiling a route needs of the rest of the file.
+pub(super) struct RouteContext<'a> {
+    pub(super) upstreams: &'a [UpstreamSettings],
+    pub(super) max_body: u64,
+    pub(super) auth: &'a AuthContext<'a>,
+    pub(super) limits: &'a [LimitSettings],
+    pub(super) cors: Option<&'a CorsSettings>,
+    pub(super) file: &'a str,
+}
+
+/// One `[[routes]]` entry (or an imported operation), every part validated.
+pub(super) fn compile_full(
+    i: usize,
+    r: &RouteFile,
+    ctx: &RouteContext<'_>,
+    invalid: &Invalid<'_>,
+) -> Result<RouteSettings, ConfigError> {
+    let mut route = compile_route(i, r, ctx.upstreams, ctx.max_body, ctx.auth, invalid)?;
+    route.body_schema = route_body_schema(i, r, &mut route, ctx.file, invalid)?;
+    route.params = route_params(i, r, &route.path, invalid)?;
+    route.rate_limits = route_limits(i, &r.rate_limits, ctx.limits, invalid)?;
+    route.cors = route_cors(i, r.cors.as_ref(), ctx.cors, invalid)?;
+    if let Some(h) = &r.response_headers {
+        route.response_headers = header_map(h.get_ref())
+            .map_err(|e| invalid(Some(h.span()), format!("routes[{i}].response_headers"), e))?;
+    }
+    Ok(route)
 }
 
 /// One `[[routes]]` entry, validated.
@@ -219,6 +253,8 @@ pub(super) fn compile_route(
         content_types: media_types(i, &r.content_types, invalid)?,
         body_schema: None,
         params: Vec::new(),
+        serve: None,
+        origin: None,
     })
 }
 

@@ -95,6 +95,23 @@ pub(super) struct ParamFile {
     schema: serde_json::Map<String, serde_json::Value>,
 }
 
+impl ParamFile {
+    /// A parameter as an OpenAPI document declares it.
+    pub(super) fn new(
+        name: Spanned<String>,
+        location: Spanned<String>,
+        required: bool,
+        schema: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        Self {
+            name,
+            location,
+            required,
+            schema,
+        }
+    }
+}
+
 /// Compiles route `i`'s parameters: path ones must name a `{segment}` of
 /// its template (and are required), query ones are named once.
 pub(super) fn route_params(

@@ -101,8 +101,8 @@ impl Upstreams {
 pub struct Done {
     /// Status sent to the client.
     pub status: u16,
-    /// The server that answered.
-    pub upstream: SocketAddr,
+    /// The server that answered (none: the gateway answered itself).
+    pub upstream: Option<SocketAddr>,
     /// Response body bytes sent.
     pub bytes: u64,
     /// Whether the client connection can carry another request.
@@ -276,7 +276,7 @@ async fn exchange(
     Ok((
         Done {
             status: head.status,
-            upstream: addr,
+            upstream: Some(addr),
             bytes,
             client_reusable,
         },

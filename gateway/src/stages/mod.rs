@@ -3,11 +3,13 @@
 //! `cors` (which browser origins; preflights end here), `authz` (may they
 //! call this route), `rate_limit` (how often; keyed by source before
 //! authentication, by consumer after it), `validation` (what a request may
-//! carry). The WAF joins here. A stage never imports another stage or the
+//! carry), `docs` (an OpenAPI document the gateway serves itself). The WAF
+//! joins here. A stage never imports another stage or the
 //! server.
 
 pub mod auth;
 pub mod authz;
 pub mod cors;
+pub mod docs;
 pub mod rate_limit;
 pub mod validation;

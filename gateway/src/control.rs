@@ -38,6 +38,11 @@ pub enum Event {
         /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
         source: IpAddr,
     },
+    /// The WAF detected an attack in a request from `source`.
+    Attack {
+        /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
+        source: IpAddr,
+    },
     /// A token named a key the issuer's key set lacks: fetch it again.
     UnknownKid {
         /// The issuer, by index.
@@ -135,6 +140,7 @@ pub fn drain(
                 escalation.record(source, Offence::AuthFailed, now)
             }
             Event::RateLimited { source } => escalation.record(source, Offence::RateLimited, now),
+            Event::Attack { source } => escalation.record(source, Offence::Attack, now),
             Event::UnknownKid { issuer } => {
                 unknown_kid(issuer);
                 None

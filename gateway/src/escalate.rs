@@ -31,6 +31,8 @@ pub enum Offence {
     RateLimited,
     /// A request refused with 401.
     AuthFailed,
+    /// A request in which the WAF detected an attack (blocked or not).
+    Attack,
 }
 
 /// A verdict to place.
@@ -53,6 +55,7 @@ struct Window {
     start: u64,
     rejections: u32,
     auth_failures: u32,
+    attacks: u32,
 }
 
 /// The counters and the record of earlier offences.
@@ -82,6 +85,7 @@ impl Escalation {
         let threshold = match what {
             Offence::RateLimited => s.rejections,
             Offence::AuthFailed => s.auth_failures,
+            Offence::Attack => s.attacks,
         };
         if threshold == 0 || self.allow.contains(&source_addr(source)) {
             return None;
@@ -126,6 +130,10 @@ impl Escalation {
                     VerdictReason::AuthFailures,
                 )
             }
+            Offence::Attack => {
+                w.attacks += 1;
+                (w.attacks, "attacks the WAF detected", VerdictReason::Abuse)
+            }
         };
         if n < threshold {
             return None;
@@ -139,16 +147,16 @@ impl Escalation {
         ))
     }
 
-    /// What is counted against `source` at `now`: 429s and 401s in the
-    /// current window, and its offences so far.
-    pub fn counts(&self, source: IpAddr, now: u64) -> (u32, u32, u32) {
-        let (r, a) = self
+    /// What is counted against `source` at `now`: 429s, 401s and WAF
+    /// detections in the current window, and its offences so far.
+    pub fn counts(&self, source: IpAddr, now: u64) -> (u32, u32, u32, u32) {
+        let (r, a, w) = self
             .windows
             .get(&source)
             .filter(|w| now.saturating_sub(w.start) < self.settings.window_secs)
-            .map_or((0, 0), |w| (w.rejections, w.auth_failures));
+            .map_or((0, 0, 0), |w| (w.rejections, w.auth_failures, w.attacks));
         let offences = self.offenders.get(&source).map_or(0, |o| o.0);
-        (r, a, offences)
+        (r, a, w, offences)
     }
 
     /// The settings it counts by.
@@ -198,6 +206,7 @@ mod tests {
         EscalationSettings {
             rejections: 3,
             auth_failures: 2,
+            attacks: 2,
             window_secs: 10,
             ban_secs: 60,
             max_ban_secs: 200,
@@ -242,6 +251,17 @@ mod tests {
         let s = e.record(ip, Offence::AuthFailed, 11).expect("sentenced");
         assert_eq!(s.reason, VerdictReason::AuthFailures);
         assert_eq!(s.why, "2 failed authentications in 10s");
+    }
+
+    #[test]
+    fn waf_detections_earn_an_abuse_verdict() {
+        let mut e = Escalation::new(settings(), &[]);
+        let ip: IpAddr = "198.18.0.9".parse().expect("ip");
+        assert_eq!(e.record(ip, Offence::Attack, 0), None);
+        assert_eq!(e.counts(ip, 1), (0, 0, 1, 0));
+        let s = e.record(ip, Offence::Attack, 1).expect("sentenced");
+        assert_eq!(s.reason, VerdictReason::Abuse);
+        assert_eq!(s.why, "2 attacks the WAF detected in 10s");
     }
 
     #[test]

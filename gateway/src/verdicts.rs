@@ -345,7 +345,7 @@ impl Book {
         } else {
             None
         };
-        let (rejections, auth_failures, offences) =
+        let (rejections, auth_failures, attacks, offences) =
             self.escalation.counts(source, now_ns / 1_000_000_000);
         let e = self.escalation.settings();
         json!({
@@ -367,6 +367,8 @@ impl Book {
                 "rejections_threshold": e.rejections,
                 "auth_failures": auth_failures,
                 "auth_failures_threshold": e.auth_failures,
+                "attacks": attacks,
+                "attacks_threshold": e.attacks,
                 "window_secs": e.window_secs,
                 "offences": offences,
             },

@@ -831,7 +831,9 @@ enabled = false
     // must not earn one for its refused requests.
     let mut config = config;
     if !tail.contains("[rate_limit.escalation]") {
-        config.push_str("\n[rate_limit.escalation]\nrejections = 0\nauth_failures = 0\n");
+        config.push_str(
+            "\n[rate_limit.escalation]\nrejections = 0\nauth_failures = 0\nattacks = 0\n",
+        );
     }
     // Tests run side by side: each admin API on a port of its own.
     if !tail.contains("[admin]") {

@@ -191,11 +191,13 @@ pub fn why_lines(v: &Value, now_unix: u64) -> Vec<String> {
     });
     let e = &v["escalation"];
     out.push(format!(
-        "  escalation: {}/{} rejections and {}/{} auth failures in the current {}s window; earlier offences: {}",
+        "  escalation: {}/{} rejections, {}/{} auth failures and {}/{} attacks in the current {}s window; earlier offences: {}",
         e["rejections"],
         e["rejections_threshold"],
         e["auth_failures"],
         e["auth_failures_threshold"],
+        e["attacks"],
+        e["attacks_threshold"],
         e["window_secs"],
         e["offences"]
     ));

@@ -21,6 +21,7 @@ mod rate_limit;
 mod routes;
 mod schema;
 mod upstreams;
+mod waf;
 mod xdp;
 
 pub use admin::*;
@@ -36,6 +37,7 @@ pub use rate_limit::*;
 pub use routes::*;
 pub use schema::*;
 pub use upstreams::*;
+pub use waf::*;
 pub use xdp::*;
 
 use std::{
@@ -119,6 +121,8 @@ struct File {
     response_headers: HeadersFile,
     #[serde(default)]
     cors: Option<CorsFile>,
+    #[serde(default)]
+    waf: WafFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -279,6 +283,8 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     /// What each `[[openapi]]` document brought in.
     pub openapi: Vec<ImportReport>,
+    /// The WAF's defaults.
+    pub waf: WafSettings,
     /// Rate limits and their escalation to verdicts.
     pub rate_limit: RateLimitSettings,
     /// The admin API.
@@ -388,6 +394,7 @@ impl Config {
             &invalid,
         )?;
         let (imported, openapi) = openapi::import(&raw.openapi, file, &invalid)?;
+        let waf = waf_settings(&raw.waf, &auth.key_header);
         let ctx = RouteContext {
             upstreams: &upstreams,
             max_body: raw.limits.max_body_bytes,
@@ -395,6 +402,7 @@ impl Config {
             limits: &rate_limit.limits,
             cors: cors.as_ref(),
             file,
+            waf: waf.mode,
         };
         let mut routes = Vec::new();
         for (i, imp) in imported.iter().enumerate() {
@@ -486,6 +494,7 @@ impl Config {
             upstreams,
             routes,
             openapi,
+            waf,
             rate_limit,
             admin,
             cluster,

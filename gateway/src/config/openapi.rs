@@ -39,6 +39,8 @@ pub(super) struct OpenApiFile {
     /// `route` (default) or `skip` operations marked `x-internal: true`.
     #[serde(default)]
     internal_operations: Internal,
+    #[serde(default)]
+    waf: Option<crate::stages::waf::Mode>,
 }
 
 /// What becomes of operations marked `x-internal: true`.
@@ -205,6 +207,7 @@ fn base_route(o: &OpenApiFile) -> RouteFile {
         body_schema: None,
         body_required: false,
         params: Vec::new(),
+        waf: o.waf,
     }
 }
 

@@ -53,6 +53,7 @@ enum KeyNames {
 struct EscalationFile {
     rejections: u32,
     auth_failures: u32,
+    attacks: u32,
     window_secs: u64,
     ban_secs: u64,
     max_ban_secs: u64,
@@ -64,6 +65,7 @@ impl Default for EscalationFile {
         Self {
             rejections: e.rejections,
             auth_failures: e.auth_failures,
+            attacks: e.attacks,
             window_secs: e.window_secs,
             ban_secs: e.ban_secs,
             max_ban_secs: e.max_ban_secs,
@@ -134,6 +136,9 @@ pub struct EscalationSettings {
     pub rejections: u32,
     /// 401s from one source within `window_secs` that earn a verdict (0: never).
     pub auth_failures: u32,
+    /// WAF detections (blocked or not) from one source within `window_secs`
+    /// that earn a verdict (0: never).
+    pub attacks: u32,
     /// The counting window.
     pub window_secs: u64,
     /// The first verdict's length; each repeat offence doubles it.
@@ -147,6 +152,7 @@ impl Default for EscalationSettings {
         Self {
             rejections: 200,
             auth_failures: 30,
+            attacks: 5,
             window_secs: 60,
             ban_secs: 300,
             max_ban_secs: 86_400,
@@ -289,6 +295,7 @@ pub(super) fn rate_limit_settings(
         escalation: EscalationSettings {
             rejections: e.rejections,
             auth_failures: e.auth_failures,
+            attacks: e.attacks,
             window_secs: e.window_secs,
             ban_secs: e.ban_secs,
             max_ban_secs: e.max_ban_secs,

@@ -45,6 +45,8 @@ pub(super) struct RouteFile {
     pub(super) body_required: bool,
     #[serde(default)]
     pub(super) params: Vec<ParamFile>,
+    #[serde(default)]
+    pub(super) waf: Option<crate::stages::waf::Mode>,
 }
 
 /// How a route matches the path.
@@ -126,6 +128,8 @@ pub struct RouteSettings {
     pub serve: Option<std::sync::Arc<[u8]>>,
     /// The OpenAPI operation it was imported from, if it was.
     pub origin: Option<String>,
+    /// What its WAF does.
+    pub waf: crate::stages::waf::Mode,
 }
 
 /// What compiling a route needs of the rest of the file.
@@ -136,6 +140,7 @@ pub(super) struct RouteContext<'a> {
     pub(super) limits: &'a [LimitSettings],
     pub(super) cors: Option<&'a CorsSettings>,
     pub(super) file: &'a str,
+    pub(super) waf: crate::stages::waf::Mode,
 }
 
 /// One `[[routes]]` entry (or an imported operation), every part validated.
@@ -150,6 +155,7 @@ pub(super) fn compile_full(
     route.params = route_params(i, r, &route.path, invalid)?;
     route.rate_limits = route_limits(i, &r.rate_limits, ctx.limits, invalid)?;
     route.cors = route_cors(i, r.cors.as_ref(), ctx.cors, invalid)?;
+    route.waf = r.waf.unwrap_or(ctx.waf);
     if let Some(h) = &r.response_headers {
         route.response_headers = header_map(h.get_ref())
             .map_err(|e| invalid(Some(h.span()), format!("routes[{i}].response_headers"), e))?;
@@ -255,6 +261,7 @@ pub(super) fn compile_route(
         params: Vec::new(),
         serve: None,
         origin: None,
+        waf: Default::default(),
     })
 }
 

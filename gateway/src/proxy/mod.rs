@@ -42,6 +42,19 @@ pub struct Plan {
     pub retryable: bool,
     /// An HTTP/1.0 client.
     pub http10: bool,
+    /// What the body is, as far as the WAF reads bodies.
+    pub body_kind: BodyKind,
+}
+
+/// A request body the WAF can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Another media type, or none: not scanned.
+    Other,
+    /// `application/json` or `+json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
 }
 
 /// A request every head stage let through: the only thing [`forward`]

@@ -3,8 +3,8 @@
 //! `cors` (which browser origins; preflights end here), `authz` (may they
 //! call this route), `rate_limit` (how often; keyed by source before
 //! authentication, by consumer after it), `validation` (what a request may
-//! carry), `docs` (an OpenAPI document the gateway serves itself). The WAF
-//! joins here. A stage never imports another stage or the
+//! carry), `waf` (SQL injection and XSS in what a request carries), `docs`
+//! (an OpenAPI document the gateway serves itself). A stage never imports another stage or the
 //! server.
 
 pub mod auth;
@@ -13,3 +13,4 @@ pub mod cors;
 pub mod docs;
 pub mod rate_limit;
 pub mod validation;
+pub mod waf;

@@ -67,6 +67,8 @@ pub fn fuzz_path_query(data: &[u8]) {
         }
     }
     super::fuzz_query(query.as_bytes());
+    // The WAF reads the same text: it judges without a panic.
+    let _ = crate::stages::waf::scan_head(&normal, query, &[], &[]);
 }
 
 thread_local! {
@@ -81,7 +83,14 @@ pub fn fuzz_json_body(data: &[u8]) -> bool {
     let (tape, reference) = schemas();
     let before = data.to_vec();
     let mut problem = String::new();
-    let verdict = SCRATCH.with_borrow_mut(|s| check_body(tape, data, s, &mut problem));
+    let verdict = SCRATCH.with_borrow_mut(|s| {
+        let mut pointer = String::new();
+        // The WAF walks every accepted document without a panic.
+        let _ = s.with_document(data, |root| {
+            crate::stages::waf::scan_json(root, &mut pointer)
+        });
+        check_body(tape, data, s, &mut problem)
+    });
     assert_eq!(data, &before[..], "the body was changed");
     if data.is_empty() {
         return false;

@@ -79,21 +79,34 @@ pub fn check_body(
     scratch: &mut Scratch,
     problem: &mut String,
 ) -> Result<(), Failure> {
+    judge_body(Some(schema), body, scratch, problem, |_| None::<()>).map(|_| ())
+}
+
+/// Parses a whole body once and judges it against `schema` (if any), then
+/// hands the document to `also` (the WAF), whose finding is returned.
+pub fn judge_body<T>(
+    schema: Option<&BodySchema>,
+    body: &[u8],
+    scratch: &mut Scratch,
+    problem: &mut String,
+    also: impl FnOnce(tape::TapeNode<'_>) -> Option<T>,
+) -> Result<Option<T>, Failure> {
     if body.is_empty() {
-        return if schema.required {
-            Err(BODY_MISSING)
-        } else {
-            Ok(())
+        return match schema {
+            Some(s) if s.required => Err(BODY_MISSING),
+            _ => Ok(None),
         };
     }
     let verdict = scratch.with_document(body, |root| {
-        schema
-            .validator
-            .validate(root)
-            .map_err(|e| describe_schema_error(&e, problem))
+        if let Some(s) = schema {
+            s.validator
+                .validate(root)
+                .map_err(|e| describe_schema_error(&e, problem))?;
+        }
+        Ok(also(root))
     });
     match verdict {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(found)) => Ok(found),
         Ok(Err(())) => Err(SCHEMA),
         Err(e) => {
             write_problem(problem, "", e.rule(), &e.to_string());

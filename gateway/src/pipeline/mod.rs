@@ -10,6 +10,8 @@
 //! only an [`Admitted`] request, which only `admit_head` can make, reaches
 //! `proxy::forward`. Every exit goes through one response and one log line.
 
+mod body;
+
 use std::{
     net::{IpAddr, SocketAddr},
     time::Instant,
@@ -25,7 +27,7 @@ use crate::{
     },
     log::{self, AccessRecord},
     policy::{self, source_addr},
-    proxy::{self, Admitted, Done, Plan},
+    proxy::{self, Admitted, BodyKind, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
     snapshot::Snapshot,
@@ -36,7 +38,7 @@ use crate::{
         },
         authz, cors, docs,
         rate_limit::{self, Meter, Phase},
-        validation,
+        validation, waf,
     },
     worker::Worker,
 };
@@ -124,7 +126,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     }
     let keep = match admitted {
         Ok(a) => {
-            let outcome = forward(w, c, &a).await;
+            let outcome = body::forward(w, c, &a).await;
             finish(w, c, &a, &mut ctx, outcome).await
         }
         Err(r) => {
@@ -243,6 +245,14 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         let query = head.target.split_once('?').map_or("", |(_, q)| q);
         validation::params::check(&route.params, matched, query, p.problem)
             .map_err(|f| refuse(f, head.keep_alive))?;
+    }
+    if route.waf != waf::Mode::Off {
+        let query = head.target.split_once('?').map_or("", |(_, q)| q);
+        let skip = &p.snap.cfg.waf.skip_headers;
+        if let Some(hit) = waf::scan_head(matched, query, head.headers, skip) {
+            waf_hit(w, p.snap, p.peer, index, route.waf, &hit)
+                .map_err(|f| refuse(f, head.keep_alive))?;
+        }
     }
     let caller_id = proxy::request::Caller {
         who: caller.identity(),
@@ -400,6 +410,59 @@ fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> P
         head_request: head.method == "HEAD",
         retryable: head.is_idempotent() && !head.framing.has_body(),
         http10: head.minor == 0,
+        body_kind: body_kind(head),
+    }
+}
+
+/// The body's media type as the WAF reads bodies.
+fn body_kind(head: &RequestHead<'_, '_>) -> BodyKind {
+    let Ok(Some(v)) = head.single("content-type") else {
+        return BodyKind::Other;
+    };
+    let media = std::str::from_utf8(v)
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    let lower = media.to_ascii_lowercase();
+    if lower == "application/json" || lower.ends_with("+json") {
+        BodyKind::Json
+    } else if lower == "application/x-www-form-urlencoded" {
+        BodyKind::Form
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// A WAF detection: logged with what and where, counted toward the
+/// source's escalation (never a trusted proxy's), and refused on a route
+/// that blocks.
+fn waf_hit(
+    w: &Worker,
+    snap: &Snapshot,
+    peer: SocketAddr,
+    route: usize,
+    mode: waf::Mode,
+    hit: &waf::Hit,
+) -> Result<(), Failure> {
+    let source = policy::canonical(peer.ip());
+    let blocked = mode == waf::Mode::Block;
+    tracing::warn!(
+        "waf: {hit} from {source} on routes[{route}]{}",
+        if blocked {
+            ", blocked"
+        } else {
+            " (detect only)"
+        }
+    );
+    if !snap.trusted_proxies.contains(&source_addr(source)) {
+        w.shared.events.report(Event::Attack { source });
+    }
+    if blocked {
+        Err(hit.attack.failure())
+    } else {
+        Ok(())
     }
 }
 
@@ -433,138 +496,6 @@ async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Fai
         .borrow_mut()
         .put(key, settings, endpoint, &answer, id, auth::now());
     Ok(())
-}
-
-/// The body stages, then the upstream.
-async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
-    c.consume(a.head_len());
-    if let Some(doc) = c.snap().cfg.routes[a.route].serve.clone() {
-        return docs::serve(c, a, &doc).await;
-    }
-    c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
-    let mut chunks = ChunkJudge::default();
-    if a.framing == Framing::Chunked {
-        // Judge the chunked framing already buffered before anything goes
-        // upstream: a bad chunk in the first bytes never reaches the backend.
-        chunks
-            .judge(c.pending(), a.max_body)
-            .map_err(|f| Abort::Respond(f, None))?;
-    }
-    // RFC 9110 §10.1.1: the gateway answers 100 itself once it will read
-    // the body, and ignores Expect from an HTTP/1.0 client.
-    if a.expect_continue && a.framing.has_body() && !a.http10 {
-        c.tls
-            .send(&[b"HTTP/1.1 100 Continue\r\n\r\n"])
-            .await
-            .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
-    }
-    if c.snap().cfg.routes[a.route].body_schema.is_some() {
-        read_whole_body(c, a, &mut chunks).await?;
-        validate_body(w, c, a).map_err(|f| Abort::Respond(f, None))?;
-    } else {
-        buffer_small_body(c, a, &mut chunks).await?;
-    }
-    proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await
-}
-
-/// Reads the whole body (up to the route's limit, judged as it comes) on a
-/// route that validates it.
-async fn read_whole_body(c: &mut Conn, a: &Admitted, chunks: &mut ChunkJudge) -> Result<(), Abort> {
-    loop {
-        let complete = match a.framing {
-            Framing::None | Framing::UntilClose => return Ok(()),
-            Framing::Length(n) => c.pending().len() as u64 >= n,
-            Framing::Chunked => chunks
-                .judge(c.pending(), a.max_body)
-                .map_err(|f| Abort::Respond(f, None))?,
-        };
-        if complete {
-            return Ok(());
-        }
-        conn::read_body(c, None).await?;
-    }
-}
-
-/// Judges a whole body against the route's schema. The bytes the upstream
-/// gets are the client's: the parse works on a copy.
-fn validate_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
-    let snap = c.snap_arc();
-    let Some(schema) = &snap.cfg.routes[a.route].body_schema else {
-        return Ok(());
-    };
-    let mut scratch = w.json.borrow_mut();
-    let depth = snap.cfg.limits.json_max_depth;
-    if scratch.max_depth() != depth {
-        *scratch = validation::Scratch::new(depth);
-    }
-    let mut dechunked = std::mem::take(&mut scratch.body);
-    dechunked.clear();
-    let mut problem = std::mem::take(&mut c.problem);
-    let body = match a.framing {
-        Framing::Length(n) => &c.pending()[..n as usize],
-        Framing::Chunked => {
-            chunked::Decoder::dechunking()
-                .feed(c.pending(), Some(&mut dechunked))
-                .map_err(Failure::http)?;
-            &dechunked[..]
-        }
-        Framing::None | Framing::UntilClose => &[][..],
-    };
-    let verdict = validation::check_body(schema, body, &mut scratch, &mut problem);
-    scratch.body = dechunked;
-    c.problem = problem;
-    verdict
-}
-
-/// Judges a chunked body's framing as it arrives, each byte once: the
-/// decoder keeps its state and is fed only what it has not seen.
-#[derive(Default)]
-struct ChunkJudge {
-    decoder: chunked::Decoder,
-    judged: usize,
-}
-
-impl ChunkJudge {
-    /// Judges the new part of `buf` (the body so far); whether it is complete.
-    fn judge(&mut self, buf: &[u8], max_body: u64) -> Result<bool, Failure> {
-        let p = self
-            .decoder
-            .feed(&buf[self.judged..], None)
-            .map_err(Failure::http)?;
-        self.judged += p.consumed;
-        if self.decoder.body_bytes > max_body {
-            return Err(Failure::BODY_TOO_LARGE);
-        }
-        Ok(p.done)
-    }
-}
-
-/// Reads a body of up to `limits.buffer_body_bytes` whole before an upstream
-/// connection is taken, so a slow client ties up only its own connection
-/// (nginx's `client_body_buffer_size`). Larger bodies stream.
-async fn buffer_small_body(
-    c: &mut Conn,
-    a: &Admitted,
-    chunks: &mut ChunkJudge,
-) -> Result<(), Abort> {
-    let max = c.snap().cfg.limits.buffer_body_bytes as u64;
-    loop {
-        let complete = match a.framing {
-            Framing::None | Framing::UntilClose => return Ok(()),
-            Framing::Length(n) if n > max => return Ok(()),
-            Framing::Length(n) => c.pending().len() as u64 >= n,
-            Framing::Chunked => {
-                let done = chunks
-                    .judge(c.pending(), a.max_body)
-                    .map_err(|f| Abort::Respond(f, None))?;
-                done || c.pending().len() as u64 >= max
-            }
-        };
-        if complete {
-            return Ok(());
-        }
-        conn::read_body(c, None).await?;
-    }
 }
 
 /// The one exit after admission: a response for what failed before any

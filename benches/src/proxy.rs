@@ -3,7 +3,10 @@
 //! proxying to the same nginx backend over pooled keep-alive connections,
 //! adding X-Forwarded-For, X-Forwarded-Proto and HSTS, no access log; and
 //! the gateway again with an API key required on the route (`gw+key`), whose
-//! ratio to the plain gateway is the cost of authentication.
+//! ratio to the plain gateway is the cost of authentication; and a 1 KiB
+//! JSON POST: the gateway validating it against a schema (`gw+valid`) and
+//! not (`gw+post`), HAProxy and nginx proxying it unvalidated (`ha+post`,
+//! `ng+post`).
 //!
 //! The systems alternate within each round; the report gives medians of
 //! req/s, latency percentiles, and each proxy's own CPU time per request
@@ -160,13 +163,7 @@ struct Run {
     errors: u64,
 }
 
-fn wrk(
-    opts: &Opts,
-    target: &Target,
-    lua: &Path,
-    pgid: Option<u32>,
-    dist_file: &Path,
-) -> Result<Run> {
+fn wrk(opts: &Opts, target: &Target, pgid: Option<u32>, dist_file: &Path) -> Result<Run> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let before = pgid.map(group_ticks);
@@ -192,7 +189,7 @@ fn wrk(
             "5s",
             "-s",
         ])
-        .arg(lua)
+        .arg(&target.lua)
         .args(target.headers.iter().flat_map(|h| ["-H", h.as_str()]))
         .arg(&target.url)
         .output()
@@ -246,7 +243,34 @@ struct Target {
     url: String,
     /// Extra request headers (`Name: value`).
     headers: Vec<String>,
+    /// The wrk script: GET, or the JSON POST.
+    lua: PathBuf,
 }
+
+/// A valid order of about 1 KiB, the POST scenarios' body.
+fn order_body() -> String {
+    let items: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"sku":"ABC-{i:04}","qty":{},"price":{}.5,"note":"line {i}"}}"#,
+                i + 1,
+                i * 10
+            )
+        })
+        .collect();
+    let mut body = format!(
+        r#"{{"id":"9b2d3c4e-1f2a-4b5c-8d6e-7f8091a2b3c4","customer":{{"email":"ann@example.com","name":"Ann O'Brien"}},"placed":"2026-11-23T12:00:00Z","items":[{}],"comment":""#,
+        items.join(",")
+    );
+    while body.len() < 1000 {
+        body.push_str("pad ");
+    }
+    body.push_str("\"}");
+    body
+}
+
+/// The schema `gw+valid` checks the order against.
+const ORDER_SCHEMA: &str = r#"{ type = "object", required = ["id", "customer", "items"], additionalProperties = false, properties = { id = { type = "string", format = "uuid" }, customer = { type = "object", required = ["email"], properties = { email = { type = "string", format = "email" }, name = { type = "string", maxLength = 100 } } }, placed = { type = "string", format = "date-time" }, comment = { type = "string", maxLength = 2000 }, items = { type = "array", minItems = 1, items = { type = "object", required = ["sku", "qty", "price"], additionalProperties = false, properties = { sku = { type = "string", pattern = "^[A-Z]{3}-[0-9]{4}$" }, qty = { type = "integer", minimum = 1 }, price = { type = "number", minimum = 0 }, note = { type = "string", maxLength = 200 } } } } } }"#;
 
 /// Runs the benchmark.
 pub fn run(mut opts: Opts) -> Result<()> {
@@ -293,6 +317,14 @@ pub fn run(mut opts: Opts) -> Result<()> {
     )?;
     let lua = work.join("report.lua");
     std::fs::write(&lua, WRK_LUA)?;
+    let post_lua = work.join("post.lua");
+    std::fs::write(
+        &post_lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[{}]]\n{WRK_LUA}",
+            order_body()
+        ),
+    )?;
     let w = opts.workers.unwrap_or(1);
     let hsts = "max-age=31536000; includeSubDomains";
 
@@ -335,6 +367,12 @@ key = "{key}"
 name = "backend"
 servers = ["127.0.0.1:{BACKEND_PORT}"]
 idle_per_server = 256
+[[routes]]
+path = "/orders"
+methods = ["POST"]
+upstream = "backend"
+auth = "none"
+body_schema = {ORDER_SCHEMA}
 [[routes]]
 upstream = "backend"
 auth = "none"
@@ -513,6 +551,7 @@ http {{
             if https { "https" } else { "http" }
         ),
         headers,
+        lua: lua.clone(),
     };
     let key_header = vec![format!("x-api-key: {api_key}")];
     procs.push(("backend".into(), None, target(BACKEND_PORT, false, vec![])));
@@ -541,6 +580,7 @@ http {{
             Target {
                 url: t.url.clone(),
                 headers: t.headers.clone(),
+                lua: t.lua.clone(),
             },
         ));
     }
@@ -548,6 +588,7 @@ http {{
         let on = |port: u16, path: &str, token: &str| Target {
             url: format!("https://127.0.0.1:{port}{path}"),
             headers: vec![format!("Authorization: Bearer {token}")],
+            lua: lua.clone(),
         };
         let (g, h) = (PORTS[2].1, PORTS[3].1);
         let (gk, hk) = (pid("gw+key"), pid("haproxy"));
@@ -565,6 +606,21 @@ http {{
         systems.push(("ha+es256".into(), hk, on(h, "/es/x", &jwt.es_token)));
         systems.push(("ha+rs256".into(), hk, on(h, "/rs/x", &jwt.rs_token)));
     }
+    // The JSON POST: validated by the gateway, and proxied unvalidated by
+    // each proxy (`/post` takes the gateway's catch-all route).
+    let post = |port: u16, path: &str| Target {
+        url: format!("https://127.0.0.1:{port}{path}"),
+        headers: vec![],
+        lua: post_lua.clone(),
+    };
+    for (name, proc_name, port, path) in [
+        ("gw+valid", "gateway", PORTS[1].1, "/orders"),
+        ("gw+post", "gateway", PORTS[1].1, "/post"),
+        ("ha+post", "haproxy", PORTS[3].1, "/orders"),
+        ("ng+post", "nginx", PORTS[4].1, "/orders"),
+    ] {
+        systems.push((name.into(), pid(proc_name), post(port, path)));
+    }
 
     // Warm up every system (TLS session setup, pools).
     for (name, pgid, target) in &systems {
@@ -575,7 +631,6 @@ http {{
         let r = wrk(
             &short,
             target,
-            &lua,
             *pgid,
             &work.join(format!("warmup-{name}.csv")),
         )?;
@@ -594,7 +649,7 @@ http {{
         for i in order {
             let (name, pgid, target) = &systems[i];
             let dist = out.join(format!("latency-{name}-round{}.csv", round + 1));
-            let r = wrk(&opts, target, &lua, *pgid, &dist)?;
+            let r = wrk(&opts, target, *pgid, &dist)?;
             eprintln!(
                 "round {} {name:<8} {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us cpu/req {} errors {}",
                 round + 1,
@@ -694,6 +749,16 @@ http {{
             rps("gw+rs256") / rps("ha+rs256"),
         );
     }
+    let rps = |n: &str| med(n, &|r| Some(r.rps));
+    let cpu = |n: &str| med(n, &|r| r.cpu_us_per_req);
+    let _ = writeln!(
+        table,
+        "JSON POST, validated: {:.2}x HAProxy's unvalidated req/s ({:.2}x nginx's), {:.2}x the gateway's own unvalidated POST, {:+.1} us CPU per request for the schema",
+        rps("gw+valid") / rps("ha+post"),
+        rps("gw+valid") / rps("ng+post"),
+        rps("gw+valid") / rps("gw+post"),
+        cpu("gw+valid") - cpu("gw+post"),
+    );
     print!("{table}");
     plot(&out, opts.rounds, &names)?;
     std::fs::write(out.join("summary.txt"), &table)?;

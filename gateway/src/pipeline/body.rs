@@ -110,7 +110,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
         Framing::None | Framing::UntilClose => &[][..],
     };
     let scan = route.waf != waf::Mode::Off;
-    let mut pointer = String::new();
+    let mut pointer = std::mem::take(&mut scratch.pointer);
     let found = match a.body_kind {
         BodyKind::Form if route.body_schema.is_none() => Ok(scan
             .then(|| waf::scan_pairs(&String::from_utf8_lossy(body), waf::Place::Body))
@@ -124,6 +124,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
         ),
     };
     scratch.body = dechunked;
+    scratch.pointer = pointer;
     let found = match found {
         // A document a detect-only WAF cannot read goes on, as it would
         // without the WAF; a schema or a blocking WAF refuses it.

@@ -410,7 +410,11 @@ fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> P
         head_request: head.method == "HEAD",
         retryable: head.is_idempotent() && !head.framing.has_body(),
         http10: head.minor == 0,
-        body_kind: body_kind(head),
+        // Read only where the WAF will read the body.
+        body_kind: match route.waf {
+            waf::Mode::Off => BodyKind::Other,
+            _ => body_kind(head),
+        },
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Scratch {
     hasher: std::collections::hash_map::RandomState,
     /// A dechunked body.
     pub body: Vec<u8>,
+    /// The JSON pointer the WAF builds as it walks a document.
+    pub pointer: String,
     max_depth: usize,
 }
 
@@ -73,6 +75,7 @@ impl Scratch {
             hashes: Vec::new(),
             hasher: Default::default(),
             body: Vec::new(),
+            pointer: String::new(),
             max_depth,
         }
     }

@@ -739,8 +739,9 @@ http {{
         rps_key / rps_plain,
         cpu_key - cpu_plain
     );
+    let rps = |n: &str| med(n, &|r| Some(r.rps));
+    let cpu = |n: &str| med(n, &|r| r.cpu_us_per_req);
     if !opts.no_jwt {
-        let rps = |n: &str| med(n, &|r| Some(r.rps));
         let _ = writeln!(
             table,
             "JWT ES256: {:.2}x HAProxy jwt_verify's req/s with the verified-token cache, {:.2}x without; RS256: {:.2}x",
@@ -749,8 +750,6 @@ http {{
             rps("gw+rs256") / rps("ha+rs256"),
         );
     }
-    let rps = |n: &str| med(n, &|r| Some(r.rps));
-    let cpu = |n: &str| med(n, &|r| r.cpu_us_per_req);
     let _ = writeln!(
         table,
         "JSON POST, validated: {:.2}x HAProxy's unvalidated req/s ({:.2}x nginx's), {:.2}x the gateway's own unvalidated POST, {:+.1} us CPU per request for the schema",

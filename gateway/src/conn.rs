@@ -117,6 +117,10 @@ impl Conn {
         self.start += n;
         if self.start == self.inbuf.len() {
             self.inbuf.clear();
+            // A large body read whole is not kept for the connection's life.
+            if self.inbuf.capacity() > 1 << 20 {
+                self.inbuf.shrink_to(4096);
+            }
             self.start = 0;
         }
     }

@@ -99,7 +99,27 @@ fn every_gateway_made_error_carries_the_security_headers() {
             s.get("/limited", "");
             s.get("/limited", "")
         }),
+        // `*` is no path any route takes.
+        (
+            "404",
+            raw(
+                s,
+                "OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                "OPTIONS",
+            ),
+        ),
         ("502", s.get("/down", "")),
+        // Its only server failed: marked down in each worker, then nothing to try.
+        ("503", {
+            let mut r = s.get("/down", "");
+            for _ in 0..20 {
+                if r.status == 503 {
+                    break;
+                }
+                r = s.get("/down", "");
+            }
+            r
+        }),
         ("504", s.get("/slow/1500", "")),
     ];
     for (want, r) in &cases {

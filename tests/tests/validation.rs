@@ -421,6 +421,29 @@ fn path_and_query_parameters_are_judged_before_the_backend() {
             "limit",
             "type",
         ),
+        // `;` parameters are part of the segment the upstream gets.
+        (
+            "/users/1;x=1/orders?sort=asc",
+            "validation.path",
+            "path",
+            "id",
+            "type",
+        ),
+        // Names a lenient backend reads as `limit`.
+        (
+            "/users/1/orders?sort=asc&Limit=1000",
+            "validation.query",
+            "query",
+            "limit",
+            "ambiguous",
+        ),
+        (
+            "/users/1/orders?sort=asc&limit[]=1000",
+            "validation.query",
+            "query",
+            "limit",
+            "ambiguous",
+        ),
     ];
     for (path, reason, at, field, rule) in cases {
         let r = s.get(path, "");

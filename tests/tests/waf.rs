@@ -93,9 +93,26 @@ fn payloads_are_blocked_wherever_they_hide_and_look_alikes_pass() {
         let r = s.get(&format!("/shop/items/{}", enc(p)), "");
         assert!(r.status == 403 || r.status == 400, "{p:?} in path: {r:?}");
     }
-    // Double encoding does not hide a quote.
+    // Double encoding does not hide a quote, nor do `;` path parameters
+    // (which the upstream gets).
     let r = s.get("/shop/search?q=1%2527%2520OR%25201%253D1--", "");
     assert_eq!(r.status, 403);
+    let r = s.get("/shop/items/1;%27%20OR%20%271%27=%271", "");
+    assert_eq!(reason_of(&r), "waf.sqli");
+    // A JSON body under another media type is still read as JSON, and two
+    // media types at once are refused.
+    let sneaky = serde_json::json!({"comment": "' UNION SELECT password FROM users--"}).to_string();
+    assert_eq!(
+        post(&s, "/shop/orders", "text/plain", &sneaky),
+        (403, "waf.sqli".into())
+    );
+    let (status, reason) = post(
+        &s,
+        "/shop/orders",
+        "text/plain\r\nContent-Type: application/json",
+        "{}",
+    );
+    assert_eq!((status, reason.as_str()), (415, "validation.content_type"));
     assert_eq!(s.backend.hits("/shop"), 0, "an attack reached the backend");
 
     for b in payloads(BENIGN) {

@@ -94,8 +94,8 @@ pub(super) struct Imported {
     pub(super) serve: Option<Arc<[u8]>>,
 }
 
-/// Reads every `[[openapi]]` document into routes, in document order with
-/// literal paths before templated ones (`/users/me` before `/users/{id}`).
+/// Reads every `[[openapi]]` document into routes, literal paths before
+/// templated ones (`/users/me` before `/users/{id}`), else by path.
 pub(super) fn import(
     files: &[OpenApiFile],
     config: &str,
@@ -251,8 +251,8 @@ fn operations(
                 continue;
             }
             let here = |e: String| format!("{upper} {path}: {e}");
-            body(doc, op, v30, &span, &mut route).map_err(here)?;
             let mut notes = Vec::new();
+            body(doc, op, v30, &span, &mut route, &mut notes).map_err(here)?;
             let shared = item.get("parameters");
             route.params = parameters(doc, shared, op.get("parameters"), v30, &span, &mut notes)
                 .map_err(here)?;
@@ -273,24 +273,53 @@ fn body(
     v30: bool,
     span: &std::ops::Range<usize>,
     route: &mut RouteFile,
+    notes: &mut Vec<String>,
 ) -> Result<(), String> {
     let Some(rb) = op.get("requestBody") else {
         return Ok(());
     };
     let rb = resolve(doc, rb)?;
     let content = rb.get("content").and_then(Value::as_object);
-    let types: Vec<&String> = content.map(|c| c.keys().collect()).unwrap_or_default();
-    route.content_types = types
-        .iter()
-        .map(|t| Spanned::new(span.clone(), (*t).clone()))
-        .collect();
-    let json = |t: &str| t == "application/json" || t.ends_with("+json");
-    if types.is_empty() || !types.iter().all(|t| json(t)) {
-        // Other media types pass unjudged: say so rather than half-validate.
+    // `application/json; charset=utf-8` is `application/json`.
+    let types: Vec<(String, &Value)> = content
+        .map(|c| {
+            c.iter()
+                .map(|(t, m)| {
+                    (
+                        t.split(';')
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .to_ascii_lowercase(),
+                        m,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if types.iter().any(|(t, _)| t.contains('*')) {
+        notes.push("a media range in the request body: any media type, not validated".into());
         return Ok(());
     }
-    let schema = content
-        .and_then(|c| c.values().find_map(|m| m.get("schema")))
+    route.content_types = types
+        .iter()
+        .map(|(t, _)| Spanned::new(span.clone(), t.clone()))
+        .collect();
+    let json = |t: &str| t == "application/json" || t.ends_with("+json");
+    if types.is_empty() || !types.iter().all(|(t, _)| json(t)) {
+        // Other media types pass unjudged: say so rather than half-validate.
+        if !types.is_empty() {
+            notes
+                .push("a body that is not JSON: media types checked, content not validated".into());
+        }
+        return Ok(());
+    }
+    // One schema judges every JSON type: `application/json`'s if given.
+    let schema = types
+        .iter()
+        .find(|(t, m)| t == "application/json" && m.get("schema").is_some())
+        .or_else(|| types.iter().find(|(_, m)| m.get("schema").is_some()))
+        .and_then(|(_, m)| m.get("schema"))
         .map(|s| standalone(doc, s, v30))
         .transpose()?;
     if let Some(schema) = schema {
@@ -483,7 +512,16 @@ fn dialect_30(s: &mut Map<String, Value>) {
 /// every `example`/`examples`.
 fn redacted(doc: &Value, d: &DocsFile) -> Value {
     let mut doc = doc.clone();
+    let source = doc.clone();
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        // A path item given by `$ref` is judged (and served) as what it names.
+        for item in paths.values_mut() {
+            if item.get("$ref").is_some()
+                && let Ok(target) = resolve(&source, item)
+            {
+                *item = target.clone();
+            }
+        }
         paths.retain(|_, item| !internal(item));
         for item in paths.values_mut() {
             if let Some(item) = item.as_object_mut() {
@@ -494,6 +532,10 @@ fn redacted(doc: &Value, d: &DocsFile) -> Value {
             item.as_object()
                 .is_some_and(|m| m.keys().any(|k| METHODS.contains(&k.as_str())))
         });
+    }
+    if let Some(c) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        // Inlined into `paths`; an internal one must not be served from here.
+        c.remove("pathItems");
     }
     strip(&mut doc, d, None);
     doc
@@ -577,6 +619,26 @@ mod tests {
         let e = load_doc(r#"{"openapi": "3.0.0", "paths": {"/a/{id}": {"get": {"parameters": [{"name": "other", "in": "path", "schema": {"type": "string"}}]}}}}"#)
             .expect_err("path parameter without a segment");
         assert!(e.contains("openapi[0] GET /a/{id}.params[0]"), "{e}");
+        // `; charset` is no other media type; a media range is any.
+        let cfg = load_doc(r#"{"openapi": "3.1.0", "paths": {"/j": {"post": {"requestBody": {"content": {"application/json; charset=utf-8": {"schema": {"type": "object"}}}}}}, "/any": {"post": {"requestBody": {"content": {"*/*": {"schema": {"type": "string"}}}}}}}}"#)
+            .expect("imports");
+        let at = |p: &str| {
+            cfg.routes
+                .iter()
+                .find(|r| r.path == PathMatch::Exact(p.into()))
+                .expect("route")
+        };
+        assert_eq!(at("/j").content_types, ["application/json"]);
+        assert!(at("/j").body_schema.is_some());
+        assert!(at("/any").content_types.is_empty() && at("/any").body_schema.is_none());
+        assert!(
+            cfg.openapi[0]
+                .skipped
+                .iter()
+                .any(|s| s.contains("media range")),
+            "{:?}",
+            cfg.openapi[0].skipped
+        );
         // A form body passes unjudged, and says so.
         let cfg = load_doc(r#"{"openapi": "3.0.0", "paths": {"/f": {"post": {"requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object"}}}}}}}}"#)
             .expect("imports");

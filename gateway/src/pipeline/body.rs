@@ -30,11 +30,21 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Do
             .await
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }
+    let route = &c.snap().cfg.routes[a.route];
+    if a.body_kind == BodyKind::Repeated && route.waf == waf::Mode::Block && a.framing.has_body() {
+        // Two media types: the WAF would read the body as one, the backend
+        // perhaps as the other.
+        return Err(Abort::Respond(Failure::CONTENT_TYPE, None));
+    }
     if let Some(limit) = judged_whole(c.snap(), a) {
         read_whole_body(c, a, &mut chunks, limit).await?;
-        judge_body(w, c, a).map_err(|f| Abort::Respond(f, None))?;
+        judge_body(w, c, a, a.body_kind, false).map_err(|f| Abort::Respond(f, None))?;
     } else {
         buffer_small_body(c, a, &mut chunks).await?;
+        if sniffs_json(c.snap(), a, c.pending()) {
+            // Many backends parse JSON whatever the media type says.
+            judge_body(w, c, a, BodyKind::Json, true).map_err(|f| Abort::Respond(f, None))?;
+        }
     }
     proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await
 }
@@ -86,9 +96,34 @@ fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
     }
 }
 
-/// Judges a whole body: the route's schema, then its WAF. The bytes the
-/// upstream gets are the client's: the parse works on a copy.
-fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
+/// On a WAF route, a body of another (or no) media type that is already
+/// read whole (`limits.buffer_body_bytes`) and starts like JSON.
+fn sniffs_json(snap: &Snapshot, a: &Admitted, pending: &[u8]) -> bool {
+    if snap.cfg.routes[a.route].waf == waf::Mode::Off || a.body_kind == BodyKind::Json {
+        return false;
+    }
+    let Framing::Length(n) = a.framing else {
+        return false;
+    };
+    let body = &pending[..pending.len().min(n as usize)];
+    body.len() as u64 == n
+        && matches!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        )
+}
+
+/// Judges a whole body read as `kind`: the route's schema, then its WAF.
+/// The bytes the upstream gets are the client's: the parse works on a copy.
+/// `sniffed`: the media type did not say JSON, so a body that does not
+/// parse is not refused for it.
+fn judge_body(
+    w: &Worker,
+    c: &mut Conn,
+    a: &Admitted,
+    kind: BodyKind,
+    sniffed: bool,
+) -> Result<(), Failure> {
     let snap = c.snap_arc();
     let route = &snap.cfg.routes[a.route];
     let mut scratch = w.json.borrow_mut();
@@ -111,7 +146,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
     };
     let scan = route.waf != waf::Mode::Off;
     let mut pointer = std::mem::take(&mut scratch.pointer);
-    let found = match a.body_kind {
+    let found = match kind {
         BodyKind::Form if route.body_schema.is_none() => Ok(scan
             .then(|| waf::scan_pairs(&String::from_utf8_lossy(body), waf::Place::Body))
             .flatten()),
@@ -125,10 +160,11 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
     };
     scratch.body = dechunked;
     scratch.pointer = pointer;
+    scratch.trim();
     let found = match found {
         // A document a detect-only WAF cannot read goes on, as it would
         // without the WAF; a schema or a blocking WAF refuses it.
-        Err(_) if route.body_schema.is_none() && route.waf == waf::Mode::Detect => {
+        Err(_) if route.body_schema.is_none() && (sniffed || route.waf == waf::Mode::Detect) => {
             problem.clear();
             Ok(None)
         }

@@ -243,13 +243,14 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     limits(identified, p.limit_lines, &mut ctx.by_source)?;
     if !route.params.is_empty() {
         let query = head.target.split_once('?').map_or("", |(_, q)| q);
-        validation::params::check(&route.params, matched, query, p.problem)
+        // The path as the upstream gets it, `;` parameters included.
+        validation::params::check(&route.params, path, query, p.problem)
             .map_err(|f| refuse(f, head.keep_alive))?;
     }
     if route.waf != waf::Mode::Off {
         let query = head.target.split_once('?').map_or("", |(_, q)| q);
         let skip = &p.snap.cfg.waf.skip_headers;
-        if let Some(hit) = waf::scan_head(matched, query, head.headers, skip) {
+        if let Some(hit) = waf::scan_head(path, query, head.headers, skip) {
             waf_hit(w, p.snap, p.peer, index, route.waf, &hit)
                 .map_err(|f| refuse(f, head.keep_alive))?;
         }
@@ -420,8 +421,10 @@ fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> P
 
 /// The body's media type as the WAF reads bodies.
 fn body_kind(head: &RequestHead<'_, '_>) -> BodyKind {
-    let Ok(Some(v)) = head.single("content-type") else {
-        return BodyKind::Other;
+    let v = match head.single("content-type") {
+        Ok(Some(v)) => v,
+        Ok(None) => return BodyKind::Other,
+        Err(_) => return BodyKind::Repeated,
     };
     let media = std::str::from_utf8(v)
         .unwrap_or("")

@@ -55,6 +55,8 @@ pub enum BodyKind {
     Json,
     /// `application/x-www-form-urlencoded`.
     Form,
+    /// Two or more `Content-Type` fields.
+    Repeated,
 }
 
 /// A request every head stage let through: the only thing [`forward`]

@@ -17,6 +17,9 @@ pub enum DocumentError {
     /// A key appears twice in one object.
     #[error("key {0:?} appears twice in one object")]
     DuplicateKey(String),
+    /// An object with more than [`MAX_MEMBERS`] members.
+    #[error("an object with more than {MAX_MEMBERS} members")]
+    TooManyMembers,
     /// A number beyond 64-bit integers or finite doubles.
     #[error("number out of range at byte {0}")]
     Number(usize),
@@ -40,6 +43,7 @@ impl DocumentError {
         match self {
             Self::TooDeep(_) => "max_depth",
             Self::DuplicateKey(_) => "duplicate_key",
+            Self::TooManyMembers => "max_members",
             Self::Number(_) => "number_range",
             Self::Utf8 | Self::Escape(_) => "encoding",
             Self::End | Self::Syntax(_) => "syntax",
@@ -77,6 +81,14 @@ impl Scratch {
             body: Vec::new(),
             pointer: String::new(),
             max_depth,
+        }
+    }
+
+    /// Gives memory back after a large body (over 1 MiB): one such body
+    /// must not keep a worker's buffers at its size.
+    pub fn trim(&mut self) {
+        if self.input.capacity() > 1 << 20 || self.body.capacity() > 1 << 20 {
+            *self = Self::new(self.max_depth);
         }
     }
 
@@ -127,6 +139,10 @@ fn document_error(e: &simd_json::Error, max_depth: usize) -> DocumentError {
 /// Objects of up to this many keys are checked pairwise.
 const PAIRWISE: usize = 16;
 
+/// Most members of one object: a schema looks members up by name, one scan
+/// per lookup, so a huge object would cost properties × members.
+pub const MAX_MEMBERS: usize = 10_000;
+
 /// Refuses a document where one object holds a key twice: simd-json keeps
 /// both, most backends keep the last, and the two would then judge
 /// different documents.
@@ -141,6 +157,9 @@ fn no_duplicates(
         };
         if len < 2 {
             continue;
+        }
+        if len > MAX_MEMBERS {
+            return Err(DocumentError::TooManyMembers);
         }
         let keys = keys_of(&tape[at..], len);
         if len <= PAIRWISE {
@@ -248,6 +267,11 @@ mod tests {
             Err(DocumentError::DuplicateKey("k0".into()))
         );
         assert_eq!(judge(format!("{big}\"k100\":1}}").as_bytes()), Ok(()));
+        let huge: Vec<String> = (0..=MAX_MEMBERS).map(|i| format!("\"k{i}\":0")).collect();
+        assert_eq!(
+            judge(format!("{{{}}}", huge.join(",")).as_bytes()),
+            Err(DocumentError::TooManyMembers)
+        );
         // The same key in sibling objects is no duplicate.
         assert_eq!(judge(br#"[{"a":1},{"a":2}]"#), Ok(()));
     }

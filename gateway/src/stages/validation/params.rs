@@ -42,12 +42,37 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind a schema's `type` asks for.
+    /// The kind a schema's `type` asks for (the first that is not
+    /// `null` in a list), following a `$ref` into its `$defs`; without a
+    /// type, numeric keywords ask for a number.
     pub fn of(schema: &Value) -> Self {
-        match schema.get("type").and_then(Value::as_str) {
+        let target = schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+            .and_then(|k| {
+                schema
+                    .get("$defs")?
+                    .get(k.replace("~1", "/").replace("~0", "~"))
+            })
+            .unwrap_or(schema);
+        let ty = match target.get("type") {
+            Some(Value::String(t)) => Some(t.as_str()),
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+            _ => None,
+        };
+        let numeric = [
+            "minimum",
+            "maximum",
+            "exclusiveMinimum",
+            "exclusiveMaximum",
+            "multipleOf",
+        ];
+        match ty {
             Some("integer") => Self::Integer,
             Some("number") => Self::Number,
             Some("boolean") => Self::Boolean,
+            None if numeric.iter().any(|k| target.get(k).is_some()) => Self::Number,
             _ => Self::String,
         }
     }
@@ -151,10 +176,19 @@ fn check_one<'a>(p: &'a Param, path: &str, query: &str) -> Result<(), Refusal<'a
         }
         Location::Query => {
             let mut values = Vec::new();
+            let want = folded(&p.name);
             for (k, v) in pairs(query) {
                 let bad = || refuse(QUERY, "encoding", "not UTF-8 once decoded".into());
-                if decode(k, true).ok_or_else(bad)? == p.name.as_str() {
+                let name = decode(k, true).ok_or_else(bad)?;
+                if name == p.name.as_str() {
                     values.push(p.kind.read(&decode(v, true).ok_or_else(bad)?));
+                } else if folded(&name) == want {
+                    // `Limit`, `limit[]`: a backend may read it as this one.
+                    return Err(refuse(
+                        QUERY,
+                        "ambiguous",
+                        "given under a name a backend may read as this parameter".into(),
+                    ));
                 }
             }
             let value = match (values.len(), p.array) {
@@ -226,9 +260,7 @@ pub fn decode(s: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                out.push(hex_pair(bytes.get(i + 1..i + 3)?)?);
                 i += 3;
             }
             b'+' if plus_is_space => {
@@ -242,6 +274,28 @@ pub fn decode(s: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
         }
     }
     String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// The byte two ASCII hex digits spell (no sign, unlike `from_str_radix`).
+pub fn hex_pair(pair: &[u8]) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    match pair {
+        [a, b] => Some((digit(*a)? * 16 + digit(*b)?) as u8),
+        _ => None,
+    }
+}
+
+/// A parameter name as lenient backends fold it: ASP.NET ignores case, PHP
+/// turns `.` and spaces into `_` and reads `name[]` as `name`.
+fn folded(name: &str) -> String {
+    name.strip_suffix("[]")
+        .unwrap_or(name)
+        .chars()
+        .map(|c| match c {
+            '.' | ' ' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 /// The body of the `query` fuzz target: decoding never panics, a decoded
@@ -358,6 +412,10 @@ mod tests {
             ("q=x&tag=c", "tag", "enum"),
             ("q=x&all=yes", "all", "type"),
             ("q=x&li%6dit=1000", "limit", "maximum"),
+            // Names a lenient backend folds into `limit`.
+            ("q=x&limit=1&Limit=1000", "limit", "ambiguous"),
+            ("q=x&limit[]=1000", "limit", "ambiguous"),
+            ("q=x&limit=%+5", "limit", "encoding"),
         ];
         for (query, field, rule) in cases {
             let (f, p) = judge(&ps, "/", query).expect_err(query);
@@ -368,6 +426,23 @@ mod tests {
                 "{query}: {p}"
             );
         }
+    }
+
+    #[test]
+    fn kinds_follow_type_lists_refs_and_numeric_keywords() {
+        use serde_json::json;
+        assert_eq!(
+            Kind::of(&json!({"type": ["integer", "null"]})),
+            Kind::Integer
+        );
+        assert_eq!(
+            Kind::of(&json!({"type": ["null", "boolean"]})),
+            Kind::Boolean
+        );
+        assert_eq!(Kind::of(&json!({"minimum": 1})), Kind::Number);
+        let by_ref = json!({"$ref": "#/$defs/~1components~1schemas~1Id", "$defs": {"/components/schemas/Id": {"type": "integer"}}});
+        assert_eq!(Kind::of(&by_ref), Kind::Integer);
+        assert_eq!(Kind::of(&json!({"enum": ["a"]})), Kind::String);
     }
 
     #[test]

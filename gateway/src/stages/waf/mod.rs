@@ -15,7 +15,7 @@ use std::{borrow::Cow, fmt, fmt::Write as _};
 use crate::{
     respond::Failure,
     stages::validation::{
-        params::{decode, pairs},
+        params::{decode, hex_pair, pairs},
         tape::TapeNode,
     },
 };
@@ -161,10 +161,7 @@ fn lossy(raw: &str, plus: bool) -> Cow<'_, str> {
     let b = raw.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+        match (b[i], b.get(i + 1..i + 3).and_then(hex_pair)) {
             (b'%', Some(v)) => {
                 out.push(v);
                 i += 3;

@@ -55,6 +55,8 @@ pub struct Conn {
     /// More members for the next failure's JSON body (a validation
     /// error's field and rule); sent once, then cleared.
     pub problem: String,
+    /// The current request's id (sent upstream as `x-request-id`).
+    pub request_id: String,
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -91,6 +93,7 @@ impl Conn {
             limit_lines: Vec::new(),
             cors_lines: Vec::new(),
             problem: String::new(),
+            request_id: String::with_capacity(32),
         }
     }
 
@@ -196,6 +199,8 @@ pub struct HeadParts<'c> {
     pub cors_lines: &'c mut Vec<u8>,
     /// Members for a validation failure's body.
     pub problem: &'c mut String,
+    /// The request's id.
+    pub request_id: &'c mut String,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -216,6 +221,7 @@ impl Conn {
             limit_lines: &mut self.limit_lines,
             cors_lines: &mut self.cors_lines,
             problem: &mut self.problem,
+            request_id: &mut self.request_id,
             peer: self.peer,
         }
     }
@@ -228,7 +234,8 @@ impl Conn {
 #[derive(Clone, Copy)]
 pub struct BodyClock {
     started: Instant,
-    received: u64,
+    /// Body bytes read so far.
+    pub received: u64,
     timeout: Duration,
     min_rate: u64,
 }

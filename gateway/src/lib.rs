@@ -22,7 +22,7 @@ pub mod fdlimit;
 pub mod fetch;
 pub mod filters;
 pub mod http;
-pub mod log;
+pub mod observe;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

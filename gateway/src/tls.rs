@@ -229,6 +229,22 @@ pub struct TlsStream {
     write_timeout: Duration,
 }
 
+impl TlsStream {
+    /// The negotiated protocol, for the access log.
+    pub fn version(&self) -> &'static str {
+        match self.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "-",
+        }
+    }
+
+    /// The server name the client asked for (empty: none).
+    pub fn sni(&self) -> &str {
+        self.conn.server_name().unwrap_or("")
+    }
+}
+
 /// Runs a write with a deadline; on expiry the socket is shut down both
 /// ways, which fails the in-flight io_uring write (SHUT_RD alone would not).
 pub async fn write_deadline<T>(

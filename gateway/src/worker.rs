@@ -16,6 +16,7 @@ use std::{
 use crate::{
     cluster::Link,
     control::Events,
+    observe::access_log::{AccessLog, Lines},
     policy::SourcePolicy,
     proxy::Upstreams,
     snapshot::Published,
@@ -45,6 +46,8 @@ pub struct Shared {
     pub buckets: Buckets,
     /// Where admitted requests go when limits are shared through Redis.
     pub link: Option<Link>,
+    /// The access log's writer, when it is on.
+    pub access_log: Option<AccessLog>,
 }
 
 /// One worker's state.
@@ -63,12 +66,25 @@ pub struct Worker {
     pub leases: RefCell<Leases>,
     /// Parse buffers for the bodies it validates.
     pub json: RefCell<validation::Scratch>,
+    /// Access-log lines not yet handed to the writer.
+    pub lines: RefCell<Lines>,
+    /// The next request id's sequence number (after this worker's seed).
+    pub request_seq: Cell<u64>,
+    /// This worker's random request id prefix.
+    pub request_seed: u64,
     /// Open client connections (HTTPS and redirects).
     pub active: Cell<usize>,
     /// Connections waiting for their next request (shut down on stop).
     pub idle: RefCell<HashSet<RawFd>>,
     /// `runtime.max_connections_per_worker` (a listener setting: fixed at start).
     max_connections: usize,
+}
+
+/// 64 random bits (ring's system random), distinct per worker and start.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b) ^ (std::process::id() as u64).rotate_left(32)
 }
 
 impl Worker {
@@ -82,6 +98,9 @@ impl Worker {
             answers: RefCell::new(AnswerCache::default()),
             leases: RefCell::new(Leases::default()),
             json: RefCell::new(validation::Scratch::new(snap.cfg.limits.json_max_depth)),
+            lines: RefCell::new(Lines::default()),
+            request_seq: Cell::new(0),
+            request_seed: random_seed(),
             shared,
             index,
             active: Cell::new(0),
@@ -113,6 +132,22 @@ impl Worker {
             fut.await;
             w.active.set(w.active.get() - 1);
         });
+    }
+
+    /// Writes the next request id (24 hex digits, unique per process) into `out`.
+    pub fn next_request_id(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let n = self.request_seq.get();
+        self.request_seq.set(n + 1);
+        out.clear();
+        let _ = write!(out, "{:016x}{:08x}", self.request_seed, n as u32);
+    }
+
+    /// Hands buffered access-log lines to the writer (every 100 ms, and on stop).
+    pub fn flush_log(&self) {
+        if let Some(log) = &self.shared.access_log {
+            self.lines.borrow_mut().flush(log);
+        }
     }
 
     /// Whether SIGTERM/SIGINT came.

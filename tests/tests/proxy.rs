@@ -491,20 +491,25 @@ fn new_connections_go_to_the_workers_in_turn() {
         .expect("send");
         assert_eq!(c.response("GET").expect("response").status, 200);
     }
-    assert!(
-        s.gw.proc
-            .wait_for_line("GET /rr7", Duration::from_secs(5))
-            .is_some(),
-        "{:?}",
-        s.gw.proc.seen
-    );
-    let workers: Vec<&str> =
-        s.gw.proc
-            .seen
-            .iter()
-            .filter(|l| l.contains("\"GET /rr"))
-            .filter_map(|l| l.split_whitespace().last())
-            .collect();
+    // Access lines come per worker, in batches: order them by request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut workers: Vec<(String, u64)> = Vec::new();
+    while workers.len() < 8 && std::time::Instant::now() < deadline {
+        let _ = s.gw.proc.wait_for_line("/rr", Duration::from_millis(200));
+        workers =
+            s.gw.proc
+                .seen
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| {
+                    let path = v["path"].as_str()?.to_owned();
+                    Some((path, v["worker"].as_u64()?))
+                })
+                .filter(|(p, _)| p.starts_with("/rr"))
+                .collect();
+    }
+    workers.sort();
+    let workers: Vec<u64> = workers.into_iter().map(|(_, w)| w).collect();
     assert_eq!(workers.len(), 8, "{:?}", s.gw.proc.seen);
     // In turn: never the same worker twice in a row.
     assert!(

@@ -195,7 +195,7 @@ fn one_client_spread_over_two_workers_gets_exactly_one_limit() {
         .expect("access log");
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline
-        && !(["w0", "w1"].iter().all(|w| {
+        && !(["\"worker\":0}", "\"worker\":1}"].iter().all(|w| {
             gw.proc
                 .seen
                 .iter()
@@ -205,7 +205,7 @@ fn one_client_spread_over_two_workers_gets_exactly_one_limit() {
         gw.proc
             .wait_for_line("/limited/w", Duration::from_millis(200));
     }
-    for w in ["w0", "w1"] {
+    for w in ["\"worker\":0}", "\"worker\":1}"] {
         assert!(
             gw.proc
                 .seen

@@ -58,7 +58,12 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
     // Block the signals before anything else so they are only ever taken
     // by the wait below, never by default handlers mid-attach.
     let mut signals = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
         signals.add(sig);
     }
     signals
@@ -116,6 +121,16 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
             _ => Buckets::new(cfg.rate_limit.table_entries),
         },
         link,
+        access_log: match cfg.access_log {
+            true => Some(
+                gateway::observe::access_log::AccessLog::start(
+                    cfg.log.format,
+                    cfg.log.output.clone(),
+                )
+                .map_err(|e| format!("access log {:?}: {e}", cfg.log.output))?,
+            ),
+            false => None,
+        },
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
     let book = Arc::new(Mutex::new(Book::new(enforcement, &cfg)));
@@ -190,6 +205,10 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
     let grace = Duration::from_millis(cfg.limits.shutdown_grace_ms);
     tracing::info!("stopping: no new connections, in-flight requests get {grace:?}");
     server.stop(grace);
+    if let Some(log) = &shared.access_log {
+        // The workers handed over their last lines: let them be written.
+        log.settle(Duration::from_secs(2));
+    }
     if let Some(Ok(c)) = enforcement.counters() {
         tracing::info!("xdp counters: {c}");
     }
@@ -269,6 +288,11 @@ pub(crate) fn serve_until_stopped(
         if let Some(sig @ (Signal::SIGINT | Signal::SIGTERM)) = sig {
             tracing::info!("{sig} received: stopping");
             return;
+        }
+        if sig == Some(Signal::SIGUSR1)
+            && let Some(log) = &shared.access_log
+        {
+            log.reopen();
         }
         let hup = sig == Some(Signal::SIGHUP);
         if hup {

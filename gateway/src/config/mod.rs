@@ -211,11 +211,44 @@ impl Default for Limits {
 struct LogFile {
     #[serde(default = "yes")]
     access: bool,
+    #[serde(default)]
+    format: crate::observe::access_log::Format,
+    #[serde(default)]
+    output: Option<Spanned<String>>,
 }
 
 impl Default for LogFile {
     fn default() -> Self {
-        Self { access: true }
+        Self {
+            access: true,
+            format: Default::default(),
+            output: None,
+        }
+    }
+}
+
+/// Validated `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// One access-log line per request.
+    pub access: bool,
+    /// JSON or text lines.
+    pub format: crate::observe::access_log::Format,
+    /// stderr, stdout or a file.
+    pub output: crate::observe::access_log::Output,
+}
+
+fn log_settings(f: &LogFile, file: &str) -> LogSettings {
+    use crate::observe::access_log::Output;
+    let output = match f.output.as_ref().map(|o| o.get_ref().as_str()) {
+        None | Some("stderr") => Output::Stderr,
+        Some("stdout") => Output::Stdout,
+        Some(path) => Output::File(relative_to(file, Path::new(path))),
+    };
+    LogSettings {
+        access: f.access,
+        format: f.format,
+        output,
     }
 }
 
@@ -277,6 +310,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// One access-log line per request.
     pub access_log: bool,
+    /// `[log]`: the access log's format and output.
+    pub log: LogSettings,
     /// Upstreams by position; routes refer to them by index.
     pub upstreams: Vec<UpstreamSettings>,
     /// Routes in match order (those imported from OpenAPI documents first).
@@ -491,6 +526,7 @@ impl Config {
             demo_api_key: raw.demo.as_ref().is_some_and(|d| d.api_key),
             auth,
             access_log: raw.log.access,
+            log: log_settings(&raw.log, file),
             upstreams,
             routes,
             openapi,

@@ -25,7 +25,7 @@ use crate::{
         self, Framing, HttpError, MAX_HEADERS, chunked,
         request::{HeadLimits, RequestHead},
     },
-    log::{self, AccessRecord},
+    observe::access_log::{AccessRecord, Format},
     policy::{self, source_addr},
     proxy::{self, Admitted, BodyKind, Done, Plan},
     respond::{Abort, Failure},
@@ -57,6 +57,10 @@ pub struct Ctx {
     pub upstream: Option<SocketAddr>,
     /// Response body bytes sent.
     pub bytes: u64,
+    /// Request bytes read: the head, then the body.
+    pub bytes_in: u64,
+    /// The upstream exchange's time to the response head.
+    pub upstream_time: Option<std::time::Duration>,
     /// Who called, once authenticated.
     pub identity: Identity,
     /// The limits judged before authentication were charged (a head judged
@@ -64,6 +68,8 @@ pub struct Ctx {
     pub charged: bool,
     /// A 429 came from a limit that counts the source address.
     pub by_source: bool,
+    /// The path normalized (it is in the connection's path scratch).
+    pub normalized: bool,
 }
 
 impl Ctx {
@@ -75,9 +81,12 @@ impl Ctx {
             reason: "-",
             upstream: None,
             bytes: 0,
+            bytes_in: 0,
+            upstream_time: None,
             identity: Identity::Anonymous,
             charged: false,
             by_source: false,
+            normalized: false,
         }
     }
 
@@ -104,6 +113,7 @@ struct Refused {
 /// Returns whether the connection stays open.
 pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     let mut ctx = Ctx::new();
+    c.request_id.clear();
     let mut admitted = admit_head(w, c, &mut ctx);
     if let Err(Refused {
         lookup: Some(endpoint),
@@ -190,6 +200,8 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     p.method.clear();
     p.method.push_str(head.method);
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
+    ctx.bytes_in = head.len as u64;
+    request_id(w, p.snap, p.peer, &head, p.request_id);
     // A refused request with a body leaves the body unread: close.
     let refuse = |failure, keep: bool| Refused {
         failure,
@@ -204,6 +216,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     } else {
         normalize::normalize(head.path(), p.path, p.snap.cfg.proxy.encoded_slashes)
             .map_err(|e| refuse(Failure::path(e), false))?;
+        ctx.normalized = true;
         p.path.as_str()
     };
     let matched = normalize::route_path(path, p.route_path);
@@ -259,9 +272,45 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         who: caller.identity(),
         subject: p.subject,
     };
-    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, caller_id, p.snap);
+    proxy::request::write_upstream_head(
+        p.up_head,
+        &head,
+        path,
+        p.peer,
+        caller_id,
+        p.snap,
+        p.request_id,
+    );
     let plan = plan_of(index, route, &head);
     Ok(Admitted::new(plan, head.len, caller))
+}
+
+/// The request's id: a trusted proxy's `x-request-id` when it sent a sane
+/// one (1–128 of `A-Z a-z 0-9 - _ . :`), else a new one of this worker's.
+fn request_id(
+    w: &Worker,
+    snap: &Snapshot,
+    peer: SocketAddr,
+    head: &RequestHead<'_, '_>,
+    out: &mut String,
+) {
+    let kept = snap
+        .trusted_proxies
+        .contains(&source_addr(policy::canonical(peer.ip())))
+        .then(|| head.single("x-request-id").ok().flatten())
+        .flatten()
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        });
+    match kept.and_then(|v| std::str::from_utf8(v).ok()) {
+        Some(id) => {
+            out.clear();
+            out.push_str(id);
+        }
+        None => w.next_request_id(out),
+    }
 }
 
 /// The route's checks of the head itself: CORS (a preflight ends here),
@@ -519,7 +568,9 @@ async fn finish(
         Ok(done) => {
             ctx.status = done.status;
             ctx.upstream = done.upstream;
+            ctx.upstream_time = done.upstream_time;
             ctx.bytes = done.bytes;
+            ctx.bytes_in += c.body.received;
             client_keep && done.client_reusable
         }
         Err(Abort::Respond(f, addr)) => {
@@ -538,9 +589,13 @@ async fn finish(
 }
 
 /// The access log line.
-fn record(w: &Worker, c: &Conn, ctx: &Ctx) {
-    if !c.snap().cfg.access_log {
+fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
+    let Some(log) = &w.shared.access_log else {
         return;
+    };
+    if c.request_id.is_empty() {
+        // Refused before it parsed: an id all the same.
+        w.next_request_id(&mut c.request_id);
     }
     let snap = c.snap();
     let consumer = match ctx.identity {
@@ -548,18 +603,35 @@ fn record(w: &Worker, c: &Conn, ctx: &Ctx) {
         Identity::Token(_) if !c.subject.is_empty() => c.subject.as_str(),
         Identity::Token(_) | Identity::Anonymous => "-",
     };
-    log::access(&AccessRecord {
-        peer: c.peer,
-        consumer,
-        method: if c.method.is_empty() { "-" } else { &c.method },
-        target: if c.target.is_empty() { "-" } else { &c.target },
-        status: ctx.status,
-        reason: ctx.reason,
-        upstream: ctx.upstream,
-        elapsed: ctx.started.elapsed(),
-        bytes: ctx.bytes,
-        worker: w.index,
-    });
+    let target = if c.target.is_empty() { "-" } else { &c.target };
+    let path = match snap.cfg.log.format {
+        // The text form keeps its target (API keys in the query redacted).
+        Format::Text => target,
+        // JSON: the normalized path, or the path as sent; never the query.
+        Format::Json if ctx.normalized => &c.path,
+        Format::Json => target.split('?').next().unwrap_or("-"),
+    };
+    w.lines.borrow_mut().push(
+        log,
+        &AccessRecord {
+            id: &c.request_id,
+            peer: c.peer,
+            tls: c.tls.version(),
+            sni: c.tls.sni(),
+            consumer,
+            route: ctx.route,
+            method: if c.method.is_empty() { "-" } else { &c.method },
+            path,
+            status: ctx.status,
+            reason: ctx.reason,
+            bytes_in: ctx.bytes_in,
+            bytes_out: ctx.bytes,
+            upstream: ctx.upstream,
+            upstream_time: ctx.upstream_time,
+            elapsed: ctx.started.elapsed(),
+            worker: w.index,
+        },
+    );
 }
 
 /// Method and target of a request line that did not parse, for the log:

@@ -118,6 +118,8 @@ pub struct Done {
     pub status: u16,
     /// The server that answered (none: the gateway answered itself).
     pub upstream: Option<SocketAddr>,
+    /// From the request's first byte sent upstream to the response head.
+    pub upstream_time: Option<std::time::Duration>,
     /// Response body bytes sent.
     pub bytes: u64,
     /// Whether the client connection can carry another request.
@@ -265,8 +267,10 @@ async fn exchange(
     response_ms: u64,
     addr: SocketAddr,
 ) -> Result<(Done, bool), Attempt> {
+    let sent = Instant::now();
     request::send(c, conn, a.framing, a.max_body, response_ms, addr).await?;
     let head = response::read_head(c, conn, a, stopping, response_ms, addr).await?;
+    let upstream_time = sent.elapsed();
     let bytes = match response::relay(c, conn, a, head.framing, response_ms).await {
         Ok(bytes) => bytes,
         Err(Relay::Unsent(f)) => return Err(Attempt::Abort(Abort::Respond(f, Some(addr)))),
@@ -292,6 +296,7 @@ async fn exchange(
         Done {
             status: head.status,
             upstream: Some(addr),
+            upstream_time: Some(upstream_time),
             bytes,
             client_reusable,
         },

@@ -126,6 +126,8 @@ fn ours_or_hop(name: &str, who: Identity, auth: &crate::config::AuthSettings) ->
         || name.eq_ignore_ascii_case("expect")
         || header_is(name, "x-forwarded-for")
         || header_is(name, "forwarded")
+        // Ours: kept from a trusted proxy, else made anew.
+        || header_is(name, "x-request-id")
         || header_is(name, &auth.consumer_header)
         || header_is(name, &auth.roles_header)
         || header_is(name, &auth.subject_header)
@@ -152,6 +154,7 @@ pub fn write_upstream_head(
     peer: SocketAddr,
     caller: Caller<'_>,
     snap: &Snapshot,
+    request_id: &str,
 ) {
     let who = caller.who;
     let auth = &snap.cfg.auth;
@@ -186,6 +189,7 @@ pub fn write_upstream_head(
         let _ = write!(out, "host: {}\r\n", snap.cfg.https);
     }
     write_identity(out, caller, snap);
+    let _ = write!(out, "x-request-id: {request_id}\r\n");
     out.extend_from_slice(b"x-forwarded-for: ");
     if trusted && append_all(out, head.headers, "x-forwarded-for") {
         out.extend_from_slice(b", ");

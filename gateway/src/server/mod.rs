@@ -182,6 +182,15 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
                 let w = worker.clone();
                 tokio_uring::spawn(redirect::accept_loop(w, TcpListener::from_std(plain)));
             }
+            // Access-log lines wait at most 100 ms for a full buffer.
+            let w = worker.clone();
+            tokio_uring::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    w.flush_log();
+                }
+            });
             accept_loop(worker.clone(), TcpListener::from_std(https)).await;
             // Stopping: wake idle keep-alive connections so they close, then
             // give in-flight requests until the grace deadline.
@@ -191,6 +200,7 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
                     crate::tls::shutdown_fd(*fd);
                 }
                 if worker.active.get() == 0 || Instant::now() >= until {
+                    worker.flush_log();
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -39,6 +39,7 @@ pub async fn serve(c: &mut Conn, a: &Admitted, doc: &[u8]) -> Result<Done, Abort
     Ok(Done {
         status: 200,
         upstream: None,
+        upstream_time: None,
         bytes: body.len() as u64,
         client_reusable: keep,
     })

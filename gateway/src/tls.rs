@@ -239,6 +239,11 @@ impl TlsStream {
         }
     }
 
+    /// Whether the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The server name the client asked for (empty: none).
     pub fn sni(&self) -> &str {
         self.conn.server_name().unwrap_or("")

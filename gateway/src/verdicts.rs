@@ -42,6 +42,8 @@ pub struct Book {
     syn_limited: bool,
     own: IpAddr,
     outbox: Option<SyncSender<Shout>>,
+    /// Verdicts placed here since start (for metrics).
+    pub issued: u64,
 }
 
 fn secs(ns: u64) -> u64 {
@@ -109,6 +111,7 @@ impl Book {
             syn_limited: cfg.xdp.syn_rate > 0,
             own: cfg.https.ip(),
             outbox: None,
+            issued: 0,
         }
     }
 
@@ -196,6 +199,7 @@ impl Book {
             _pad: 0,
         };
         self.enforcement.set_verdict(source, verdict)?;
+        self.issued += 1;
         self.tell(Shout::Placed {
             source,
             expires_unix_ms: unix_ms().saturating_add(secs.saturating_mul(1000)),

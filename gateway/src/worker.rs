@@ -16,7 +16,10 @@ use std::{
 use crate::{
     cluster::Link,
     control::Events,
-    observe::access_log::{AccessLog, Lines},
+    observe::{
+        access_log::{AccessLog, Lines},
+        metrics::{Board, Tally},
+    },
     policy::SourcePolicy,
     proxy::Upstreams,
     snapshot::Published,
@@ -48,6 +51,8 @@ pub struct Shared {
     pub link: Option<Link>,
     /// The access log's writer, when it is on.
     pub access_log: Option<AccessLog>,
+    /// The workers' published metrics.
+    pub metrics: Board,
 }
 
 /// One worker's state.
@@ -68,6 +73,8 @@ pub struct Worker {
     pub json: RefCell<validation::Scratch>,
     /// Access-log lines not yet handed to the writer.
     pub lines: RefCell<Lines>,
+    /// Metrics counted since the last publish.
+    pub tally: RefCell<Tally>,
     /// The next request id's sequence number (after this worker's seed).
     pub request_seq: Cell<u64>,
     /// This worker's random request id prefix.
@@ -99,6 +106,7 @@ impl Worker {
             leases: RefCell::new(Leases::default()),
             json: RefCell::new(validation::Scratch::new(snap.cfg.limits.json_max_depth)),
             lines: RefCell::new(Lines::default()),
+            tally: RefCell::new(Tally::default()),
             request_seq: Cell::new(0),
             request_seed: random_seed(),
             shared,
@@ -148,6 +156,14 @@ impl Worker {
         if let Some(log) = &self.shared.access_log {
             self.lines.borrow_mut().flush(log);
         }
+    }
+
+    /// Adds this worker's metrics to its slot of the board.
+    pub fn publish_metrics(&self) {
+        let open = self.active.get() as u64;
+        self.shared
+            .metrics
+            .publish(self.index, &mut self.tally.borrow_mut(), open);
     }
 
     /// Whether SIGTERM/SIGINT came.

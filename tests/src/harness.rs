@@ -208,6 +208,16 @@ impl Drop for Backend {
     }
 }
 
+/// A route `/shop` whose WAF blocks, for tests that need refusals with a
+/// reason code that passes no authentication.
+pub const SHOP_ROUTE: &str = r#"
+[[routes]]
+path_prefix = "/shop"
+upstream = "backend"
+auth = "none"
+waf = "block"
+"#;
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -5,17 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use gateway_tests::harness::{Keyed, TempDir, setup_keyed};
+use gateway_tests::harness::{Keyed, SHOP_ROUTE, TempDir, setup_keyed};
 use nix::sys::signal::{Signal, kill};
 use serde_json::Value;
 
 const ROUTES: &str = r#"
-[[routes]]
-path_prefix = "/shop"
-upstream = "backend"
-auth = "none"
-waf = "block"
-
 [[routes]]
 path_prefix = "/keyed"
 upstream = "backend"
@@ -32,7 +26,12 @@ fn setup(dir: &TempDir, trusted: bool) -> Keyed {
         "{proxy}[log]\noutput = \"{}\"\n",
         dir.0.join("access.log").display()
     );
-    setup_keyed(if trusted { "alog-trusted" } else { "alog" }, ROUTES, &tail)
+    let routes = format!("{SHOP_ROUTE}{ROUTES}");
+    setup_keyed(
+        if trusted { "alog-trusted" } else { "alog" },
+        &routes,
+        &tail,
+    )
 }
 
 /// The line about `path` (workers hand their lines over independently, so

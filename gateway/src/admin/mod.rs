@@ -9,6 +9,8 @@
 //! - `GET /why/ADDR`: is the source dropped, by what, since when, and its counters.
 //! - `GET /limits?source=ADDR[&consumer=ID][&route=N]`: each limit's live state.
 //! - `GET /cluster`: whether Redis is reachable, and syncs made.
+//! - `GET /metrics`: Prometheus text; `GET /metrics/latency.hgrm[?route=N]`:
+//!   a latency percentile distribution.
 //!
 //! `client` is the other end, for `gateway verdicts|why|limits`.
 
@@ -25,12 +27,14 @@ use std::{
     time::Duration,
 };
 
+use gateway_common::Outcome;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::{
     clock::{Clock, Monotonic},
     config::AdminSettings,
+    observe::metrics,
     respond::reason_phrase,
     stages::rate_limit::{self, Caller},
     verdicts::{Book, BookError},
@@ -258,18 +262,82 @@ impl Api {
     fn serve(&self, mut stream: TcpStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-        let (status, body) = match read_request(&mut stream) {
-            Ok(req) => self.answer(&req),
-            Err((status, reason)) => error(status, reason, "could not read the request"),
+        const JSON: &str = "application/json";
+        let (status, ctype, body) = match read_request(&mut stream) {
+            Ok(req) => match self.text(&req) {
+                Some((status, ctype, text)) => (status, ctype, text),
+                None => {
+                    let (status, v) = self.answer(&req);
+                    (status, JSON, v.to_string())
+                }
+            },
+            Err((status, reason)) => {
+                let (status, v) = error(status, reason, "could not read the request");
+                (status, JSON, v.to_string())
+            }
         };
-        let body = body.to_string();
         let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             reason_phrase(status),
             body.len()
         );
         let _ = stream.write_all(head.as_bytes());
         let _ = stream.write_all(body.as_bytes());
+    }
+
+    /// The text answers, `GET /metrics` and `GET /metrics/latency.hgrm
+    /// [?route=N]`, to a request the JSON API's checks let through
+    /// (`None`: not one of them, or refused: `answer` says why).
+    fn text(&self, req: &Request) -> Option<(u16, &'static str, String)> {
+        if req.method != "GET"
+            || !req.path.starts_with("/metrics")
+            || req.from_browser
+            || !req.host_ok
+            || !self.authorized(req)
+        {
+            return None;
+        }
+        let tally = self.shared.metrics.merged();
+        match req.path.as_str() {
+            "/metrics" => {
+                let snap = self.shared.published.current();
+                let routes: Vec<String> =
+                    (0..snap.cfg.routes.len()).map(|i| i.to_string()).collect();
+                let mut extra = metrics::Extra::default();
+                if let Some(log) = &self.shared.access_log {
+                    extra.log_written = log.written.load(Ordering::Relaxed);
+                    extra.log_dropped = log.dropped.load(Ordering::Relaxed);
+                }
+                if let Ok(book) = self.book.lock() {
+                    extra.verdicts_live = book.list(Monotonic.now_ns()).len() as u64;
+                    extra.verdicts_issued = book.issued;
+                    if let Some(Ok(c)) = book.enforcement.counters() {
+                        extra.xdp = Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
+                    }
+                }
+                let body = metrics::render(&tally, &extra, &routes);
+                Some((200, "text/plain; version=0.0.4; charset=utf-8", body))
+            }
+            "/metrics/latency.hgrm" => {
+                let route = req.query.strip_prefix("route=").map(str::parse::<u32>);
+                let mut all = tally.latency.values().cloned().reduce(|mut a, b| {
+                    let _ = a.add(&b);
+                    a
+                });
+                if let Some(r) = route {
+                    all = r.ok().and_then(|r| tally.latency.get(&r).cloned());
+                }
+                match all {
+                    Some(h) => Some((200, "text/plain; charset=utf-8", metrics::hgrm(&h))),
+                    None => Some((
+                        404,
+                        "text/plain; charset=utf-8",
+                        "no requests recorded for that route yet\n".into(),
+                    )),
+                }
+            }
+            _ => None,
+        }
     }
 
     fn authorized(&self, req: &Request) -> bool {

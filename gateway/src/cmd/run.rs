@@ -121,6 +121,7 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
             _ => Buckets::new(cfg.rate_limit.table_entries),
         },
         link,
+        metrics: gateway::observe::metrics::Board::new(cfg.runtime.workers),
         access_log: match cfg.access_log {
             true => Some(
                 gateway::observe::access_log::AccessLog::start(

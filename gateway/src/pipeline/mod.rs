@@ -590,6 +590,14 @@ async fn finish(
 
 /// The access log line.
 fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
+    let elapsed = ctx.started.elapsed();
+    w.tally.borrow_mut().request(
+        ctx.route,
+        ctx.status,
+        ctx.reason,
+        elapsed.as_micros() as u64,
+        ctx.upstream_time.map(|t| t.as_micros() as u64),
+    );
     let Some(log) = &w.shared.access_log else {
         return;
     };
@@ -628,7 +636,7 @@ fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
             bytes_out: ctx.bytes,
             upstream: ctx.upstream,
             upstream_time: ctx.upstream_time,
-            elapsed: ctx.started.elapsed(),
+            elapsed,
             worker: w.index,
         },
     );

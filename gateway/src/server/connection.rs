@@ -31,6 +31,16 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     w.idle.borrow_mut().insert(fd);
     let handshake = tls.handshake(ms(limits.header_timeout_ms)).await;
     w.idle.borrow_mut().remove(&fd);
+    {
+        let mut t = w.tally.borrow_mut();
+        match &handshake {
+            Ok(()) => {
+                t.handshakes += 1;
+                t.resumed += u64::from(tls.resumed());
+            }
+            Err(_) => t.handshake_failures += 1,
+        }
+    }
     if let Err(e) = handshake {
         tracing::debug!("{peer}: TLS handshake failed: {e}");
         return;

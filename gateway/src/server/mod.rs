@@ -182,13 +182,17 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
                 let w = worker.clone();
                 tokio_uring::spawn(redirect::accept_loop(w, TcpListener::from_std(plain)));
             }
-            // Access-log lines wait at most 100 ms for a full buffer.
+            // Access-log lines wait at most 100 ms for a full buffer;
+            // metrics are published every 500 ms.
             let w = worker.clone();
             tokio_uring::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
-                loop {
+                for n in 0u64.. {
                     tick.tick().await;
                     w.flush_log();
+                    if n % 5 == 0 {
+                        w.publish_metrics();
+                    }
                 }
             });
             accept_loop(worker.clone(), TcpListener::from_std(https)).await;

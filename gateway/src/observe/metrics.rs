@@ -1,0 +1,365 @@
+//! Metrics in the Prometheus text format, served by the admin listener at
+//! `/metrics`, and latency distributions as `.hgrm` files.
+//!
+//! Each worker records into its own [`Tally`] on the request path: plain
+//! integers and HDR histograms in a `RefCell`, no atomic and no lock. Every
+//! 500 ms it adds its tally into its own slot of [`Board`] (a mutex only it
+//! and a scrape ever take) and starts afresh; a scrape merges the slots.
+//! So a figure is at most half a second old.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    sync::Mutex,
+};
+
+use hdrhistogram::Histogram;
+
+/// Latency is recorded in microseconds up to this (100 s), two significant digits.
+const MAX_US: u64 = 100_000_000;
+
+/// Prometheus bucket bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 2).expect("constant bounds hdrhistogram accepts")
+}
+
+/// What one worker counted since it last published (or, in [`Board`],
+/// since start).
+#[derive(Clone, Default)]
+pub struct Tally {
+    /// Requests by (route, status); route `u32::MAX`: none matched.
+    pub requests: BTreeMap<(u32, u16), u64>,
+    /// Refusals and failures by reason code.
+    pub reasons: HashMap<&'static str, u64>,
+    /// Total latency per route (`None`: requests no route took).
+    pub latency: BTreeMap<u32, Histogram<u64>>,
+    /// Upstream latency (to the response head) per route.
+    pub upstream: BTreeMap<u32, Histogram<u64>>,
+    /// TLS handshakes completed, and how many resumed a session.
+    pub handshakes: u64,
+    /// See `handshakes`.
+    pub resumed: u64,
+    /// Handshakes that failed or timed out.
+    pub handshake_failures: u64,
+    /// Open client connections (a gauge: the last published value).
+    pub open: u64,
+}
+
+impl Tally {
+    /// Counts one finished request.
+    pub fn request(
+        &mut self,
+        route: Option<usize>,
+        status: u16,
+        reason: &'static str,
+        total_us: u64,
+        upstream_us: Option<u64>,
+    ) {
+        let r = route.map_or(u32::MAX, |r| r as u32);
+        *self.requests.entry((r, status)).or_default() += 1;
+        if reason != "-" {
+            *self.reasons.entry(reason).or_default() += 1;
+        }
+        self.latency
+            .entry(r)
+            .or_insert_with(histogram)
+            .saturating_record(total_us.clamp(1, MAX_US));
+        if let Some(u) = upstream_us {
+            self.upstream
+                .entry(r)
+                .or_insert_with(histogram)
+                .saturating_record(u.clamp(1, MAX_US));
+        }
+    }
+
+    /// Adds `other` into this one (gauges take `other`'s value).
+    pub fn add(&mut self, other: &Tally) {
+        for (k, v) in &other.requests {
+            *self.requests.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.reasons {
+            *self.reasons.entry(k).or_default() += v;
+        }
+        for (into, from) in [
+            (&mut self.latency, &other.latency),
+            (&mut self.upstream, &other.upstream),
+        ] {
+            for (k, h) in from {
+                let _ = into.entry(*k).or_insert_with(histogram).add(h);
+            }
+        }
+        self.handshakes += other.handshakes;
+        self.resumed += other.resumed;
+        self.handshake_failures += other.handshake_failures;
+    }
+
+    /// Empties it, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.requests.values_mut().for_each(|v| *v = 0);
+        self.reasons.values_mut().for_each(|v| *v = 0);
+        self.latency.values_mut().for_each(Histogram::reset);
+        self.upstream.values_mut().for_each(Histogram::reset);
+        self.handshakes = 0;
+        self.resumed = 0;
+        self.handshake_failures = 0;
+    }
+}
+
+/// The workers' published tallies, one slot each.
+pub struct Board {
+    slots: Vec<Mutex<Tally>>,
+}
+
+impl Board {
+    /// Slots for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            slots: (0..workers).map(|_| Mutex::new(Tally::default())).collect(),
+        }
+    }
+
+    /// Worker `i` adds what it counted; `open` is its open connections now.
+    pub fn publish(&self, i: usize, local: &mut Tally, open: u64) {
+        if let Some(Ok(mut slot)) = self.slots.get(i).map(Mutex::lock) {
+            slot.add(local);
+            slot.open = open;
+        }
+        local.clear();
+    }
+
+    /// Every worker's tally merged.
+    pub fn merged(&self) -> Tally {
+        let mut all = Tally::default();
+        for slot in &self.slots {
+            if let Ok(t) = slot.lock() {
+                all.add(&t);
+                all.open += t.open;
+            }
+        }
+        all
+    }
+}
+
+/// Figures from outside the workers, for one scrape.
+#[derive(Default)]
+pub struct Extra {
+    /// Access-log lines written and dropped.
+    pub log_written: u64,
+    /// See `log_written`.
+    pub log_dropped: u64,
+    /// Verdicts in force now.
+    pub verdicts_live: u64,
+    /// Verdicts placed since start.
+    pub verdicts_issued: u64,
+    /// XDP counters by outcome name, when XDP is attached.
+    pub xdp: Vec<(&'static str, u64)>,
+}
+
+/// Renders the Prometheus text exposition (format 0.0.4).
+pub fn render(t: &Tally, x: &Extra, route_names: &[String]) -> String {
+    let mut out = String::with_capacity(8192);
+    let route = |r: u32| {
+        route_names
+            .get(r as usize)
+            .cloned()
+            .unwrap_or_else(|| "none".into())
+    };
+    let _ = writeln!(
+        out,
+        "# HELP gateway_requests_total Requests answered, by route and status.\n# TYPE gateway_requests_total counter"
+    );
+    for ((r, code), n) in &t.requests {
+        let _ = writeln!(
+            out,
+            "gateway_requests_total{{route=\"{}\",code=\"{code}\"}} {n}",
+            route(*r)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_rejections_total Requests refused or failed, by reason code.\n# TYPE gateway_rejections_total counter"
+    );
+    let mut reasons: Vec<_> = t.reasons.iter().collect();
+    reasons.sort();
+    for (reason, n) in reasons {
+        let _ = writeln!(out, "gateway_rejections_total{{reason=\"{reason}\"}} {n}");
+    }
+    for (name, help, map) in [
+        (
+            "gateway_request_duration_seconds",
+            "From the whole request head to the end of the response.",
+            &t.latency,
+        ),
+        (
+            "gateway_upstream_duration_seconds",
+            "From the request sent upstream to the response head.",
+            &t.upstream,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (r, h) in map {
+            let label = route(*r);
+            for b in BUCKETS {
+                let le_us = (b * 1e6) as u64;
+                let n = h.count_between(0, le_us);
+                let _ = writeln!(out, "{name}_bucket{{route=\"{label}\",le=\"{b}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{label}\",le=\"+Inf\"}} {}",
+                h.len()
+            );
+            let sum = h.mean() * h.len() as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{route=\"{label}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{route=\"{label}\"}} {}", h.len());
+        }
+    }
+    let gauges_and_counters: [(&str, &str, &str, u64); 8] = [
+        (
+            "gateway_connections_open",
+            "gauge",
+            "Client connections open.",
+            t.open,
+        ),
+        (
+            "gateway_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed.",
+            t.handshakes,
+        ),
+        (
+            "gateway_tls_resumptions_total",
+            "counter",
+            "TLS handshakes that resumed a session.",
+            t.resumed,
+        ),
+        (
+            "gateway_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            t.handshake_failures,
+        ),
+        (
+            "gateway_access_log_lines_total",
+            "counter",
+            "Access-log lines written.",
+            x.log_written,
+        ),
+        (
+            "gateway_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped (output too slow).",
+            x.log_dropped,
+        ),
+        (
+            "gateway_verdicts_live",
+            "gauge",
+            "Verdicts in force.",
+            x.verdicts_live,
+        ),
+        (
+            "gateway_verdicts_issued_total",
+            "counter",
+            "Verdicts placed since start.",
+            x.verdicts_issued,
+        ),
+    ];
+    for (name, kind, help, v) in gauges_and_counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    if !x.xdp.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP gateway_xdp_packets_total Packets the XDP program saw, by outcome (per-CPU counters summed).\n# TYPE gateway_xdp_packets_total counter"
+        );
+        for (outcome, n) in &x.xdp {
+            let _ = writeln!(
+                out,
+                "gateway_xdp_packets_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    out
+}
+
+/// A latency distribution as a `.hgrm` percentile table (HdrHistogram's
+/// own text format, in milliseconds), for `HistogramLogAnalyzer` or a plot.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0;
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        total += v.count_since_last_iteration();
+        let inv = if q < 1.0 {
+            format!("{:.2}", 1.0 / (1.0 - q))
+        } else {
+            "inf".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:>12.3} {:>14.12} {:>10} {:>14}",
+            v.value_iterated_to() as f64 / 1000.0,
+            q,
+            total,
+            inv
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]\n#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_merge_and_render_as_prometheus_text() {
+        let board = Board::new(2);
+        let mut a = Tally::default();
+        let mut b = Tally::default();
+        a.request(Some(0), 200, "-", 800, Some(300));
+        a.request(Some(0), 200, "-", 3_000, Some(1_000));
+        b.request(Some(0), 401, "auth.missing", 90, None);
+        b.request(None, 404, "route.not_found", 50, None);
+        a.handshakes = 2;
+        a.resumed = 1;
+        board.publish(0, &mut a, 3);
+        board.publish(1, &mut b, 1);
+        assert!(
+            a.requests.values().all(|v| *v == 0),
+            "the local tally starts afresh"
+        );
+        let t = board.merged();
+        let text = render(&t, &Extra::default(), &["api".to_owned()]);
+        for line in [
+            "gateway_requests_total{route=\"api\",code=\"200\"} 2",
+            "gateway_requests_total{route=\"api\",code=\"401\"} 1",
+            "gateway_requests_total{route=\"none\",code=\"404\"} 1",
+            "gateway_rejections_total{reason=\"auth.missing\"} 1",
+            "gateway_request_duration_seconds_bucket{route=\"api\",le=\"0.001\"} 2",
+            "gateway_request_duration_seconds_bucket{route=\"api\",le=\"0.005\"} 3",
+            "gateway_request_duration_seconds_count{route=\"api\"} 3",
+            "gateway_upstream_duration_seconds_count{route=\"api\"} 2",
+            "gateway_connections_open 4",
+            "gateway_tls_resumptions_total 1",
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+        let hgrm = hgrm(&t.latency[&0]);
+        assert!(hgrm.contains("Total count    =            3"), "{hgrm}");
+    }
+}

@@ -1,0 +1,117 @@
+//! `/metrics` on the admin listener as Prometheus reads it: the text
+//! parses, and the counters and latency histograms move as requests flow;
+//! a latency distribution comes as `.hgrm`.
+
+use std::time::{Duration, Instant};
+
+use gateway_tests::harness::{SHOP_ROUTE as ROUTES, setup_with};
+
+fn scrape(admin: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("admin");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("head");
+    (head.to_owned(), body.to_owned())
+}
+
+/// Every sample of the exposition, as (name with labels, value); panics on
+/// a line that is not Prometheus text.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("prometheus text");
+    scrape
+        .samples
+        .iter()
+        .map(|s| {
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let value = match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            };
+            (format!("{}{{{}}}", s.metric, labels.join(",")), value)
+        })
+        .collect()
+}
+
+fn value(samples: &[(String, f64)], key: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or(0.0, |(_, v)| *v)
+}
+
+#[test]
+fn metrics_parse_and_move_as_requests_flow() {
+    let s = setup_with("metrics", "", "workers = 2", ROUTES, "", &[]);
+    let admin = s.gw.admin_addr().expect("admin listener");
+    let (head, before) = scrape(admin, "/metrics");
+    assert!(
+        head.contains("200") && head.contains("text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let before = samples(&before);
+    for _ in 0..5 {
+        assert_eq!(s.get("/shop/x", "").status, 200);
+    }
+    assert_eq!(s.get("/shop/x?q=%27%20OR%20%271%27%3D%271", "").status, 403);
+    // Published every 500 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = Vec::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = samples(&scrape(admin, "/metrics").1);
+        if value(&after, "gateway_requests_total{code=200,route=0}") >= 5.0
+            && value(&after, "gateway_rejections_total{reason=waf.sqli}") >= 1.0
+        {
+            break;
+        }
+    }
+    let moved = |k: &str| value(&after, k) - value(&before, k);
+    assert_eq!(
+        moved("gateway_requests_total{code=200,route=0}"),
+        5.0,
+        "{after:?}"
+    );
+    assert_eq!(moved("gateway_requests_total{code=403,route=0}"), 1.0);
+    assert_eq!(moved("gateway_rejections_total{reason=waf.sqli}"), 1.0);
+    assert!(
+        moved("gateway_request_duration_seconds_count{route=0}") >= 6.0,
+        "{after:?}"
+    );
+    assert!(moved("gateway_upstream_duration_seconds_count{route=0}") >= 5.0);
+    assert!(moved("gateway_tls_handshakes_total{}") >= 6.0, "{after:?}");
+    assert!(
+        moved("gateway_access_log_lines_total{}") >= 5.0,
+        "{after:?}"
+    );
+    assert_eq!(value(&after, "gateway_access_log_dropped_total{}"), 0.0);
+    assert!(
+        after
+            .iter()
+            .any(|(k, _)| k.starts_with("gateway_connections_open"))
+    );
+
+    let (head, hgrm) = scrape(admin, "/metrics/latency.hgrm?route=0");
+    assert!(head.contains("200"), "{head}");
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("Total count"),
+        "{hgrm}"
+    );
+    let (head, _) = scrape(admin, "/metrics/latency.hgrm?route=9");
+    assert!(head.contains("404"), "{head}");
+    // The public port never serves metrics.
+    assert_ne!(
+        s.get("/metrics", "").body,
+        scrape(admin, "/metrics").1.into_bytes()
+    );
+}

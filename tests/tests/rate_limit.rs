@@ -424,6 +424,22 @@ sweep_interval_ms = 50
         "{why}"
     );
     assert!(why.contains("verdict: rate_limit, "), "{why}");
+    // /metrics shows the kernel's drops: both banned sources' SYNs.
+    let metrics = bed.server.run(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9901").expect("admin");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    });
+    let scraped_drops: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_xdp_packets_total{outcome=\"dropped_verdict\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped_verdict in {metrics}"));
+    assert!(scraped_drops >= 2, "{metrics}");
     let lifted = admin(&["verdicts", "remove", &attacker.to_string()]);
     assert_eq!(lifted.trim(), format!("verdict on {attacker} lifted"));
     let back = bed
@@ -445,6 +461,11 @@ sweep_interval_ms = 50
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(dropped >= 1, "no verdict drop counted: {counters}");
+    // The scrape saw the same per-CPU counters, summed, earlier.
+    assert!(
+        scraped_drops <= dropped,
+        "{scraped_drops} scraped, {dropped} at exit"
+    );
 }
 
 /// The SYN budget's defaults (enforced here at accept, as without XDP):

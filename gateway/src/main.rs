@@ -50,6 +50,18 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Watch a running gateway: req/s, status mix, p50/p99, rejections by
+    /// reason, XDP drops, refreshed in place (from its admin API's /metrics).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many frames (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show the live rate limits of a source (and consumer) on each route.
     Limits {
         /// The source address.
@@ -148,6 +160,11 @@ fn main() -> ExitCode {
             route,
             admin,
         } => cmd::admin::limits(source, consumer.as_deref(), route, &admin),
+        Cmd::Top {
+            interval,
+            count,
+            admin,
+        } => cmd::top::top(interval, count, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

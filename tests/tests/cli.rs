@@ -30,7 +30,7 @@ fn output(args: &[&str]) -> (i32, String, String) {
 fn help_lists_the_commands() {
     let (code, out, _) = output(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["run", "check", "default-config"] {
+    for cmd in ["run", "check", "default-config", "top"] {
         assert!(out.contains(cmd), "--help lacks {cmd}: {out}");
     }
 }

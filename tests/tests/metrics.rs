@@ -115,3 +115,70 @@ fn metrics_parse_and_move_as_requests_flow() {
         scrape(admin, "/metrics").1.into_bytes()
     );
 }
+
+/// A tmux session killed on drop, also when the test fails.
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn top_renders_the_live_figures_in_a_terminal() {
+    let s = setup_with("metrics-top", "", "workers = 2", ROUTES, "", &[]);
+    let admin = s.gw.admin_addr().expect("admin listener");
+    let name = format!("gwtop{}", std::process::id());
+    let session = Tmux(name.clone());
+    let started = std::process::Command::new("tmux")
+        .args(["new-session", "-d", "-s", &name, "-x", "100", "-y", "30"])
+        .arg(format!(
+            "{} top --admin {admin} --interval 0.5",
+            gateway_tests::gateway_bin().display()
+        ))
+        .status()
+        .expect("tmux (apt-get install tmux)");
+    assert!(started.success());
+    // Traffic for a few frames: served requests and WAF refusals.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(s.get("/shop/x", "").status, 200);
+        assert_eq!(
+            s.get("/shop/x?q=%3Cscript%3Ealert(1)%3C/script%3E", "")
+                .status,
+            403
+        );
+    }
+    let screen = std::process::Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", &session.0])
+        .output()
+        .expect("capture");
+    let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
+    assert!(
+        screen.contains(&format!("gateway top: {admin}")),
+        "{screen}"
+    );
+    for want in [
+        "requests/s",
+        "2xx",
+        "p99",
+        "waf.xss",
+        "XDP drops/s",
+        "open connections",
+    ] {
+        assert!(screen.contains(want), "no {want} on screen:\n{screen}");
+    }
+    // A rate above zero: the frame is about traffic, not just headings.
+    let rate: f64 = screen
+        .lines()
+        .find_map(|l| l.strip_prefix("requests/s"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0.0);
+    assert!(rate > 0.0, "{screen}");
+    // Refreshed in place: one frame on screen, not a scroll of them.
+    assert_eq!(screen.matches("gateway top:").count(), 1, "{screen}");
+}

@@ -52,6 +52,11 @@ impl AdminClient {
         Ok(Self { addr, token })
     }
 
+    /// The admin API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Sends one request; the status and the JSON answer.
     pub fn call(
         &self,
@@ -59,6 +64,22 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), String> {
+        let (status, text) = self.raw(method, path, body)?;
+        let value = serde_json::from_str(&text)
+            .map_err(|e| format!("the admin API at {} answered nonsense: {e}", self.addr))?;
+        Ok((status, value))
+    }
+
+    /// `GET path` of a text answer (`/metrics`): its body, or why not.
+    pub fn text(&self, path: &str) -> Result<String, String> {
+        match self.raw("GET", path, None)? {
+            (200, text) => Ok(text),
+            (status, text) => Err(format!("the admin API answered {status}: {}", text.trim())),
+        }
+    }
+
+    /// Sends one request; the status and the body as text.
+    fn raw(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), String> {
         let unreachable = |e: std::io::Error| {
             format!(
                 "cannot reach the admin API at {}: {e} (is `gateway run` running? see admin.listen, or give --admin)",
@@ -84,7 +105,7 @@ impl AdminClient {
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).map_err(unreachable)?;
         let text = String::from_utf8_lossy(&answer);
-        let (head, json) = text
+        let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| format!("the admin API at {} answered nonsense", self.addr))?;
         let status = head
@@ -92,9 +113,7 @@ impl AdminClient {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| format!("the admin API at {} answered nonsense", self.addr))?;
-        let value = serde_json::from_str(json)
-            .map_err(|e| format!("the admin API at {} answered nonsense: {e}", self.addr))?;
-        Ok((status, value))
+        Ok((status, body.to_owned()))
     }
 
     /// Like [`call`](Self::call), with an error status turned into the

@@ -5,3 +5,4 @@ pub mod admin;
 pub mod check;
 pub mod keys;
 pub mod run;
+pub mod top;

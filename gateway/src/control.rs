@@ -26,8 +26,10 @@ use crate::{
 };
 
 /// Something a worker saw that the control side counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A worker's per-source and per-consumer counts of the last second.
+    Traffic(Box<crate::observe::anomaly::Batch>),
     /// A request from `source` failed authentication (a 401).
     AuthFailed {
         /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
@@ -131,6 +133,7 @@ pub fn drain(
     escalation: &mut Escalation,
     now: u64,
     mut unknown_kid: impl FnMut(usize),
+    mut traffic: impl FnMut(crate::observe::anomaly::Batch),
 ) -> Vec<Sentence> {
     let mut sentences = Vec::new();
     while let Ok(e) = rx.try_recv() {
@@ -143,6 +146,10 @@ pub fn drain(
             Event::Attack { source } => escalation.record(source, Offence::Attack, now),
             Event::UnknownKid { issuer } => {
                 unknown_kid(issuer);
+                None
+            }
+            Event::Traffic(batch) => {
+                traffic(*batch);
                 None
             }
         };
@@ -451,7 +458,7 @@ mod tests {
         assert_eq!(events.dropped(), 5);
         let mut f = AuthFailures::default();
         let mut e = Escalation::new(crate::config::EscalationSettings::default(), &[]);
-        let sentences = drain(&rx, &mut f, &mut e, 0, |_| {});
+        let sentences = drain(&rx, &mut f, &mut e, 0, |_| {}, |_| {});
         assert_eq!(f.count(a), QUEUE as u64);
         // One verdict, however many failures past the threshold.
         assert_eq!(sentences.len(), 1);

@@ -147,6 +147,20 @@ impl Escalation {
         ))
     }
 
+    /// A verdict for an anomaly the detector found in `source`'s traffic
+    /// (`why` says what), unless it is allowed or already serving one.
+    pub fn anomaly(&mut self, source: IpAddr, why: String, now: u64) -> Option<Sentence> {
+        if self.allow.contains(&source_addr(source))
+            || self
+                .offenders
+                .get(&source)
+                .is_some_and(|&(_, until)| until > now)
+        {
+            return None;
+        }
+        Some(self.sentence(source, VerdictReason::Abuse, why, now))
+    }
+
     /// What is counted against `source` at `now`: 429s, 401s and WAF
     /// detections in the current window, and its offences so far.
     pub fn counts(&self, source: IpAddr, now: u64) -> (u32, u32, u32, u32) {

@@ -18,6 +18,7 @@ use crate::{
     control::Events,
     observe::{
         access_log::{AccessLog, Lines},
+        anomaly::Traffic,
         metrics::{Board, Tally},
     },
     policy::SourcePolicy,
@@ -75,6 +76,8 @@ pub struct Worker {
     pub lines: RefCell<Lines>,
     /// Metrics counted since the last publish.
     pub tally: RefCell<Tally>,
+    /// Per-source and per-consumer counts for anomaly detection.
+    pub traffic: RefCell<Traffic>,
     /// The next request id's sequence number (after this worker's seed).
     pub request_seq: Cell<u64>,
     /// This worker's random request id prefix.
@@ -107,6 +110,7 @@ impl Worker {
             json: RefCell::new(validation::Scratch::new(snap.cfg.limits.json_max_depth)),
             lines: RefCell::new(Lines::default()),
             tally: RefCell::new(Tally::default()),
+            traffic: RefCell::new(Traffic::default()),
             request_seq: Cell::new(0),
             request_seed: random_seed(),
             shared,
@@ -164,6 +168,15 @@ impl Worker {
         self.shared
             .metrics
             .publish(self.index, &mut self.tally.borrow_mut(), open);
+    }
+
+    /// Hands the last second's per-source counts to the control thread.
+    pub fn ship_traffic(&self) {
+        if let Some(batch) = self.traffic.borrow_mut().take() {
+            self.shared
+                .events
+                .report(crate::control::Event::Traffic(Box::new(batch)));
+        }
     }
 
     /// Whether SIGTERM/SIGINT came.

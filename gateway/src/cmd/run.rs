@@ -186,6 +186,7 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
         fetchers: asks,
         failures: AuthFailures::default(),
         rx,
+        anomaly: gateway::observe::anomaly::Detector::new(cfg.anomaly),
     };
     serve_until_stopped(&cfg, &signals, &shared, &book, &mut control);
     if let Some(a) = admin {
@@ -267,6 +268,7 @@ pub(crate) struct Control {
     fetchers: Vec<Option<std::sync::mpsc::SyncSender<()>>>,
     failures: AuthFailures,
     rx: std::sync::mpsc::Receiver<control::Event>,
+    anomaly: gateway::observe::anomaly::Detector,
 }
 
 /// Ticks until SIGINT or SIGTERM: sweeps verdicts, reloads the key file,
@@ -322,9 +324,21 @@ pub(crate) fn serve_until_stopped(
                     let _ = ask.try_send(());
                 }
             },
+            |batch| control.anomaly.observe(batch, now / 1_000_000_000),
         );
         for s in sentences {
             book.place(&s, now);
+        }
+        for f in control.anomaly.tick(now / 1_000_000_000) {
+            tracing::warn!("anomaly: {f}");
+            if cfg.anomaly.escalate
+                && let gateway::observe::anomaly::Subject::Source(ip) = f.subject
+                && let Some(s) =
+                    book.escalation
+                        .anomaly(ip, format!("anomaly: {f}"), now / 1_000_000_000)
+            {
+                book.place(&s, now);
+            }
         }
         match book.sweep(clock.now_ns()) {
             Ok(0) => {}

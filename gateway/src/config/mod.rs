@@ -9,6 +9,7 @@
 //! errors.
 
 mod admin;
+mod anomaly;
 mod auth;
 mod cluster;
 mod cors;
@@ -123,6 +124,8 @@ struct File {
     cors: Option<CorsFile>,
     #[serde(default)]
     waf: WafFile,
+    #[serde(default)]
+    anomaly: anomaly::AnomalyFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -320,6 +323,8 @@ pub struct Config {
     pub openapi: Vec<ImportReport>,
     /// The WAF's defaults.
     pub waf: WafSettings,
+    /// Anomaly detection.
+    pub anomaly: crate::observe::anomaly::AnomalySettings,
     /// Rate limits and their escalation to verdicts.
     pub rate_limit: RateLimitSettings,
     /// The admin API.
@@ -531,6 +536,7 @@ impl Config {
             routes,
             openapi,
             waf,
+            anomaly: anomaly::anomaly_settings(&raw.anomaly, &invalid)?,
             rate_limit,
             admin,
             cluster,

@@ -598,6 +598,7 @@ fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
         elapsed.as_micros() as u64,
         ctx.upstream_time.map(|t| t.as_micros() as u64),
     );
+    count_traffic(w, c, ctx);
     let Some(log) = &w.shared.access_log else {
         return;
     };
@@ -640,6 +641,24 @@ fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
             worker: w.index,
         },
     );
+}
+
+/// Counts the request for anomaly detection, by source (never a trusted
+/// proxy's: that would be everyone behind it) and API-key consumer.
+fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
+    let snap = c.snap();
+    if !snap.cfg.anomaly.enabled {
+        return;
+    }
+    let source = policy::canonical(c.peer.ip());
+    if snap.trusted_proxies.contains(&source_addr(source)) {
+        return;
+    }
+    let consumer = match ctx.identity {
+        Identity::Consumer(i) => Some(i as u32),
+        _ => None,
+    };
+    w.traffic.borrow_mut().count(source, consumer, ctx.status);
 }
 
 /// Method and target of a request line that did not parse, for the log:

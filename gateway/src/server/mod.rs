@@ -193,6 +193,9 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
                     if n % 5 == 0 {
                         w.publish_metrics();
                     }
+                    if n % 10 == 0 {
+                        w.ship_traffic();
+                    }
                 }
             });
             accept_loop(worker.clone(), TcpListener::from_std(https)).await;

@@ -1,0 +1,88 @@
+//! Anomaly detection from the attacker's side: after a recorded baseline
+//! of ordinary traffic, a scan that stays under every fixed limit (a few
+//! 404s a second from an address that made none) is logged with its
+//! evidence and earns a verdict; the baseline itself never does.
+
+use std::time::{Duration, Instant};
+
+use gateway_tests::harness::{Client, client_config, setup_with};
+
+const ROUTES: &str = r#"
+[[routes]]
+path_prefix = "/"
+upstream = "backend"
+auth = "none"
+rate_limits = ["generous"]
+"#;
+
+const TAIL: &str = r#"
+[[rate_limit.limits]]
+name = "generous"
+key = "source"
+rate = "100/s"
+
+[rate_limit.escalation]
+rejections = 0
+auth_failures = 0
+attacks = 0
+ban_secs = 30
+
+[anomaly]
+window_secs = 1
+baseline_windows = 3
+factor = 5.0
+min_events = 8
+escalate = true
+"#;
+
+#[test]
+fn a_scan_under_every_limit_is_caught_against_the_recorded_baseline() {
+    let mut s = setup_with("anomaly", "", "workers = 2", ROUTES, TAIL, &[]);
+    // The baseline: about 10 ordinary requests a second, no errors.
+    let until = Instant::now() + Duration::from_millis(4000);
+    while Instant::now() < until {
+        assert_eq!(s.get("/catalog", "").status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.gw.proc
+            .wait_for_line("anomaly:", Duration::from_millis(300))
+            .is_none(),
+        "ordinary traffic flagged: {:?}",
+        s.gw.proc.seen
+    );
+    // The scan: 404s at ~15/s, far under the 100/s limit, beside the usual traffic.
+    let until = Instant::now() + Duration::from_millis(3000);
+    let mut refused_at_accept = false;
+    while Instant::now() < until {
+        let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
+        if Client::connect(s.gw.port, "localhost", cfg).is_err() {
+            refused_at_accept = true;
+            break;
+        }
+        let r = s.get("/bad/status/404", "");
+        assert_ne!(r.status, 429, "a fixed limit caught it first");
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let line =
+        s.gw.proc
+            .wait_for_line("anomaly: source 127.0.0.1", Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("no anomaly: {:?}", s.gw.proc.seen));
+    assert!(
+        line.contains(": 404s ") && line.contains("against its baseline of 0.00/s"),
+        "{line}"
+    );
+    let verdict =
+        s.gw.proc
+            .wait_for_line("verdict: 127.0.0.1", Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("no verdict: {:?}", s.gw.proc.seen));
+    assert!(
+        verdict.contains("(abuse: anomaly: source 127.0.0.1: 404s"),
+        "{verdict}"
+    );
+    let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
+    assert!(
+        refused_at_accept || Client::connect(s.gw.port, "localhost", cfg).is_err(),
+        "the scanner is still served"
+    );
+}

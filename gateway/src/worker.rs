@@ -90,11 +90,17 @@ pub struct Worker {
     max_connections: usize,
 }
 
-/// 64 random bits (ring's system random), distinct per worker and start.
-fn random_seed() -> u64 {
+/// 64 random bits (ring's system random), distinct per worker and start;
+/// should the system random fail, the clock and the worker tell them apart.
+fn random_seed(index: usize) -> u64 {
     let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u64::from_le_bytes(b) ^ (std::process::id() as u64).rotate_left(32)
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (std::process::id() as u64).rotate_left(32) ^ (index as u64).rotate_left(48)
 }
 
 impl Worker {
@@ -112,7 +118,7 @@ impl Worker {
             tally: RefCell::new(Tally::default()),
             traffic: RefCell::new(Traffic::default()),
             request_seq: Cell::new(0),
-            request_seed: random_seed(),
+            request_seed: random_seed(index),
             shared,
             index,
             active: Cell::new(0),
@@ -146,13 +152,14 @@ impl Worker {
         });
     }
 
-    /// Writes the next request id (24 hex digits, unique per process) into `out`.
+    /// Writes the next request id (32 hex digits: this worker's random
+    /// seed and a 64-bit sequence) into `out`.
     pub fn next_request_id(&self, out: &mut String) {
         use std::fmt::Write as _;
         let n = self.request_seq.get();
-        self.request_seq.set(n + 1);
+        self.request_seq.set(n.wrapping_add(1));
         out.clear();
-        let _ = write!(out, "{:016x}{:08x}", self.request_seed, n as u32);
+        let _ = write!(out, "{:016x}{n:016x}", self.request_seed);
     }
 
     /// Hands buffered access-log lines to the writer (every 100 ms, and on stop).

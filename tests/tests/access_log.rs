@@ -66,7 +66,7 @@ fn every_request_gets_a_line_with_its_fields_and_no_secret() {
     let s = &k.s;
     let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2VjcmV0c2lnbmF0dXJl";
     let ok = s.get(
-        "/keyed/orders?card=4111111111111111",
+        "/keyed/orders;jsessionid=SESSIONSECRET?card=4111111111111111",
         &format!(
             "x-api-key: {}\r\nCookie: session=cookie-secret-value\r\nX-Request-Id: forged-id\r\n",
             k.key
@@ -115,7 +115,7 @@ fn every_request_gets_a_line_with_its_fields_and_no_secret() {
     );
     // The id went upstream, and the client's forgery did not.
     let id = a["id"].as_str().expect("id");
-    assert!(id.len() == 24 && id != "forged-id", "{a}");
+    assert!(id.len() == 32 && id != "forged-id", "{a}");
     let head = s
         .backend
         .received()
@@ -145,6 +145,7 @@ fn every_request_gets_a_line_with_its_fields_and_no_secret() {
         "cookie-secret-value",
         "4111111111111111",
         "%27",
+        "SESSIONSECRET",
     ] {
         assert!(!text.contains(secret), "{secret} logged: {text}");
     }
@@ -166,7 +167,7 @@ fn a_trusted_proxy_keeps_its_request_id_and_sigusr1_reopens_the_file() {
     let got = lines(&dir, "access.log", 2);
     assert_eq!(about(&got, "/shop/a")["id"], "edge-7f3a:1");
     let replaced = about(&got, "/shop/b")["id"].as_str().map(str::len);
-    assert_eq!(replaced, Some(24), "an insane id is replaced");
+    assert_eq!(replaced, Some(32), "an insane id is replaced");
     let heads: Vec<String> = s
         .backend
         .received()

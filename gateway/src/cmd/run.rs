@@ -329,8 +329,17 @@ pub(crate) fn serve_until_stopped(
         for s in sentences {
             book.place(&s, now);
         }
-        for f in control.anomaly.tick(now / 1_000_000_000) {
-            tracing::warn!("anomaly: {f}");
+        let findings = control.anomaly.tick(now / 1_000_000_000);
+        if findings.len() > 10 {
+            tracing::warn!(
+                "anomaly: {} findings in this window; the first 10 follow",
+                findings.len()
+            );
+        }
+        for (i, f) in findings.iter().enumerate() {
+            if i < 10 {
+                tracing::warn!("anomaly: {f}");
+            }
             if cfg.anomaly.escalate
                 && let gateway::observe::anomaly::Subject::Source(ip) = f.subject
                 && let Some(s) =

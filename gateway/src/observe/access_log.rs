@@ -38,7 +38,7 @@ pub enum Format {
     /// One JSON object per line.
     #[default]
     Json,
-    /// `client consumer "METHOD target" status reason upstream=... 12us 34B w0`.
+    /// `client consumer "METHOD path" status reason upstream=... 12us 34B w0 id=...`.
     Text,
 }
 
@@ -70,7 +70,7 @@ pub struct AccessRecord<'a> {
     pub route: Option<usize>,
     /// Method.
     pub method: &'a str,
-    /// The normalized path (JSON), or the target with API keys redacted (text).
+    /// The routed path (normalized, without `;` parameters or the query).
     pub path: &'a str,
     /// Status sent (0 if none could be).
     pub status: u16,
@@ -251,7 +251,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// One text line, control characters written as `\xNN`.
+/// One text line, control characters and spaces in fields written as `\xNN`.
 pub fn write_text(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
     let _ = write!(out, "{} ", r.peer.ip());
     text(out, r.consumer);
@@ -281,7 +281,7 @@ pub fn write_text(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
 
 fn text(out: &mut Vec<u8>, s: &str) {
     for b in s.bytes() {
-        if b.is_ascii_control() || b == b'"' || b == b'\\' {
+        if b.is_ascii_control() || b == b'"' || b == b'\\' || b == b' ' {
             let _ = write!(out, "\\x{b:02x}");
         } else {
             out.push(b);

@@ -57,7 +57,7 @@ impl Counts {
 /// A batch of counts a worker hands over.
 pub type Batch = HashMap<Subject, Counts>;
 
-/// Subjects one worker counts at most per batch (the rest wait for the next).
+/// Subjects one worker counts at most per batch (others go uncounted that second).
 const MAX_BATCH: usize = 65_536;
 /// Subjects with a baseline at most.
 const MAX_SUBJECTS: usize = 100_000;
@@ -173,6 +173,8 @@ impl fmt::Display for Finding {
 struct Baseline {
     rates: [f64; 5],
     windows: u32,
+    /// When it was last updated (seconds).
+    seen: u64,
 }
 
 /// Windows a subject needs before its own baseline counts.
@@ -219,17 +221,17 @@ impl Detector {
         if now_s < started + secs {
             return Vec::new();
         }
+        // The window as it was, which may run a tick past `window_secs`.
+        let secs = now_s - started;
         self.started = Some(now_s);
         let window = std::mem::take(&mut self.window);
         let alpha = 2.0 / (f64::from(self.settings.baseline_windows.max(1)) + 1.0);
         let mut findings = Vec::new();
         let mut sum = [0.0; 5];
+        let mut ordinary = 0usize;
         for (subject, counts) in &window {
             let values = counts.values();
             let rates = values.map(|v| v / secs as f64);
-            for (s, r) in sum.iter_mut().zip(rates) {
-                *s += r;
-            }
             let own = self.baselines.get(subject).filter(|b| b.windows >= WARMUP);
             let base = own.map(|b| b.rates).or(self.population);
             let mut anomalous = false;
@@ -254,20 +256,33 @@ impl Detector {
             if anomalous {
                 continue;
             }
-            if self.baselines.len() >= MAX_SUBJECTS && !self.baselines.contains_key(subject) {
-                continue;
+            // Only ordinary subjects make the average newcomers are held to.
+            ordinary += 1;
+            for (s, r) in sum.iter_mut().zip(rates) {
+                *s += r;
             }
-            let b = self
-                .baselines
-                .entry(*subject)
-                .or_insert(Baseline { rates, windows: 0 });
+            if self.baselines.len() >= MAX_SUBJECTS && !self.baselines.contains_key(subject) {
+                // Full: forget subjects that have not been seen for long.
+                let horizon = u64::from(self.settings.baseline_windows) * secs * 4;
+                self.baselines
+                    .retain(|_, b| now_s.saturating_sub(b.seen) <= horizon);
+                if self.baselines.len() >= MAX_SUBJECTS {
+                    continue;
+                }
+            }
+            let b = self.baselines.entry(*subject).or_insert(Baseline {
+                rates,
+                windows: 0,
+                seen: now_s,
+            });
             for (br, r) in b.rates.iter_mut().zip(rates) {
                 *br += alpha * (r - *br);
             }
             b.windows = b.windows.saturating_add(1);
+            b.seen = now_s;
         }
-        if !window.is_empty() {
-            let mean = sum.map(|s| s / window.len() as f64);
+        if ordinary > 0 {
+            let mean = sum.map(|s| s / ordinary as f64);
             let p = self.population.get_or_insert(mean);
             for (pr, m) in p.iter_mut().zip(mean) {
                 *pr += alpha * (m - *pr);
@@ -312,6 +327,8 @@ mod tests {
             d.observe(batch("198.18.0.9", 20, u32::from(t % 3 == 0)), t);
             assert!(d.tick(t + 1).is_empty(), "window {t}");
         }
+        // A quiet second (the control thread closes windows on its tick).
+        assert!(d.tick(7).is_empty());
         // The same request rate, but 15 of them 404s: a scan.
         d.observe(batch("198.18.0.9", 20, 15), 7);
         let found = d.tick(8);
@@ -344,8 +361,11 @@ mod tests {
             found.iter().any(|f| f.measure == "404s" && !f.own),
             "{found:?}"
         );
+        // It did not raise the average: the next newcomer like it stands out too.
+        d.observe(batch("198.18.0.67", 40, 40), 6);
+        assert!(d.tick(7).iter().any(|f| f.measure == "404s"));
         // Below min_events nothing is ever an anomaly.
-        d.observe(batch("198.18.0.77", 5, 5), 6);
-        assert!(d.tick(7).is_empty());
+        d.observe(batch("198.18.0.77", 5, 5), 7);
+        assert!(d.tick(8).is_empty());
     }
 }

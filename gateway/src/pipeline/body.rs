@@ -10,10 +10,10 @@ use crate::config::MAX_VALIDATED_BODY;
 /// The body stages, then the upstream.
 pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
     c.consume(a.head_len());
+    c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
     if let Some(doc) = c.snap().cfg.routes[a.route].serve.clone() {
         return docs::serve(c, a, &doc).await;
     }
-    c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
     let mut chunks = ChunkJudge::default();
     if a.framing == Framing::Chunked {
         // Judge the chunked framing already buffered before anything goes

@@ -25,7 +25,7 @@ use crate::{
         self, Framing, HttpError, MAX_HEADERS, chunked,
         request::{HeadLimits, RequestHead},
     },
-    observe::access_log::{AccessRecord, Format},
+    observe::access_log::AccessRecord,
     policy::{self, source_addr},
     proxy::{self, Admitted, BodyKind, Done, Plan},
     respond::{Abort, Failure},
@@ -612,13 +612,19 @@ fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
         Identity::Token(_) if !c.subject.is_empty() => c.subject.as_str(),
         Identity::Token(_) | Identity::Anonymous => "-",
     };
-    let target = if c.target.is_empty() { "-" } else { &c.target };
-    let path = match snap.cfg.log.format {
-        // The text form keeps its target (API keys in the query redacted).
-        Format::Text => target,
-        // JSON: the normalized path, or the path as sent; never the query.
-        Format::Json if ctx.normalized => &c.path,
-        Format::Json => target.split('?').next().unwrap_or("-"),
+    // The routed path (no `;` parameters), or the path as sent; never the
+    // query, which may carry any credential.
+    let path = if ctx.normalized {
+        // `route_path` is filled only for a path with `;` parameters.
+        if c.path.contains(';') {
+            c.route_path.as_str()
+        } else {
+            c.path.as_str()
+        }
+    } else if c.target.is_empty() {
+        "-"
+    } else {
+        c.target.split(['?', ';']).next().unwrap_or("-")
     };
     w.lines.borrow_mut().push(
         log,
@@ -658,7 +664,12 @@ fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
         Identity::Consumer(i) => Some(i as u32),
         _ => None,
     };
-    w.traffic.borrow_mut().count(source, consumer, ctx.status);
+    // An IPv6 client holds a /64: one subject, not 2^64.
+    let subject = match source {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    };
+    w.traffic.borrow_mut().count(subject, consumer, ctx.status);
 }
 
 /// Method and target of a request line that did not parse, for the log:

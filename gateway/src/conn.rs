@@ -57,6 +57,16 @@ pub struct Conn {
     pub problem: String,
     /// The current request's id (sent upstream as `x-request-id`).
     pub request_id: String,
+    /// The peer is a trusted proxy (as of the snapshot): its own address
+    /// is never counted, escalated or sentenced, and its request ids are kept.
+    pub trusted: bool,
+}
+
+/// Whether `peer` is one of the snapshot's trusted proxies.
+fn is_trusted(snap: &Snapshot, peer: SocketAddr) -> bool {
+    let source = crate::policy::canonical(peer.ip());
+    snap.trusted_proxies
+        .contains(&crate::policy::source_addr(source))
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -73,6 +83,7 @@ impl Conn {
     pub fn new(tls: TlsStream, peer: SocketAddr, published: &Published) -> Self {
         let (generation, snap) = published.load();
         let body = BodyClock::start(&snap.cfg.limits, 0);
+        let trusted = is_trusted(&snap, peer);
         Self {
             tls,
             peer,
@@ -94,6 +105,7 @@ impl Conn {
             cors_lines: Vec::new(),
             problem: String::new(),
             request_id: String::with_capacity(32),
+            trusted,
         }
     }
 
@@ -107,6 +119,7 @@ impl Conn {
     pub fn refresh(&mut self, published: &Published) {
         if published.generation() != self.generation {
             (self.generation, self.snap) = published.load();
+            self.trusted = is_trusted(&self.snap, self.peer);
         }
     }
 
@@ -201,6 +214,8 @@ pub struct HeadParts<'c> {
     pub problem: &'c mut String,
     /// The request's id.
     pub request_id: &'c mut String,
+    /// The peer is a trusted proxy.
+    pub trusted: bool,
     /// The client.
     pub peer: SocketAddr,
 }
@@ -222,6 +237,7 @@ impl Conn {
             cors_lines: &mut self.cors_lines,
             problem: &mut self.problem,
             request_id: &mut self.request_id,
+            trusted: self.trusted,
             peer: self.peer,
         }
     }

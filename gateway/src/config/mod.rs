@@ -15,7 +15,9 @@ mod cluster;
 mod cors;
 mod headers;
 mod jwt;
+mod limits;
 mod located;
+mod log;
 mod openapi;
 mod proxy;
 mod rate_limit;
@@ -31,7 +33,9 @@ pub use cluster::*;
 pub use cors::*;
 pub use headers::*;
 pub use jwt::*;
+pub use limits::*;
 pub(crate) use located::*;
+pub use log::*;
 pub use openapi::ImportReport;
 pub use proxy::*;
 pub use rate_limit::*;
@@ -80,9 +84,6 @@ pub enum ConfigError {
     },
 }
 
-/// Largest `limits.buffer_body_bytes`: each connection may hold that much.
-const MAX_BUFFER_BODY: usize = 1024 * 1024;
-
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,7 +126,7 @@ struct File {
     #[serde(default)]
     waf: WafFile,
     #[serde(default)]
-    anomaly: anomaly::AnomalyFile,
+    anomaly: crate::observe::anomaly::AnomalySettings,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -157,102 +158,6 @@ struct RuntimeFile {
     max_connections_per_worker: Option<usize>,
     #[serde(default)]
     pin_cpus: bool,
-}
-
-/// `[limits]`: the userspace protections, all per connection or request.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Time to receive a whole request head, from its first byte (slowloris).
-    pub header_timeout_ms: u64,
-    /// Time a keep-alive connection may sit idle between requests.
-    pub idle_timeout_ms: u64,
-    /// Longest gap between two reads of a request body; also the time a
-    /// body has before `body_min_rate` starts to count.
-    pub body_timeout_ms: u64,
-    /// Bytes per second a request body must average after
-    /// `body_timeout_ms` (each such many bytes buy one more second); 0: off.
-    pub body_min_rate: u64,
-    /// Bodies up to this size are read whole before an upstream connection
-    /// is taken; larger ones stream.
-    pub buffer_body_bytes: usize,
-    /// Longest request line (414 beyond).
-    pub max_request_line_bytes: usize,
-    /// Longest request head (431 beyond).
-    pub max_header_bytes: usize,
-    /// Most header fields in a request (431 beyond).
-    pub max_headers: usize,
-    /// Default largest request body; routes may lower or raise it (413 beyond).
-    pub max_body_bytes: u64,
-    /// How long SIGTERM waits for in-flight requests.
-    pub shutdown_grace_ms: u64,
-    /// Deepest nesting of a JSON body on a route with a `body_schema`
-    /// (400 `validation.json` beyond).
-    pub json_max_depth: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            body_timeout_ms: 30_000,
-            body_min_rate: 1024,
-            buffer_body_bytes: 16 * 1024,
-            max_request_line_bytes: 8 * 1024,
-            max_header_bytes: 16 * 1024,
-            max_headers: 100,
-            max_body_bytes: 10 * 1024 * 1024,
-            shutdown_grace_ms: 10_000,
-            json_max_depth: 64,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogFile {
-    #[serde(default = "yes")]
-    access: bool,
-    #[serde(default)]
-    format: crate::observe::access_log::Format,
-    #[serde(default)]
-    output: Option<Spanned<String>>,
-}
-
-impl Default for LogFile {
-    fn default() -> Self {
-        Self {
-            access: true,
-            format: Default::default(),
-            output: None,
-        }
-    }
-}
-
-/// Validated `[log]`.
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    /// One access-log line per request.
-    pub access: bool,
-    /// JSON or text lines.
-    pub format: crate::observe::access_log::Format,
-    /// stderr, stdout or a file.
-    pub output: crate::observe::access_log::Output,
-}
-
-fn log_settings(f: &LogFile, file: &str) -> LogSettings {
-    use crate::observe::access_log::Output;
-    let output = match f.output.as_ref().map(|o| o.get_ref().as_str()) {
-        None | Some("stderr") => Output::Stderr,
-        Some("stdout") => Output::Stdout,
-        Some(path) => Output::File(relative_to(file, Path::new(path))),
-    };
-    LogSettings {
-        access: f.access,
-        format: f.format,
-        output,
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,31 +375,7 @@ impl Config {
         }
         check_rule_counts(&routes, &invalid)?;
         let proxy = proxy_settings(&raw.proxy, &invalid)?;
-        let limits = raw.limits;
-        if limits.buffer_body_bytes > MAX_BUFFER_BODY {
-            return Err(invalid(
-                None,
-                "limits.buffer_body_bytes".into(),
-                format!("at most {MAX_BUFFER_BODY} (it is held per connection)"),
-            ));
-        }
-        if !(1..=1024).contains(&limits.json_max_depth) {
-            return Err(invalid(
-                None,
-                "limits.json_max_depth".into(),
-                "between 1 and 1024".into(),
-            ));
-        }
-        if limits.max_headers == 0
-            || limits.max_header_bytes < 64
-            || limits.max_request_line_bytes < 16
-        {
-            return Err(invalid(
-                None,
-                "limits".into(),
-                "header limits are too small to parse a request".into(),
-            ));
-        }
+        let limits = limit_settings(raw.limits, &invalid)?;
         let workers = match raw.runtime.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

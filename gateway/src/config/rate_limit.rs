@@ -15,7 +15,7 @@ pub(super) struct RateLimitFile {
     #[serde(default)]
     table_entries: Option<Spanned<usize>>,
     #[serde(default)]
-    escalation: EscalationFile,
+    escalation: EscalationSettings,
     #[serde(default)]
     backend: Backend,
 }
@@ -46,31 +46,6 @@ struct LimitFile {
 enum KeyNames {
     One(String),
     Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct EscalationFile {
-    rejections: u32,
-    auth_failures: u32,
-    attacks: u32,
-    window_secs: u64,
-    ban_secs: u64,
-    max_ban_secs: u64,
-}
-
-impl Default for EscalationFile {
-    fn default() -> Self {
-        let e = EscalationSettings::default();
-        Self {
-            rejections: e.rejections,
-            auth_failures: e.auth_failures,
-            attacks: e.attacks,
-            window_secs: e.window_secs,
-            ban_secs: e.ban_secs,
-            max_ban_secs: e.max_ban_secs,
-        }
-    }
 }
 
 /// What a limit counts by: one bucket per distinct combination.
@@ -129,8 +104,9 @@ impl LimitSettings {
     }
 }
 
-/// Validated `[rate_limit.escalation]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `[rate_limit.escalation]` (read as written, then checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EscalationSettings {
     /// 429s from one source within `window_secs` that earn a verdict (0: never).
     pub rejections: u32,
@@ -292,14 +268,7 @@ pub(super) fn rate_limit_settings(
         headers: f.headers,
         table_entries,
         shared: f.backend == Backend::Redis,
-        escalation: EscalationSettings {
-            rejections: e.rejections,
-            auth_failures: e.auth_failures,
-            attacks: e.attacks,
-            window_secs: e.window_secs,
-            ban_secs: e.ban_secs,
-            max_ban_secs: e.max_ban_secs,
-        },
+        escalation: *e,
     })
 }
 

@@ -58,7 +58,7 @@ pub(super) fn route_body_schema(
     if route.content_types.is_empty() {
         route.content_types.push("application/json".into());
     }
-    if let Some(t) = route.content_types.iter().find(|t| !is_json(t)) {
+    if let Some(t) = route.content_types.iter().find(|t| !validation::is_json(t)) {
         return Err(invalid(
             None,
             format!("routes[{i}].content_types"),
@@ -178,11 +178,6 @@ pub(super) fn route_params(
         });
     }
     Ok(out)
-}
-
-/// `application/json` or any `+json` type.
-fn is_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
 }
 
 #[cfg(test)]

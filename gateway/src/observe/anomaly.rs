@@ -100,8 +100,9 @@ impl Traffic {
     }
 }
 
-/// Validated `[anomaly]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `[anomaly]`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AnomalySettings {
     /// Counting at all.
     pub enabled: bool,

@@ -172,7 +172,7 @@ fn judge_body(
     };
     c.problem = problem;
     match found? {
-        Some(hit) => waf_hit(w, &snap, c.peer, a.route, route.waf, &hit),
+        Some(hit) => waf_hit(w, c.peer, c.trusted, a.route, route.waf, &hit),
         None => Ok(()),
     }
 }

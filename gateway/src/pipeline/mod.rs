@@ -11,6 +11,9 @@
 //! `proxy::forward`. Every exit goes through one response and one log line.
 
 mod body;
+mod record;
+
+use record::{record, request_line_words};
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -26,7 +29,7 @@ use crate::{
         request::{HeadLimits, RequestHead},
     },
     observe::access_log::AccessRecord,
-    policy::{self, source_addr},
+    policy,
     proxy::{self, Admitted, BodyKind, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
@@ -167,10 +170,10 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
 /// from a peer that is not a trusted proxy (a verdict on a proxy would
 /// drop everyone behind it).
 fn report(w: &Worker, c: &Conn, f: Failure, by_source: bool) {
-    let source = policy::canonical(c.peer.ip());
-    if c.snap().trusted_proxies.contains(&source_addr(source)) {
+    if c.trusted {
         return;
     }
+    let source = policy::canonical(c.peer.ip());
     let event = match f.status {
         401 => Event::AuthFailed { source },
         // Only a limit that counts the address says something about it: a
@@ -201,7 +204,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     p.method.push_str(head.method);
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     ctx.bytes_in = head.len as u64;
-    request_id(w, p.snap, p.peer, &head, p.request_id);
+    request_id(w, p.trusted, &head, p.request_id);
     // A refused request with a body leaves the body unread: close.
     let refuse = |failure, keep: bool| Refused {
         failure,
@@ -254,17 +257,16 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     ctx.identity = caller.identity();
     let identified = Some((ctx.identity, p.subject.as_str()));
     limits(identified, p.limit_lines, &mut ctx.by_source)?;
+    let query = head.target.split_once('?').map_or("", |(_, q)| q);
     if !route.params.is_empty() {
-        let query = head.target.split_once('?').map_or("", |(_, q)| q);
         // The path as the upstream gets it, `;` parameters included.
         validation::params::check(&route.params, path, query, p.problem)
             .map_err(|f| refuse(f, head.keep_alive))?;
     }
     if route.waf != waf::Mode::Off {
-        let query = head.target.split_once('?').map_or("", |(_, q)| q);
         let skip = &p.snap.cfg.waf.skip_headers;
         if let Some(hit) = waf::scan_head(path, query, head.headers, skip) {
-            waf_hit(w, p.snap, p.peer, index, route.waf, &hit)
+            waf_hit(w, p.peer, p.trusted, index, route.waf, &hit)
                 .map_err(|f| refuse(f, head.keep_alive))?;
         }
     }
@@ -287,16 +289,8 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
 
 /// The request's id: a trusted proxy's `x-request-id` when it sent a sane
 /// one (1–128 of `A-Z a-z 0-9 - _ . :`), else a new one of this worker's.
-fn request_id(
-    w: &Worker,
-    snap: &Snapshot,
-    peer: SocketAddr,
-    head: &RequestHead<'_, '_>,
-    out: &mut String,
-) {
-    let kept = snap
-        .trusted_proxies
-        .contains(&source_addr(policy::canonical(peer.ip())))
+fn request_id(w: &Worker, trusted: bool, head: &RequestHead<'_, '_>, out: &mut String) {
+    let kept = trusted
         .then(|| head.single("x-request-id").ok().flatten())
         .flatten()
         .filter(|v| {
@@ -470,24 +464,13 @@ fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> P
 
 /// The body's media type as the WAF reads bodies.
 fn body_kind(head: &RequestHead<'_, '_>) -> BodyKind {
-    let v = match head.single("content-type") {
-        Ok(Some(v)) => v,
-        Ok(None) => return BodyKind::Other,
-        Err(_) => return BodyKind::Repeated,
-    };
-    let media = std::str::from_utf8(v)
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim();
-    let lower = media.to_ascii_lowercase();
-    if lower == "application/json" || lower.ends_with("+json") {
-        BodyKind::Json
-    } else if lower == "application/x-www-form-urlencoded" {
-        BodyKind::Form
-    } else {
-        BodyKind::Other
+    match validation::media_type(head) {
+        Err(_) => BodyKind::Repeated,
+        Ok(Some(m)) if validation::is_json(m) => BodyKind::Json,
+        Ok(Some(m)) if m.eq_ignore_ascii_case("application/x-www-form-urlencoded") => {
+            BodyKind::Form
+        }
+        Ok(_) => BodyKind::Other,
     }
 }
 
@@ -496,8 +479,8 @@ fn body_kind(head: &RequestHead<'_, '_>) -> BodyKind {
 /// that blocks.
 fn waf_hit(
     w: &Worker,
-    snap: &Snapshot,
     peer: SocketAddr,
+    trusted: bool,
     route: usize,
     mode: waf::Mode,
     hit: &waf::Hit,
@@ -512,7 +495,7 @@ fn waf_hit(
             " (detect only)"
         }
     );
-    if !snap.trusted_proxies.contains(&source_addr(source)) {
+    if !trusted {
         w.shared.events.report(Event::Attack { source });
     }
     if blocked {
@@ -586,105 +569,4 @@ async fn finish(
             false
         }
     }
-}
-
-/// The access log line.
-fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
-    let elapsed = ctx.started.elapsed();
-    w.tally.borrow_mut().request(
-        ctx.route,
-        ctx.status,
-        ctx.reason,
-        elapsed.as_micros() as u64,
-        ctx.upstream_time.map(|t| t.as_micros() as u64),
-    );
-    count_traffic(w, c, ctx);
-    let Some(log) = &w.shared.access_log else {
-        return;
-    };
-    if c.request_id.is_empty() {
-        // Refused before it parsed: an id all the same.
-        w.next_request_id(&mut c.request_id);
-    }
-    let snap = c.snap();
-    let consumer = match ctx.identity {
-        Identity::Consumer(i) => snap.keys.consumer(i).id.as_str(),
-        Identity::Token(_) if !c.subject.is_empty() => c.subject.as_str(),
-        Identity::Token(_) | Identity::Anonymous => "-",
-    };
-    // The routed path (no `;` parameters), or the path as sent; never the
-    // query, which may carry any credential.
-    let path = if ctx.normalized {
-        // `route_path` is filled only for a path with `;` parameters.
-        if c.path.contains(';') {
-            c.route_path.as_str()
-        } else {
-            c.path.as_str()
-        }
-    } else if c.target.is_empty() {
-        "-"
-    } else {
-        c.target.split(['?', ';']).next().unwrap_or("-")
-    };
-    w.lines.borrow_mut().push(
-        log,
-        &AccessRecord {
-            id: &c.request_id,
-            peer: c.peer,
-            tls: c.tls.version(),
-            sni: c.tls.sni(),
-            consumer,
-            route: ctx.route,
-            method: if c.method.is_empty() { "-" } else { &c.method },
-            path,
-            status: ctx.status,
-            reason: ctx.reason,
-            bytes_in: ctx.bytes_in,
-            bytes_out: ctx.bytes,
-            upstream: ctx.upstream,
-            upstream_time: ctx.upstream_time,
-            elapsed,
-            worker: w.index,
-        },
-    );
-}
-
-/// Counts the request for anomaly detection, by source (never a trusted
-/// proxy's: that would be everyone behind it) and API-key consumer.
-fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
-    let snap = c.snap();
-    if !snap.cfg.anomaly.enabled {
-        return;
-    }
-    let source = policy::canonical(c.peer.ip());
-    if snap.trusted_proxies.contains(&source_addr(source)) {
-        return;
-    }
-    let consumer = match ctx.identity {
-        Identity::Consumer(i) => Some(i as u32),
-        _ => None,
-    };
-    // An IPv6 client holds a /64: one subject, not 2^64.
-    let subject = match source {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    };
-    w.traffic.borrow_mut().count(subject, consumer, ctx.status);
-}
-
-/// Method and target of a request line that did not parse, for the log:
-/// printable ASCII only, cut short, `-` when absent.
-fn request_line_words(buf: &[u8]) -> (&str, &str) {
-    let line = buf
-        .split(|&b| b == b'\n' || b == b'\r')
-        .next()
-        .unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ').map(|w| {
-        let w = &w[..w.len().min(128)];
-        match std::str::from_utf8(w) {
-            Ok(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => t,
-            _ => "-",
-        }
-    });
-    (words.next().unwrap_or("-"), words.next().unwrap_or("-"))
 }

@@ -160,11 +160,9 @@ pub fn content_type(route: &RouteSettings, head: &RequestHead<'_, '_>) -> Result
     if route.content_types.is_empty() || !head.framing.has_body() {
         return Ok(());
     }
-    let value = match head.single("content-type") {
-        Ok(Some(v)) => std::str::from_utf8(v).unwrap_or(""),
-        Ok(None) | Err(_) => return Err(Failure::CONTENT_TYPE),
+    let Ok(Some(media)) = media_type(head) else {
+        return Err(Failure::CONTENT_TYPE);
     };
-    let media = value.split(';').next().unwrap_or("").trim();
     if route
         .content_types
         .iter()
@@ -174,6 +172,32 @@ pub fn content_type(route: &RouteSettings, head: &RequestHead<'_, '_>) -> Result
     } else {
         Err(Failure::CONTENT_TYPE)
     }
+}
+
+/// The body's media type: the one `Content-Type` field's `type/subtype`,
+/// without parameters, as written (compare case-insensitively);
+/// [`Repeated`](crate::http::request::Repeated) for two fields.
+pub fn media_type<'b>(
+    head: &RequestHead<'b, '_>,
+) -> Result<Option<&'b str>, crate::http::request::Repeated> {
+    Ok(head.single("content-type")?.map(|v| {
+        std::str::from_utf8(v)
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+    }))
+}
+
+/// `application/json` or any `+json` type (case-insensitive).
+pub fn is_json(media: &str) -> bool {
+    media.eq_ignore_ascii_case("application/json")
+        || media
+            .len()
+            .checked_sub(5)
+            .and_then(|i| media.get(i..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
 }
 
 #[cfg(test)]

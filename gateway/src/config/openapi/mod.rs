@@ -12,9 +12,15 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::*;
+
+mod redact;
+mod refs;
+
+use redact::{internal, redacted};
+use refs::{resolve, standalone};
 
 /// Methods an OpenAPI path item may hold, as its keys.
 const METHODS: [&str; 8] = [
@@ -65,10 +71,6 @@ struct DocsFile {
     hide_servers: bool,
     #[serde(default = "yes")]
     hide_examples: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// What one `[[openapi]]` brought in, for `gateway check`.
@@ -305,8 +307,11 @@ fn body(
         .iter()
         .map(|(t, _)| Spanned::new(span.clone(), t.clone()))
         .collect();
-    let json = |t: &str| t == "application/json" || t.ends_with("+json");
-    if types.is_empty() || !types.iter().all(|(t, _)| json(t)) {
+    if types.is_empty()
+        || !types
+            .iter()
+            .all(|(t, _)| crate::stages::validation::is_json(t))
+    {
         // Other media types pass unjudged: say so rather than half-validate.
         if !types.is_empty() {
             notes
@@ -380,192 +385,6 @@ fn parameters(
         ));
     }
     Ok(out)
-}
-
-/// A `$ref` to a part of the document, followed (a chain of them too).
-fn resolve<'d>(doc: &'d Value, v: &'d Value) -> Result<&'d Value, String> {
-    let mut v = v;
-    for _ in 0..16 {
-        let Some(r) = v.get("$ref").and_then(Value::as_str) else {
-            return Ok(v);
-        };
-        v = doc
-            .pointer(&fragment(r)?)
-            .ok_or_else(|| format!("$ref `{r}` points at nothing"))?;
-    }
-    Err("$ref chain longer than 16".into())
-}
-
-/// The JSON pointer of a `#/...` reference.
-fn fragment(r: &str) -> Result<String, String> {
-    let Some(f) = r.strip_prefix('#') else {
-        return Err(format!(
-            "$ref `{r}` is outside the document; only references within it are imported"
-        ));
-    };
-    crate::stages::validation::params::decode(f, false)
-        .map(|d| d.into_owned())
-        .ok_or_else(|| format!("$ref `{r}` is not a valid pointer"))
-}
-
-/// `schema` made standalone: every reference it reaches copied under
-/// `$defs` (keyed by its pointer) and pointed at there.
-fn standalone(doc: &Value, schema: &Value, v30: bool) -> Result<Map<String, Value>, String> {
-    let mut pending = Vec::new();
-    let root = rewrite(schema, &mut pending, v30, None)?;
-    let mut defs = Map::new();
-    while let Some(ptr) = pending.pop() {
-        if defs.contains_key(&ptr) {
-            continue;
-        }
-        let target = doc
-            .pointer(&ptr)
-            .ok_or_else(|| format!("$ref `#{ptr}` points at nothing"))?;
-        let copy = rewrite(target, &mut pending, v30, None)?;
-        defs.insert(ptr, copy);
-    }
-    let mut root = match root {
-        Value::Object(m) => m,
-        // A boolean schema (3.1).
-        other => Map::from_iter([("allOf".to_owned(), Value::Array(vec![other]))]),
-    };
-    if !defs.is_empty() {
-        root.insert("$defs".into(), Value::Object(defs));
-    }
-    Ok(root)
-}
-
-/// Copies a schema, pointing references at `$defs` and turning 3.0's
-/// dialect into JSON Schema. `parent` is the key this value sits under.
-fn rewrite(
-    v: &Value,
-    pending: &mut Vec<String>,
-    v30: bool,
-    parent: Option<&str>,
-) -> Result<Value, String> {
-    let names = matches!(
-        parent,
-        Some("properties" | "patternProperties" | "$defs" | "definitions")
-    );
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .map(|i| rewrite(i, pending, v30, None))
-            .collect::<Result<_, _>>()
-            .map(Value::Array),
-        Value::Object(map) if names => {
-            // Property names, not keywords.
-            let mut out = Map::new();
-            for (k, v) in map {
-                out.insert(k.clone(), rewrite(v, pending, v30, None)?);
-            }
-            Ok(Value::Object(out))
-        }
-        Value::Object(map) => {
-            let mut out = Map::new();
-            for (k, v) in map {
-                if k == "$ref"
-                    && let Some(r) = v.as_str()
-                {
-                    let ptr = fragment(r)?;
-                    let token = ptr.replace('~', "~0").replace('/', "~1");
-                    out.insert(k.clone(), Value::String(format!("#/$defs/{token}")));
-                    pending.push(ptr);
-                    continue;
-                }
-                out.insert(k.clone(), rewrite(v, pending, v30, Some(k))?);
-            }
-            if v30 {
-                dialect_30(&mut out);
-            }
-            Ok(Value::Object(out))
-        }
-        other => Ok(other.clone()),
-    }
-}
-
-/// OpenAPI 3.0's schema dialect in JSON Schema terms.
-fn dialect_30(s: &mut Map<String, Value>) {
-    if s.remove("nullable") == Some(Value::Bool(true))
-        && let Some(Value::String(t)) = s.get("type").cloned()
-    {
-        s.insert(
-            "type".into(),
-            Value::Array(vec![Value::String(t), "null".into()]),
-        );
-    }
-    for (flag, bound) in [
-        ("exclusiveMinimum", "minimum"),
-        ("exclusiveMaximum", "maximum"),
-    ] {
-        if let Some(Value::Bool(on)) = s.get(flag).cloned() {
-            s.remove(flag);
-            if on && let Some(b) = s.remove(bound) {
-                s.insert(flag.into(), b);
-            }
-        }
-    }
-}
-
-/// The document as served: operations marked `x-internal: true` (and path
-/// items so marked) removed, then, as configured, every `servers` list and
-/// every `example`/`examples`.
-fn redacted(doc: &Value, d: &DocsFile) -> Value {
-    let mut doc = doc.clone();
-    let source = doc.clone();
-    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        // A path item given by `$ref` is judged (and served) as what it names.
-        for item in paths.values_mut() {
-            if item.get("$ref").is_some()
-                && let Ok(target) = resolve(&source, item)
-            {
-                *item = target.clone();
-            }
-        }
-        paths.retain(|_, item| !internal(item));
-        for item in paths.values_mut() {
-            if let Some(item) = item.as_object_mut() {
-                item.retain(|k, op| !(METHODS.contains(&k.as_str()) && internal(op)));
-            }
-        }
-        paths.retain(|_, item| {
-            item.as_object()
-                .is_some_and(|m| m.keys().any(|k| METHODS.contains(&k.as_str())))
-        });
-    }
-    if let Some(c) = doc.get_mut("components").and_then(Value::as_object_mut) {
-        // Inlined into `paths`; an internal one must not be served from here.
-        c.remove("pathItems");
-    }
-    strip(&mut doc, d, None);
-    doc
-}
-
-fn internal(v: &Value) -> bool {
-    v.get("x-internal") == Some(&Value::Bool(true))
-}
-
-/// Removes `servers` and examples (never a property that has such a name).
-fn strip(v: &mut Value, d: &DocsFile, parent: Option<&str>) {
-    match v {
-        Value::Array(items) => items.iter_mut().for_each(|i| strip(i, d, None)),
-        Value::Object(map) => {
-            let names = matches!(parent, Some("properties" | "patternProperties" | "schemas"));
-            if !names {
-                if d.hide_servers {
-                    map.remove("servers");
-                }
-                if d.hide_examples {
-                    map.remove("example");
-                    map.remove("examples");
-                }
-            }
-            for (k, v) in map.iter_mut() {
-                strip(v, d, Some(k));
-            }
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,105 @@
+//! The single exit every request passes: its metrics, its anomaly counts
+//! and its access-log line.
+
+use super::*;
+
+/// The access log line.
+pub(super) fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
+    let elapsed = ctx.started.elapsed();
+    w.tally.borrow_mut().request(
+        ctx.route,
+        ctx.status,
+        ctx.reason,
+        elapsed.as_micros() as u64,
+        ctx.upstream_time.map(|t| t.as_micros() as u64),
+    );
+    count_traffic(w, c, ctx);
+    let Some(log) = &w.shared.access_log else {
+        return;
+    };
+    if c.request_id.is_empty() {
+        // Refused before it parsed: an id all the same.
+        w.next_request_id(&mut c.request_id);
+    }
+    let snap = c.snap();
+    let consumer = match ctx.identity {
+        Identity::Consumer(i) => snap.keys.consumer(i).id.as_str(),
+        Identity::Token(_) if !c.subject.is_empty() => c.subject.as_str(),
+        Identity::Token(_) | Identity::Anonymous => "-",
+    };
+    // The routed path (no `;` parameters), or the path as sent; never the
+    // query, which may carry any credential.
+    let path = if ctx.normalized {
+        // `route_path` is filled only for a path with `;` parameters.
+        if c.path.contains(';') {
+            c.route_path.as_str()
+        } else {
+            c.path.as_str()
+        }
+    } else if c.target.is_empty() {
+        "-"
+    } else {
+        c.target.split(['?', ';']).next().unwrap_or("-")
+    };
+    w.lines.borrow_mut().push(
+        log,
+        &AccessRecord {
+            id: &c.request_id,
+            peer: c.peer,
+            tls: c.tls.version(),
+            sni: c.tls.sni(),
+            consumer,
+            route: ctx.route,
+            method: if c.method.is_empty() { "-" } else { &c.method },
+            path,
+            status: ctx.status,
+            reason: ctx.reason,
+            bytes_in: ctx.bytes_in,
+            bytes_out: ctx.bytes,
+            upstream: ctx.upstream,
+            upstream_time: ctx.upstream_time,
+            elapsed,
+            worker: w.index,
+        },
+    );
+}
+
+/// Counts the request for anomaly detection, by source (never a trusted
+/// proxy's: that would be everyone behind it) and API-key consumer.
+fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
+    let snap = c.snap();
+    if !snap.cfg.anomaly.enabled {
+        return;
+    }
+    if c.trusted {
+        return;
+    }
+    let source = policy::canonical(c.peer.ip());
+    let consumer = match ctx.identity {
+        Identity::Consumer(i) => Some(i as u32),
+        _ => None,
+    };
+    // An IPv6 client holds a /64: one subject, not 2^64.
+    let subject = match source {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    };
+    w.traffic.borrow_mut().count(subject, consumer, ctx.status);
+}
+
+/// Method and target of a request line that did not parse, for the log:
+/// printable ASCII only, cut short, `-` when absent.
+pub(super) fn request_line_words(buf: &[u8]) -> (&str, &str) {
+    let line = buf
+        .split(|&b| b == b'\n' || b == b'\r')
+        .next()
+        .unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ').map(|w| {
+        let w = &w[..w.len().min(128)];
+        match std::str::from_utf8(w) {
+            Ok(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => t,
+            _ => "-",
+        }
+    });
+    (words.next().unwrap_or("-"), words.next().unwrap_or("-"))
+}

@@ -20,6 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::fmt::Write as _;
+
 use anyhow::{Context as _, Result, bail};
 use gateway_tests::{Running, Testbed, connect_from, syn_flood};
 
@@ -30,33 +32,33 @@ use crate::cpu::{cpu_count, halves, median, pin, process_ticks};
 pub struct Opts {
     /// Seconds of wrk load per trial.
     #[arg(long, default_value_t = 8)]
-    duration: u64,
+    pub duration: u64,
     /// wrk connections of the legitimate client.
     #[arg(long, default_value_t = 32)]
-    connections: u32,
+    pub connections: u32,
     /// Rounds; the scenarios alternate within each; medians are reported.
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub rounds: usize,
     /// CPU list for the gateway (taskset syntax). Default: the first half.
     #[arg(long)]
-    proxy_cpus: Option<String>,
+    pub proxy_cpus: Option<String>,
     /// CPU list for wrk, the demo backend's clients and the flood. Default:
     /// the second half.
     #[arg(long)]
-    load_cpus: Option<String>,
+    pub load_cpus: Option<String>,
     /// Raw SYNs per second the banned source sends (at most).
     #[arg(long, default_value_t = 50_000)]
-    syn_rate: u32,
+    pub syn_rate: u32,
     /// Threads of the banned source opening TLS connections and sending
     /// requests in a loop.
     #[arg(long, default_value_t = 4)]
-    tls_flooders: usize,
+    pub tls_flooders: usize,
     /// Where the results go (CSV).
     #[arg(long, default_value = "target/bench/flood.csv")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// The gateway binary (release).
     #[arg(long, default_value = "target/release/gateway")]
-    gateway: PathBuf,
+    pub gateway: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,18 +137,10 @@ fn tls_flood(
     stop: &AtomicBool,
 ) {
     use std::io::{Read, Write};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let Ok(builder) =
-        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
-    else {
+    let Ok(cfg) = crate::client::any_cert_config() else {
         return;
     };
-    let cfg = Arc::new(
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth(),
-    );
+    let cfg = Arc::new(cfg);
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
         attempts.fetch_add(1, Ordering::Relaxed);
         let Ok(tcp) = connect_from(src, dst, Duration::from_millis(300)) else {
@@ -170,45 +164,6 @@ fn tls_flood(
         if matches!(tls.read(&mut buf), Ok(n) if n > 0) {
             served.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// The flood does not check certificates: it only needs to make the
-/// gateway do a handshake.
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -353,7 +308,7 @@ fn wrk_ms(v: &str) -> f64 {
 }
 
 /// Runs the benchmark.
-pub fn run(opts: Opts) -> Result<()> {
+pub fn run(opts: Opts) -> Result<String> {
     gateway_tests::require_root();
     let (p, l) = halves();
     let proxy = opts.proxy_cpus.clone().unwrap_or(p);
@@ -408,15 +363,15 @@ pub fn run(opts: Opts) -> Result<()> {
         )
     };
     let base = med(Scenario::NoFlood, |t| t.rps);
-    println!(
-        "bench flood: gateway on CPUs {proxy}, wrk and flood on {load}; {} rounds, medians",
-        opts.rounds
+    let mut md = format!(
+        "Gateway on CPUs {proxy}, wrk and the flood on {load}; {} rounds, medians; wrk -t1 -c{} for {} s; the flood: {} SYN/s raw and {} TLS clients from a banned source.\n\n",
+        opts.rounds, opts.connections, opts.duration, opts.syn_rate, opts.tls_flooders
     );
-    println!("| scenario | legitimate req/s | vs no flood | p99 | gateway CPU per request |");
-    println!("|---|---|---|---|---|");
+    md.push_str("| scenario | legitimate req/s | vs no flood | p99 | gateway CPU per request |\n|---|---|---|---|---|\n");
     for s in scenarios {
         let rps = med(s, |t| t.rps);
-        println!(
+        let _ = writeln!(
+            md,
             "| {} | {:.0} | {:.2}× | {:.2} ms | {:.1} µs |",
             s.name(),
             rps,
@@ -425,6 +380,5 @@ pub fn run(opts: Opts) -> Result<()> {
             med(s, |t| t.cpu_us_per_req)
         );
     }
-    println!("results: {}", opts.out.display());
-    Ok(())
+    Ok(md)
 }

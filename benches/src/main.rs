@@ -1,10 +1,16 @@
 //! `gateway-bench`: benchmarks that need root, namespaces and peers, driven
 //! by `cargo xtask bench`. Speed targets live here, never in tests.
 
+mod client;
 mod cpu;
 mod flood;
 mod jwt_fixture;
+mod machine;
+mod openloop;
+mod peers;
+mod plot;
 mod proxy;
+mod report;
 mod xdp;
 
 use std::process::ExitCode;
@@ -23,6 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Every scenario (proxy with auth, JWT and validation, both loops;
+    /// flood; XDP) against the peers, into one report folder.
+    All(report::Opts),
     /// XDP drop path (driver, skb) against an nftables drop rule.
     Xdp(xdp::Opts),
     /// The TLS proxy against HAProxy and nginx (and the backend directly).
@@ -33,9 +42,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
-        Cmd::Xdp(opts) => xdp::run(opts),
-        Cmd::Proxy(opts) => proxy::run(opts),
-        Cmd::Flood(opts) => flood::run(opts),
+        Cmd::All(opts) => report::all(opts),
+        Cmd::Xdp(opts) => xdp::run(opts).map(|md| print!("{md}")),
+        Cmd::Proxy(opts) => proxy_alone(opts),
+        Cmd::Flood(opts) => flood::run(opts).map(|md| print!("{md}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,4 +54,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `bench proxy`: its report alone.
+fn proxy_alone(opts: proxy::Opts) -> anyhow::Result<()> {
+    let (out, gateway) = (opts.out.clone(), opts.gateway.clone());
+    let outcome = proxy::run(opts)?;
+    let path = report::write(&out, &gateway, &outcome, &[], false)?;
+    print!("{}", std::fs::read_to_string(&path)?);
+    println!("report: {}", path.display());
+    Ok(())
 }

@@ -9,7 +9,7 @@
 //! which the kernel accounts apart from the generator's own (process) time:
 //! softirq CPU per packet is the drop path's cost.
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use gateway::{
@@ -27,19 +27,19 @@ use crate::cpu::{MachineCpu, median, pin};
 pub struct Opts {
     /// Packets per trial.
     #[arg(long, default_value_t = 3_000_000)]
-    packets: u64,
+    pub packets: u64,
     /// Longest a trial may send, in seconds.
     #[arg(long, default_value_t = 8)]
-    seconds: u64,
+    pub seconds: u64,
     /// Rounds; the systems alternate within each round; medians are reported.
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub rounds: usize,
     /// CPU list the packet generator is pinned to (e.g. "1"); default: unpinned.
     #[arg(long)]
-    gen_cpus: Option<String>,
+    pub gen_cpus: Option<String>,
     /// Where to write the results (CSV).
     #[arg(long, default_value = "target/bench/xdp.csv")]
-    out: std::path::PathBuf,
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -227,7 +227,7 @@ fn trial(system: System, opts: &Opts) -> Result<Trial> {
 
 /// The program's own time per decision, from BPF_PROG_TEST_RUN with many
 /// repetitions (no attach): what each path through it costs.
-fn decision_costs() -> Result<()> {
+fn decision_costs() -> Result<String> {
     use std::net::IpAddr;
     let ip = |s: &str| s.parse::<IpAddr>().map_err(anyhow::Error::from);
     let cfg_text = "[listen]\nhttps = \"198.18.0.1:8443\"\n[xdp]\ninterface = \"lo\"\nsyn_rate = 1000\nsyn_burst = 10\n[policy]\ndeny = [\"198.18.9.0/24\"]\nallow = [\"198.18.8.0/24\"]\n";
@@ -274,11 +274,13 @@ fn decision_costs() -> Result<()> {
             ),
         ),
     ];
-    println!("\nprogram time per decision (BPF_PROG_TEST_RUN, 1M repetitions, kernel average):");
+    let mut md = String::from(
+        "Program time per decision (BPF_PROG_TEST_RUN, 1M repetitions, kernel average):\n\n| decision | ns |\n|---|---|\n",
+    );
     let over_budget = rows[3].1.clone();
     for (name, f) in rows {
         let t = dp.time_run(&f, 1_000_000)?;
-        println!("  {name:<32} {:>6} ns", t.as_nanos());
+        let _ = writeln!(md, "| {name} | {} |", t.as_nanos());
     }
     // The alternative the SYN budget was chosen against: per-CPU state.
     let per_cpu = Config::parse(
@@ -288,20 +290,21 @@ fn decision_costs() -> Result<()> {
     let mut dp = DataPlane::load()?;
     dp.configure(&per_cpu)?;
     let t = dp.time_run(&over_budget, 1_000_000)?;
-    println!(
-        "  {:<32} {:>6} ns",
-        "SYN over budget (per-CPU GCRA)",
-        t.as_nanos()
-    );
-    Ok(())
+    let _ = writeln!(md, "| SYN over budget (per-CPU GCRA) | {} |", t.as_nanos());
+    Ok(md)
 }
 
 /// Runs the benchmark and prints the table.
-pub fn run(opts: Opts) -> Result<()> {
+pub fn run(opts: Opts) -> Result<String> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench xdp needs root (namespaces, XDP, nftables)");
     }
-    let systems = [System::XdpDriver, System::XdpSkb, System::Nftables];
+    // nftables is the peer: without it, its row is left out and said so.
+    let nft = crate::peers::installed("nft");
+    let systems: Vec<System> = [System::XdpDriver, System::XdpSkb, System::Nftables]
+        .into_iter()
+        .filter(|s| nft || *s != System::Nftables)
+        .collect();
     let mut trials = Vec::new();
     for round in 0..opts.rounds {
         // Rotate the order each round so drift hits every system alike.
@@ -330,16 +333,17 @@ pub fn run(opts: Opts) -> Result<()> {
     let mut csv = String::from(
         "system,rounds,dropped_pps,drop_path_cpu_ns_per_pkt,generator_cpu_ns_per_pkt,program_ns_per_pkt\n",
     );
-    println!(
-        "\nbench xdp: medians of {} rounds, {} packets per trial",
-        opts.rounds, opts.packets
-    );
-    println!(
-        "{:<10} {:>14} {:>22} {:>22} {:>12}",
-        "system", "dropped pkt/s", "drop path CPU ns/pkt", "generator CPU ns/pkt", "prog ns/pkt"
+    let mut md = format!(
+        "Medians of {} rounds, {} packets per trial from a generator in a namespace over a veth pair{}.\n\n| system | dropped pkt/s | drop path CPU ns/pkt | generator CPU ns/pkt | program ns/pkt |\n|---|---|---|---|---|\n",
+        opts.rounds,
+        opts.packets,
+        opts.gen_cpus
+            .as_deref()
+            .map(|c| format!(" (CPUs {c})"))
+            .unwrap_or_default()
     );
     let mut drop_cost = std::collections::HashMap::new();
-    for s in systems {
+    for &s in &systems {
         let pps = median(of(s).map(|t| t.dropped as f64 / t.secs).collect());
         let irq = median(
             of(s)
@@ -352,19 +356,16 @@ pub fn run(opts: Opts) -> Result<()> {
                 .collect(),
         );
         let prog: Vec<f64> = of(s).filter_map(|t| t.prog_ns_per_pkt).collect();
-        let prog = if prog.is_empty() {
-            None
+        let prog_s = if prog.is_empty() {
+            String::new()
         } else {
-            Some(median(prog))
+            format!("{:.1}", median(prog))
         };
         drop_cost.insert(s.name(), irq);
-        let prog_s = prog.map(|p| format!("{p:.1}")).unwrap_or_default();
-        println!(
-            "{:<10} {:>14.0} {:>22.1} {:>22.1} {:>12}",
+        let _ = writeln!(
+            md,
+            "| {} | {pps:.0} | {irq:.1} | {task:.1} | {} |",
             s.name(),
-            pps,
-            irq,
-            task,
             if prog_s.is_empty() { "-" } else { &prog_s }
         );
         csv.push_str(&format!(
@@ -373,19 +374,24 @@ pub fn run(opts: Opts) -> Result<()> {
             opts.rounds
         ));
     }
-    decision_costs()?;
+    if !nft {
+        md.push_str("| nftables | not installed (apt-get install nftables, or --install-peers): left out | | | |\n");
+    }
+    md.push('\n');
     let nft = drop_cost.get("nftables").copied().unwrap_or(f64::NAN);
     for s in ["xdp-driver", "xdp-skb"] {
         let x = drop_cost.get(s).copied().unwrap_or(f64::NAN);
-        println!(
-            "{s}: drop path CPU per packet = {:.2} x nftables (target for driver: <= 0.33)",
+        let _ = writeln!(
+            md,
+            "- {s}: drop path CPU per packet = {:.2}× nftables' (target for driver: ≤ 0.33)",
             x / nft
         );
     }
+    md.push('\n');
+    md.push_str(&decision_costs()?);
     if let Some(dir) = opts.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&opts.out, csv)?;
-    println!("results: {}", opts.out.display());
-    Ok(())
+    Ok(md)
 }

@@ -41,14 +41,15 @@ enum Cmd {
     },
     /// Lint the host workspace and the eBPF crate.
     Clippy,
-    /// Benchmarks: `xdp` (kernel drop path vs nftables), `proxy` (vs HAProxy
-    /// and nginx), `jwt` (the verify path against ring's bare check, criterion),
-    /// `limit` (one rate-limit decision, alone and with a second thread on
-    /// the same key, criterion), `flood` (legitimate load while a banned
-    /// source floods, XDP on and off).
+    /// Benchmarks: `all` (the default: every peer scenario into one report
+    /// folder), `proxy` (vs HAProxy and nginx, closed and open loop), `xdp`
+    /// (kernel drop path vs nftables), `flood` (legitimate load while a
+    /// banned source floods, XDP on and off); criterion: `jwt` (the verify
+    /// path against ring's bare check), `limit` (one rate-limit decision),
+    /// `validate` (JSON parse + schema against serde_json).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["xdp", "proxy", "jwt", "limit", "validate", "flood"])]
+        #[arg(default_value = "all", value_parser = ["all", "xdp", "proxy", "jwt", "limit", "validate", "flood"])]
         which: String,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -1,0 +1,440 @@
+//! `bench proxy`: the backend directly, our gateway, HAProxy 2.6 and nginx
+//! 1.22 doing the same work: TLS termination, proxying to the same nginx
+//! backend over pooled keep-alive connections, adding X-Forwarded-For,
+//! X-Forwarded-Proto and HSTS, no access log; the gateway again with an API
+//! key required (`gw+key`), JWTs (ES256 with and without the verified-token
+//! cache, RS256, against HAProxy's `jwt_verify`), and a 1 KiB JSON POST
+//! validated against a schema (`gw+valid`) or not (`gw+post`, `ha+post`,
+//! `ng+post`).
+//!
+//! Two loops: wrk's closed loop (each connection waits for its answer), and
+//! an open loop at a constant rate whose latencies count from when each
+//! request was due, so a stall shows in every request it delayed. The
+//! systems alternate within each round; medians of req/s, percentiles and
+//! each proxy's own CPU time per request (utime + stime of its processes,
+//! from /proc) are reported, with every latency distribution.
+
+mod configs;
+mod systems;
+pub mod wrk;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use hdrhistogram::Histogram;
+
+use crate::{
+    cpu::{cpu_count, group_rss_kib, group_ticks, halves, median},
+    openloop,
+};
+
+/// Options of `bench proxy`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Opts {
+    /// Seconds per run (closed and open loop alike).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of closed-loop warm-up per scenario.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Worker threads/processes for each proxy; default: one per proxy CPU.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// CPU list for the proxies (taskset syntax, e.g. "0-1"). Default: the
+    /// first half of the machine's CPUs, so proxies never share a core with
+    /// the load.
+    #[arg(long)]
+    pub proxy_cpus: Option<String>,
+    /// CPU list for the load generators and the backend. Default: the second half.
+    #[arg(long)]
+    pub load_cpus: Option<String>,
+    /// Do not split the CPUs: proxies, load and backend all float.
+    #[arg(long)]
+    pub unpinned: bool,
+    /// Pin each proxy's workers one per CPU (gateway `pin_cpus`, HAProxy
+    /// `cpu-map`, nginx `worker_cpu_affinity`), within `--proxy-cpus`.
+    #[arg(long)]
+    pub pin_workers: bool,
+    /// The open loop's rate in req/s, the same for every scenario. Default:
+    /// half the slowest proxy's closed-loop req/s.
+    #[arg(long)]
+    pub open_rate: Option<u64>,
+    /// The open loop's connections (each a fixed-interval stream).
+    #[arg(long, default_value_t = 32)]
+    pub open_connections: usize,
+    /// Leave out the open loop.
+    #[arg(long)]
+    pub no_open_loop: bool,
+    /// Leave out the JWT scenarios.
+    #[arg(long)]
+    pub no_jwt: bool,
+    /// Install missing peers (apt-get install wrk haproxy nginx-light);
+    /// without it a missing peer's rows are skipped and named.
+    #[arg(long)]
+    pub install_peers: bool,
+    /// Where the report, distributions and plots go.
+    #[arg(long, default_value = "target/bench/proxy")]
+    pub out: PathBuf,
+    /// The gateway binary.
+    #[arg(long, default_value = "target/release/gateway")]
+    pub gateway: PathBuf,
+}
+
+const BACKEND_PORT: u16 = 18080;
+const PORTS: [(&str, u16); 5] = [
+    ("backend", BACKEND_PORT),
+    ("gateway", 18443),
+    // The same gateway with an API key required on the route (auth stage,
+    // key hash and lookup, identity headers): its cost is the ratio to `gateway`.
+    ("gw+key", 18446),
+    ("haproxy", 18444),
+    ("nginx", 18445),
+];
+
+/// One run of one scenario.
+struct Sample {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    cpu_us_per_req: Option<f64>,
+    rss_kib: Option<f64>,
+    errors: u64,
+    hist: Histogram<u64>,
+}
+
+/// A scenario's medians over the rounds, and its distribution over all of them.
+pub struct Row {
+    /// The scenario.
+    pub name: String,
+    /// Answered req/s.
+    pub rps: f64,
+    /// Latency percentiles, µs.
+    pub p50: f64,
+    /// p99, µs.
+    pub p99: f64,
+    /// p99.9, µs.
+    pub p999: f64,
+    /// The largest latency, µs.
+    pub max: f64,
+    /// The proxy's own CPU time per request, µs (NaN for the backend alone).
+    pub cpu_us_per_req: f64,
+    /// The proxy's resident memory after the run, KiB.
+    pub rss_kib: f64,
+    /// Failed requests, all rounds.
+    pub errors: u64,
+    /// Every round's latencies together.
+    pub hist: Histogram<u64>,
+}
+
+/// What `bench proxy` measured.
+pub struct Outcome {
+    /// How the run was set up, one line.
+    pub setup: String,
+    /// The exact commands, one per kind of run.
+    pub commands: Vec<String>,
+    /// Closed loop (wrk) rows; empty without wrk.
+    pub closed: Vec<Row>,
+    /// Open loop rows.
+    pub open: Vec<Row>,
+    /// The open loop's rate, req/s.
+    pub open_rate: u64,
+    /// Derived figures (authentication, JWT and validation costs).
+    pub notes: Vec<String>,
+    /// What was left out and why.
+    pub skipped: Vec<String>,
+}
+
+/// The CPU ticks of a process group while `f` runs, per request, in µs.
+fn charged<T>(
+    pgid: Option<u32>,
+    requests: impl Fn(&T) -> u64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Option<f64>)> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let before = pgid.map(group_ticks);
+    let r = f()?;
+    let after = pgid.map(group_ticks);
+    let n = requests(&r);
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) if n > 0 => Some((a - b) as f64 / hz * 1e6 / n as f64),
+        _ => None,
+    };
+    Ok((r, cpu))
+}
+
+fn closed_sample(shape: &wrk::Shape, s: &systems::System) -> Result<Sample> {
+    let (r, cpu) = charged(
+        s.pgid,
+        |r: &wrk::Run| r.requests,
+        || wrk::run(shape, &s.closed),
+    )?;
+    let pct = |k: &str| r.pct.get(k).copied().unwrap_or(f64::NAN);
+    Ok(Sample {
+        rps: r.rps,
+        p50: pct("50"),
+        p99: pct("99"),
+        p999: pct("99.9"),
+        max: r.hist.max() as f64,
+        cpu_us_per_req: cpu,
+        rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
+        errors: r.errors,
+        hist: r.hist,
+    })
+}
+
+fn open_sample(
+    load: &openloop::Load,
+    s: &systems::System,
+    target: &openloop::Target,
+) -> Result<Sample> {
+    let (r, cpu) = charged(
+        s.pgid,
+        |r: &openloop::Outcome| r.answered,
+        || openloop::run(target, load),
+    )?;
+    let q = |q: f64| r.hist.value_at_quantile(q) as f64;
+    Ok(Sample {
+        rps: r.rps(),
+        p50: q(0.5),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: r.hist.max() as f64,
+        cpu_us_per_req: cpu,
+        rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
+        errors: r.errors,
+        hist: r.hist,
+    })
+}
+
+fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for &name in names {
+        let Some(v) = samples.get(name) else { continue };
+        let med = |f: &dyn Fn(&Sample) -> Option<f64>| median(v.iter().filter_map(f).collect());
+        let mut hist = openloop::histogram()?;
+        for s in v {
+            hist.add(&s.hist).context("merging rounds")?;
+        }
+        out.push(Row {
+            name: name.to_owned(),
+            rps: med(&|s| Some(s.rps)),
+            p50: med(&|s| Some(s.p50)),
+            p99: med(&|s| Some(s.p99)),
+            p999: med(&|s| Some(s.p999)),
+            max: med(&|s| Some(s.max)),
+            cpu_us_per_req: med(&|s| s.cpu_us_per_req),
+            rss_kib: med(&|s| s.rss_kib),
+            errors: v.iter().map(|s| s.errors).sum(),
+            hist,
+        });
+    }
+    Ok(out)
+}
+
+fn log_sample(kind: &str, round: usize, name: &str, s: &Sample) {
+    eprintln!(
+        "{kind} round {round} {name:<11} {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us cpu/req {} errors {}",
+        s.rps,
+        s.p50,
+        s.p99,
+        s.p999,
+        s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}us")),
+        s.errors
+    );
+}
+
+/// Fills in the defaults that depend on the machine.
+fn settle(opts: &mut Opts) {
+    // Fair by default: the proxies get one half of the CPUs, the load and
+    // the backend the other, and each proxy one worker per proxy CPU.
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !opts.unpinned && ncpu >= 2 {
+        let (proxy, load) = halves();
+        opts.proxy_cpus.get_or_insert(proxy);
+        opts.load_cpus.get_or_insert(load);
+    }
+    if opts.workers.is_none() {
+        let n = opts.proxy_cpus.as_deref().map_or(ncpu, cpu_count);
+        opts.workers = Some(n.max(1));
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(mut opts: Opts) -> Result<Outcome> {
+    settle(&mut opts);
+    let missing = crate::peers::missing(opts.install_peers)?;
+    let mut skipped: Vec<String> = missing
+        .iter()
+        .map(|(t, p)| format!("{t} is not installed (apt-get install {p}, or --install-peers): its rows are skipped"))
+        .collect();
+    let have = |tool: &str| !missing.iter().any(|(t, _)| *t == tool);
+    let gateway = std::fs::canonicalize(&opts.gateway).with_context(|| {
+        format!(
+            "{} (build it with cargo xtask build)",
+            opts.gateway.display()
+        )
+    })?;
+    std::fs::create_dir_all(&opts.out)?;
+    let work = std::fs::canonicalize(&opts.out)?.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let files = configs::write(&work, &opts)?;
+    let started = systems::start(&opts, &gateway, &work, &files, &have)?;
+    if started.demo_backend {
+        skipped.push("the backend is the gateway's built-in demo backend (one thread per connection) instead of nginx".into());
+    }
+    let systems = &started.systems;
+    let shape = |duration: u64| wrk::Shape {
+        threads: opts.threads,
+        connections: opts.connections,
+        duration,
+        cpus: opts.load_cpus.clone(),
+    };
+    let mut commands = Vec::new();
+    let mut closed: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    if have("wrk") {
+        for s in systems {
+            let r = wrk::run(&shape(opts.warmup), &s.closed)?;
+            if r.rps < 1.0 || r.errors > 0 {
+                bail!(
+                    "{}: warm-up failed ({} errors, {:.0} req/s)",
+                    s.name,
+                    r.errors,
+                    r.rps
+                );
+            }
+        }
+        if let Some(s) = systems.iter().find(|s| s.name == "gateway") {
+            commands.push(wrk::shell_line(&wrk::command(
+                &shape(opts.duration),
+                &s.closed,
+            )));
+        }
+        for round in 0..opts.rounds {
+            let mut order: Vec<&systems::System> = systems.iter().collect();
+            let n = order.len().max(1);
+            order.rotate_left(round % n);
+            for s in order {
+                let sample = closed_sample(&shape(opts.duration), s)?;
+                log_sample("closed", round + 1, &s.name, &sample);
+                closed.entry(s.name.clone()).or_default().push(sample);
+            }
+        }
+    }
+    let names: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+    let closed = rows(&names, &closed)?;
+    let rate = opts.open_rate.unwrap_or_else(|| default_rate(&closed));
+    let mut open: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    if !opts.no_open_loop {
+        let load = openloop::Load {
+            rate,
+            connections: opts.open_connections,
+            duration: Duration::from_secs(opts.duration),
+            cpus: opts.load_cpus.clone(),
+        };
+        commands.push(format!(
+            "open loop (built in, {}): {rate} req/s on {} keep-alive connections for {} s, CPUs {}",
+            "gateway-bench, wrk2's schedule",
+            load.connections,
+            opts.duration,
+            opts.load_cpus.as_deref().unwrap_or("any")
+        ));
+        for round in 0..opts.rounds {
+            let mut order: Vec<&systems::System> =
+                systems.iter().filter(|s| s.open.is_some()).collect();
+            let n = order.len().max(1);
+            order.rotate_left(round % n);
+            for s in order {
+                let Some(target) = &s.open else { continue };
+                let sample = open_sample(&load, s, target)?;
+                log_sample("open", round + 1, &s.name, &sample);
+                open.entry(s.name.clone()).or_default().push(sample);
+            }
+        }
+    }
+    let open = rows(&names, &open)?;
+    drop(started);
+    let setup = format!(
+        "{} workers each{}; proxies on CPUs {}, load generators and backend on {}; runs of {} s, {} rounds (medians), wrk -t{} -c{}",
+        opts.workers.unwrap_or(1),
+        if opts.pin_workers {
+            " pinned one per CPU"
+        } else {
+            ""
+        },
+        opts.proxy_cpus.as_deref().unwrap_or("any"),
+        opts.load_cpus.as_deref().unwrap_or("any"),
+        opts.duration,
+        opts.rounds,
+        opts.threads,
+        opts.connections
+    );
+    Ok(Outcome {
+        notes: notes(&closed, opts.no_jwt),
+        setup,
+        commands,
+        closed,
+        open,
+        open_rate: rate,
+        skipped,
+    })
+}
+
+/// Half the slowest proxy's closed-loop rate: every system can carry it,
+/// so the open loop compares latency, not saturation.
+fn default_rate(closed: &[Row]) -> u64 {
+    let slowest = closed
+        .iter()
+        .filter(|r| ["gateway", "haproxy", "nginx"].contains(&r.name.as_str()))
+        .map(|r| r.rps)
+        .fold(f64::INFINITY, f64::min);
+    if slowest.is_finite() {
+        ((slowest / 2.0 / 100.0).round() as u64 * 100).max(100)
+    } else {
+        2000
+    }
+}
+
+/// The costs the scenarios were chosen to show.
+fn notes(closed: &[Row], no_jwt: bool) -> Vec<String> {
+    let get = |n: &str| closed.iter().find(|r| r.name == n);
+    let rps = |n: &str| get(n).map_or(f64::NAN, |r| r.rps);
+    let cpu = |n: &str| get(n).map_or(f64::NAN, |r| r.cpu_us_per_req);
+    let mut out = Vec::new();
+    if closed.is_empty() {
+        return out;
+    }
+    out.push(format!(
+        "API key: {:.3}× the unauthenticated gateway's req/s, {:+.1} µs CPU per request",
+        rps("gw+key") / rps("gateway"),
+        cpu("gw+key") - cpu("gateway")
+    ));
+    if !no_jwt {
+        out.push(format!(
+            "JWT ES256: {:.2}× HAProxy jwt_verify's req/s with the verified-token cache, {:.2}× without; RS256: {:.2}×",
+            rps("gw+es256") / rps("ha+es256"),
+            rps("gw+es256-nc") / rps("ha+es256"),
+            rps("gw+rs256") / rps("ha+rs256"),
+        ));
+    }
+    out.push(format!(
+        "JSON POST, validated: {:.2}× HAProxy's unvalidated req/s ({:.2}× nginx's), {:.2}× the gateway's own unvalidated POST, {:+.1} µs CPU per request for the schema",
+        rps("gw+valid") / rps("ha+post"),
+        rps("gw+valid") / rps("ng+post"),
+        rps("gw+valid") / rps("gw+post"),
+        cpu("gw+valid") - cpu("gw+post"),
+    ));
+    out
+}

@@ -1,0 +1,316 @@
+//! The benchmark report: one folder with `report.md` (the tables, ratios to
+//! HAProxy, the machine, versions, CPU sets and exact commands), each
+//! scenario's latency distribution as `.hgrm`, the percentile curves as
+//! PNG, and `summary.csv`. `bench all` fills it with every scenario;
+//! `bench proxy` with the proxy's alone.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    plot,
+    proxy::{self, Row, wrk::write_hgrm},
+};
+
+/// Options of `bench all`.
+#[derive(clap::Args, Debug)]
+pub struct Opts {
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench/report")]
+    out: PathBuf,
+    /// A quick pass (1 s runs, 1 round, small floods): checks that every
+    /// scenario runs and the report is well formed, not a measurement.
+    #[arg(long)]
+    reduced: bool,
+    /// Install missing peers (apt-get install wrk haproxy nginx-light).
+    #[arg(long)]
+    install_peers: bool,
+    /// CPU list for the proxies (taskset syntax). Default: the first half.
+    #[arg(long)]
+    proxy_cpus: Option<String>,
+    /// CPU list for the load generators and the backend. Default: the second half.
+    #[arg(long)]
+    load_cpus: Option<String>,
+    /// Nothing pinned, 2 workers per proxy: how a user first runs it.
+    #[arg(long)]
+    unpinned: bool,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Rounds per scenario; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per proxy run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Leave out the XDP and flood scenarios (they need root and namespaces).
+    #[arg(long)]
+    no_kernel: bool,
+    /// The gateway binary.
+    #[arg(long, default_value = "target/release/gateway")]
+    gateway: PathBuf,
+}
+
+/// Runs every scenario and writes the report.
+pub fn all(opts: Opts) -> Result<()> {
+    let r = opts.reduced;
+    let proxy_opts = proxy::Opts {
+        duration: if r { 1 } else { opts.duration },
+        warmup: if r { 1 } else { 2 },
+        connections: opts.connections,
+        threads: 1,
+        rounds: if r { 1 } else { opts.rounds },
+        workers: opts.unpinned.then_some(2),
+        proxy_cpus: opts.proxy_cpus.clone(),
+        load_cpus: opts.load_cpus.clone(),
+        unpinned: opts.unpinned,
+        pin_workers: false,
+        open_rate: r.then_some(1000),
+        open_connections: if r { 8 } else { 32 },
+        no_open_loop: false,
+        no_jwt: r,
+        install_peers: opts.install_peers,
+        out: opts.out.clone(),
+        gateway: opts.gateway.clone(),
+    };
+    let outcome = proxy::run(proxy_opts)?;
+    let mut sections = Vec::new();
+    if !opts.no_kernel {
+        let flood = crate::flood::Opts {
+            duration: if r { 1 } else { 8 },
+            connections: 32,
+            rounds: if r { 1 } else { opts.rounds },
+            proxy_cpus: opts.proxy_cpus.clone(),
+            load_cpus: opts.load_cpus.clone(),
+            syn_rate: if r { 5_000 } else { 50_000 },
+            tls_flooders: if r { 1 } else { 4 },
+            out: opts.out.join("flood.csv"),
+            gateway: opts.gateway.clone(),
+        };
+        sections.push((
+            "Flood: legitimate load while a banned source floods".to_owned(),
+            crate::flood::run(flood)?,
+        ));
+        let xdp = crate::xdp::Opts {
+            packets: if r { 200_000 } else { 3_000_000 },
+            seconds: if r { 2 } else { 8 },
+            rounds: if r { 1 } else { opts.rounds },
+            gen_cpus: opts.load_cpus.clone(),
+            out: opts.out.join("xdp.csv"),
+        };
+        sections.push((
+            "XDP drop path against nftables".to_owned(),
+            crate::xdp::run(xdp)?,
+        ));
+    }
+    let report = write(&opts.out, &opts.gateway, &outcome, &sections, opts.reduced)?;
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+fn us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        "-".into()
+    }
+}
+
+fn ratio(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}×")
+    } else {
+        "-".into()
+    }
+}
+
+fn closed_table(rows: &[Row]) -> String {
+    let ha = rows.iter().find(|r| r.name == "haproxy");
+    let of = |f: fn(&Row) -> f64| ha.map_or(f64::NAN, f);
+    let mut t = String::from(
+        "| system | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | RSS MiB | req/s vs HAProxy | p99 vs HAProxy | CPU vs HAProxy | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.rps,
+            us(r.p50),
+            us(r.p99),
+            us(r.p999),
+            if r.cpu_us_per_req.is_finite() {
+                format!("{:.1}", r.cpu_us_per_req)
+            } else {
+                "-".into()
+            },
+            if r.rss_kib.is_finite() {
+                format!("{:.1}", r.rss_kib / 1024.0)
+            } else {
+                "-".into()
+            },
+            ratio(r.rps / of(|h| h.rps)),
+            ratio(r.p99 / of(|h| h.p99)),
+            ratio(r.cpu_us_per_req / of(|h| h.cpu_us_per_req)),
+            r.errors
+        );
+    }
+    t
+}
+
+fn open_table(rows: &[Row], rate: u64) -> String {
+    let ha = rows.iter().find(|r| r.name == "haproxy");
+    let of = |f: fn(&Row) -> f64| ha.map_or(f64::NAN, f);
+    let mut t = String::from(
+        "| system | asked req/s | answered req/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/req | p99 vs HAProxy | errors |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {rate} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.rps,
+            us(r.p50),
+            us(r.p99),
+            us(r.p999),
+            us(r.max),
+            if r.cpu_us_per_req.is_finite() {
+                format!("{:.1}", r.cpu_us_per_req)
+            } else {
+                "-".into()
+            },
+            ratio(r.p99 / of(|h| h.p99)),
+            r.errors
+        );
+    }
+    t
+}
+
+/// Draws `names`' curves (those measured) into `png`; false when none were.
+fn plot_rows(out: &Path, png: &str, title: &str, rows: &[Row], names: &[&str]) -> Result<bool> {
+    let series: Vec<plot::Series<'_>> = rows
+        .iter()
+        .filter(|r| names.is_empty() || names.contains(&r.name.as_str()))
+        .map(|r| plot::Series {
+            name: &r.name,
+            hist: &r.hist,
+        })
+        .collect();
+    if series.iter().all(|s| s.hist.is_empty()) {
+        return Ok(false);
+    }
+    plot::percentile_curves(&out.join(png), title, &series)?;
+    Ok(true)
+}
+
+/// Writes the report folder; returns the path of `report.md`.
+pub fn write(
+    out: &Path,
+    gateway: &Path,
+    p: &proxy::Outcome,
+    sections: &[(String, String)],
+    reduced: bool,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(out.join("hgrm"))?;
+    let mut md = String::from("# Gateway benchmark report\n\n");
+    let _ = writeln!(
+        md,
+        "Written {} by `{}`.{}\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        std::env::args().collect::<Vec<_>>().join(" "),
+        if reduced {
+            " **Reduced mode: a check that every scenario runs, not a measurement.**"
+        } else {
+            ""
+        }
+    );
+    md.push_str("## Machine and versions\n\n");
+    md.push_str(&crate::machine::facts(gateway));
+    let _ = writeln!(md, "- **setup:** {}\n", p.setup);
+    if !p.skipped.is_empty() {
+        md.push_str("## Left out\n\n");
+        for s in &p.skipped {
+            let _ = writeln!(md, "- {s}");
+        }
+        md.push('\n');
+    }
+    md.push_str("## Commands\n\n");
+    for c in &p.commands {
+        let _ = writeln!(md, "- `{c}`");
+    }
+    md.push_str("\nThe configurations every system ran with are in `work/`.\n\n");
+    let mut csv = String::from(
+        "loop,system,rps,p50_us,p99_us,p999_us,max_us,cpu_us_per_req,rss_kib,errors\n",
+    );
+    for (kind, rows) in [("closed", &p.closed), ("open", &p.open)] {
+        for r in rows.iter() {
+            write_hgrm(&out.join(format!("hgrm/{}-{kind}.hgrm", r.name)), &r.hist)?;
+            let _ = writeln!(
+                csv,
+                "{kind},{},{:.0},{:.0},{:.0},{:.0},{:.0},{:.2},{:.0},{}",
+                r.name, r.rps, r.p50, r.p99, r.p999, r.max, r.cpu_us_per_req, r.rss_kib, r.errors
+            );
+        }
+    }
+    if !p.closed.is_empty() {
+        md.push_str("## Proxy, closed loop (wrk over TLS keep-alive)\n\n");
+        md.push_str("Each connection sends its next request when the last is answered; percentiles are wrk's.\n\n");
+        md.push_str(&closed_table(&p.closed));
+        md.push('\n');
+        for n in &p.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+        let get = ["backend", "gateway", "gw+key", "haproxy", "nginx"];
+        if plot_rows(
+            out,
+            "closed-loop.png",
+            "Closed loop (wrk): GET latency by percentile",
+            &p.closed,
+            &get,
+        )? {
+            md.push_str("\n![closed loop](closed-loop.png)\n");
+        }
+        let post = ["gw+valid", "gw+post", "ha+post", "ng+post"];
+        if plot_rows(
+            out,
+            "post.png",
+            "Closed loop (wrk): 1 KiB JSON POST latency by percentile",
+            &p.closed,
+            &post,
+        )? {
+            md.push_str("\n![JSON POST](post.png)\n");
+        }
+        md.push('\n');
+    }
+    if !p.open.is_empty() {
+        md.push_str("## Proxy, open loop (constant rate, coordinated omission corrected)\n\n");
+        let _ = writeln!(
+            md,
+            "Every scenario asked for {} req/s; a latency counts from when its request was due, so a stall is charged to every request it delayed.\n",
+            p.open_rate
+        );
+        md.push_str(&open_table(&p.open, p.open_rate));
+        if plot_rows(
+            out,
+            "open-loop.png",
+            "Open loop: latency by percentile at a constant rate",
+            &p.open,
+            &[],
+        )? {
+            md.push_str("\n![open loop](open-loop.png)\n");
+        }
+        md.push('\n');
+    }
+    for (title, body) in sections {
+        let _ = writeln!(md, "## {title}\n\n{body}");
+    }
+    md.push_str("## Files\n\n- `hgrm/<system>-closed.hgrm`, `hgrm/<system>-open.hgrm`: latency distributions in HdrHistogram's percentile format (ms); the closed loop's are rebuilt from 1,000 percentile points wrk reports, the open loop's hold every request.\n- `summary.csv`: the tables above.\n");
+    std::fs::write(out.join("summary.csv"), csv)?;
+    let path = out.join("report.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}

@@ -172,9 +172,9 @@ impl Worker {
     /// Adds this worker's metrics to its slot of the board.
     pub fn publish_metrics(&self) {
         let open = self.active.get() as u64;
-        self.shared
-            .metrics
-            .publish(self.index, &mut self.tally.borrow_mut(), open);
+        let mut tally = self.tally.borrow_mut();
+        self.upstreams.figures(&mut tally.upstreams);
+        self.shared.metrics.publish(self.index, &mut tally, open);
     }
 
     /// Hands the last second's per-source counts to the control thread.

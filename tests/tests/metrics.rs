@@ -116,6 +116,128 @@ fn metrics_parse_and_move_as_requests_flow() {
     );
 }
 
+#[test]
+fn rate_limit_decisions_and_upstream_pools_show_in_metrics() {
+    // An upstream whose only server refuses connections.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr");
+    drop(closed);
+    let routes = r#"
+[[routes]]
+path_prefix = "/limited"
+upstream = "backend"
+auth = "none"
+rate_limits = ["tight"]
+
+[[routes]]
+path_prefix = "/dead"
+upstream = "dead"
+auth = "none"
+
+[[routes]]
+path_prefix = "/"
+upstream = "backend"
+auth = "none"
+"#;
+    let tail = format!(
+        "[[upstreams]]\nname = \"dead\"\nservers = [\"{dead}\"]\n\n[[rate_limit.limits]]\nname = \"tight\"\nkey = \"source\"\nrate = \"2/s\"\n"
+    );
+    let s = setup_with("metrics-up", "", "workers = 1", routes, &tail, &[]);
+    let admin = s.gw.admin_addr().expect("admin listener");
+    // One keep-alive connection: the first request opens an upstream
+    // connection, the rest reuse it.
+    let mut c = s.client();
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..6 {
+        match c.get("/limited/x").expect("response").status {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    for _ in 0..3 {
+        assert_eq!(c.get("/open").expect("response").status, 200);
+    }
+    assert!(ok >= 1 && limited >= 1, "{ok} allowed, {limited} limited");
+    let dead_status = s.get("/dead/x", "").status;
+    assert!([502, 503].contains(&dead_status), "{dead_status}");
+    let backend = s.backend.addr;
+    let key = |name: &str, upstream: &str, server: &dyn std::fmt::Display| {
+        format!("{name}{{server={server},upstream={upstream}}}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut m = Vec::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        m = samples(&scrape(admin, "/metrics").1);
+        if value(
+            &m,
+            &key("gateway_upstream_connect_failures_total", "dead", &dead),
+        ) >= 1.0
+        {
+            break;
+        }
+    }
+    let decisions = |d: &str| {
+        value(
+            &m,
+            &format!("gateway_rate_limit_decisions_total{{decision={d},limit=tight}}"),
+        )
+    };
+    assert_eq!(decisions("allowed"), f64::from(ok), "{m:?}");
+    assert_eq!(decisions("limited"), f64::from(limited), "{m:?}");
+    // Every forwarded request either opened a connection or reused one.
+    let opened = value(
+        &m,
+        &key("gateway_upstream_connects_total", "backend", &backend),
+    );
+    let reused = value(
+        &m,
+        &key("gateway_upstream_reuses_total", "backend", &backend),
+    );
+    assert_eq!(opened + reused, f64::from(ok + 3), "{m:?}");
+    assert!(
+        reused >= f64::from(ok + 1),
+        "keep-alive upstream not reused: {m:?}"
+    );
+    assert!(
+        value(
+            &m,
+            &key("gateway_upstream_connections_idle", "backend", &backend)
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&m, &key("gateway_upstream_server_up", "backend", &backend)),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            &key("gateway_upstream_requests_in_flight", "backend", &backend)
+        ),
+        0.0
+    );
+    // The refusing server: down, its failures counted, never connected.
+    let up = key("gateway_upstream_server_up", "dead", &dead);
+    assert!(m.iter().any(|(k, _)| *k == up), "no {up} in {m:?}");
+    assert_eq!(
+        value(&m, &key("gateway_upstream_server_up", "dead", &dead)),
+        0.0,
+        "{m:?}"
+    );
+    assert!(
+        value(
+            &m,
+            &key("gateway_upstream_connect_failures_total", "dead", &dead)
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&m, &key("gateway_upstream_connects_total", "dead", &dead)),
+        0.0
+    );
+}
+
 /// A tmux session killed on drop, also when the test fails.
 struct Tmux(String);
 

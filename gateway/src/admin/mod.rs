@@ -301,8 +301,27 @@ impl Api {
         match req.path.as_str() {
             "/metrics" => {
                 let snap = self.shared.published.current();
-                let routes: Vec<String> =
-                    (0..snap.cfg.routes.len()).map(|i| i.to_string()).collect();
+                let names = metrics::Names {
+                    routes: (0..snap.cfg.routes.len()).map(|i| i.to_string()).collect(),
+                    limits: snap
+                        .cfg
+                        .rate_limit
+                        .limits
+                        .iter()
+                        .map(|l| l.name.clone())
+                        .collect(),
+                    upstreams: snap
+                        .cfg
+                        .upstreams
+                        .iter()
+                        .map(|u| {
+                            (
+                                u.name.clone(),
+                                u.servers.iter().map(|a| a.to_string()).collect(),
+                            )
+                        })
+                        .collect(),
+                };
                 let mut extra = metrics::Extra::default();
                 if let Some(log) = &self.shared.access_log {
                     extra.log_written = log.written.load(Ordering::Relaxed);
@@ -315,7 +334,7 @@ impl Api {
                         extra.xdp = Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
                     }
                 }
-                let body = metrics::render(&tally, &extra, &routes);
+                let body = metrics::render(&tally, &extra, &names);
                 Some((200, "text/plain; version=0.0.4; charset=utf-8", body))
             }
             "/metrics/latency.hgrm" => {

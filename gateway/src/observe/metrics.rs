@@ -47,6 +47,46 @@ pub struct Tally {
     pub handshake_failures: u64,
     /// Open client connections (a gauge: the last published value).
     pub open: u64,
+    /// Rate-limit decisions by limit.
+    pub limits: LimitCounts,
+    /// Upstream servers as this worker's pools see them (replaced, not
+    /// added, at each publish; summed over workers at a scrape).
+    pub upstreams: Vec<ServerFigures>,
+}
+
+/// Rate-limit decisions by limit index: `[allowed, limited]`.
+#[derive(Clone, Debug, Default)]
+pub struct LimitCounts(pub Vec<[u64; 2]>);
+
+impl LimitCounts {
+    /// Counts one decision of limit `i`.
+    pub fn record(&mut self, i: usize, allowed: bool) {
+        if self.0.len() <= i {
+            self.0.resize(i + 1, [0; 2]);
+        }
+        self.0[i][usize::from(!allowed)] += 1;
+    }
+}
+
+/// One upstream server's pool and health, from one worker or summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerFigures {
+    /// Upstream index.
+    pub upstream: u32,
+    /// Server index within it.
+    pub server: u32,
+    /// Idle pooled connections.
+    pub idle: u64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Workers whose pool has it marked down.
+    pub down: u64,
+    /// Connections opened since start.
+    pub connects: u64,
+    /// Requests sent on a pooled connection since start.
+    pub reuses: u64,
+    /// Connects refused or timed out since start.
+    pub failures: u64,
 }
 
 impl Tally {
@@ -95,6 +135,30 @@ impl Tally {
         self.handshakes += other.handshakes;
         self.resumed += other.resumed;
         self.handshake_failures += other.handshake_failures;
+        for (i, [allowed, limited]) in other.limits.0.iter().enumerate() {
+            if self.limits.0.len() <= i {
+                self.limits.0.resize(i + 1, [0; 2]);
+            }
+            self.limits.0[i][0] += allowed;
+            self.limits.0[i][1] += limited;
+        }
+        for f in &other.upstreams {
+            match self
+                .upstreams
+                .iter_mut()
+                .find(|m| (m.upstream, m.server) == (f.upstream, f.server))
+            {
+                Some(m) => {
+                    m.idle += f.idle;
+                    m.in_flight += f.in_flight;
+                    m.down += f.down;
+                    m.connects += f.connects;
+                    m.reuses += f.reuses;
+                    m.failures += f.failures;
+                }
+                None => self.upstreams.push(*f),
+            }
+        }
     }
 
     /// Empties it, keeping its allocations.
@@ -106,6 +170,8 @@ impl Tally {
         self.handshakes = 0;
         self.resumed = 0;
         self.handshake_failures = 0;
+        self.limits.0.iter_mut().for_each(|c| *c = [0; 2]);
+        self.upstreams.clear();
     }
 }
 
@@ -122,11 +188,14 @@ impl Board {
         }
     }
 
-    /// Worker `i` adds what it counted; `open` is its open connections now.
+    /// Worker `i` adds what it counted; `open` is its open connections now,
+    /// `local.upstreams` its pools now.
     pub fn publish(&self, i: usize, local: &mut Tally, open: u64) {
+        let upstreams = std::mem::take(&mut local.upstreams);
         if let Some(Ok(mut slot)) = self.slots.get(i).map(Mutex::lock) {
             slot.add(local);
             slot.open = open;
+            slot.upstreams = upstreams;
         }
         local.clear();
     }
@@ -159,11 +228,23 @@ pub struct Extra {
     pub xdp: Vec<(&'static str, u64)>,
 }
 
+/// What the indices in a [`Tally`] stand for, from the config.
+#[derive(Default)]
+pub struct Names {
+    /// Route labels by route index.
+    pub routes: Vec<String>,
+    /// Rate-limit names by limit index.
+    pub limits: Vec<String>,
+    /// Upstream names, and each one's server addresses, by index.
+    pub upstreams: Vec<(String, Vec<String>)>,
+}
+
 /// Renders the Prometheus text exposition (format 0.0.4).
-pub fn render(t: &Tally, x: &Extra, route_names: &[String]) -> String {
+pub fn render(t: &Tally, x: &Extra, names: &Names) -> String {
     let mut out = String::with_capacity(8192);
     let route = |r: u32| {
-        route_names
+        names
+            .routes
             .get(r as usize)
             .cloned()
             .unwrap_or_else(|| "none".into())
@@ -274,6 +355,8 @@ pub fn render(t: &Tally, x: &Extra, route_names: &[String]) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    render_limits(&mut out, t, names);
+    render_upstreams(&mut out, t, names);
     if !x.xdp.is_empty() {
         let _ = writeln!(
             out,
@@ -287,6 +370,82 @@ pub fn render(t: &Tally, x: &Extra, route_names: &[String]) -> String {
         }
     }
     out
+}
+
+fn render_limits(out: &mut String, t: &Tally, names: &Names) {
+    let _ = writeln!(
+        out,
+        "# HELP gateway_rate_limit_decisions_total Rate-limit checks, by limit and decision.\n# TYPE gateway_rate_limit_decisions_total counter"
+    );
+    for (i, counts) in t.limits.0.iter().enumerate() {
+        let Some(name) = names.limits.get(i) else {
+            continue;
+        };
+        for (decision, n) in ["allowed", "limited"].iter().zip(counts) {
+            let _ = writeln!(
+                out,
+                "gateway_rate_limit_decisions_total{{limit=\"{name}\",decision=\"{decision}\"}} {n}"
+            );
+        }
+    }
+}
+
+fn render_upstreams(out: &mut String, t: &Tally, names: &Names) {
+    type Field = fn(&ServerFigures) -> u64;
+    let series: [(&str, &str, &str, Field); 6] = [
+        (
+            "gateway_upstream_server_up",
+            "gauge",
+            "1 while no worker has the server marked down.",
+            |f| u64::from(f.down == 0),
+        ),
+        (
+            "gateway_upstream_connections_idle",
+            "gauge",
+            "Idle pooled connections to the server.",
+            |f| f.idle,
+        ),
+        (
+            "gateway_upstream_requests_in_flight",
+            "gauge",
+            "Requests in flight to the server.",
+            |f| f.in_flight,
+        ),
+        (
+            "gateway_upstream_connects_total",
+            "counter",
+            "Connections opened to the server.",
+            |f| f.connects,
+        ),
+        (
+            "gateway_upstream_reuses_total",
+            "counter",
+            "Requests sent on a pooled connection.",
+            |f| f.reuses,
+        ),
+        (
+            "gateway_upstream_connect_failures_total",
+            "counter",
+            "Connects refused or timed out.",
+            |f| f.failures,
+        ),
+    ];
+    let mut figures = t.upstreams.clone();
+    figures.sort_by_key(|f| (f.upstream, f.server));
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for f in &figures {
+            let Some((upstream, servers)) = names.upstreams.get(f.upstream as usize) else {
+                continue;
+            };
+            let server = servers.get(f.server as usize).map_or("?", String::as_str);
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{upstream}\",server=\"{server}\"}} {}",
+                value(f)
+            );
+        }
+    }
 }
 
 /// A latency distribution as a `.hgrm` percentile table (HdrHistogram's
@@ -344,7 +503,11 @@ mod tests {
             "the local tally starts afresh"
         );
         let t = board.merged();
-        let text = render(&t, &Extra::default(), &["api".to_owned()]);
+        let names = Names {
+            routes: vec!["api".to_owned()],
+            ..Names::default()
+        };
+        let text = render(&t, &Extra::default(), &names);
         for line in [
             "gateway_requests_total{route=\"api\",code=\"200\"} 2",
             "gateway_requests_total{route=\"api\",code=\"401\"} 1",

@@ -431,11 +431,13 @@ fn charge_limits(
         route: index,
     };
     let link = w.shared.link.as_ref().filter(|_| settings.shared);
+    let mut tally = w.tally.borrow_mut();
     let mut meter = Meter {
         buckets: &w.shared.buckets,
         link,
         leases: &mut w.leases.borrow_mut(),
         refused_by_source: false,
+        decisions: &mut tally.limits,
     };
     let charged = rate_limit::charge(&mut meter, settings, route_limits, phase, &who, lines);
     *by_source = meter.refused_by_source;

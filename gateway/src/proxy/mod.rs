@@ -110,6 +110,14 @@ impl Upstreams {
             pools: RefCell::new(settings.iter().map(Pool::new).collect()),
         }
     }
+
+    /// Every server's pool and health figures, into `out`.
+    pub fn figures(&self, out: &mut Vec<crate::observe::metrics::ServerFigures>) {
+        let now = Instant::now();
+        for (u, pool) in self.pools.borrow().iter().enumerate() {
+            pool.figures(u as u32, now, out);
+        }
+    }
 }
 
 /// A finished exchange.
@@ -236,7 +244,10 @@ async fn checkout_or_connect(
         return Ok(pooled);
     }
     let err = match connect::connect(addr, server, ms(budget.connect_ms)).await {
-        Ok(conn) => return Ok(conn),
+        Ok(conn) => {
+            w.pools.borrow_mut()[a.upstream].opened(server);
+            return Ok(conn);
+        }
         Err(e) => e,
     };
     let name = |w: &Upstreams| w.pools.borrow()[a.upstream].settings.name.clone();

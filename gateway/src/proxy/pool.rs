@@ -11,7 +11,10 @@ use std::{
 
 use tokio_uring::net::TcpStream;
 
-use crate::config::{Balance, UpstreamSettings};
+use crate::{
+    config::{Balance, UpstreamSettings},
+    observe::metrics::ServerFigures,
+};
 
 /// Read buffer of an upstream connection.
 pub(super) const UPSTREAM_READ: usize = 16 * 1024;
@@ -95,6 +98,11 @@ struct Server {
     outstanding: usize,
     failures: u32,
     down_until: Option<Instant>,
+    /// Since start, for the metrics: connections opened, requests on a
+    /// pooled connection, connects refused or timed out.
+    connects: u64,
+    reuses: u64,
+    connect_failures: u64,
 }
 
 impl std::fmt::Debug for UpstreamConn {
@@ -127,6 +135,9 @@ impl Pool {
                     outstanding: 0,
                     failures: 0,
                     down_until: None,
+                    connects: 0,
+                    reuses: 0,
+                    connect_failures: 0,
                 })
                 .collect(),
             settings: settings.clone(),
@@ -174,10 +185,30 @@ impl Pool {
     pub fn checkout(&mut self, i: usize) -> Option<UpstreamConn> {
         while let Some(c) = self.servers[i].idle.pop() {
             if c.looks_alive() {
+                self.servers[i].reuses += 1;
                 return Some(c);
             }
         }
         None
+    }
+
+    /// Counts a new connection to server `i`.
+    pub fn opened(&mut self, i: usize) {
+        self.servers[i].connects += 1;
+    }
+
+    /// Adds this pool's figures, as upstream `upstream`, to `out`.
+    pub fn figures(&self, upstream: u32, now: Instant, out: &mut Vec<ServerFigures>) {
+        out.extend(self.servers.iter().enumerate().map(|(i, s)| ServerFigures {
+            upstream,
+            server: i as u32,
+            idle: s.idle.len() as u64,
+            in_flight: s.outstanding as u64,
+            down: u64::from(s.down_until.is_some_and(|t| t > now)),
+            connects: s.connects,
+            reuses: s.reuses,
+            failures: s.connect_failures,
+        }));
     }
 
     /// Returns a connection to its server's pool (closed if the pool is full).
@@ -205,6 +236,7 @@ impl Pool {
     /// Server `i` refused: mark it down with exponential backoff and drop its idle connections.
     pub fn mark_down(&mut self, i: usize, now: Instant) {
         let s = &mut self.servers[i];
+        s.connect_failures += 1;
         s.failures = s.failures.saturating_add(1);
         let backoff = BACKOFF_FIRST
             .saturating_mul(1 << (s.failures - 1).min(5))

@@ -34,6 +34,7 @@ use std::net::IpAddr;
 use crate::{
     cluster::{self, Link},
     config::{LimitSettings, RateLimitSettings},
+    observe::metrics::LimitCounts,
     policy::{CidrSet, canonical, source_addr},
     respond::Failure,
 };
@@ -135,6 +136,8 @@ pub struct Meter<'a> {
     /// Set when a refusal came from a limit that counts the source (only
     /// those say anything about the address, so only they escalate).
     pub refused_by_source: bool,
+    /// Every decision, by limit, for the metrics.
+    pub decisions: &'a mut LimitCounts,
 }
 
 /// Charges the limits of `route_limits` that belong to `phase`. The
@@ -155,6 +158,7 @@ pub fn charge(
         link,
         leases,
         refused_by_source,
+        decisions,
     } = meter;
     let (buckets, link) = (*buckets, *link);
     let now = buckets.now_ns();
@@ -170,6 +174,7 @@ pub fn charge(
         }
         let key = bucket_key(buckets, limit, who);
         let (c, taken) = leases.charge(buckets, key, now, limit.interval_ns(), limit.burst);
+        decisions.record(i, c.allowed);
         if let Some(l) = link
             && taken > 0
         {
@@ -348,12 +353,17 @@ mod tests {
         assert_eq!(source_key(a, 48), source_key(c, 48));
     }
 
-    fn local<'a>(b: &'a Buckets, leases: &'a mut Leases) -> Meter<'a> {
+    fn local<'a>(
+        b: &'a Buckets,
+        leases: &'a mut Leases,
+        decisions: &'a mut LimitCounts,
+    ) -> Meter<'a> {
         Meter {
             buckets: b,
             link: None,
             leases,
             refused_by_source: false,
+            decisions,
         }
     }
 
@@ -392,9 +402,10 @@ mod tests {
             consumer: Some("alice"),
             route: 0,
         };
-        let ask = |limits: &[usize], phase, lines: &mut Vec<u8>| {
+        let mut counts = LimitCounts::default();
+        let mut ask = |limits: &[usize], phase, lines: &mut Vec<u8>| {
             charge(
-                &mut local(&b, &mut Leases::default()),
+                &mut local(&b, &mut Leases::default(), &mut counts),
                 &s,
                 limits,
                 phase,
@@ -418,6 +429,8 @@ mod tests {
         // The consumer limit is its own phase.
         assert!(ask(&[0, 1], Phase::Identified, &mut lines).is_ok());
         assert_eq!(ask(&[0, 1], Phase::Identified, &mut lines), Err(EXCEEDED));
+        // Every decision counted for the metrics, by limit.
+        assert_eq!(counts.0, vec![[3, 1], [1, 1]]);
     }
 
     #[test]
@@ -431,7 +444,7 @@ mod tests {
         };
         let ask = |limits: &[usize], phase, lines: &mut Vec<u8>| {
             charge(
-                &mut local(&b, &mut Leases::default()),
+                &mut local(&b, &mut Leases::default(), &mut LimitCounts::default()),
                 &s,
                 limits,
                 phase,

@@ -104,10 +104,11 @@ pub fn run(target: &Target, load: &Load) -> Result<Outcome> {
 }
 
 /// A byte stream, plain or TLS.
-trait Stream: Read + Write + Send {}
+pub(crate) trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
-fn connect(target: &Target, tls: &Arc<rustls::ClientConfig>) -> Result<Box<dyn Stream>> {
+/// A keep-alive connection to `target`.
+pub(crate) fn connect(target: &Target, tls: &Arc<rustls::ClientConfig>) -> Result<Box<dyn Stream>> {
     let tcp = TcpStream::connect(("127.0.0.1", target.port))
         .with_context(|| format!("connecting to 127.0.0.1:{}", target.port))?;
     tcp.set_nodelay(true)?;
@@ -179,7 +180,7 @@ fn stream_on_schedule(
 
 /// Sends one request and reads its response (Content-Length framed, or
 /// none for a body-less status).
-fn exchange(s: &mut dyn Stream, request: &[u8], buf: &mut [u8]) -> Result<()> {
+pub(crate) fn exchange(s: &mut dyn Stream, request: &[u8], buf: &mut [u8]) -> Result<()> {
     s.write_all(request)?;
     s.flush()?;
     let mut have = 0;

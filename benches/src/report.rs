@@ -71,6 +71,7 @@ pub fn all(opts: Opts) -> Result<()> {
         pin_workers: false,
         open_rate: r.then_some(1000),
         open_connections: if r { 8 } else { 32 },
+        idle_conns: if r { 200 } else { 2000 },
         no_open_loop: false,
         no_jwt: r,
         install_peers: opts.install_peers,
@@ -302,6 +303,24 @@ pub fn write(
             &[],
         )? {
             md.push_str("\n![open loop](open-loop.png)\n");
+        }
+        md.push('\n');
+    }
+    if !p.idle.0.is_empty() {
+        md.push_str("## Memory per idle keep-alive TLS connection\n\n");
+        let _ = writeln!(
+            md,
+            "Growth of each proxy's resident memory while {} TLS connections, each after one request, sit idle, per connection (measured before any load).\n\n| system | KiB per connection | vs HAProxy |\n|---|---|---|",
+            p.idle.1
+        );
+        let ha = p
+            .idle
+            .0
+            .iter()
+            .find(|(n, _)| n == "haproxy")
+            .map_or(f64::NAN, |x| x.1);
+        for (name, kib) in &p.idle.0 {
+            let _ = writeln!(md, "| {name} | {kib:.1} | {} |", ratio(kib / ha));
         }
         md.push('\n');
     }

@@ -156,6 +156,13 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
         );
         assert_eq!(r.last().map(String::as_str), Some("0"), "errors in {r:?}");
     }
+    let (_, idle) = table(&md, "Memory per idle");
+    let idle_names: Vec<&str> = idle.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(idle_names, ["gateway", "haproxy", "nginx"], "{idle:?}");
+    for r in &idle {
+        let kib = number(&r[1]);
+        assert!((0.0..1024.0).contains(&kib), "{r:?}");
+    }
     let (_, flood) = table(&md, "Flood");
     assert_eq!(flood.len(), 3, "{flood:?}");
     let (_, xdp) = table(&md, "XDP drop path");

@@ -4,6 +4,8 @@
 //! the requests themselves are `pipeline`'s.
 
 use std::{
+    cell::RefCell,
+    mem::swap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -60,6 +62,74 @@ pub struct Conn {
     /// The peer is a trusted proxy (as of the snapshot): its own address
     /// is never counted, escalated or sentenced, and its request ids are kept.
     pub trusted: bool,
+    /// Idle: the scratch buffers above are back in the worker's pool.
+    parked: bool,
+}
+
+/// The per-request scratch buffers of a [`Conn`], kept in the worker's pool
+/// while the connection is idle, so an idle keep-alive connection holds
+/// none of them.
+#[derive(Default)]
+struct Scratch {
+    inbuf: Vec<u8>,
+    up_head: Vec<u8>,
+    out: Vec<u8>,
+    chunks: Vec<u8>,
+    limit_lines: Vec<u8>,
+    cors_lines: Vec<u8>,
+    path: String,
+    method: String,
+    target: String,
+    subject: String,
+    token: String,
+    route_path: String,
+    problem: String,
+    request_id: String,
+}
+
+impl Scratch {
+    fn fresh() -> Self {
+        Self {
+            inbuf: Vec::with_capacity(4096),
+            up_head: Vec::with_capacity(1024),
+            out: Vec::with_capacity(1024),
+            path: String::with_capacity(256),
+            request_id: String::with_capacity(32),
+            ..Self::default()
+        }
+    }
+
+    fn clear(&mut self) {
+        for v in [
+            &mut self.inbuf,
+            &mut self.up_head,
+            &mut self.out,
+            &mut self.chunks,
+            &mut self.limit_lines,
+            &mut self.cors_lines,
+        ] {
+            v.clear();
+        }
+        for s in [
+            &mut self.path,
+            &mut self.method,
+            &mut self.target,
+            &mut self.subject,
+            &mut self.token,
+            &mut self.route_path,
+            &mut self.problem,
+            &mut self.request_id,
+        ] {
+            s.clear();
+        }
+    }
+}
+
+/// Scratch sets kept per worker at most (about 7 KiB each).
+const KEEP_SCRATCH: usize = 256;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether `peer` is one of the snapshot's trusted proxies.
@@ -89,12 +159,13 @@ impl Conn {
             peer,
             snap,
             generation,
-            inbuf: Vec::with_capacity(4096),
+            // Parked: the first request's bytes bring the buffers.
+            inbuf: Vec::new(),
             start: 0,
-            up_head: Vec::with_capacity(1024),
-            out: Vec::with_capacity(1024),
+            up_head: Vec::new(),
+            out: Vec::new(),
             chunks: Vec::new(),
-            path: String::with_capacity(256),
+            path: String::new(),
             method: String::new(),
             target: String::new(),
             body,
@@ -104,9 +175,63 @@ impl Conn {
             limit_lines: Vec::new(),
             cors_lines: Vec::new(),
             problem: String::new(),
-            request_id: String::with_capacity(32),
+            request_id: String::new(),
             trusted,
+            parked: true,
         }
+    }
+
+    fn swap_scratch(&mut self, s: &mut Scratch) {
+        swap(&mut self.inbuf, &mut s.inbuf);
+        swap(&mut self.up_head, &mut s.up_head);
+        swap(&mut self.out, &mut s.out);
+        swap(&mut self.chunks, &mut s.chunks);
+        swap(&mut self.limit_lines, &mut s.limit_lines);
+        swap(&mut self.cors_lines, &mut s.cors_lines);
+        swap(&mut self.path, &mut s.path);
+        swap(&mut self.method, &mut s.method);
+        swap(&mut self.target, &mut s.target);
+        swap(&mut self.subject, &mut s.subject);
+        swap(&mut self.token, &mut s.token);
+        swap(&mut self.route_path, &mut s.route_path);
+        swap(&mut self.problem, &mut s.problem);
+        swap(&mut self.request_id, &mut s.request_id);
+    }
+
+    /// Between requests, with nothing pending: the scratch buffers go back
+    /// to the worker's pool until the next request's first bytes arrive.
+    pub fn park(&mut self) {
+        if self.parked || !self.pending().is_empty() {
+            return;
+        }
+        self.start = 0;
+        let mut s = Scratch::default();
+        self.swap_scratch(&mut s);
+        s.clear();
+        self.parked = true;
+        SCRATCH.with_borrow_mut(|pool| {
+            if pool.len() < KEEP_SCRATCH {
+                pool.push(s);
+            }
+        });
+    }
+
+    fn unpark(&mut self) {
+        if !self.parked {
+            return;
+        }
+        let mut s = SCRATCH
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(Scratch::fresh);
+        self.swap_scratch(&mut s);
+        self.parked = false;
+    }
+
+    /// The connection is closing: unread bytes are dropped and the scratch
+    /// buffers go back to the pool.
+    pub fn release(&mut self) {
+        self.start = self.inbuf.len();
+        self.park();
     }
 
     /// The snapshot, held (for use across an `.await` that needs `&mut self`).
@@ -154,15 +279,28 @@ impl Conn {
         self.start = start;
     }
 
+    /// Parked: waits up to `limit` for the client's next bytes holding only
+    /// a small read buffer, then takes the scratch buffers back. `None`
+    /// when the deadline passed, `Some(Ok(false))` at EOF.
+    pub async fn await_bytes(&mut self, limit: Duration) -> Option<Result<bool, StreamError>> {
+        let fd = self.tls.fd();
+        let r = deadline(fd, limit, self.tls.fill_idle()).await;
+        if matches!(r, Some(Ok(true))) {
+            self.unpark();
+        }
+        r
+    }
+
     /// Reads more plaintext (appending); `None` when the deadline passed.
     pub async fn read_within(&mut self, limit: Duration) -> Option<Result<usize, StreamError>> {
+        self.unpark();
+        let fd = self.tls.fd();
         // Drop consumed bytes before growing: with pipelined requests the
         // buffer may never be fully consumed.
         if self.start > 0 {
             self.inbuf.drain(..self.start);
             self.start = 0;
         }
-        let fd = self.tls.fd();
         deadline(fd, limit, self.tls.read_plain(&mut self.inbuf)).await
     }
 
@@ -173,6 +311,7 @@ impl Conn {
 
     /// Sends a failure response with extra header lines (a 401's challenge).
     pub async fn send_failure_with(&mut self, f: Failure, keep: bool, extra: &[&[u8]]) {
+        self.unpark();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let mut lines: [&[u8]; 4] = [self.snap.filters.lines(), b"", b"", b""];

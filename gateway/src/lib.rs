@@ -10,6 +10,7 @@
 //! `RLIMIT_NOFILE`), `demo` (the built-in backend).
 
 pub mod admin;
+pub mod buffers;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -20,7 +20,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio_uring::net::TcpStream;
 
-use crate::config::TlsSettings;
+use crate::{buffers, config::TlsSettings};
 
 /// Certificate and key problems, all the operator's to fix.
 #[derive(Debug, thiserror::Error)]
@@ -189,8 +189,9 @@ const MAX_PARTS: usize = 4;
 const LINGER: Duration = Duration::from_millis(250);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Read buffer for ciphertext: small, because every idle connection keeps a
-/// read in flight that owns it (../shared/io-uring-tls.md: memory per conn).
+/// Read buffer for ciphertext while a request is in progress, borrowed from
+/// the worker's pool for one read (an idle connection's read holds a
+/// [`buffers::SMALL`] one instead: ../shared/io-uring-tls.md, memory per conn).
 const CIPHERTEXT_READ: usize = 8 * 1024;
 
 /// Why a TLS connection ended early.
@@ -222,8 +223,13 @@ pub enum StreamError {
 pub struct TlsStream {
     tcp: TcpStream,
     conn: ServerConnection,
+    /// Lent by the worker's pool for one read or write; empty between.
     rbuf: Vec<u8>,
+    /// See `rbuf`.
     wbuf: Vec<u8>,
+    /// Bytes an idle wait read into `rbuf` (a small buffer) that rustls
+    /// has not been given yet.
+    unfed: usize,
     eof: bool,
     /// Longest a write may wait for a client that does not read.
     write_timeout: Duration,
@@ -304,8 +310,9 @@ impl TlsStream {
         Ok(Self {
             tcp,
             conn: ServerConnection::new(config)?,
-            rbuf: Vec::with_capacity(CIPHERTEXT_READ),
+            rbuf: Vec::new(),
             wbuf: Vec::new(),
+            unfed: 0,
             eof: false,
             write_timeout,
         })
@@ -318,20 +325,54 @@ impl TlsStream {
 
     /// One socket read fed to rustls; returns false at EOF.
     async fn read_socket(&mut self) -> Result<bool, StreamError> {
-        let mut buf = std::mem::take(&mut self.rbuf);
-        buf.clear();
-        if buf.capacity() == 0 {
-            buf.reserve(CIPHERTEXT_READ);
-        }
-        let (res, buf) = self.tcp.read(buf).await;
+        let (res, buf) = self.tcp.read(buffers::take(CIPHERTEXT_READ)).await;
         self.rbuf = buf;
-        let n = res?;
-        if n == 0 {
-            self.eof = true;
-            return Ok(false);
+        let fed = match res {
+            Ok(0) => {
+                self.eof = true;
+                Ok(false)
+            }
+            Ok(n) => self.feed(n).await.map(|()| true),
+            Err(e) => Err(e.into()),
+        };
+        buffers::give(std::mem::take(&mut self.rbuf));
+        fed
+    }
+
+    /// Waits for the client's next bytes on an idle keep-alive connection
+    /// holding only a small read buffer; false at EOF. The bytes reach
+    /// rustls on the next [`TlsStream::read_plain`]: this future stays
+    /// small because an idle connection's task holds it (see
+    /// `server::connection::serve`).
+    pub async fn fill_idle(&mut self) -> Result<bool, StreamError> {
+        if self.unfed > 0 || !self.conn.wants_read() || self.eof {
+            return Ok(!self.eof);
         }
-        self.feed(n).await?;
-        Ok(true)
+        let (res, buf) = self.tcp.read(buffers::take_small()).await;
+        match res {
+            Ok(n) if n > 0 => {
+                self.rbuf = buf;
+                self.unfed = n;
+                Ok(true)
+            }
+            Ok(_) => {
+                buffers::give_small(buf);
+                self.eof = true;
+                Ok(false)
+            }
+            Err(e) => {
+                buffers::give_small(buf);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Hands rustls what [`TlsStream::fill_idle`] read.
+    async fn feed_unfed(&mut self) -> Result<(), StreamError> {
+        let n = std::mem::take(&mut self.unfed);
+        let fed = self.feed(n).await;
+        buffers::give_small(std::mem::take(&mut self.rbuf));
+        fed
     }
 
     /// Feeds `rbuf[..n]` to rustls (it may take a slice in parts).
@@ -400,9 +441,7 @@ impl TlsStream {
     /// Reads the first bytes; if they are an HTTP request line rather than a
     /// TLS record, answers 400 in plain HTTP (when XDP does not reset it).
     async fn plain_http_first(&mut self) -> Result<bool, StreamError> {
-        let mut buf = std::mem::take(&mut self.rbuf);
-        buf.clear();
-        let (res, buf) = self.tcp.read(buf).await;
+        let (res, buf) = self.tcp.read(buffers::take(CIPHERTEXT_READ)).await;
         self.rbuf = buf;
         let n = res?;
         if n == 0 {
@@ -424,13 +463,17 @@ impl TlsStream {
                 return Ok(true);
             }
         }
-        self.feed(n).await?;
-        Ok(false)
+        let fed = self.feed(n).await;
+        buffers::give(std::mem::take(&mut self.rbuf));
+        fed.map(|()| false)
     }
 
     /// Appends available plaintext to `dst`, reading the socket as needed.
     /// Returns the bytes appended; 0 means the peer closed.
     pub async fn read_plain(&mut self, dst: &mut Vec<u8>) -> Result<usize, StreamError> {
+        if self.unfed > 0 {
+            self.feed_unfed().await?;
+        }
         loop {
             let avail = self.conn.process_new_packets()?.plaintext_bytes_to_read();
             if avail > 0 {
@@ -490,9 +533,13 @@ impl TlsStream {
     /// Sends every queued record in one socket write.
     pub async fn flush(&mut self) -> Result<(), StreamError> {
         while self.conn.wants_write() {
+            if self.wbuf.capacity() == 0 {
+                self.wbuf = buffers::take(0);
+            }
             self.conn.write_tls(&mut self.wbuf)?;
         }
         if self.wbuf.is_empty() {
+            buffers::give(std::mem::take(&mut self.wbuf));
             return Ok(());
         }
         let buf = std::mem::take(&mut self.wbuf);
@@ -503,11 +550,8 @@ impl TlsStream {
             return Err(StreamError::TimedOut);
         };
         buf.clear();
-        // Keep big buffers from pinning memory on idle connections.
-        if buf.capacity() > 64 * 1024 {
-            buf = Vec::new();
-        }
-        self.wbuf = buf;
+        // Back to the pool: an idle connection holds no write buffer.
+        buffers::give(buf);
         res?;
         Ok(())
     }
@@ -533,14 +577,9 @@ impl TlsStream {
             if left.is_zero() {
                 break;
             }
-            let mut buf = std::mem::take(&mut self.rbuf);
-            buf.clear();
-            if buf.capacity() == 0 {
-                buf.reserve(CIPHERTEXT_READ);
-            }
-            match deadline(fd, left, self.tcp.read(buf)).await {
+            match deadline(fd, left, self.tcp.read(buffers::take(CIPHERTEXT_READ))).await {
                 Some((Ok(n), b)) if n > 0 => {
-                    self.rbuf = b;
+                    buffers::give(b);
                     drained += n;
                 }
                 _ => break,

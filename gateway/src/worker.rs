@@ -145,7 +145,9 @@ impl Worker {
     {
         let w = self.clone();
         self.active.set(self.active.get() + 1);
-        let fut = task(self.clone());
+        // Boxed: awaited inline, the connection's future would be stored
+        // twice in the task (once captured, once awaited).
+        let fut = Box::pin(task(self.clone()));
         tokio_uring::spawn(async move {
             fut.await;
             w.active.set(w.active.get() - 1);

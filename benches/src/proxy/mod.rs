@@ -15,6 +15,7 @@
 //! from /proc) are reported, with every latency distribution.
 
 mod configs;
+mod idle;
 mod systems;
 pub mod wrk;
 
@@ -74,6 +75,10 @@ pub struct Opts {
     /// Leave out the open loop.
     #[arg(long)]
     pub no_open_loop: bool,
+    /// Idle keep-alive TLS connections opened to each proxy to weigh the
+    /// memory one costs (0: leave it out).
+    #[arg(long, default_value_t = 2000)]
+    pub idle_conns: usize,
     /// Leave out the JWT scenarios.
     #[arg(long)]
     pub no_jwt: bool,
@@ -149,6 +154,9 @@ pub struct Outcome {
     pub open: Vec<Row>,
     /// The open loop's rate, req/s.
     pub open_rate: u64,
+    /// KiB of resident memory per idle keep-alive TLS connection, by proxy,
+    /// and how many connections were weighed.
+    pub idle: (Vec<(String, f64)>, usize),
     /// Derived figures (authentication, JWT and validation costs).
     pub notes: Vec<String>,
     /// What was left out and why.
@@ -291,11 +299,31 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let files = configs::write(&work, &opts)?;
+    idle::raise_nofile();
     let started = systems::start(&opts, &gateway, &work, &files, &have)?;
     if started.demo_backend {
         skipped.push("the backend is the gateway's built-in demo backend (one thread per connection) instead of nginx".into());
     }
     let systems = &started.systems;
+    // Weighed first, before any load leaves freed memory behind to reuse.
+    let mut idle = Vec::new();
+    if opts.idle_conns > 0 {
+        for s in systems
+            .iter()
+            .filter(|s| ["gateway", "haproxy", "nginx"].contains(&s.name.as_str()))
+        {
+            let (Some(pgid), Some(t)) = (s.pgid, &s.open) else {
+                continue;
+            };
+            let kib = idle::per_connection_kib(pgid, t.port, opts.idle_conns)
+                .with_context(|| format!("{}: idle connections", s.name))?;
+            eprintln!(
+                "idle {:<8} {kib:.1} KiB per idle keep-alive TLS connection",
+                s.name
+            );
+            idle.push((s.name.clone(), kib));
+        }
+    }
     let shape = |duration: u64| wrk::Shape {
         threads: opts.threads,
         connections: opts.connections,
@@ -388,6 +416,7 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
         closed,
         open,
         open_rate: rate,
+        idle: (idle, opts.idle_conns),
         skipped,
     })
 }

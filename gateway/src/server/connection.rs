@@ -15,7 +15,60 @@ use crate::{
 };
 
 /// Serves one accepted connection until it closes.
+///
+/// This future lives as long as the connection, and its size is that of
+/// its largest state: the handshake, a request and the close are boxed, and
+/// so is the connection's state, so an idle keep-alive connection costs
+/// only what waiting for a head needs (README: memory per idle connection).
 pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
+    let Some(mut c) = Box::pin(handshake(&w, tcp, peer)).await else {
+        return;
+    };
+    loop {
+        c.refresh(&w.shared.published);
+        if !await_request(&w, &mut c).await || !Box::pin(request(&w, &mut c)).await {
+            break;
+        }
+    }
+    c.release();
+    Box::pin(c.tls.close()).await;
+}
+
+/// Waits until the next request's first bytes arrive (at once when
+/// pipelined ones are pending); false when the connection should close.
+async fn await_request(w: &Worker, c: &mut Conn) -> bool {
+    if !c.pending().is_empty() {
+        return true;
+    }
+    if w.stopping() {
+        return false;
+    }
+    // Idle: the scratch buffers go back to the pool, and stopping may cut it.
+    let fd = c.tls.fd();
+    let limit = ms(c.snap().cfg.limits.idle_timeout_ms);
+    w.idle.borrow_mut().insert(fd);
+    c.park();
+    let r = c.await_bytes(limit).await;
+    w.idle.borrow_mut().remove(&fd);
+    matches!(r, Some(Ok(true)))
+}
+
+/// Reads the rest of a head and hands it to the pipeline; false when the
+/// connection should close.
+async fn request(w: &Worker, c: &mut Conn) -> bool {
+    match next_head(c).await {
+        Head::Ready => {}
+        Head::Closed => return false,
+        Head::TimedOut => {
+            c.send_failure(Failure::HEADER_TIMEOUT, false).await;
+            return false;
+        }
+    }
+    pipeline::handle_request(w, c).await && !w.stopping()
+}
+
+/// The TLS handshake, counted; the connection's state once it succeeded.
+async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Conn>> {
     let _ = tcp.set_nodelay(true);
     let snap = w.shared.published.current();
     let limits = snap.cfg.limits;
@@ -23,7 +76,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("{peer}: cannot start TLS: {e}");
-            return;
+            return None;
         }
     };
     // A connection still in its handshake is not in flight: stopping may cut it.
@@ -31,36 +84,19 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     w.idle.borrow_mut().insert(fd);
     let handshake = tls.handshake(ms(limits.header_timeout_ms)).await;
     w.idle.borrow_mut().remove(&fd);
-    {
-        let mut t = w.tally.borrow_mut();
-        match &handshake {
-            Ok(()) => {
-                t.handshakes += 1;
-                t.resumed += u64::from(tls.resumed());
-            }
-            Err(_) => t.handshake_failures += 1,
+    let mut t = w.tally.borrow_mut();
+    match handshake {
+        Ok(()) => {
+            t.handshakes += 1;
+            t.resumed += u64::from(tls.resumed());
+            Some(Box::new(Conn::new(tls, peer, &w.shared.published)))
+        }
+        Err(e) => {
+            t.handshake_failures += 1;
+            tracing::debug!("{peer}: TLS handshake failed: {e}");
+            None
         }
     }
-    if let Err(e) = handshake {
-        tracing::debug!("{peer}: TLS handshake failed: {e}");
-        return;
-    }
-    let mut c = Conn::new(tls, peer, &w.shared.published);
-    loop {
-        c.refresh(&w.shared.published);
-        match next_head(&w, &mut c).await {
-            Head::Ready => {}
-            Head::Closed => break,
-            Head::TimedOut => {
-                c.send_failure(Failure::HEADER_TIMEOUT, false).await;
-                break;
-            }
-        }
-        if !pipeline::handle_request(&w, &mut c).await || w.stopping() {
-            break;
-        }
-    }
-    c.tls.close().await;
 }
 
 enum Head {
@@ -69,46 +105,20 @@ enum Head {
     TimedOut,
 }
 
-/// Reads until the pending bytes hold a complete head (or enough to refuse it).
-async fn next_head(w: &Worker, c: &mut Conn) -> Head {
+/// Reads until the pending bytes hold a complete head (or enough to refuse
+/// it), within the header timeout counted from the first bytes.
+async fn next_head(c: &mut Conn) -> Head {
     let limits = c.snap().cfg.limits;
-    let mut header_deadline: Option<Instant> = None;
+    let header_deadline = Instant::now() + ms(limits.header_timeout_ms);
     loop {
         if head_decidable(c.pending(), &limits) {
             return Head::Ready;
         }
-        let limit = match header_deadline {
-            // Waiting for the first byte of a request: the idle timeout.
-            None if c.pending().is_empty() => {
-                if w.stopping() {
-                    return Head::Closed;
-                }
-                ms(limits.idle_timeout_ms)
-            }
-            None => {
-                let d = Instant::now() + ms(limits.header_timeout_ms);
-                header_deadline = Some(d);
-                ms(limits.header_timeout_ms)
-            }
-            Some(d) => d.saturating_duration_since(Instant::now()),
-        };
-        let idle = c.pending().is_empty();
-        if idle {
-            w.idle.borrow_mut().insert(c.tls.fd());
-        }
-        let r = c.read_within(limit).await;
-        if idle {
-            w.idle.borrow_mut().remove(&c.tls.fd());
-        }
-        match r {
-            None if idle => return Head::Closed,
+        let limit = header_deadline.saturating_duration_since(Instant::now());
+        match c.read_within(limit).await {
             None => return Head::TimedOut,
             Some(Ok(0)) | Some(Err(_)) => return Head::Closed,
-            Some(Ok(_)) => {
-                if header_deadline.is_none() {
-                    header_deadline = Some(Instant::now() + ms(limits.header_timeout_ms));
-                }
-            }
+            Some(Ok(_)) => {}
         }
     }
 }

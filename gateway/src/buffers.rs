@@ -1,0 +1,86 @@
+//! Each worker thread's free lists of byte buffers. A connection borrows a
+//! buffer for the length of one socket read or write and gives it back
+//! after, so memory follows the I/O in flight rather than the connections
+//! open: an idle keep-alive connection's pending read holds only a small
+//! buffer. Workers are threads (thread per core), so the lists are
+//! thread-local: no lock, no atomic.
+
+use std::cell::RefCell;
+
+/// The size of the buffer an idle connection's pending read holds: most
+/// request heads arrive whole in it; a longer one takes a second read.
+pub const SMALL: usize = 1024;
+
+/// Buffers kept per list at most (the rest are freed).
+const KEEP: usize = 256;
+
+/// Buffers larger than this are freed, not kept.
+const MAX_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    static LARGE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SMALLS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for at least `min` bytes.
+pub fn take(min: usize) -> Vec<u8> {
+    let mut b = LARGE.with_borrow_mut(Vec::pop).unwrap_or_default();
+    b.reserve(min);
+    b
+}
+
+/// Gives back a buffer from [`take`].
+pub fn give(mut b: Vec<u8>) {
+    if b.capacity() == 0 || b.capacity() > MAX_KEPT {
+        return;
+    }
+    b.clear();
+    LARGE.with_borrow_mut(|l| {
+        if l.len() < KEEP {
+            l.push(b);
+        }
+    });
+}
+
+/// An empty buffer of exactly [`SMALL`] bytes' room.
+pub fn take_small() -> Vec<u8> {
+    SMALLS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(SMALL))
+}
+
+/// Gives back a buffer from [`take_small`].
+pub fn give_small(mut b: Vec<u8>) {
+    if b.capacity() != SMALL {
+        return;
+    }
+    b.clear();
+    SMALLS.with_borrow_mut(|l| {
+        if l.len() < KEEP {
+            l.push(b);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_empty_and_big_ones_are_freed() {
+        let mut b = take(100);
+        assert!(b.capacity() >= 100 && b.is_empty());
+        b.extend_from_slice(b"abc");
+        let ptr = b.as_ptr();
+        give(b);
+        let again = take(10);
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
+        give(again);
+        give(Vec::with_capacity(MAX_KEPT + 1));
+        assert!(take(0).capacity() <= MAX_KEPT);
+        let s = take_small();
+        assert_eq!(s.capacity(), SMALL);
+        give_small(s);
+    }
+}

@@ -89,3 +89,40 @@ fn a_scan_under_every_limit_is_caught_against_the_recorded_baseline() {
         "the scanner is still served"
     );
 }
+
+#[test]
+fn behind_a_trusted_proxy_the_client_it_names_is_the_subject() {
+    let tail = format!("{TAIL}\n[proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+    let mut s = setup_with("anomaly-xff", "", "workers = 2", ROUTES, &tail, &[]);
+    let via = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    // The baseline: an ordinary client behind the proxy.
+    let until = Instant::now() + Duration::from_millis(4000);
+    while Instant::now() < until {
+        assert_eq!(s.get("/catalog", &via("198.18.0.10")).status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A scanner behind the same proxy, under every fixed limit.
+    let until = Instant::now() + Duration::from_millis(3000);
+    while Instant::now() < until {
+        assert_eq!(s.get("/bad/status/404", &via("198.18.0.66")).status, 404);
+        assert_eq!(s.get("/catalog", &via("198.18.0.10")).status, 200);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let line =
+        s.gw.proc
+            .wait_for_line("anomaly: source 198.18.0.66", Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("no anomaly: {:?}", s.gw.proc.seen));
+    assert!(line.contains(": 404s "), "{line}");
+    let flagged: Vec<&String> =
+        s.gw.proc
+            .seen
+            .iter()
+            .filter(|l| l.contains("anomaly: source 127.0.0.1") || l.contains("verdict: 127.0.0.1"))
+            .collect();
+    assert!(
+        flagged.is_empty(),
+        "the proxy itself was counted: {flagged:?}"
+    );
+    // The proxy still carries the ordinary client.
+    assert_eq!(s.get("/catalog", &via("198.18.0.10")).status, 200);
+}

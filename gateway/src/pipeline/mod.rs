@@ -71,6 +71,8 @@ pub struct Ctx {
     pub charged: bool,
     /// A 429 came from a limit that counts the source address.
     pub by_source: bool,
+    /// Behind a trusted proxy: the client its X-Forwarded-For names.
+    pub client: Option<IpAddr>,
     /// The path normalized (it is in the connection's path scratch).
     pub normalized: bool,
 }
@@ -89,6 +91,7 @@ impl Ctx {
             identity: Identity::Anonymous,
             charged: false,
             by_source: false,
+            client: None,
             normalized: false,
         }
     }
@@ -232,11 +235,15 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     })?;
     ctx.route = Some(index);
     check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
-    // Whose limits: worked out only for a route that has any.
-    let source = match route.rate_limits.is_empty() {
+    // Whose limits: worked out only for a route that has any, or behind a
+    // trusted proxy, where the anomaly detector counts the client it names.
+    let source = match route.rate_limits.is_empty() && !p.trusted {
         true => p.peer.ip(),
         false => rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies),
     };
+    if p.trusted {
+        ctx.client = Some(source);
+    }
     let snap = p.snap;
     let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {
         charge_limits(w, snap, index, (source, caller), lines, by)

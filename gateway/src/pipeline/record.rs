@@ -71,10 +71,14 @@ fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
     if !snap.cfg.anomaly.enabled {
         return;
     }
-    if c.trusted {
-        return;
-    }
-    let source = policy::canonical(c.peer.ip());
+    // Behind a trusted proxy the subject is the client it names; the
+    // proxy's own address is never counted.
+    let source = match (c.trusted, ctx.client) {
+        (false, _) => c.peer.ip(),
+        (true, Some(client)) if client != c.peer.ip() => client,
+        (true, _) => return,
+    };
+    let source = policy::canonical(source);
     let consumer = match ctx.identity {
         Identity::Consumer(i) => Some(i as u32),
         _ => None,

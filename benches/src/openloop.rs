@@ -47,14 +47,15 @@ pub struct Outcome {
     pub hist: Histogram<u64>,
     /// Requests answered.
     pub answered: u64,
-    /// Requests that failed (connection lost, malformed answer, timeout).
+    /// Requests that failed (connection lost, malformed answer, timeout,
+    /// a status of 400 or more), as wrk counts them.
     pub errors: u64,
-    /// How long the run took, from the first due time to the last answer.
+    /// How long requests were scheduled.
     pub elapsed: Duration,
 }
 
 impl Outcome {
-    /// Answered requests per second.
+    /// Answered requests per second of the schedule.
     pub fn rps(&self) -> f64 {
         self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -98,8 +99,8 @@ pub fn run(target: &Target, load: &Load) -> Result<Outcome> {
         out.hist.add(&one.hist).context("merging histograms")?;
         out.answered += one.answered;
         out.errors += one.errors;
-        out.elapsed = out.elapsed.max(one.elapsed);
     }
+    out.elapsed = load.duration;
     Ok(out)
 }
 
@@ -165,22 +166,25 @@ fn stream_on_schedule(
         };
         let mut s = s;
         match exchange(&mut *s, &target.request, &mut buf) {
-            Ok(()) => {
+            Ok(status) if status < 400 => {
                 let us = due.elapsed().as_micros().clamp(1, 60_000_000) as u64;
                 out.hist.saturating_record(us);
                 out.answered += 1;
                 stream = Some(s);
             }
+            Ok(_) => {
+                out.errors += 1;
+                stream = Some(s);
+            }
             Err(_) => out.errors += 1,
         }
     }
-    out.elapsed = Instant::now().saturating_duration_since(first);
     Ok(out)
 }
 
 /// Sends one request and reads its response (Content-Length framed, or
-/// none for a body-less status).
-pub(crate) fn exchange(s: &mut dyn Stream, request: &[u8], buf: &mut [u8]) -> Result<()> {
+/// none for a body-less status); returns its status.
+pub(crate) fn exchange(s: &mut dyn Stream, request: &[u8], buf: &mut [u8]) -> Result<u16> {
     s.write_all(request)?;
     s.flush()?;
     let mut have = 0;
@@ -197,6 +201,10 @@ pub(crate) fn exchange(s: &mut dyn Stream, request: &[u8], buf: &mut [u8]) -> Re
             break (end + 4, content_length(&buf[..end])?);
         }
     };
+    let status = buf
+        .get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u16>().ok())
+        .context("no status in the response")?;
     let mut left = (head_len + body_len).saturating_sub(have);
     while left > 0 {
         let cap = buf.len();
@@ -206,7 +214,7 @@ pub(crate) fn exchange(s: &mut dyn Stream, request: &[u8], buf: &mut [u8]) -> Re
         }
         left -= n;
     }
-    Ok(())
+    Ok(status)
 }
 
 /// The Content-Length of a response head; 0 when it has none.

@@ -11,6 +11,11 @@ use std::cell::RefCell;
 /// request heads arrive whole in it; a longer one takes a second read.
 pub const SMALL: usize = 1024;
 
+/// The size of a socket read while a request is in progress. Reads take a
+/// buffer's whole capacity, and rustls refuses more than 16 KiB of
+/// undecrypted-and-unread data, so read buffers come in this one size.
+pub const READ: usize = 8 * 1024;
+
 /// Buffers kept per list at most (the rest are freed).
 const KEEP: usize = 256;
 
@@ -20,9 +25,11 @@ const MAX_KEPT: usize = 64 * 1024;
 thread_local! {
     static LARGE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static SMALLS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static READS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer with room for at least `min` bytes.
+/// An empty buffer with room for at least `min` bytes, for writes (never
+/// for a socket read: see [`READ`]).
 pub fn take(min: usize) -> Vec<u8> {
     let mut b = LARGE.with_borrow_mut(Vec::pop).unwrap_or_default();
     b.reserve(min);
@@ -44,18 +51,39 @@ pub fn give(mut b: Vec<u8>) {
 
 /// An empty buffer of exactly [`SMALL`] bytes' room.
 pub fn take_small() -> Vec<u8> {
-    SMALLS
-        .with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| Vec::with_capacity(SMALL))
+    take_exact(&SMALLS, SMALL)
 }
 
 /// Gives back a buffer from [`take_small`].
-pub fn give_small(mut b: Vec<u8>) {
-    if b.capacity() != SMALL {
+pub fn give_small(b: Vec<u8>) {
+    give_exact(&SMALLS, SMALL, b);
+}
+
+/// An empty buffer of exactly [`READ`] bytes' room.
+pub fn take_read() -> Vec<u8> {
+    take_exact(&READS, READ)
+}
+
+/// Gives back a buffer from [`take_read`].
+pub fn give_read(b: Vec<u8>) {
+    give_exact(&READS, READ, b);
+}
+
+type List = std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>;
+
+fn take_exact(list: &'static List, size: usize) -> Vec<u8> {
+    list.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(size))
+}
+
+fn give_exact(list: &'static List, size: usize, mut b: Vec<u8>) {
+    // A buffer that is not of the list's size never joins it: a read takes
+    // the whole capacity.
+    if b.capacity() != size {
         return;
     }
     b.clear();
-    SMALLS.with_borrow_mut(|l| {
+    list.with_borrow_mut(|l| {
         if l.len() < KEEP {
             l.push(b);
         }
@@ -82,5 +110,11 @@ mod tests {
         let s = take_small();
         assert_eq!(s.capacity(), SMALL);
         give_small(s);
+        // A grown buffer never joins a fixed-size list.
+        let mut r = take_read();
+        assert_eq!(r.capacity(), READ);
+        r.reserve(READ * 4);
+        give_read(r);
+        assert_eq!(take_read().capacity(), READ);
     }
 }

@@ -99,6 +99,8 @@ impl Scratch {
         }
     }
 
+    /// Empties it for the pool; a buffer a big request grew is cut back,
+    /// so the pool holds about 7 KiB a set whatever came before.
     fn clear(&mut self) {
         for v in [
             &mut self.inbuf,
@@ -109,6 +111,9 @@ impl Scratch {
             &mut self.cors_lines,
         ] {
             v.clear();
+            if v.capacity() > KEPT_CAPACITY {
+                v.shrink_to(4096);
+            }
         }
         for s in [
             &mut self.path,
@@ -121,12 +126,18 @@ impl Scratch {
             &mut self.request_id,
         ] {
             s.clear();
+            if s.capacity() > KEPT_CAPACITY {
+                s.shrink_to(256);
+            }
         }
     }
 }
 
-/// Scratch sets kept per worker at most (about 7 KiB each).
+/// Scratch sets kept per worker at most.
 const KEEP_SCRATCH: usize = 256;
+
+/// A pooled scratch buffer larger than this is cut back.
+const KEPT_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };

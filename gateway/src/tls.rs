@@ -189,11 +189,6 @@ const MAX_PARTS: usize = 4;
 const LINGER: Duration = Duration::from_millis(250);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Read buffer for ciphertext while a request is in progress, borrowed from
-/// the worker's pool for one read (an idle connection's read holds a
-/// [`buffers::SMALL`] one instead: ../shared/io-uring-tls.md, memory per conn).
-const CIPHERTEXT_READ: usize = 8 * 1024;
-
 /// Why a TLS connection ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -325,7 +320,7 @@ impl TlsStream {
 
     /// One socket read fed to rustls; returns false at EOF.
     async fn read_socket(&mut self) -> Result<bool, StreamError> {
-        let (res, buf) = self.tcp.read(buffers::take(CIPHERTEXT_READ)).await;
+        let (res, buf) = self.tcp.read(buffers::take_read()).await;
         self.rbuf = buf;
         let fed = match res {
             Ok(0) => {
@@ -335,7 +330,7 @@ impl TlsStream {
             Ok(n) => self.feed(n).await.map(|()| true),
             Err(e) => Err(e.into()),
         };
-        buffers::give(std::mem::take(&mut self.rbuf));
+        buffers::give_read(std::mem::take(&mut self.rbuf));
         fed
     }
 
@@ -441,7 +436,7 @@ impl TlsStream {
     /// Reads the first bytes; if they are an HTTP request line rather than a
     /// TLS record, answers 400 in plain HTTP (when XDP does not reset it).
     async fn plain_http_first(&mut self) -> Result<bool, StreamError> {
-        let (res, buf) = self.tcp.read(buffers::take(CIPHERTEXT_READ)).await;
+        let (res, buf) = self.tcp.read(buffers::take_read()).await;
         self.rbuf = buf;
         let n = res?;
         if n == 0 {
@@ -464,7 +459,7 @@ impl TlsStream {
             }
         }
         let fed = self.feed(n).await;
-        buffers::give(std::mem::take(&mut self.rbuf));
+        buffers::give_read(std::mem::take(&mut self.rbuf));
         fed.map(|()| false)
     }
 
@@ -577,9 +572,9 @@ impl TlsStream {
             if left.is_zero() {
                 break;
             }
-            match deadline(fd, left, self.tcp.read(buffers::take(CIPHERTEXT_READ))).await {
+            match deadline(fd, left, self.tcp.read(buffers::take_read())).await {
                 Some((Ok(n), b)) if n > 0 => {
-                    buffers::give(b);
+                    buffers::give_read(b);
                     drained += n;
                 }
                 _ => break,

@@ -48,9 +48,8 @@ enum Cmd {
     /// path against ring's bare check), `limit` (one rate-limit decision),
     /// `validate` (JSON parse + schema against serde_json).
     Bench {
-        /// Which benchmark.
-        #[arg(default_value = "all", value_parser = ["all", "xdp", "proxy", "jwt", "limit", "validate", "flood"])]
-        which: String,
+        /// Which benchmark: all (the default), proxy, xdp, flood, jwt, limit, validate.
+        which: Option<String>,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -103,15 +102,39 @@ fn run(cli: Cli) -> Result<()> {
             let tc = toolchain::ensure()?;
             exec(build::nightly_ebpf_cargo("clippy", &tc).args(["--", "-D", "warnings"]))
         }
-        Cmd::Bench { which, args } if ["jwt", "limit", "validate"].contains(&which.as_str()) => {
+        Cmd::Bench { which, mut args } => {
+            // `cargo xtask bench -- --unpinned`: options of `all`, no name.
+            let which = match which {
+                None => "all".to_owned(),
+                Some(w) if w.starts_with('-') => {
+                    args.insert(0, w);
+                    "all".to_owned()
+                }
+                Some(w) => w,
+            };
+            bench(&which, args)
+        }
+    }
+}
+
+const BENCHES: [&str; 7] = ["all", "proxy", "xdp", "flood", "jwt", "limit", "validate"];
+
+/// Runs benchmark `which`: criterion ones through cargo, the rest through
+/// the release `gateway-bench`.
+fn bench(which: &str, args: Vec<String>) -> Result<()> {
+    if !BENCHES.contains(&which) {
+        bail!("no benchmark {which:?}: one of {}", BENCHES.join(", "));
+    }
+    match which {
+        "jwt" | "limit" | "validate" => {
             let obj = build::ebpf()?;
             exec(
                 build::cargo(&obj)
-                    .args(["bench", "-p", "gateway", "--bench", &which, "--"])
+                    .args(["bench", "-p", "gateway", "--bench", which, "--"])
                     .args(args),
             )
         }
-        Cmd::Bench { which, args } => {
+        _ => {
             let obj = build::ebpf()?;
             // The benchmark runs the release gateway: build both at once.
             build::release(&obj, &[("gateway-benches", "gateway-bench")])?;

@@ -26,8 +26,11 @@ pub fn per_connection_kib(pgid: u32, port: u16, n: usize) -> Result<f64> {
     for i in 0..n {
         let mut s = openloop::connect(&target, &cfg)
             .with_context(|| format!("idle connection {i} of {n}"))?;
-        openloop::exchange(&mut *s, &target.request, &mut buf)
+        let status = openloop::exchange(&mut *s, &target.request, &mut buf)
             .with_context(|| format!("request on idle connection {i} of {n}"))?;
+        if status != 200 {
+            anyhow::bail!("idle connection {i} of {n}: status {status}");
+        }
         open.push(s);
     }
     std::thread::sleep(Duration::from_millis(500));

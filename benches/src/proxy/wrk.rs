@@ -160,14 +160,21 @@ fn pair<'a>(line: &'a str, prefix: &str) -> Option<(&'a str, f64)> {
     Some((it.next()?, it.next()?.parse().ok()?))
 }
 
-/// An HdrHistogram from (percentile, µs) points: each point gets the share
-/// of `total` between it and the point before.
+/// An HdrHistogram from (percentile, µs) points: each point gets the
+/// requests between it and the point before (rounded cumulatively, so
+/// nothing is lost to rounding), and the last point, the maximum, at
+/// least one.
 pub fn rebuild(points: &[(f64, f64)], total: u64) -> Result<Histogram<u64>> {
     let mut h = crate::openloop::histogram()?;
-    let mut below = 0.0;
-    for &(p, v) in points {
-        let count = ((p - below) / 100.0 * total as f64).round() as u64;
-        below = p;
+    let mut recorded = 0u64;
+    for (i, &(p, v)) in points.iter().enumerate() {
+        let upto = if i + 1 == points.len() {
+            total
+        } else {
+            ((p / 100.0 * total as f64).round() as u64).min(total.saturating_sub(1))
+        };
+        let count = upto.saturating_sub(recorded);
+        recorded += count;
         if count > 0 {
             h.record_n((v as u64).max(1), count)
                 .context("latency beyond the histogram's range")?;
@@ -201,6 +208,17 @@ mod tests {
         let p50 = r.hist.value_at_quantile(0.5);
         assert!((495..=505).contains(&p50), "{p50}");
         assert!(r.hist.max() >= 4990, "{}", r.hist.max());
+    }
+
+    #[test]
+    fn a_short_run_keeps_every_request_and_its_maximum() {
+        let points: Vec<(f64, f64)> = (1..=999)
+            .map(|i| (f64::from(i) / 10.0, f64::from(i)))
+            .chain([(99.999, 2000.0), (100.0, 9000.0)])
+            .collect();
+        let h = rebuild(&points, 120).expect("rebuild");
+        assert_eq!(h.len(), 120);
+        assert!(h.max() >= 8990, "{}", h.max());
     }
 
     #[test]

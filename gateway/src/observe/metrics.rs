@@ -372,6 +372,18 @@ pub fn render(t: &Tally, x: &Extra, names: &Names) -> String {
     out
 }
 
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn label(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
 fn render_limits(out: &mut String, t: &Tally, names: &Names) {
     let _ = writeln!(
         out,
@@ -441,7 +453,9 @@ fn render_upstreams(out: &mut String, t: &Tally, names: &Names) {
             let server = servers.get(f.server as usize).map_or("?", String::as_str);
             let _ = writeln!(
                 out,
-                "{name}{{upstream=\"{upstream}\",server=\"{server}\"}} {}",
+                "{name}{{upstream=\"{}\",server=\"{}\"}} {}",
+                label(upstream),
+                label(server),
                 value(f)
             );
         }
@@ -503,6 +517,8 @@ mod tests {
             "the local tally starts afresh"
         );
         let t = board.merged();
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(label("backend"), "backend");
         let names = Names {
             routes: vec!["api".to_owned()],
             ..Names::default()

@@ -208,6 +208,12 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     ctx.bytes_in = head.len as u64;
     request_id(w, p.trusted, &head, p.request_id);
+    // Behind a trusted proxy the anomaly detector counts the client it
+    // names, whatever becomes of the request.
+    if p.trusted {
+        let client = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
+        ctx.client = Some(client);
+    }
     // A refused request with a body leaves the body unread: close.
     let refuse = |failure, keep: bool| Refused {
         failure,
@@ -235,15 +241,15 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     })?;
     ctx.route = Some(index);
     check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
-    // Whose limits: worked out only for a route that has any, or behind a
-    // trusted proxy, where the anomaly detector counts the client it names.
-    let source = match route.rate_limits.is_empty() && !p.trusted {
-        true => p.peer.ip(),
-        false => rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies),
+    // Whose limits: worked out only for a route that has any (behind a
+    // trusted proxy, already worked out for the anomaly detector).
+    let source = match (ctx.client, route.rate_limits.is_empty()) {
+        (Some(client), _) => client,
+        (None, true) => p.peer.ip(),
+        (None, false) => {
+            rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies)
+        }
     };
-    if p.trusted {
-        ctx.client = Some(source);
-    }
     let snap = p.snap;
     let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {
         charge_limits(w, snap, index, (source, caller), lines, by)

@@ -74,11 +74,14 @@ fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
     // Behind a trusted proxy the subject is the client it names; the
     // proxy's own address is never counted.
     let source = match (c.trusted, ctx.client) {
-        (false, _) => c.peer.ip(),
-        (true, Some(client)) if client != c.peer.ip() => client,
-        (true, _) => return,
+        (false, _) => policy::canonical(c.peer.ip()),
+        (true, Some(client)) => policy::canonical(client),
+        (true, None) => return,
     };
-    let source = policy::canonical(source);
+    // A chain of trusted hops names no client: no proxy is ever counted.
+    if c.trusted && snap.trusted_proxies.contains(&policy::source_addr(source)) {
+        return;
+    }
     let consumer = match ctx.identity {
         Identity::Consumer(i) => Some(i as u32),
         _ => None,

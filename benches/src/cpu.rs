@@ -121,28 +121,27 @@ pub fn process_ticks(pid: u32) -> u64 {
     stat(pid).map_or(0, |(_, t)| t)
 }
 
+/// Every process of a process group, with its utime + stime in clock ticks.
+fn group(pgid: u32) -> impl Iterator<Item = (u32, u64)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| stat(pid).map(|(g, t)| (pid, g, t)))
+        .filter(move |&(_, g, _)| g == pgid)
+        .map(|(pid, _, t)| (pid, t))
+}
+
 /// utime + stime of every process in a process group, in clock ticks.
 pub fn group_ticks(pgid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(stat)
-        .filter(|(g, _)| *g == pgid)
-        .map(|(_, t)| t)
-        .sum()
+    group(pgid).map(|(_, t)| t).sum()
 }
 
 /// Resident memory of every process in a process group, in KiB.
 pub fn group_rss_kib(pgid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| stat(pid).is_some_and(|(g, _)| g == pgid))
-        .filter_map(|pid| {
+    group(pgid)
+        .filter_map(|(pid, _)| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             status
                 .lines()

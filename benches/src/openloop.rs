@@ -154,17 +154,10 @@ fn stream_on_schedule(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let s = match stream.take() {
-            Some(s) => s,
-            None => match connect(target, &tls) {
-                Ok(s) => s,
-                Err(_) => {
-                    out.errors += 1;
-                    continue;
-                }
-            },
+        let Some(mut s) = stream.take().or_else(|| connect(target, &tls).ok()) else {
+            out.errors += 1;
+            continue;
         };
-        let mut s = s;
         match exchange(&mut *s, &target.request, &mut buf) {
             Ok(status) if status < 400 => {
                 let us = due.elapsed().as_micros().clamp(1, 60_000_000) as u64;

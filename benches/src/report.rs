@@ -113,12 +113,17 @@ pub fn all(opts: Opts) -> Result<()> {
     Ok(())
 }
 
-fn us(v: f64) -> String {
+/// A figure to `digits` decimals, `-` when it was not measured.
+fn fig(v: f64, digits: usize) -> String {
     if v.is_finite() {
-        format!("{v:.0}")
+        format!("{v:.digits$}")
     } else {
         "-".into()
     }
+}
+
+fn us(v: f64) -> String {
+    fig(v, 0)
 }
 
 fn ratio(v: f64) -> String {
@@ -129,9 +134,14 @@ fn ratio(v: f64) -> String {
     }
 }
 
-fn closed_table(rows: &[Row]) -> String {
+/// A figure of the HAProxy row, NaN when HAProxy was not measured.
+fn haproxy(rows: &[Row]) -> impl Fn(fn(&Row) -> f64) -> f64 + '_ {
     let ha = rows.iter().find(|r| r.name == "haproxy");
-    let of = |f: fn(&Row) -> f64| ha.map_or(f64::NAN, f);
+    move |f| ha.map_or(f64::NAN, f)
+}
+
+fn closed_table(rows: &[Row]) -> String {
+    let of = haproxy(rows);
     let mut t = String::from(
         "| system | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req | RSS MiB | req/s vs HAProxy | p99 vs HAProxy | CPU vs HAProxy | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -144,16 +154,8 @@ fn closed_table(rows: &[Row]) -> String {
             us(r.p50),
             us(r.p99),
             us(r.p999),
-            if r.cpu_us_per_req.is_finite() {
-                format!("{:.1}", r.cpu_us_per_req)
-            } else {
-                "-".into()
-            },
-            if r.rss_kib.is_finite() {
-                format!("{:.1}", r.rss_kib / 1024.0)
-            } else {
-                "-".into()
-            },
+            fig(r.cpu_us_per_req, 1),
+            fig(r.rss_kib / 1024.0, 1),
             ratio(r.rps / of(|h| h.rps)),
             ratio(r.p99 / of(|h| h.p99)),
             ratio(r.cpu_us_per_req / of(|h| h.cpu_us_per_req)),
@@ -164,8 +166,7 @@ fn closed_table(rows: &[Row]) -> String {
 }
 
 fn open_table(rows: &[Row], rate: u64) -> String {
-    let ha = rows.iter().find(|r| r.name == "haproxy");
-    let of = |f: fn(&Row) -> f64| ha.map_or(f64::NAN, f);
+    let of = haproxy(rows);
     let mut t = String::from(
         "| system | asked req/s | answered req/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/req | p99 vs HAProxy | errors |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -179,11 +180,7 @@ fn open_table(rows: &[Row], rate: u64) -> String {
             us(r.p99),
             us(r.p999),
             us(r.max),
-            if r.cpu_us_per_req.is_finite() {
-                format!("{:.1}", r.cpu_us_per_req)
-            } else {
-                "-".into()
-            },
+            fig(r.cpu_us_per_req, 1),
             ratio(r.p99 / of(|h| h.p99)),
             r.errors
         );

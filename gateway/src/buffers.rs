@@ -23,26 +23,26 @@ const KEEP: usize = 256;
 const MAX_KEPT: usize = 64 * 1024;
 
 thread_local! {
-    static LARGE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static SMALLS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static READS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty buffer with room for at least `min` bytes, for writes (never
 /// for a socket read: see [`READ`]).
-pub fn take(min: usize) -> Vec<u8> {
-    let mut b = LARGE.with_borrow_mut(Vec::pop).unwrap_or_default();
+pub fn take_write(min: usize) -> Vec<u8> {
+    let mut b = WRITES.with_borrow_mut(Vec::pop).unwrap_or_default();
     b.reserve(min);
     b
 }
 
-/// Gives back a buffer from [`take`].
-pub fn give(mut b: Vec<u8>) {
+/// Gives back a buffer from [`take_write`].
+pub fn give_write(mut b: Vec<u8>) {
     if b.capacity() == 0 || b.capacity() > MAX_KEPT {
         return;
     }
     b.clear();
-    LARGE.with_borrow_mut(|l| {
+    WRITES.with_borrow_mut(|l| {
         if l.len() < KEEP {
             l.push(b);
         }
@@ -96,17 +96,17 @@ mod tests {
 
     #[test]
     fn buffers_come_back_empty_and_big_ones_are_freed() {
-        let mut b = take(100);
+        let mut b = take_write(100);
         assert!(b.capacity() >= 100 && b.is_empty());
         b.extend_from_slice(b"abc");
         let ptr = b.as_ptr();
-        give(b);
-        let again = take(10);
+        give_write(b);
+        let again = take_write(10);
         assert!(again.is_empty());
         assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
-        give(again);
-        give(Vec::with_capacity(MAX_KEPT + 1));
-        assert!(take(0).capacity() <= MAX_KEPT);
+        give_write(again);
+        give_write(Vec::with_capacity(MAX_KEPT + 1));
+        assert!(take_write(0).capacity() <= MAX_KEPT);
         let s = take_small();
         assert_eq!(s.capacity(), SMALL);
         give_small(s);

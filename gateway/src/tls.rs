@@ -529,12 +529,12 @@ impl TlsStream {
     pub async fn flush(&mut self) -> Result<(), StreamError> {
         while self.conn.wants_write() {
             if self.wbuf.capacity() == 0 {
-                self.wbuf = buffers::take(0);
+                self.wbuf = buffers::take_write(0);
             }
             self.conn.write_tls(&mut self.wbuf)?;
         }
         if self.wbuf.is_empty() {
-            buffers::give(std::mem::take(&mut self.wbuf));
+            buffers::give_write(std::mem::take(&mut self.wbuf));
             return Ok(());
         }
         let buf = std::mem::take(&mut self.wbuf);
@@ -546,7 +546,7 @@ impl TlsStream {
         };
         buf.clear();
         // Back to the pool: an idle connection holds no write buffer.
-        buffers::give(buf);
+        buffers::give_write(buf);
         res?;
         Ok(())
     }

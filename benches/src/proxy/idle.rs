@@ -38,19 +38,3 @@ pub fn per_connection_kib(pgid: u32, port: u16, n: usize) -> Result<f64> {
     drop(open);
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
-
-/// Raises this process's open-file limit to its hard limit (the idle
-/// connections and the proxies it starts need more than the usual 1024).
-pub fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}

@@ -299,7 +299,9 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let files = configs::write(&work, &opts)?;
-    idle::raise_nofile();
+    // The idle connections and the proxies started here need more than the
+    // usual 1024 descriptors: the gateway's own start-up raise.
+    gateway::fdlimit::raise().map_err(anyhow::Error::msg)?;
     let started = systems::start(&opts, &gateway, &work, &files, &have)?;
     if started.demo_backend {
         skipped.push("the backend is the gateway's built-in demo backend (one thread per connection) instead of nginx".into());

@@ -195,7 +195,11 @@ pub fn start(
         }
         let https = port != BACKEND_PORT;
         let headers: Vec<String> = header.into_iter().collect();
-        let body = if post { configs_body() } else { String::new() };
+        let body = if post {
+            super::configs::order_body()
+        } else {
+            String::new()
+        };
         let method = if post { "POST" } else { "GET" };
         systems.push(System {
             name: name.into(),
@@ -287,8 +291,4 @@ pub fn start(
         demo_backend,
         systems,
     })
-}
-
-fn configs_body() -> String {
-    super::configs::order_body()
 }

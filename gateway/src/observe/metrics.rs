@@ -61,10 +61,23 @@ pub struct LimitCounts(pub Vec<[u64; 2]>);
 impl LimitCounts {
     /// Counts one decision of limit `i`.
     pub fn record(&mut self, i: usize, allowed: bool) {
+        self.slot(i)[usize::from(!allowed)] += 1;
+    }
+
+    /// Adds `other`'s counts into these.
+    pub fn add(&mut self, other: &LimitCounts) {
+        for (i, [allowed, limited]) in other.0.iter().enumerate() {
+            let slot = self.slot(i);
+            slot[0] += allowed;
+            slot[1] += limited;
+        }
+    }
+
+    fn slot(&mut self, i: usize) -> &mut [u64; 2] {
         if self.0.len() <= i {
             self.0.resize(i + 1, [0; 2]);
         }
-        self.0[i][usize::from(!allowed)] += 1;
+        &mut self.0[i]
     }
 }
 
@@ -135,13 +148,7 @@ impl Tally {
         self.handshakes += other.handshakes;
         self.resumed += other.resumed;
         self.handshake_failures += other.handshake_failures;
-        for (i, [allowed, limited]) in other.limits.0.iter().enumerate() {
-            if self.limits.0.len() <= i {
-                self.limits.0.resize(i + 1, [0; 2]);
-            }
-            self.limits.0[i][0] += allowed;
-            self.limits.0[i][1] += limited;
-        }
+        self.limits.add(&other.limits);
         for f in &other.upstreams {
             match self
                 .upstreams

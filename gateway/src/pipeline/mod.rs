@@ -210,7 +210,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     request_id(w, p.trusted, &head, p.request_id);
     // Behind a trusted proxy the anomaly detector counts the client it
     // names, whatever becomes of the request.
-    if p.trusted {
+    if p.trusted && p.snap.cfg.anomaly.enabled {
         let client = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
         ctx.client = Some(client);
     }

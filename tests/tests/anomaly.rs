@@ -71,10 +71,11 @@ fn a_scan_under_every_limit_is_caught_against_the_recorded_baseline() {
         s.gw.proc
             .wait_for_line("anomaly: source 127.0.0.1", Duration::from_secs(3))
             .unwrap_or_else(|| panic!("no anomaly: {:?}", s.gw.proc.seen));
-    assert!(
-        line.contains(": 404s ") && line.contains("against its baseline of 0.00/s"),
-        "{line}"
-    );
+    // The evidence: the 404 rate against a baseline from before the scan.
+    // A first partial window of the scan, under `min_events`, may already
+    // have been folded into it, so the baseline is low, not always zero.
+    let (rate, baseline) = evidence(&line, "404s");
+    assert!(baseline < 5.0 && rate > 5.0 * baseline.max(0.1), "{line}");
     let verdict =
         s.gw.proc
             .wait_for_line("verdict: 127.0.0.1", Duration::from_secs(3))
@@ -129,4 +130,24 @@ fn behind_a_trusted_proxy_the_client_it_names_is_the_subject() {
     );
     // The proxy still carries the ordinary client.
     assert_eq!(s.get("/catalog", &via("198.18.0.10")).status, 200);
+}
+
+/// The rate and baseline (per second) a finding names for `measure`:
+/// `...: 404s 14.0/s (14 in the window) against its baseline of 2.50/s`.
+fn evidence(line: &str, measure: &str) -> (f64, f64) {
+    let per_s = |t: &str| -> f64 {
+        t.split("/s")
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {line}"))
+    };
+    let after = line
+        .split(&format!(": {measure} "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {measure} in {line}"));
+    let baseline = after
+        .split("against its baseline of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no baseline in {line}"));
+    (per_s(after), per_s(baseline))
 }

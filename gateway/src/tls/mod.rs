@@ -1,0 +1,200 @@
+//! TLS termination with rustls (ring provider): certificates chosen by SNI,
+//! TLS 1.2 and 1.3 only, ALPN `http/1.1`, session cache and tickets; and
+//! ([`stream`]) the stream that drives a rustls connection over an io_uring
+//! socket with owned, reused buffers (rustls does not drive io_uring by itself).
+
+mod stream;
+
+pub use stream::{StreamError, TlsStream, deadline, shutdown_fd, write_deadline};
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    ServerConfig,
+    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::config::TlsSettings;
+
+/// Certificate and key problems, all the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {what}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate could not be made or stored.
+    #[error("self-signed certificate in {dir}: {what}")]
+    SelfSigned {
+        /// The state directory.
+        dir: PathBuf,
+        /// What failed.
+        what: String,
+    },
+}
+
+/// Picks the certificate for a ClientHello's SNI name; unknown or absent
+/// names get the default (the first certificate without names, else the first).
+#[derive(Debug)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        RESOLVED_SNI.set(hello.server_name().map(Box::from));
+        let named = hello.server_name().and_then(|n| {
+            // SNI is case-insensitive; names were lowercased at load.
+            self.by_name.get(&n.to_ascii_lowercase()).cloned()
+        });
+        Some(named.unwrap_or_else(|| self.default.clone()))
+    }
+}
+
+thread_local! {
+    /// The SNI name of the ClientHello this thread's resolver saw last.
+    /// rustls' unbuffered connection does not tell its SNI, and the resolver
+    /// runs inside the `process_tls_records` call that handles the hello, on
+    /// the thread that called it: [`take_resolved_sni`] right after that call
+    /// gets this connection's name, before any other connection runs.
+    static RESOLVED_SNI: RefCell<Option<Box<str>>> = const { RefCell::new(None) };
+}
+
+/// The name [`SniResolver`] saw since the last call (see `RESOLVED_SNI`).
+fn take_resolved_sni() -> Option<Box<str>> {
+    RESOLVED_SNI.take()
+}
+
+fn load_key(
+    provider: &rustls::crypto::CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| TlsError::File {
+            path: cert.to_owned(),
+            what: format!("cannot read certificates: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::File {
+            path: cert.to_owned(),
+            what: "no CERTIFICATE block".into(),
+        });
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+        path: key.to_owned(),
+        what: format!("cannot read private key: {e}"),
+    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::File {
+            path: key.to_owned(),
+            what: format!("unusable private key: {e}"),
+        })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| TlsError::File {
+        path: key.to_owned(),
+        what: format!("does not match {}: {e}", cert.display()),
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Where generated state (the self-signed certificate) lives:
+/// `$GATEWAY_STATE_DIR`, else `$XDG_STATE_HOME/gateway`, else `~/.local/state/gateway`.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("GATEWAY_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("gateway");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".local/state/gateway")
+}
+
+/// Paths of the self-signed certificate and key, generated if missing.
+/// Returns (cert, key, generated_now).
+pub fn self_signed(dir: &Path, extra_name: &str) -> Result<(PathBuf, PathBuf, bool), TlsError> {
+    let cert = dir.join("self-signed-cert.pem");
+    let key = dir.join("self-signed-key.pem");
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key, false));
+    }
+    let fail = |what: String| TlsError::SelfSigned {
+        dir: dir.to_owned(),
+        what,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("creating the directory: {e}")))?;
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !names.iter().any(|n| n == extra_name) {
+        names.push(extra_name.to_owned());
+    }
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&cert, generated.cert.pem())
+        .map_err(|e| fail(format!("writing {}: {e}", cert.display())))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&key)
+        .and_then(|mut f| f.write_all(generated.signing_key.serialize_pem().as_bytes()))
+        .map_err(|e| fail(format!("writing {}: {e}", key.display())))?;
+    Ok((cert, key, true))
+}
+
+/// Builds the rustls server configuration shared by all workers.
+pub fn server_config(
+    settings: &TlsSettings,
+    certs: &[(PathBuf, PathBuf, Vec<String>)],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut by_name = HashMap::new();
+    let mut default = None;
+    let mut first = None;
+    for (cert, key, names) in certs {
+        let ck = load_key(&provider, cert, key)?;
+        first.get_or_insert_with(|| ck.clone());
+        if names.is_empty() {
+            default.get_or_insert_with(|| ck.clone());
+        }
+        for n in names {
+            by_name.insert(n.clone(), ck.clone());
+        }
+    }
+    let default = default.or(first).ok_or_else(|| TlsError::File {
+        path: PathBuf::from("tls.certificates"),
+        what: "no certificate configured".into(),
+    })?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    // Advertise h2 only once it is served.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.session_storage = ServerSessionMemoryCache::new(settings.session_cache.max(1));
+    if settings.tickets {
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    }
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,636 @@
+//! A server-side TLS connection over an io_uring socket, on rustls'
+//! unbuffered API: the connection owns no socket buffers (the buffered
+//! `ServerConnection` keeps a 4 KiB read buffer for life), so between
+//! requests a keep-alive connection holds only its small pending read, and
+//! records are decrypted in place in the buffer the socket read into.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls::{
+    ServerConfig,
+    server::UnbufferedServerConnection,
+    unbuffered::{ConnectionState, EncodeError, EncryptError},
+};
+use tokio_uring::{buf::BoundedBuf as _, net::TcpStream};
+
+use crate::buffers;
+
+/// How long, and how much, a closing connection drains from the client.
+const LINGER: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Most plaintext one TLS record carries.
+const RECORD: usize = 16 * 1024;
+/// More than any cipher suite adds to one record (header, nonce, tag,
+/// content type): the first guess at the room an encryption needs.
+const RECORD_OVERHEAD: usize = 64;
+/// Unprocessed input kept at most: rustls joins handshake messages of up
+/// to 64 KiB across records, in place in this buffer.
+const MAX_INPUT: usize = 96 * 1024;
+/// Encrypted output queued before it is sent, between a response's parts.
+const MAX_QUEUED: usize = 64 * 1024;
+
+/// Why a TLS connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The peer broke the TLS protocol (an alert was sent).
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The peer spoke plain HTTP to the TLS port.
+    #[error("plain HTTP on the TLS port")]
+    PlainHttp,
+    /// The peer closed before the handshake ended.
+    #[error("closed during the handshake")]
+    HandshakeEof,
+    /// A deadline passed.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer sent more than [`MAX_INPUT`] bytes without completing a
+    /// TLS message.
+    #[error("TLS message over {} KiB", MAX_INPUT / 1024)]
+    Oversized,
+    /// rustls is in a state the caller cannot move on from (asked to write
+    /// before the handshake ended, or after the connection closed): the
+    /// connection ends rather than spin.
+    #[error("TLS state machine stalled")]
+    Stalled,
+}
+
+/// A server-side TLS connection over an io_uring socket.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Bytes read from the socket that rustls has not consumed, from
+    /// `head`. Lent by the worker's pools while it holds any; empty (no
+    /// allocation) between requests.
+    input: Vec<u8>,
+    head: usize,
+    /// Encrypted records waiting for one socket write; lent like `input`.
+    output: Vec<u8>,
+    sni: Option<Box<str>>,
+    eof: bool,
+    /// Longest a write may wait for a client that does not read.
+    write_timeout: Duration,
+}
+
+/// Runs a write with a deadline; on expiry the socket is shut down both
+/// ways, which fails the in-flight io_uring write (SHUT_RD alone would not).
+pub async fn write_deadline<T>(
+    fd: RawFd,
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    expire(fd, limit, libc::SHUT_RDWR, fut).await
+}
+
+/// Runs `fut` with a deadline; on expiry the socket's read side is shut
+/// down so the in-flight io_uring read completes (dropping an operation does
+/// not cancel it), while the write side stays open for a last response.
+pub async fn deadline<T>(
+    fd: RawFd,
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    expire(fd, limit, libc::SHUT_RD, fut).await
+}
+
+async fn expire<T>(
+    fd: RawFd,
+    limit: Duration,
+    how: libc::c_int,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        _ = tokio::time::sleep(limit) => {
+            // SAFETY: shutdown(2) on a descriptor the caller owns.
+            unsafe { libc::shutdown(fd, how) };
+            None
+        }
+    }
+}
+
+/// Shuts a socket down in both directions (the peer sees EOF at once).
+pub fn shutdown_fd(fd: RawFd) {
+    // SAFETY: shutdown(2) on a descriptor we own; errors (already closed) are harmless.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// What rustls' answer to new input asks of the stream next.
+enum Step {
+    /// Plaintext was appended to the caller's buffer.
+    Data,
+    /// Nothing to decrypt: read the socket (or, handshaking, wait for the peer).
+    NeedInput,
+    /// Records were queued for sending; ask rustls again.
+    Again,
+    /// The connection is over (the peer's close_notify, or both sides').
+    Closed,
+}
+
+/// Room a call into rustls found too small, or a failure.
+enum Grow {
+    To(usize),
+    Fail(StreamError),
+}
+
+impl From<EncodeError> for Grow {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::InsufficientSize(s) => Grow::To(s.required_size),
+            EncodeError::AlreadyEncoded => Grow::Fail(StreamError::Stalled),
+        }
+    }
+}
+
+impl From<EncryptError> for Grow {
+    fn from(e: EncryptError) -> Self {
+        match e {
+            EncryptError::InsufficientSize(s) => Grow::To(s.required_size),
+            EncryptError::EncryptExhausted => {
+                Grow::Fail(StreamError::Tls(rustls::Error::EncryptError))
+            }
+        }
+    }
+}
+
+/// Appends what `write` puts in a slice to `out` (a pooled buffer when it
+/// has none), starting with `hint` bytes of room and growing to what rustls
+/// says it needs.
+fn append(
+    out: &mut Vec<u8>,
+    hint: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Grow>,
+) -> Result<(), StreamError> {
+    if out.capacity() == 0 {
+        *out = buffers::take_write(hint);
+    }
+    let start = out.len();
+    let mut room = hint;
+    loop {
+        out.resize(start + room, 0);
+        match write(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(Grow::To(need)) if need > room => room = need,
+            Err(Grow::To(_)) => {
+                out.truncate(start);
+                return Err(StreamError::Stalled);
+            }
+            Err(Grow::Fail(e)) => {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Gives a buffer back to the pool it came from (by size; others are freed).
+fn give_back(b: Vec<u8>) {
+    match b.capacity() {
+        buffers::SMALL => buffers::give_small(b),
+        buffers::READ => buffers::give_read(b),
+        _ => {}
+    }
+}
+
+impl TlsStream {
+    /// Wraps an accepted socket; writes that wait longer than
+    /// `write_timeout` for the client fail.
+    pub fn new(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        write_timeout: Duration,
+    ) -> Result<Self, StreamError> {
+        Ok(Self {
+            tcp,
+            conn: UnbufferedServerConnection::new(config)?,
+            input: Vec::new(),
+            head: 0,
+            output: Vec::new(),
+            sni: None,
+            eof: false,
+            write_timeout,
+        })
+    }
+
+    /// The socket's descriptor (for deadlines).
+    pub fn fd(&self) -> RawFd {
+        self.tcp.as_raw_fd()
+    }
+
+    /// The negotiated protocol, for the access log.
+    pub fn version(&self) -> &'static str {
+        match self.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "-",
+        }
+    }
+
+    /// Whether the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    /// The server name the client asked for (empty: none).
+    pub fn sni(&self) -> &str {
+        self.sni.as_deref().unwrap_or("")
+    }
+
+    /// Hands rustls the unconsumed input once. Decrypted application data
+    /// goes to `dst` (`None` while handshaking, when there can be none);
+    /// handshake records rustls emits are queued in `output`.
+    fn process(&mut self, mut dst: Option<&mut Vec<u8>>) -> Result<Step, StreamError> {
+        let status = self.conn.process_tls_records(&mut self.input[self.head..]);
+        if self.sni.is_none() {
+            self.sni = super::take_resolved_sni();
+        }
+        let discard = status.discard;
+        let step = match status.state {
+            Err(e) => Err(StreamError::Tls(e)),
+            Ok(ConnectionState::ReadTraffic(mut records)) => {
+                let mut step = Ok(Step::Again);
+                while let Some(record) = records.next_record() {
+                    match (record, dst.as_deref_mut()) {
+                        (Ok(r), Some(dst)) => {
+                            dst.extend_from_slice(r.payload);
+                            step = Ok(Step::Data);
+                        }
+                        (Ok(_), None) => {
+                            step = Err(StreamError::Stalled);
+                            break;
+                        }
+                        (Err(e), _) => {
+                            step = Err(e.into());
+                            break;
+                        }
+                    }
+                }
+                step
+            }
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                append(&mut self.output, 1024, |b| Ok(enc.encode(b)?)).map(|()| Step::Again)
+            }
+            // Queued records go out with the next socket write, in order.
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                Ok(Step::Again)
+            }
+            Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
+                Ok(Step::NeedInput)
+            }
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                self.eof = true;
+                Ok(Step::Closed)
+            }
+            // Early data is never enabled; anything newer is not handled.
+            Ok(_) => Err(StreamError::Stalled),
+        };
+        self.head += discard;
+        if self.head == self.input.len() {
+            self.head = 0;
+            self.input.clear();
+        }
+        step
+    }
+
+    /// Queues what rustls has to say after an error (the alert that
+    /// explains it) and sends it, best effort.
+    async fn send_alert(&mut self) {
+        for _ in 0..4 {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    if append(&mut self.output, 64, |b| Ok(enc.encode(b)?)).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
+        }
+        let _ = self.flush().await;
+    }
+
+    /// [`TlsStream::process`], sending the alert when rustls fails.
+    async fn step(&mut self, dst: Option<&mut Vec<u8>>) -> Result<Step, StreamError> {
+        match self.process(dst) {
+            Err(StreamError::Tls(e)) => {
+                self.send_alert().await;
+                Err(StreamError::Tls(e))
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the socket once, appending to the unconsumed input (in a
+    /// buffer from the pools, or a bigger one while a message is larger);
+    /// false at EOF. `small`: an idle wait's read, into a small buffer.
+    async fn read_more(&mut self, small: bool) -> Result<bool, StreamError> {
+        if self.head > 0 {
+            self.input.copy_within(self.head.., 0);
+            self.input.truncate(self.input.len() - self.head);
+            self.head = 0;
+        }
+        let (len, cap) = (self.input.len(), self.input.capacity());
+        // The size of the record the input starts with, once its header is in.
+        let record = match self.input.get(..5) {
+            Some(h) => 5 + usize::from(u16::from_be_bytes([h[3], h[4]])),
+            None => 0,
+        };
+        if cap == 0 {
+            self.input = if small {
+                buffers::take_small()
+            } else {
+                buffers::take_read()
+            };
+        } else if len == cap || record > cap {
+            // An unfinished record or handshake message: a bigger buffer.
+            if len == cap && cap >= MAX_INPUT {
+                return Err(StreamError::Oversized);
+            }
+            let size = record.max(cap * 2).min(MAX_INPUT);
+            let mut bigger = if size <= buffers::READ {
+                buffers::take_read()
+            } else {
+                Vec::with_capacity(size)
+            };
+            bigger.extend_from_slice(&self.input);
+            give_back(std::mem::replace(&mut self.input, bigger));
+        }
+        let len = self.input.len();
+        let (res, slice) = self
+            .tcp
+            .read(std::mem::take(&mut self.input).slice(len..))
+            .await;
+        self.input = slice.into_inner();
+        match res {
+            Ok(0) => {
+                self.eof = true;
+                self.release_input();
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) => {
+                self.release_input();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Returns an input buffer holding nothing unconsumed to its pool.
+    fn release_input(&mut self) {
+        if self.head == self.input.len() && self.input.capacity() > 0 {
+            self.head = 0;
+            give_back(std::mem::take(&mut self.input));
+        }
+    }
+
+    /// Waits for the client's next bytes on an idle keep-alive connection
+    /// holding only a small read buffer; false at EOF. The bytes are
+    /// decrypted on the next [`TlsStream::read_plain`]: this future stays
+    /// small because an idle connection's task holds it (see
+    /// `server::connection::serve`).
+    pub async fn fill_idle(&mut self) -> Result<bool, StreamError> {
+        if self.head < self.input.len() || self.eof {
+            return Ok(!self.eof);
+        }
+        if !self.output.is_empty() {
+            // Boxed, and rare (records rustls queued while answering the
+            // last request): a write's deadline would triple the idle future.
+            Box::pin(self.flush()).await?;
+        }
+        self.read_more(true).await
+    }
+
+    /// Completes the handshake within `limit`.
+    pub async fn handshake(&mut self, limit: Duration) -> Result<(), StreamError> {
+        let fd = self.fd();
+        deadline(fd, limit, async {
+            // A resolver call of a connection that failed before taking
+            // its name must not be taken for this one's.
+            let _ = super::take_resolved_sni();
+            if self.plain_http_first().await? {
+                return Err(StreamError::PlainHttp);
+            }
+            while self.conn.is_handshaking() {
+                match self.step(None).await? {
+                    Step::Again => {}
+                    Step::NeedInput => {
+                        self.flush().await?;
+                        if !self.read_more(false).await? {
+                            return Err(StreamError::HandshakeEof);
+                        }
+                    }
+                    Step::Data | Step::Closed => return Err(StreamError::HandshakeEof),
+                }
+            }
+            // The last flight (and TLS 1.3 session tickets) go out now;
+            // input after the handshake is the first request's, left for
+            // `read_plain`.
+            self.drain_queued()?;
+            self.flush().await?;
+            self.release_input();
+            Ok(())
+        })
+        .await
+        .unwrap_or(Err(StreamError::TimedOut))
+    }
+
+    /// Reads the first bytes; if they are an HTTP request line rather than a
+    /// TLS record, answers 400 in plain HTTP (when XDP does not reset it).
+    async fn plain_http_first(&mut self) -> Result<bool, StreamError> {
+        if !self.read_more(false).await? {
+            return Err(StreamError::HandshakeEof);
+        }
+        if self.input.len() >= 4 {
+            let head = [self.input[0], self.input[1], self.input[2], self.input[3]];
+            if gateway_common::packet::classify(head)
+                == gateway_common::packet::Payload::HttpRequest
+            {
+                let body = b"{\"error\":\"bad_request\",\"reason\":\"tls.plain_http\"}\n";
+                let msg = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let mut out = msg.into_bytes();
+                out.extend_from_slice(body);
+                let (_, _) = self.tcp.write_all(out).await;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Appends available plaintext to `dst`, reading the socket as needed.
+    /// Returns the bytes appended; 0 means the peer closed.
+    pub async fn read_plain(&mut self, dst: &mut Vec<u8>) -> Result<usize, StreamError> {
+        let start = dst.len();
+        loop {
+            match self.step(Some(dst)).await? {
+                Step::Data => {
+                    self.release_input();
+                    return Ok(dst.len() - start);
+                }
+                Step::Again => {}
+                Step::Closed => {
+                    // rustls reads nothing after close_notify.
+                    self.head = 0;
+                    self.input.clear();
+                    self.release_input();
+                    return Ok(0);
+                }
+                Step::NeedInput => {
+                    if self.eof {
+                        return Ok(0);
+                    }
+                    if !self.output.is_empty() {
+                        self.flush().await?;
+                    }
+                    if !self.read_more(false).await? {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues the records rustls has ready, reading no input.
+    fn drain_queued(&mut self) -> Result<(), StreamError> {
+        loop {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state? {
+                ConnectionState::EncodeTlsData(mut enc) => {
+                    append(&mut self.output, 1024, |b| Ok(enc.encode(b)?))?;
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                ConnectionState::PeerClosed => self.eof = true,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Encrypts `data` into `output` (records of up to 16 KiB), after
+    /// whatever handshake records rustls has queued (a key update).
+    fn encrypt(&mut self, data: &[u8]) -> Result<(), StreamError> {
+        loop {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state? {
+                ConnectionState::WriteTraffic(mut w) => {
+                    let hint = data.len() + (data.len() / RECORD + 1) * RECORD_OVERHEAD;
+                    return append(&mut self.output, hint, |b| Ok(w.encrypt(data, b)?));
+                }
+                ConnectionState::EncodeTlsData(mut enc) => {
+                    append(&mut self.output, 1024, |b| Ok(enc.encode(b)?))?;
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                // The client's close_notify: answers may still be sent.
+                ConnectionState::PeerClosed => self.eof = true,
+                _ => return Err(StreamError::Stalled),
+            }
+        }
+    }
+
+    /// Sends plaintext as few TLS records as possible (one per 16 KiB; the
+    /// parts of a small response share one record) in one socket write
+    /// per 64 KiB.
+    pub async fn send(&mut self, parts: &[&[u8]]) -> Result<(), StreamError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if parts.len() > 1 && total <= RECORD {
+            let mut joined = buffers::take_write(total);
+            for p in parts {
+                joined.extend_from_slice(p);
+            }
+            let r = self.encrypt(&joined);
+            buffers::give_write(joined);
+            r?;
+        } else {
+            for p in parts {
+                self.encrypt(p)?;
+                if self.output.len() >= MAX_QUEUED {
+                    self.flush().await?;
+                }
+            }
+        }
+        self.flush().await
+    }
+
+    /// Sends the queued records in one socket write.
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
+        if self.output.is_empty() {
+            buffers::give_write(std::mem::take(&mut self.output));
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.output);
+        let fd = self.fd();
+        let Some((res, mut buf)) =
+            write_deadline(fd, self.write_timeout, self.tcp.write_all(buf)).await
+        else {
+            return Err(StreamError::TimedOut);
+        };
+        buf.clear();
+        // Back to the pool: an idle connection holds no write buffer.
+        buffers::give_write(buf);
+        res?;
+        Ok(())
+    }
+
+    /// Sends close_notify, shuts the write side, and drains what the client
+    /// still sends for a moment: closing with unread data makes the kernel
+    /// answer with RST, which can destroy the last response before the
+    /// client reads it (a lingering close, as HAProxy and nginx do).
+    pub async fn close(mut self) {
+        self.release_input();
+        self.input = Vec::new();
+        let queued = loop {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    break append(&mut self.output, 64, |b| Ok(w.queue_close_notify(b)?));
+                }
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    if let Err(e) = append(&mut self.output, 1024, |b| Ok(enc.encode(b)?)) {
+                        break Err(e);
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(ConnectionState::PeerClosed) => self.eof = true,
+                _ => break Ok(()),
+            }
+        };
+        if queued.is_err() || self.flush().await.is_err() {
+            return;
+        }
+        let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+        if self.eof {
+            return;
+        }
+        let fd = self.fd();
+        let until = std::time::Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match deadline(fd, left, self.tcp.read(buffers::take_read())).await {
+                Some((Ok(n), b)) if n > 0 => {
+                    buffers::give_read(b);
+                    drained += n;
+                }
+                _ => break,
+            }
+        }
+    }
+}

@@ -143,14 +143,16 @@ impl Worker {
     where
         F: std::future::Future<Output = ()> + 'static,
     {
-        let w = self.clone();
         self.active.set(self.active.get() + 1);
+        // Counted down when the task's future is dropped: also when a
+        // panic unwinds it, so no slot is lost for good.
+        let slot = Slot(self.clone());
         // Boxed: awaited inline, the connection's future would be stored
         // twice in the task (once captured, once awaited).
         let fut = Box::pin(task(self.clone()));
         tokio_uring::spawn(async move {
+            let _slot = slot;
             fut.await;
-            w.active.set(w.active.get() - 1);
         });
     }
 
@@ -191,5 +193,14 @@ impl Worker {
     /// Whether SIGTERM/SIGINT came.
     pub fn stopping(&self) -> bool {
         self.shared.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place in [`Worker::active`], given back on drop.
+struct Slot(Rc<Worker>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
     }
 }

@@ -1,6 +1,7 @@
 //! TLS at the record level, from the client's side of the wire: tampered
-//! and fragmented records, records larger than a socket read, and a
-//! close_notify answered with one.
+//! and fragmented records, records larger than a socket read, a request in
+//! the same write as the client's Finished, refused hellos with bytes
+//! after them, and a close_notify answered with one.
 
 use std::{
     io::{Read, Write},
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_tests::harness::{client_config, setup, sha256_hex};
+use gateway_tests::harness::{client_config, setup, setup_full, sha256_hex};
 use rustls::{ClientConnection, SupportedProtocolVersion, pki_types::ServerName};
 
 const VERSIONS: [(&str, &SupportedProtocolVersion); 2] = [
@@ -153,5 +154,117 @@ fn close_notify_is_answered_with_close_notify() {
         );
         let state = conn.process_new_packets().expect("state");
         assert!(state.peer_has_closed(), "TLS {v}: no close_notify back");
+    }
+}
+
+/// Handshakes holding back the client's last flight, then sends it and
+/// `request` in one write: the gateway reads both at once.
+fn finished_with_request(
+    port: u16,
+    cfg: Arc<rustls::ClientConfig>,
+    request: &[u8],
+) -> (ClientConnection, TcpStream) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut conn = ClientConnection::new(cfg, name).expect("client");
+    while conn.is_handshaking() {
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).expect("flight");
+        }
+        if conn.read_tls(&mut tcp).expect("server flight") == 0 {
+            panic!("the gateway closed during the handshake");
+        }
+        conn.process_new_packets().expect("server flight");
+    }
+    let wire = records(&mut conn, request);
+    tcp.write_all(&wire).expect("finished and request");
+    (conn, tcp)
+}
+
+#[test]
+fn a_request_in_the_same_write_as_the_finished_is_served() {
+    let s = setup("finished-request", "");
+    for (v, version) in VERSIONS {
+        let cfg = client_config(&s.certs.ca, &[version]);
+        // TLS 1.2 ends on the client's Finished only when it resumes (the
+        // server's Finished comes first): a first connection for the session.
+        let (mut first, mut tcp) = handshake(s.gw.port, cfg.clone());
+        tcp.write_all(&records(
+            &mut first,
+            b"GET /first HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        ))
+        .expect("first");
+        let _ = read_all(&mut first, &mut tcp);
+        let path = format!("/same-write-{v}");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let (mut conn, mut tcp) = finished_with_request(s.gw.port, cfg, request.as_bytes());
+        if v == "1.2" {
+            assert_eq!(
+                conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "TLS 1.2 must resume for this test"
+            );
+        }
+        let (err, answer) = read_all(&mut conn, &mut tcp);
+        assert!(err.is_none(), "TLS {v}: {err:?}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "TLS {v}: {answer}");
+        assert_eq!(s.backend.hits(&path), 1, "TLS {v}");
+    }
+}
+
+/// One record: a ClientHello offering only TLS 1.1, which rustls refuses,
+/// and `tail`, the start of a next handshake message.
+fn tls11_client_hello(tail: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0x00, 0x02, 0xc0, 0x13]);
+    body.extend_from_slice(&[0x01, 0x00]);
+    let mut hs = vec![0x01, 0, 0, body.len() as u8];
+    hs.extend_from_slice(&body);
+    hs.extend_from_slice(tail);
+    let mut rec = vec![0x16, 0x03, 0x01, 0, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn refused_hellos_with_bytes_after_them_cost_no_connection_slot() {
+    // One worker with room for 3 connections: a connection task that died
+    // without giving its slot back would show as refused clients.
+    let s = setup_full(
+        "hello-tail",
+        "",
+        "workers = 1\nmax_connections_per_worker = 3",
+        "",
+    );
+    for tail in [
+        &[0x01u8][..],
+        &[0x01, 0x00],
+        &[0x01, 0x00, 0x00],
+        &[0x01, 0x00, 0x00, 0x10],
+    ] {
+        for _ in 0..2 {
+            let mut tcp = TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+            tcp.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            tcp.write_all(&tls11_client_hello(tail)).expect("hello");
+            let mut buf = Vec::new();
+            let _ = tcp.read_to_end(&mut buf);
+            assert_eq!(
+                buf.first(),
+                Some(&21),
+                "no alert for tail {tail:?}: {buf:?}"
+            );
+        }
+    }
+    // Every slot is free again: three clients at once are served.
+    let clients: Vec<_> = (0..3).map(|_| s.client()).collect();
+    for mut c in clients {
+        assert_eq!(c.get("/").expect("served").status, 200);
     }
 }

@@ -16,7 +16,7 @@ use rustls::{
     server::UnbufferedServerConnection,
     unbuffered::{ConnectionState, EncodeError, EncryptError},
 };
-use tokio_uring::{buf::BoundedBuf as _, net::TcpStream};
+use tokio_uring::net::TcpStream;
 
 use crate::buffers;
 
@@ -75,6 +75,10 @@ pub struct TlsStream {
     head: usize,
     /// Encrypted records waiting for one socket write; lent like `input`.
     output: Vec<u8>,
+    /// Plaintext rustls decrypted while the stream was not reading (a
+    /// request in the handshake's last read, pipelined requests met while
+    /// answering): [`TlsStream::read_plain`] hands it out first.
+    stash: Vec<u8>,
     sni: Option<Box<str>>,
     eof: bool,
     /// Longest a write may wait for a client that does not read.
@@ -124,16 +128,28 @@ pub fn shutdown_fd(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
-/// What rustls' answer to new input asks of the stream next.
+/// What rustls' answer to the input asks of the stream next.
 enum Step {
     /// Plaintext was appended to the caller's buffer.
     Data,
     /// Nothing to decrypt: read the socket (or, handshaking, wait for the peer).
     NeedInput,
-    /// Records were queued for sending; ask rustls again.
+    /// Records were queued for sending or plaintext stashed; ask rustls again.
     Again,
-    /// The connection is over (the peer's close_notify, or both sides').
+    /// What the caller asked to write was encrypted into `output`.
+    Written,
+    /// The peer's close_notify: nothing more will be read (reported once).
+    PeerClosed,
+    /// Both sides sent close_notify.
     Closed,
+}
+
+/// What a call into rustls should write once it may.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    Nothing,
+    Data(&'a [u8]),
+    CloseNotify,
 }
 
 /// Room a call into rustls found too small, or a failure.
@@ -218,6 +234,7 @@ impl TlsStream {
             input: Vec::new(),
             head: 0,
             output: Vec::new(),
+            stash: Vec::new(),
             sni: None,
             eof: false,
             write_timeout,
@@ -248,36 +265,51 @@ impl TlsStream {
         self.sni.as_deref().unwrap_or("")
     }
 
-    /// Hands rustls the unconsumed input once. Decrypted application data
-    /// goes to `dst` (`None` while handshaking, when there can be none);
-    /// handshake records rustls emits are queued in `output`.
-    fn process(&mut self, mut dst: Option<&mut Vec<u8>>) -> Result<Step, StreamError> {
+    /// One call into rustls with the unconsumed input (always all of it:
+    /// rustls keeps positions in it while it joins a handshake message).
+    /// Decrypted application data goes to `dst`, or to the stash when the
+    /// caller is not reading; handshake records rustls emits, and what
+    /// `write` asks for once rustls allows it, are queued in `output`.
+    fn process(
+        &mut self,
+        dst: Option<&mut Vec<u8>>,
+        write: Write<'_>,
+    ) -> Result<Step, StreamError> {
         let status = self.conn.process_tls_records(&mut self.input[self.head..]);
+        // Taken after every call, so no name outlives the call whose
+        // resolver set it (see `RESOLVED_SNI`).
+        let sni = super::take_resolved_sni();
         if self.sni.is_none() {
-            self.sni = super::take_resolved_sni();
+            self.sni = sni;
         }
-        let discard = status.discard;
+        let mut discard = status.discard;
         let step = match status.state {
             Err(e) => Err(StreamError::Tls(e)),
             Ok(ConnectionState::ReadTraffic(mut records)) => {
-                let mut step = Ok(Step::Again);
+                let reading = dst.is_some();
+                let out = match dst {
+                    Some(d) => d,
+                    None => &mut self.stash,
+                };
+                let before = out.len();
+                let mut failed = None;
                 while let Some(record) = records.next_record() {
-                    match (record, dst.as_deref_mut()) {
-                        (Ok(r), Some(dst)) => {
-                            dst.extend_from_slice(r.payload);
-                            step = Ok(Step::Data);
+                    match record {
+                        Ok(r) => {
+                            discard += r.discard;
+                            out.extend_from_slice(r.payload);
                         }
-                        (Ok(_), None) => {
-                            step = Err(StreamError::Stalled);
-                            break;
-                        }
-                        (Err(e), _) => {
-                            step = Err(e.into());
+                        Err(e) => {
+                            failed = Some(e);
                             break;
                         }
                     }
                 }
-                step
+                match failed {
+                    Some(e) => Err(e.into()),
+                    None if reading && out.len() > before => Ok(Step::Data),
+                    None => Ok(Step::Again),
+                }
             }
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 append(&mut self.output, 1024, |b| Ok(enc.encode(b)?)).map(|()| Step::Again)
@@ -287,10 +319,24 @@ impl TlsStream {
                 t.done();
                 Ok(Step::Again)
             }
-            Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
-                Ok(Step::NeedInput)
+            Ok(ConnectionState::WriteTraffic(mut w)) => match write {
+                Write::Nothing => Ok(Step::NeedInput),
+                Write::Data(data) => {
+                    let hint = data.len() + (data.len() / RECORD + 1) * RECORD_OVERHEAD;
+                    append(&mut self.output, hint, |b| Ok(w.encrypt(data, b)?))
+                        .map(|()| Step::Written)
+                }
+                Write::CloseNotify => append(&mut self.output, RECORD_OVERHEAD, |b| {
+                    Ok(w.queue_close_notify(b)?)
+                })
+                .map(|()| Step::Written),
+            },
+            Ok(ConnectionState::BlockedHandshake) => Ok(Step::NeedInput),
+            Ok(ConnectionState::PeerClosed) => {
+                self.eof = true;
+                Ok(Step::PeerClosed)
             }
-            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+            Ok(ConnectionState::Closed) => {
                 self.eof = true;
                 Ok(Step::Closed)
             }
@@ -298,83 +344,75 @@ impl TlsStream {
             Ok(_) => Err(StreamError::Stalled),
         };
         self.head += discard;
-        if self.head == self.input.len() {
+        if self.head >= self.input.len() {
             self.head = 0;
             self.input.clear();
         }
         step
     }
 
-    /// Queues what rustls has to say after an error (the alert that
-    /// explains it) and sends it, best effort.
-    async fn send_alert(&mut self) {
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    if append(&mut self.output, 64, |b| Ok(enc.encode(b)?)).is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => break,
-            }
-        }
-        let _ = self.flush().await;
-    }
-
-    /// [`TlsStream::process`], sending the alert when rustls fails.
-    async fn step(&mut self, dst: Option<&mut Vec<u8>>) -> Result<Step, StreamError> {
-        match self.process(dst) {
+    /// [`TlsStream::process`]; when rustls fails, the alert that explains
+    /// it (queued first by rustls, so the next call hands it out without
+    /// reading input) is sent, best effort.
+    async fn step(
+        &mut self,
+        dst: Option<&mut Vec<u8>>,
+        write: Write<'_>,
+    ) -> Result<Step, StreamError> {
+        match self.process(dst, write) {
             Err(StreamError::Tls(e)) => {
-                self.send_alert().await;
+                if self.process(None, Write::Nothing).is_ok() && !self.output.is_empty() {
+                    let _ = Box::pin(self.flush()).await;
+                }
                 Err(StreamError::Tls(e))
             }
             other => other,
         }
     }
 
-    /// Reads the socket once, appending to the unconsumed input (in a
-    /// buffer from the pools, or a bigger one while a message is larger);
-    /// false at EOF. `small`: an idle wait's read, into a small buffer.
+    /// Reads the socket once; false at EOF. With nothing pending the read
+    /// goes straight into a pooled buffer (`small`: the idle wait's) that
+    /// becomes the input. Pending bytes stay where they are (rustls may
+    /// hold positions in them) and the read goes to a buffer of its own,
+    /// appended after: a read cut short by a deadline drops its own
+    /// buffer, never bytes rustls has seen.
     async fn read_more(&mut self, small: bool) -> Result<bool, StreamError> {
-        if self.head > 0 {
-            self.input.copy_within(self.head.., 0);
-            self.input.truncate(self.input.len() - self.head);
+        if self.head >= self.input.len() {
             self.head = 0;
-        }
-        let (len, cap) = (self.input.len(), self.input.capacity());
-        // The size of the record the input starts with, once its header is in.
-        let record = match self.input.get(..5) {
-            Some(h) => 5 + usize::from(u16::from_be_bytes([h[3], h[4]])),
-            None => 0,
-        };
-        if cap == 0 {
-            self.input = if small {
+            give_back(std::mem::take(&mut self.input));
+            let buf = if small {
                 buffers::take_small()
             } else {
                 buffers::take_read()
             };
-        } else if len == cap || record > cap {
-            // An unfinished record or handshake message: a bigger buffer.
-            if len == cap && cap >= MAX_INPUT {
-                return Err(StreamError::Oversized);
-            }
-            let size = record.max(cap * 2).min(MAX_INPUT);
-            let mut bigger = if size <= buffers::READ {
-                buffers::take_read()
-            } else {
-                Vec::with_capacity(size)
-            };
-            bigger.extend_from_slice(&self.input);
-            give_back(std::mem::replace(&mut self.input, bigger));
+            let (res, buf) = self.tcp.read(buf).await;
+            self.input = buf;
+            return self.after_read(res);
         }
-        let len = self.input.len();
-        let (res, slice) = self
-            .tcp
-            .read(std::mem::take(&mut self.input).slice(len..))
-            .await;
-        self.input = slice.into_inner();
+        if self.input.len() - self.head >= MAX_INPUT {
+            return Err(StreamError::Oversized);
+        }
+        let (res, buf) = self.tcp.read(buffers::take_read()).await;
+        if let Ok(n @ 1..) = res {
+            if self.head > 0 {
+                self.input.copy_within(self.head.., 0);
+                self.input.truncate(self.input.len() - self.head);
+                self.head = 0;
+            }
+            let need = self.input.len() + n;
+            if need > self.input.capacity() && need <= buffers::READ {
+                // Out of the small idle buffer into a pooled read buffer.
+                let mut bigger = buffers::take_read();
+                bigger.extend_from_slice(&self.input);
+                give_back(std::mem::replace(&mut self.input, bigger));
+            }
+            self.input.extend_from_slice(&buf[..n]);
+        }
+        buffers::give_read(buf);
+        self.after_read(res)
+    }
+
+    fn after_read(&mut self, res: io::Result<usize>) -> Result<bool, StreamError> {
         match res {
             Ok(0) => {
                 self.eof = true;
@@ -391,7 +429,7 @@ impl TlsStream {
 
     /// Returns an input buffer holding nothing unconsumed to its pool.
     fn release_input(&mut self) {
-        if self.head == self.input.len() && self.input.capacity() > 0 {
+        if self.head >= self.input.len() && self.input.capacity() > 0 {
             self.head = 0;
             give_back(std::mem::take(&mut self.input));
         }
@@ -403,8 +441,11 @@ impl TlsStream {
     /// small because an idle connection's task holds it (see
     /// `server::connection::serve`).
     pub async fn fill_idle(&mut self) -> Result<bool, StreamError> {
-        if self.head < self.input.len() || self.eof {
-            return Ok(!self.eof);
+        if !self.stash.is_empty() || self.head < self.input.len() {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
         }
         if !self.output.is_empty() {
             // Boxed, and rare (records rustls queued while answering the
@@ -424,22 +465,26 @@ impl TlsStream {
             if self.plain_http_first().await? {
                 return Err(StreamError::PlainHttp);
             }
-            while self.conn.is_handshaking() {
-                match self.step(None).await? {
-                    Step::Again => {}
+            loop {
+                let step = self.step(None, Write::Nothing).await?;
+                // Done, even when the client's first request came in the
+                // same read (it waits in the stash or the input).
+                if !self.conn.is_handshaking() {
+                    break;
+                }
+                match step {
+                    Step::Again | Step::Written | Step::Data => {}
                     Step::NeedInput => {
                         self.flush().await?;
                         if !self.read_more(false).await? {
                             return Err(StreamError::HandshakeEof);
                         }
                     }
-                    Step::Data | Step::Closed => return Err(StreamError::HandshakeEof),
+                    Step::PeerClosed | Step::Closed => return Err(StreamError::HandshakeEof),
                 }
             }
-            // The last flight (and TLS 1.3 session tickets) go out now;
-            // input after the handshake is the first request's, left for
-            // `read_plain`.
-            self.drain_queued()?;
+            // The last flight (and TLS 1.3 session tickets) go out now.
+            while let Step::Again = self.step(None, Write::Nothing).await? {}
             self.flush().await?;
             self.release_input();
             Ok(())
@@ -476,15 +521,20 @@ impl TlsStream {
     /// Appends available plaintext to `dst`, reading the socket as needed.
     /// Returns the bytes appended; 0 means the peer closed.
     pub async fn read_plain(&mut self, dst: &mut Vec<u8>) -> Result<usize, StreamError> {
+        if !self.stash.is_empty() {
+            dst.extend_from_slice(&self.stash);
+            // Rare (pipelined requests met while answering): not kept.
+            return Ok(std::mem::take(&mut self.stash).len());
+        }
         let start = dst.len();
         loop {
-            match self.step(Some(dst)).await? {
+            match self.step(Some(dst), Write::Nothing).await? {
                 Step::Data => {
                     self.release_input();
                     return Ok(dst.len() - start);
                 }
-                Step::Again => {}
-                Step::Closed => {
+                Step::Again | Step::Written => {}
+                Step::PeerClosed | Step::Closed => {
                     // rustls reads nothing after close_notify.
                     self.head = 0;
                     self.input.clear();
@@ -506,38 +556,20 @@ impl TlsStream {
         }
     }
 
-    /// Queues the records rustls has ready, reading no input.
-    fn drain_queued(&mut self) -> Result<(), StreamError> {
-        loop {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state? {
-                ConnectionState::EncodeTlsData(mut enc) => {
-                    append(&mut self.output, 1024, |b| Ok(enc.encode(b)?))?;
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::PeerClosed => self.eof = true,
-                _ => return Ok(()),
-            }
-        }
-    }
-
     /// Encrypts `data` into `output` (records of up to 16 KiB), after
-    /// whatever handshake records rustls has queued (a key update).
-    fn encrypt(&mut self, data: &[u8]) -> Result<(), StreamError> {
+    /// whatever handshake records rustls has queued (a key update); records
+    /// the client sent meanwhile are decrypted into the stash first.
+    async fn encrypt(&mut self, data: &[u8]) -> Result<(), StreamError> {
+        if data.is_empty() {
+            return Ok(());
+        }
         loop {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state? {
-                ConnectionState::WriteTraffic(mut w) => {
-                    let hint = data.len() + (data.len() / RECORD + 1) * RECORD_OVERHEAD;
-                    return append(&mut self.output, hint, |b| Ok(w.encrypt(data, b)?));
-                }
-                ConnectionState::EncodeTlsData(mut enc) => {
-                    append(&mut self.output, 1024, |b| Ok(enc.encode(b)?))?;
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
+            match self.step(None, Write::Data(data)).await? {
+                Step::Written => return Ok(()),
                 // The client's close_notify: answers may still be sent.
-                ConnectionState::PeerClosed => self.eof = true,
-                _ => return Err(StreamError::Stalled),
+                Step::Again | Step::PeerClosed => {}
+                // Before the handshake ended, or after both closed.
+                Step::NeedInput | Step::Closed | Step::Data => return Err(StreamError::Stalled),
             }
         }
     }
@@ -552,12 +584,12 @@ impl TlsStream {
             for p in parts {
                 joined.extend_from_slice(p);
             }
-            let r = self.encrypt(&joined);
+            let r = self.encrypt(&joined).await;
             buffers::give_write(joined);
             r?;
         } else {
             for p in parts {
-                self.encrypt(p)?;
+                self.encrypt(p).await?;
                 if self.output.len() >= MAX_QUEUED {
                     self.flush().await?;
                 }
@@ -591,25 +623,10 @@ impl TlsStream {
     /// answer with RST, which can destroy the last response before the
     /// client reads it (a lingering close, as HAProxy and nginx do).
     pub async fn close(mut self) {
-        self.release_input();
-        self.input = Vec::new();
-        let queued = loop {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    break append(&mut self.output, 64, |b| Ok(w.queue_close_notify(b)?));
-                }
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    if let Err(e) = append(&mut self.output, 1024, |b| Ok(enc.encode(b)?)) {
-                        break Err(e);
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                Ok(ConnectionState::PeerClosed) => self.eof = true,
-                _ => break Ok(()),
-            }
-        };
-        if queued.is_err() || self.flush().await.is_err() {
+        // Each `Again` consumes a queued record or an input record (into
+        // the stash, dropped with the stream): this ends.
+        while let Ok(Step::Again | Step::PeerClosed) = self.process(None, Write::CloseNotify) {}
+        if self.flush().await.is_err() {
             return;
         }
         let _ = self.tcp.shutdown(std::net::Shutdown::Write);

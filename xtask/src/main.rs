@@ -3,6 +3,7 @@
 //! test suite, and benchmark against peers.
 
 mod build;
+mod deps;
 mod toolchain;
 
 use std::process::{Command, ExitCode};
@@ -22,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain (nightly rust-src, bpf-linker) if missing.
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker) and
+    /// cargo-deny if missing.
     Toolchain,
     /// Build the eBPF object and the gateway (release).
     Build,
@@ -33,7 +35,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every unit and end-to-end test (the privileged ones need root).
+    /// Check the dependency tree against deny.toml (licenses, bans,
+    /// duplicates, sources; advisories when RustSec can be reached).
+    Deps,
+    /// Check the dependencies, then run every unit and end-to-end test
+    /// (the privileged ones need root).
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -71,6 +77,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Toolchain => {
             let tc = toolchain::ensure()?;
             println!("bpf-linker: {}", tc.bpf_linker.display());
+            println!("cargo-deny: {}", toolchain::ensure_cargo_deny()?.display());
             Ok(())
         }
         Cmd::Build => {
@@ -88,7 +95,13 @@ fn run(cli: Cli) -> Result<()> {
             let bin = build::release(&obj, &[])?;
             exec(Command::new(bin).arg("run").args(args))
         }
+        Cmd::Deps => deps::check(),
         Cmd::Test { args } => {
+            // The whole suite starts with the dependency check; a filtered
+            // run (`cargo xtask test -p ... --test NAME`) skips it.
+            if args.is_empty() {
+                deps::check()?;
+            }
             let obj = build::ebpf()?;
             // The end-to-end tests run the gateway binary: build it first,
             // also when `args` narrow the run to the tests package.

@@ -15,6 +15,9 @@ use anyhow::{Context as _, Result, bail};
 /// bpf-linker release that fits LLVM 21–23 and rustc 1.95.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deny release for the dependency check (builds with rustc 1.95).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// What the eBPF build needs, all located.
 pub struct Toolchain {
     /// The `bpf-linker` executable.
@@ -149,6 +152,39 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf> {
     if !status.success() || !exe.is_file() {
         bail!(
             "bpf-linker could not be built (is crates.io reachable?); fix: rerun `cargo xtask toolchain` once the registry answers"
+        );
+    }
+    Ok(exe)
+}
+
+/// The `cargo-deny` executable, built on first use (a few minutes) into
+/// the tools directory.
+pub fn ensure_cargo_deny() -> Result<PathBuf> {
+    let root = tools_dir()?.join(format!("cargo-deny-{CARGO_DENY_VERSION}"));
+    let exe = root.join("bin/cargo-deny");
+    if exe.is_file() {
+        return Ok(exe);
+    }
+    eprintln!(
+        "xtask: building cargo-deny {CARGO_DENY_VERSION} into {} (first use, a few minutes)",
+        root.display()
+    );
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+            "--locked",
+        ])
+        .arg("--root")
+        .arg(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .context("running cargo install")?;
+    if !status.success() || !exe.is_file() {
+        bail!(
+            "cargo-deny could not be built (is crates.io reachable?); fix: rerun `cargo xtask deps` once the registry answers"
         );
     }
     Ok(exe)

@@ -54,7 +54,13 @@ fn policy_holds(deny: &Path, config: &Path) -> Result<bool> {
         .current_dir(build::workspace_root())
         .args(["--locked", "--config"])
         .arg(config)
-        .args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"])
+        .args([
+            "check",
+            "--hide-inclusion-graph",
+            "licenses",
+            "bans",
+            "sources",
+        ])
         .status()
         .context("running cargo-deny")?;
     Ok(status.success())

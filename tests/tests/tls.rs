@@ -18,13 +18,18 @@ const VERSIONS: [(&str, &SupportedProtocolVersion); 2] = [
     ("1.2", &rustls::version::TLS12),
 ];
 
-/// A finished handshake over a raw socket, so the test writes the records.
-fn handshake(port: u16, cfg: Arc<rustls::ClientConfig>) -> (ClientConnection, TcpStream) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+/// A client for `localhost` over a raw socket to `port`, not yet handshaken.
+fn connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> (ClientConnection, TcpStream) {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let name = ServerName::try_from("localhost").expect("name");
-    let mut conn = ClientConnection::new(cfg, name).expect("client");
+    (ClientConnection::new(cfg, name).expect("client"), tcp)
+}
+
+/// A finished handshake over a raw socket, so the test writes the records.
+fn handshake(port: u16, cfg: Arc<rustls::ClientConfig>) -> (ClientConnection, TcpStream) {
+    let (mut conn, mut tcp) = connect(port, cfg);
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).expect("handshake");
     }
@@ -164,11 +169,7 @@ fn finished_with_request(
     cfg: Arc<rustls::ClientConfig>,
     request: &[u8],
 ) -> (ClientConnection, TcpStream) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let name = ServerName::try_from("localhost").expect("name");
-    let mut conn = ClientConnection::new(cfg, name).expect("client");
+    let (mut conn, mut tcp) = connect(port, cfg);
     while conn.is_handshaking() {
         while conn.wants_write() {
             conn.write_tls(&mut tcp).expect("flight");

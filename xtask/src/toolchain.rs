@@ -133,27 +133,11 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf> {
         "-C link-arg=-L{d} -C link-arg=-l{llvm_lib} -C link-arg=-Wl,-rpath,{d}",
         d = libdir.display()
     );
-    let status = Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--locked",
-        ])
-        .args(["--no-default-features", "--features"])
+    let mut cmd = cargo_install("bpf-linker", BPF_LINKER_VERSION, &root);
+    cmd.args(["--no-default-features", "--features"])
         .arg(format!("llvm-{major},no-llvm-linking"))
-        .arg("--root")
-        .arg(&root)
-        .env("RUSTFLAGS", rustflags)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .context("running cargo install")?;
-    if !status.success() || !exe.is_file() {
-        bail!(
-            "bpf-linker could not be built (is crates.io reachable?); fix: rerun `cargo xtask toolchain` once the registry answers"
-        );
-    }
+        .env("RUSTFLAGS", rustflags);
+    run_install(cmd, &exe, "bpf-linker", "cargo xtask toolchain")?;
     Ok(exe)
 }
 
@@ -169,23 +153,28 @@ pub fn ensure_cargo_deny() -> Result<PathBuf> {
         "xtask: building cargo-deny {CARGO_DENY_VERSION} into {} (first use, a few minutes)",
         root.display()
     );
-    let status = Command::new("cargo")
-        .args([
-            "install",
-            "cargo-deny",
-            "--version",
-            CARGO_DENY_VERSION,
-            "--locked",
-        ])
-        .arg("--root")
-        .arg(&root)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .context("running cargo install")?;
+    let cmd = cargo_install("cargo-deny", CARGO_DENY_VERSION, &root);
+    run_install(cmd, &exe, "cargo-deny", "cargo xtask deps")?;
+    Ok(exe)
+}
+
+/// `cargo install NAME --version VERSION --locked --root ROOT`, outside the
+/// workspace's target directory.
+fn cargo_install(name: &str, version: &str, root: &Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", name, "--version", version, "--locked", "--root"])
+        .arg(root)
+        .env_remove("CARGO_TARGET_DIR");
+    cmd
+}
+
+/// Runs an install; fails with the fix when `exe` did not appear.
+fn run_install(mut cmd: Command, exe: &Path, name: &str, rerun: &str) -> Result<()> {
+    let status = cmd.status().context("running cargo install")?;
     if !status.success() || !exe.is_file() {
         bail!(
-            "cargo-deny could not be built (is crates.io reachable?); fix: rerun `cargo xtask deps` once the registry answers"
+            "{name} could not be built (is crates.io reachable?); fix: rerun `{rerun}` once the registry answers"
         );
     }
-    Ok(exe)
+    Ok(())
 }

@@ -3,9 +3,12 @@
 //! ([`stream`]) the stream that drives a rustls connection over an io_uring
 //! socket with owned, reused buffers (rustls does not drive io_uring by itself).
 
+mod deadline;
+mod room;
 mod stream;
 
-pub use stream::{StreamError, TlsStream, deadline, shutdown_fd, write_deadline};
+pub use deadline::{deadline, shutdown_fd, write_deadline};
+pub use stream::{StreamError, TlsStream};
 
 use std::{
     cell::RefCell,

@@ -11,13 +11,13 @@ use std::{
     time::Duration,
 };
 
-use rustls::{
-    ServerConfig,
-    server::UnbufferedServerConnection,
-    unbuffered::{ConnectionState, EncodeError, EncryptError},
-};
+use rustls::{ServerConfig, server::UnbufferedServerConnection, unbuffered::ConnectionState};
 use tokio_uring::net::TcpStream;
 
+use super::{
+    deadline::{deadline, write_deadline},
+    room::{append, give_back},
+};
 use crate::buffers;
 
 /// How long, and how much, a closing connection drains from the client.
@@ -85,49 +85,6 @@ pub struct TlsStream {
     write_timeout: Duration,
 }
 
-/// Runs a write with a deadline; on expiry the socket is shut down both
-/// ways, which fails the in-flight io_uring write (SHUT_RD alone would not).
-pub async fn write_deadline<T>(
-    fd: RawFd,
-    limit: Duration,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    expire(fd, limit, libc::SHUT_RDWR, fut).await
-}
-
-/// Runs `fut` with a deadline; on expiry the socket's read side is shut
-/// down so the in-flight io_uring read completes (dropping an operation does
-/// not cancel it), while the write side stays open for a last response.
-pub async fn deadline<T>(
-    fd: RawFd,
-    limit: Duration,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    expire(fd, limit, libc::SHUT_RD, fut).await
-}
-
-async fn expire<T>(
-    fd: RawFd,
-    limit: Duration,
-    how: libc::c_int,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        r = fut => Some(r),
-        _ = tokio::time::sleep(limit) => {
-            // SAFETY: shutdown(2) on a descriptor the caller owns.
-            unsafe { libc::shutdown(fd, how) };
-            None
-        }
-    }
-}
-
-/// Shuts a socket down in both directions (the peer sees EOF at once).
-pub fn shutdown_fd(fd: RawFd) {
-    // SAFETY: shutdown(2) on a descriptor we own; errors (already closed) are harmless.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-}
-
 /// What rustls' answer to the input asks of the stream next.
 enum Step {
     /// Plaintext was appended to the caller's buffer.
@@ -150,74 +107,6 @@ enum Write<'a> {
     Nothing,
     Data(&'a [u8]),
     CloseNotify,
-}
-
-/// Room a call into rustls found too small, or a failure.
-enum Grow {
-    To(usize),
-    Fail(StreamError),
-}
-
-impl From<EncodeError> for Grow {
-    fn from(e: EncodeError) -> Self {
-        match e {
-            EncodeError::InsufficientSize(s) => Grow::To(s.required_size),
-            EncodeError::AlreadyEncoded => Grow::Fail(StreamError::Stalled),
-        }
-    }
-}
-
-impl From<EncryptError> for Grow {
-    fn from(e: EncryptError) -> Self {
-        match e {
-            EncryptError::InsufficientSize(s) => Grow::To(s.required_size),
-            EncryptError::EncryptExhausted => {
-                Grow::Fail(StreamError::Tls(rustls::Error::EncryptError))
-            }
-        }
-    }
-}
-
-/// Appends what `write` puts in a slice to `out` (a pooled buffer when it
-/// has none), starting with `hint` bytes of room and growing to what rustls
-/// says it needs.
-fn append(
-    out: &mut Vec<u8>,
-    hint: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, Grow>,
-) -> Result<(), StreamError> {
-    if out.capacity() == 0 {
-        *out = buffers::take_write(hint);
-    }
-    let start = out.len();
-    let mut room = hint;
-    loop {
-        out.resize(start + room, 0);
-        match write(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(Grow::To(need)) if need > room => room = need,
-            Err(Grow::To(_)) => {
-                out.truncate(start);
-                return Err(StreamError::Stalled);
-            }
-            Err(Grow::Fail(e)) => {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
-    }
-}
-
-/// Gives a buffer back to the pool it came from (by size; others are freed).
-fn give_back(b: Vec<u8>) {
-    match b.capacity() {
-        buffers::SMALL => buffers::give_small(b),
-        buffers::READ => buffers::give_read(b),
-        _ => {}
-    }
 }
 
 impl TlsStream {

@@ -90,7 +90,7 @@ pub fn run(target: &Target, load: &Load) -> Result<Outcome> {
         hist: histogram()?,
         answered: 0,
         errors: 0,
-        elapsed: Duration::ZERO,
+        elapsed: load.duration,
     };
     for t in threads {
         let one = t
@@ -100,7 +100,6 @@ pub fn run(target: &Target, load: &Load) -> Result<Outcome> {
         out.answered += one.answered;
         out.errors += one.errors;
     }
-    out.elapsed = load.duration;
     Ok(out)
 }
 

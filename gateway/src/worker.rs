@@ -156,6 +156,15 @@ impl Worker {
         });
     }
 
+    /// Runs `fut` with `fd` among the idle connections, which stopping may
+    /// cut (shut down) instead of waiting for.
+    pub async fn idle_while<T>(&self, fd: RawFd, fut: impl std::future::Future<Output = T>) -> T {
+        self.idle.borrow_mut().insert(fd);
+        let r = fut.await;
+        self.idle.borrow_mut().remove(&fd);
+        r
+    }
+
     /// Writes the next request id (32 hex digits: this worker's random
     /// seed and a 64-bit sequence) into `out`.
     pub fn next_request_id(&self, out: &mut String) {

@@ -13,7 +13,7 @@ use crate::{build, toolchain};
 pub fn check() -> Result<()> {
     let root = build::workspace_root();
     let deny = toolchain::ensure_cargo_deny()?;
-    if !policy_holds(&deny, &root.join("deny.toml"))? {
+    if !policy_holds(&deny, &root, &root.join("deny.toml"))? {
         bail!(
             "the dependency tree breaks deny.toml (above: the crate, the rule and the fix); README: Dependencies"
         );
@@ -36,22 +36,19 @@ pub fn check() -> Result<()> {
         );
         return Ok(());
     }
-    let status = Command::new(&deny)
-        .current_dir(&root)
-        .args(["check", "--disable-fetch", "advisories"])
-        .status()
-        .context("running cargo-deny")?;
-    if !status.success() {
-        bail!("a dependency has a security advisory (above); README: Dependencies");
-    }
-    Ok(())
+    crate::exec(Command::new(&deny).current_dir(&root).args([
+        "check",
+        "--disable-fetch",
+        "advisories",
+    ]))
+    .context("a dependency has a security advisory (above); README: Dependencies")
 }
 
-/// Whether the workspace's tree passes the licenses, bans and sources
-/// rules of the policy file `config` (cargo-deny says why not).
-fn policy_holds(deny: &Path, config: &Path) -> Result<bool> {
+/// Whether the tree of the workspace at `root` passes the licenses, bans
+/// and sources rules of the policy file `config` (cargo-deny says why not).
+fn policy_holds(deny: &Path, root: &Path, config: &Path) -> Result<bool> {
     let status = Command::new(deny)
-        .current_dir(build::workspace_root())
+        .current_dir(root)
         .args(["--locked", "--config"])
         .arg(config)
         .args([
@@ -77,7 +74,7 @@ mod tests {
         let deny = toolchain::ensure_cargo_deny().expect("cargo-deny");
         let root = build::workspace_root();
         let policy = std::fs::read_to_string(root.join("deny.toml")).expect("deny.toml");
-        assert!(policy_holds(&deny, &root.join("deny.toml")).expect("run"));
+        assert!(policy_holds(&deny, &root, &root.join("deny.toml")).expect("run"));
         let banned = policy.replace(
             "deny = [\n",
             "deny = [\n    { crate = \"httparse\", reason = \"test\" },\n",
@@ -87,7 +84,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("deny.toml");
         std::fs::write(&path, banned).expect("write");
-        let held = policy_holds(&deny, &path).expect("run");
+        let held = policy_holds(&deny, &root, &path).expect("run");
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!held, "a banned crate in the tree passed the check");
     }

@@ -241,14 +241,15 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     })?;
     ctx.route = Some(index);
     check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
-    // Whose limits: worked out only for a route that has any (behind a
-    // trusted proxy, already worked out for the anomaly detector).
-    let source = match (ctx.client, route.rate_limits.is_empty()) {
-        (Some(client), _) => client,
-        (None, true) => p.peer.ip(),
-        (None, false) => {
+    // Whose limits: the peer, or behind a trusted proxy the client it
+    // names (already worked out for the anomaly detector, else only for a
+    // route with limits).
+    let source = match ctx.client {
+        Some(client) => client,
+        None if p.trusted && !route.rate_limits.is_empty() => {
             rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies)
         }
+        None => p.peer.ip(),
     };
     let snap = p.snap;
     let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {

@@ -46,10 +46,8 @@ async fn await_request(w: &Worker, c: &mut Conn) -> bool {
     // Idle: the scratch buffers go back to the pool, and stopping may cut it.
     let fd = c.tls.fd();
     let limit = ms(c.snap().cfg.limits.idle_timeout_ms);
-    w.idle.borrow_mut().insert(fd);
     c.park();
-    let r = c.await_bytes(limit).await;
-    w.idle.borrow_mut().remove(&fd);
+    let r = w.idle_while(fd, c.await_bytes(limit)).await;
     matches!(r, Some(Ok(true)))
 }
 
@@ -81,9 +79,9 @@ async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<Box<C
     };
     // A connection still in its handshake is not in flight: stopping may cut it.
     let fd = tls.fd();
-    w.idle.borrow_mut().insert(fd);
-    let handshake = tls.handshake(ms(limits.header_timeout_ms)).await;
-    w.idle.borrow_mut().remove(&fd);
+    let handshake = w
+        .idle_while(fd, tls.handshake(ms(limits.header_timeout_ms)))
+        .await;
     let mut t = w.tally.borrow_mut();
     match handshake {
         Ok(()) => {
@@ -109,12 +107,20 @@ enum Head {
 /// it), within the header timeout counted from the first bytes.
 async fn next_head(c: &mut Conn) -> Head {
     let limits = c.snap().cfg.limits;
-    let header_deadline = Instant::now() + ms(limits.header_timeout_ms);
+    let whole = ms(limits.header_timeout_ms);
+    // Fixed at the first read: one clock read for a head that comes whole.
+    let mut header_deadline = None;
     loop {
         if head_decidable(c.pending(), &limits) {
             return Head::Ready;
         }
-        let limit = header_deadline.saturating_duration_since(Instant::now());
+        let limit = match header_deadline {
+            None => {
+                header_deadline = Some(Instant::now() + whole);
+                whole
+            }
+            Some(at) => at.saturating_duration_since(Instant::now()),
+        };
         match c.read_within(limit).await {
             None => return Head::TimedOut,
             Some(Ok(0)) | Some(Err(_)) => return Head::Closed,

@@ -156,13 +156,13 @@ impl Worker {
         });
     }
 
-    /// Runs `fut` with `fd` among the idle connections, which stopping may
-    /// cut (shut down) instead of waiting for.
-    pub async fn idle_while<T>(&self, fd: RawFd, fut: impl std::future::Future<Output = T>) -> T {
+    /// Counts `fd` among the idle connections, which stopping may cut
+    /// (shut down) instead of waiting for, until the mark is dropped. A
+    /// guard rather than a wrapping future: that would hold the wrapped
+    /// future twice in an idle connection's task.
+    pub fn mark_idle(&self, fd: RawFd) -> IdleMark<'_> {
         self.idle.borrow_mut().insert(fd);
-        let r = fut.await;
-        self.idle.borrow_mut().remove(&fd);
-        r
+        IdleMark { w: self, fd }
     }
 
     /// Writes the next request id (32 hex digits: this worker's random
@@ -211,5 +211,17 @@ struct Slot(Rc<Worker>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// A connection counted idle; see [`Worker::mark_idle`].
+pub struct IdleMark<'a> {
+    w: &'a Worker,
+    fd: RawFd,
+}
+
+impl Drop for IdleMark<'_> {
+    fn drop(&mut self) {
+        self.w.idle.borrow_mut().remove(&self.fd);
     }
 }

@@ -47,7 +47,9 @@ async fn await_request(w: &Worker, c: &mut Conn) -> bool {
     let fd = c.tls.fd();
     let limit = ms(c.snap().cfg.limits.idle_timeout_ms);
     c.park();
-    let r = w.idle_while(fd, c.await_bytes(limit)).await;
+    let idle = w.mark_idle(fd);
+    let r = c.await_bytes(limit).await;
+    drop(idle);
     matches!(r, Some(Ok(true)))
 }
 
@@ -79,9 +81,9 @@ async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<Box<C
     };
     // A connection still in its handshake is not in flight: stopping may cut it.
     let fd = tls.fd();
-    let handshake = w
-        .idle_while(fd, tls.handshake(ms(limits.header_timeout_ms)))
-        .await;
+    let idle = w.mark_idle(fd);
+    let handshake = tls.handshake(ms(limits.header_timeout_ms)).await;
+    drop(idle);
     let mut t = w.tally.borrow_mut();
     match handshake {
         Ok(()) => {

@@ -31,13 +31,13 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
 use crate::{
+    background::Background,
     clock::{Clock, Monotonic, unix_ms},
     config::{ClusterSettings, OnFailure},
     respond::Failure,
@@ -152,8 +152,7 @@ pub fn link(settings: &ClusterSettings) -> (Link, Receiver<Admitted>) {
 
 /// The running threads.
 pub struct Cluster {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Background,
 }
 
 /// `url` without its password, for logs.
@@ -188,7 +187,6 @@ impl Cluster {
         let client =
             redis::Client::open(url.as_str()).map_err(|e| format!("cluster.redis `{url}`: {e}"))?;
         let node = format!("{:016x}", rand_u64());
-        let stop = Arc::new(AtomicBool::new(false));
         let every = Duration::from_millis(settings.sync_ms);
         let sync = Sync {
             client: client.clone(),
@@ -201,26 +199,17 @@ impl Cluster {
             said: std::cell::Cell::new(false),
         };
         let listen = Listen { client, book, node };
-        let (s1, s2) = (stop.clone(), stop.clone());
-        let threads = vec![
-            std::thread::Builder::new()
-                .name("cluster-sync".into())
-                .spawn(move || sync.run(&s1))
-                .map_err(|e| e.to_string())?,
-            std::thread::Builder::new()
-                .name("cluster-verdicts".into())
-                .spawn(move || listen.run(&s2))
-                .map_err(|e| e.to_string())?,
-        ];
-        Ok(Self { stop, threads })
+        let mut threads = Background::default();
+        threads
+            .spawn("cluster-sync", move |stop| sync.run(stop))
+            .and_then(|()| threads.spawn("cluster-verdicts", move |stop| listen.run(stop)))
+            .map_err(|e| e.to_string())?;
+        Ok(Self { threads })
     }
 
     /// Stops both threads.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.threads.stop();
     }
 }
 

@@ -174,11 +174,12 @@ impl FileVersion {
         }
     }
 
-    /// Whether there is a version not seen yet (always, with `force`);
-    /// it counts as seen from now on, so a broken one is reported once.
-    fn changed(&mut self, force: bool) -> bool {
+    /// Whether there is a version not seen yet; it counts as seen from
+    /// now on, so a broken one is reported once. (SIGHUP reloads
+    /// everything through `reload`.)
+    fn changed(&mut self) -> bool {
         let now = stamp(&self.path);
-        let changed = force || now != self.seen;
+        let changed = now != self.seen;
         self.seen = now;
         changed
     }
@@ -202,10 +203,10 @@ impl KeyWatch {
         }
     }
 
-    /// Reloads when the file changed (or always, with `force`: SIGHUP).
-    /// A broken file keeps the last good key set.
-    pub fn poll(&mut self, published: &Published, force: bool) {
-        if !self.file.changed(force) {
+    /// Reloads when the file changed. A broken file keeps the last good
+    /// key set.
+    pub fn poll(&mut self, published: &Published) {
+        if !self.file.changed() {
             return;
         }
         match KeyRing::load(&self.file.path) {
@@ -358,10 +359,10 @@ impl IssuerFiles {
         Self { watched }
     }
 
-    /// Reloads changed files (or all, with `force`).
-    pub fn poll(&mut self, settings: &[JwtSettings], published: &Published, force: bool) {
+    /// Reloads changed files.
+    pub fn poll(&mut self, settings: &[JwtSettings], published: &Published) {
         for (i, file) in &mut self.watched {
-            if !file.changed(force) {
+            if !file.changed() {
                 continue;
             }
             match load_key_file(&settings[*i]) {

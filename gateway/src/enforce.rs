@@ -53,6 +53,20 @@ impl Enforcement {
         }
     }
 
+    /// Takes up a reloaded configuration's lists and SYN budget in place:
+    /// the XDP program stays attached, verdicts and counters stay.
+    pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
+        match self {
+            Self::Kernel(dp) => dp.reconfigure(old, new),
+            Self::Userspace(p) => {
+                if let Ok(mut p) = p.lock() {
+                    p.reconfigure(new);
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Places a verdict on a source.
     pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) -> Result<(), XdpError> {
         match self {

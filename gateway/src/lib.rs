@@ -6,10 +6,12 @@
 //! `upstream` → `filters` (response headers) → `log`; `pipeline` calls them
 //! in that order and `respond` turns every failure into a response.
 //! Around them: `config`, `xdp` (kernel data plane), `policy` and `enforce`
-//! (where the source policy is enforced), `fdlimit` (connection caps against
+//! (where the source policy is enforced), `reload` (SIGHUP and `gateway
+//! reload`), `fdlimit` (connection caps against
 //! `RLIMIT_NOFILE`), `demo` (the built-in backend).
 
 pub mod admin;
+pub mod background;
 pub mod buffers;
 pub mod clock;
 pub mod cluster;
@@ -27,6 +29,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;

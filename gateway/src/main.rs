@@ -62,6 +62,13 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Reload a running gateway's configuration, certificates and key
+    /// files (as SIGHUP does); exit 1, naming the file and line, when the
+    /// new configuration is refused (the running one keeps serving).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show the live rate limits of a source (and consumer) on each route.
     Limits {
         /// The source address.
@@ -145,7 +152,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { config } => load(config.as_ref()).and_then(cmd::run::run),
+        Cmd::Run { config } => load(config.as_ref()).and_then(|cfg| cmd::run::run(cfg, config)),
         Cmd::Check { config } => load(config.as_ref()).and_then(|cfg| cmd::check::check(&cfg)),
         Cmd::DefaultConfig => {
             print!("{}", gateway::config::EMBEDDED_DEFAULT);
@@ -154,6 +161,7 @@ fn main() -> ExitCode {
         Cmd::Keys { cmd } => cmd::keys::keys(cmd),
         Cmd::Verdicts { cmd, admin } => cmd::admin::verdicts(cmd, &admin),
         Cmd::Why { address, admin } => cmd::admin::why(address, &admin),
+        Cmd::Reload { admin } => cmd::admin::reload(&admin),
         Cmd::Limits {
             source,
             consumer,

@@ -157,6 +157,16 @@ impl SourcePolicy {
         }
     }
 
+    /// Takes up a reloaded configuration's lists and SYN budget, keeping
+    /// the verdicts and SYN clocks held.
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        let fresh = Self::new(cfg);
+        self.allow = fresh.allow;
+        self.deny = fresh.deny;
+        self.interval_ns = fresh.interval_ns;
+        self.tolerance_ns = fresh.tolerance_ns;
+    }
+
     /// Places (or replaces) a verdict.
     pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) {
         self.verdicts.insert(source_addr(ip), verdict);

@@ -141,6 +141,18 @@ impl Failure {
         reason: "upstream.timeout",
         fault: Fault::Upstream,
     };
+    /// The upstream's `max_requests` are in flight (circuit breaker).
+    pub const UPSTREAM_MAX_REQUESTS: Self = Self {
+        status: 503,
+        reason: "upstream.max_requests",
+        fault: Fault::Upstream,
+    };
+    /// The upstream's `max_connects` are in progress (circuit breaker).
+    pub const UPSTREAM_MAX_CONNECTS: Self = Self {
+        status: 503,
+        reason: "upstream.max_connects",
+        fault: Fault::Upstream,
+    };
     /// The gateway ran out of file descriptors, memory or local ports
     /// while connecting upstream; the upstream is not marked down.
     pub const LOCAL_RESOURCES: Self = Self {

@@ -48,7 +48,13 @@ pub struct Snapshot {
     pub trusted_proxies: CidrSet,
     /// Headers added to every response.
     pub filters: ResponseFilters,
+    /// This snapshot's number, rising with each one built: what the
+    /// workers' token caches follow.
+    pub epoch: u64,
 }
+
+/// The last snapshot number given out.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
     /// Compiles a configuration with its TLS settings, key ring and JWT key
@@ -110,6 +116,7 @@ impl Snapshot {
             filters: ResponseFilters::new(&cfg),
             tls,
             cfg,
+            epoch: EPOCH.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 

@@ -115,6 +115,32 @@ impl Book {
         }
     }
 
+    /// Takes up a reloaded configuration (`old` is the running one): the
+    /// enforcement point's lists and SYN budget change in place, and the
+    /// escalation counters start over only when their settings changed.
+    /// Nothing changes when the kernel refuses.
+    pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
+        if let Err(e) = self.enforcement.reconfigure(old, new) {
+            // Put back what went in, so the maps say what the running
+            // configuration says.
+            if let Err(back) = self.enforcement.reconfigure(new, old) {
+                tracing::error!("restoring the XDP maps after a failed reload: {back}");
+            }
+            return Err(e);
+        }
+        let (_, tolerance) = syn_budget(new.xdp.syn_rate, new.xdp.syn_burst);
+        if old.rate_limit.escalation != new.rate_limit.escalation
+            || old.policy.allow != new.policy.allow
+        {
+            self.escalation = Escalation::new(new.rate_limit.escalation, &new.policy.allow);
+        }
+        self.allow = CidrSet::new(&new.policy.allow);
+        self.deny = CidrSet::new(&new.policy.deny);
+        self.syn_tolerance_ns = tolerance;
+        self.syn_limited = new.xdp.syn_rate > 0;
+        Ok(())
+    }
+
     /// From now on, verdicts placed or lifted here are also sent to the
     /// other gateways through `outbox`.
     pub fn share(&mut self, outbox: SyncSender<Shout>) {

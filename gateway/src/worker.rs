@@ -54,6 +54,8 @@ pub struct Shared {
     pub access_log: Option<AccessLog>,
     /// The workers' published metrics.
     pub metrics: Board,
+    /// Each upstream's health and circuit-breaker gauges.
+    pub health: Arc<crate::proxy::health::Registry>,
 }
 
 /// One worker's state.
@@ -109,7 +111,7 @@ impl Worker {
         let snap = shared.published.current();
         Self {
             max_connections: snap.cfg.runtime.max_connections_per_worker,
-            upstreams: Upstreams::new(&snap.cfg.upstreams),
+            upstreams: Upstreams::new(&snap, shared.health.clone()),
             tokens: RefCell::new(TokenCache::default()),
             answers: RefCell::new(AnswerCache::default()),
             leases: RefCell::new(Leases::default()),

@@ -211,31 +211,8 @@ impl DataPlane {
 
     /// Writes the configuration's ports, knobs and CIDR lists into the maps.
     pub fn configure(&mut self, cfg: &Config) -> Result<(), XdpError> {
-        let (syn_interval_ns, syn_tolerance_ns) = syn_budget(cfg.xdp.syn_rate, cfg.xdp.syn_burst);
-        let knobs = XdpConfig {
-            syn_interval_ns,
-            syn_tolerance_ns,
-            plain_http_action: match cfg.xdp.plain_http_on_tls {
-                PlainHttpOnTls::Pass => PlainHttpAction::Pass,
-                PlainHttpOnTls::Drop => PlainHttpAction::Drop,
-                PlainHttpOnTls::Reset => PlainHttpAction::Reset,
-            } as u32,
-            flags: if cfg.policy.allow.is_empty() {
-                0
-            } else {
-                gateway_common::config_flags::HAS_ALLOW
-            } | if cfg.policy.deny.is_empty() {
-                0
-            } else {
-                gateway_common::config_flags::HAS_DENY
-            } | if cfg.xdp.syn_budget == crate::config::SynBudget::PerCpu {
-                gateway_common::config_flags::SYN_PER_CPU
-            } else {
-                0
-            },
-        };
         self.config
-            .set(0, knobs, 0)
+            .set(0, knobs(cfg), 0)
             .map_err(|e| classify("writing the XDP configuration", e))?;
         self.set_port(cfg.https.port(), PortKind::Tls)?;
         if cfg.https_only {
@@ -250,6 +227,80 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Moves the attached program's maps from `old`'s lists and knobs to
+    /// `new`'s in place (a reload): the program stays attached and keeps
+    /// its verdicts, SYN clocks and counters. New CIDRs go in before the
+    /// knobs that switch a list on, stale ones leave after, so no packet
+    /// meets a list switched on but still empty. The ports are listener
+    /// settings, which a reload does not change.
+    pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
+        for net in new
+            .policy
+            .deny
+            .iter()
+            .filter(|n| !old.policy.deny.contains(n))
+        {
+            insert_cidr(&mut self.deny, map_names::DENY, net)?;
+        }
+        for net in new
+            .policy
+            .allow
+            .iter()
+            .filter(|n| !old.policy.allow.contains(n))
+        {
+            insert_cidr(&mut self.allow, map_names::ALLOW, net)?;
+        }
+        self.config
+            .set(0, knobs(new), 0)
+            .map_err(|e| classify("writing the XDP configuration", e))?;
+        for net in old
+            .policy
+            .deny
+            .iter()
+            .filter(|n| !new.policy.deny.contains(n))
+        {
+            remove_cidr(&mut self.deny, map_names::DENY, net)?;
+        }
+        for net in old
+            .policy
+            .allow
+            .iter()
+            .filter(|n| !new.policy.allow.contains(n))
+        {
+            remove_cidr(&mut self.allow, map_names::ALLOW, net)?;
+        }
+        Ok(())
+    }
+}
+
+/// The program's knobs for `cfg`.
+fn knobs(cfg: &Config) -> XdpConfig {
+    let (syn_interval_ns, syn_tolerance_ns) = syn_budget(cfg.xdp.syn_rate, cfg.xdp.syn_burst);
+    XdpConfig {
+        syn_interval_ns,
+        syn_tolerance_ns,
+        plain_http_action: match cfg.xdp.plain_http_on_tls {
+            PlainHttpOnTls::Pass => PlainHttpAction::Pass,
+            PlainHttpOnTls::Drop => PlainHttpAction::Drop,
+            PlainHttpOnTls::Reset => PlainHttpAction::Reset,
+        } as u32,
+        flags: if cfg.policy.allow.is_empty() {
+            0
+        } else {
+            gateway_common::config_flags::HAS_ALLOW
+        } | if cfg.policy.deny.is_empty() {
+            0
+        } else {
+            gateway_common::config_flags::HAS_DENY
+        } | if cfg.xdp.syn_budget == crate::config::SynBudget::PerCpu {
+            gateway_common::config_flags::SYN_PER_CPU
+        } else {
+            0
+        },
+    }
+}
+
+impl DataPlane {
     /// Marks a destination port.
     pub fn set_port(&mut self, port: u16, kind: PortKind) -> Result<(), XdpError> {
         self.ports
@@ -530,6 +581,19 @@ impl Reflector {
         prog.test_run(opts)
             .map_err(|e| classify("live-frames BPF_PROG_TEST_RUN", e))?;
         Ok(())
+    }
+}
+
+fn remove_cidr(
+    trie: &mut LpmTrie<MapData, [u8; 16], u8>,
+    name: &'static str,
+    net: &IpNet,
+) -> Result<(), XdpError> {
+    let (bytes, len) = mapped_prefix(net);
+    match trie.remove(&Key::new(len, bytes)) {
+        // Already gone is what was wanted.
+        Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(e) => Err(classify(&format!("removing CIDR {net} from {name}"), e)),
     }
 }
 

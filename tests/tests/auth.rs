@@ -364,13 +364,14 @@ fn a_broken_key_file_keeps_the_last_good_set_and_sighup_reloads() {
         "{line}"
     );
     assert_eq!(s.get("/api/x", &key_header(&a)).status, 200);
-    // A good file, then SIGHUP at once: no need to wait for the poll.
+    // A good file, then SIGHUP at once: no need to wait for the poll (a
+    // whole reload, or the poll if its tick comes first: both say so).
     write_keys(&keys, &consumer("alice", &[], &key_table(&b, "")));
     let pid = nix::unistd::Pid::from_raw(s.gw.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     assert!(
         s.gw.proc
-            .wait_for_line("reloaded: 1 consumers, 1 keys", Duration::from_secs(5))
+            .wait_for_line("1 consumers, 1 keys", Duration::from_secs(5))
             .is_some()
     );
     assert_eq!(s.get("/api/x", &key_header(&b)).status, 200);

@@ -350,3 +350,105 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         .expect("ip link");
     assert!(!out.contains("xdp"), "still attached after drop: {out}");
 }
+
+/// A reload moves the attached program's lists and SYN budget in place:
+/// same program on the interface, verdicts and counters kept.
+#[test]
+fn a_reload_changes_lists_and_syn_budget_in_place() {
+    require_root();
+    let bed = Testbed::new("rl").expect("testbed");
+    let server = SocketAddr::new(bed.server_ip(false), TLS_PORT);
+    let [flooder, banned, denied] = [2, 3, 4].map(|h| bed.host_ip(false, h));
+    let text = |syn: &str, deny: &str| {
+        format!(
+            "[listen]\nhttps = \"{server}\"\nplain_http_port = 8080\n\
+             [xdp]\ninterface = \"{}\"\nmode = \"skb\"\n{syn}\n[policy]\ndeny = [{deny}]\n",
+            bed.server_if
+        )
+    };
+    let before = Config::parse(&text("syn_rate = 0", ""), "a.toml").expect("valid");
+    let after = Config::parse(
+        &text("syn_rate = 5\nsyn_burst = 2", &format!("\"{denied}/32\"")),
+        "b.toml",
+    )
+    .expect("valid");
+    let (mut dp, _recorder) = bed.server.run(|| {
+        let mut dp = DataPlane::load().expect("load");
+        dp.configure(&before).expect("configure");
+        dp.attach(&before.xdp.interface, AttachMode::Skb)
+            .expect("attach");
+        let listener = TcpListener::bind(server).expect("listener");
+        (dp, Recorder::start(listener))
+    });
+    let prog = || {
+        bed.server
+            .exec(&["ip", "-details", "link", "show", "dev", &bed.server_if])
+            .expect("ip link")
+            .split_whitespace()
+            .skip_while(|w| *w != "prog/xdp")
+            .nth(2)
+            .map(str::to_owned)
+    };
+    let first = prog();
+    assert!(first.is_some(), "no XDP program on {}", bed.server_if);
+    let flood = || {
+        bed.client
+            .run(|| {
+                syn_flood(
+                    flooder,
+                    server,
+                    60,
+                    Duration::from_millis(5),
+                    Duration::from_secs(3),
+                )
+            })
+            .expect("SYN flood")
+    };
+    let verdict = Verdict {
+        expires_at_ns: Monotonic.now_ns() + 60_000_000_000,
+        reason: VerdictReason::Policy as u32,
+        _pad: 0,
+    };
+    dp.set_verdict(banned, verdict).expect("verdict");
+
+    // Before: no deny list, no SYN limit.
+    bed.client
+        .run(|| connect_from(denied, server, PASSES))
+        .expect("not denied yet");
+    let c0 = dp.counters().expect("counters");
+    flood();
+    let c1 = dp.counters().expect("counters");
+    assert_eq!(delta(&c0, &c1, Outcome::DroppedSynRate), 0, "{c1}");
+
+    // After: the new deny entry drops, the SYN budget holds a flood to
+    // about its burst plus 5/s, and the verdict placed before is still there.
+    dp.reconfigure(&before, &after).expect("reconfigure");
+    assert_eq!(prog(), first, "the program was replaced");
+    let r = bed.client.run(|| connect_from(denied, server, DROPPED));
+    assert!(r.is_err(), "a source denied by the reload connected");
+    let c2 = dp.counters().expect("counters");
+    assert!(delta(&c1, &c2, Outcome::DroppedDenied) >= 1, "{c2}");
+    assert!(
+        c2.get(Outcome::Passed) >= c1.get(Outcome::Passed),
+        "counters were reset"
+    );
+    let (sent, _) = flood();
+    let c3 = dp.counters().expect("counters");
+    assert!(
+        delta(&c2, &c3, Outcome::DroppedSynRate) >= u64::from(sent) - 10,
+        "the reloaded SYN budget let too many through: {c3}"
+    );
+    let r = bed.client.run(|| connect_from(banned, server, DROPPED));
+    assert!(r.is_err(), "the verdict did not survive the reload");
+
+    // And back: the entry is removed, the limit lifted.
+    dp.reconfigure(&after, &before).expect("reconfigure back");
+    bed.client
+        .run(|| connect_from(denied, server, PASSES))
+        .expect("a source no longer denied");
+    let c4 = dp.counters().expect("counters");
+    flood();
+    let c5 = dp.counters().expect("counters");
+    assert_eq!(delta(&c4, &c5, Outcome::DroppedSynRate), 0, "{c5}");
+    assert_eq!(prog(), first);
+}

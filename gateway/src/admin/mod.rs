@@ -9,6 +9,10 @@
 //! - `GET /why/ADDR`: is the source dropped, by what, since when, and its counters.
 //! - `GET /limits?source=ADDR[&consumer=ID][&route=N]`: each limit's live state.
 //! - `GET /cluster`: whether Redis is reachable, and syncs made.
+//! - `GET /upstreams`: each upstream's circuit-breaker gauges and each
+//!   server's health (active check, ejection).
+//! - `POST /reload`: reload the configuration (as SIGHUP does) and say what
+//!   changed, or why nothing did (422).
 //! - `GET /metrics`: Prometheus text; `GET /metrics/latency.hgrm[?route=N]`:
 //!   a latency percentile distribution.
 //!
@@ -19,11 +23,7 @@ pub mod client;
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::{Arc, Mutex, atomic::Ordering, mpsc::SyncSender},
     time::Duration,
 };
 
@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::{
+    background::Background,
     clock::{Clock, Monotonic},
     config::AdminSettings,
     observe::metrics,
@@ -44,6 +45,9 @@ use crate::{
 /// Largest request head and body the admin API reads.
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 4 * 1024;
+/// How long `POST /reload` waits for the main thread's answer (the
+/// client waits 10 s).
+const RELOAD_WAIT: Duration = Duration::from_secs(8);
 /// How long one client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,8 +55,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminServer {
     /// The address it listens on (the port is known after binding `:0`).
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl AdminServer {
@@ -61,6 +64,7 @@ impl AdminServer {
         settings: &AdminSettings,
         book: Arc<Mutex<Book>>,
         shared: Arc<Shared>,
+        reloads: SyncSender<crate::reload::Ask>,
     ) -> Result<Option<Self>, String> {
         let Some(listen) = settings.listen else {
             return Ok(None);
@@ -84,17 +88,16 @@ impl AdminServer {
             .map_err(|e| format!("admin API: cannot listen on {listen}: {e} (admin.listen)"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let stop = Arc::new(AtomicBool::new(false));
         let api = Api {
             book,
             shared,
             token,
+            reloads,
         };
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+        let mut thread = Background::default();
+        thread
+            .spawn("admin", move |stop| {
+                while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => api.serve(stream),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -105,19 +108,12 @@ impl AdminServer {
                 }
             })
             .map_err(|e| format!("starting the admin API: {e}"))?;
-        Ok(Some(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }))
+        Ok(Some(Self { addr, thread }))
     }
 
     /// Stops serving and waits for the thread.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 
@@ -125,6 +121,7 @@ struct Api {
     book: Arc<Mutex<Book>>,
     shared: Arc<Shared>,
     token: Option<String>,
+    reloads: SyncSender<crate::reload::Ask>,
 }
 
 /// A request as the admin API reads it.
@@ -334,7 +331,12 @@ impl Api {
                         extra.xdp = Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
                     }
                 }
-                let body = metrics::render(&tally, &extra, &names);
+                let mut body = metrics::render(&tally, &extra, &names);
+                crate::proxy::health::render_metrics(
+                    &self.shared.health.all(),
+                    Monotonic.now_ns(),
+                    &mut body,
+                );
                 Some((200, "text/plain; version=0.0.4; charset=utf-8", body))
             }
             "/metrics/latency.hgrm" => {
@@ -356,6 +358,25 @@ impl Api {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// Asks the main thread to reload and waits for its answer.
+    fn reload(&self) -> (u16, Value) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.reloads.try_send(tx).is_err() {
+            return error(503, "admin.busy", "reloads are already queued; try again");
+        }
+        // Wakes the main thread, which waits for signals between ticks.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGUSR2);
+        match rx.recv_timeout(RELOAD_WAIT) {
+            Ok(Ok(done)) => (200, json!({"reloaded": done.source, "changes": done.lines})),
+            Ok(Err(why)) => error(422, "admin.reload", why),
+            Err(_) => error(
+                503,
+                "admin.reload_pending",
+                "the reload did not finish in time; see the gateway's log",
+            ),
         }
     }
 
@@ -396,6 +417,17 @@ impl Api {
                 "send the body as application/json",
             );
         }
+        if req.path == "/reload" {
+            return match req.method.as_str() {
+                // Not under the book's lock: the reload takes it.
+                "POST" => self.reload(),
+                _ => error(
+                    405,
+                    "admin.method",
+                    format!("{} is not served here", req.method),
+                ),
+            };
+        }
         let now = Monotonic.now_ns();
         let Ok(mut book) = self.book.lock() else {
             return error(500, "admin.internal", "the verdict book is unusable");
@@ -415,6 +447,10 @@ impl Api {
                 }
             }),
             ("GET", ["why", ip]) => address(ip).map(|ip| (200, book.why(ip, now))),
+            ("GET", ["upstreams"]) => Ok((
+                200,
+                json!({"upstreams": self.shared.health.all().iter().map(|u| u.json(now)).collect::<Vec<_>>()}),
+            )),
             ("GET", ["cluster"]) => Ok(match &self.shared.link {
                 None => (200, json!({"redis": null})),
                 Some(l) => (
@@ -431,11 +467,13 @@ impl Api {
                 drop(book);
                 self.limits(&req.query)
             }
-            (_, ["verdicts"] | ["verdicts", _] | ["why", _] | ["limits"]) => Ok(error(
-                405,
-                "admin.method",
-                format!("{} is not served here", req.method),
-            )),
+            (_, ["verdicts"] | ["verdicts", _] | ["why", _] | ["limits"] | ["upstreams"]) => {
+                Ok(error(
+                    405,
+                    "admin.method",
+                    format!("{} is not served here", req.method),
+                ))
+            }
             _ => Ok(error(
                 404,
                 "admin.not_found",

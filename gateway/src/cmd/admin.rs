@@ -1,4 +1,4 @@
-//! `gateway verdicts`, `why` and `limits`: ask a running gateway's admin API.
+//! `gateway verdicts`, `why`, `limits` and `reload`: ask a running gateway's admin API.
 
 use gateway::admin::client::{self, AdminClient};
 
@@ -42,6 +42,29 @@ pub(crate) fn verdicts(cmd: VerdictsCmd, a: &AdminArgs) -> Result<(), String> {
             print_lines(a.json, &v, |_| vec![format!("verdict on {address} lifted")]);
         }
     }
+    Ok(())
+}
+
+/// `gateway reload`.
+pub(crate) fn reload(a: &AdminArgs) -> Result<(), String> {
+    let v = admin_client(a)?
+        .ok("POST", "/reload", Some(&serde_json::json!({})))
+        .map_err(|e| format!("reload refused: {e}"))?;
+    print_lines(a.json, &v, |v| {
+        let mut lines = vec![format!(
+            "reloaded {}",
+            v["reloaded"].as_str().unwrap_or("?")
+        )];
+        if let Some(changes) = v["changes"].as_array() {
+            lines.extend(
+                changes
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .map(|c| format!("  {c}")),
+            );
+        }
+        lines
+    });
     Ok(())
 }
 

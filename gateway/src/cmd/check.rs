@@ -6,10 +6,8 @@ use gateway::{
     tls,
 };
 
-use super::run::certificates;
-
 pub(crate) fn check(cfg: &Config) -> Result<(), String> {
-    let certs = certificates(cfg, false)?;
+    let certs = tls::certificates(cfg, false).map_err(|e| e.to_string())?;
     if !certs.is_empty() {
         tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     }

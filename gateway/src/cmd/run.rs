@@ -25,35 +25,7 @@ use gateway::{
 };
 use nix::sys::signal::{SigSet, Signal};
 
-/// The certificates to serve: the configured ones, or the self-signed one
-/// (generated on first run when `generate`).
-pub(crate) fn certificates(
-    cfg: &Config,
-    generate: bool,
-) -> Result<Vec<(PathBuf, PathBuf, Vec<String>)>, String> {
-    if !cfg.tls.certificates.is_empty() {
-        return Ok(cfg
-            .tls
-            .certificates
-            .iter()
-            .map(|c| (c.cert.clone(), c.key.clone(), c.names.clone()))
-            .collect());
-    }
-    if !generate {
-        return Ok(Vec::new());
-    }
-    let dir = tls::state_dir();
-    let (cert, key, fresh) =
-        tls::self_signed(&dir, &cfg.https.ip().to_string()).map_err(|e| e.to_string())?;
-    if fresh {
-        tracing::info!("generated a self-signed certificate: {}", cert.display());
-    } else {
-        tracing::info!("using the self-signed certificate {}", cert.display());
-    }
-    Ok(vec![(cert, key, Vec::new())])
-}
-
-pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
+pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     gateway::fdlimit::fit_connections(&mut cfg);
     // Block the signals before anything else so they are only ever taken
     // by the wait below, never by default handlers mid-attach.
@@ -63,6 +35,7 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGUSR1,
+        Signal::SIGUSR2,
     ] {
         signals.add(sig);
     }
@@ -79,7 +52,7 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
         None => KeyRing::default(),
     };
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
-    let certs = certificates(&cfg, true)?;
+    let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     let enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
     tracing::info!("config: {}", cfg.source);
@@ -107,7 +80,10 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
         }
         None => (None, None),
     };
+    let health = Arc::new(gateway::proxy::health::Registry::default());
+    health.sync(&cfg.upstreams);
     let shared = Arc::new(Shared {
+        health: health.clone(),
         published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys), jwks)),
         source_policy: enforcement.userspace_policy(),
         stopping: AtomicBool::new(false),
@@ -134,8 +110,11 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
         },
     });
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
+    let checker = gateway::proxy::check::Checker::start(health)
+        .map_err(|e| format!("starting the health checker: {e}"))?;
     let book = Arc::new(Mutex::new(Book::new(enforcement, &cfg)));
-    let admin = AdminServer::start(&cfg.admin, book.clone(), shared.clone())?;
+    let (ask_reload, reloads) = std::sync::mpsc::sync_channel(4);
+    let admin = AdminServer::start(&cfg.admin, book.clone(), shared.clone(), ask_reload)?;
     let cluster = match admitted {
         Some(admitted) => {
             let (tx, shouts) = std::sync::mpsc::sync_channel(4096);
@@ -187,11 +166,14 @@ pub(crate) fn run(mut cfg: Config) -> Result<(), String> {
         failures: AuthFailures::default(),
         rx,
         anomaly: gateway::observe::anomaly::Detector::new(cfg.anomaly),
+        path,
+        reloads,
     };
-    serve_until_stopped(&cfg, &signals, &shared, &book, &mut control);
+    serve_until_stopped(&mut cfg, &signals, &shared, &book, &mut control);
     if let Some(a) = admin {
         a.stop();
     }
+    checker.stop();
     if let Some(c) = cluster {
         c.stop();
     }
@@ -257,7 +239,9 @@ pub(crate) fn announce(
             cfg.plain_http_port
         );
     }
-    tracing::info!("running; Ctrl-C or SIGTERM stops and detaches, SIGHUP re-reads the key file");
+    tracing::info!(
+        "running; Ctrl-C or SIGTERM stops and detaches, SIGHUP or `gateway reload` reloads the configuration"
+    );
 }
 
 /// The main thread's side: the control work of `gateway::control`.
@@ -269,24 +253,54 @@ pub(crate) struct Control {
     failures: AuthFailures,
     rx: std::sync::mpsc::Receiver<control::Event>,
     anomaly: gateway::observe::anomaly::Detector,
+    /// The configuration file reloads read (none: the embedded default).
+    path: Option<PathBuf>,
+    /// Reloads asked for through the admin API.
+    reloads: std::sync::mpsc::Receiver<gateway::reload::Ask>,
+}
+
+impl Control {
+    /// Reloads the configuration (see `gateway::reload`); on success `cfg`
+    /// is the new one and the file watches follow it.
+    fn reload(
+        &mut self,
+        cfg: &mut Config,
+        shared: &Shared,
+        book: &Mutex<Book>,
+    ) -> Result<gateway::reload::Reloaded, String> {
+        match gateway::reload::reload(self.path.as_deref(), cfg, shared, book) {
+            Ok((next, done)) => {
+                self.keys = next.auth.key_file.as_deref().map(KeyWatch::new);
+                self.issuer_files = IssuerFiles::new(&next.auth.jwt);
+                *cfg = next;
+                tracing::info!("reloaded {}: {}", done.source, done.lines.join("; "));
+                Ok(done)
+            }
+            Err(e) => {
+                tracing::error!("reload refused: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
 }
 
 /// Ticks until SIGINT or SIGTERM: sweeps verdicts, reloads the key file,
 /// counts events, logs counters.
 pub(crate) fn serve_until_stopped(
-    cfg: &Config,
+    cfg: &mut Config,
     signals: &SigSet,
     shared: &Shared,
     book: &Mutex<Book>,
     control: &mut Control,
 ) {
-    let tick = Duration::from_millis(cfg.xdp.sweep_interval_ms);
-    let stats_every = Duration::from_secs(cfg.xdp.stats_interval_secs);
     let mut since_stats = Duration::ZERO;
     let mut last = None;
     let mut dropped_before = 0;
     let clock = Monotonic;
     loop {
+        // Read each tick: a reload may change them.
+        let tick = Duration::from_millis(cfg.xdp.sweep_interval_ms);
+        let stats_every = Duration::from_secs(cfg.xdp.stats_interval_secs);
         let sig = wait_for(signals, tick);
         if let Some(sig @ (Signal::SIGINT | Signal::SIGTERM)) = sig {
             tracing::info!("{sig} received: stopping");
@@ -297,16 +311,19 @@ pub(crate) fn serve_until_stopped(
         {
             log.reopen();
         }
-        let hup = sig == Some(Signal::SIGHUP);
-        if hup {
-            tracing::info!("SIGHUP received: re-reading the key files");
+        if sig == Some(Signal::SIGHUP) {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            let _ = control.reload(cfg, shared, book);
+        }
+        // The admin thread raises SIGUSR2 after queueing an ask.
+        while let Ok(reply) = control.reloads.try_recv() {
+            tracing::info!("reload asked for through the admin API");
+            let _ = reply.send(control.reload(cfg, shared, book));
         }
         if let Some(watch) = &mut control.keys {
-            watch.poll(&shared.published, hup);
+            watch.poll(&shared.published);
         }
-        control
-            .issuer_files
-            .poll(&cfg.auth.jwt, &shared.published, hup);
+        control.issuer_files.poll(&cfg.auth.jwt, &shared.published);
         let fetchers = &control.fetchers;
         let now = clock.now_ns();
         let Ok(mut book) = book.lock() else {

@@ -117,7 +117,7 @@ pub enum Authenticator {
 }
 
 /// A validated `[[auth.introspection]]` endpoint (RFC 7662).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntrospectionSettings {
     /// Its name (routes say `introspect:NAME`).
     pub name: String,

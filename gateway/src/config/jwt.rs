@@ -67,7 +67,7 @@ pub enum KeySource {
 }
 
 /// A validated `[[auth.jwt]]` issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtSettings {
     /// Its name (routes say `jwt:NAME`).
     pub name: String,

@@ -24,7 +24,7 @@ impl Default for LogFile {
 }
 
 /// Validated `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
     /// One access-log line per request.
     pub access: bool,

@@ -263,7 +263,7 @@ pub struct TlsSettings {
 }
 
 /// Validated `[runtime]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeSettings {
     /// Worker threads (each with its own listener and pools).
     pub workers: usize,

@@ -1,4 +1,5 @@
-//! `[[upstreams]]`: servers, balancing, timeouts, pooling and the retry budget.
+//! `[[upstreams]]`: servers, balancing, timeouts, pooling, the retry
+//! budget, the circuit breaker, active health checks and outlier ejection.
 
 use super::*;
 
@@ -31,6 +32,104 @@ pub(super) struct UpstreamFile {
     pub(super) idle_per_server: usize,
     #[serde(default = "default_retries")]
     pub(super) retries: Spanned<u32>,
+    #[serde(default = "default_max_requests")]
+    pub(super) max_requests: Spanned<u32>,
+    #[serde(default = "default_max_connects")]
+    pub(super) max_connects: Spanned<u32>,
+    #[serde(default)]
+    pub(super) health_check: Option<Spanned<HealthCheckFile>>,
+    #[serde(default)]
+    pub(super) outlier: OutlierFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckFile {
+    path: String,
+    #[serde(default = "default_check_interval")]
+    interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_healthy")]
+    healthy_threshold: u32,
+    #[serde(default = "default_unhealthy")]
+    unhealthy_threshold: u32,
+    #[serde(default = "default_expect")]
+    expect_status: Vec<u16>,
+    #[serde(default)]
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct OutlierFile {
+    consecutive_failures: u32,
+    base_ejection_ms: u64,
+    max_ejection_percent: Spanned<u32>,
+}
+
+impl Default for OutlierFile {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_ms: 30_000,
+            max_ejection_percent: Spanned::new(0..0, 10),
+        }
+    }
+}
+
+fn default_max_requests() -> Spanned<u32> {
+    Spanned::new(0..0, 1024)
+}
+fn default_max_connects() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
+}
+fn default_check_interval() -> u64 {
+    5_000
+}
+fn default_check_timeout() -> u64 {
+    1_000
+}
+fn default_healthy() -> u32 {
+    2
+}
+fn default_unhealthy() -> u32 {
+    3
+}
+fn default_expect() -> Vec<u16> {
+    vec![200]
+}
+
+/// `[upstreams.health_check]`: a request the gateway sends to every server
+/// of the upstream on its own, to know a server is down before a client does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path asked for (`GET`).
+    pub path: String,
+    /// Time between two checks of one server.
+    pub interval_ms: u64,
+    /// How long a check may take (connect to the end of the status line).
+    pub timeout_ms: u64,
+    /// Passing checks in a row that bring a down server back.
+    pub healthy_threshold: u32,
+    /// Failing checks in a row that take a server out.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass.
+    pub expect_status: Vec<u16>,
+    /// The `Host` sent (default: the server's address).
+    pub host: Option<String>,
+}
+
+/// `[upstreams.outlier]`: passive ejection (Envoy's outlier detection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// 5xx answers or failed connects in a row that eject a server (0: never).
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long (at most 10).
+    pub base_ejection_ms: u64,
+    /// Most servers of the upstream ejected at once, in percent of them
+    /// (at least one may always be).
+    pub max_ejection_percent: u32,
 }
 
 pub(super) fn default_retries() -> Spanned<u32> {
@@ -48,7 +147,7 @@ pub(super) fn default_idle_per_server() -> usize {
 }
 
 /// Validated `[[upstreams]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     /// Its name.
     pub name: String,
@@ -66,6 +165,14 @@ pub struct UpstreamSettings {
     /// request), or an idempotent bodiless request that failed before any
     /// response byte.
     pub retries: u32,
+    /// Requests in flight to it at most, across workers (circuit breaker).
+    pub max_requests: u32,
+    /// Connects in progress to it at most, across workers.
+    pub max_connects: u32,
+    /// The active health check, if any.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection.
+    pub outlier: Outlier,
 }
 
 /// Every `[[upstreams]]` entry, validated: unique names, servers, a bounded
@@ -98,6 +205,30 @@ pub(super) fn upstream_settings(
                 "needs at least one server".into(),
             ));
         }
+        for (key, v) in [
+            ("max_requests", &u.max_requests),
+            ("max_connects", &u.max_connects),
+        ] {
+            if *v.get_ref() == 0 {
+                return Err(invalid(
+                    Some(v.span()),
+                    format!("upstreams[{i}].{key}"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if *u.outlier.max_ejection_percent.get_ref() > 100 {
+            return Err(invalid(
+                Some(u.outlier.max_ejection_percent.span()),
+                format!("upstreams[{i}].outlier.max_ejection_percent"),
+                "a percentage: 0 to 100".into(),
+            ));
+        }
+        let health_check = u
+            .health_check
+            .as_ref()
+            .map(|h| health_check(i, h, invalid))
+            .transpose()?;
         upstreams.push(UpstreamSettings {
             name,
             servers: u.servers.get_ref().clone(),
@@ -106,7 +237,58 @@ pub(super) fn upstream_settings(
             response_timeout_ms: u.response_timeout_ms.max(1),
             idle_per_server: u.idle_per_server,
             retries: *u.retries.get_ref(),
+            max_requests: *u.max_requests.get_ref(),
+            max_connects: *u.max_connects.get_ref(),
+            health_check,
+            outlier: Outlier {
+                consecutive_failures: u.outlier.consecutive_failures,
+                base_ejection_ms: u.outlier.base_ejection_ms.max(100),
+                max_ejection_percent: *u.outlier.max_ejection_percent.get_ref(),
+            },
         });
     }
     Ok(upstreams)
+}
+
+/// One `[upstreams.health_check]`, validated.
+fn health_check(
+    i: usize,
+    h: &Spanned<HealthCheckFile>,
+    invalid: &Invalid<'_>,
+) -> Result<HealthCheck, ConfigError> {
+    let at = |what: &str| format!("upstreams[{i}].health_check.{what}");
+    let bad = |what: &str, why: &str| Err(invalid(Some(h.span()), at(what), why.to_owned()));
+    let f = h.get_ref();
+    if !f.path.starts_with('/') || f.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return bad(
+            "path",
+            "an absolute path without spaces or control characters, e.g. /healthz",
+        );
+    }
+    if f.interval_ms < 100 {
+        return bad("interval_ms", "at least 100");
+    }
+    if f.timeout_ms == 0 || f.timeout_ms > f.interval_ms {
+        return bad("timeout_ms", "1 to interval_ms");
+    }
+    if f.healthy_threshold == 0 || f.unhealthy_threshold == 0 {
+        return bad("healthy_threshold", "both thresholds must be at least 1");
+    }
+    if f.expect_status.is_empty() || f.expect_status.iter().any(|s| !(100..=599).contains(s)) {
+        return bad("expect_status", "status codes from 100 to 599");
+    }
+    if let Some(host) = &f.host
+        && (host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f))
+    {
+        return bad("host", "a host name without spaces or control characters");
+    }
+    Ok(HealthCheck {
+        path: f.path.clone(),
+        interval_ms: f.interval_ms,
+        timeout_ms: f.timeout_ms,
+        healthy_threshold: f.healthy_threshold,
+        unhealthy_threshold: f.unhealthy_threshold,
+        expect_status: f.expect_status.clone(),
+        host: f.host.clone(),
+    })
 }

@@ -152,7 +152,7 @@ pub(super) struct PolicyFile {
 }
 
 /// Validated `[xdp]` section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdpSettings {
     /// Attach XDP at all.
     pub enabled: bool,

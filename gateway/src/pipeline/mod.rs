@@ -36,8 +36,9 @@ use crate::{
     snapshot::Snapshot,
     stages::{
         auth::{
-            self, AuthError, Authenticated, Identity, introspect,
-            jwt::{self, TokenId, Vocabulary},
+            self, AuthError, Authenticated, Identity,
+            introspect::{self, AnswerCache},
+            jwt::{self, TokenCache, TokenId, Vocabulary},
         },
         authz, cors, docs,
         rate_limit::{self, Meter, Phase},
@@ -387,14 +388,29 @@ fn check_caller(
     token: &mut String,
 ) -> Result<Authenticated, AuthError> {
     let route = &snap.cfg.routes[index];
+    let mut tokens = w.tokens.borrow_mut();
+    let mut answers = w.answers.borrow_mut();
+    // A request on a snapshot older than the caches' (a reload just
+    // happened) gets empty ones: their bits index another vocabulary.
+    let (mut stale_tokens, stale_answers);
     let mut verifiers = auth::Verifiers {
         settings: &snap.cfg.auth,
         keys: &snap.keys,
         issuers: &snap.issuers,
         jwks: &snap.jwks,
         vocab: &snap.vocab,
-        cache: &mut w.tokens.borrow_mut(),
-        answers: &w.answers.borrow(),
+        cache: if tokens.follow(snap.epoch) {
+            &mut tokens
+        } else {
+            stale_tokens = TokenCache::default();
+            &mut stale_tokens
+        },
+        answers: if answers.follow(snap.epoch) {
+            &answers
+        } else {
+            stale_answers = AnswerCache::default();
+            &stale_answers
+        },
     };
     let caller = auth::authenticate(&route.auth, head, &mut verifiers, subject, token);
     if let Err(AuthError::Refused(f)) = caller
@@ -547,9 +563,10 @@ async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Fai
         attrs: 0,
     };
     let settings = &snap.cfg.auth.introspection[endpoint];
-    w.answers
-        .borrow_mut()
-        .put(key, settings, endpoint, &answer, id, auth::now());
+    let mut answers = w.answers.borrow_mut();
+    if answers.follow(snap.epoch) {
+        answers.put(key, settings, endpoint, &answer, id, auth::now());
+    }
     Ok(())
 }
 

@@ -1,23 +1,36 @@
 //! Proxying an admitted request: pick a server, connect or reuse a pooled
 //! connection, send the request (`request`), relay the response
 //! (`response`), and retry within the upstream's budget when that is safe.
+//! Each upstream's circuit breaker, ejections (`health`) and active checks
+//! (`check`) are shared by every worker.
 
+pub mod check;
 pub mod connect;
+pub mod health;
 pub mod pool;
 pub mod request;
 pub mod response;
 
-use std::{cell::RefCell, net::SocketAddr, sync::atomic::AtomicBool, time::Instant};
+use std::{
+    cell::{Cell, RefCell},
+    net::SocketAddr,
+    rc::Rc,
+    sync::{Arc, atomic::AtomicBool},
+    time::Instant,
+};
 
 use connect::ConnectError;
+use health::Registry;
 use pool::{Pool, UpstreamConn};
 use response::Relay;
 
 use crate::{
+    clock::{Clock, Monotonic},
     config::UpstreamSettings,
     conn::{Conn, ms},
     http::Framing,
     respond::{Abort, Failure, Fault},
+    snapshot::Snapshot,
     stages::auth::{Authenticated, Identity},
 };
 
@@ -98,26 +111,90 @@ impl std::ops::Deref for Admitted {
     }
 }
 
-/// One worker's upstreams: a pool per upstream, by index.
+/// One worker's upstreams: a pool per upstream, by index, for the newest
+/// snapshot a request brought. A request holds its pool's `Rc`, so a
+/// reload that replaces the list never pulls a pool from under it.
 pub struct Upstreams {
-    pools: RefCell<Vec<Pool>>,
+    pools: RefCell<Vec<Rc<Upstream>>>,
+    /// The snapshot the list was built for.
+    epoch: Cell<u64>,
+    /// Where pools find their upstream's shared health.
+    registry: Arc<Registry>,
 }
 
 impl Upstreams {
-    /// Empty pools for `settings`.
-    pub fn new(settings: &[UpstreamSettings]) -> Self {
+    /// Empty pools for `snap`'s upstreams.
+    pub fn new(snap: &Snapshot, registry: Arc<Registry>) -> Self {
         Self {
-            pools: RefCell::new(settings.iter().map(Pool::new).collect()),
+            pools: RefCell::new(
+                snap.cfg
+                    .upstreams
+                    .iter()
+                    .map(|s| new_pool(s, &registry))
+                    .collect(),
+            ),
+            epoch: Cell::new(snap.epoch),
+            registry,
         }
+    }
+
+    /// The pool of `snap`'s upstream `i`. A newer snapshot rebuilds the
+    /// list, keeping the pools (idle connections, health) of upstreams
+    /// whose settings did not change; a request still on an older snapshot
+    /// gets the pool with its upstream's settings, or one of its own.
+    pub fn pool(&self, snap: &Snapshot, i: usize) -> Rc<Upstream> {
+        if snap.epoch == self.epoch.get()
+            && let Some(p) = self.pools.borrow().get(i)
+        {
+            return p.clone();
+        }
+        if snap.epoch > self.epoch.get() {
+            let mut pools = self.pools.borrow_mut();
+            let next = snap
+                .cfg
+                .upstreams
+                .iter()
+                .map(|s| find(&pools, s).unwrap_or_else(|| new_pool(s, &self.registry)))
+                .collect();
+            *pools = next;
+            self.epoch.set(snap.epoch);
+        }
+        let settings = &snap.cfg.upstreams[i];
+        find(&self.pools.borrow(), settings).unwrap_or_else(|| new_pool(settings, &self.registry))
     }
 
     /// Every server's pool and health figures, into `out`.
     pub fn figures(&self, out: &mut Vec<crate::observe::metrics::ServerFigures>) {
         let now = Instant::now();
         for (u, pool) in self.pools.borrow().iter().enumerate() {
-            pool.figures(u as u32, now, out);
+            pool.pool.borrow().figures(u as u32, now, out);
         }
     }
+}
+
+/// One upstream as a worker holds it: its pool, and (outside the pool's
+/// `RefCell`, to be read across awaits) its shared health.
+pub struct Upstream {
+    /// The worker's pool.
+    pub pool: RefCell<Pool>,
+    /// The state every worker shares (also held by the pool).
+    pub health: Arc<health::UpstreamHealth>,
+}
+
+fn new_pool(s: &UpstreamSettings, registry: &Registry) -> Rc<Upstream> {
+    let health = registry.of(s);
+    Rc::new(Upstream {
+        pool: RefCell::new(Pool::new(s, health.clone())),
+        health,
+    })
+}
+
+/// The pool built for exactly `s`.
+fn find(pools: &[Rc<Upstream>], s: &UpstreamSettings) -> Option<Rc<Upstream>> {
+    pools
+        .iter()
+        .find(|p| p.pool.borrow().settings == *s)
+        .cloned()
 }
 
 /// A finished exchange.
@@ -159,14 +236,20 @@ pub async fn forward(
     c: &mut Conn,
     a: &Admitted,
 ) -> Result<Done, Abort> {
+    let up = w.pool(c.snap(), a.upstream);
+    let (pool, health) = (&up.pool, &*up.health);
     let budget = {
-        let pools = w.pools.borrow();
-        let u = &pools[a.upstream].settings;
+        let p = pool.borrow();
+        let u = &p.settings;
         Budget {
             connect_ms: u.connect_timeout_ms,
             response_ms: u.response_timeout_ms,
             retries: u.retries,
         }
+    };
+    // The circuit breaker: past the limit, 503 at once.
+    let Some(_in_flight) = health.enter_request() else {
+        return Err(Abort::Respond(Failure::UPSTREAM_MAX_REQUESTS, None));
     };
     let mut exclude = None;
     let mut attempts = 0;
@@ -175,7 +258,7 @@ pub async fn forward(
     let mut fresh_only = false;
     loop {
         attempts += 1;
-        let picked = w.pools.borrow_mut()[a.upstream].pick(Instant::now(), exclude);
+        let picked = pool.borrow_mut().pick(Instant::now(), exclude);
         let Some(server) = picked else {
             // After a failed attempt, that failure is the answer (502/504);
             // with every server already marked down, 503.
@@ -184,8 +267,8 @@ pub async fn forward(
                 None => Abort::Respond(Failure::UPSTREAM_DOWN, None),
             });
         };
-        let addr = w.pools.borrow()[a.upstream].addr(server);
-        let mut conn = match checkout_or_connect(w, a, server, addr, fresh_only, budget).await {
+        let addr = pool.borrow().addr(server);
+        let mut conn = match checkout_or_connect(&up, server, addr, fresh_only, budget).await {
             Ok(conn) => conn,
             Err(Attempt::Retry(f)) if attempts <= budget.retries => {
                 // Nothing was sent: trying another server is safe for any request.
@@ -197,15 +280,27 @@ pub async fn forward(
             Err(Attempt::Abort(abort)) => return Err(abort),
         };
         let reused = conn.reused;
-        w.pools.borrow_mut()[a.upstream].begin(server);
+        pool.borrow_mut().begin(server);
         let result = exchange(stopping, c, &mut conn, a, budget.response_ms, addr).await;
-        w.pools.borrow_mut()[a.upstream].end(server);
+        pool.borrow_mut().end(server);
+        let upstream_failed = match &result {
+            Ok((done, _)) => done.status >= 500,
+            Err(Attempt::Retry(f))
+            | Err(Attempt::Abort(Abort::Respond(f, _) | Abort::Close(f, _))) => {
+                f.fault == Fault::Upstream
+            }
+        };
+        if upstream_failed {
+            failed(&up, server, addr);
+        } else {
+            health.answered(server);
+        }
         match result {
             Ok((done, upstream_reusable)) => {
-                let mut pools = w.pools.borrow_mut();
-                pools[a.upstream].mark_up(server);
+                let mut p = pool.borrow_mut();
+                p.mark_up(server);
                 if upstream_reusable {
-                    pools[a.upstream].checkin(conn);
+                    p.checkin(conn);
                 }
                 return Ok(done);
             }
@@ -233,38 +328,58 @@ pub async fn forward(
 /// connect marks the server down and may be retried elsewhere; running out
 /// of local resources blames no server and is not retried.
 async fn checkout_or_connect(
-    w: &Upstreams,
-    a: &Admitted,
+    up: &Upstream,
     server: usize,
     addr: SocketAddr,
     fresh_only: bool,
     budget: Budget,
 ) -> Result<UpstreamConn, Attempt> {
-    if !fresh_only && let Some(pooled) = w.pools.borrow_mut()[a.upstream].checkout(server) {
+    let pool = &up.pool;
+    if !fresh_only && let Some(pooled) = pool.borrow_mut().checkout(server) {
         return Ok(pooled);
     }
+    let Some(_connecting) = up.health.enter_connect() else {
+        return Err(Attempt::Abort(Abort::Respond(
+            Failure::UPSTREAM_MAX_CONNECTS,
+            Some(addr),
+        )));
+    };
     let err = match connect::connect(addr, server, ms(budget.connect_ms)).await {
         Ok(conn) => {
-            w.pools.borrow_mut()[a.upstream].opened(server);
+            pool.borrow_mut().opened(server);
             return Ok(conn);
         }
         Err(e) => e,
     };
-    let name = |w: &Upstreams| w.pools.borrow()[a.upstream].settings.name.clone();
-    tracing::warn!("upstream {} server {addr}: connect {err}", name(w));
+    let name = pool.borrow().settings.name.clone();
+    tracing::warn!("upstream {name} server {addr}: connect {err}");
     match err {
         ConnectError::Local(_) => Err(Attempt::Abort(Abort::Respond(
             Failure::LOCAL_RESOURCES,
             Some(addr),
         ))),
         ConnectError::TimedOut | ConnectError::Refused => {
-            w.pools.borrow_mut()[a.upstream].mark_down(server, Instant::now());
+            pool.borrow_mut().mark_down(server, Instant::now());
+            failed(up, server, addr);
             Err(Attempt::Retry(if err == ConnectError::TimedOut {
                 Failure::UPSTREAM_TIMEOUT
             } else {
                 Failure::UPSTREAM_CONNECT
             }))
         }
+    }
+}
+
+/// Counts a 5xx answer or failed connect of `server` toward its ejection,
+/// and says so when it ejects it.
+fn failed(up: &Upstream, server: usize, addr: SocketAddr) {
+    let health = &up.health;
+    if let Some(len) = health.failed(server, Monotonic.now_ns()) {
+        up.pool.borrow_mut().drop_idle(server);
+        tracing::warn!(
+            "upstream {} server {addr}: ejected for {len:?} after consecutive 5xx answers or failed connects",
+            health.name
+        );
     }
 }
 

@@ -1,17 +1,22 @@
 //! Upstreams as one worker sees them: its own keep-alive pool per server,
-//! its own balancing state and its own view of which servers are down. No
-//! state is shared between workers, so nothing here takes a lock.
+//! its own balancing state and its own view of which servers refused
+//! connects; beside them the upstream's shared health (`health`: checks,
+//! ejections, circuit-breaker gauges), read with atomics. Nothing here
+//! takes a lock.
 
 use std::{
     io,
     net::SocketAddr,
     os::fd::AsRawFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio_uring::net::TcpStream;
 
+use super::health::UpstreamHealth;
 use crate::{
+    clock::{Clock, Monotonic},
     config::{Balance, UpstreamSettings},
     observe::metrics::ServerFigures,
 };
@@ -118,14 +123,17 @@ impl std::fmt::Debug for UpstreamConn {
 pub struct Pool {
     /// The settings it was built from.
     pub settings: UpstreamSettings,
+    /// The upstream's state shared by every worker.
+    pub health: Arc<UpstreamHealth>,
     servers: Vec<Server>,
     cursor: usize,
 }
 
 impl Pool {
     /// A pool with no connections yet.
-    pub fn new(settings: &UpstreamSettings) -> Self {
+    pub fn new(settings: &UpstreamSettings, health: Arc<UpstreamHealth>) -> Self {
         Self {
+            health,
             servers: settings
                 .servers
                 .iter()
@@ -150,12 +158,17 @@ impl Pool {
         self.servers[i].addr
     }
 
-    /// Picks a server that is up (or whose backoff has passed), skipping
-    /// `exclude`; `None` when every candidate is down.
+    /// Picks a server that is up (its connect backoff passed, its health
+    /// check passing, not ejected), skipping `exclude`; `None` when every
+    /// candidate is down.
     pub fn pick(&mut self, now: Instant, exclude: Option<usize>) -> Option<usize> {
         let n = self.servers.len();
-        let usable =
-            |i: usize, s: &Server| Some(i) != exclude && s.down_until.is_none_or(|t| t <= now);
+        let health = &self.health;
+        let usable = |i: usize, s: &Server| {
+            Some(i) != exclude
+                && s.down_until.is_none_or(|t| t <= now)
+                && health.usable(i, || Monotonic.now_ns())
+        };
         match self.settings.balance {
             Balance::RoundRobin => {
                 for k in 0..n {
@@ -245,6 +258,11 @@ impl Pool {
         s.idle.clear();
     }
 
+    /// Closes server `i`'s idle connections (it was ejected).
+    pub fn drop_idle(&mut self, i: usize) {
+        self.servers[i].idle.clear();
+    }
+
     /// Server `i` answered: it is up.
     pub fn mark_up(&mut self, i: usize) {
         let s = &mut self.servers[i];
@@ -268,12 +286,26 @@ mod tests {
             response_timeout_ms: 1000,
             idle_per_server: 4,
             retries: 1,
+            max_requests: 1024,
+            max_connects: 256,
+            health_check: None,
+            outlier: crate::config::Outlier {
+                consecutive_failures: 0,
+                base_ejection_ms: 1000,
+                max_ejection_percent: 10,
+            },
         }
+    }
+
+    fn pool(balance: Balance, n: u16) -> Pool {
+        let s = settings(balance, n);
+        let health = Arc::new(UpstreamHealth::new(&s));
+        Pool::new(&s, health)
     }
 
     #[test]
     fn round_robin_skips_down_servers_until_backoff_passes() {
-        let mut p = Pool::new(&settings(Balance::RoundRobin, 3));
+        let mut p = pool(Balance::RoundRobin, 3);
         let t0 = Instant::now();
         assert_eq!(
             [p.pick(t0, None), p.pick(t0, None), p.pick(t0, None)],
@@ -291,7 +323,7 @@ mod tests {
 
     #[test]
     fn all_down_is_none_and_exclude_is_respected() {
-        let mut p = Pool::new(&settings(Balance::RoundRobin, 2));
+        let mut p = pool(Balance::RoundRobin, 2);
         let t0 = Instant::now();
         assert_eq!(p.pick(t0, Some(0)), Some(1));
         assert_eq!(p.pick(t0, Some(1)), Some(0));
@@ -302,7 +334,7 @@ mod tests {
 
     #[test]
     fn least_outstanding_prefers_idle_servers() {
-        let mut p = Pool::new(&settings(Balance::LeastOutstanding, 3));
+        let mut p = pool(Balance::LeastOutstanding, 3);
         let t0 = Instant::now();
         p.begin(0);
         p.begin(0);

@@ -166,6 +166,42 @@ pub fn self_signed(dir: &Path, extra_name: &str) -> Result<(PathBuf, PathBuf, bo
     Ok((cert, key, true))
 }
 
+/// The certificates to serve: the configured ones, or the self-signed one
+/// (generated on first run when `generate`).
+pub fn certificates(
+    cfg: &crate::config::Config,
+    generate: bool,
+) -> Result<Vec<(PathBuf, PathBuf, Vec<String>)>, TlsError> {
+    if !cfg.tls.certificates.is_empty() {
+        return Ok(cfg
+            .tls
+            .certificates
+            .iter()
+            .map(|c| (c.cert.clone(), c.key.clone(), c.names.clone()))
+            .collect());
+    }
+    if !generate {
+        return Ok(Vec::new());
+    }
+    let dir = state_dir();
+    let (cert, key, fresh) = self_signed(&dir, &cfg.https.ip().to_string())?;
+    if fresh {
+        tracing::info!("generated a self-signed certificate: {}", cert.display());
+    } else {
+        tracing::info!("using the self-signed certificate {}", cert.display());
+    }
+    Ok(vec![(cert, key, Vec::new())])
+}
+
+/// `next` with `prev`'s session cache and ticket keys, so a reload that
+/// keeps the session settings keeps every client's resumption working.
+pub fn keep_sessions(next: Arc<ServerConfig>, prev: &ServerConfig) -> Arc<ServerConfig> {
+    let mut c = (*next).clone();
+    c.session_storage = prev.session_storage.clone();
+    c.ticketer = prev.ticketer.clone();
+    Arc::new(c)
+}
+
 /// Builds the rustls server configuration shared by all workers.
 pub fn server_config(
     settings: &TlsSettings,

@@ -201,6 +201,7 @@ fn form_encode(s: &str) -> String {
 #[derive(Default)]
 pub struct AnswerCache {
     map: HashMap<[u8; 16], Cached>,
+    epoch: u64,
 }
 
 struct Cached {
@@ -222,6 +223,18 @@ pub enum CachedAnswer {
 }
 
 impl AnswerCache {
+    /// Moves the cache to configuration `epoch` (a snapshot's), forgetting
+    /// what it holds from an earlier one: a cached answer's role and scope
+    /// bits index that configuration's vocabulary. Whether the cache now
+    /// serves `epoch` (false for a request still on an older snapshot).
+    pub fn follow(&mut self, epoch: u64) -> bool {
+        if epoch > self.epoch {
+            self.map.clear();
+            self.epoch = epoch;
+        }
+        epoch == self.epoch
+    }
+
     /// A cached answer for `token` at `endpoint`, still valid at `now`.
     pub fn get(
         &self,

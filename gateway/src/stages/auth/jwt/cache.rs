@@ -9,6 +9,7 @@ use super::TokenId;
 #[derive(Default)]
 pub struct TokenCache {
     map: HashMap<[u8; 16], Cached>,
+    epoch: u64,
 }
 
 struct Cached {
@@ -33,6 +34,18 @@ pub fn digest(token: &str) -> [u8; 16] {
 }
 
 impl TokenCache {
+    /// Moves the cache to configuration `epoch` (a snapshot's), forgetting
+    /// what it holds from an earlier one: a cached token's role and scope
+    /// bits index that configuration's vocabulary. Whether the cache now
+    /// serves `epoch` (false for a request still on an older snapshot).
+    pub fn follow(&mut self, epoch: u64) -> bool {
+        if epoch > self.epoch {
+            self.map.clear();
+            self.epoch = epoch;
+        }
+        epoch == self.epoch
+    }
+
     /// A cached verification still valid at `now` for this key revision.
     pub fn get(
         &self,

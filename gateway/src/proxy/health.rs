@@ -1,0 +1,471 @@
+//! Upstream health shared by every worker: the circuit breaker's gauges
+//! (requests in flight and connects in progress, across workers), each
+//! server's active-check verdict and its passive ejection (Envoy's outlier
+//! detection). Workers count with relaxed atomics and never wait; the
+//! checker thread (`check`) and the admin API read the same state. One
+//! state per upstream name and server list, kept across reloads that keep
+//! both, so a reload neither forgets an ejection nor resets the gauges.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use serde_json::{Value, json};
+
+use crate::config::{HealthCheck, Outlier, UpstreamSettings};
+
+/// Every configured upstream's shared state.
+#[derive(Default)]
+pub struct Registry {
+    list: Mutex<Vec<Arc<UpstreamHealth>>>,
+}
+
+impl Registry {
+    /// States for `upstreams` (at start and after each reload): kept for
+    /// an upstream whose name and servers did not change, with its limits
+    /// and checks following the new settings; made for new ones; dropped
+    /// for the rest.
+    pub fn sync(&self, upstreams: &[UpstreamSettings]) {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let next = upstreams
+            .iter()
+            .map(|s| match find(&list, s) {
+                Some(h) => {
+                    h.follow(s);
+                    h
+                }
+                None => Arc::new(UpstreamHealth::new(s)),
+            })
+            .collect();
+        *list = next;
+    }
+
+    /// The state of `s`: the registry's, or, for an upstream a reload
+    /// already removed (a request still on an older snapshot), one of its own.
+    pub fn of(&self, s: &UpstreamSettings) -> Arc<UpstreamHealth> {
+        let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        find(&list, s).unwrap_or_else(|| Arc::new(UpstreamHealth::new(s)))
+    }
+
+    /// Every upstream's state, in configuration order.
+    pub fn all(&self) -> Vec<Arc<UpstreamHealth>> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn find(list: &[Arc<UpstreamHealth>], s: &UpstreamSettings) -> Option<Arc<UpstreamHealth>> {
+    list.iter()
+        .find(|h| {
+            h.name == s.name
+                && h.servers.len() == s.servers.len()
+                && h.servers.iter().zip(&s.servers).all(|(a, b)| a.addr == *b)
+        })
+        .cloned()
+}
+
+/// One upstream's shared state.
+pub struct UpstreamHealth {
+    /// Its name.
+    pub name: String,
+    /// Its servers, by index.
+    pub servers: Vec<ServerHealth>,
+    max_requests: AtomicU32,
+    max_connects: AtomicU32,
+    requests: AtomicU32,
+    connects: AtomicU32,
+    /// Requests refused by `max_requests` since start.
+    pub overflow_requests: AtomicU64,
+    /// Requests refused by `max_connects` since start.
+    pub overflow_connects: AtomicU64,
+    consecutive: AtomicU32,
+    base_ejection_ms: AtomicU64,
+    max_ejection_percent: AtomicU32,
+    /// The active check, read by the checker thread.
+    check: Mutex<Option<HealthCheck>>,
+}
+
+/// One server's shared state.
+pub struct ServerHealth {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The active check took it out.
+    checked_down: AtomicBool,
+    /// Ejected until this `CLOCK_MONOTONIC` time (ns); 0: not ejected.
+    ejected_until_ns: AtomicU64,
+    /// Times ejected since start.
+    pub ejections: AtomicU32,
+    /// 5xx answers and failed connects in a row.
+    failures_in_row: AtomicU32,
+    /// Active checks passed and failed since start.
+    pub checks_passed: AtomicU64,
+    /// See `checks_passed`.
+    pub checks_failed: AtomicU64,
+}
+
+impl std::fmt::Debug for UpstreamHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamHealth")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A place under a circuit-breaker limit, given back on drop (also when
+/// the request's future is dropped or unwinds).
+pub struct Held<'a>(&'a AtomicU32);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+fn take<'a>(gauge: &'a AtomicU32, max: &AtomicU32, overflow: &AtomicU64) -> Option<Held<'a>> {
+    if gauge.fetch_add(1, Relaxed) >= max.load(Relaxed) {
+        gauge.fetch_sub(1, Relaxed);
+        overflow.fetch_add(1, Relaxed);
+        return None;
+    }
+    Some(Held(gauge))
+}
+
+impl UpstreamHealth {
+    /// A fresh state: every server healthy, nothing in flight.
+    pub fn new(s: &UpstreamSettings) -> Self {
+        let h = Self {
+            name: s.name.clone(),
+            servers: s
+                .servers
+                .iter()
+                .map(|&addr| ServerHealth {
+                    addr,
+                    checked_down: AtomicBool::new(false),
+                    ejected_until_ns: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
+                    failures_in_row: AtomicU32::new(0),
+                    checks_passed: AtomicU64::new(0),
+                    checks_failed: AtomicU64::new(0),
+                })
+                .collect(),
+            max_requests: AtomicU32::new(0),
+            max_connects: AtomicU32::new(0),
+            requests: AtomicU32::new(0),
+            connects: AtomicU32::new(0),
+            overflow_requests: AtomicU64::new(0),
+            overflow_connects: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            base_ejection_ms: AtomicU64::new(0),
+            max_ejection_percent: AtomicU32::new(0),
+            check: Mutex::new(None),
+        };
+        h.follow(s);
+        h
+    }
+
+    /// Takes up `s`'s limits, outlier settings and check.
+    fn follow(&self, s: &UpstreamSettings) {
+        self.max_requests.store(s.max_requests, Relaxed);
+        self.max_connects.store(s.max_connects, Relaxed);
+        let Outlier {
+            consecutive_failures,
+            base_ejection_ms,
+            max_ejection_percent,
+        } = s.outlier;
+        self.consecutive.store(consecutive_failures, Relaxed);
+        self.base_ejection_ms.store(base_ejection_ms, Relaxed);
+        self.max_ejection_percent
+            .store(max_ejection_percent, Relaxed);
+        let mut check = self.check.lock().unwrap_or_else(|e| e.into_inner());
+        if check.is_some() && s.health_check.is_none() {
+            // No check any more: nothing holds its servers out.
+            for srv in &self.servers {
+                srv.checked_down.store(false, Relaxed);
+            }
+        }
+        *check = s.health_check.clone();
+    }
+
+    /// The active check, if any.
+    pub fn check(&self) -> Option<HealthCheck> {
+        self.check.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A place for one more request in flight, or `None` at `max_requests`.
+    pub fn enter_request(&self) -> Option<Held<'_>> {
+        take(&self.requests, &self.max_requests, &self.overflow_requests)
+    }
+
+    /// A place for one more connect in progress, or `None` at `max_connects`.
+    pub fn enter_connect(&self) -> Option<Held<'_>> {
+        take(&self.connects, &self.max_connects, &self.overflow_connects)
+    }
+
+    /// Whether server `i` may get requests at `now_ns`: not taken out by
+    /// the active check, not ejected.
+    pub fn usable(&self, i: usize, now_ns: impl FnOnce() -> u64) -> bool {
+        let s = &self.servers[i];
+        if s.checked_down.load(Relaxed) {
+            return false;
+        }
+        let until = s.ejected_until_ns.load(Relaxed);
+        until == 0 || until <= now_ns()
+    }
+
+    /// Server `i` answered without a 5xx: its failure streak ends.
+    pub fn answered(&self, i: usize) {
+        let s = &self.servers[i];
+        if s.failures_in_row.load(Relaxed) != 0 {
+            s.failures_in_row.store(0, Relaxed);
+        }
+    }
+
+    /// Server `i` answered 5xx or refused a connect at `now_ns`; returns
+    /// the ejection's length when this failure ejected it.
+    pub fn failed(&self, i: usize, now_ns: u64) -> Option<std::time::Duration> {
+        let threshold = self.consecutive.load(Relaxed);
+        let s = &self.servers[i];
+        let streak = s.failures_in_row.fetch_add(1, Relaxed) + 1;
+        if threshold == 0 || streak < threshold {
+            return None;
+        }
+        // Bounded share: at least one server may always be ejected.
+        let n = self.servers.len() as u64;
+        let most = (n * u64::from(self.max_ejection_percent.load(Relaxed)) / 100).max(1);
+        let out = self
+            .servers
+            .iter()
+            .filter(|x| x.ejected_until_ns.load(Relaxed) > now_ns)
+            .count() as u64;
+        if s.ejected_until_ns.load(Relaxed) > now_ns || out >= most {
+            return None;
+        }
+        s.failures_in_row.store(0, Relaxed);
+        let times = s.ejections.fetch_add(1, Relaxed) + 1;
+        let ms = self.base_ejection_ms.load(Relaxed) * u64::from(times.min(10));
+        s.ejected_until_ns.store(now_ns + ms * 1_000_000, Relaxed);
+        Some(std::time::Duration::from_millis(ms))
+    }
+
+    /// Records an active check's verdict on server `i`; whether it changed.
+    pub fn set_checked(&self, i: usize, up: bool) -> bool {
+        self.servers[i].checked_down.swap(!up, Relaxed) == up
+    }
+
+    /// The state as the admin API shows it.
+    pub fn json(&self, now_ns: u64) -> Value {
+        let checked = self.check().is_some();
+        json!({
+            "name": self.name,
+            "requests_in_flight": self.requests.load(Relaxed),
+            "max_requests": self.max_requests.load(Relaxed),
+            "connects_in_progress": self.connects.load(Relaxed),
+            "max_connects": self.max_connects.load(Relaxed),
+            "overflow_requests": self.overflow_requests.load(Relaxed),
+            "overflow_connects": self.overflow_connects.load(Relaxed),
+            "health_check": checked,
+            "servers": self.servers.iter().map(|s| {
+                let until = s.ejected_until_ns.load(Relaxed);
+                json!({
+                    "address": s.addr.to_string(),
+                    "healthy": !s.checked_down.load(Relaxed),
+                    "ejected_ms_left": until.saturating_sub(now_ns) / 1_000_000,
+                    "ejections": s.ejections.load(Relaxed),
+                    "failures_in_row": s.failures_in_row.load(Relaxed),
+                    "checks_passed": s.checks_passed.load(Relaxed),
+                    "checks_failed": s.checks_failed.load(Relaxed),
+                })
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Appends the health and circuit-breaker families to a Prometheus text
+/// exposition.
+pub fn render_metrics(all: &[Arc<UpstreamHealth>], now_ns: u64, out: &mut String) {
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        out,
+        "gateway_upstream_server_healthy",
+        "gauge",
+        "1 when the server takes requests: its active check passes and it is not ejected.",
+    );
+    for u in all {
+        for (i, s) in u.servers.iter().enumerate() {
+            let up = u.usable(i, || now_ns);
+            let _ = writeln!(
+                out,
+                "gateway_upstream_server_healthy{{upstream=\"{}\",server=\"{}\"}} {}",
+                u.name,
+                s.addr,
+                u8::from(up)
+            );
+        }
+    }
+    family(
+        out,
+        "gateway_upstream_ejections_total",
+        "counter",
+        "Times a server was ejected after consecutive 5xx answers or failed connects.",
+    );
+    for u in all {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "gateway_upstream_ejections_total{{upstream=\"{}\",server=\"{}\"}} {}",
+                u.name,
+                s.addr,
+                s.ejections.load(Relaxed)
+            );
+        }
+    }
+    family(
+        out,
+        "gateway_upstream_health_checks_total",
+        "counter",
+        "Active health checks by result.",
+    );
+    for u in all {
+        for s in &u.servers {
+            for (result, n) in [
+                ("pass", s.checks_passed.load(Relaxed)),
+                ("fail", s.checks_failed.load(Relaxed)),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "gateway_upstream_health_checks_total{{upstream=\"{}\",server=\"{}\",result=\"{result}\"}} {n}",
+                    u.name, s.addr
+                );
+            }
+        }
+    }
+    family(
+        out,
+        "gateway_upstream_active",
+        "gauge",
+        "Requests in flight and connects in progress, across workers (the circuit breaker's gauges).",
+    );
+    for u in all {
+        for (kind, n) in [
+            ("requests", u.requests.load(Relaxed)),
+            ("connects", u.connects.load(Relaxed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_upstream_active{{upstream=\"{}\",kind=\"{kind}\"}} {n}",
+                u.name
+            );
+        }
+    }
+    family(
+        out,
+        "gateway_upstream_overflow_total",
+        "counter",
+        "Requests answered 503 at once because a circuit-breaker limit was reached.",
+    );
+    for u in all {
+        for (limit, n) in [
+            ("max_requests", u.overflow_requests.load(Relaxed)),
+            ("max_connects", u.overflow_connects.load(Relaxed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_upstream_overflow_total{{upstream=\"{}\",limit=\"{limit}\"}} {n}",
+                u.name
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(n: u16, consecutive: u32, pct: u32) -> UpstreamSettings {
+        UpstreamSettings {
+            name: "u".into(),
+            servers: (0..n)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i)))
+                .collect(),
+            balance: Default::default(),
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 1000,
+            idle_per_server: 4,
+            retries: 1,
+            max_requests: 2,
+            max_connects: 1,
+            health_check: None,
+            outlier: Outlier {
+                consecutive_failures: consecutive,
+                base_ejection_ms: 1000,
+                max_ejection_percent: pct,
+            },
+        }
+    }
+
+    #[test]
+    fn limits_hold_and_places_come_back_on_drop() {
+        let h = UpstreamHealth::new(&settings(1, 5, 10));
+        let a = h.enter_request().expect("first");
+        let b = h.enter_request().expect("second");
+        assert!(h.enter_request().is_none());
+        assert_eq!(h.overflow_requests.load(Relaxed), 1);
+        drop(a);
+        let _c = h.enter_request().expect("a place came back");
+        drop(b);
+        let _x = h.enter_connect().expect("connect");
+        assert!(h.enter_connect().is_none());
+        assert_eq!(h.overflow_connects.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn consecutive_failures_eject_within_the_share_and_for_longer_each_time() {
+        let h = UpstreamHealth::new(&settings(4, 3, 25));
+        let t = 1_000_000_000;
+        assert_eq!(h.failed(0, t), None);
+        h.answered(0);
+        assert_eq!(h.failed(0, t), None);
+        assert_eq!(h.failed(0, t), None);
+        assert_eq!(h.failed(0, t), Some(std::time::Duration::from_secs(1)));
+        assert!(!h.usable(0, || t));
+        // 25 % of 4: one at a time.
+        for _ in 0..3 {
+            assert_eq!(h.failed(1, t), None);
+        }
+        assert!(h.usable(1, || t));
+        // Back after its time; the second ejection lasts twice as long.
+        let later = t + 1_000_000_001;
+        assert!(h.usable(0, || later));
+        for _ in 0..2 {
+            h.failed(0, later);
+        }
+        assert_eq!(h.failed(0, later), Some(std::time::Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_reload_keeping_name_and_servers_keeps_the_state() {
+        let r = Registry::default();
+        let s = settings(2, 1, 50);
+        r.sync(std::slice::from_ref(&s));
+        let h = r.of(&s);
+        h.failed(1, 5);
+        let mut more = s.clone();
+        more.max_requests = 9;
+        r.sync(std::slice::from_ref(&more));
+        let again = r.of(&more);
+        assert!(Arc::ptr_eq(&h, &again));
+        assert_eq!(again.max_requests.load(Relaxed), 9);
+        assert!(!again.usable(1, || 5));
+        let mut moved = more.clone();
+        moved.servers.pop();
+        r.sync(std::slice::from_ref(&moved));
+        assert!(!Arc::ptr_eq(&h, &r.of(&moved)));
+        assert_eq!(r.all().len(), 1);
+    }
+}

@@ -11,6 +11,7 @@
 //! `RLIMIT_NOFILE`), `demo` (the built-in backend).
 
 pub mod admin;
+pub mod audit;
 pub mod background;
 pub mod buffers;
 pub mod clock;

@@ -29,6 +29,20 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Score a configuration against the OWASP API Security Top 10 (2023):
+    /// each finding with its severity, line and fix; exit 1 when one
+    /// reaches --fail-on.
+    Audit {
+        /// Configuration file (TOML). Without it the embedded default is audited.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Exit 1 when a finding is at least this severe.
+        #[arg(long, value_enum, default_value = "high")]
+        fail_on: gateway::audit::Severity,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the embedded default configuration.
     DefaultConfig,
     /// Make and hash API keys for the key file (`auth.key_file`).
@@ -154,6 +168,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => load(config.as_ref()).and_then(|cfg| cmd::run::run(cfg, config)),
         Cmd::Check { config } => load(config.as_ref()).and_then(|cfg| cmd::check::check(&cfg)),
+        Cmd::Audit {
+            config,
+            fail_on,
+            json,
+        } => cmd::audit::audit(config.as_ref(), fail_on, json),
         Cmd::DefaultConfig => {
             print!("{}", gateway::config::EMBEDDED_DEFAULT);
             Ok(())

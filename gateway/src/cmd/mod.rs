@@ -2,6 +2,7 @@
 //! line and calls them.
 
 pub mod admin;
+pub mod audit;
 pub mod check;
 pub mod keys;
 pub mod run;

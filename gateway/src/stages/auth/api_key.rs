@@ -92,6 +92,8 @@ pub struct KeyRing {
     /// constant time.
     keys: HashMap<u64, Vec<Key>>,
     key_count: usize,
+    /// Each key's consumer and `expires`, in file order (for `gateway audit`).
+    expiries: Vec<(usize, Option<i64>)>,
 }
 
 impl KeyRing {
@@ -166,6 +168,7 @@ impl KeyRing {
                     expires,
                 });
                 ring.key_count += 1;
+                ring.expiries.push((ci, expires));
             }
             // Roles go into a comma-separated header.
             if let Some(bad) = c.roles.iter().find(|r| !valid_id(r)) {
@@ -182,6 +185,14 @@ impl KeyRing {
             });
         }
         Ok(ring)
+    }
+
+    /// Each key's consumer id and `expires` (Unix seconds), in file order.
+    pub fn expiries(&self) -> Vec<(String, Option<i64>)> {
+        self.expiries
+            .iter()
+            .map(|(c, e)| (self.consumers[*c].id.clone(), *e))
+            .collect()
     }
 
     /// The consumer holding `key`, if the key is valid at `now` (Unix seconds).

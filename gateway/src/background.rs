@@ -31,6 +31,13 @@ impl Background {
         Ok(())
     }
 
+    /// Sets the flag without waiting: for threads that hold nothing to
+    /// close and may be in a blocking call (they end at their next look
+    /// at the flag, or with the process).
+    pub fn release(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Sets the flag and waits for every thread.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -47,6 +47,38 @@ pub fn connections_that_fit(limit: u64, workers: usize, pooled: u64) -> usize {
         .max(1)
 }
 
+/// Idle upstream connections `cfg` keeps at most, across workers.
+fn pooled(cfg: &crate::config::Config) -> u64 {
+    cfg.upstreams
+        .iter()
+        .map(|u| (u.idle_per_server * u.servers.len() * cfg.runtime.workers) as u64)
+        .sum()
+}
+
+/// Whether a reloaded `cfg`'s upstream pools still leave descriptors for
+/// the running connection cap (fitted at start, kept by reloads), or at
+/// least as many as `running`'s did (an explicit cap may not fit anyway).
+pub fn fits_after_reload(
+    running: &crate::config::Config,
+    cfg: &crate::config::Config,
+) -> Result<(), String> {
+    let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    let rt = &cfg.runtime;
+    let fit = connections_that_fit(limit, rt.workers, pooled(cfg));
+    let before = connections_that_fit(limit, rt.workers, pooled(running));
+    if fit >= rt.max_connections_per_worker || fit >= before {
+        return Ok(());
+    }
+    Err(format!(
+        "upstreams: {} idle pooled connections would leave file descriptors for {fit} connections \
+         per worker, under the running cap of {}: lower idle_per_server, or restart to refit the cap",
+        pooled(cfg),
+        rt.max_connections_per_worker
+    ))
+}
+
 /// Raises the descriptor limit and fits the connection cap to it: the
 /// default cap shrinks to what fits, an explicit one that does not fit is
 /// kept with a warning (the operator may know better, e.g. few upstream hops).
@@ -65,12 +97,8 @@ pub fn fit_connections(cfg: &mut crate::config::Config) {
             budget.limit
         );
     }
+    let pooled = pooled(cfg);
     let rt = &mut cfg.runtime;
-    let pooled: u64 = cfg
-        .upstreams
-        .iter()
-        .map(|u| (u.idle_per_server * u.servers.len() * rt.workers) as u64)
-        .sum();
     let fit = connections_that_fit(budget.limit, rt.workers, pooled);
     if rt.max_connections_per_worker <= fit {
         return;

@@ -79,10 +79,12 @@ pub fn reload(
         Some(p) => Config::load(p)?,
         None => Config::embedded()?,
     };
-    crate::demo::demo_keys(&mut next).map_err(ReloadError::Load)?;
     needs_restart(running, &next)?;
-    // The connection caps fitted to RLIMIT_NOFILE at start still hold.
+    crate::demo::demo_keys(&mut next).map_err(ReloadError::Load)?;
+    // The connection caps fitted to RLIMIT_NOFILE at start still hold, if
+    // the new pools leave room for them.
     next.runtime = running.runtime;
+    crate::fdlimit::fits_after_reload(running, &next).map_err(ReloadError::Load)?;
 
     let keys = match &next.auth.key_file {
         Some(p) => KeyRing::load(p).map_err(|e| ReloadError::Load(e.to_string()))?,

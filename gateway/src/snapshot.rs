@@ -48,8 +48,9 @@ pub struct Snapshot {
     pub trusted_proxies: CidrSet,
     /// Headers added to every response.
     pub filters: ResponseFilters,
-    /// This snapshot's number, rising with each one built: what the
-    /// workers' token caches follow.
+    /// The configuration's number, rising with each reload (a new key
+    /// file or key set keeps it): what the workers' token caches and
+    /// upstream pools follow.
     pub epoch: u64,
 }
 
@@ -120,9 +121,12 @@ impl Snapshot {
         }
     }
 
-    /// The same configuration with another version of the key file.
+    /// The same configuration with another version of the key file (the
+    /// same epoch: token caches stay, they depend on the configuration).
     pub fn with_keys(&self, keys: Arc<KeyRing>) -> Self {
-        Self::new(self.cfg.clone(), self.tls.clone(), keys, self.jwks.clone())
+        let mut next = Self::new(self.cfg.clone(), self.tls.clone(), keys, self.jwks.clone());
+        next.epoch = self.epoch;
+        next
     }
 
     /// The same configuration with another key set for issuer `i`.
@@ -131,7 +135,10 @@ impl Snapshot {
         if let Some(slot) = jwks.get_mut(i) {
             *slot = set;
         }
-        Self::new(self.cfg.clone(), self.tls.clone(), self.keys.clone(), jwks)
+        // The same epoch: cached verifications name the key set's revision.
+        let mut next = Self::new(self.cfg.clone(), self.tls.clone(), self.keys.clone(), jwks);
+        next.epoch = self.epoch;
+        next
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Worker {
     pub idle: RefCell<HashSet<RawFd>>,
     /// `runtime.max_connections_per_worker` (a listener setting: fixed at start).
     max_connections: usize,
+    /// The snapshot generation the tick last looked at.
+    seen_generation: Cell<u64>,
 }
 
 /// 64 random bits (ring's system random), distinct per worker and start;
@@ -125,6 +127,7 @@ impl Worker {
             index,
             active: Cell::new(0),
             idle: RefCell::new(HashSet::new()),
+            seen_generation: Cell::new(0),
         }
     }
 
@@ -184,8 +187,14 @@ impl Worker {
         }
     }
 
-    /// Adds this worker's metrics to its slot of the board.
+    /// Adds this worker's metrics to its slot of the board (after taking
+    /// up a reloaded upstream list, so figures are labelled by it).
     pub fn publish_metrics(&self) {
+        let generation = self.shared.published.generation();
+        if generation != self.seen_generation.get() {
+            self.seen_generation.set(generation);
+            self.upstreams.follow(&self.shared.published.current());
+        }
         let open = self.active.get() as u64;
         let mut tally = self.tally.borrow_mut();
         self.upstreams.figures(&mut tally.upstreams);

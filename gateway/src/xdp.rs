@@ -233,44 +233,33 @@ impl DataPlane {
     /// knobs that switch a list on, stale ones leave after, so no packet
     /// meets a list switched on but still empty. The ports are listener
     /// settings, which a reload does not change.
+    /// A failed insertion stops before the knobs change; removals are
+    /// all tried, so a rollback puts back as much as it can.
     pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
-        for net in new
-            .policy
-            .deny
-            .iter()
-            .filter(|n| !old.policy.deny.contains(n))
-        {
+        let (o, n) = (&old.policy, &new.policy);
+        for net in beyond(&n.deny, &o.deny) {
             insert_cidr(&mut self.deny, map_names::DENY, net)?;
         }
-        for net in new
-            .policy
-            .allow
-            .iter()
-            .filter(|n| !old.policy.allow.contains(n))
-        {
+        for net in beyond(&n.allow, &o.allow) {
             insert_cidr(&mut self.allow, map_names::ALLOW, net)?;
         }
         self.config
             .set(0, knobs(new), 0)
             .map_err(|e| classify("writing the XDP configuration", e))?;
-        for net in old
-            .policy
-            .deny
-            .iter()
-            .filter(|n| !new.policy.deny.contains(n))
-        {
-            remove_cidr(&mut self.deny, map_names::DENY, net)?;
+        let mut first = Ok(());
+        for net in beyond(&o.deny, &n.deny) {
+            first = first.and(remove_cidr(&mut self.deny, map_names::DENY, net));
         }
-        for net in old
-            .policy
-            .allow
-            .iter()
-            .filter(|n| !new.policy.allow.contains(n))
-        {
-            remove_cidr(&mut self.allow, map_names::ALLOW, net)?;
+        for net in beyond(&o.allow, &n.allow) {
+            first = first.and(remove_cidr(&mut self.allow, map_names::ALLOW, net));
         }
-        Ok(())
+        first
     }
+}
+
+/// The entries of `a` that `b` lacks.
+fn beyond<'a>(a: &'a [IpNet], b: &'a [IpNet]) -> impl Iterator<Item = &'a IpNet> {
+    a.iter().filter(move |n| !b.contains(n))
 }
 
 /// The program's knobs for `cfg`.

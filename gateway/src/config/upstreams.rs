@@ -242,7 +242,7 @@ pub(super) fn upstream_settings(
             health_check,
             outlier: Outlier {
                 consecutive_failures: u.outlier.consecutive_failures,
-                base_ejection_ms: u.outlier.base_ejection_ms.max(100),
+                base_ejection_ms: u.outlier.base_ejection_ms.clamp(100, 3_600_000),
                 max_ejection_percent: *u.outlier.max_ejection_percent.get_ref(),
             },
         });
@@ -268,8 +268,8 @@ fn health_check(
     if f.interval_ms < 100 {
         return bad("interval_ms", "at least 100");
     }
-    if f.timeout_ms == 0 || f.timeout_ms > f.interval_ms {
-        return bad("timeout_ms", "1 to interval_ms");
+    if f.timeout_ms == 0 || f.timeout_ms > f.interval_ms.min(10_000) {
+        return bad("timeout_ms", "1 to interval_ms, at most 10000");
     }
     if f.healthy_threshold == 0 || f.unhealthy_threshold == 0 {
         return bad("healthy_threshold", "both thresholds must be at least 1");

@@ -34,9 +34,10 @@ impl Checker {
         Ok(Self(b))
     }
 
-    /// Stops and waits for the thread (at most one check's timeout).
+    /// Stops, without waiting for a check in progress (it holds only its
+    /// own socket).
     pub fn stop(self) {
-        self.0.stop();
+        self.0.release();
     }
 }
 

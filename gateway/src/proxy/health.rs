@@ -76,8 +76,8 @@ pub struct UpstreamHealth {
     pub servers: Vec<ServerHealth>,
     max_requests: AtomicU32,
     max_connects: AtomicU32,
-    requests: AtomicU32,
-    connects: AtomicU32,
+    requests: Gauge,
+    connects: Gauge,
     /// Requests refused by `max_requests` since start.
     pub overflow_requests: AtomicU64,
     /// Requests refused by `max_connects` since start.
@@ -87,7 +87,16 @@ pub struct UpstreamHealth {
     max_ejection_percent: AtomicU32,
     /// The active check, read by the checker thread.
     check: Mutex<Option<HealthCheck>>,
+    /// Taken for an ejection decision only (rare), so two workers never
+    /// eject past the share, nor the same server twice.
+    ejecting: Mutex<()>,
 }
+
+/// A gauge every worker moves on every request, on a cache line of its
+/// own so the others' reads of the upstream's settings do not bounce it.
+#[repr(align(64))]
+#[derive(Default)]
+struct Gauge(AtomicU32);
 
 /// One server's shared state.
 pub struct ServerHealth {
@@ -99,6 +108,9 @@ pub struct ServerHealth {
     ejected_until_ns: AtomicU64,
     /// Times ejected since start.
     pub ejections: AtomicU32,
+    /// The next ejection's length in base lengths (1 to 10), back to 1
+    /// after ten quiet base lengths.
+    multiplier: AtomicU32,
     /// 5xx answers and failed connects in a row.
     failures_in_row: AtomicU32,
     /// Active checks passed and failed since start.
@@ -147,6 +159,7 @@ impl UpstreamHealth {
                     checked_down: AtomicBool::new(false),
                     ejected_until_ns: AtomicU64::new(0),
                     ejections: AtomicU32::new(0),
+                    multiplier: AtomicU32::new(0),
                     failures_in_row: AtomicU32::new(0),
                     checks_passed: AtomicU64::new(0),
                     checks_failed: AtomicU64::new(0),
@@ -154,14 +167,15 @@ impl UpstreamHealth {
                 .collect(),
             max_requests: AtomicU32::new(0),
             max_connects: AtomicU32::new(0),
-            requests: AtomicU32::new(0),
-            connects: AtomicU32::new(0),
+            requests: Gauge::default(),
+            connects: Gauge::default(),
             overflow_requests: AtomicU64::new(0),
             overflow_connects: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             base_ejection_ms: AtomicU64::new(0),
             max_ejection_percent: AtomicU32::new(0),
             check: Mutex::new(None),
+            ejecting: Mutex::new(()),
         };
         h.follow(s);
         h
@@ -197,12 +211,20 @@ impl UpstreamHealth {
 
     /// A place for one more request in flight, or `None` at `max_requests`.
     pub fn enter_request(&self) -> Option<Held<'_>> {
-        take(&self.requests, &self.max_requests, &self.overflow_requests)
+        take(
+            &self.requests.0,
+            &self.max_requests,
+            &self.overflow_requests,
+        )
     }
 
     /// A place for one more connect in progress, or `None` at `max_connects`.
     pub fn enter_connect(&self) -> Option<Held<'_>> {
-        take(&self.connects, &self.max_connects, &self.overflow_connects)
+        take(
+            &self.connects.0,
+            &self.max_connects,
+            &self.overflow_connects,
+        )
     }
 
     /// Whether server `i` may get requests at `now_ns`: not taken out by
@@ -224,8 +246,9 @@ impl UpstreamHealth {
         }
     }
 
-    /// Server `i` answered 5xx or refused a connect at `now_ns`; returns
-    /// the ejection's length when this failure ejected it.
+    /// Server `i` failed (a 5xx, a failed connect, a broken or late
+    /// answer) at `now_ns`; returns the ejection's length when this
+    /// failure ejected it.
     pub fn failed(&self, i: usize, now_ns: u64) -> Option<std::time::Duration> {
         let threshold = self.consecutive.load(Relaxed);
         let s = &self.servers[i];
@@ -233,21 +256,38 @@ impl UpstreamHealth {
         if threshold == 0 || streak < threshold {
             return None;
         }
-        // Bounded share: at least one server may always be ejected.
-        let n = self.servers.len() as u64;
-        let most = (n * u64::from(self.max_ejection_percent.load(Relaxed)) / 100).max(1);
-        let out = self
+        let _one = self.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        let last_end = s.ejected_until_ns.load(Relaxed);
+        if last_end > now_ns {
+            return None;
+        }
+        let ejected = |x: &ServerHealth| x.ejected_until_ns.load(Relaxed) > now_ns;
+        let n = self.servers.len();
+        let ejected_now = self.servers.iter().filter(|x| ejected(x)).count();
+        let out_now = self
             .servers
             .iter()
-            .filter(|x| x.ejected_until_ns.load(Relaxed) > now_ns)
-            .count() as u64;
-        if s.ejected_until_ns.load(Relaxed) > now_ns || out >= most {
+            .filter(|x| ejected(x) || x.checked_down.load(Relaxed))
+            .count();
+        // At most the share (at least one), and never the last server
+        // taking requests: a failing answer beats none at all.
+        let most = (n * self.max_ejection_percent.load(Relaxed) as usize / 100).max(1);
+        if ejected_now >= most || out_now + 1 >= n {
             return None;
         }
         s.failures_in_row.store(0, Relaxed);
-        let times = s.ejections.fetch_add(1, Relaxed) + 1;
-        let ms = self.base_ejection_ms.load(Relaxed) * u64::from(times.min(10));
-        s.ejected_until_ns.store(now_ns + ms * 1_000_000, Relaxed);
+        s.ejections.fetch_add(1, Relaxed);
+        let base = self.base_ejection_ms.load(Relaxed);
+        let quiet = last_end != 0 && now_ns.saturating_sub(last_end) > 10 * base * 1_000_000;
+        let times = if quiet {
+            1
+        } else {
+            (s.multiplier.load(Relaxed) + 1).min(10)
+        };
+        s.multiplier.store(times, Relaxed);
+        let ms = base * u64::from(times);
+        s.ejected_until_ns
+            .store(now_ns.saturating_add(ms * 1_000_000), Relaxed);
         Some(std::time::Duration::from_millis(ms))
     }
 
@@ -261,9 +301,9 @@ impl UpstreamHealth {
         let checked = self.check().is_some();
         json!({
             "name": self.name,
-            "requests_in_flight": self.requests.load(Relaxed),
+            "requests_in_flight": self.requests.0.load(Relaxed),
             "max_requests": self.max_requests.load(Relaxed),
-            "connects_in_progress": self.connects.load(Relaxed),
+            "connects_in_progress": self.connects.0.load(Relaxed),
             "max_connects": self.max_connects.load(Relaxed),
             "overflow_requests": self.overflow_requests.load(Relaxed),
             "overflow_connects": self.overflow_connects.load(Relaxed),
@@ -353,8 +393,8 @@ pub fn render_metrics(all: &[Arc<UpstreamHealth>], now_ns: u64, out: &mut String
     );
     for u in all {
         for (kind, n) in [
-            ("requests", u.requests.load(Relaxed)),
-            ("connects", u.connects.load(Relaxed)),
+            ("requests", u.requests.0.load(Relaxed)),
+            ("connects", u.connects.0.load(Relaxed)),
         ] {
             let _ = writeln!(
                 out,
@@ -446,6 +486,18 @@ mod tests {
             h.failed(0, later);
         }
         assert_eq!(h.failed(0, later), Some(std::time::Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn the_last_server_taking_requests_is_never_ejected() {
+        let one = UpstreamHealth::new(&settings(1, 2, 100));
+        for _ in 0..5 {
+            assert_eq!(one.failed(0, 10), None);
+        }
+        assert!(one.usable(0, || 10));
+        let two = UpstreamHealth::new(&settings(2, 1, 100));
+        assert!(two.set_checked(1, false));
+        assert_eq!(two.failed(0, 10), None, "server 1 is out already");
     }
 
     #[test]

@@ -148,19 +148,28 @@ impl Upstreams {
         {
             return p.clone();
         }
-        if snap.epoch > self.epoch.get() {
-            let mut pools = self.pools.borrow_mut();
-            let next = snap
-                .cfg
-                .upstreams
-                .iter()
-                .map(|s| find(&pools, s).unwrap_or_else(|| new_pool(s, &self.registry)))
-                .collect();
-            *pools = next;
-            self.epoch.set(snap.epoch);
-        }
+        self.follow(snap);
         let settings = &snap.cfg.upstreams[i];
         find(&self.pools.borrow(), settings).unwrap_or_else(|| new_pool(settings, &self.registry))
+    }
+
+    /// Rebuilds the list for `snap` when it is newer than the list: pools
+    /// whose settings did not change are kept (idle connections, backoff).
+    /// Requests call it, and the worker's tick, so an idle worker drops
+    /// removed upstreams' connections too.
+    pub fn follow(&self, snap: &Snapshot) {
+        if snap.epoch <= self.epoch.get() {
+            return;
+        }
+        let mut pools = self.pools.borrow_mut();
+        let next = snap
+            .cfg
+            .upstreams
+            .iter()
+            .map(|s| find(&pools, s).unwrap_or_else(|| new_pool(s, &self.registry)))
+            .collect();
+        *pools = next;
+        self.epoch.set(snap.epoch);
     }
 
     /// Every server's pool and health figures, into `out`.
@@ -283,17 +292,18 @@ pub async fn forward(
         pool.borrow_mut().begin(server);
         let result = exchange(stopping, c, &mut conn, a, budget.response_ms, addr).await;
         pool.borrow_mut().end(server);
-        let upstream_failed = match &result {
-            Ok((done, _)) => done.status >= 500,
-            Err(Attempt::Retry(f))
-            | Err(Attempt::Abort(Abort::Respond(f, _) | Abort::Close(f, _))) => {
-                f.fault == Fault::Upstream
+        match &result {
+            Ok((done, _)) if done.status < 500 => health.answered(server),
+            Ok(_) => failed(&up, server, addr),
+            // A pooled connection the server closed while idle says
+            // nothing about the server: the retry gets a fresh one.
+            Err(Attempt::Retry(_)) if reused => {}
+            Err(Attempt::Retry(f) | Attempt::Abort(Abort::Respond(f, _) | Abort::Close(f, _)))
+                if f.fault == Fault::Upstream =>
+            {
+                failed(&up, server, addr)
             }
-        };
-        if upstream_failed {
-            failed(&up, server, addr);
-        } else {
-            health.answered(server);
+            Err(_) => {}
         }
         match result {
             Ok((done, upstream_reusable)) => {

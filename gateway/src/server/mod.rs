@@ -176,8 +176,6 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
         .uring_builder(&ring)
         .start(async move {
             let worker = Rc::new(Worker::new(shared.clone(), index));
-            let grace =
-                Duration::from_millis(shared.published.current().cfg.limits.shutdown_grace_ms);
             if let Some(plain) = plain {
                 let w = worker.clone();
                 tokio_uring::spawn(redirect::accept_loop(w, TcpListener::from_std(plain)));
@@ -200,7 +198,9 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
             });
             accept_loop(worker.clone(), TcpListener::from_std(https)).await;
             // Stopping: wake idle keep-alive connections so they close, then
-            // give in-flight requests until the grace deadline.
+            // give in-flight requests until the grace deadline (as reloaded last).
+            let grace =
+                Duration::from_millis(shared.published.current().cfg.limits.shutdown_grace_ms);
             let until = Instant::now() + grace;
             loop {
                 for fd in worker.idle.borrow().iter() {

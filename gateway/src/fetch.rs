@@ -18,6 +18,33 @@ use crate::http::{self, Framing, MAX_HEADERS, chunked};
 /// Largest document fetched.
 const MAX_BODY: usize = 1024 * 1024;
 
+/// The PEM certificates in `ca_file`, or the system's roots.
+pub fn trust_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificate (set ca_file)".into());
+    }
+    Ok(roots)
+}
+
 /// An HTTPS client with its trust roots.
 #[derive(Clone)]
 pub struct Https {
@@ -27,28 +54,7 @@ pub struct Https {
 impl Https {
     /// Trusts the PEM certificates in `ca_file`, or the system's roots.
     pub fn new(ca_file: Option<&Path>) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                for c in certs {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                for c in found.certs {
-                    let _ = roots.add(c);
-                }
-            }
-        }
-        if roots.is_empty() {
-            return Err("no trusted CA certificate (set ca_file)".into());
-        }
+        let roots = trust_roots(ca_file)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -103,6 +103,8 @@ pub fn reload(
             KeySource::Url(_) | KeySource::Discovery => None,
         });
     }
+    let upstream_tls =
+        crate::proxy::tls::client_configs(&next.upstreams).map_err(ReloadError::Load)?;
     let certs = tls::certificates(&next, true).map_err(|e| ReloadError::Load(e.to_string()))?;
     let mut server = tls::server_config(&next.tls, &certs)
         .map_err(|e| ReloadError::Load(format!("tls: {e}")))?;
@@ -119,7 +121,7 @@ pub fn reload(
         book.reconfigure(running, &next)?;
     }
     // Before the snapshot: a worker that meets it finds its upstreams' state.
-    shared.health.sync(&next.upstreams);
+    shared.health.sync(&next.upstreams, upstream_tls);
     let keys = Arc::new(keys);
     let published = next.clone();
     shared.published.update(move |cur| {

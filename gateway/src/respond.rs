@@ -141,6 +141,14 @@ impl Failure {
         reason: "upstream.timeout",
         fault: Fault::Upstream,
     };
+    /// The TLS handshake with the upstream failed (certificate not
+    /// trusted, wrong name, client certificate refused), or its TLS client
+    /// could not be built.
+    pub const UPSTREAM_TLS: Self = Self {
+        status: 502,
+        reason: "upstream.tls",
+        fault: Fault::Upstream,
+    };
     /// The upstream's `max_requests` are in flight (circuit breaker).
     pub const UPSTREAM_MAX_REQUESTS: Self = Self {
         status: 503,

@@ -37,7 +37,7 @@ pub(super) fn transport(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
     }
     for (i, u) in cfg.upstreams.iter().enumerate() {
         let line = lines.table("upstreams", i);
-        for addr in &u.servers {
+        for addr in u.servers.iter().filter(|_| u.tls.is_none()) {
             if !local(addr.ip()) {
                 add(
                     Severity::Medium,
@@ -48,7 +48,7 @@ pub(super) fn transport(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
                         "upstream {}: plain HTTP to {addr} crosses the network",
                         u.name
                     ),
-                    "run the upstream on this host or a network only the gateway reaches, or encrypt the hop",
+                    "encrypt the hop: `[upstreams.tls]` with the upstream's CA (`ca_file`) and name (`server_name`)",
                 );
             }
         }

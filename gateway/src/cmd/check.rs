@@ -8,6 +8,7 @@ use gateway::{
 
 pub(crate) fn check(cfg: &Config) -> Result<(), String> {
     let certs = tls::certificates(cfg, false).map_err(|e| e.to_string())?;
+    gateway::proxy::tls::client_configs(&cfg.upstreams)?;
     if !certs.is_empty() {
         tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     }

@@ -54,6 +54,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
+    let upstream_tls = gateway::proxy::tls::client_configs(&cfg.upstreams)?;
     let enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
     tracing::info!("config: {}", cfg.source);
     for line in enforcement.describe(&cfg) {
@@ -81,7 +82,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
         None => (None, None),
     };
     let health = Arc::new(gateway::proxy::health::Registry::default());
-    health.sync(&cfg.upstreams);
+    health.sync(&cfg.upstreams, upstream_tls);
     let shared = Arc::new(Shared {
         health: health.clone(),
         published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys), jwks)),

@@ -306,7 +306,7 @@ impl Config {
         }
         let policy = policy_settings(&raw.policy, &invalid)?;
 
-        let upstreams = upstream_settings(&raw.upstreams, &invalid)?;
+        let upstreams = upstream_settings(&raw.upstreams, file, &invalid)?;
         let auth = auth_settings(&raw.auth, file, &invalid)?;
         let has_keys = auth.key_file.is_some() || raw.demo.as_ref().is_some_and(|d| d.api_key);
         let issuers: Vec<&str> = auth.jwt.iter().map(|j| j.name.as_str()).collect();

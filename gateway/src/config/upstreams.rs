@@ -40,6 +40,34 @@ pub(super) struct UpstreamFile {
     pub(super) health_check: Option<Spanned<HealthCheckFile>>,
     #[serde(default)]
     pub(super) outlier: OutlierFile,
+    #[serde(default)]
+    pub(super) tls: Option<Spanned<UpstreamTlsFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTlsFile {
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    server_name: Option<String>,
+    #[serde(default)]
+    client_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
+}
+
+/// `[upstreams.tls]`: the hop to the upstream over TLS, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) the servers' chains must lead to; default:
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name sent as SNI and verified in the certificate; default:
+    /// each server's IP address (which its certificate must then hold).
+    pub server_name: Option<String>,
+    /// The gateway's certificate chain and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,8 +76,8 @@ pub(super) struct HealthCheckFile {
     path: String,
     #[serde(default = "default_check_interval")]
     interval_ms: u64,
-    #[serde(default = "default_check_timeout")]
-    timeout_ms: u64,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
     #[serde(default = "default_healthy")]
     healthy_threshold: u32,
     #[serde(default = "default_unhealthy")]
@@ -86,9 +114,6 @@ fn default_max_connects() -> Spanned<u32> {
 }
 fn default_check_interval() -> u64 {
     5_000
-}
-fn default_check_timeout() -> u64 {
-    1_000
 }
 fn default_healthy() -> u32 {
     2
@@ -173,12 +198,15 @@ pub struct UpstreamSettings {
     pub health_check: Option<HealthCheck>,
     /// Passive ejection.
     pub outlier: Outlier,
+    /// TLS to the servers (plain HTTP/1.1 without it).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Every `[[upstreams]]` entry, validated: unique names, servers, a bounded
 /// retry budget.
 pub(super) fn upstream_settings(
     raw: &[UpstreamFile],
+    file: &str,
     invalid: &Invalid<'_>,
 ) -> Result<Vec<UpstreamSettings>, ConfigError> {
     let mut upstreams: Vec<UpstreamSettings> = Vec::new();
@@ -229,6 +257,11 @@ pub(super) fn upstream_settings(
             .as_ref()
             .map(|h| health_check(i, h, invalid))
             .transpose()?;
+        let tls = u
+            .tls
+            .as_ref()
+            .map(|t| upstream_tls(i, t, file, invalid))
+            .transpose()?;
         upstreams.push(UpstreamSettings {
             name,
             servers: u.servers.get_ref().clone(),
@@ -245,6 +278,7 @@ pub(super) fn upstream_settings(
                 base_ejection_ms: u.outlier.base_ejection_ms.clamp(100, 3_600_000),
                 max_ejection_percent: *u.outlier.max_ejection_percent.get_ref(),
             },
+            tls,
         });
     }
     Ok(upstreams)
@@ -268,7 +302,9 @@ fn health_check(
     if f.interval_ms < 100 {
         return bad("interval_ms", "at least 100");
     }
-    if f.timeout_ms == 0 || f.timeout_ms > f.interval_ms.min(10_000) {
+    // Default: a second, or the interval when that is shorter.
+    let timeout_ms = f.timeout_ms.unwrap_or(f.interval_ms.min(1_000));
+    if timeout_ms == 0 || timeout_ms > f.interval_ms.min(10_000) {
         return bad("timeout_ms", "1 to interval_ms, at most 10000");
     }
     if f.healthy_threshold == 0 || f.unhealthy_threshold == 0 {
@@ -285,10 +321,48 @@ fn health_check(
     Ok(HealthCheck {
         path: f.path.clone(),
         interval_ms: f.interval_ms,
-        timeout_ms: f.timeout_ms,
+        timeout_ms,
         healthy_threshold: f.healthy_threshold,
         unhealthy_threshold: f.unhealthy_threshold,
         expect_status: f.expect_status.clone(),
         host: f.host.clone(),
+    })
+}
+
+/// One `[upstreams.tls]`, validated: a name rustls can verify, a client
+/// certificate only with its key. The files are read when the gateway
+/// builds its TLS clients (start and reload), where their errors are named.
+fn upstream_tls(
+    i: usize,
+    t: &Spanned<UpstreamTlsFile>,
+    file: &str,
+    invalid: &Invalid<'_>,
+) -> Result<UpstreamTls, ConfigError> {
+    let at = |what: &str| format!("upstreams[{i}].tls.{what}");
+    let f = t.get_ref();
+    if let Some(name) = &f.server_name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(invalid(
+            Some(t.span()),
+            at("server_name"),
+            format!("`{name}` is not a DNS name or an IP address"),
+        ));
+    }
+    let client_cert = match (&f.client_cert, &f.client_key) {
+        (Some(c), Some(k)) => Some((relative_to(file, c), relative_to(file, k))),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                Some(t.span()),
+                at("client_cert"),
+                "client_cert and client_key go together (mutual TLS)".into(),
+            ));
+        }
+    };
+    Ok(UpstreamTls {
+        ca_file: f.ca_file.as_ref().map(|p| relative_to(file, p)),
+        server_name: f.server_name.clone(),
+        client_cert,
     })
 }

@@ -70,7 +70,7 @@ fn run(registry: &Registry, stop: &AtomicBool) {
                     continue;
                 }
                 st.due = now + Duration::from_millis(check.interval_ms);
-                match probe(s.addr, &check) {
+                match probe(s.addr, &check, u.tls_for(s.addr)) {
                     Ok(()) => {
                         s.checks_passed.fetch_add(1, Ordering::Relaxed);
                         st.passes += 1;
@@ -107,8 +107,16 @@ fn run(registry: &Registry, stop: &AtomicBool) {
     }
 }
 
-/// One check of `addr`: `Ok` when it answers an expected status in time.
-fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+/// One check of `addr` (over TLS on a TLS hop): `Ok` when it answers an
+/// expected status in time.
+fn probe(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+) -> Result<(), String> {
     let timeout = Duration::from_millis(check.timeout_ms);
     let deadline = Instant::now() + timeout;
     let left = || {
@@ -117,9 +125,17 @@ fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| format!("no answer within {} ms", check.timeout_ms))
     };
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_write_timeout(Some(left()?))
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_write_timeout(Some(left()?))
         .map_err(|e| e.to_string())?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some((client, name)) => {
+            let conn =
+                rustls::ClientConnection::new(client, name).map_err(|e| format!("TLS: {e}"))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let req = format!(
         "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: gateway-health-check\r\nconnection: close\r\n\r\n",
@@ -130,7 +146,8 @@ fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
     let mut buf = [0u8; 512];
     let mut len = 0;
     while !buf[..len].windows(2).any(|w| w == b"\r\n") {
-        s.set_read_timeout(Some(left()?))
+        s.tcp()
+            .set_read_timeout(Some(left()?))
             .map_err(|e| e.to_string())?;
         match s.read(&mut buf[len..]) {
             Ok(0) => return Err("closed before a status line".into()),
@@ -154,6 +171,23 @@ fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("status {status}"))
+    }
+}
+
+/// A check's connection, plain or TLS.
+trait ReadWrite: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl ReadWrite for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ReadWrite for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
     }
 }
 

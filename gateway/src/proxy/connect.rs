@@ -110,5 +110,6 @@ fn finish_connect(sock: socket2::Socket, server: usize) -> Result<UpstreamConn, 
         start: 0,
         server,
         reused: false,
+        tls: None,
     })
 }

@@ -15,9 +15,10 @@ use std::{
     },
 };
 
+use rustls::ClientConfig;
 use serde_json::{Value, json};
 
-use crate::config::{HealthCheck, Outlier, UpstreamSettings};
+use crate::config::{HealthCheck, Outlier, UpstreamSettings, UpstreamTls};
 
 /// Every configured upstream's shared state.
 #[derive(Default)]
@@ -26,30 +27,41 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// States for `upstreams` (at start and after each reload): kept for
-    /// an upstream whose name and servers did not change, with its limits
-    /// and checks following the new settings; made for new ones; dropped
+    /// States for `upstreams` (at start and after each reload), with the
+    /// TLS clients built for them (`tls`, by index): kept for an upstream
+    /// whose name and servers did not change, with its limits, checks and
+    /// TLS client following the new settings (the old client, and its
+    /// sessions, while its TLS settings stay); made for new ones; dropped
     /// for the rest.
-    pub fn sync(&self, upstreams: &[UpstreamSettings]) {
+    pub fn sync(&self, upstreams: &[UpstreamSettings], tls: Vec<Option<Arc<ClientConfig>>>) {
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         let next = upstreams
             .iter()
-            .map(|s| match find(&list, s) {
-                Some(h) => {
-                    h.follow(s);
-                    h
-                }
-                None => Arc::new(UpstreamHealth::new(s)),
+            .zip(tls.into_iter().chain(std::iter::repeat(None)))
+            .map(|(s, client)| {
+                let h = find(&list, s).unwrap_or_else(|| Arc::new(UpstreamHealth::new(s)));
+                h.follow(s);
+                h.follow_tls(s, client);
+                h
             })
             .collect();
         *list = next;
     }
 
     /// The state of `s`: the registry's, or, for an upstream a reload
-    /// already removed (a request still on an older snapshot), one of its own.
+    /// already removed (a request still on an older snapshot), one of its
+    /// own (its TLS client built here; without one its requests fail).
     pub fn of(&self, s: &UpstreamSettings) -> Arc<UpstreamHealth> {
         let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        find(&list, s).unwrap_or_else(|| Arc::new(UpstreamHealth::new(s)))
+        find(&list, s).unwrap_or_else(|| {
+            let h = UpstreamHealth::new(s);
+            let client = s
+                .tls
+                .as_ref()
+                .and_then(|t| super::tls::client_config(t).ok());
+            h.follow_tls(s, client);
+            Arc::new(h)
+        })
     }
 
     /// Every upstream's state, in configuration order.
@@ -90,6 +102,8 @@ pub struct UpstreamHealth {
     /// Taken for an ejection decision only (rare), so two workers never
     /// eject past the share, nor the same server twice.
     ejecting: Mutex<()>,
+    /// The TLS client and the settings it was built from (TLS hops only).
+    tls: Mutex<Option<(UpstreamTls, Arc<ClientConfig>)>>,
 }
 
 /// A gauge every worker moves on every request, on a cache line of its
@@ -176,6 +190,7 @@ impl UpstreamHealth {
             max_ejection_percent: AtomicU32::new(0),
             check: Mutex::new(None),
             ejecting: Mutex::new(()),
+            tls: Mutex::new(None),
         };
         h.follow(s);
         h
@@ -202,6 +217,35 @@ impl UpstreamHealth {
             }
         }
         *check = s.health_check.clone();
+    }
+
+    /// Takes up `s`'s TLS client: `client` (built for `s.tls`), unless the
+    /// one held was built for the same settings (its sessions stay).
+    fn follow_tls(&self, s: &UpstreamSettings, client: Option<Arc<ClientConfig>>) {
+        let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        let same = matches!((&*tls, &s.tls), (Some((held, _)), Some(want)) if held == want);
+        if !same {
+            *tls = s.tls.clone().zip(client);
+        }
+    }
+
+    /// The TLS client for a TLS hop (`None`: plain, or it could not be built).
+    pub fn tls_client(&self) -> Option<Arc<ClientConfig>> {
+        self.tls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The TLS client and the name to verify for server `addr` (TLS hops).
+    pub fn tls_for(
+        &self,
+        addr: SocketAddr,
+    ) -> Option<(Arc<ClientConfig>, rustls::pki_types::ServerName<'static>)> {
+        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        tls.as_ref()
+            .map(|(s, c)| (c.clone(), super::tls::server_name(s, addr)))
     }
 
     /// The active check, if any.
@@ -446,6 +490,7 @@ mod tests {
                 base_ejection_ms: 1000,
                 max_ejection_percent: pct,
             },
+            tls: None,
         }
     }
 
@@ -504,19 +549,19 @@ mod tests {
     fn a_reload_keeping_name_and_servers_keeps_the_state() {
         let r = Registry::default();
         let s = settings(2, 1, 50);
-        r.sync(std::slice::from_ref(&s));
+        r.sync(std::slice::from_ref(&s), vec![None]);
         let h = r.of(&s);
         h.failed(1, 5);
         let mut more = s.clone();
         more.max_requests = 9;
-        r.sync(std::slice::from_ref(&more));
+        r.sync(std::slice::from_ref(&more), vec![None]);
         let again = r.of(&more);
         assert!(Arc::ptr_eq(&h, &again));
         assert_eq!(again.max_requests.load(Relaxed), 9);
         assert!(!again.usable(1, || 5));
         let mut moved = more.clone();
         moved.servers.pop();
-        r.sync(std::slice::from_ref(&moved));
+        r.sync(std::slice::from_ref(&moved), vec![None]);
         assert!(!Arc::ptr_eq(&h, &r.of(&moved)));
         assert_eq!(r.all().len(), 1);
     }

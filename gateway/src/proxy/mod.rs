@@ -10,6 +10,7 @@ pub mod health;
 pub mod pool;
 pub mod request;
 pub mod response;
+pub mod tls;
 
 use std::{
     cell::{Cell, RefCell},
@@ -357,7 +358,7 @@ async fn checkout_or_connect(
     let err = match connect::connect(addr, server, ms(budget.connect_ms)).await {
         Ok(conn) => {
             pool.borrow_mut().opened(server);
-            return Ok(conn);
+            return secure(up, conn, server, addr, budget).await;
         }
         Err(e) => e,
     };
@@ -376,6 +377,44 @@ async fn checkout_or_connect(
             } else {
                 Failure::UPSTREAM_CONNECT
             }))
+        }
+    }
+}
+
+/// On a TLS hop, handshakes on a new connection (within the connect
+/// timeout); a failed handshake is the server's failure, retried elsewhere.
+/// A TLS upstream whose client could not be built is never spoken to in
+/// plain text.
+async fn secure(
+    up: &Upstream,
+    mut conn: UpstreamConn,
+    server: usize,
+    addr: SocketAddr,
+    budget: Budget,
+) -> Result<UpstreamConn, Attempt> {
+    let (client, name) = {
+        let p = up.pool.borrow();
+        let Some(t) = &p.settings.tls else {
+            return Ok(conn);
+        };
+        (p.tls.clone(), tls::server_name(t, addr))
+    };
+    let Some(client) = client else {
+        return Err(Attempt::Abort(Abort::Respond(
+            Failure::UPSTREAM_TLS,
+            Some(addr),
+        )));
+    };
+    match conn.start_tls(client, name, ms(budget.connect_ms)).await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            tracing::warn!(
+                "upstream {} server {addr}: TLS handshake failed: {e}",
+                up.health.name
+            );
+            up.pool.borrow_mut().mark_down(server, Instant::now());
+            failed(up, server, addr);
+            Err(Attempt::Retry(Failure::UPSTREAM_TLS))
         }
     }
 }

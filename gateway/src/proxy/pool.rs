@@ -40,6 +40,8 @@ pub struct UpstreamConn {
     /// Whether it came from the idle pool (a failure before any response
     /// byte may then just mean the server closed it while idle).
     pub reused: bool,
+    /// The TLS session, on a TLS hop.
+    pub(super) tls: Option<Box<super::tls::Session>>,
 }
 
 impl UpstreamConn {
@@ -49,6 +51,9 @@ impl UpstreamConn {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+        }
+        if self.tls.is_some() {
+            return self.read_tls_plaintext().await;
         }
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(UPSTREAM_READ);
@@ -125,6 +130,8 @@ pub struct Pool {
     pub settings: UpstreamSettings,
     /// The upstream's state shared by every worker.
     pub health: Arc<UpstreamHealth>,
+    /// The TLS client of a TLS hop (taken when the pool is made).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     servers: Vec<Server>,
     cursor: usize,
 }
@@ -133,6 +140,7 @@ impl Pool {
     /// A pool with no connections yet.
     pub fn new(settings: &UpstreamSettings, health: Arc<UpstreamHealth>) -> Self {
         Self {
+            tls: health.tls_client(),
             health,
             servers: settings
                 .servers
@@ -294,6 +302,7 @@ mod tests {
                 base_ejection_ms: 1000,
                 max_ejection_percent: 10,
             },
+            tls: None,
         }
     }
 

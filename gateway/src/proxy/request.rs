@@ -4,8 +4,6 @@
 
 use std::{io::Write as _, net::SocketAddr, time::Duration};
 
-use tokio_uring::buf::BoundedBuf as _;
-
 use super::{Attempt, pool::UpstreamConn};
 use crate::{
     config::Underscores,
@@ -14,7 +12,6 @@ use crate::{
     respond::{Abort, Failure},
     snapshot::Snapshot,
     stages::auth::Identity,
-    tls::write_deadline,
 };
 
 /// Bodies up to this size travel in the same write as the request head.
@@ -278,24 +275,22 @@ pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) 
         .any(|h| lists_token(h.value, name))
 }
 
-/// Writes `buf[..len]` to the upstream within `limit`; returns the buffer.
+/// Writes `buf[..len]` to the upstream within `limit`; returns the buffer
+/// (empty when a cancelled write took it: the connection is dead then).
 async fn write_upstream(
-    conn: &UpstreamConn,
+    conn: &mut UpstreamConn,
     buf: Vec<u8>,
     len: usize,
     limit: Duration,
 ) -> (std::io::Result<()>, Vec<u8>) {
-    match write_deadline(conn.fd(), limit, conn.tcp.write_all(buf.slice(0..len))).await {
-        Some((res, slice)) => (res, slice.into_inner()),
-        // The buffer went with the cancelled write; the connection is dead.
-        None => (Err(std::io::ErrorKind::TimedOut.into()), Vec::new()),
-    }
+    let (res, buf) = conn.write(buf, 0..len, limit).await;
+    (res, buf.unwrap_or_default())
 }
 
 /// Sends the head (already in `c.up_head`) and the body.
 pub(super) async fn send(
     c: &mut Conn,
-    conn: &UpstreamConn,
+    conn: &mut UpstreamConn,
     framing: Framing,
     max_body: u64,
     response_ms: u64,
@@ -337,7 +332,7 @@ pub(super) async fn send(
 /// Streams `remaining` Content-Length body bytes from the client.
 async fn stream_length_body(
     c: &mut Conn,
-    conn: &UpstreamConn,
+    conn: &mut UpstreamConn,
     mut remaining: u64,
     addr: SocketAddr,
 ) -> Result<(), Attempt> {
@@ -348,15 +343,23 @@ async fn stream_length_body(
         }
         let take = (c.pending().len() as u64).min(remaining) as usize;
         let (buf, start) = c.take_inbuf();
-        let write = conn.tcp.write_all(buf.slice(start..start + take));
-        let Some((res, slice)) = write_deadline(conn.fd(), ms(body_timeout_ms), write).await else {
-            // The upstream stopped reading; the buffer went with the write.
-            return Err(Attempt::Abort(Abort::Close(
-                Failure::UPSTREAM_TIMEOUT,
-                Some(addr),
-            )));
-        };
-        c.put_inbuf(slice.into_inner(), start);
+        let (res, buf) = conn
+            .write(buf, start..start + take, ms(body_timeout_ms))
+            .await;
+        let timed_out = res
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        match buf {
+            Some(buf) if !timed_out => c.put_inbuf(buf, start),
+            _ => {
+                // The upstream stopped reading (a plain write took the
+                // buffer with it); the connection is dead.
+                return Err(Attempt::Abort(Abort::Close(
+                    Failure::UPSTREAM_TIMEOUT,
+                    Some(addr),
+                )));
+            }
+        }
         res.map_err(|_| Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr))))?;
         c.consume(take);
         remaining -= take as u64;
@@ -367,7 +370,7 @@ async fn stream_length_body(
 /// Streams a chunked body from the client, re-encoded, within `max_body`.
 async fn stream_chunked_body(
     c: &mut Conn,
-    conn: &UpstreamConn,
+    conn: &mut UpstreamConn,
     max_body: u64,
     addr: SocketAddr,
 ) -> Result<(), Attempt> {

@@ -56,15 +56,17 @@ pub(super) async fn read_head(
             return Err(give_up(Failure::UPSTREAM_PROTOCOL));
         }
         let left = response_deadline.saturating_duration_since(Instant::now());
-        match deadline(conn.fd(), left, conn.read_more()).await {
+        let ended = match deadline(conn.fd(), left, conn.read_more()).await {
             None => return Err(give_up(Failure::UPSTREAM_TIMEOUT)),
-            // Closed before a byte of response: safe to try again.
-            Some(Ok(0)) | Some(Err(_)) if started_reading && conn.pending().is_empty() => {
-                return Err(Attempt::Retry(Failure::UPSTREAM_CLOSED));
-            }
-            Some(Ok(0)) | Some(Err(_)) => return Err(give_up(Failure::UPSTREAM_CLOSED)),
-            Some(Ok(_)) => {}
+            Some(Ok(0)) => Failure::UPSTREAM_CLOSED,
+            Some(Err(e)) => super::tls::read_failure(&e),
+            Some(Ok(_)) => continue,
+        };
+        // Closed before a byte of response: safe to try again.
+        if started_reading && conn.pending().is_empty() {
+            return Err(Attempt::Retry(ended));
         }
+        return Err(give_up(ended));
     }
     let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let parsed = http::response::parse(
@@ -207,7 +209,7 @@ async fn more(conn: &mut UpstreamConn, response_ms: u64) -> Result<usize, Relay>
     match deadline(conn.fd(), ms(response_ms), conn.read_more()).await {
         None => Err(Relay::Upstream(Failure::UPSTREAM_TIMEOUT)),
         Some(Ok(n)) => Ok(n),
-        Some(Err(_)) => Err(Relay::Upstream(Failure::UPSTREAM_CLOSED)),
+        Some(Err(e)) => Err(Relay::Upstream(super::tls::read_failure(&e))),
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{BACKEND_PORT, Opts, PORTS, wrk};
+use super::{BACKEND_PORT, BACKEND_TLS_PORT, Opts, PORTS, wrk};
 
 /// The files written, and what the clients need to send.
 pub struct Files {
@@ -78,7 +78,8 @@ pub fn write(work: &Path, opts: &Opts) -> Result<Files> {
     let w = opts.workers.unwrap_or(1);
     let hsts = "max-age=31536000; includeSubDomains";
 
-    // The backend: nginx answering small JSON on plain HTTP.
+    // The backend: nginx answering small JSON on plain HTTP, and over TLS
+    // on a second port (the gateway's `gw+tls-up` route).
     let backend_conf = work.join("backend.conf");
     std::fs::write(
         &backend_conf,
@@ -91,9 +92,15 @@ http {{
   client_body_temp_path {w}; proxy_temp_path {w}; fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};
   server {{ listen 127.0.0.1:{BACKEND_PORT} reuseport; default_type application/json;
     location / {{ return 200 '{{"service":"bench","ok":true}}'; }} }}
+  server {{ listen 127.0.0.1:{BACKEND_TLS_PORT} ssl reuseport; default_type application/json;
+    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:up:1m;
+    location / {{ return 200 '{{"service":"bench","ok":true}}'; }} }}
 }}
 "#,
-            w = work.display()
+            w = work.display(),
+            cert = cert.display(),
+            key = key.display()
         ),
     )?;
     let gw_conf = work.join("gateway.toml");
@@ -117,12 +124,22 @@ key = "{key}"
 name = "backend"
 servers = ["127.0.0.1:{BACKEND_PORT}"]
 idle_per_server = 256
+[[upstreams]]
+name = "backend-tls"
+servers = ["127.0.0.1:{BACKEND_TLS_PORT}"]
+idle_per_server = 256
+[upstreams.tls]
+ca_file = "{cert}"
 [[routes]]
 path = "/orders"
 methods = ["POST"]
 upstream = "backend"
 auth = "none"
 body_schema = {ORDER_SCHEMA}
+[[routes]]
+path_prefix = "/tls-up"
+upstream = "backend-tls"
+auth = "none"
 [[routes]]
 upstream = "backend"
 auth = "none"

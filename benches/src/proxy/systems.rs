@@ -229,6 +229,10 @@ pub fn start(
     add("backend", "", BACKEND_PORT, "/", None, false, true);
     add("gateway", "gateway", g, "/", None, false, true);
     add("gw+key", "gw+key", k, "/", key, false, true);
+    // The demo backend speaks no TLS: this row needs nginx.
+    if !demo_backend {
+        add("gw+tls-up", "gateway", g, "/tls-up", None, false, false);
+    }
     if !opts.no_jwt {
         add(
             "gw+es256",

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::harness::{Certs, Setup, TempDir, reason_of, setup_with};
+use gateway_tests::harness::{Certs, Setup, TempDir, reason_of, setup_with, sha256_hex};
 use rustls::{
     ServerConfig, ServerConnection,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -29,8 +29,10 @@ struct Hello {
     client_cert: bool,
 }
 
-/// A TLS HTTP/1.1 backend: keep-alive, `200 tls ok` to every request,
-/// recording handshakes, failed handshakes and request paths.
+/// A TLS HTTP/1.1 backend, keep-alive, recording handshakes, failed
+/// handshakes and request paths: `/big/<n>` answers n bytes, `/chunks/<n>`
+/// n bytes chunked in 5,000-byte writes (records of their own), a request
+/// with a body gets `received <n> <sha256>`, anything else `tls ok`.
 struct TlsBackend {
     addr: SocketAddr,
     hellos: Arc<Mutex<Vec<Hello>>>,
@@ -147,17 +149,59 @@ fn serve(
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
-        paths
-            .lock()
-            .expect("paths")
-            .push(head.split_whitespace().nth(1).unwrap_or("").to_owned());
-        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ntls ok")
-            .and_then(|()| s.flush())
-            .is_err()
-        {
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        paths.lock().expect("paths").push(path.clone());
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < length {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..length).collect();
+        let n = |p: &str| path.strip_prefix(p).and_then(|v| v.parse::<usize>().ok());
+        let sent = if let Some(n) = n("/pooled/big/") {
+            s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n").as_bytes())
+                .and_then(|()| s.write_all(&pattern(n)))
+        } else if let Some(n) = n("/pooled/chunks/") {
+            let mut r = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+            for piece in pattern(n).chunks(5000) {
+                r = r
+                    .and_then(|()| s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()))
+                    .and_then(|()| s.write_all(piece))
+                    .and_then(|()| s.write_all(b"\r\n"))
+                    .and_then(|()| s.flush());
+            }
+            r.and_then(|()| s.write_all(b"0\r\n\r\n"))
+        } else if length > 0 {
+            let text = format!("received {} {}", body.len(), sha256_hex(&body));
+            s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                )
+                .as_bytes(),
+            )
+        } else {
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ntls ok")
+        };
+        if sent.and_then(|()| s.flush()).is_err() {
             return;
         }
     }
+}
+
+/// `n` bytes of a pattern that shows any misplaced byte.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
 }
 
 /// An upstream `name` over TLS to `backend`, routed at `/name`.
@@ -177,33 +221,34 @@ fn tls_upstreams_are_verified_resumed_pooled_and_checked() {
     let dir = TempDir::new("up-tls-certs");
     let certs = Certs::issue(&dir.0, &["backend.test"]);
     let backend = TlsBackend::start(&certs, false);
+    let checked = TlsBackend::start(&certs, false);
     let tls = format!(
         "ca_file = \"{}\"\nserver_name = \"backend.test\"",
         certs.ca_pem.display()
     );
     let s = start(
         "up-tls",
-        &format!(
-            "{}{}",
+        &[
             upstream("fresh", backend.addr, &tls, "idle_per_server = 0"),
+            upstream("pooled", backend.addr, &tls, "max_requests = 64"),
             upstream(
-                "pooled",
-                backend.addr,
+                "checked",
+                checked.addr,
                 &tls,
-                "[upstreams.health_check]\npath = \"/healthz\"\ninterval_ms = 300"
-            )
-        ),
+                "[upstreams.health_check]\npath = \"/healthz\"\ninterval_ms = 300",
+            ),
+        ]
+        .concat(),
     );
     // A new connection for each request: the first handshake is full,
-    // later ones resume (the session cache is the upstream's, shared by
-    // both workers).
+    // later ones resume from the upstream's session cache.
     for i in 0..4 {
         let r = s.get(&format!("/fresh/{i}"), "");
         assert_eq!(r.status, 200, "{}", r.head);
         assert_eq!(r.body, b"tls ok");
     }
     let hellos = backend.hellos();
-    assert!(hellos.len() >= 4, "{hellos:?}");
+    assert_eq!(hellos.len(), 4, "{hellos:?}");
     assert!(
         hellos
             .iter()
@@ -211,31 +256,58 @@ fn tls_upstreams_are_verified_resumed_pooled_and_checked() {
         "{hellos:?}"
     );
     assert!(
-        hellos.iter().any(|h| h.resumed),
+        hellos.iter().skip(1).any(|h| h.resumed),
         "no session was resumed: {hellos:?}"
     );
-    // Kept alive: three requests on at most one handshake per worker
-    // (and the health checks' own).
-    let before = backend.hellos().len();
+    // Kept alive: one handshake for the requests of one client connection
+    // (one worker), with large bodies both ways in records of every size.
     let c = &mut s.client();
-    for i in 0..3 {
-        c.send(format!("GET /pooled/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+    for (path, want) in [
+        ("/pooled/a", b"tls ok".to_vec()),
+        ("/pooled/big/150000", pattern(150_000)),
+        ("/pooled/chunks/123457", pattern(123_457)),
+    ] {
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .expect("send");
-        assert_eq!(c.response("GET").expect("response").status, 200);
+        let r = c.response("GET").expect("response");
+        assert_eq!(r.status, 200, "{path}: {}", r.head);
+        assert!(r.body == want, "{path}: {} bytes differ", r.body.len());
     }
+    let big = pattern(200_000);
+    c.send(
+        format!(
+            "POST /pooled/upload HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send head");
+    c.send(&big).expect("send body");
+    let r = c.response("POST").expect("upload response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        format!("received {} {}", big.len(), sha256_hex(&big))
+    );
+    assert_eq!(
+        backend.hellos().len(),
+        5,
+        "the pooled requests did not share one TLS connection"
+    );
+    // Health checks over TLS.
     let deadline = Instant::now() + Duration::from_secs(3);
-    while backend.requests("/healthz") < 2 {
+    while checked.requests("/healthz") < 2 {
         assert!(
             Instant::now() < deadline,
             "no health check over TLS arrived"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let checks = backend.requests("/healthz");
-    let handshakes = backend.hellos().len() - before;
     assert!(
-        handshakes <= 1 + checks,
-        "{handshakes} handshakes for 3 requests on one client connection and {checks} checks"
+        checked
+            .hellos()
+            .iter()
+            .all(|h| h.sni.as_deref() == Some("backend.test"))
     );
     assert_eq!(*backend.failed.lock().expect("failed"), 0);
 }

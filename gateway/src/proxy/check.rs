@@ -126,8 +126,11 @@ fn probe(
             .ok_or_else(|| format!("no answer within {} ms", check.timeout_ms))
     };
     let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    // Set before the handshake, which runs inside the first write.
     tcp.set_write_timeout(Some(left()?))
+        .and_then(|()| tcp.set_read_timeout(Some(left().unwrap_or(timeout))))
         .map_err(|e| e.to_string())?;
+    let sni = tls.as_ref().map(|(_, n)| n.clone());
     let mut s: Box<dyn ReadWrite> = match tls {
         None => Box::new(tcp),
         Some((client, name)) => {
@@ -136,7 +139,10 @@ fn probe(
             Box::new(rustls::StreamOwned::new(conn, tcp))
         }
     };
-    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+    let host = check.host.clone().unwrap_or_else(|| match &sni {
+        Some(rustls::pki_types::ServerName::DnsName(n)) => n.as_ref().to_owned(),
+        _ => addr.to_string(),
+    });
     let req = format!(
         "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: gateway-health-check\r\nconnection: close\r\n\r\n",
         check.path

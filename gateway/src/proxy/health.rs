@@ -16,6 +16,8 @@ use std::{
 };
 
 use rustls::ClientConfig;
+
+use super::tls::Client;
 use serde_json::{Value, json};
 
 use crate::config::{HealthCheck, Outlier, UpstreamSettings, UpstreamTls};
@@ -33,7 +35,7 @@ impl Registry {
     /// TLS client following the new settings (the old client, and its
     /// sessions, while its TLS settings stay); made for new ones; dropped
     /// for the rest.
-    pub fn sync(&self, upstreams: &[UpstreamSettings], tls: Vec<Option<Arc<ClientConfig>>>) {
+    pub fn sync(&self, upstreams: &[UpstreamSettings], tls: Vec<Option<Client>>) {
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         let next = upstreams
             .iter()
@@ -55,10 +57,7 @@ impl Registry {
         let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         find(&list, s).unwrap_or_else(|| {
             let h = UpstreamHealth::new(s);
-            let client = s
-                .tls
-                .as_ref()
-                .and_then(|t| super::tls::client_config(t).ok());
+            let client = s.tls.as_ref().and_then(|t| super::tls::client(t).ok());
             h.follow_tls(s, client);
             Arc::new(h)
         })
@@ -103,7 +102,7 @@ pub struct UpstreamHealth {
     /// eject past the share, nor the same server twice.
     ejecting: Mutex<()>,
     /// The TLS client and the settings it was built from (TLS hops only).
-    tls: Mutex<Option<(UpstreamTls, Arc<ClientConfig>)>>,
+    tls: Mutex<Option<(UpstreamTls, Client)>>,
 }
 
 /// A gauge every worker moves on every request, on a cache line of its
@@ -220,10 +219,14 @@ impl UpstreamHealth {
     }
 
     /// Takes up `s`'s TLS client: `client` (built for `s.tls`), unless the
-    /// one held was built for the same settings (its sessions stay).
-    fn follow_tls(&self, s: &UpstreamSettings, client: Option<Arc<ClientConfig>>) {
+    /// one held was built for the same settings from the same files (its
+    /// sessions stay).
+    fn follow_tls(&self, s: &UpstreamSettings, client: Option<Client>) {
         let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-        let same = matches!((&*tls, &s.tls), (Some((held, _)), Some(want)) if held == want);
+        let same = match (&*tls, &s.tls, &client) {
+            (Some((held, old)), Some(want), Some(new)) => held == want && old.files == new.files,
+            _ => false,
+        };
         if !same {
             *tls = s.tls.clone().zip(client);
         }
@@ -235,7 +238,7 @@ impl UpstreamHealth {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|(_, c)| c.clone())
+            .map(|(_, c)| c.config.clone())
     }
 
     /// The TLS client and the name to verify for server `addr` (TLS hops).
@@ -245,7 +248,7 @@ impl UpstreamHealth {
     ) -> Option<(Arc<ClientConfig>, rustls::pki_types::ServerName<'static>)> {
         let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
         tls.as_ref()
-            .map(|(s, c)| (c.clone(), super::tls::server_name(s, addr)))
+            .map(|(s, c)| (c.config.clone(), super::tls::server_name(s, addr)))
     }
 
     /// The active check, if any.

@@ -392,13 +392,16 @@ async fn secure(
     addr: SocketAddr,
     budget: Budget,
 ) -> Result<UpstreamConn, Attempt> {
-    let (client, name) = {
+    let name = {
         let p = up.pool.borrow();
         let Some(t) = &p.settings.tls else {
             return Ok(conn);
         };
-        (p.tls.clone(), tls::server_name(t, addr))
+        tls::server_name(t, addr)
     };
+    // Read at each connect: a reload that rotated the CA or the client
+    // certificate takes effect at the next connection.
+    let client = up.health.tls_client();
     let Some(client) = client else {
         return Err(Attempt::Abort(Abort::Respond(
             Failure::UPSTREAM_TLS,
@@ -407,6 +410,15 @@ async fn secure(
     };
     match conn.start_tls(client, name, ms(budget.connect_ms)).await {
         Ok(()) => Ok(conn),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::warn!(
+                "upstream {} server {addr}: TLS handshake timed out",
+                up.health.name
+            );
+            up.pool.borrow_mut().mark_down(server, Instant::now());
+            failed(up, server, addr);
+            Err(Attempt::Retry(Failure::UPSTREAM_TIMEOUT))
+        }
         Err(e) => {
             tracing::warn!(
                 "upstream {} server {addr}: TLS handshake failed: {e}",
@@ -462,7 +474,7 @@ async fn exchange(
         }
     };
     let until_close = head.framing == Framing::UntilClose;
-    let upstream_reusable = head.upstream_keep && conn.pending().is_empty() && !until_close;
+    let upstream_reusable = head.upstream_keep && conn.drained() && !until_close;
     // An HTTP/1.0 client reads a chunked or close-delimited body to the end
     // of the connection.
     let client_reusable =

@@ -70,6 +70,13 @@ impl UpstreamConn {
         &self.buf[self.start..]
     }
 
+    /// Whether nothing the upstream sent is left unread: no pending bytes,
+    /// and on a TLS hop no plaintext still inside the session (bytes past
+    /// the response would be read as the next one's).
+    pub fn drained(&mut self) -> bool {
+        self.pending().is_empty() && self.tls.as_mut().is_none_or(|s| s.drained())
+    }
+
     /// Marks `n` pending bytes consumed.
     pub fn consume(&mut self, n: usize) {
         self.start += n;
@@ -130,8 +137,6 @@ pub struct Pool {
     pub settings: UpstreamSettings,
     /// The upstream's state shared by every worker.
     pub health: Arc<UpstreamHealth>,
-    /// The TLS client of a TLS hop (taken when the pool is made).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
     servers: Vec<Server>,
     cursor: usize,
 }
@@ -140,7 +145,6 @@ impl Pool {
     /// A pool with no connections yet.
     pub fn new(settings: &UpstreamSettings, health: Arc<UpstreamHealth>) -> Self {
         Self {
-            tls: health.tls_client(),
             health,
             servers: settings
                 .servers
@@ -236,7 +240,7 @@ impl Pool {
     pub fn checkin(&mut self, mut conn: UpstreamConn) {
         let cap = self.settings.idle_per_server;
         let s = &mut self.servers[conn.server];
-        if s.idle.len() < cap && conn.pending().is_empty() {
+        if s.idle.len() < cap && conn.drained() {
             conn.reused = true;
             conn.buf.clear();
             conn.start = 0;

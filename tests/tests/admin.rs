@@ -91,6 +91,16 @@ fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli()
         "GET /verdicts HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-admin-token-0123456788\r\n\r\n",
     );
     assert!(status.contains(" 401 "), "{status}");
+    // Nor may anyone without it reload the configuration.
+    let (status, body) = raw(
+        admin,
+        "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    );
+    assert!(status.contains(" 401 "), "{status} {body}");
+    // With it, `gateway reload` (which reads the token through --config) works.
+    let (code, out, err) = cli(&s, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded "), "{out}");
 
     // Place one through the CLI; it is listed and explained.
     let (code, out, err) = cli(

@@ -111,6 +111,14 @@ leeway_secs = 600
 name = "remote"
 servers = ["198.18.0.5:8080", "198.18.0.6:8080"]
 
+[[upstreams]]
+name = "mutual"
+servers = ["198.18.0.7:8443"]
+[upstreams.tls]
+server_name = "backend.internal"
+client_cert = "{cert}"
+client_key = "{key}"
+
 [[routes]]
 path_prefix = "/open"
 upstream = "remote"
@@ -251,6 +259,7 @@ attacks = 0
             .starts_with("chmod 600")
     );
     find("file.readable", Some("HMAC secret"));
+    find("file.readable", Some("upstream client key"));
     assert_eq!(find("jwt.weak_secret", None)["severity"], "high");
     let expiry = find("tls.certificate_expiry", None);
     assert_eq!(expiry["severity"], "high", "{expiry}");
@@ -328,4 +337,79 @@ mode = "block"
     let (code, report, err) = audit(&config, &["--fail-on", "medium"]);
     assert_eq!(code, Some(0), "{err}\n{report:#}");
     assert!(report["score"].as_u64().expect("score") >= 95, "{report:#}");
+}
+
+#[test]
+fn the_other_checks_are_tripped_too() {
+    let dir = TempDir::new("audit-more");
+    let jwks = dir.0.join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).expect("jwks");
+    let text = format!(
+        r#"[listen]
+https = "127.0.0.1:8443"
+
+[limits]
+header_timeout_ms = 60000
+
+[anomaly]
+enabled = false
+
+[cluster]
+redis = "redis://198.18.0.9:6379/"
+
+[response_headers]
+set = {{ "x-content-type-options" = "", "content-security-policy" = "" }}
+
+[xdp]
+enabled = false
+syn_rate = 100
+
+[[rate_limit.limits]]
+name = "ip"
+key = "source"
+rate = "10/s"
+
+[[auth.jwt]]
+name = "idp"
+issuer = "https://idp.example"
+audiences = ["a", "b", "c", "d"]
+algorithms = ["ES256"]
+jwks_file = "{jwks}"
+
+[[upstreams]]
+name = "local"
+servers = ["127.0.0.1:8080"]
+
+[[routes]]
+path_prefix = "/docs"
+methods = ["GET"]
+upstream = "local"
+auth = "none"
+rate_limits = ["ip"]
+cors = {{ allow_origins = ["https://*.example.com"], allow_credentials = true }}
+"#,
+        jwks = jwks.display()
+    );
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, &text).expect("config");
+    let (code, report, err) = audit(&config, &["--fail-on", "critical"]);
+    assert_eq!(code, Some(0), "{err}");
+    let findings = report["findings"].as_array().expect("findings");
+    for (id, severity, at) in [
+        ("limits.slow_headers", "low", "header_timeout_ms"),
+        ("anomaly.off", "low", "[anomaly]"),
+        ("cluster.redis_open", "medium", "redis = "),
+        ("headers.missing", "low", "[response_headers]"),
+        ("jwt.many_audiences", "low", "audiences"),
+        ("cors.credentials_wildcard", "low", "[[routes]]"),
+        ("route.no_waf", "medium", "[[routes]]"),
+        ("route.public", "info", "auth = \"none\""),
+    ] {
+        let f = findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {report:#}"));
+        assert_eq!(f["severity"], severity, "{f}");
+        assert_eq!(f["line"], line(&text, at, 0), "{id}: {f}");
+    }
 }

@@ -47,6 +47,15 @@ pub(super) fn check(cfg: &Config, now: i64) -> Vec<Finding> {
     for c in &cfg.tls.certificates {
         out.extend(certificate(&c.cert, now));
     }
+    // The gateway's client certificates for mutual TLS to upstreams.
+    for (cert, key) in cfg
+        .upstreams
+        .iter()
+        .filter_map(|u| u.tls.as_ref()?.client_cert.as_ref())
+    {
+        out.extend(readable(key, "an upstream client key", "API8:2023"));
+        out.extend(certificate(cert, now));
+    }
     if let Some(p) = &cfg.auth.key_file {
         out.extend(keys(p, now));
     }

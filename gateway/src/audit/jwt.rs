@@ -13,19 +13,9 @@ pub(super) fn check(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
             .iter()
             .filter(|a| matches!(a, HS256 | HS384 | HS512))
             .count();
-        if hmac > 0 && hmac < s.algorithms.len() {
-            add(
-                Severity::High,
-                "jwt.mixed_algorithms",
-                "API2:2023",
-                lines.key(line, "algorithms"),
-                format!(
-                    "issuer {}: HMAC and public-key algorithms together ({:?})",
-                    s.name, s.algorithms
-                ),
-                "one family per issuer: a public key must never be usable as an HMAC secret (RFC 8725 §2.1)",
-            );
-        } else if hmac > 0 {
+        // HMAC and public-key algorithms on one issuer never load (RFC 8725
+        // §2.1): the configuration refuses them.
+        if hmac > 0 {
             add(
                 Severity::Low,
                 "jwt.shared_secret",

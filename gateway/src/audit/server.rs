@@ -117,7 +117,12 @@ pub(super) fn settings(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
             "default-src 'none'; frame-ancestors 'none'",
         ),
     ] {
-        if !cfg.response_headers.set.iter().any(|(n, _)| n == name) {
+        if !cfg
+            .response_headers
+            .set
+            .iter()
+            .any(|(n, v)| n == name && !v.is_empty())
+        {
             add(
                 Severity::Low,
                 "headers.missing",

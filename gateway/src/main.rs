@@ -77,8 +77,9 @@ enum Cmd {
         admin: AdminArgs,
     },
     /// Reload a running gateway's configuration, certificates and key
-    /// files (as SIGHUP does); exit 1, naming the file and line, when the
-    /// new configuration is refused (the running one keeps serving).
+    /// files (as SIGHUP does), from the file it was started with; exit 1
+    /// with the reason (a configuration error as file:line) when the new
+    /// configuration is refused (the running one keeps serving).
     Reload {
         #[command(flatten)]
         admin: AdminArgs,

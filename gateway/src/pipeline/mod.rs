@@ -11,8 +11,10 @@
 //! `proxy::forward`. Every exit goes through one response and one log line.
 
 mod body;
+mod caller;
 mod record;
 
+use caller::{check_caller, introspect};
 use record::{record, request_line_words};
 
 use std::{
@@ -35,12 +37,8 @@ use crate::{
     route::{Miss, normalize},
     snapshot::Snapshot,
     stages::{
-        auth::{
-            self, AuthError, Authenticated, Identity,
-            introspect::{self, AnswerCache},
-            jwt::{self, TokenCache, TokenId, Vocabulary},
-        },
-        authz, cors, docs,
+        auth::{self, AuthError, Identity},
+        cors, docs,
         rate_limit::{self, Meter, Phase},
         validation, waf,
     },
@@ -265,7 +263,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         check_caller(w, p.snap, index, &head, p.subject, p.token).map_err(|e| match e {
             AuthError::Lookup(endpoint) => Refused {
                 lookup: Some(endpoint),
-                ..refuse(introspect::UNAVAILABLE, head.keep_alive)
+                ..refuse(auth::introspect::UNAVAILABLE, head.keep_alive)
             },
             AuthError::Refused(f) => refuse(f, head.keep_alive),
         })?;
@@ -378,58 +376,6 @@ fn unparsed(p: HeadParts<'_>, e: HttpError) -> Refused {
     }
 }
 
-/// Authentication, then authorization, for route `index`.
-fn check_caller(
-    w: &Worker,
-    snap: &Snapshot,
-    index: usize,
-    head: &RequestHead<'_, '_>,
-    subject: &mut String,
-    token: &mut String,
-) -> Result<Authenticated, AuthError> {
-    let route = &snap.cfg.routes[index];
-    let mut tokens = w.tokens.borrow_mut();
-    let mut answers = w.answers.borrow_mut();
-    // A request on a snapshot older than the caches' (a reload just
-    // happened) gets empty ones: their bits index another vocabulary.
-    let (mut stale_tokens, stale_answers);
-    let mut verifiers = auth::Verifiers {
-        settings: &snap.cfg.auth,
-        keys: &snap.keys,
-        issuers: &snap.issuers,
-        jwks: &snap.jwks,
-        vocab: &snap.vocab,
-        cache: if tokens.follow(snap.epoch) {
-            &mut tokens
-        } else {
-            stale_tokens = TokenCache::default();
-            &mut stale_tokens
-        },
-        answers: if answers.follow(snap.epoch) {
-            &answers
-        } else {
-            stale_answers = AnswerCache::default();
-            &stale_answers
-        },
-    };
-    let caller = auth::authenticate(&route.auth, head, &mut verifiers, subject, token);
-    if let Err(AuthError::Refused(f)) = caller
-        && jwt::needs_fresh_keys(f)
-    {
-        // Ask for the issuer's keys again (single-flight, rate-limited).
-        for issuer in route.auth.issuers() {
-            w.shared.events.report(Event::UnknownKid { issuer });
-        }
-    }
-    let caller = caller?;
-    let have = match caller.identity() {
-        Identity::Consumer(i) => snap.consumer_roles[i],
-        Identity::Anonymous | Identity::Token(_) => 0,
-    };
-    authz::authorize(&snap.rules[index], caller.identity(), have)?;
-    Ok(caller)
-}
-
 /// Charges route `index`'s rate limits for `source`: those that need no
 /// identity while `caller` is unknown, those keyed by consumer once it is.
 fn charge_limits(
@@ -535,39 +481,6 @@ fn waf_hit(
     } else {
         Ok(())
     }
-}
-
-/// Asks introspection endpoint `endpoint` about the token in the
-/// connection's token scratch and caches the answer in the worker.
-async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Failure> {
-    let token = std::mem::take(&mut c.token);
-    let key = jwt::digest(&token);
-    let asked = w
-        .shared
-        .introspector
-        .as_ref()
-        .and_then(|i| i.ask(endpoint, token));
-    let Some(reply) = asked else {
-        return Err(introspect::UNAVAILABLE);
-    };
-    let answer = match tokio::time::timeout(introspect::TIMEOUT * 2, reply).await {
-        Ok(Ok(Ok(answer))) => answer,
-        _ => return Err(introspect::UNAVAILABLE),
-    };
-    let snap = c.snap();
-    let vocab = &snap.vocab;
-    let id = TokenId {
-        issuer: snap.issuers.len() + endpoint,
-        roles: Vocabulary::bits(&vocab.roles, &answer.roles),
-        scopes: Vocabulary::bits(&vocab.scopes, &answer.scopes),
-        attrs: 0,
-    };
-    let settings = &snap.cfg.auth.introspection[endpoint];
-    let mut answers = w.answers.borrow_mut();
-    if answers.follow(snap.epoch) {
-        answers.put(key, settings, endpoint, &answer, id, auth::now());
-    }
-    Ok(())
 }
 
 /// The one exit after admission: a response for what failed before any

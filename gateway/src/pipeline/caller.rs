@@ -1,0 +1,106 @@
+//! Who is calling: the auth stage's verifiers over the worker's token
+//! caches (empty ones for a request on a snapshot older than the caches),
+//! the route's authorization, and the introspection round trip a token
+//! unknown to the cache needs (the one stage that awaits before admission).
+
+use crate::{
+    conn::Conn,
+    control::Event,
+    http::request::RequestHead,
+    respond::Failure,
+    snapshot::Snapshot,
+    stages::{
+        auth::{
+            self, AuthError, Authenticated, Identity,
+            introspect::{self, AnswerCache},
+            jwt::{self, TokenCache, TokenId, Vocabulary},
+        },
+        authz,
+    },
+    worker::Worker,
+};
+
+/// Authentication, then authorization, for route `index`.
+pub(super) fn check_caller(
+    w: &Worker,
+    snap: &Snapshot,
+    index: usize,
+    head: &RequestHead<'_, '_>,
+    subject: &mut String,
+    token: &mut String,
+) -> Result<Authenticated, AuthError> {
+    let route = &snap.cfg.routes[index];
+    let mut tokens = w.tokens.borrow_mut();
+    let mut answers = w.answers.borrow_mut();
+    // A request on a snapshot older than the caches' (a reload just
+    // happened) gets empty ones: their bits index another vocabulary.
+    let (mut stale_tokens, stale_answers);
+    let mut verifiers = auth::Verifiers {
+        settings: &snap.cfg.auth,
+        keys: &snap.keys,
+        issuers: &snap.issuers,
+        jwks: &snap.jwks,
+        vocab: &snap.vocab,
+        cache: if tokens.follow(snap.epoch) {
+            &mut tokens
+        } else {
+            stale_tokens = TokenCache::default();
+            &mut stale_tokens
+        },
+        answers: if answers.follow(snap.epoch) {
+            &answers
+        } else {
+            stale_answers = AnswerCache::default();
+            &stale_answers
+        },
+    };
+    let caller = auth::authenticate(&route.auth, head, &mut verifiers, subject, token);
+    if let Err(AuthError::Refused(f)) = caller
+        && jwt::needs_fresh_keys(f)
+    {
+        // Ask for the issuer's keys again (single-flight, rate-limited).
+        for issuer in route.auth.issuers() {
+            w.shared.events.report(Event::UnknownKid { issuer });
+        }
+    }
+    let caller = caller?;
+    let have = match caller.identity() {
+        Identity::Consumer(i) => snap.consumer_roles[i],
+        Identity::Anonymous | Identity::Token(_) => 0,
+    };
+    authz::authorize(&snap.rules[index], caller.identity(), have)?;
+    Ok(caller)
+}
+
+/// Asks introspection endpoint `endpoint` about the token in the
+/// connection's token scratch and caches the answer in the worker.
+pub(super) async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Failure> {
+    let token = std::mem::take(&mut c.token);
+    let key = jwt::digest(&token);
+    let asked = w
+        .shared
+        .introspector
+        .as_ref()
+        .and_then(|i| i.ask(endpoint, token));
+    let Some(reply) = asked else {
+        return Err(introspect::UNAVAILABLE);
+    };
+    let answer = match tokio::time::timeout(introspect::TIMEOUT * 2, reply).await {
+        Ok(Ok(Ok(answer))) => answer,
+        _ => return Err(introspect::UNAVAILABLE),
+    };
+    let snap = c.snap();
+    let vocab = &snap.vocab;
+    let id = TokenId {
+        issuer: snap.issuers.len() + endpoint,
+        roles: Vocabulary::bits(&vocab.roles, &answer.roles),
+        scopes: Vocabulary::bits(&vocab.scopes, &answer.scopes),
+        attrs: 0,
+    };
+    let settings = &snap.cfg.auth.introspection[endpoint];
+    let mut answers = w.answers.borrow_mut();
+    if answers.follow(snap.epoch) {
+        answers.put(key, settings, endpoint, &answer, id, auth::now());
+    }
+    Ok(())
+}

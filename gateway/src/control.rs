@@ -254,6 +254,12 @@ pub fn load_key_file(s: &JwtSettings) -> Result<KeySet, String> {
     set.map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Issuer `i`'s keys from its file (JWKS or HMAC secret), the error
+/// naming the issuer: at start and at every reload.
+pub fn issuer_file_keys(i: usize, s: &JwtSettings) -> Result<KeySet, String> {
+    load_key_file(s).map_err(|e| format!("auth.jwt[{i}] ({}): {e}", s.name))
+}
+
 /// Fetches an issuer's JWKS (after OIDC discovery when configured).
 pub fn fetch_keys(s: &JwtSettings, https: &Https) -> Result<KeySet, String> {
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -400,7 +406,7 @@ pub fn first_issuer_keys(
         let at = format!("auth.jwt[{i}] ({})", s.name);
         match &s.source {
             KeySource::File(_) | KeySource::Secret(_) => {
-                let set = load_key_file(s).map_err(|e| format!("{at}: {e}"))?;
+                let set = issuer_file_keys(i, s)?;
                 tracing::info!("issuer {}: {} keys", s.name, set.len());
                 sets.push(Arc::new(set));
                 fetchers.push(None);

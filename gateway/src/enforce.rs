@@ -57,7 +57,7 @@ impl Enforcement {
     /// the XDP program stays attached, verdicts and counters stay.
     pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
         match self {
-            Self::Kernel(dp) => dp.reconfigure(old, new),
+            Self::Kernel(dp) => dp.reconfigure(&old.policy, new),
             Self::Userspace(p) => {
                 if let Ok(mut p) = p.lock() {
                     p.reconfigure(new);

@@ -19,7 +19,7 @@ use std::{
 
 use crate::{
     config::{Config, ConfigError, KeySource},
-    control::load_key_file,
+    control::issuer_file_keys,
     snapshot::Snapshot,
     stages::auth::{api_key::KeyRing, jwt::keys::KeySet},
     tls,
@@ -86,19 +86,15 @@ pub fn reload(
     next.runtime = running.runtime;
     crate::fdlimit::fits_after_reload(running, &next).map_err(ReloadError::Load)?;
 
-    let keys = match &next.auth.key_file {
-        Some(p) => KeyRing::load(p).map_err(|e| ReloadError::Load(e.to_string()))?,
-        None => KeyRing::default(),
-    };
+    let keys = KeyRing::load_configured(next.auth.key_file.as_deref())
+        .map_err(|e| ReloadError::Load(e.to_string()))?;
     // File and secret issuers are read again; fetched ones keep the keys
     // their fetcher holds (their settings cannot change without a restart).
     let mut files: Vec<Option<Arc<KeySet>>> = Vec::new();
     for (i, s) in next.auth.jwt.iter().enumerate() {
         files.push(match s.source {
             KeySource::File(_) | KeySource::Secret(_) => {
-                Some(Arc::new(load_key_file(s).map_err(|e| {
-                    ReloadError::Load(format!("auth.jwt[{i}] ({}): {e}", s.name))
-                })?))
+                Some(Arc::new(issuer_file_keys(i, s).map_err(ReloadError::Load)?))
             }
             KeySource::Url(_) | KeySource::Discovery => None,
         });

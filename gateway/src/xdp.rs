@@ -20,7 +20,7 @@ use gateway_common::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{AttachMode, Config, PlainHttpOnTls},
+    config::{AttachMode, Config, PlainHttpOnTls, PolicySettings},
     policy::{mapped_prefix, source_addr, syn_budget},
 };
 
@@ -209,34 +209,26 @@ impl DataPlane {
         })
     }
 
-    /// Writes the configuration's ports, knobs and CIDR lists into the maps.
+    /// Writes the configuration's ports, knobs and CIDR lists into the maps
+    /// (the lists as a move from empty ones).
     pub fn configure(&mut self, cfg: &Config) -> Result<(), XdpError> {
-        self.config
-            .set(0, knobs(cfg), 0)
-            .map_err(|e| classify("writing the XDP configuration", e))?;
         self.set_port(cfg.https.port(), PortKind::Tls)?;
         if cfg.https_only {
             self.set_port(cfg.plain_http_port, PortKind::PlainHttpDrop)?;
         }
-        for net in &cfg.policy.deny {
-            insert_cidr(&mut self.deny, map_names::DENY, net)?;
-        }
-        for net in &cfg.policy.allow {
-            insert_cidr(&mut self.allow, map_names::ALLOW, net)?;
-        }
-        Ok(())
+        self.reconfigure(&PolicySettings::default(), cfg)
     }
 
-    /// Moves the attached program's maps from `old`'s lists and knobs to
-    /// `new`'s in place (a reload): the program stays attached and keeps
+    /// Moves the maps from the `old` lists to `new`'s lists and knobs in
+    /// place (a reload): the program stays attached and keeps
     /// its verdicts, SYN clocks and counters. New CIDRs go in before the
     /// knobs that switch a list on, stale ones leave after, so no packet
     /// meets a list switched on but still empty. The ports are listener
     /// settings, which a reload does not change.
     /// A failed insertion stops before the knobs change; removals are
     /// all tried, so a rollback puts back as much as it can.
-    pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
-        let (o, n) = (&old.policy, &new.policy);
+    pub fn reconfigure(&mut self, old: &PolicySettings, new: &Config) -> Result<(), XdpError> {
+        let (o, n) = (old, &new.policy);
         for net in beyond(&n.deny, &o.deny) {
             insert_cidr(&mut self.deny, map_names::DENY, net)?;
         }
@@ -257,8 +249,10 @@ impl DataPlane {
     }
 }
 
-/// The entries of `a` that `b` lacks.
+/// The entries of `a` that `b` lacks (lists of up to 16,384 CIDRs: a set,
+/// not a scan per entry).
 fn beyond<'a>(a: &'a [IpNet], b: &'a [IpNet]) -> impl Iterator<Item = &'a IpNet> {
+    let b: std::collections::HashSet<&IpNet> = b.iter().collect();
     a.iter().filter(move |n| !b.contains(n))
 }
 

@@ -191,6 +191,18 @@ impl Testbed {
         Ok(bed)
     }
 
+    /// The id of the XDP program attached to the gateway-side veth, if any
+    /// (the same id before and after shows nothing re-attached it).
+    pub fn xdp_prog_id(&self) -> Option<String> {
+        self.server
+            .exec(&["ip", "-details", "link", "show", "dev", &self.server_if])
+            .ok()?
+            .split_whitespace()
+            .skip_while(|w| *w != "prog/xdp")
+            .nth(2)
+            .map(str::to_owned)
+    }
+
     /// The gateway's address in a family.
     pub fn server_ip(&self, v6: bool) -> IpAddr {
         self.host_ip(v6, 1)

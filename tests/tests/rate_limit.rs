@@ -448,16 +448,7 @@ sweep_interval_ms = 50
     assert!(back.is_ok(), "lifted, yet still dropped: {back:?}");
     // A reload that denies the neighbour: the attached program's deny list
     // changes in place (the same program on the interface), and back.
-    let prog = || {
-        bed.server
-            .exec(&["ip", "-details", "link", "show", "dev", &bed.server_if])
-            .expect("ip link")
-            .split_whitespace()
-            .skip_while(|w| *w != "prog/xdp")
-            .nth(2)
-            .map(str::to_owned)
-    };
-    let attached = prog();
+    let attached = bed.xdp_prog_id();
     assert!(attached.is_some(), "no XDP program attached");
     let text = std::fs::read_to_string(&path).expect("config");
     std::fs::write(
@@ -471,7 +462,11 @@ sweep_interval_ms = 50
         .client
         .run(|| connect_from(neighbour, dst, Duration::from_secs(1)).map(|_| ()));
     assert!(denied.is_err(), "denied by the reload, yet it connects");
-    assert_eq!(prog(), attached, "the reload replaced the XDP program");
+    assert_eq!(
+        bed.xdp_prog_id(),
+        attached,
+        "the reload replaced the XDP program"
+    );
     std::fs::write(&path, &text).expect("config");
     let reloaded = admin(&["reload"]);
     assert!(reloaded.contains("deny 1 -> 0 CIDRs"), "{reloaded}");

@@ -380,16 +380,7 @@ fn a_reload_changes_lists_and_syn_budget_in_place() {
         let listener = TcpListener::bind(server).expect("listener");
         (dp, Recorder::start(listener))
     });
-    let prog = || {
-        bed.server
-            .exec(&["ip", "-details", "link", "show", "dev", &bed.server_if])
-            .expect("ip link")
-            .split_whitespace()
-            .skip_while(|w| *w != "prog/xdp")
-            .nth(2)
-            .map(str::to_owned)
-    };
-    let first = prog();
+    let first = bed.xdp_prog_id();
     assert!(first.is_some(), "no XDP program on {}", bed.server_if);
     let flood = || {
         bed.client
@@ -422,8 +413,8 @@ fn a_reload_changes_lists_and_syn_budget_in_place() {
 
     // After: the new deny entry drops, the SYN budget holds a flood to
     // about its burst plus 5/s, and the verdict placed before is still there.
-    dp.reconfigure(&before, &after).expect("reconfigure");
-    assert_eq!(prog(), first, "the program was replaced");
+    dp.reconfigure(&before.policy, &after).expect("reconfigure");
+    assert_eq!(bed.xdp_prog_id(), first, "the program was replaced");
     let r = bed.client.run(|| connect_from(denied, server, DROPPED));
     assert!(r.is_err(), "a source denied by the reload connected");
     let c2 = dp.counters().expect("counters");
@@ -442,7 +433,8 @@ fn a_reload_changes_lists_and_syn_budget_in_place() {
     assert!(r.is_err(), "the verdict did not survive the reload");
 
     // And back: the entry is removed, the limit lifted.
-    dp.reconfigure(&after, &before).expect("reconfigure back");
+    dp.reconfigure(&after.policy, &before)
+        .expect("reconfigure back");
     bed.client
         .run(|| connect_from(denied, server, PASSES))
         .expect("a source no longer denied");
@@ -450,5 +442,5 @@ fn a_reload_changes_lists_and_syn_budget_in_place() {
     flood();
     let c5 = dp.counters().expect("counters");
     assert_eq!(delta(&c4, &c5, Outcome::DroppedSynRate), 0, "{c5}");
-    assert_eq!(prog(), first);
+    assert_eq!(bed.xdp_prog_id(), first);
 }

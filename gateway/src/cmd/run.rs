@@ -47,10 +47,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     // Stamped before the first read: a change made while starting is
     // seen at the first tick (at worst one needless reload).
     let key_watch = cfg.auth.key_file.as_deref().map(KeyWatch::new);
-    let keys = match &cfg.auth.key_file {
-        Some(path) => KeyRing::load(path).map_err(|e| e.to_string())?,
-        None => KeyRing::default(),
-    };
+    let keys = KeyRing::load_configured(cfg.auth.key_file.as_deref()).map_err(|e| e.to_string())?;
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;

@@ -126,17 +126,14 @@ pub struct Upstreams {
 impl Upstreams {
     /// Empty pools for `snap`'s upstreams.
     pub fn new(snap: &Snapshot, registry: Arc<Registry>) -> Self {
-        Self {
-            pools: RefCell::new(
-                snap.cfg
-                    .upstreams
-                    .iter()
-                    .map(|s| new_pool(s, &registry))
-                    .collect(),
-            ),
-            epoch: Cell::new(snap.epoch),
+        let u = Self {
+            pools: RefCell::new(Vec::new()),
+            // Below every snapshot's (they count from 1).
+            epoch: Cell::new(0),
             registry,
-        }
+        };
+        u.follow(snap);
+        u
     }
 
     /// The pool of `snap`'s upstream `i`. A newer snapshot rebuilds the
@@ -362,16 +359,14 @@ async fn checkout_or_connect(
         }
         Err(e) => e,
     };
-    let name = pool.borrow().settings.name.clone();
-    tracing::warn!("upstream {name} server {addr}: connect {err}");
+    tracing::warn!("upstream {} server {addr}: connect {err}", up.health.name);
     match err {
         ConnectError::Local(_) => Err(Attempt::Abort(Abort::Respond(
             Failure::LOCAL_RESOURCES,
             Some(addr),
         ))),
         ConnectError::TimedOut | ConnectError::Refused => {
-            pool.borrow_mut().mark_down(server, Instant::now());
-            failed(up, server, addr);
+            refused(up, server, addr);
             Err(Attempt::Retry(if err == ConnectError::TimedOut {
                 Failure::UPSTREAM_TIMEOUT
             } else {
@@ -401,34 +396,40 @@ async fn secure(
     };
     // Read at each connect: a reload that rotated the CA or the client
     // certificate takes effect at the next connection.
-    let client = up.health.tls_client();
-    let Some(client) = client else {
+    let Some(client) = up.health.tls_client() else {
         return Err(Attempt::Abort(Abort::Respond(
             Failure::UPSTREAM_TLS,
             Some(addr),
         )));
     };
-    match conn.start_tls(client, name, ms(budget.connect_ms)).await {
-        Ok(()) => Ok(conn),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            tracing::warn!(
-                "upstream {} server {addr}: TLS handshake timed out",
-                up.health.name
-            );
-            up.pool.borrow_mut().mark_down(server, Instant::now());
-            failed(up, server, addr);
-            Err(Attempt::Retry(Failure::UPSTREAM_TIMEOUT))
-        }
-        Err(e) => {
-            tracing::warn!(
-                "upstream {} server {addr}: TLS handshake failed: {e}",
-                up.health.name
-            );
-            up.pool.borrow_mut().mark_down(server, Instant::now());
-            failed(up, server, addr);
-            Err(Attempt::Retry(Failure::UPSTREAM_TLS))
-        }
+    let Err(e) = conn.start_tls(client, name, ms(budget.connect_ms)).await else {
+        return Ok(conn);
+    };
+    let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+    if timed_out {
+        tracing::warn!(
+            "upstream {} server {addr}: TLS handshake timed out",
+            up.health.name
+        );
+    } else {
+        tracing::warn!(
+            "upstream {} server {addr}: TLS handshake failed: {e}",
+            up.health.name
+        );
     }
+    refused(up, server, addr);
+    Err(Attempt::Retry(if timed_out {
+        Failure::UPSTREAM_TIMEOUT
+    } else {
+        Failure::UPSTREAM_TLS
+    }))
+}
+
+/// `server` refused a connect or a handshake: this worker backs off from
+/// it, and the failure counts toward its ejection.
+fn refused(up: &Upstream, server: usize, addr: SocketAddr) {
+    up.pool.borrow_mut().mark_down(server, Instant::now());
+    failed(up, server, addr);
 }
 
 /// Counts a 5xx answer or failed connect of `server` toward its ejection,

@@ -106,6 +106,11 @@ impl KeyRing {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// The key file `auth.key_file` names, or no keys without one.
+    pub fn load_configured(path: Option<&Path>) -> Result<Self, KeyFileError> {
+        path.map_or_else(|| Ok(Self::default()), Self::load)
+    }
+
     /// Parses and validates `text`, naming it `file` in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, KeyFileError> {
         let invalid = crate::config::located(text, file);

@@ -282,8 +282,8 @@ impl Control {
     }
 }
 
-/// Ticks until SIGINT or SIGTERM: sweeps verdicts, reloads the key file,
-/// counts events, logs counters.
+/// Ticks until SIGINT or SIGTERM: reloads (SIGHUP, the admin API's asks),
+/// re-reads changed key files, sweeps verdicts, counts events, logs counters.
 pub(crate) fn serve_until_stopped(
     cfg: &mut Config,
     signals: &SigSet,

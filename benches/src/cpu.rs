@@ -14,6 +14,8 @@ pub struct MachineCpu {
     /// drop path measured here runs (needs IRQ time accounting, which the
     /// kernels here have; otherwise it is charged to `task`).
     pub irq: Duration,
+    /// idle + iowait: what nobody used.
+    pub idle: Duration,
 }
 
 impl MachineCpu {
@@ -29,13 +31,18 @@ impl MachineCpu {
         if f.len() < 8 {
             bail!("unexpected /proc/stat: {line}");
         }
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let hz = hz() as u64;
         let d = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / hz);
         Ok(Self {
             task: d(f[0] + f[1] + f[2]),
             irq: d(f[5] + f[6]),
+            idle: d(f[3] + f[4]),
         })
+    }
+
+    /// Busy time: processes and interrupts.
+    pub fn busy(self) -> Duration {
+        self.task + self.irq
     }
 
     /// Time spent since `earlier`.
@@ -43,6 +50,7 @@ impl MachineCpu {
         Self {
             task: self.task.saturating_sub(earlier.task),
             irq: self.irq.saturating_sub(earlier.irq),
+            idle: self.idle.saturating_sub(earlier.idle),
         }
     }
 }
@@ -104,25 +112,71 @@ pub fn cpu_count(list: &str) -> usize {
         .sum()
 }
 
-/// A process's process group and its utime + stime (all threads), in
-/// clock ticks, from /proc.
-fn stat(pid: u32) -> Option<(u32, u64)> {
+/// CPU time of a process, in clock ticks: in userspace and in the kernel
+/// (the kernel part includes the softirq work its own sends trigger, which
+/// on loopback is the receiver's TCP processing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ticks {
+    /// utime.
+    pub user: u64,
+    /// stime.
+    pub system: u64,
+}
+
+impl Ticks {
+    /// user + system.
+    pub fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    /// Ticks spent since `earlier`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+impl std::iter::Sum for Ticks {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, b| Self {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
+/// Clock ticks per second.
+pub fn hz() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// A process's process group and its CPU ticks (all threads), from /proc.
+fn stat(pid: u32) -> Option<(u32, Ticks)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the ")" that closes the command name.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // f[2] = pgrp, f[11] = utime, f[12] = stime.
-    Some((f.get(2)?.parse().ok()?, n(11) + n(12)))
+    Some((
+        f.get(2)?.parse().ok()?,
+        Ticks {
+            user: n(11),
+            system: n(12),
+        },
+    ))
 }
 
 /// utime + stime of one process, in clock ticks.
 pub fn process_ticks(pid: u32) -> u64 {
-    stat(pid).map_or(0, |(_, t)| t)
+    stat(pid).map_or(0, |(_, t)| t.total())
 }
 
-/// Every process of a process group, with its utime + stime in clock ticks.
-fn group(pgid: u32) -> impl Iterator<Item = (u32, u64)> {
+/// Every process of a process group, with its CPU ticks.
+fn group(pgid: u32) -> impl Iterator<Item = (u32, Ticks)> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -133,8 +187,8 @@ fn group(pgid: u32) -> impl Iterator<Item = (u32, u64)> {
         .map(|(pid, _, t)| (pid, t))
 }
 
-/// utime + stime of every process in a process group, in clock ticks.
-pub fn group_ticks(pgid: u32) -> u64 {
+/// CPU ticks of every process in a process group.
+pub fn group_ticks(pgid: u32) -> Ticks {
     group(pgid).map(|(_, t)| t).sum()
 }
 

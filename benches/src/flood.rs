@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, Result, bail};
 use gateway_tests::{Running, Testbed, connect_from, syn_flood};
 
-use crate::cpu::{cpu_count, halves, median, pin, process_ticks};
+use crate::cpu::{cpu_count, halves, hz, median, pin, process_ticks};
 
 /// Options of `bench flood`.
 #[derive(clap::Args, Debug)]
@@ -264,10 +264,8 @@ fn trial(s: Scenario, opts: &Opts, proxy: &str, load: &str, dir: &Path) -> Resul
             .find_map(|l| l.trim().strip_prefix("99%"))
             .map(|v| wrk_ms(v.trim()))
             .unwrap_or(f64::NAN);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let requests = rps * opts.duration as f64;
-        let cpu = (after - before) as f64 / hz * 1e6 / requests.max(1.0);
+        let cpu = (after - before) as f64 / hz() * 1e6 / requests.max(1.0);
         Ok((rps, p99_ms, cpu))
     })?;
     gw.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));

@@ -165,6 +165,47 @@ fn closed_table(rows: &[Row]) -> String {
     t
 }
 
+fn cpu_table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| system | req/s | proxy user µs/req | proxy kernel µs/req | rest of the machine µs/req | machine busy |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.split.rest.is_finite()) {
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {} | {} | {} | {} |",
+            r.name,
+            r.rps,
+            fig(r.split.user, 1),
+            fig(r.split.system, 1),
+            fig(r.split.rest, 1),
+            fig(r.split.busy * 100.0, 0) + " %",
+        );
+    }
+    t
+}
+
+/// What the machine leaves the gateway per request at `factor` × HAProxy's
+/// req/s, when everything shares the same CPUs: the CPU the machine gave
+/// in HAProxy's runs, less what the rest of it (load generator, backend,
+/// interrupts) spent per request in the gateway's.
+fn budget(rows: &[Row], cpus: usize, factor: f64) -> Option<String> {
+    let gw = rows.iter().find(|r| r.name == "gateway")?;
+    let ha = rows.iter().find(|r| r.name == "haproxy")?;
+    let rate = ha.rps * factor;
+    let left = cpus as f64 * ha.split.busy * 1e6 / rate - gw.split.rest;
+    left.is_finite().then(|| {
+        format!(
+            "CPU budget: {factor}× HAProxy's req/s is {rate:.0} req/s. The {cpus} CPUs were {:.0} % busy in HAProxy's runs and the rest of the machine spent {:.1} µs per request in the gateway's, which leaves the gateway {left:.1} µs per request at that rate; it spent {:.1} µs in userspace and {:.1} µs in the kernel (HAProxy {:.1} and {:.1})",
+            ha.split.busy * 100.0,
+            gw.split.rest,
+            gw.split.user,
+            gw.split.system,
+            ha.split.user,
+            ha.split.system,
+        )
+    })
+}
+
 fn open_table(rows: &[Row], rate: u64) -> String {
     let of = haproxy(rows);
     let mut t = String::from(
@@ -242,15 +283,27 @@ pub fn write(
     }
     md.push_str("\nThe configurations every system ran with are in `work/`.\n\n");
     let mut csv = String::from(
-        "loop,system,rps,p50_us,p99_us,p999_us,max_us,cpu_us_per_req,rss_kib,errors\n",
+        "loop,system,rps,p50_us,p99_us,p999_us,max_us,cpu_us_per_req,user_us_per_req,kernel_us_per_req,rest_us_per_req,machine_busy,rss_kib,errors\n",
     );
     for (kind, rows) in [("closed", &p.closed), ("open", &p.open)] {
         for r in rows.iter() {
             write_hgrm(&out.join(format!("hgrm/{}-{kind}.hgrm", r.name)), &r.hist)?;
             let _ = writeln!(
                 csv,
-                "{kind},{},{:.0},{:.0},{:.0},{:.0},{:.0},{:.2},{:.0},{}",
-                r.name, r.rps, r.p50, r.p99, r.p999, r.max, r.cpu_us_per_req, r.rss_kib, r.errors
+                "{kind},{},{:.0},{:.0},{:.0},{:.0},{:.0},{:.2},{:.2},{:.2},{:.2},{:.3},{:.0},{}",
+                r.name,
+                r.rps,
+                r.p50,
+                r.p99,
+                r.p999,
+                r.max,
+                r.cpu_us_per_req,
+                r.split.user,
+                r.split.system,
+                r.split.rest,
+                r.split.busy,
+                r.rss_kib,
+                r.errors
             );
         }
     }
@@ -261,6 +314,11 @@ pub fn write(
         md.push('\n');
         for n in &p.notes {
             let _ = writeln!(md, "- {n}");
+        }
+        md.push_str("\n### Where the CPU goes\n\nMedians per request: each proxy's own time in userspace and in the kernel (which includes the softirq work its sends trigger: on loopback, the receiving side's TCP processing), and the rest of the machine's busy time (load generator, backend, interrupts).\n\n");
+        md.push_str(&cpu_table(&p.closed));
+        if let Some(b) = p.shared_cpus.and_then(|n| budget(&p.closed, n, 1.2)) {
+            let _ = writeln!(md, "\n- {b}");
         }
         let get = ["backend", "gateway", "gw+key", "haproxy", "nginx"];
         if plot_rows(

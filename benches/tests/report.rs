@@ -7,10 +7,12 @@
 
 use std::{path::Path, process::Command};
 
-/// Rows of the Markdown table under `heading`: (header cells, body rows).
+/// Rows of the Markdown table under `heading` (of any level): (header
+/// cells, body rows).
 fn table(md: &str, heading: &str) -> (Vec<String>, Vec<Vec<String>>) {
     let section = md
-        .split("\n## ")
+        .split("\n#")
+        .map(|s| s.trim_start_matches('#').trim_start())
         .find(|s| s.starts_with(heading))
         .unwrap_or_else(|| panic!("no section {heading:?} in:\n{md}"));
     let cells = |l: &str| -> Vec<String> {
@@ -147,6 +149,19 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
         .find(|r| r[0] == "haproxy")
         .expect("haproxy row");
     assert_eq!(ha[7], "1.00×", "ratios are to HAProxy: {ha:?}");
+    let (header, cpu) = table(&md, "Where the CPU goes");
+    assert_eq!(header[2], "proxy user µs/req", "{header:?}");
+    for name in ["gateway", "haproxy", "nginx"] {
+        let r = cpu
+            .iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {cpu:?}"));
+        let busy = number(r[5].trim_end_matches(" %"));
+        assert!(
+            number(&r[2]) + number(&r[3]) > 0.0 && (0.0..=100.0).contains(&busy),
+            "{r:?}"
+        );
+    }
     let (_, open) = table(&md, "Proxy, open loop");
     for r in &open {
         assert_eq!(r[1], "1000", "{r:?}");
@@ -179,6 +194,6 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
     }
     let csv = std::fs::read_to_string(out.join("summary.csv")).expect("summary.csv");
     assert_eq!(csv.lines().count(), 1 + closed.len() + open.len(), "{csv}");
-    assert!(csv.lines().all(|l| l.split(',').count() == 10), "{csv}");
+    assert!(csv.lines().all(|l| l.split(',').count() == 14), "{csv}");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use hdrhistogram::Histogram;
 
 use crate::{
-    cpu::{cpu_count, group_rss_kib, group_ticks, halves, median},
+    cpu::{MachineCpu, cpu_count, group_rss_kib, group_ticks, halves, hz, median},
     openloop,
 };
 
@@ -115,9 +115,25 @@ struct Sample {
     p999: f64,
     max: f64,
     cpu_us_per_req: Option<f64>,
+    split: Option<Split>,
     rss_kib: Option<f64>,
     errors: u64,
     hist: Histogram<u64>,
+}
+
+/// Where a run's CPU went, per request, µs: the proxy's own time in
+/// userspace and in the kernel, and the rest of the machine's busy time
+/// (load generator, backend, interrupts); and how busy the machine was.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    /// The proxy's utime per request.
+    pub user: f64,
+    /// The proxy's stime per request.
+    pub system: f64,
+    /// The machine's busy time minus the proxy's, per request.
+    pub rest: f64,
+    /// Busy share of all the machine's CPU time, 0..=1.
+    pub busy: f64,
 }
 
 /// A scenario's medians over the rounds, and its distribution over all of them.
@@ -136,6 +152,8 @@ pub struct Row {
     pub max: f64,
     /// The proxy's own CPU time per request, µs (NaN for the backend alone).
     pub cpu_us_per_req: f64,
+    /// Medians of where the CPU went (NaN for the backend alone).
+    pub split: Split,
     /// The proxy's resident memory after the run, KiB.
     pub rss_kib: f64,
     /// Failed requests, all rounds.
@@ -161,31 +179,53 @@ pub struct Outcome {
     pub idle: (Vec<(String, f64)>, usize),
     /// Derived figures (authentication, JWT and validation costs).
     pub notes: Vec<String>,
+    /// The machine's CPU count when the proxies, the load and the backend
+    /// all share every CPU (`--unpinned`); then a proxy's req/s is bounded
+    /// by what the others leave it.
+    pub shared_cpus: Option<usize>,
     /// What was left out and why.
     pub skipped: Vec<String>,
 }
 
-/// The CPU ticks of a process group while `f` runs, per request, in µs.
+/// The CPU a process group and the whole machine spent while `f` runs,
+/// per request.
 fn charged<T>(
     pgid: Option<u32>,
     requests: impl Fn(&T) -> u64,
     f: impl FnOnce() -> Result<T>,
-) -> Result<(T, Option<f64>)> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+) -> Result<(T, Option<Split>)> {
     let before = pgid.map(group_ticks);
+    let machine = MachineCpu::now()?;
     let r = f()?;
+    let machine = MachineCpu::now()?.since(machine);
     let after = pgid.map(group_ticks);
     let n = requests(&r);
-    let cpu = match (before, after) {
-        (Some(b), Some(a)) if n > 0 => Some((a - b) as f64 / hz * 1e6 / n as f64),
-        _ => None,
+    if n == 0 {
+        return Ok((r, None));
+    }
+    let per = |ticks: u64| ticks as f64 / hz() * 1e6 / n as f64;
+    // Without a proxy (the backend alone) the rest is the whole machine.
+    let (user, system) = match (before, after) {
+        (Some(b), Some(a)) => {
+            let t = a.since(b);
+            (per(t.user), per(t.system))
+        }
+        _ => (f64::NAN, f64::NAN),
     };
-    Ok((r, cpu))
+    let busy = machine.busy().as_secs_f64();
+    let all = busy + machine.idle.as_secs_f64();
+    let own = if user.is_finite() { user + system } else { 0.0 };
+    let split = Split {
+        user,
+        system,
+        rest: (busy * 1e6 / n as f64 - own).max(0.0),
+        busy: if all > 0.0 { busy / all } else { f64::NAN },
+    };
+    Ok((r, Some(split)))
 }
 
 fn closed_sample(shape: &wrk::Shape, s: &systems::System) -> Result<Sample> {
-    let (r, cpu) = charged(
+    let (r, split) = charged(
         s.pgid,
         |r: &wrk::Run| r.requests,
         || wrk::run(shape, &s.closed),
@@ -197,7 +237,8 @@ fn closed_sample(shape: &wrk::Shape, s: &systems::System) -> Result<Sample> {
         p99: pct("99"),
         p999: pct("99.9"),
         max: r.hist.max() as f64,
-        cpu_us_per_req: cpu,
+        cpu_us_per_req: split.map(|c| c.user + c.system).filter(|c| c.is_finite()),
+        split,
         rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
         errors: r.errors,
         hist: r.hist,
@@ -209,7 +250,7 @@ fn open_sample(
     s: &systems::System,
     target: &openloop::Target,
 ) -> Result<Sample> {
-    let (r, cpu) = charged(
+    let (r, split) = charged(
         s.pgid,
         |r: &openloop::Outcome| r.answered,
         || openloop::run(target, load),
@@ -221,7 +262,8 @@ fn open_sample(
         p99: q(0.99),
         p999: q(0.999),
         max: r.hist.max() as f64,
-        cpu_us_per_req: cpu,
+        cpu_us_per_req: split.map(|c| c.user + c.system).filter(|c| c.is_finite()),
+        split,
         rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
         errors: r.errors,
         hist: r.hist,
@@ -245,6 +287,12 @@ fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<R
             p999: med(&|s| Some(s.p999)),
             max: med(&|s| Some(s.max)),
             cpu_us_per_req: med(&|s| s.cpu_us_per_req),
+            split: Split {
+                user: med(&|s| s.split.map(|c| c.user)),
+                system: med(&|s| s.split.map(|c| c.system)),
+                rest: med(&|s| s.split.map(|c| c.rest)),
+                busy: med(&|s| s.split.map(|c| c.busy)),
+            },
             rss_kib: med(&|s| s.rss_kib),
             errors: v.iter().map(|s| s.errors).sum(),
             hist,
@@ -421,6 +469,10 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
         open,
         open_rate: rate,
         idle: (idle, opts.idle_conns),
+        shared_cpus: opts
+            .proxy_cpus
+            .is_none()
+            .then(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         skipped,
     })
 }

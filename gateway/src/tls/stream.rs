@@ -81,6 +81,11 @@ pub struct TlsStream {
     stash: Vec<u8>,
     sni: Option<Box<str>>,
     eof: bool,
+    /// The last idle wait filled its buffer (a request over 1 KiB, such as
+    /// a JSON POST): the next one reads into a full read buffer, saving
+    /// the second read per request; a short request brings it back to the
+    /// small one, so idle clients of small requests keep costing 1 KiB.
+    wide_idle: bool,
     /// Longest a write may wait for a client that does not read.
     write_timeout: Duration,
 }
@@ -126,6 +131,7 @@ impl TlsStream {
             stash: Vec::new(),
             sni: None,
             eof: false,
+            wide_idle: false,
             write_timeout,
         })
     }
@@ -260,21 +266,24 @@ impl TlsStream {
     }
 
     /// Reads the socket once; false at EOF. With nothing pending the read
-    /// goes straight into a pooled buffer (`small`: the idle wait's) that
-    /// becomes the input. Pending bytes stay where they are (rustls may
-    /// hold positions in them) and the read goes to a buffer of its own,
-    /// appended after: a read cut short by a deadline drops its own
-    /// buffer, never bytes rustls has seen.
-    async fn read_more(&mut self, small: bool) -> Result<bool, StreamError> {
+    /// goes straight into a pooled buffer (`idle`: the idle wait's, small
+    /// unless `wide_idle`) that becomes the input. Pending bytes stay where
+    /// they are (rustls may hold positions in them) and the read goes to a
+    /// buffer of its own, appended after: a read cut short by a deadline
+    /// drops its own buffer, never bytes rustls has seen.
+    async fn read_more(&mut self, idle: bool) -> Result<bool, StreamError> {
         if self.head >= self.input.len() {
             self.head = 0;
             give_back(std::mem::take(&mut self.input));
-            let buf = if small {
+            let buf = if idle && !self.wide_idle {
                 buffers::take_small()
             } else {
                 buffers::take_read()
             };
             let (res, buf) = self.tcp.read(buf).await;
+            if idle {
+                self.wide_idle = matches!(res, Ok(n) if n >= buffers::SMALL);
+            }
             self.input = buf;
             return self.after_read(res);
         }
@@ -540,3 +549,7 @@ impl TlsStream {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;

@@ -8,11 +8,12 @@ use anyhow::{Result, bail};
 /// CPU time of the whole machine so far, split by who spent it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MachineCpu {
-    /// user + nice + system: the processes (here, the flood generator).
+    /// user + nice + system: the processes (load generators, backends,
+    /// proxies).
     pub task: Duration,
     /// irq + softirq: packet processing in interrupt context, where every
-    /// drop path measured here runs (needs IRQ time accounting, which the
-    /// kernels here have; otherwise it is charged to `task`).
+    /// drop path measured here runs (sampled at each tick when the kernel
+    /// does not account IRQ time precisely: `CONFIG_IRQ_TIME_ACCOUNTING`).
     pub irq: Duration,
     /// idle + iowait: what nobody used.
     pub idle: Duration,
@@ -31,8 +32,9 @@ impl MachineCpu {
         if f.len() < 8 {
             bail!("unexpected /proc/stat: {line}");
         }
-        let hz = hz() as u64;
-        let d = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / hz);
+        let hz = hz() as u128;
+        // In u128: ticks times 1e9 passes u64 on a big machine's idle count.
+        let d = |ticks: u64| Duration::from_nanos((u128::from(ticks) * 1_000_000_000 / hz) as u64);
         Ok(Self {
             task: d(f[0] + f[1] + f[2]),
             irq: d(f[5] + f[6]),

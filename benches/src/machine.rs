@@ -1,7 +1,7 @@
 //! What a reader needs to rerun a report: the machine, the kernel, and the
 //! version of every program measured (the peers' OpenSSL included).
 
-use std::process::Command;
+use std::{io::Read as _, process::Command};
 
 /// A program's version line(s), or why there is none.
 fn version(program: &str, args: &[&str], keep: &[&str]) -> String {
@@ -38,6 +38,19 @@ fn first_match(file: &str, key: &str) -> Option<String> {
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_once([':', '=']))
         .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+}
+
+/// Whether the kernel accounts IRQ time apart from the tasks it interrupts
+/// (`CONFIG_IRQ_TIME_ACCOUNTING`), from /proc/config.gz; `None` when the
+/// kernel does not publish its configuration. Without it, the softirq work
+/// a process's own sends trigger is charged to that process's system time.
+pub fn irq_time_accounting() -> Option<bool> {
+    let file = std::fs::File::open("/proc/config.gz").ok()?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text.lines().any(|l| l == "CONFIG_IRQ_TIME_ACCOUNTING=y"))
 }
 
 /// The facts as Markdown list items.
@@ -106,6 +119,17 @@ pub fn facts(gateway: &std::path::Path) -> String {
             version("nginx", &["-V"], &["nginx version", "built with OpenSSL"]),
         ),
         ("wrk", version("wrk", &["-v"], &["wrk "])),
+        (
+            "CPU accounting",
+            match irq_time_accounting() {
+                Some(true) => "IRQ time accounted apart (CONFIG_IRQ_TIME_ACCOUNTING=y)",
+                Some(false) => {
+                    "tick-based: softirq time is charged to the task it interrupts (no CONFIG_IRQ_TIME_ACCOUNTING)"
+                }
+                None => "unknown (no /proc/config.gz)",
+            }
+            .into(),
+        ),
     ];
     rows.iter()
         .map(|(k, v)| format!("- **{k}:** {v}\n"))

@@ -185,18 +185,23 @@ fn cpu_table(rows: &[Row]) -> String {
 }
 
 /// What the machine leaves the gateway per request at `factor` × HAProxy's
-/// req/s, when everything shares the same CPUs: the CPU the machine gave
-/// in HAProxy's runs, less what the rest of it (load generator, backend,
-/// interrupts) spent per request in the gateway's.
-fn budget(rows: &[Row], cpus: usize, factor: f64) -> Option<String> {
+/// req/s, when everything shares the same CPUs: the CPU time the machine
+/// gave per second in HAProxy's runs, less what the rest of it (load
+/// generator, backend, interrupts) spent per request in the gateway's.
+fn budget(rows: &[Row], factor: f64) -> Option<String> {
     let gw = rows.iter().find(|r| r.name == "gateway")?;
     let ha = rows.iter().find(|r| r.name == "haproxy")?;
     let rate = ha.rps * factor;
-    let left = cpus as f64 * ha.split.busy * 1e6 / rate - gw.split.rest;
+    let left = ha.split.busy_cpus * 1e6 / rate - gw.split.rest;
+    let leaves = if left > 0.0 {
+        format!("{left:.1} µs")
+    } else {
+        "nothing".to_owned()
+    };
     left.is_finite().then(|| {
         format!(
-            "CPU budget: {factor}× HAProxy's req/s is {rate:.0} req/s. The {cpus} CPUs were {:.0} % busy in HAProxy's runs and the rest of the machine spent {:.1} µs per request in the gateway's, which leaves the gateway {left:.1} µs per request at that rate; it spent {:.1} µs in userspace and {:.1} µs in the kernel (HAProxy {:.1} and {:.1})",
-            ha.split.busy * 100.0,
+            "CPU budget: {factor}× HAProxy's req/s is {rate:.0} req/s. The machine worked {:.2} CPU-seconds per second in HAProxy's runs and the rest of it spent {:.1} µs per request in the gateway's, which leaves the gateway {leaves} per request at that rate; it spent {:.1} µs in userspace and {:.1} µs in the kernel (HAProxy {:.1} and {:.1})",
+            ha.split.busy_cpus,
             gw.split.rest,
             gw.split.user,
             gw.split.system,
@@ -204,6 +209,21 @@ fn budget(rows: &[Row], cpus: usize, factor: f64) -> Option<String> {
             ha.split.system,
         )
     })
+}
+
+/// What the kernel part of a proxy's CPU time holds, on this kernel.
+fn kernel_part() -> &'static str {
+    match crate::machine::irq_time_accounting() {
+        Some(false) => {
+            "which, on this kernel without IRQ time accounting, includes the softirq work its own sends trigger: on loopback, the receiving side's TCP processing"
+        }
+        Some(true) => {
+            "this kernel accounts IRQ time apart: the softirq work a proxy's sends trigger counts in the rest of the machine"
+        }
+        None => {
+            "whether it includes the softirq work its own sends trigger depends on CONFIG_IRQ_TIME_ACCOUNTING, which this kernel does not publish"
+        }
+    }
 }
 
 fn open_table(rows: &[Row], rate: u64) -> String {
@@ -315,11 +335,6 @@ pub fn write(
         for n in &p.notes {
             let _ = writeln!(md, "- {n}");
         }
-        md.push_str("\n### Where the CPU goes\n\nMedians per request: each proxy's own time in userspace and in the kernel (which includes the softirq work its sends trigger: on loopback, the receiving side's TCP processing), and the rest of the machine's busy time (load generator, backend, interrupts).\n\n");
-        md.push_str(&cpu_table(&p.closed));
-        if let Some(b) = p.shared_cpus.and_then(|n| budget(&p.closed, n, 1.2)) {
-            let _ = writeln!(md, "\n- {b}");
-        }
         let get = ["backend", "gateway", "gw+key", "haproxy", "nginx"];
         if plot_rows(
             out,
@@ -339,6 +354,15 @@ pub fn write(
             &post,
         )? {
             md.push_str("\n![JSON POST](post.png)\n");
+        }
+        let _ = writeln!(
+            md,
+            "\n### Where the CPU goes\n\nMedians per request: each proxy's own time in userspace and in the kernel ({}), and the rest of the machine's busy time (load generator, backend, interrupts).\n",
+            kernel_part()
+        );
+        md.push_str(&cpu_table(&p.closed));
+        if let Some(b) = p.shared.then(|| budget(&p.closed, 1.2)).flatten() {
+            let _ = writeln!(md, "\n- {b}");
         }
         md.push('\n');
     }

@@ -5,7 +5,7 @@
 //! buffer. Workers are threads (thread per core), so the lists are
 //! thread-local: no lock, no atomic.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// The size of the buffer an idle connection's pending read holds: most
 /// request heads arrive whole in it; a longer one takes a second read.
@@ -19,6 +19,12 @@ pub const READ: usize = 8 * 1024;
 /// Buffers kept per list at most (the rest are freed).
 const KEEP: usize = 256;
 
+/// Idle waits per worker that may read into a [`READ`] buffer at once
+/// (see [`take_wide_idle`]): a client can make its connection wait wide
+/// with one long request, so the extra 7 KiB per idle connection is
+/// bounded per worker (1.8 MiB), not per connection.
+pub const MAX_WIDE_IDLE: usize = 256;
+
 /// Buffers larger than this are freed, not kept.
 const MAX_KEPT: usize = 64 * 1024;
 
@@ -26,6 +32,7 @@ thread_local! {
     static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static SMALLS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static READS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static WIDE_IDLE: Cell<usize> = const { Cell::new(0) };
 }
 
 /// An empty buffer with room for at least `min` bytes, for writes (never
@@ -67,6 +74,27 @@ pub fn take_read() -> Vec<u8> {
 /// Gives back a buffer from [`take_read`].
 pub fn give_read(b: Vec<u8>) {
     give_exact(&READS, READ, b);
+}
+
+/// Counts one idle wait reading into a [`READ`] buffer until dropped.
+#[derive(Debug)]
+pub struct WideIdle(());
+
+impl Drop for WideIdle {
+    fn drop(&mut self) {
+        WIDE_IDLE.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// A [`READ`] buffer for an idle wait, with the guard that counts it, while
+/// fewer than [`MAX_WIDE_IDLE`] of this worker's idle waits hold one.
+pub fn take_wide_idle() -> Option<(Vec<u8>, WideIdle)> {
+    WIDE_IDLE.with(|n| {
+        (n.get() < MAX_WIDE_IDLE).then(|| {
+            n.set(n.get() + 1);
+            (take_read(), WideIdle(()))
+        })
+    })
 }
 
 type List = std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>;
@@ -116,5 +144,20 @@ mod tests {
         r.reserve(READ * 4);
         give_read(r);
         assert_eq!(take_read().capacity(), READ);
+    }
+
+    #[test]
+    fn wide_idle_waits_are_capped_per_worker() {
+        let mut held: Vec<_> = (0..MAX_WIDE_IDLE)
+            .map(|_| take_wide_idle().expect("under the cap"))
+            .collect();
+        assert!(held.iter().all(|(b, _)| b.capacity() == READ));
+        assert!(take_wide_idle().is_none(), "over the cap");
+        // A finished (or dropped) wait makes room for one more.
+        held.pop();
+        assert!(take_wide_idle().is_some());
+        // Each worker thread counts its own.
+        let other = std::thread::spawn(|| take_wide_idle().is_some());
+        assert!(other.join().expect("thread"));
     }
 }

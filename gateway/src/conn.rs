@@ -291,7 +291,7 @@ impl Conn {
     }
 
     /// Parked: waits up to `limit` for the client's next bytes holding only
-    /// a small read buffer, then takes the scratch buffers back. `None`
+    /// the idle wait's read buffer, then takes the scratch buffers back. `None`
     /// when the deadline passed, `Some(Ok(false))` at EOF.
     pub async fn await_bytes(&mut self, limit: Duration) -> Option<Result<bool, StreamError>> {
         let fd = self.tls.fd();

@@ -132,8 +132,11 @@ pub struct Split {
     pub system: f64,
     /// The machine's busy time minus the proxy's, per request.
     pub rest: f64,
-    /// Busy share of all the machine's CPU time, 0..=1.
+    /// Busy share of the machine's busy and idle time, 0..=1.
     pub busy: f64,
+    /// CPU-seconds the machine worked per second of the run: what it gave
+    /// in all (stolen time and CPUs it could not use left out).
+    pub busy_cpus: f64,
 }
 
 /// A scenario's medians over the rounds, and its distribution over all of them.
@@ -152,7 +155,8 @@ pub struct Row {
     pub max: f64,
     /// The proxy's own CPU time per request, µs (NaN for the backend alone).
     pub cpu_us_per_req: f64,
-    /// Medians of where the CPU went (NaN for the backend alone).
+    /// Medians of where the CPU went (the proxy's user and system time NaN
+    /// for the backend alone, whose rest is the whole machine's).
     pub split: Split,
     /// The proxy's resident memory after the run, KiB.
     pub rss_kib: f64,
@@ -179,10 +183,10 @@ pub struct Outcome {
     pub idle: (Vec<(String, f64)>, usize),
     /// Derived figures (authentication, JWT and validation costs).
     pub notes: Vec<String>,
-    /// The machine's CPU count when the proxies, the load and the backend
-    /// all share every CPU (`--unpinned`); then a proxy's req/s is bounded
-    /// by what the others leave it.
-    pub shared_cpus: Option<usize>,
+    /// Whether the proxies, the load and the backend all shared the same
+    /// CPUs (no CPU lists): then a proxy's req/s is bounded by what the
+    /// others leave it.
+    pub shared: bool,
     /// What was left out and why.
     pub skipped: Vec<String>,
 }
@@ -195,9 +199,10 @@ fn charged<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Option<Split>)> {
     let before = pgid.map(group_ticks);
-    let machine = MachineCpu::now()?;
+    let (machine, wall) = (MachineCpu::now().ok(), std::time::Instant::now());
     let r = f()?;
-    let machine = MachineCpu::now()?.since(machine);
+    let wall = wall.elapsed().as_secs_f64();
+    let machine = MachineCpu::now().ok().zip(machine).map(|(b, a)| b.since(a));
     let after = pgid.map(group_ticks);
     let n = requests(&r);
     if n == 0 {
@@ -212,14 +217,17 @@ fn charged<T>(
         }
         _ => (f64::NAN, f64::NAN),
     };
-    let busy = machine.busy().as_secs_f64();
-    let all = busy + machine.idle.as_secs_f64();
+    let (busy, idle) = machine.map_or((f64::NAN, f64::NAN), |m| {
+        (m.busy().as_secs_f64(), m.idle.as_secs_f64())
+    });
     let own = if user.is_finite() { user + system } else { 0.0 };
     let split = Split {
         user,
         system,
-        rest: (busy * 1e6 / n as f64 - own).max(0.0),
-        busy: if all > 0.0 { busy / all } else { f64::NAN },
+        // NaN stays NaN (f64::max would turn it into 0).
+        rest: (busy * 1e6 / n as f64 - own).clamp(0.0, f64::INFINITY),
+        busy: busy / (busy + idle),
+        busy_cpus: busy / wall,
     };
     Ok((r, Some(split)))
 }
@@ -292,6 +300,7 @@ fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<R
                 system: med(&|s| s.split.map(|c| c.system)),
                 rest: med(&|s| s.split.map(|c| c.rest)),
                 busy: med(&|s| s.split.map(|c| c.busy)),
+                busy_cpus: med(&|s| s.split.map(|c| c.busy_cpus)),
             },
             rss_kib: med(&|s| s.rss_kib),
             errors: v.iter().map(|s| s.errors).sum(),
@@ -469,10 +478,7 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
         open,
         open_rate: rate,
         idle: (idle, opts.idle_conns),
-        shared_cpus: opts
-            .proxy_cpus
-            .is_none()
-            .then(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        shared: opts.proxy_cpus.is_none() && opts.load_cpus.is_none(),
         skipped,
     })
 }

@@ -1,8 +1,9 @@
 //! A server-side TLS connection over an io_uring socket, on rustls'
 //! unbuffered API: the connection owns no socket buffers (the buffered
 //! `ServerConnection` keeps a 4 KiB read buffer for life), so between
-//! requests a keep-alive connection holds only its small pending read, and
-//! records are decrypted in place in the buffer the socket read into.
+//! requests a keep-alive connection holds only its pending read (1 KiB, or
+//! a full read buffer after a long request), and records are decrypted in
+//! place in the buffer the socket read into.
 
 use std::{
     io,
@@ -83,8 +84,9 @@ pub struct TlsStream {
     eof: bool,
     /// The last idle wait filled its buffer (a request over 1 KiB, such as
     /// a JSON POST): the next one reads into a full read buffer, saving
-    /// the second read per request; a short request brings it back to the
-    /// small one, so idle clients of small requests keep costing 1 KiB.
+    /// the second read per request, while the worker's cap on such waits
+    /// allows; a short request brings back the small one, so idle clients
+    /// of small requests keep costing 1 KiB.
     wide_idle: bool,
     /// Longest a write may wait for a client that does not read.
     write_timeout: Duration,
@@ -267,20 +269,25 @@ impl TlsStream {
 
     /// Reads the socket once; false at EOF. With nothing pending the read
     /// goes straight into a pooled buffer (`idle`: the idle wait's, small
-    /// unless `wide_idle`) that becomes the input. Pending bytes stay where
-    /// they are (rustls may hold positions in them) and the read goes to a
-    /// buffer of its own, appended after: a read cut short by a deadline
-    /// drops its own buffer, never bytes rustls has seen.
+    /// unless `wide_idle` and the worker's cap allow a full one) that
+    /// becomes the input. Pending bytes stay where they are (rustls may
+    /// hold positions in them) and the read goes to a buffer of its own,
+    /// appended after: a read cut short by a deadline drops its own
+    /// buffer, never bytes rustls has seen.
     async fn read_more(&mut self, idle: bool) -> Result<bool, StreamError> {
         if self.head >= self.input.len() {
             self.head = 0;
             give_back(std::mem::take(&mut self.input));
-            let buf = if idle && !self.wide_idle {
-                buffers::take_small()
-            } else {
-                buffers::take_read()
+            let (buf, wide) = match idle {
+                false => (buffers::take_read(), None),
+                true if self.wide_idle => match buffers::take_wide_idle() {
+                    Some((buf, guard)) => (buf, Some(guard)),
+                    None => (buffers::take_small(), None),
+                },
+                true => (buffers::take_small(), None),
             };
             let (res, buf) = self.tcp.read(buf).await;
+            drop(wide);
             if idle {
                 self.wide_idle = matches!(res, Ok(n) if n >= buffers::SMALL);
             }
@@ -334,7 +341,7 @@ impl TlsStream {
     }
 
     /// Waits for the client's next bytes on an idle keep-alive connection
-    /// holding only a small read buffer; false at EOF. The bytes are
+    /// holding only the idle wait's read buffer; false at EOF. The bytes are
     /// decrypted on the next [`TlsStream::read_plain`]: this future stays
     /// small because an idle connection's task holds it (see
     /// `server::connection::serve`).

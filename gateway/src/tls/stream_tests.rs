@@ -62,9 +62,10 @@ fn the_idle_buffer_widens_after_a_long_request_and_narrows_after_a_short_one() {
     // The first message may come in the handshake's last read, before any
     // idle wait: short, so the buffer stays small either way.
     let sizes = vec![10, 3000, 200, 200, 5000, 1500, 100];
-    let sent = sizes.clone();
+    let (sent, expected) = (sizes.clone(), sizes.clone());
     let peer = std::thread::spawn(move || client(port, client_config, sent));
-    // (wide before the wait, bytes received) for each message.
+    // For each message: (wide before the wait, after it), and the room
+    // and the bytes of the read the wait did.
     let seen = tokio_uring::start(async move {
         let (std_conn, _) = listener.accept().expect("accept");
         let tcp = tokio_uring::net::TcpStream::from_std(std_conn);
@@ -73,9 +74,10 @@ fn the_idle_buffer_widens_after_a_long_request_and_narrows_after_a_short_one() {
             .await
             .expect("handshake");
         let mut seen = Vec::new();
-        for (i, &n) in sizes.iter().enumerate() {
+        for (i, &n) in expected.iter().enumerate() {
             let wide = s.wide_idle;
             assert!(s.fill_idle().await.expect("idle wait"), "EOF at {i}");
+            let read = (s.input.capacity(), s.input.len() - s.head);
             let mut got = Vec::new();
             while got.len() < n {
                 assert!(
@@ -84,17 +86,18 @@ fn the_idle_buffer_widens_after_a_long_request_and_narrows_after_a_short_one() {
                 );
             }
             assert_eq!(got, vec![b'a' + (i % 26) as u8; n], "message {i}");
-            seen.push((wide, s.wide_idle));
+            seen.push(((wide, s.wide_idle), read));
             s.send(&[b"k"]).await.expect("ack");
         }
         seen
     });
     peer.join().expect("client");
-    // Before each wait, and after it: the first message fills the small
-    // buffer, the short ones narrow it again, a long one read wide keeps
-    // it wide.
+    let flags: Vec<_> = seen.iter().map(|&(f, _)| f).collect();
+    // Before each wait, and after it: the first long message fills the
+    // small buffer, a short one narrows it again, a long one read wide
+    // keeps it wide.
     assert_eq!(
-        seen,
+        flags,
         [
             (false, false),
             (false, true),
@@ -103,8 +106,19 @@ fn the_idle_buffer_widens_after_a_long_request_and_narrows_after_a_short_one() {
             (false, true),
             (true, true),
             (true, false),
-        ],
-        "small buffer: {} bytes",
-        buffers::SMALL
+        ]
     );
+    for (i, &((wide, _), (room, got))) in seen.iter().enumerate().skip(1) {
+        let want = if wide { buffers::READ } else { buffers::SMALL };
+        assert_eq!(room, want, "message {i}: the wait's buffer");
+        // One read takes the whole record (the message, TLS 1.3's 22 bytes
+        // of framing and tag) or as much as the buffer holds: the 1500-byte
+        // message comes whole through a wide wait.
+        let whole = sizes[i] + 22;
+        assert_eq!(
+            got,
+            whole.min(room),
+            "message {i}: read of a {whole}-byte record"
+        );
+    }
 }

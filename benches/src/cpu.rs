@@ -17,6 +17,8 @@ pub struct MachineCpu {
     pub irq: Duration,
     /// idle + iowait: what nobody used.
     pub idle: Duration,
+    /// steal: what the hypervisor gave other guests (a busy host).
+    pub steal: Duration,
 }
 
 impl MachineCpu {
@@ -39,6 +41,7 @@ impl MachineCpu {
             task: d(f[0] + f[1] + f[2]),
             irq: d(f[5] + f[6]),
             idle: d(f[3] + f[4]),
+            steal: d(f[7]),
         })
     }
 
@@ -53,6 +56,7 @@ impl MachineCpu {
             task: self.task.saturating_sub(earlier.task),
             irq: self.irq.saturating_sub(earlier.irq),
             idle: self.idle.saturating_sub(earlier.idle),
+            steal: self.steal.saturating_sub(earlier.steal),
         }
     }
 }

@@ -194,6 +194,6 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
     }
     let csv = std::fs::read_to_string(out.join("summary.csv")).expect("summary.csv");
     assert_eq!(csv.lines().count(), 1 + closed.len() + open.len(), "{csv}");
-    assert!(csv.lines().all(|l| l.split(',').count() == 14), "{csv}");
+    assert!(csv.lines().all(|l| l.split(',').count() == 15), "{csv}");
     let _ = std::fs::remove_dir_all(&out);
 }

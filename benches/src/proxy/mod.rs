@@ -137,6 +137,9 @@ pub struct Split {
     /// CPU-seconds the machine worked per second of the run: what it gave
     /// in all (stolen time and CPUs it could not use left out).
     pub busy_cpus: f64,
+    /// Share of the machine's time the hypervisor gave other guests, 0..=1:
+    /// above a few percent the run measured a busy host.
+    pub stolen: f64,
 }
 
 /// A scenario's medians over the rounds, and its distribution over all of them.
@@ -217,8 +220,12 @@ fn charged<T>(
         }
         _ => (f64::NAN, f64::NAN),
     };
-    let (busy, idle) = machine.map_or((f64::NAN, f64::NAN), |m| {
-        (m.busy().as_secs_f64(), m.idle.as_secs_f64())
+    let (busy, idle, steal) = machine.map_or((f64::NAN, f64::NAN, f64::NAN), |m| {
+        (
+            m.busy().as_secs_f64(),
+            m.idle.as_secs_f64(),
+            m.steal.as_secs_f64(),
+        )
     });
     let own = if user.is_finite() { user + system } else { 0.0 };
     let split = Split {
@@ -228,6 +235,7 @@ fn charged<T>(
         rest: (busy * 1e6 / n as f64 - own).clamp(0.0, f64::INFINITY),
         busy: busy / (busy + idle),
         busy_cpus: busy / wall,
+        stolen: steal / (busy + idle + steal),
     };
     Ok((r, Some(split)))
 }
@@ -301,6 +309,7 @@ fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<R
                 rest: med(&|s| s.split.map(|c| c.rest)),
                 busy: med(&|s| s.split.map(|c| c.busy)),
                 busy_cpus: med(&|s| s.split.map(|c| c.busy_cpus)),
+                stolen: med(&|s| s.split.map(|c| c.stolen)),
             },
             rss_kib: med(&|s| s.rss_kib),
             errors: v.iter().map(|s| s.errors).sum(),

@@ -354,15 +354,16 @@ pub struct IssuerFiles {
 impl IssuerFiles {
     /// Watches every file-based issuer of `settings`.
     pub fn new(settings: &[JwtSettings]) -> Self {
-        let watched = settings
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match &s.source {
-                KeySource::File(p) | KeySource::Secret(p) => Some((i, FileVersion::new(p))),
-                _ => None,
-            })
+        let watched = files(settings)
+            .map(|(i, p)| (i, FileVersion::new(p)))
             .collect();
         Self { watched }
+    }
+
+    /// Whether `settings` name the same files, issuer for issuer, as those
+    /// watched: then the watches (and the versions they saw) stay.
+    pub fn watches(&self, settings: &[JwtSettings]) -> bool {
+        files(settings).eq(self.watched.iter().map(|(i, f)| (*i, f.path.as_path())))
     }
 
     /// Reloads changed files.
@@ -386,6 +387,17 @@ impl IssuerFiles {
             }
         }
     }
+}
+
+/// The file-based issuers of `settings`: index and file.
+fn files(settings: &[JwtSettings]) -> impl Iterator<Item = (usize, &Path)> {
+    settings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match &s.source {
+            KeySource::File(p) | KeySource::Secret(p) => Some((i, p.as_path())),
+            _ => None,
+        })
 }
 
 /// Every issuer's first key set: files are read (a broken one stops the

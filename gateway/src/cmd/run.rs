@@ -268,8 +268,16 @@ impl Control {
     ) -> Result<gateway::reload::Reloaded, String> {
         match gateway::reload::reload(self.path.as_deref(), cfg, shared, book) {
             Ok((next, done)) => {
-                self.keys = next.auth.key_file.as_deref().map(KeyWatch::new);
-                self.issuer_files = IssuerFiles::new(&next.auth.jwt);
+                // A watch of a file the reload just read keeps the version
+                // it saw before: a new one stamped now would count an edit
+                // made since that read as seen. At worst the file is read
+                // once more.
+                if next.auth.key_file != cfg.auth.key_file {
+                    self.keys = next.auth.key_file.as_deref().map(KeyWatch::new);
+                }
+                if !self.issuer_files.watches(&next.auth.jwt) {
+                    self.issuer_files = IssuerFiles::new(&next.auth.jwt);
+                }
                 *cfg = next;
                 tracing::info!("reloaded {}: {}", done.source, done.lines.join("; "));
                 Ok(done)

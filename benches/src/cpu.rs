@@ -34,7 +34,7 @@ impl MachineCpu {
         if f.len() < 8 {
             bail!("unexpected /proc/stat: {line}");
         }
-        let hz = hz() as u128;
+        let hz = u128::from(hz());
         // In u128: ticks times 1e9 passes u64 on a big machine's idle count.
         let d = |ticks: u64| Duration::from_nanos((u128::from(ticks) * 1_000_000_000 / hz) as u64);
         Ok(Self {
@@ -154,9 +154,9 @@ impl std::iter::Sum for Ticks {
 }
 
 /// Clock ticks per second.
-pub fn hz() -> f64 {
+pub fn hz() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
 }
 
 /// A process's process group and its CPU ticks (all threads), from /proc.

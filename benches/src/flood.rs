@@ -265,7 +265,7 @@ fn trial(s: Scenario, opts: &Opts, proxy: &str, load: &str, dir: &Path) -> Resul
             .map(|v| wrk_ms(v.trim()))
             .unwrap_or(f64::NAN);
         let requests = rps * opts.duration as f64;
-        let cpu = (after - before) as f64 / hz() * 1e6 / requests.max(1.0);
+        let cpu = (after - before) as f64 / hz() as f64 * 1e6 / requests.max(1.0);
         Ok((rps, p99_ms, cpu))
     })?;
     gw.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));

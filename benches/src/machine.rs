@@ -54,7 +54,7 @@ pub fn irq_time_accounting() -> Option<bool> {
 }
 
 /// The facts as Markdown list items.
-pub fn facts(gateway: &std::path::Path) -> String {
+pub fn facts(gateway: &std::path::Path, irq_time: Option<bool>) -> String {
     let uname = nix::sys::utsname::uname().ok();
     let kernel = uname.as_ref().map_or("?".into(), |u| {
         format!(
@@ -121,7 +121,7 @@ pub fn facts(gateway: &std::path::Path) -> String {
         ("wrk", version("wrk", &["-v"], &["wrk "])),
         (
             "CPU accounting",
-            match irq_time_accounting() {
+            match irq_time {
                 Some(true) => "IRQ time accounted apart (CONFIG_IRQ_TIME_ACCOUNTING=y)",
                 Some(false) => {
                     "tick-based: softirq time is charged to the task it interrupts (no CONFIG_IRQ_TIME_ACCOUNTING)"

@@ -134,9 +134,14 @@ fn ratio(v: f64) -> String {
     }
 }
 
+/// The row of scenario `name`, if it was measured.
+fn row<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.name == name)
+}
+
 /// A figure of the HAProxy row, NaN when HAProxy was not measured.
 fn haproxy(rows: &[Row]) -> impl Fn(fn(&Row) -> f64) -> f64 + '_ {
-    let ha = rows.iter().find(|r| r.name == "haproxy");
+    let ha = row(rows, "haproxy");
     move |f| ha.map_or(f64::NAN, f)
 }
 
@@ -190,16 +195,15 @@ fn cpu_table(rows: &[Row]) -> String {
 /// gave per second in HAProxy's runs, less what the rest of it (load
 /// generator, backend, interrupts) spent per request in the gateway's.
 fn budget(rows: &[Row], factor: f64) -> Option<String> {
-    let gw = rows.iter().find(|r| r.name == "gateway")?;
-    let ha = rows.iter().find(|r| r.name == "haproxy")?;
+    let (gw, ha) = (row(rows, "gateway")?, row(rows, "haproxy")?);
     let rate = ha.rps * factor;
     let left = ha.split.busy_cpus * 1e6 / rate - gw.split.rest;
-    let leaves = if left > 0.0 {
-        format!("{left:.1} µs")
-    } else {
-        "nothing".to_owned()
-    };
     left.is_finite().then(|| {
+        let leaves = if left > 0.0 {
+            format!("{left:.1} µs")
+        } else {
+            "nothing".to_owned()
+        };
         format!(
             "CPU budget: {factor}× HAProxy's req/s is {rate:.0} req/s. The machine worked {:.2} CPU-seconds per second in HAProxy's runs and the rest of it spent {:.1} µs per request in the gateway's, which leaves the gateway {leaves} per request at that rate; it spent {:.1} µs in userspace and {:.1} µs in the kernel (HAProxy {:.1} and {:.1})",
             ha.split.busy_cpus,
@@ -213,8 +217,8 @@ fn budget(rows: &[Row], factor: f64) -> Option<String> {
 }
 
 /// What the kernel part of a proxy's CPU time holds, on this kernel.
-fn kernel_part() -> &'static str {
-    match crate::machine::irq_time_accounting() {
+fn kernel_part(irq_time: Option<bool>) -> &'static str {
+    match irq_time {
         Some(false) => {
             "which, on this kernel without IRQ time accounting, includes the softirq work its own sends trigger: on loopback, the receiving side's TCP processing"
         }
@@ -289,7 +293,8 @@ pub fn write(
         }
     );
     md.push_str("## Machine and versions\n\n");
-    md.push_str(&crate::machine::facts(gateway));
+    let irq_time = crate::machine::irq_time_accounting();
+    md.push_str(&crate::machine::facts(gateway, irq_time));
     let _ = writeln!(md, "- **setup:** {}\n", p.setup);
     if !p.skipped.is_empty() {
         md.push_str("## Left out\n\n");
@@ -360,7 +365,7 @@ pub fn write(
         let _ = writeln!(
             md,
             "\n### Where the CPU goes\n\nMedians per request: each proxy's own time in userspace and in the kernel ({}), and the rest of the machine's busy time (load generator, backend, interrupts). Time stolen by the host (a virtual machine's hypervisor serving other guests) above a few percent means the run measured a busy host.\n",
-            kernel_part()
+            kernel_part(irq_time)
         );
         md.push_str(&cpu_table(&p.closed));
         if let Some(b) = p.shared.then(|| budget(&p.closed, 1.2)).flatten() {

@@ -59,12 +59,23 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
     /// Compiles a configuration with its TLS settings, key ring and JWT key
-    /// sets (missing sets start empty and not loaded).
+    /// sets (missing sets start empty and not loaded), under a new epoch.
     pub fn new(
         cfg: Config,
         tls: Arc<rustls::ServerConfig>,
         keys: Arc<KeyRing>,
+        jwks: Vec<Arc<KeySet>>,
+    ) -> Self {
+        let epoch = EPOCH.fetch_add(1, Ordering::Relaxed) + 1;
+        Self::build(cfg, tls, keys, jwks, epoch)
+    }
+
+    fn build(
+        cfg: Config,
+        tls: Arc<rustls::ServerConfig>,
+        keys: Arc<KeyRing>,
         mut jwks: Vec<Arc<KeySet>>,
+        epoch: u64,
     ) -> Self {
         let vocab = vocabulary(&cfg);
         let rules = cfg
@@ -117,16 +128,15 @@ impl Snapshot {
             filters: ResponseFilters::new(&cfg),
             tls,
             cfg,
-            epoch: EPOCH.fetch_add(1, Ordering::Relaxed) + 1,
+            epoch,
         }
     }
 
     /// The same configuration with another version of the key file (the
     /// same epoch: token caches stay, they depend on the configuration).
     pub fn with_keys(&self, keys: Arc<KeyRing>) -> Self {
-        let mut next = Self::new(self.cfg.clone(), self.tls.clone(), keys, self.jwks.clone());
-        next.epoch = self.epoch;
-        next
+        let (cfg, tls, jwks) = (self.cfg.clone(), self.tls.clone(), self.jwks.clone());
+        Self::build(cfg, tls, keys, jwks, self.epoch)
     }
 
     /// The same configuration with another key set for issuer `i`.
@@ -136,9 +146,8 @@ impl Snapshot {
             *slot = set;
         }
         // The same epoch: cached verifications name the key set's revision.
-        let mut next = Self::new(self.cfg.clone(), self.tls.clone(), self.keys.clone(), jwks);
-        next.epoch = self.epoch;
-        next
+        let (cfg, tls, keys) = (self.cfg.clone(), self.tls.clone(), self.keys.clone());
+        Self::build(cfg, tls, keys, jwks, self.epoch)
     }
 }
 

@@ -228,7 +228,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-fn read_until_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+/// Reads into `buf` until it holds a whole HTTP head; the head's length
+/// (through the blank line), or `None` when the peer stopped first.
+pub fn read_until_head(conn: &mut impl Read, buf: &mut Vec<u8>) -> Option<usize> {
     loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             return Some(p + 4);

@@ -33,6 +33,18 @@ fn line(text: &str, needle: &str, n: usize) -> u64 {
         .unwrap_or_else(|| panic!("no `{needle}` in the config"))
 }
 
+/// The finding `id` of `report` (whose text holds `what`, if given).
+fn finding<'a>(report: &'a Value, id: &str, what: Option<&str>) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| {
+            f["id"] == id && what.is_none_or(|n| f["what"].as_str().unwrap_or("").contains(n))
+        })
+        .unwrap_or_else(|| panic!("no {id} ({what:?}) in {report:#}"))
+}
+
 /// A leaf valid for `days` more days, and its key, written with `mode`.
 fn cert(dir: &Path, days: i64, mode: u32) -> (std::path::PathBuf, std::path::PathBuf) {
     let key = rcgen::KeyPair::generate().expect("key");
@@ -41,18 +53,18 @@ fn cert(dir: &Path, days: i64, mode: u32) -> (std::path::PathBuf, std::path::Pat
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
-    params.not_before = time_at(now - 400 * 86_400);
-    params.not_after = time_at(now + days * 86_400);
+    // rcgen takes `time`'s dates: the epoch plus seconds, without a
+    // dependency of our own on `time`.
+    let at =
+        |unix: i64| rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix as u64);
+    params.not_before = at(now - 400 * 86_400);
+    params.not_after = at(now + days * 86_400);
     let c = params.self_signed(&key).expect("cert");
     let (cp, kp) = (dir.join("leaf.crt"), dir.join("leaf.key"));
     std::fs::write(&cp, c.pem()).expect("cert");
     std::fs::write(&kp, key.serialize_pem()).expect("key");
     std::fs::set_permissions(&kp, std::fs::Permissions::from_mode(mode)).expect("chmod");
     (cp, kp)
-}
-
-fn time_at(unix: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(unix).expect("time")
 }
 
 #[test]
@@ -148,15 +160,7 @@ attacks = 0
     let (code, report, err) = audit(&config, &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("at or above high"), "{err}");
-    let findings = report["findings"].as_array().expect("findings");
-    let find = |id: &str, needle: Option<&str>| -> &Value {
-        findings
-            .iter()
-            .find(|f| {
-                f["id"] == id && needle.is_none_or(|n| f["what"].as_str().unwrap_or("").contains(n))
-            })
-            .unwrap_or_else(|| panic!("no {id} ({needle:?}) in {report:#}"))
-    };
+    let find = |id: &str, needle: Option<&str>| finding(&report, id, needle);
     let cfg_file = config.display().to_string();
     for (id, severity, owasp, at) in [
         (
@@ -394,7 +398,6 @@ cors = {{ allow_origins = ["https://*.example.com"], allow_credentials = true }}
     std::fs::write(&config, &text).expect("config");
     let (code, report, err) = audit(&config, &["--fail-on", "critical"]);
     assert_eq!(code, Some(0), "{err}");
-    let findings = report["findings"].as_array().expect("findings");
     for (id, severity, at) in [
         ("limits.slow_headers", "low", "header_timeout_ms"),
         ("anomaly.off", "low", "[anomaly]"),
@@ -405,10 +408,7 @@ cors = {{ allow_origins = ["https://*.example.com"], allow_credentials = true }}
         ("route.no_waf", "medium", "[[routes]]"),
         ("route.public", "info", "auth = \"none\""),
     ] {
-        let f = findings
-            .iter()
-            .find(|f| f["id"] == id)
-            .unwrap_or_else(|| panic!("no {id} in {report:#}"));
+        let f = finding(&report, id, None);
         assert_eq!(f["severity"], severity, "{f}");
         assert_eq!(f["line"], line(&text, at, 0), "{id}: {f}");
     }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::harness::{Setup, reason_of, setup_with};
+use gateway_tests::harness::{Setup, read_until_head, reason_of, setup_with};
 
 /// A backend answering every request with a status the test sets, with
 /// `connection: close`, recording the paths it got.
@@ -44,13 +44,8 @@ impl Flaky {
                 let _ = c.set_nonblocking(false);
                 let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                // Answered even when the client stopped before a whole head.
+                let _ = read_until_head(&mut c, &mut buf);
                 let head = String::from_utf8_lossy(&buf);
                 let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                 p.lock().expect("paths").push(path);
@@ -73,20 +68,20 @@ impl Flaky {
 
     /// Requests it got other than health checks.
     fn requests(&self) -> usize {
-        self.paths
-            .lock()
-            .expect("paths")
-            .iter()
-            .filter(|p| *p != "/healthz")
-            .count()
+        self.count(false)
     }
 
     fn checks(&self) -> usize {
+        self.count(true)
+    }
+
+    /// Health checks (`/healthz`), or everything else.
+    fn count(&self, checks: bool) -> usize {
         self.paths
             .lock()
             .expect("paths")
             .iter()
-            .filter(|p| *p == "/healthz")
+            .filter(|p| (*p == "/healthz") == checks)
             .count()
     }
 }
@@ -116,6 +111,20 @@ fn admin_get(s: &Setup, path: &str) -> String {
     out
 }
 
+/// A GET of `path` answered 503 with `reason` at once (the circuit breaker,
+/// not a timeout).
+fn refused_at_once(s: &Setup, path: &str, reason: &str) {
+    let t = Instant::now();
+    let r = s.get(path, "");
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert_eq!(reason_of(&r), reason);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn the_circuit_breaker_answers_503_at_once_and_spares_the_upstream() {
     let backend = gateway_tests::harness::Backend::start();
@@ -141,15 +150,7 @@ fn the_circuit_breaker_answers_503_at_once_and_spares_the_upstream() {
         assert!(Instant::now() < deadline, "the slow requests never arrived");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let t = Instant::now();
-    let r = s.get("/pair/third", "");
-    assert_eq!(r.status, 503, "{}", r.head);
-    assert_eq!(reason_of(&r), "upstream.max_requests");
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t.elapsed()
-    );
+    refused_at_once(&s, "/pair/third", "upstream.max_requests");
     assert_eq!(
         backend.hits("/pair/third"),
         0,
@@ -308,15 +309,7 @@ fn connects_past_max_connects_are_refused_at_once() {
         .send(b"GET /pair/first HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("send");
     std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    let r = s.get("/pair/second", "");
-    assert_eq!(r.status, 503, "{}", r.head);
-    assert_eq!(reason_of(&r), "upstream.max_connects");
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t.elapsed()
-    );
+    refused_at_once(&s, "/pair/second", "upstream.max_connects");
     // The first one waited for its connect and timed out.
     let r = first.response("GET").expect("first response");
     assert_eq!(reason_of(&r), "upstream.timeout", "{}", r.head);

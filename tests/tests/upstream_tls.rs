@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::harness::{Certs, Setup, TempDir, reason_of, setup_with, sha256_hex};
+use gateway_tests::harness::{
+    Certs, Setup, TempDir, read_until_head, reason_of, setup_with, sha256_hex,
+};
 use rustls::{
     ServerConfig, ServerConnection,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -140,13 +142,9 @@ fn serve(
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        let Some(end) = read_until_head(&mut s, &mut buf) else {
+            return;
+        };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
         let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();

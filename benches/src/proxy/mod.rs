@@ -114,11 +114,19 @@ struct Sample {
     p99: f64,
     p999: f64,
     max: f64,
-    cpu_us_per_req: Option<f64>,
     split: Option<Split>,
     rss_kib: Option<f64>,
     errors: u64,
     hist: Histogram<u64>,
+}
+
+impl Sample {
+    /// The proxy's own CPU time per request, µs (none for the backend alone).
+    fn cpu_us_per_req(&self) -> Option<f64> {
+        self.split
+            .map(|c| c.user + c.system)
+            .filter(|c| c.is_finite())
+    }
 }
 
 /// Where a run's CPU went, per request, µs: the proxy's own time in
@@ -211,7 +219,8 @@ fn charged<T>(
     if n == 0 {
         return Ok((r, None));
     }
-    let per = |ticks: u64| ticks as f64 / hz() * 1e6 / n as f64;
+    let hz = hz() as f64;
+    let per = |ticks: u64| ticks as f64 / hz * 1e6 / n as f64;
     // Without a proxy (the backend alone) the rest is the whole machine.
     let (user, system) = match (before, after) {
         (Some(b), Some(a)) => {
@@ -253,7 +262,6 @@ fn closed_sample(shape: &wrk::Shape, s: &systems::System) -> Result<Sample> {
         p99: pct("99"),
         p999: pct("99.9"),
         max: r.hist.max() as f64,
-        cpu_us_per_req: split.map(|c| c.user + c.system).filter(|c| c.is_finite()),
         split,
         rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
         errors: r.errors,
@@ -278,7 +286,6 @@ fn open_sample(
         p99: q(0.99),
         p999: q(0.999),
         max: r.hist.max() as f64,
-        cpu_us_per_req: split.map(|c| c.user + c.system).filter(|c| c.is_finite()),
         split,
         rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
         errors: r.errors,
@@ -302,7 +309,7 @@ fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<R
             p99: med(&|s| Some(s.p99)),
             p999: med(&|s| Some(s.p999)),
             max: med(&|s| Some(s.max)),
-            cpu_us_per_req: med(&|s| s.cpu_us_per_req),
+            cpu_us_per_req: med(&Sample::cpu_us_per_req),
             split: Split {
                 user: med(&|s| s.split.map(|c| c.user)),
                 system: med(&|s| s.split.map(|c| c.system)),
@@ -326,7 +333,8 @@ fn log_sample(kind: &str, round: usize, name: &str, s: &Sample) {
         s.p50,
         s.p99,
         s.p999,
-        s.cpu_us_per_req.map_or("-".into(), |c| format!("{c:.1}us")),
+        s.cpu_us_per_req()
+            .map_or("-".into(), |c| format!("{c:.1}us")),
         s.errors
     );
 }

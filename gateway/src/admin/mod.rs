@@ -304,17 +304,6 @@ impl Api {
                 "send the body as application/json",
             );
         }
-        if req.path == "/reload" {
-            return match req.method.as_str() {
-                // Not under the book's lock: the reload takes it.
-                "POST" => self.reload(),
-                _ => error(
-                    405,
-                    "admin.method",
-                    format!("{} is not served here", req.method),
-                ),
-            };
-        }
         let now = Monotonic.now_ns();
         let Ok(mut book) = self.book.lock() else {
             return error(500, "admin.internal", "the verdict book is unusable");
@@ -354,13 +343,24 @@ impl Api {
                 drop(book);
                 self.limits(&req.query)
             }
-            (_, ["verdicts"] | ["verdicts", _] | ["why", _] | ["limits"] | ["upstreams"]) => {
-                Ok(error(
-                    405,
-                    "admin.method",
-                    format!("{} is not served here", req.method),
-                ))
+            ("POST", ["reload"]) => {
+                // Not under the book's lock: the reload takes it.
+                drop(book);
+                Ok(self.reload())
             }
+            (
+                _,
+                ["verdicts"]
+                | ["verdicts", _]
+                | ["why", _]
+                | ["limits"]
+                | ["upstreams"]
+                | ["reload"],
+            ) => Ok(error(
+                405,
+                "admin.method",
+                format!("{} is not served here", req.method),
+            )),
             _ => Ok(error(
                 404,
                 "admin.not_found",

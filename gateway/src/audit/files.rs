@@ -125,10 +125,13 @@ fn certificate(path: &PathBuf, now: i64) -> Option<Finding> {
 
 /// API keys past expiry or never expiring.
 fn keys(path: &Path, now: i64) -> Vec<Finding> {
-    let Ok(ring) = KeyRing::load(path) else {
+    // One read: the key lines found are those of the keys parsed.
+    let Some((ring, text)) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| Some((KeyRing::parse(&t, &path.display().to_string()).ok()?, t)))
+    else {
         return Vec::new(); // `gateway check` reports a broken key file
     };
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let key_lines: Vec<usize> = text
         .lines()
         .enumerate()

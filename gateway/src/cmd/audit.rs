@@ -6,15 +6,14 @@ use std::path::PathBuf;
 use gateway::audit::{self, Severity};
 
 pub(crate) fn audit(config: Option<&PathBuf>, fail_on: Severity, json: bool) -> Result<(), String> {
-    let cfg = crate::load(config)?;
-    let text = match config {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => gateway::config::EMBEDDED_DEFAULT.to_owned(),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let report = audit::audit(&cfg, &text, now);
+    // One read: the findings point at lines of the text that was checked.
+    let (cfg, text) = match config {
+        Some(p) => gateway::config::Config::load_with_text(p),
+        None => gateway::config::Config::embedded()
+            .map(|c| (c, gateway::config::EMBEDDED_DEFAULT.to_owned())),
+    }
+    .map_err(|e| e.to_string())?;
+    let report = audit::audit(&cfg, &text, gateway::stages::auth::now());
     if json {
         println!("{}", report.json());
     } else {

@@ -279,11 +279,17 @@ pub struct RuntimeSettings {
 impl Config {
     /// Loads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_text(path).map(|(cfg, _)| cfg)
+    }
+
+    /// [`Config::load`], with the text it was parsed from (for findings
+    /// that point at its lines).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string()).map(|cfg| (cfg, text))
     }
 
     /// The embedded default.

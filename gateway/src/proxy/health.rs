@@ -232,16 +232,8 @@ impl UpstreamHealth {
         }
     }
 
-    /// The TLS client for a TLS hop (`None`: plain, or it could not be built).
-    pub fn tls_client(&self) -> Option<Arc<ClientConfig>> {
-        self.tls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(_, c)| c.config.clone())
-    }
-
-    /// The TLS client and the name to verify for server `addr` (TLS hops).
+    /// The TLS client and the name to verify for server `addr` (TLS hops;
+    /// `None`: plain, or the client could not be built).
     pub fn tls_for(
         &self,
         addr: SocketAddr,

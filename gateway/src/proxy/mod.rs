@@ -141,12 +141,12 @@ impl Upstreams {
     /// whose settings did not change; a request still on an older snapshot
     /// gets the pool with its upstream's settings, or one of its own.
     pub fn pool(&self, snap: &Snapshot, i: usize) -> Rc<Upstream> {
+        self.follow(snap);
         if snap.epoch == self.epoch.get()
             && let Some(p) = self.pools.borrow().get(i)
         {
             return p.clone();
         }
-        self.follow(snap);
         let settings = &snap.cfg.upstreams[i];
         find(&self.pools.borrow(), settings).unwrap_or_else(|| new_pool(settings, &self.registry))
     }
@@ -387,16 +387,12 @@ async fn secure(
     addr: SocketAddr,
     budget: Budget,
 ) -> Result<UpstreamConn, Attempt> {
-    let name = {
-        let p = up.pool.borrow();
-        let Some(t) = &p.settings.tls else {
-            return Ok(conn);
-        };
-        tls::server_name(t, addr)
-    };
+    if up.pool.borrow().settings.tls.is_none() {
+        return Ok(conn);
+    }
     // Read at each connect: a reload that rotated the CA or the client
     // certificate takes effect at the next connection.
-    let Some(client) = up.health.tls_client() else {
+    let Some((client, name)) = up.health.tls_for(addr) else {
         return Err(Attempt::Abort(Abort::Respond(
             Failure::UPSTREAM_TLS,
             Some(addr),

@@ -176,10 +176,12 @@ impl Pool {
     pub fn pick(&mut self, now: Instant, exclude: Option<usize>) -> Option<usize> {
         let n = self.servers.len();
         let health = &self.health;
+        // One clock reading per pick, and only if an ejection needs it.
+        let ns = std::cell::OnceCell::new();
         let usable = |i: usize, s: &Server| {
             Some(i) != exclude
                 && s.down_until.is_none_or(|t| t <= now)
-                && health.usable(i, || Monotonic.now_ns())
+                && health.usable(i, || *ns.get_or_init(|| Monotonic.now_ns()))
         };
         match self.settings.balance {
             Balance::RoundRobin => {
@@ -236,11 +238,13 @@ impl Pool {
         }));
     }
 
-    /// Returns a connection to its server's pool (closed if the pool is full).
+    /// Returns a connection to its server's pool (closed if the pool is
+    /// full). The caller found it [`UpstreamConn::drained`]: the reuse
+    /// decision after a response checks that once.
     pub fn checkin(&mut self, mut conn: UpstreamConn) {
         let cap = self.settings.idle_per_server;
         let s = &mut self.servers[conn.server];
-        if s.idle.len() < cap && conn.drained() {
+        if s.idle.len() < cap {
             conn.reused = true;
             conn.buf.clear();
             conn.start = 0;

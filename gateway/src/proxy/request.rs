@@ -2,7 +2,7 @@
 //! path, hop-by-hop fields out, forwarding fields ours), then the body,
 //! coalesced with the head when small, streamed (and re-chunked) otherwise.
 
-use std::{io::Write as _, net::SocketAddr, time::Duration};
+use std::{io::Write as _, net::SocketAddr};
 
 use super::{Attempt, pool::UpstreamConn};
 use crate::{
@@ -275,18 +275,6 @@ pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) 
         .any(|h| lists_token(h.value, name))
 }
 
-/// Writes `buf[..len]` to the upstream within `limit`; returns the buffer
-/// (empty when a cancelled write took it: the connection is dead then).
-async fn write_upstream(
-    conn: &mut UpstreamConn,
-    buf: Vec<u8>,
-    len: usize,
-    limit: Duration,
-) -> (std::io::Result<()>, Vec<u8>) {
-    let (res, buf) = conn.write(buf, 0..len, limit).await;
-    (res, buf.unwrap_or_default())
-}
-
 /// Sends the head (already in `c.up_head`) and the body.
 pub(super) async fn send(
     c: &mut Conn,
@@ -307,7 +295,7 @@ pub(super) async fn send(
         }
     }
     let len = head.len();
-    let (res, buf) = write_upstream(conn, head, len, ms(response_ms)).await;
+    let (res, buf) = conn.write(head, 0..len, ms(response_ms)).await;
     if let Err(e) = res {
         // A timed-out write took the head with it: no retry can send it.
         if e.kind() == std::io::ErrorKind::TimedOut {
@@ -346,20 +334,18 @@ async fn stream_length_body(
         let (res, buf) = conn
             .write(buf, start..start + take, ms(body_timeout_ms))
             .await;
-        let timed_out = res
+        if res
             .as_ref()
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
-        match buf {
-            Some(buf) if !timed_out => c.put_inbuf(buf, start),
-            _ => {
-                // The upstream stopped reading (a plain write took the
-                // buffer with it); the connection is dead.
-                return Err(Attempt::Abort(Abort::Close(
-                    Failure::UPSTREAM_TIMEOUT,
-                    Some(addr),
-                )));
-            }
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            // The upstream stopped reading (a plain write took the buffer
+            // with it); the connection is dead.
+            return Err(Attempt::Abort(Abort::Close(
+                Failure::UPSTREAM_TIMEOUT,
+                Some(addr),
+            )));
         }
+        c.put_inbuf(buf, start);
         res.map_err(|_| Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr))))?;
         c.consume(take);
         remaining -= take as u64;
@@ -392,8 +378,9 @@ async fn stream_chunked_body(
             }
             if !out.is_empty() {
                 let len = out.len();
-                let (res, buf) =
-                    write_upstream(conn, std::mem::take(&mut out), len, ms(body_timeout_ms)).await;
+                let (res, buf) = conn
+                    .write(std::mem::take(&mut out), 0..len, ms(body_timeout_ms))
+                    .await;
                 out = buf;
                 res.map_err(|_| {
                     Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr)))

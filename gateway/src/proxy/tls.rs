@@ -14,10 +14,7 @@ use std::{
     time::Duration,
 };
 
-use rustls::{
-    ClientConfig, ClientConnection,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
-};
+use rustls::{ClientConfig, ClientConnection, pki_types::ServerName};
 use tokio_uring::buf::BoundedBuf as _;
 
 use super::pool::{UPSTREAM_READ, UpstreamConn};
@@ -87,14 +84,7 @@ fn client_config(s: &UpstreamTls) -> Result<Arc<ClientConfig>, String> {
     let mut cfg = match &s.client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect())
-                .map_err(|e| format!("{}: {e}", cert.display()))?;
-            if chain.is_empty() {
-                return Err(format!("{}: no CERTIFICATE block", cert.display()));
-            }
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            let (chain, key) = crate::tls::read_pair(cert, key).map_err(|e| e.to_string())?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("{}: {e}", cert.display()))?
@@ -264,19 +254,19 @@ impl UpstreamConn {
     }
 
     /// Writes `buf[range]` to the upstream within `limit` (encrypted on a
-    /// TLS hop); gives the buffer back, unless a timed-out plain write took
-    /// it with it.
+    /// TLS hop); gives the buffer back, empty when a timed-out plain write
+    /// took it with it. A timeout leaves the connection unusable.
     pub async fn write(
         &mut self,
         buf: Vec<u8>,
         range: std::ops::Range<usize>,
         limit: Duration,
-    ) -> (io::Result<()>, Option<Vec<u8>>) {
+    ) -> (io::Result<()>, Vec<u8>) {
         let fd = self.fd();
         if self.tls.is_none() {
             return match write_deadline(fd, limit, self.tcp.write_all(buf.slice(range))).await {
-                Some((res, slice)) => (res, Some(slice.into_inner())),
-                None => (Err(io::ErrorKind::TimedOut.into()), None),
+                Some((res, slice)) => (res, slice.into_inner()),
+                None => (Err(io::ErrorKind::TimedOut.into()), Vec::new()),
             };
         }
         // rustls queues at most 64 KiB: larger bodies go in slices, each
@@ -300,7 +290,7 @@ impl UpstreamConn {
             Some(r) => r,
             None => Err(io::ErrorKind::TimedOut.into()),
         };
-        (res, Some(buf))
+        (res, buf)
     }
 
     /// Reads plaintext a TLS hop has for `buf`: 0 at the end of the

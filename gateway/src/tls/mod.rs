@@ -89,6 +89,28 @@ fn load_key(
     cert: &Path,
     key: &Path,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
+    let (chain, der) = read_pair(cert, key)?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::File {
+            path: key.to_owned(),
+            what: format!("unusable private key: {e}"),
+        })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| TlsError::File {
+        path: key.to_owned(),
+        what: format!("does not match {}: {e}", cert.display()),
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// A certificate chain and its private key from PEM files (the gateway's
+/// own, or its client certificate for upstreams).
+pub(crate) fn read_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| TlsError::File {
@@ -105,19 +127,7 @@ fn load_key(
         path: key.to_owned(),
         what: format!("cannot read private key: {e}"),
     })?;
-    let signing = provider
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| TlsError::File {
-            path: key.to_owned(),
-            what: format!("unusable private key: {e}"),
-        })?;
-    let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| TlsError::File {
-        path: key.to_owned(),
-        what: format!("does not match {}: {e}", cert.display()),
-    })?;
-    Ok(Arc::new(ck))
+    Ok((chain, der))
 }
 
 /// Where generated state (the self-signed certificate) lives:

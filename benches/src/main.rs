@@ -43,7 +43,10 @@ enum Cmd {
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::All(opts) => report::all(opts),
-        Cmd::Xdp(opts) => xdp::run(opts).map(|md| print!("{md}")),
+        Cmd::Xdp(opts) => xdp::run(opts).map(|m| match m {
+            xdp::Measured::Table(md) => print!("{md}"),
+            xdp::Measured::LeftOut(why) => println!("left out: {why}"),
+        }),
         Cmd::Proxy(opts) => proxy_alone(opts),
         Cmd::Flood(opts) => flood::run(opts).map(|md| print!("{md}")),
     };

@@ -78,7 +78,7 @@ pub fn all(opts: Opts) -> Result<()> {
         out: opts.out.clone(),
         gateway: opts.gateway.clone(),
     };
-    let outcome = proxy::run(proxy_opts)?;
+    let mut outcome = proxy::run(proxy_opts)?;
     let mut sections = Vec::new();
     if !opts.no_kernel {
         let flood = crate::flood::Opts {
@@ -103,10 +103,12 @@ pub fn all(opts: Opts) -> Result<()> {
             gen_cpus: opts.load_cpus.clone(),
             out: opts.out.join("xdp.csv"),
         };
-        sections.push((
-            "XDP drop path against nftables".to_owned(),
-            crate::xdp::run(xdp)?,
-        ));
+        match crate::xdp::run(xdp)? {
+            crate::xdp::Measured::Table(md) => {
+                sections.push(("XDP drop path against nftables".to_owned(), md))
+            }
+            crate::xdp::Measured::LeftOut(why) => outcome.skipped.push(why),
+        }
     }
     let report = write(&opts.out, &opts.gateway, &outcome, &sections, opts.reduced)?;
     println!("report: {}", report.display());

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use gateway::{
     clock::{Clock, Monotonic},
     config::{AttachMode, Config},
-    xdp::{DataPlane, Reflector},
+    xdp::{DataPlane, Reflector, XdpError},
 };
 use gateway_common::{Outcome, Verdict, VerdictReason};
 use gateway_tests::{Testbed, frame};
@@ -294,8 +294,25 @@ fn decision_costs() -> Result<String> {
     Ok(md)
 }
 
+/// What the benchmark gives the report.
+pub enum Measured {
+    /// The section's text.
+    Table(String),
+    /// Why the kernel left it out (for the report's *Left out*).
+    LeftOut(String),
+}
+
+/// Whether `e` is the kernel refusing a facility the benchmark needs (not
+/// a failure of the gateway or of the testbed).
+fn refused_facility(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|c| match c.downcast_ref::<XdpError>() {
+        Some(XdpError::FacilityRefused(what)) => Some(what.clone()),
+        _ => None,
+    })
+}
+
 /// Runs the benchmark and prints the table.
-pub fn run(opts: Opts) -> Result<String> {
+pub fn run(opts: Opts) -> Result<Measured> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench xdp needs root (namespaces, XDP, nftables)");
     }
@@ -311,7 +328,19 @@ pub fn run(opts: Opts) -> Result<String> {
         let mut order = systems.to_vec();
         order.rotate_left(round % systems.len());
         for s in order {
-            let t = trial(s, &opts).with_context(|| format!("trial {}", s.name()))?;
+            let t = match trial(s, &opts) {
+                Ok(t) => t,
+                // Every system's packets come from the same generator: with
+                // it refused, nothing here can be measured.
+                Err(e) => match refused_facility(&e) {
+                    Some(what) => {
+                        return Ok(Measured::LeftOut(format!(
+                            "XDP drop path against nftables: the kernel refused its packet generator ({what}, EPERM) although XDP programs load; `bench xdp` needs live-frames BPF_PROG_TEST_RUN"
+                        )));
+                    }
+                    None => return Err(e.context(format!("trial {}", s.name()))),
+                },
+            };
             eprintln!(
                 "round {} {:<10} sent {:>9} dropped {:>9} in {:.2}s: {:>9.0} pkt/s, drop path (softirq) {:>6.1} ns/pkt, generator {:>6.1} ns/pkt{}",
                 round + 1,
@@ -393,5 +422,5 @@ pub fn run(opts: Opts) -> Result<String> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&opts.out, csv)?;
-    Ok(md)
+    Ok(Measured::Table(md))
 }

@@ -28,7 +28,12 @@ pub const MAX_WIDE_IDLE: usize = 256;
 /// Buffers larger than this are freed, not kept.
 const MAX_KEPT: usize = 64 * 1024;
 
+/// Read-buffer bytes a connection holds for free; beyond, they count
+/// against its worker's body memory (`limits.body_memory_per_worker`).
+pub const BODY_FREE: usize = 16 * 1024;
+
 thread_local! {
+    static BODY_HELD: Cell<usize> = const { Cell::new(0) };
     static WRITES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static SMALLS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static READS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -97,6 +102,43 @@ pub fn take_wide_idle() -> Option<(Vec<u8>, WideIdle)> {
     })
 }
 
+/// A connection's share of its worker's body memory: what its read
+/// buffer holds beyond [`BODY_FREE`]. Given back when dropped, also when a
+/// connection's task ends in a panic.
+#[derive(Debug, Default)]
+pub struct BodyHold {
+    held: usize,
+}
+
+impl BodyHold {
+    /// Moves this share to what a read buffer of `capacity` bytes holds;
+    /// false, changing nothing, when growing it would take the worker's
+    /// total past `budget` (shrinking always succeeds).
+    pub fn fit(&mut self, capacity: usize, budget: usize) -> bool {
+        let want = capacity.saturating_sub(BODY_FREE);
+        BODY_HELD.with(|total| {
+            let others = total.get() - self.held;
+            if want > self.held && others + want > budget {
+                return false;
+            }
+            total.set(others + want);
+            self.held = want;
+            true
+        })
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        BODY_HELD.with(|total| total.set(total.get() - self.held));
+    }
+}
+
+/// Body bytes this worker's connections hold (for metrics).
+pub fn body_held() -> usize {
+    BODY_HELD.with(Cell::get)
+}
+
 type List = std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>;
 
 fn take_exact(list: &'static List, size: usize) -> Vec<u8> {
@@ -144,6 +186,24 @@ mod tests {
         r.reserve(READ * 4);
         give_read(r);
         assert_eq!(take_read().capacity(), READ);
+    }
+
+    #[test]
+    fn body_memory_is_held_within_the_workers_budget() {
+        let budget = 100_000;
+        let mut a = BodyHold::default();
+        let mut b = BodyHold::default();
+        assert!(a.fit(BODY_FREE, budget), "the free part costs nothing");
+        assert_eq!(body_held(), 0);
+        assert!(a.fit(BODY_FREE + 60_000, budget));
+        assert!(!b.fit(BODY_FREE + 50_000, budget), "over the budget");
+        assert_eq!(body_held(), 60_000, "a refusal changes nothing");
+        assert!(b.fit(BODY_FREE + 40_000, budget));
+        // Shrinking always works, and makes room.
+        assert!(a.fit(0, budget));
+        assert!(b.fit(BODY_FREE + 90_000, budget));
+        drop(b);
+        assert_eq!(body_held(), 0, "given back on drop");
     }
 
     #[test]

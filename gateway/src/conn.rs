@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    buffers::{BODY_FREE, BodyHold},
     config::Limits,
     respond::{self, Abort, Failure},
     snapshot::{Published, Snapshot},
@@ -64,6 +65,8 @@ pub struct Conn {
     pub trusted: bool,
     /// Idle: the scratch buffers above are back in the worker's pool.
     parked: bool,
+    /// What `inbuf` holds of the worker's body memory.
+    body_hold: BodyHold,
 }
 
 /// The per-request scratch buffers of a [`Conn`], kept in the worker's pool
@@ -136,6 +139,12 @@ impl Scratch {
 /// Scratch sets kept per worker at most.
 const KEEP_SCRATCH: usize = 256;
 
+/// Free room in the read buffer before a body read: what one read's
+/// plaintext usually takes (8 KiB read, and a record begun before it). A
+/// read that takes more grows the buffer, and the growth is counted
+/// before the next one.
+const BODY_READ_ROOM: usize = 16 * 1024;
+
 /// A pooled scratch buffer larger than this is cut back.
 const KEPT_CAPACITY: usize = 16 * 1024;
 
@@ -189,6 +198,7 @@ impl Conn {
             request_id: String::new(),
             trusted,
             parked: true,
+            body_hold: BodyHold::default(),
         }
     }
 
@@ -219,6 +229,7 @@ impl Conn {
         let mut s = Scratch::default();
         self.swap_scratch(&mut s);
         s.clear();
+        self.body_hold.fit(0, usize::MAX);
         self.parked = true;
         SCRATCH.with_borrow_mut(|pool| {
             if pool.len() < KEEP_SCRATCH {
@@ -269,11 +280,63 @@ impl Conn {
         self.start += n;
         if self.start == self.inbuf.len() {
             self.inbuf.clear();
-            // A large body read whole is not kept for the connection's life.
-            if self.inbuf.capacity() > 1 << 20 {
+            // A body read whole is not kept for the connection's life.
+            if self.inbuf.capacity() > BODY_FREE {
                 self.inbuf.shrink_to(4096);
+                self.body_hold.fit(self.inbuf.capacity(), usize::MAX);
             }
             self.start = 0;
+        }
+    }
+
+    /// Makes room in the read buffer for the body bytes to come: for
+    /// `total` pending bytes at once when known (a Content-Length body read
+    /// whole), else growing by half. The room is taken from the worker's
+    /// body memory first: 503 `gateway.body_memory` when it has none left,
+    /// before a byte more is read.
+    pub fn room_for_body(&mut self, total: Option<usize>) -> Result<(), Failure> {
+        if self.start > 0 {
+            self.inbuf.drain(..self.start);
+            self.start = 0;
+        }
+        // What the last read grew the buffer to counts first.
+        self.body_hold.fit(self.inbuf.capacity(), usize::MAX);
+        let (len, cap) = (self.inbuf.len(), self.inbuf.capacity());
+        if cap - len >= BODY_READ_ROOM {
+            return Ok(());
+        }
+        let target = match total {
+            Some(t) => t.max(len) + BODY_READ_ROOM,
+            None => (cap + cap / 2).max(len + BODY_READ_ROOM),
+        };
+        let budget = self.snap.cfg.limits.body_memory_per_worker;
+        if !self.body_hold.fit(target, budget) {
+            return Err(respond::BODY_MEMORY);
+        }
+        self.inbuf.reserve_exact(target - len);
+        // What the allocator gave, which may be a little more.
+        self.body_hold.fit(self.inbuf.capacity(), usize::MAX);
+        Ok(())
+    }
+
+    /// Replaces `range` of the pending bytes with `with` (no longer than
+    /// it): a chunked body decoded in place.
+    pub fn splice_pending(&mut self, range: std::ops::Range<usize>, with: &[u8]) {
+        let at = self.start + range.start;
+        self.inbuf[at..at + with.len()].copy_from_slice(with);
+        self.inbuf.drain(at + with.len()..self.start + range.end);
+    }
+
+    /// After a request: a read buffer grown for its body goes back to its
+    /// usual size (with whatever was pipelined after it).
+    pub fn settle_body(&mut self) {
+        if self.inbuf.capacity() > BODY_FREE {
+            if self.start > 0 {
+                self.inbuf.drain(..self.start);
+                self.start = 0;
+            }
+            self.inbuf.shrink_to(self.inbuf.len().max(4096));
+            self.body_hold.fit(self.inbuf.capacity(), usize::MAX);
         }
     }
 
@@ -404,6 +467,8 @@ pub struct BodyClock {
     pub received: u64,
     timeout: Duration,
     min_rate: u64,
+    /// `limits.body_total_timeout_ms` (zero: none).
+    total: Duration,
 }
 
 impl BodyClock {
@@ -414,17 +479,28 @@ impl BodyClock {
             received: already as u64,
             timeout: ms(limits.body_timeout_ms),
             min_rate: limits.body_min_rate,
+            total: ms(limits.body_total_timeout_ms),
         }
     }
 
-    /// When the body must have arrived by, at the rate so far; `None` when
-    /// no minimum rate is set.
+    /// When the body must have arrived by: at the rate so far, and at the
+    /// latest `body_total_timeout_ms` after the head; `None` when neither
+    /// is set.
     fn deadline(&self) -> Option<Instant> {
-        if self.min_rate == 0 {
-            return None;
+        let by_rate = (self.min_rate > 0).then(|| {
+            let earned = Duration::from_millis(self.received.saturating_mul(1000) / self.min_rate);
+            self.started + self.timeout + earned
+        });
+        let by_total = (!self.total.is_zero()).then(|| self.started + self.total);
+        match (by_rate, by_total) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let earned = Duration::from_millis(self.received.saturating_mul(1000) / self.min_rate);
-        Some(self.started + self.timeout + earned)
+    }
+
+    /// Whether the deadline that passed was the total one.
+    fn total_passed(&self, now: Instant) -> bool {
+        !self.total.is_zero() && self.started + self.total <= now
     }
 }
 
@@ -432,11 +508,19 @@ impl BodyClock {
 /// deadline (see [`BodyClock`]).
 pub async fn read_body(c: &mut Conn, addr: Option<SocketAddr>) -> Result<(), Abort> {
     let gap = ms(c.snap.cfg.limits.body_timeout_ms);
+    let passed = |c: &Conn| {
+        let now = Instant::now();
+        if c.body.total_passed(now) {
+            Failure::BODY_TIME
+        } else {
+            Failure::BODY_RATE
+        }
+    };
     let limit = match c.body.deadline() {
         Some(d) => {
             let left = d.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Abort::Respond(Failure::BODY_RATE, addr));
+                return Err(Abort::Respond(passed(c), addr));
             }
             gap.min(left)
         }
@@ -446,7 +530,7 @@ pub async fn read_body(c: &mut Conn, addr: Option<SocketAddr>) -> Result<(), Abo
         None => {
             let too_slow = c.body.deadline().is_some_and(|d| d <= Instant::now());
             let f = if too_slow {
-                Failure::BODY_RATE
+                passed(c)
             } else {
                 Failure::BODY_TIMEOUT
             };

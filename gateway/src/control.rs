@@ -107,7 +107,17 @@ impl AuthFailures {
             self.total.retain(|_, n| *n > median);
         }
         *self.total.entry(source).or_default() += 1;
-        *self.recent.entry(source).or_default() += 1;
+        // Bounded too: with `stats_interval_secs = 0` nothing drains it but
+        // `forget_recent`, and IPv6 gives a client endless addresses.
+        if self.recent.len() < MAX_SOURCES || self.recent.contains_key(&source) {
+            *self.recent.entry(source).or_default() += 1;
+        }
+    }
+
+    /// Drops the sources counted since the last [`AuthFailures::take_recent`]
+    /// (nobody will log them: `stats_interval_secs = 0`).
+    pub fn forget_recent(&mut self) {
+        self.recent.clear();
     }
 
     /// All failures counted from `source` (the counter the escalation to a
@@ -209,7 +219,8 @@ impl KeyWatch {
         if !self.file.changed() {
             return;
         }
-        match KeyRing::load(&self.file.path) {
+        let allow_empty = published.current().cfg.auth.allow_empty_key_file;
+        match KeyRing::load_in_use(&self.file.path, allow_empty) {
             Ok(keys) => {
                 let (consumers, count) = (keys.consumers().len(), keys.key_count());
                 let keys = Arc::new(keys);
@@ -463,8 +474,12 @@ mod tests {
             f.record(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
         }
         assert!(f.total.len() <= MAX_SOURCES, "{}", f.total.len());
+        // Never drained (`stats_interval_secs = 0` logs nothing): still bounded.
+        assert!(f.recent.len() <= MAX_SOURCES, "{}", f.recent.len());
         // The repeat offender is remembered.
         assert_eq!(f.count(a), 3);
+        f.forget_recent();
+        assert!(f.take_recent().is_empty());
     }
 
     #[test]
@@ -476,7 +491,7 @@ mod tests {
         }
         assert_eq!(events.dropped(), 5);
         let mut f = AuthFailures::default();
-        let mut e = Escalation::new(crate::config::EscalationSettings::default(), &[]);
+        let mut e = Escalation::new(crate::config::EscalationSettings::default(), &[], 64);
         let sentences = drain(&rx, &mut f, &mut e, 0, |_| {}, |_| {});
         assert_eq!(f.count(a), QUEUE as u64);
         // One verdict, however many failures past the threshold.

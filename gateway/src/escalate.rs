@@ -4,12 +4,16 @@
 //! its connections at accept). Userspace decides with what it knows of
 //! the requests; the kernel enforces at line rate.
 //!
-//! Counting is per source address in fixed windows of
-//! `rate_limit.escalation.window_secs`; a verdict lasts `ban_secs`, doubled
-//! for each earlier offence of the same source, up to `max_ban_secs`.
-//! Sources in `policy.allow` are never sentenced (the kernel lets them
-//! through whatever the verdict map says). Memory is bounded: at most
-//! [`MAX_SOURCES`] sources are counted and remembered.
+//! Counting is per source in fixed windows of
+//! `rate_limit.escalation.window_secs` (an IPv6 source is its
+//! `/rate_limit.ipv6_prefix`: addresses rotated inside one `/64` are one
+//! source); a verdict lasts `ban_secs`, doubled for each earlier offence
+//! of the same source, up to `max_ban_secs`. The first offences
+//! (`kernel_after`) are refused request by request, with an answer that
+//! says why; later ones go to the kernel. Sources in `policy.allow` are
+//! never sentenced (the kernel lets them through whatever the verdict map
+//! says). Memory is bounded: at most [`MAX_SOURCES`] sources are counted
+//! and remembered.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -18,7 +22,7 @@ use ipnet::IpNet;
 
 use crate::{
     config::EscalationSettings,
-    policy::{CidrSet, source_addr},
+    policy::{CidrSet, source_addr, source_of},
 };
 
 /// Sources counted (and offenders remembered) at most.
@@ -38,7 +42,7 @@ pub enum Offence {
 /// A verdict to place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sentence {
-    /// The source.
+    /// The source (an IPv6 source as its prefix's base address).
     pub source: IpAddr,
     /// The reason stored in the verdict map.
     pub reason: VerdictReason,
@@ -48,6 +52,9 @@ pub struct Sentence {
     pub offence: u32,
     /// What earned it, for the log line.
     pub why: String,
+    /// Enforced in the kernel (`kernel_after` reached), or request by
+    /// request.
+    pub in_kernel: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,25 +69,34 @@ struct Window {
 pub struct Escalation {
     settings: EscalationSettings,
     allow: CidrSet,
+    ipv6_prefix: u8,
     windows: HashMap<IpAddr, Window>,
     /// Per offender: offences so far and when the last verdict ends.
     offenders: HashMap<IpAddr, (u32, u64)>,
 }
 
 impl Escalation {
-    /// Counting by `settings`, never sentencing `allow`.
-    pub fn new(settings: EscalationSettings, allow: &[IpNet]) -> Self {
+    /// Counting by `settings`, IPv6 sources per `/ipv6_prefix`, never
+    /// sentencing `allow`.
+    pub fn new(settings: EscalationSettings, allow: &[IpNet], ipv6_prefix: u8) -> Self {
         Self {
             settings,
             allow: CidrSet::new(allow),
+            ipv6_prefix,
             windows: HashMap::new(),
             offenders: HashMap::new(),
         }
     }
 
+    /// The source `ip` counts as.
+    pub fn source(&self, ip: IpAddr) -> IpAddr {
+        source_of(ip, self.ipv6_prefix)
+    }
+
     /// Counts one offence of `source` at `now` (seconds); a sentence when
     /// it crosses a threshold.
     pub fn record(&mut self, source: IpAddr, what: Offence, now: u64) -> Option<Sentence> {
+        let source = self.source(source);
         let s = self.settings;
         let threshold = match what {
             Offence::RateLimited => s.rejections,
@@ -150,6 +166,7 @@ impl Escalation {
     /// A verdict for an anomaly the detector found in `source`'s traffic
     /// (`why` says what), unless it is allowed or already serving one.
     pub fn anomaly(&mut self, source: IpAddr, why: String, now: u64) -> Option<Sentence> {
+        let source = self.source(source);
         if self.allow.contains(&source_addr(source))
             || self
                 .offenders
@@ -164,6 +181,7 @@ impl Escalation {
     /// What is counted against `source` at `now`: 429s, 401s and WAF
     /// detections in the current window, and its offences so far.
     pub fn counts(&self, source: IpAddr, now: u64) -> (u32, u32, u32, u32) {
+        let source = self.source(source);
         let (r, a, w) = self
             .windows
             .get(&source)
@@ -176,6 +194,18 @@ impl Escalation {
     /// The settings it counts by.
     pub fn settings(&self) -> EscalationSettings {
         self.settings
+    }
+
+    /// Takes back `s`, which could not be placed anywhere: the source is
+    /// not serving it, and its offence does not count.
+    pub fn forget(&mut self, s: &Sentence) {
+        if let Some(entry) = self.offenders.get_mut(&s.source) {
+            entry.0 = entry.0.saturating_sub(1);
+            entry.1 = 0;
+            if entry.0 == 0 {
+                self.offenders.remove(&s.source);
+            }
+        }
     }
 
     fn sentence(
@@ -208,6 +238,7 @@ impl Escalation {
             secs,
             offence: entry.0,
             why,
+            in_kernel: entry.0 >= s.kernel_after,
         }
     }
 }
@@ -224,17 +255,22 @@ mod tests {
             window_secs: 10,
             ban_secs: 60,
             max_ban_secs: 200,
+            kernel_after: 2,
         }
     }
 
     #[test]
     fn a_threshold_in_a_window_earns_a_growing_verdict() {
-        let mut e = Escalation::new(settings(), &[]);
+        let mut e = Escalation::new(settings(), &[], 64);
         let ip: IpAddr = "198.18.0.2".parse().expect("ip");
         assert_eq!(e.record(ip, Offence::RateLimited, 100), None);
         assert_eq!(e.record(ip, Offence::RateLimited, 101), None);
         let first = e.record(ip, Offence::RateLimited, 102).expect("sentenced");
         assert_eq!((first.secs, first.offence), (60, 1));
+        assert!(
+            !first.in_kernel,
+            "the first offence is refused in userspace"
+        );
         assert_eq!(first.reason, VerdictReason::RateLimit);
         assert_eq!(first.why, "3 requests over a rate limit in 10s");
         // Nothing counts while the verdict holds.
@@ -243,10 +279,8 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(e.record(ip, Offence::RateLimited, 200), None);
         }
-        assert_eq!(
-            e.record(ip, Offence::RateLimited, 200).map(|s| s.secs),
-            Some(120)
-        );
+        let second = e.record(ip, Offence::RateLimited, 200).expect("again");
+        assert_eq!((second.secs, second.in_kernel), (120, true));
         for _ in 0..2 {
             e.record(ip, Offence::RateLimited, 400);
         }
@@ -258,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_window_that_ended_counts_afresh() {
-        let mut e = Escalation::new(settings(), &[]);
+        let mut e = Escalation::new(settings(), &[], 64);
         let ip: IpAddr = "2001:db8::7".parse().expect("ip");
         assert_eq!(e.record(ip, Offence::AuthFailed, 0), None);
         assert_eq!(e.record(ip, Offence::AuthFailed, 10), None);
@@ -269,7 +303,7 @@ mod tests {
 
     #[test]
     fn waf_detections_earn_an_abuse_verdict() {
-        let mut e = Escalation::new(settings(), &[]);
+        let mut e = Escalation::new(settings(), &[], 64);
         let ip: IpAddr = "198.18.0.9".parse().expect("ip");
         assert_eq!(e.record(ip, Offence::Attack, 0), None);
         assert_eq!(e.counts(ip, 1), (0, 0, 1, 0));
@@ -281,18 +315,45 @@ mod tests {
     #[test]
     fn allowed_sources_and_zero_thresholds_are_never_sentenced() {
         let allow: IpNet = "198.18.0.0/24".parse().expect("net");
-        let mut e = Escalation::new(settings(), &[allow]);
+        let mut e = Escalation::new(settings(), &[allow], 64);
         let ip: IpAddr = "198.18.0.9".parse().expect("ip");
         assert!((0..10).all(|_| e.record(ip, Offence::RateLimited, 1).is_none()));
         let mut off = settings();
         off.rejections = 0;
-        let mut e = Escalation::new(off, &[]);
+        let mut e = Escalation::new(off, &[], 64);
         assert!((0..10).all(|_| e.record(ip, Offence::RateLimited, 1).is_none()));
     }
 
     #[test]
+    fn an_ipv6_source_is_its_prefix_and_rotating_inside_it_changes_nothing() {
+        let mut e = Escalation::new(settings(), &[], 64);
+        let a: IpAddr = "2001:db8:1:2::7".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        assert_eq!(e.record(a, Offence::Attack, 0), None);
+        let s = e.record(b, Offence::Attack, 1).expect("one source");
+        assert_eq!(s.source, "2001:db8:1:2::".parse::<IpAddr>().expect("ip"));
+        // Another /64 is another source.
+        let c: IpAddr = "2001:db8:1:3::7".parse().expect("ip");
+        assert_eq!(e.record(c, Offence::Attack, 1), None);
+    }
+
+    #[test]
+    fn a_sentence_not_placed_is_forgotten() {
+        let mut e = Escalation::new(settings(), &[], 64);
+        let ip: IpAddr = "198.18.0.4".parse().expect("ip");
+        e.record(ip, Offence::Attack, 0);
+        let s = e.record(ip, Offence::Attack, 0).expect("sentenced");
+        e.forget(&s);
+        assert_eq!(e.counts(ip, 0).3, 0, "no offence recorded");
+        // Not serving it: the next offences count, and it is a first one.
+        e.record(ip, Offence::Attack, 1);
+        let again = e.record(ip, Offence::Attack, 1).expect("sentenced again");
+        assert_eq!(again.offence, 1);
+    }
+
+    #[test]
     fn memory_stays_bounded_under_many_sources() {
-        let mut e = Escalation::new(settings(), &[]);
+        let mut e = Escalation::new(settings(), &[], 64);
         for i in 0..(MAX_SOURCES as u32 + 5_000) {
             let ip = IpAddr::from(i.to_be_bytes());
             e.record(ip, Offence::RateLimited, u64::from(i / 1000));

@@ -78,6 +78,9 @@ pub struct ResponseFilters {
     /// The global lines plus `cache-control: no-store`, for the gateway's
     /// own answers (errors, preflights): never worth caching.
     own: Vec<u8>,
+    /// The same without HSTS, for the plain-HTTP listener's redirects:
+    /// RFC 6797 §7.2 keeps `Strict-Transport-Security` off plain HTTP.
+    plain: Vec<u8>,
 }
 
 impl ResponseFilters {
@@ -91,16 +94,28 @@ impl ResponseFilters {
             .collect();
         let mut own = global.lines.clone();
         own.extend_from_slice(b"cache-control: no-store\r\n");
+        let plain = own
+            .split_inclusive(|&b| b == b'\n')
+            .filter(|l| !l.starts_with(b"strict-transport-security:"))
+            .flatten()
+            .copied()
+            .collect();
         Self {
             global,
             routes,
             own,
+            plain,
         }
     }
 
     /// The lines of a response the gateway makes itself.
     pub fn lines(&self) -> &[u8] {
         &self.own
+    }
+
+    /// The lines of a plain-HTTP answer (no HSTS).
+    pub fn plain_lines(&self) -> &[u8] {
+        &self.plain
     }
 
     /// Route `i`'s headers (the global ones for an unknown index).
@@ -148,5 +163,17 @@ mod tests {
             own.contains("cache-control: no-store\r\n") && own.contains("nosniff"),
             "{own}"
         );
+        let plain = String::from_utf8_lossy(f.plain_lines()).into_owned();
+        assert_eq!(
+            plain,
+            own.replace(
+                &format!(
+                    "strict-transport-security: {}\r\n",
+                    cfg.proxy.hsts.as_deref().unwrap_or("")
+                ),
+                ""
+            )
+        );
+        assert!(!plain.contains("strict-transport-security"), "{plain}");
     }
 }

@@ -89,9 +89,15 @@ enum Cmd {
         /// The source address.
         #[arg(long)]
         source: std::net::IpAddr,
-        /// The consumer (API-key consumer id or token subject).
-        #[arg(long)]
+        /// An API key's consumer id.
+        #[arg(long, conflicts_with_all = ["issuer", "subject"])]
         consumer: Option<String>,
+        /// A token's issuer (`auth.jwt` or `auth.introspection` name), with `--subject`.
+        #[arg(long, requires = "subject")]
+        issuer: Option<String>,
+        /// A token's subject, with `--issuer`.
+        #[arg(long, requires = "issuer")]
+        subject: Option<String>,
         /// Only this route (its index, as `gateway check` lists them).
         #[arg(long)]
         route: Option<usize>,
@@ -185,9 +191,18 @@ fn main() -> ExitCode {
         Cmd::Limits {
             source,
             consumer,
+            issuer,
+            subject,
             route,
             admin,
-        } => cmd::admin::limits(source, consumer.as_deref(), route, &admin),
+        } => {
+            let who = cmd::admin::Who {
+                consumer: consumer.as_deref(),
+                issuer: issuer.as_deref(),
+                subject: subject.as_deref(),
+            };
+            cmd::admin::limits(source, &who, route, &admin)
+        }
         Cmd::Top {
             interval,
             count,

@@ -35,6 +35,28 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The source a client counts as, for limits, escalation and verdicts:
+/// an IPv4 address (also IPv4-mapped IPv6) as itself, an IPv6 address as
+/// the base of its `/ipv6_prefix` (host bits zero): one host holds a whole
+/// `/64`, and rotating addresses inside it must not make a new client.
+pub fn source_of(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
+/// The 16-byte mask the XDP program applies to an IPv6 source before it
+/// looks the source up (see [`source_of`]).
+pub fn v6_mask(ipv6_prefix: u8) -> [u8; 16] {
+    let keep = u32::from(ipv6_prefix.min(128));
+    u128::MAX.checked_shl(128 - keep).unwrap_or(0).to_be_bytes()
+}
+
 /// The address a map key stands for (IPv4-mapped as IPv4).
 pub fn ip_of(addr: SourceAddr) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(addr.octets);
@@ -145,7 +167,7 @@ pub fn syn_budget(rate: u32, burst: u32) -> (u64, u64) {
 impl SourcePolicy {
     /// The policy a configuration describes.
     pub fn new(cfg: &Config) -> Self {
-        let PolicySettings { allow, deny } = &cfg.policy;
+        let PolicySettings { allow, deny, .. } = &cfg.policy;
         let (interval_ns, tolerance_ns) = syn_budget(cfg.xdp.syn_rate, cfg.xdp.syn_burst);
         Self {
             allow: CidrSet::new(allow),

@@ -86,8 +86,11 @@ pub fn reload(
     next.runtime = running.runtime;
     crate::fdlimit::fits_after_reload(running, &next).map_err(ReloadError::Load)?;
 
-    let keys = KeyRing::load_configured(next.auth.key_file.as_deref())
-        .map_err(|e| ReloadError::Load(e.to_string()))?;
+    let keys = KeyRing::load_configured(
+        next.auth.key_file.as_deref(),
+        next.auth.allow_empty_key_file,
+    )
+    .map_err(|e| ReloadError::Load(e.to_string()))?;
     // File and secret issuers are read again; fetched ones keep the keys
     // their fetcher holds (their settings cannot change without a restart).
     let mut files: Vec<Option<Arc<KeySet>>> = Vec::new();
@@ -112,9 +115,11 @@ pub fn reload(
     }
 
     let mut lines = changes(running, &next, &keys, certs.len());
+    // Made before the book's lock is taken: it may resolve names.
+    let shield = crate::verdicts::Shield::of(&next);
     {
         let mut book = book.lock().map_err(|_| ReloadError::Book)?;
-        book.reconfigure(running, &next)?;
+        book.reconfigure(running, &next, shield)?;
     }
     // Before the snapshot: a worker that meets it finds its upstreams' state.
     shared.health.sync(&next.upstreams, upstream_tls);
@@ -178,6 +183,12 @@ fn needs_restart(old: &Config, new: &Config) -> Result<(), ReloadError> {
     }
     if old.admin != new.admin {
         return refuse("admin", "the admin API is bound at start");
+    }
+    if old.rate_limit.ipv6_prefix != new.rate_limit.ipv6_prefix {
+        return refuse(
+            "rate_limit.ipv6_prefix",
+            "verdicts, counts and the kernel's keys are made by it",
+        );
     }
     if old.cluster != new.cluster
         || old.rate_limit.shared != new.rate_limit.shared

@@ -111,6 +111,18 @@ impl Failure {
         reason: "limit.body_rate",
         fault: Fault::Client,
     };
+    /// The request body took longer than `limits.body_total_timeout_ms`.
+    pub const BODY_TIME: Self = Self {
+        status: 408,
+        reason: "limit.body_time",
+        fault: Fault::Client,
+    };
+    /// A chunked body read whole has more than `limits.max_body_chunks`.
+    pub const BODY_CHUNKS: Self = Self {
+        status: 413,
+        reason: "limit.body_chunks",
+        fault: Fault::Client,
+    };
     /// The upstream refused or reset the connection.
     pub const UPSTREAM_CONNECT: Self = Self {
         status: 502,
@@ -153,6 +165,12 @@ impl Failure {
     pub const UPSTREAM_MAX_REQUESTS: Self = Self {
         status: 503,
         reason: "upstream.max_requests",
+        fault: Fault::Upstream,
+    };
+    /// The upstream's `max_uploads` are streaming (circuit breaker).
+    pub const UPSTREAM_MAX_UPLOADS: Self = Self {
+        status: 503,
+        reason: "upstream.max_uploads",
         fault: Fault::Upstream,
     };
     /// The upstream's `max_connects` are in progress (circuit breaker).
@@ -203,6 +221,10 @@ impl Failure {
         }
     }
 }
+
+/// The worker's body memory (`limits.body_memory_per_worker`) is taken
+/// by other requests' bodies: this one is refused before it is read.
+pub const BODY_MEMORY: Failure = Failure::internal(503, "gateway.body_memory");
 
 /// Why a request ended early.
 #[derive(Debug)]

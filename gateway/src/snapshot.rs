@@ -149,6 +149,19 @@ impl Snapshot {
         let (cfg, tls, keys) = (self.cfg.clone(), self.tls.clone(), self.keys.clone());
         Self::build(cfg, tls, keys, jwks, self.epoch)
     }
+
+    /// The name of the JWT issuer or introspection endpoint a token's
+    /// issuer index names (introspection endpoints follow the issuers).
+    pub fn token_issuer_name(&self, issuer: usize) -> &str {
+        let auth = &self.cfg.auth;
+        match auth.jwt.get(issuer) {
+            Some(j) => &j.name,
+            None => auth
+                .introspection
+                .get(issuer - auth.jwt.len())
+                .map_or("", |e| e.name.as_str()),
+        }
+    }
 }
 
 /// Every role, scope and claim rule routes name, each given a bit (the

@@ -56,6 +56,10 @@ pub struct Shared {
     pub metrics: Board,
     /// Each upstream's health and circuit-breaker gauges.
     pub health: Arc<crate::proxy::health::Registry>,
+    /// Open connections per source (`limits.max_connections_per_source`).
+    pub source_conns: Arc<crate::server::SourceConns>,
+    /// Verdicts enforced request by request (placed by the control side).
+    pub request_verdicts: Arc<crate::verdicts::RequestVerdicts>,
 }
 
 /// One worker's state.
@@ -198,7 +202,10 @@ impl Worker {
         let open = self.active.get() as u64;
         let mut tally = self.tally.borrow_mut();
         self.upstreams.figures(&mut tally.upstreams);
-        self.shared.metrics.publish(self.index, &mut tally, open);
+        let body = crate::buffers::body_held() as u64;
+        self.shared
+            .metrics
+            .publish(self.index, &mut tally, open, body);
     }
 
     /// Hands the last second's per-source counts to the control thread.

@@ -59,6 +59,13 @@ pub enum XdpError {
         /// What did not fit.
         what: String,
     },
+    /// The kernel refused one facility with EPERM although the process
+    /// loads XDP programs: a capability or policy this environment
+    /// withholds (live-frames test runs want more than loading does).
+    #[error(
+        "the kernel refused {0} (EPERM) although this process loads XDP programs: a capability or policy this environment withholds"
+    )]
+    FacilityRefused(String),
     /// Anything else the kernel or loader refused (a bug on our side).
     #[error("{context}: {source}")]
     Kernel {
@@ -561,8 +568,14 @@ impl Reflector {
         opts.ctx_in = Some(&ctx);
         opts.repeat = repeat;
         opts.attrs = aya::programs::TestRunAttrs::new().xdp_live_frames(64);
-        prog.test_run(opts)
-            .map_err(|e| classify("live-frames BPF_PROG_TEST_RUN", e))?;
+        prog.test_run(opts).map_err(|e| match os_error(&e) {
+            // The program loaded a moment ago: not a missing privilege to
+            // load, but something live frames need beyond it.
+            Some(libc::EPERM | libc::EACCES) => {
+                XdpError::FacilityRefused(format!("live-frames BPF_PROG_TEST_RUN: {e}"))
+            }
+            _ => classify("live-frames BPF_PROG_TEST_RUN", e),
+        })?;
         Ok(())
     }
 }

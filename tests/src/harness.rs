@@ -1230,3 +1230,23 @@ pub fn setup_keyed(tag: &str, routes: &str, tail: &str) -> Keyed {
     );
     Keyed { s, key, _dir: dir }
 }
+
+/// An HS256 JWT over `claims` (JSON), signed with `secret`.
+pub fn hs256_token(secret: &[u8], claims: &str) -> String {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+    let input = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        B64.encode(claims)
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let sig = ring::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", B64.encode(sig.as_ref()))
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -180,6 +180,21 @@ fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli()
         ("{\"source\":\"nope\",\"secs\":5}", "admin.address"),
         ("{\"source\":\"198.18.7.8\",\"secs\":0}", "admin.verdict"),
         ("{\"source\":\"198.18.7.8\"}", "admin.json"),
+        // A key twice: which `secs` did the operator mean?
+        (
+            "{\"source\":\"198.18.7.8\",\"secs\":5,\"secs\":31536000}",
+            "appears twice",
+        ),
+        (
+            "{\"source\":\"198.18.7.8\",\"source\":\"198.18.7.9\",\"secs\":5}",
+            "appears twice",
+        ),
+        // A misspelt key is pointed out, not ignored.
+        (
+            "{\"source\":\"198.18.7.8\",\"secs\":5,\"reason\":\"x\"}",
+            "unknown key `reason`",
+        ),
+        ("[\"198.18.7.8\", 5]", "admin.json"),
     ] {
         let (status, answer) = raw(
             admin,

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use gateway_tests::harness::{Client, client_config, setup_with};
+use gateway_tests::harness::{Client, client_config, reason_of, setup_with};
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -57,17 +57,18 @@ fn a_scan_under_every_limit_is_caught_against_the_recorded_baseline() {
     // margin over 5 times that on a slow machine. Up to 5 windows; it stops
     // at the verdict.
     let until = Instant::now() + Duration::from_millis(5000);
-    let mut refused_at_accept = false;
     while Instant::now() < until {
-        // The verdict may land at any moment: a connection refused or cut
-        // from here on is the verdict at work, not a failure.
+        // The verdict may land at any moment: from then on the scanner's
+        // requests get its answer (a first offence is refused request by
+        // request).
         let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
-        let answered =
-            Client::connect(s.gw.port, "localhost", cfg).and_then(|mut c| c.get("/bad/status/404"));
-        let Ok(r) = answered else {
-            refused_at_accept = true;
+        let r = Client::connect(s.gw.port, "localhost", cfg)
+            .and_then(|mut c| c.get("/bad/status/404"))
+            .expect("a first offence is answered, not cut");
+        if r.status == 403 {
+            assert_eq!(reason_of(&r), "verdict.abuse");
             break;
-        };
+        }
         assert_ne!(r.status, 429, "a fixed limit caught it first");
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -88,10 +89,12 @@ fn a_scan_under_every_limit_is_caught_against_the_recorded_baseline() {
         verdict.contains("(abuse: anomaly: source 127.0.0.1: 404s"),
         "{verdict}"
     );
-    let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
-    assert!(
-        refused_at_accept || Client::connect(s.gw.port, "localhost", cfg).is_err(),
-        "the scanner is still served"
+    assert!(verdict.contains("refused request by request"), "{verdict}");
+    let r = s.get("/catalog", "");
+    assert_eq!(
+        (r.status, reason_of(&r).as_str()),
+        (403, "verdict.abuse"),
+        "the scanner is still served: {r:?}"
     );
 }
 
@@ -114,7 +117,14 @@ fn behind_a_trusted_proxy_the_client_it_names_is_the_subject() {
     // the test above).
     let until = Instant::now() + Duration::from_millis(5000);
     while Instant::now() < until {
-        assert_eq!(s.get("/probe%00", &via("198.18.0.66")).status, 400);
+        let probe = s.get("/probe%00", &via("198.18.0.66"));
+        if probe.status == 403 {
+            // Its verdict: refused request by request, behind the proxy
+            // too (the kernel cannot tell its packets from the proxy's).
+            assert_eq!(reason_of(&probe), "verdict.abuse");
+            break;
+        }
+        assert_eq!(probe.status, 400);
         assert_eq!(s.get("/probe%00", &via("127.0.0.1")).status, 400);
         assert_eq!(s.get("/catalog", &via("198.18.0.10")).status, 200);
         std::thread::sleep(Duration::from_millis(30));
@@ -134,8 +144,11 @@ fn behind_a_trusted_proxy_the_client_it_names_is_the_subject() {
         flagged.is_empty(),
         "the proxy itself was counted: {flagged:?}"
     );
-    // The proxy still carries the ordinary client.
+    // The proxy still carries the ordinary client, and the scanner behind
+    // it gets its answer, whatever it asks for.
     assert_eq!(s.get("/catalog", &via("198.18.0.10")).status, 200);
+    let r = s.get("/catalog", &via("198.18.0.66"));
+    assert_eq!((r.status, reason_of(&r).as_str()), (403, "verdict.abuse"));
 }
 
 /// The rate and baseline (per second) a finding names for `measure`:

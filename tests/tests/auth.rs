@@ -252,7 +252,9 @@ fn a_pipelined_authenticated_and_unauthenticated_pair_is_judged_one_by_one() {
 fn auth_failures_are_counted_per_source_and_logged() {
     let dir = TempDir::new("authcount");
     let keys = dir.0.join("consumers.toml");
-    write_keys(&keys, &consumer("alice", &[], ""));
+    // A consumer with a key no guess will find.
+    let key = api_key::generate().expect("key");
+    write_keys(&keys, &consumer("alice", &[], &key_table(&key, "")));
     let mut s = start("authcount", &keys, "stats_interval_secs = 1");
     for _ in 0..5 {
         assert_eq!(s.get("/api/x", &key_header("gwk_guess")).status, 401);
@@ -375,5 +377,72 @@ fn a_broken_key_file_keeps_the_last_good_set_and_sighup_reloads() {
             .is_some()
     );
     assert_eq!(s.get("/api/x", &key_header(&b)).status, 200);
+    assert_eq!(s.get("/api/x", &key_header(&a)).status, 401);
+}
+
+/// A key file caught half-way through a non-atomic rewrite reads as empty:
+/// it must not revoke every key. An empty file is refused like a broken
+/// one (at start too), unless the operator says empty means empty.
+#[test]
+fn an_empty_key_file_keeps_the_last_good_set_unless_allowed() {
+    let dir = TempDir::new("emptykeys");
+    let keys = dir.0.join("consumers.toml");
+    let a = api_key::generate().expect("key");
+    write_keys(&keys, &consumer("alice", &[], &key_table(&a, "")));
+    let mut s = start("emptykeys", &keys, "");
+    // Truncated in place, as `> consumers.toml` or a crashed editor does.
+    std::fs::write(&keys, "").expect("truncate");
+    let line =
+        s.gw.proc
+            .wait_for_line("keeping the last good key set", Duration::from_secs(5))
+            .unwrap_or_default();
+    assert!(line.contains("holds no key"), "{line}");
+    assert_eq!(s.get("/api/x", &key_header(&a)).status, 200);
+    // Comments only: no key either.
+    write_keys(&keys, "# being rewritten\n");
+    assert!(
+        s.gw.proc
+            .wait_for_line("holds no key", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(s.get("/api/x", &key_header(&a)).status, 200);
+
+    // At start, an empty file stops the gateway with the reason.
+    let cfg = s.gw.dir.0.join("gateway.toml");
+    let out = std::process::Command::new(gateway_tests::gateway_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run gateway check");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no key"), "{err}");
+    assert!(err.contains("allow_empty_key_file"), "{err}");
+
+    // Said on purpose, an empty file revokes every key.
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replace("[auth]\n", "[auth]\nallow_empty_key_file = true\n"),
+    )
+    .expect("config");
+    write_keys(&keys, &consumer("alice", &[], &key_table(&a, "")));
+    let pid = nix::unistd::Pid::from_raw(s.gw.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    assert!(
+        s.gw.proc
+            .wait_for_line("published as generation", Duration::from_secs(5))
+            .is_some(),
+        "{:?}",
+        s.gw.proc.seen
+    );
+    std::fs::write(&keys, "").expect("truncate");
+    assert!(
+        s.gw.proc
+            .wait_for_line("0 consumers, 0 keys", Duration::from_secs(5))
+            .is_some(),
+        "{:?}",
+        s.gw.proc.seen
+    );
     assert_eq!(s.get("/api/x", &key_header(&a)).status, 401);
 }

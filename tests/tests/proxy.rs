@@ -386,6 +386,31 @@ fn plain_http_is_redirected_to_https() {
         )),
         "{out}"
     );
+    // The security headers every answer carries; HSTS only over TLS
+    // (RFC 6797 §7.2).
+    let lower = out.to_ascii_lowercase();
+    for line in [
+        "x-content-type-options: nosniff\r\n",
+        "x-frame-options: deny\r\n",
+        "cache-control: no-store\r\n",
+    ] {
+        assert!(lower.contains(line), "no {line:?} in {out}");
+    }
+    assert!(!lower.contains("strict-transport-security"), "{out}");
+    // A request that does not parse gets a 400 with them too.
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.plain_port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    tcp.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut tcp, &mut out);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff\r\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -1152,6 +1177,12 @@ fn hostile_paths_are_routed_and_forwarded_normalized_or_refused() {
         // Servlet containers drop `;params` and resolve the dot segment.
         ("/api/..;/admin", Refused("path.dot_segment_params")),
         ("/api/%2e%2e;x/admin", Refused("path.dot_segment_params")),
+        // Tomcat and Spring decode `%3B` first, then cut `;params`: these
+        // would reach their `/admin` while routed by the literal form.
+        ("/api/..%3b/admin", Refused("path.encoded_separator")),
+        ("/api/..%3B/admin", Refused("path.encoded_separator")),
+        ("/admin%3bx", Refused("path.encoded_separator")),
+        ("/api/x%3Bjsessionid=1", Refused("path.encoded_separator")),
         // Routed as the backend will read it: `/admin;x` is `/admin`.
         ("/admin;jsessionid=1", Admin("/admin;jsessionid=1")),
         ("/admin#x", Refused("http.target")),

@@ -13,7 +13,7 @@ use gateway::stages::auth::api_key;
 use gateway_tests::{
     Running, Testbed, connect_from, gateway_bin,
     harness::{
-        Certs, Client, Setup, TempDir, client_config, reason_of, setup_with, write_key_file,
+        self, Certs, Client, Setup, TempDir, client_config, reason_of, setup_with, write_key_file,
     },
     require_root,
 };
@@ -169,6 +169,87 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
     assert_eq!(r.header("ratelimit"), None);
 }
 
+/// A token's subject and an API key's consumer of the same name are two
+/// callers: a partner issuer's token with `sub=alice` never spends the
+/// limit of alice's key, nor another issuer's `alice`.
+#[test]
+fn a_token_subject_never_spends_an_api_key_consumers_limit() {
+    let dir = TempDir::new("rl-ns-secrets");
+    let secret = b"a partner HMAC secret of at least 32 bytes".to_vec();
+    let own_secret = b"our own HMAC secret, also 32 bytes or more".to_vec();
+    let (partner_path, own_path) = (dir.0.join("partner.secret"), dir.0.join("own.secret"));
+    std::fs::write(&partner_path, &secret).expect("secret");
+    std::fs::write(&own_path, &own_secret).expect("secret");
+    let alice_key = api_key::generate().expect("key");
+    let keys = write_key_file(&dir.0, &[("alice", &alice_key)]);
+    let routes = r#"
+[[routes]]
+path_prefix = "/both"
+upstream = "backend"
+auth = ["api_key", "jwt:partner", "jwt:own"]
+rate_limits = ["per-consumer"]
+"#;
+    let tail = format!(
+        r#"
+[[rate_limit.limits]]
+name = "per-consumer"
+key = "consumer"
+rate = "1/min"
+
+[auth]
+key_file = "{}"
+[[auth.jwt]]
+name = "partner"
+issuer = "partner-idp"
+audiences = ["api"]
+algorithms = ["HS256"]
+secret_file = "{}"
+[[auth.jwt]]
+name = "own"
+issuer = "own-idp"
+audiences = ["api"]
+algorithms = ["HS256"]
+secret_file = "{}"
+"#,
+        keys.display(),
+        partner_path.display(),
+        own_path.display()
+    );
+    let s = setup_with("rl-ns", "", "workers = 1", routes, &tail, &[]);
+    let claims = |iss: &str| {
+        format!(
+            r#"{{"iss":"{iss}","aud":"api","sub":"alice","exp":{}}}"#,
+            harness::unix_now() + 600
+        )
+    };
+    let partner = format!(
+        "Authorization: Bearer {}\r\n",
+        harness::hs256_token(&secret, &claims("partner-idp"))
+    );
+    let own = format!(
+        "Authorization: Bearer {}\r\n",
+        harness::hs256_token(&own_secret, &claims("own-idp"))
+    );
+    let key = format!("x-api-key: {alice_key}\r\n");
+    assert_eq!(s.get("/both/1", &partner).status, 200);
+    let r = s.get("/both/2", &key);
+    assert_eq!(
+        r.status, 200,
+        "the partner's alice spent the key holder's limit: {r:?}"
+    );
+    let r = s.get("/both/3", &own);
+    assert_eq!(r.status, 200, "one issuer's alice spent another's: {r:?}");
+    // Each has a limit of its own, and it holds.
+    for who in [&partner, &key, &own] {
+        let r = s.get("/both/again", who);
+        assert_eq!(
+            (r.status, reason_of(&r).as_str()),
+            (429, "rate_limit.exceeded")
+        );
+    }
+    assert_eq!(s.backend.hits("/both"), 3);
+}
+
 #[test]
 fn one_client_spread_over_two_workers_gets_exactly_one_limit() {
     let mut l = start("rl-workers", "workers = 2", "20/min", NO_ESCALATION);
@@ -229,7 +310,9 @@ fn repeated_refusals_and_failed_logins_become_verdicts_refused_at_accept_without
         "rl-escalate",
         "workers = 2",
         "2/min",
-        "rejections = 3\nauth_failures = 3\nwindow_secs = 60\nban_secs = 2\nmax_ban_secs = 60",
+        // Straight to the accept check: the step before it is tested in
+        // `escalation.rs`.
+        "rejections = 3\nauth_failures = 3\nwindow_secs = 60\nban_secs = 2\nmax_ban_secs = 60\nkernel_after = 1",
     );
     let s = &mut l.s;
     // 429s from a route-wide limit say nothing about this address (an
@@ -337,6 +420,8 @@ rejections = 3
 auth_failures = 3
 window_secs = 60
 ban_secs = 30
+# Straight to XDP: the step before it is tested in `xdp_netns.rs`.
+kernel_after = 1
 
 [[rate_limit.limits]]
 name = "ip"

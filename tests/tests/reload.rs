@@ -419,6 +419,31 @@ fn refused_reloads_change_nothing() {
         gw.proc.seen
     );
     assert_eq!(status(port, &certs.ca, "/only-a"), 200);
+    // A Redis URL with a password and the wrong scheme: refused, and the
+    // password is neither in the answer nor in the log.
+    let err = refused(
+        &gw,
+        &format!(
+            "{good}
+[cluster]
+redis = \"rediss://:hunter2-secret@127.0.0.1:6379/0\"
+"
+        ),
+    );
+    assert!(err.contains("cluster.redis"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password is in the answer: {err}"
+    );
+    let logged = gw
+        .proc
+        .wait_for_line("cluster.redis", Duration::from_secs(5));
+    assert!(logged.is_some(), "{:?}", gw.proc.seen);
+    assert!(
+        gw.proc.seen.iter().all(|l| !l.contains("hunter2")),
+        "the password is in the log: {:?}",
+        gw.proc.seen
+    );
     // Fixed, it loads.
     std::fs::write(&path, &good).expect("write config");
     let (code, out, err) = reload_cmd(&gw);

@@ -147,7 +147,8 @@ fn a_valid_body_reaches_the_backend_byte_for_byte() {
     assert_eq!(last.body_len, body.len() as u64);
     assert_eq!(last.body_sha256, sha256_hex(body.as_bytes()));
 
-    // Chunked: judged whole, forwarded as sent.
+    // Chunked: judged whole, forwarded de-chunked with a Content-Length
+    // (the same bytes), as nginx forwards a body it buffered.
     let chunked = format!(
         "POST /orders HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
         &body[..5],
@@ -158,7 +159,14 @@ fn a_valid_body_reaches_the_backend_byte_for_byte() {
     c.send(chunked.as_bytes()).expect("send");
     assert_eq!(c.response("POST").expect("response").status, 200);
     let last = s.backend.received().pop().expect("reached");
-    assert!(last.chunked);
+    assert!(!last.chunked, "{}", last.head);
+    assert!(
+        last.head
+            .to_ascii_lowercase()
+            .contains(&format!("content-length: {}\r\n", body.len())),
+        "{}",
+        last.head
+    );
     assert_eq!(last.body_sha256, sha256_hex(body.as_bytes()));
 
     let r = post_json(&s, "/ping", b"{\"at\":\"2026-11-23T12:00:00Z\"}");

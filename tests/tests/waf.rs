@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use gateway_tests::harness::{Client, Setup, client_config, reason_of, setup_with};
+use gateway_tests::harness::{Setup, reason_of, setup_with};
 
 const SQLI: &str = include_str!("../../gateway/src/stages/waf/corpus/sqli.txt");
 const XSS: &str = include_str!("../../gateway/src/stages/waf/corpus/xss.txt");
@@ -138,6 +138,119 @@ fn payloads_are_blocked_wherever_they_hide_and_look_alikes_pass() {
     );
 }
 
+/// A blocking route scans every body it can read, whatever its media type
+/// says: JSON that a strict parser refuses (a duplicate key, a stray byte,
+/// a UTF-8 BOM), JSON sent chunked or without a Content-Type, and plain
+/// text, because backends parse what they get.
+#[test]
+fn unlabelled_and_unparseable_bodies_are_scanned_on_a_blocking_route() {
+    let mut s = setup_with("waf-unlabelled", "", "workers = 2", ROUTES, "", &[]);
+    let sqli = "' UNION SELECT password FROM users--";
+    let json = format!(r#"{{"comment":"{sqli}"}}"#);
+    let send = |s: &Setup, head: &str, body: &[u8]| {
+        let mut c = s.client();
+        let mut raw =
+            format!("POST /shop/orders HTTP/1.1\r\nHost: localhost\r\n{head}").into_bytes();
+        raw.extend_from_slice(body);
+        c.send(&raw).expect("send");
+        let r = c.response("POST").expect("response");
+        (r.status, reason_of(&r))
+    };
+    let with_len =
+        |ctype: &str, body: &[u8]| format!("{ctype}Content-Length: {}\r\n\r\n", body.len());
+    let chunked = |body: &[u8]| {
+        let mut out = format!("{:x}\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n0\r\n\r\n");
+        out
+    };
+    let dup = format!(r#"{{"comment":"{sqli}","comment":"fine"}}"#);
+    let mut bom = b"\xef\xbb\xbf".to_vec();
+    bom.extend_from_slice(json.as_bytes());
+    let trailing = format!("{json}x");
+    let text = format!("note: {sqli}");
+    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "duplicate key, text/plain",
+            with_len("Content-Type: text/plain\r\n", dup.as_bytes()),
+            dup.clone().into_bytes(),
+        ),
+        (
+            "BOM, text/plain",
+            with_len("Content-Type: text/plain\r\n", &bom),
+            bom.clone(),
+        ),
+        (
+            "trailing byte, text/plain",
+            with_len("Content-Type: text/plain\r\n", trailing.as_bytes()),
+            trailing.clone().into_bytes(),
+        ),
+        (
+            "chunked, text/plain",
+            "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            chunked(json.as_bytes()),
+        ),
+        (
+            "no content type",
+            with_len("", json.as_bytes()),
+            json.clone().into_bytes(),
+        ),
+        (
+            "chunked, no content type",
+            "Transfer-Encoding: chunked\r\n\r\n".into(),
+            chunked(dup.as_bytes()),
+        ),
+        (
+            "plain text",
+            with_len("Content-Type: text/plain\r\n", text.as_bytes()),
+            text.clone().into_bytes(),
+        ),
+        (
+            "octet-stream",
+            with_len(
+                "Content-Type: application/octet-stream\r\n",
+                json.as_bytes(),
+            ),
+            json.clone().into_bytes(),
+        ),
+        (
+            "xss as text",
+            with_len("Content-Type: text/plain\r\n", b"javascript:alert(1)"),
+            b"javascript:alert(1)".to_vec(),
+        ),
+    ];
+    for (what, head, body) in &cases {
+        let (status, reason) = send(&s, head, body);
+        assert!(
+            status == 403 && (reason == "waf.sqli" || reason == "waf.xss"),
+            "{what}: {status} {reason}"
+        );
+    }
+    assert_eq!(s.backend.hits("/shop"), 0, "an attack reached the backend");
+    let line =
+        s.gw.proc
+            .wait_for_line("waf: ", Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("no waf line in {:?}", s.gw.proc.seen));
+    assert!(line.contains("in body"), "{line}");
+    assert!(!line.contains("password"), "the payload was logged: {line}");
+
+    // What is not an attack passes: prose, broken JSON without one, and
+    // binary data (never read as text).
+    let prose = b"Dear team, please select a size for Dan O'Neil's order.";
+    let broken = br#"{"name":"O'Brien","name":"again"}"#;
+    let mut binary = b"\x89PNG\r\n\x1a\n\0\0\0".to_vec();
+    binary.extend_from_slice(sqli.as_bytes());
+    for (what, ctype, body) in [
+        ("prose", "Content-Type: text/plain\r\n", &prose[..]),
+        ("broken JSON", "Content-Type: text/plain\r\n", &broken[..]),
+        ("binary", "Content-Type: image/png\r\n", &binary[..]),
+    ] {
+        let (status, reason) = send(&s, &with_len(ctype, body), body);
+        assert_eq!(status, 200, "{what}: {reason}");
+    }
+    assert_eq!(s.backend.hits("/shop"), 3);
+}
+
 #[test]
 fn detect_mode_logs_and_lets_through() {
     let mut s = setup_with("waf-detect", "", "workers = 2", ROUTES, "", &[]);
@@ -192,9 +305,12 @@ fn detections_earn_a_verdict() {
         line.contains("(abuse: 3 attacks the WAF detected in 60s; offence 1)"),
         "{line}"
     );
-    let cfg = client_config(&s.certs.ca, &[&rustls::version::TLS13]);
-    assert!(
-        Client::connect(s.gw.port, "localhost", cfg).is_err(),
-        "still served"
+    // A first offence is refused request by request, with the reason.
+    let r = s.get("/watch/?q=harmless", "");
+    assert_eq!(
+        (r.status, reason_of(&r).as_str()),
+        (403, "verdict.abuse"),
+        "{r:?}"
     );
+    assert_eq!(s.backend.hits("/watch/?q=harmless"), 0);
 }

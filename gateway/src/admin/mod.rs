@@ -1,13 +1,15 @@
 //! The admin API: plain HTTP/1.1 with JSON, on its own listener (loopback
-//! by default, never the public port), one request per connection, served
-//! by one thread off the request path. With `admin.token_file` every
-//! request must carry `Authorization: Bearer <token>`.
+//! by default, never the public port), one request per connection, each
+//! connection on a thread of its own off the request path (32 at once at
+//! most). With `admin.token_file` every request must carry
+//! `Authorization: Bearer <token>`.
 //!
 //! - `GET /verdicts`: the live verdicts.
 //! - `POST /verdicts` with `{"source": ADDR, "secs": N, "why": TEXT}`: place one.
 //! - `DELETE /verdicts/ADDR`: lift one.
 //! - `GET /why/ADDR`: is the source dropped, by what, since when, and its counters.
-//! - `GET /limits?source=ADDR[&consumer=ID][&route=N]`: each limit's live state.
+//! - `GET /limits?source=ADDR[&consumer=ID | &issuer=NAME&subject=SUB][&route=N]`:
+//!   each limit's live state.
 //! - `GET /cluster`: whether Redis is reachable, and syncs made.
 //! - `GET /upstreams`: each upstream's circuit-breaker gauges and each
 //!   server's health (active check, ejection).
@@ -27,7 +29,11 @@ pub use request::fuzz_head;
 use std::{
     io::Write,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex, atomic::Ordering, mpsc::SyncSender},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        mpsc::SyncSender,
+    },
     time::Duration,
 };
 
@@ -57,6 +63,8 @@ pub struct AdminServer {
     /// The address it listens on (the port is known after binding `:0`).
     pub addr: SocketAddr,
     thread: Background,
+    /// Connections being served.
+    active: Arc<AtomicUsize>,
 }
 
 impl AdminServer {
@@ -89,33 +97,91 @@ impl AdminServer {
             .map_err(|e| format!("admin API: cannot listen on {listen}: {e} (admin.listen)"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let api = Api {
+        let api = Arc::new(Api {
             book,
             shared,
             token,
             reloads,
-        };
+        });
+        let active = Arc::new(AtomicUsize::new(0));
+        let serving = active.clone();
         let mut thread = Background::default();
         thread
             .spawn("admin", move |stop| {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((stream, _)) => api.serve(stream),
+                        Ok((stream, _)) => accept(&api, &serving, stream),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
+                            std::thread::sleep(Duration::from_millis(20));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(50)),
                     }
                 }
             })
             .map_err(|e| format!("starting the admin API: {e}"))?;
-        Ok(Some(Self { addr, thread }))
+        Ok(Some(Self {
+            addr,
+            thread,
+            active,
+        }))
     }
 
-    /// Stops serving and waits for the thread.
+    /// Stops accepting, and waits for the requests being served (each is
+    /// bounded in time) so nothing holds the verdict book after.
     pub fn stop(self) {
         self.thread.stop();
+        let until = std::time::Instant::now() + CLIENT_TIMEOUT + RELOAD_WAIT;
+        while self.active.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
+}
+
+/// Serves `stream` on a thread of its own, while fewer than
+/// [`MAX_CONNECTIONS`] are served: a client that sends nothing holds only
+/// its own thread, for the pre-auth read deadline at most. Beyond the cap,
+/// an immediate 503.
+fn accept(api: &Arc<Api>, active: &Arc<AtomicUsize>, stream: TcpStream) {
+    if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        active.fetch_sub(1, Ordering::AcqRel);
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+        let (status, v) = error(503, "admin.busy", "too many admin connections; try again");
+        write_answer(&stream, status, "application/json", &v.to_string());
+        return;
+    }
+    let (api, done) = (api.clone(), Done(active.clone()));
+    let spawned = std::thread::Builder::new()
+        .name("admin-conn".into())
+        .spawn(move || {
+            let _done = done;
+            api.serve(stream);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("admin API: cannot start a thread for a connection: {e}");
+    }
+}
+
+/// Counts a connection's thread out when it ends (also when it panics,
+/// or was never started).
+struct Done(Arc<AtomicUsize>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Admin connections served at once at most.
+const MAX_CONNECTIONS: usize = 32;
+
+fn write_answer(mut stream: &TcpStream, status: u16, ctype: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
 }
 
 struct Api {
@@ -143,11 +209,11 @@ fn address(text: &str) -> Result<IpAddr, (u16, Value)> {
 }
 
 impl Api {
-    fn serve(&self, mut stream: TcpStream) {
+    fn serve(&self, stream: TcpStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
         const JSON: &str = "application/json";
-        let (status, ctype, body) = match read_request(&mut stream) {
+        let (status, ctype, body) = match read_request(&mut &stream) {
             Ok(req) => match self.text(&req) {
                 Some((status, ctype, text)) => (status, ctype, text),
                 None => {
@@ -160,13 +226,7 @@ impl Api {
                 (status, JSON, v.to_string())
             }
         };
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            reason_phrase(status),
-            body.len()
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body.as_bytes());
+        write_answer(&stream, status, ctype, &body);
     }
 
     /// The text answers, `GET /metrics` and `GET /metrics/latency.hgrm
@@ -214,6 +274,8 @@ impl Api {
                 if let Ok(book) = self.book.lock() {
                     extra.verdicts_live = book.list(Monotonic.now_ns()).len() as u64;
                     extra.verdicts_issued = book.issued;
+                    extra.verdicts_overflowed = book.overflowed;
+                    extra.verdicts_not_placed = book.not_placed;
                     if let Some(Ok(c)) = book.enforcement.counters() {
                         extra.xdp = Outcome::ALL.iter().map(|o| (o.name(), c.get(*o))).collect();
                     }
@@ -373,12 +435,16 @@ impl Api {
     fn limits(&self, query: &str) -> Result<(u16, Value), (u16, Value)> {
         let mut source = None;
         let mut consumer = None;
+        let mut issuer = None;
+        let mut subject = None;
         let mut route = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "source" => source = Some(address(v)?),
                 "consumer" => consumer = Some(v.to_owned()),
+                "issuer" => issuer = Some(v.to_owned()),
+                "subject" => subject = Some(v.to_owned()),
                 "route" => {
                     route = Some(v.parse::<usize>().map_err(|_| {
                         error(400, "admin.route", format!("`{v}` is not a route index"))
@@ -394,6 +460,22 @@ impl Api {
             }
         }
         let source = source.ok_or_else(|| error(400, "admin.query", "give source=ADDRESS"))?;
+        // An API key's consumer, or a token's subject with its issuer:
+        // limits count them apart.
+        let who = match (consumer.as_deref(), issuer.as_deref(), subject.as_deref()) {
+            (Some(id), None, None) => Some(rate_limit::Consumer::Key(id)),
+            (None, Some(issuer), Some(subject)) => {
+                Some(rate_limit::Consumer::Subject { issuer, subject })
+            }
+            (None, None, None) => None,
+            _ => {
+                return Err(error(
+                    400,
+                    "admin.query",
+                    "give consumer=ID (an API key's consumer), or issuer=NAME and subject=SUB (a token's)",
+                ));
+            }
+        };
         let snap = self.shared.published.current();
         let settings = &snap.cfg.rate_limit;
         let routes: Vec<usize> = match route {
@@ -405,7 +487,7 @@ impl Api {
         for r in routes {
             let who = Caller {
                 source: rate_limit::source_key(source, settings.ipv6_prefix),
-                consumer: consumer.as_deref(),
+                consumer: who,
                 route: r,
             };
             let live = rate_limit::live(&self.shared.buckets, settings, &who);
@@ -426,14 +508,30 @@ impl Api {
         }
         Ok((
             200,
-            json!({"source": source.to_string(), "consumer": consumer, "limits": out}),
+            json!({"source": source.to_string(), "consumer": consumer, "issuer": issuer, "subject": subject, "limits": out}),
         ))
     }
 }
 
 fn add(book: &mut Book, body: &[u8], now: u64) -> Result<(u16, Value), (u16, Value)> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| error(400, "admin.json", format!("the body is not JSON: {e}")))?;
+    // Strict: a key twice (`"secs":60,"secs":31536000`) would mean
+    // whichever one a reader of the audit trail believes; an unknown key
+    // (`"sec"`) is a mistake to point out, not to ignore.
+    use crate::stages::auth::jwt::strict_json::{NotStrict, object};
+    let v = Value::Object(object(body).map_err(|e| match e {
+        NotStrict::Duplicate => error(400, "admin.json", "a key appears twice in the body"),
+        NotStrict::Malformed => error(400, "admin.json", "the body is not one JSON object"),
+    })?);
+    if let Some(k) = v.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !["source", "secs", "why"].contains(&k.as_str()))
+    }) {
+        return Err(error(
+            400,
+            "admin.json",
+            format!("unknown key `{k}` (known: source, secs, why)"),
+        ));
+    }
     let source = v["source"]
         .as_str()
         .ok_or_else(|| error(400, "admin.json", "give \"source\": an IP address"))

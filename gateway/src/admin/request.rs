@@ -1,6 +1,8 @@
-//! One admin request, read whole: a head of at most 8 KiB, a body of at
-//! most 4 KiB, both within 5 seconds from the first byte, and what the API
-//! checks before any answer (a browser's request, a rebinding `Host`).
+//! One admin request, read whole: a head of at most 8 KiB within 2 seconds
+//! of the connection (the pre-auth deadline: a silent connection is cut
+//! before its token could even be checked), a body of at most 4 KiB
+//! within 5 seconds, and what the API checks before any answer (a
+//! browser's request, a rebinding `Host`).
 
 use std::{
     io::Read,
@@ -13,6 +15,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 4 * 1024;
 /// How long one client may take to send its request.
 pub(super) const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long it may take to send the head, before anything is checked.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A request as the admin API reads it.
 pub(super) struct Request {
@@ -30,11 +34,12 @@ pub(super) struct Request {
 /// Reads into `buf`, within what is left of the whole request's time (a
 /// client sending a byte every few seconds is cut off all the same).
 fn read_more(
-    stream: &mut TcpStream,
+    stream: &mut &TcpStream,
     buf: &mut Vec<u8>,
     started: std::time::Instant,
+    within: Duration,
 ) -> Result<(), (u16, &'static str)> {
-    let left = CLIENT_TIMEOUT
+    let left = within
         .checked_sub(started.elapsed())
         .filter(|d| !d.is_zero())
         .ok_or((408, "admin.timeout"))?;
@@ -61,7 +66,7 @@ fn host_is_local(host: &str) -> bool {
 }
 
 /// Reads one request from `stream`, or the status and reason to refuse it with.
-pub(super) fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'static str)> {
+pub(super) fn read_request(stream: &mut &TcpStream) -> Result<Request, (u16, &'static str)> {
     let started = std::time::Instant::now();
     let mut buf = Vec::with_capacity(1024);
     let head_len = loop {
@@ -71,11 +76,11 @@ pub(super) fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, &'st
         if buf.len() > MAX_HEAD {
             return Err((431, "admin.head_too_large"));
         }
-        read_more(stream, &mut buf, started)?;
+        read_more(stream, &mut buf, started, HEAD_TIMEOUT)?;
     };
     let (mut request, length) = parse_head(&buf[..head_len])?;
     while buf.len() < head_len + length {
-        read_more(stream, &mut buf, started)?;
+        read_more(stream, &mut buf, started, CLIENT_TIMEOUT)?;
     }
     request.body = buf[head_len..head_len + length].to_vec();
     Ok(request)

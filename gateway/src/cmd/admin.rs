@@ -78,22 +78,37 @@ pub(crate) fn why(address: std::net::IpAddr, a: &AdminArgs) -> Result<(), String
     Ok(())
 }
 
+/// Whose limits `gateway limits` shows besides the source's.
+pub(crate) struct Who<'a> {
+    /// An API key's consumer id.
+    pub consumer: Option<&'a str>,
+    /// A token's issuer name.
+    pub issuer: Option<&'a str>,
+    /// A token's subject.
+    pub subject: Option<&'a str>,
+}
+
 /// `gateway limits --source ADDRESS`.
 pub(crate) fn limits(
     source: std::net::IpAddr,
-    consumer: Option<&str>,
+    who: &Who<'_>,
     route: Option<usize>,
     a: &AdminArgs,
 ) -> Result<(), String> {
     let mut path = format!("/limits?source={source}");
-    if let Some(c) = consumer {
-        if !c
+    for (name, value) in [
+        ("consumer", who.consumer),
+        ("issuer", who.issuer),
+        ("subject", who.subject),
+    ] {
+        let Some(v) = value else { continue };
+        if !v
             .bytes()
             .all(|b| b.is_ascii_graphic() && !b"&=%#?".contains(&b))
         {
-            return Err(format!("consumer `{c}`: printable ASCII without & = % # ?"));
+            return Err(format!("{name} `{v}`: printable ASCII without & = % # ?"));
         }
-        path.push_str(&format!("&consumer={c}"));
+        path.push_str(&format!("&{name}={v}"));
     }
     if let Some(r) = route {
         path.push_str(&format!("&route={r}"));

@@ -52,7 +52,8 @@ pub(crate) fn check(cfg: &Config) -> Result<(), String> {
     }
     print_routes(cfg);
     if let Some(path) = &cfg.auth.key_file {
-        let keys = KeyRing::load(path).map_err(|e| e.to_string())?;
+        let keys =
+            KeyRing::load_in_use(path, cfg.auth.allow_empty_key_file).map_err(|e| e.to_string())?;
         println!(
             "key file {}: {} consumers, {} keys",
             path.display(),

@@ -47,7 +47,9 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     // Stamped before the first read: a change made while starting is
     // seen at the first tick (at worst one needless reload).
     let key_watch = cfg.auth.key_file.as_deref().map(KeyWatch::new);
-    let keys = KeyRing::load_configured(cfg.auth.key_file.as_deref()).map_err(|e| e.to_string())?;
+    let keys =
+        KeyRing::load_configured(cfg.auth.key_file.as_deref(), cfg.auth.allow_empty_key_file)
+            .map_err(|e| e.to_string())?;
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
@@ -82,6 +84,8 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     health.sync(&cfg.upstreams, upstream_tls);
     let shared = Arc::new(Shared {
         health: health.clone(),
+        source_conns: Arc::default(),
+        request_verdicts: Arc::default(),
         published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys), jwks)),
         source_policy: enforcement.userspace_policy(),
         stopping: AtomicBool::new(false),
@@ -110,7 +114,11 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     let server = Server::start(shared.clone()).map_err(|e| e.to_string())?;
     let checker = gateway::proxy::check::Checker::start(health)
         .map_err(|e| format!("starting the health checker: {e}"))?;
-    let book = Arc::new(Mutex::new(Book::new(enforcement, &cfg)));
+    let book = Arc::new(Mutex::new(Book::new(
+        enforcement,
+        shared.request_verdicts.clone(),
+        &cfg,
+    )));
     let (ask_reload, reloads) = std::sync::mpsc::sync_channel(4);
     let admin = AdminServer::start(&cfg.admin, book.clone(), shared.clone(), ask_reload)?;
     let cluster = match admitted {
@@ -378,7 +386,9 @@ pub(crate) fn serve_until_stopped(
             Err(e) => tracing::warn!("sweeping verdicts: {e}"),
         }
         since_stats += tick;
-        if !stats_every.is_zero() && since_stats >= stats_every {
+        if stats_every.is_zero() {
+            control.failures.forget_recent();
+        } else if since_stats >= stats_every {
             since_stats = Duration::ZERO;
             if let Some(Ok(c)) = book.enforcement.counters()
                 && last != Some(c)

@@ -10,6 +10,8 @@ use super::*;
 pub(super) struct AuthFile {
     #[serde(default)]
     pub(super) key_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) allow_empty_key_file: bool,
     #[serde(default = "default_key_header")]
     pub(super) key_header: Spanned<String>,
     #[serde(default = "default_consumer_header")]
@@ -55,6 +57,7 @@ impl Default for AuthFile {
     fn default() -> Self {
         Self {
             key_file: None,
+            allow_empty_key_file: false,
             key_header: default_key_header(),
             consumer_header: default_consumer_header(),
             roles_header: default_roles_header(),
@@ -158,6 +161,9 @@ impl RouteAuth {
 pub struct AuthSettings {
     /// The consumers and their key hashes (re-read when it changes).
     pub key_file: Option<PathBuf>,
+    /// A key file with no key at all is taken (it revokes every key);
+    /// otherwise it is refused like a broken one.
+    pub allow_empty_key_file: bool,
     /// Request header holding the API key (lower case).
     pub key_header: String,
     /// Header the upstream gets the consumer id in (lower case).
@@ -358,6 +364,7 @@ pub(super) fn auth_settings(
     Ok(AuthSettings {
         introspection,
         key_file,
+        allow_empty_key_file: a.allow_empty_key_file,
         key_header: header(&a.key_header, "auth.key_header")?,
         consumer_header: header(&a.consumer_header, "auth.consumer_header")?,
         roles_header: header(&a.roles_header, "auth.roles_header")?,

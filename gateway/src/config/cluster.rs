@@ -45,11 +45,14 @@ pub(super) fn cluster_settings(
         Some(u) => {
             let url = u.get_ref();
             if !url.starts_with("redis://") {
+                // Only the scheme: the rest may hold a password, and this
+                // message reaches logs and `POST /reload` answers.
+                let scheme = url.split_once("://").map_or("no scheme", |(s, _)| s);
                 return Err(invalid(
                     Some(u.span()),
                     "cluster.redis".into(),
                     format!(
-                        "`{url}`: give redis://[:password@]host:port[/db] (TLS to Redis is not supported: keep it on a private network)"
+                        "the URL's scheme is `{scheme}`: give redis://[:password@]host:port[/db] (TLS to Redis is not supported: keep it on a private network)"
                     ),
                 ));
             }

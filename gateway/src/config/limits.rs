@@ -5,6 +5,9 @@ use super::*;
 /// Largest `limits.buffer_body_bytes`: each connection may hold that much.
 const MAX_BUFFER_BODY: usize = 1024 * 1024;
 
+/// Smallest `limits.body_memory_per_worker`.
+const MIN_BODY_MEMORY: usize = 1024 * 1024;
+
 /// `[limits]`: the userspace protections, all per connection or request.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,6 +38,23 @@ pub struct Limits {
     /// Deepest nesting of a JSON body on a route with a `body_schema`
     /// (400 `validation.json` beyond).
     pub json_max_depth: usize,
+    /// Longest a whole request body may take, however fast it trickles
+    /// (408 `limit.body_time` beyond); 0: no cap beyond `body_min_rate`.
+    pub body_total_timeout_ms: u64,
+    /// Bytes of request bodies each worker holds in memory at most, over
+    /// all its connections: bodies read whole (schema and WAF routes) and
+    /// those buffered before the upstream is taken. A request that would
+    /// go beyond gets 503 `gateway.body_memory` (Envoy's overload manager,
+    /// HAProxy's buffer limits).
+    pub body_memory_per_worker: usize,
+    /// Most chunks in a chunked body read whole (413 `limit.body_chunks`
+    /// beyond).
+    pub max_body_chunks: u64,
+    /// Open connections one source address (IPv6: its `/64`, as
+    /// `rate_limit.ipv6_prefix` says) may hold at once, across workers;
+    /// further ones are closed at accept. Trusted proxies are exempt, and
+    /// loopback unless `policy.exempt_loopback = false`. 0: no cap.
+    pub max_connections_per_source: u32,
 }
 
 impl Default for Limits {
@@ -51,6 +71,12 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             json_max_depth: 64,
+            body_total_timeout_ms: 600_000,
+            body_memory_per_worker: 64 * 1024 * 1024,
+            max_body_chunks: 16_384,
+            // A NAT in front of a few hundred browsers (six connections
+            // each), not a tenth of the workers' default capacity.
+            max_connections_per_source: 1024,
         }
     }
 }
@@ -69,6 +95,20 @@ pub(super) fn limit_settings(limits: Limits, invalid: &Invalid<'_>) -> Result<Li
             None,
             "limits.json_max_depth".into(),
             "between 1 and 1024".into(),
+        ));
+    }
+    if limits.body_memory_per_worker < MIN_BODY_MEMORY {
+        return Err(invalid(
+            None,
+            "limits.body_memory_per_worker".into(),
+            format!("at least {MIN_BODY_MEMORY} bytes"),
+        ));
+    }
+    if limits.max_body_chunks == 0 {
+        return Err(invalid(
+            None,
+            "limits.max_body_chunks".into(),
+            "at least 1".into(),
         ));
     }
     if limits.max_headers == 0 || limits.max_header_bytes < 64 || limits.max_request_line_bytes < 16

@@ -382,6 +382,19 @@ impl Config {
         check_rule_counts(&routes, &invalid)?;
         let proxy = proxy_settings(&raw.proxy, &invalid)?;
         let limits = limit_settings(raw.limits, &invalid)?;
+        for (i, r) in routes.iter().enumerate() {
+            let whole = r.judged_body_limit();
+            if whole > limits.body_memory_per_worker as u64 {
+                return Err(invalid(
+                    None,
+                    "limits.body_memory_per_worker".into(),
+                    format!(
+                        "{} bytes, less than the {whole} bytes routes[{i}] may read whole: such a body could never be read",
+                        limits.body_memory_per_worker
+                    ),
+                ));
+            }
+        }
         let workers = match raw.runtime.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -16,7 +16,7 @@ pub(super) struct ProxyFile {
     encoded_slashes: EncodedSlashes,
 }
 
-/// What happens to `%2F` and `%5C` in a path.
+/// What happens to `%2F`, `%5C` and `%3B` in a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodedSlashes {
@@ -48,7 +48,7 @@ pub struct ProxySettings {
     pub hsts: Option<String>,
     /// Header names with `_`: dropped, refused or forwarded.
     pub underscores_in_headers: Underscores,
-    /// `%2F` and `%5C` in paths: refused or kept encoded.
+    /// `%2F`, `%5C` and `%3B` in paths: refused or kept encoded.
     pub encoded_slashes: EncodedSlashes,
 }
 

@@ -121,6 +121,11 @@ pub struct EscalationSettings {
     pub ban_secs: u64,
     /// The longest verdict.
     pub max_ban_secs: u64,
+    /// From which offence of a source its verdict is enforced in the kernel
+    /// (dropped in XDP, or refused at accept without XDP); earlier ones are
+    /// refused request by request with an answer that says why (403 or
+    /// 429 `verdict.*`). 1: every verdict goes to the kernel.
+    pub kernel_after: u32,
 }
 
 impl Default for EscalationSettings {
@@ -132,6 +137,7 @@ impl Default for EscalationSettings {
             window_secs: 60,
             ban_secs: 300,
             max_ban_secs: 86_400,
+            kernel_after: 2,
         }
     }
 }
@@ -255,11 +261,11 @@ pub(super) fn rate_limit_settings(
         }
     };
     let e = &f.escalation;
-    if e.window_secs == 0 || e.ban_secs == 0 || e.max_ban_secs < e.ban_secs {
+    if e.window_secs == 0 || e.ban_secs == 0 || e.max_ban_secs < e.ban_secs || e.kernel_after == 0 {
         return Err(invalid(
             None,
             "rate_limit.escalation".into(),
-            "window_secs and ban_secs must be at least 1, max_ban_secs at least ban_secs".into(),
+            "window_secs, ban_secs and kernel_after must be at least 1, max_ban_secs at least ban_secs".into(),
         ));
     }
     Ok(RateLimitSettings {

@@ -132,6 +132,22 @@ pub struct RouteSettings {
     pub waf: crate::stages::waf::Mode,
 }
 
+impl RouteSettings {
+    /// The most body bytes this route reads whole before anything goes
+    /// upstream (0: it streams bodies): its limit with a schema; with a
+    /// WAF, up to [`MAX_VALIDATED_BODY`] (a larger body is refused by a
+    /// blocking WAF, streamed unscanned by a detecting one).
+    pub fn judged_body_limit(&self) -> u64 {
+        if self.body_schema.is_some() {
+            self.max_body_bytes
+        } else if self.waf != crate::stages::waf::Mode::Off {
+            self.max_body_bytes.min(MAX_VALIDATED_BODY)
+        } else {
+            0
+        }
+    }
+}
+
 /// What compiling a route needs of the rest of the file.
 pub(super) struct RouteContext<'a> {
     pub(super) upstreams: &'a [UpstreamSettings],

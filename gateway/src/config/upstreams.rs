@@ -37,6 +37,8 @@ pub(super) struct UpstreamFile {
     #[serde(default = "default_max_connects")]
     pub(super) max_connects: Spanned<u32>,
     #[serde(default)]
+    pub(super) max_uploads: Option<Spanned<u32>>,
+    #[serde(default)]
     pub(super) health_check: Option<Spanned<HealthCheckFile>>,
     #[serde(default)]
     pub(super) outlier: OutlierFile,
@@ -194,6 +196,10 @@ pub struct UpstreamSettings {
     pub max_requests: u32,
     /// Connects in progress to it at most, across workers.
     pub max_connects: u32,
+    /// Requests whose body still streams from the client, at most, across
+    /// workers; they take these places, not `max_requests` ones, so a
+    /// trickling upload cannot hold the places other requests need.
+    pub max_uploads: u32,
     /// The active health check, if any.
     pub health_check: Option<HealthCheck>,
     /// Passive ejection.
@@ -233,9 +239,15 @@ pub(super) fn upstream_settings(
                 "needs at least one server".into(),
             ));
         }
+        let uploads = u.max_uploads.clone().unwrap_or_else(|| {
+            // A quarter of `max_requests`: the upstream sees at most 1.25
+            // times that many requests at once.
+            Spanned::new(0..0, u.max_requests.get_ref().div_ceil(4))
+        });
         for (key, v) in [
             ("max_requests", &u.max_requests),
             ("max_connects", &u.max_connects),
+            ("max_uploads", &uploads),
         ] {
             if *v.get_ref() == 0 {
                 return Err(invalid(
@@ -272,6 +284,7 @@ pub(super) fn upstream_settings(
             retries: *u.retries.get_ref(),
             max_requests: *u.max_requests.get_ref(),
             max_connects: *u.max_connects.get_ref(),
+            max_uploads: *uploads.get_ref(),
             health_check,
             outlier: Outlier {
                 consecutive_failures: u.outlier.consecutive_failures,

@@ -142,13 +142,25 @@ pub(super) fn default_stats_secs() -> u64 {
     10
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PolicyFile {
     #[serde(default)]
     pub(super) allow: Option<Spanned<Vec<Cidr>>>,
     #[serde(default)]
     pub(super) deny: Option<Spanned<Vec<Cidr>>>,
+    #[serde(default = "yes")]
+    pub(super) exempt_loopback: bool,
+}
+
+impl Default for PolicyFile {
+    fn default() -> Self {
+        Self {
+            allow: None,
+            deny: None,
+            exempt_loopback: true,
+        }
+    }
 }
 
 /// Validated `[xdp]` section.
@@ -181,6 +193,9 @@ pub struct PolicySettings {
     pub allow: Vec<IpNet>,
     /// CIDRs always dropped.
     pub deny: Vec<IpNet>,
+    /// Loopback sources (the host itself: a load test, a sidecar) are
+    /// never counted by the SYN budget or the per-source connection cap.
+    pub exempt_loopback: bool,
 }
 
 /// The interface that carries `ip`: `lo` for loopback, else the one holding it.
@@ -280,5 +295,9 @@ pub(super) fn policy_settings(
         lists[i] = list.get_ref().iter().map(|c| c.0.trunc()).collect();
     }
     let [allow, deny] = lists;
-    Ok(PolicySettings { allow, deny })
+    Ok(PolicySettings {
+        allow,
+        deny,
+        exempt_loopback: policy.exempt_loopback,
+    })
 }

@@ -7,8 +7,10 @@
 
 use super::HttpError;
 
-/// Longest chunk-size line we accept (size, extensions, CRLF).
-const MAX_SIZE_LINE: usize = 1024;
+/// Longest chunk-size line we accept (size, extensions, CRLF): room for
+/// the longest extension seen in use (AWS's `;chunk-signature=` and 64 hex
+/// digits), not for framing that costs a server a kilobyte per data byte.
+pub const MAX_SIZE_LINE: usize = 256;
 /// Longest trailer section we accept.
 const MAX_TRAILERS: usize = 8192;
 
@@ -37,6 +39,8 @@ pub struct Decoder {
     raw: bool,
     /// Total body bytes (chunk data) seen.
     pub body_bytes: u64,
+    /// Chunks (of data) begun.
+    pub chunks: u64,
 }
 
 /// What one call to [`Decoder::feed`] did.
@@ -64,6 +68,7 @@ impl Decoder {
             line: Vec::new(),
             raw: false,
             body_bytes: 0,
+            chunks: 0,
         }
     }
 
@@ -104,6 +109,7 @@ impl Decoder {
                             self.state = State::Trailers;
                         } else {
                             self.remaining = size;
+                            self.chunks += 1;
                             self.state = State::Data;
                             if let Some(o) = out.as_deref_mut()
                                 && !self.raw
@@ -324,6 +330,15 @@ mod tests {
         // Trailers are validated and dropped.
         assert!(out.ends_with(b"\r\n0\r\n\r\n"));
         assert_eq!(d.body_bytes, 13);
+        assert_eq!(d.chunks, 2);
+    }
+
+    #[test]
+    fn an_aws_chunk_signature_fits() {
+        let sig = "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648";
+        let msg = format!("5;chunk-signature={sig}\r\nhello\r\n0;chunk-signature={sig}\r\n\r\n");
+        let (out, _) = decode_all(msg.as_bytes()).expect("valid");
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
     }
 
     #[test]
@@ -338,6 +353,9 @@ mod tests {
 
     #[test]
     fn invalid_framing_table() {
+        let mut long_extension = b"1;x=".to_vec();
+        long_extension.extend_from_slice(&[b'a'; MAX_SIZE_LINE]);
+        long_extension.extend_from_slice(b"\r\nA\r\n0\r\n\r\n");
         let rows: &[(&str, &[u8])] = &[
             ("no_size", b"\r\nabc\r\n0\r\n\r\n"),
             ("negative", b"-5\r\nhello\r\n0\r\n\r\n"),
@@ -354,6 +372,7 @@ mod tests {
             ("bad_trailer", b"0\r\nno colon\r\n\r\n"),
             ("trailer_ctl", b"0\r\nX: a\x01b\r\n\r\n"),
             ("trailer_space_name", b"0\r\nX Y: a\r\n\r\n"),
+            ("long_extension", &long_extension[..]),
         ];
         let mut failed = Vec::new();
         for (name, raw) in rows {

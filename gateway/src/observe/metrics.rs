@@ -47,6 +47,11 @@ pub struct Tally {
     pub handshake_failures: u64,
     /// Open client connections (a gauge: the last published value).
     pub open: u64,
+    /// Request-body bytes held (a gauge: the last published value).
+    pub body_memory: u64,
+    /// Connections closed at accept: their source held its
+    /// `limits.max_connections_per_source`.
+    pub per_source_refusals: u64,
     /// Rate-limit decisions by limit.
     pub limits: LimitCounts,
     /// Upstream servers as this worker's pools see them (replaced, not
@@ -148,6 +153,7 @@ impl Tally {
         self.handshakes += other.handshakes;
         self.resumed += other.resumed;
         self.handshake_failures += other.handshake_failures;
+        self.per_source_refusals += other.per_source_refusals;
         self.limits.add(&other.limits);
         for f in &other.upstreams {
             match self
@@ -177,6 +183,7 @@ impl Tally {
         self.handshakes = 0;
         self.resumed = 0;
         self.handshake_failures = 0;
+        self.per_source_refusals = 0;
         self.limits.0.iter_mut().for_each(|c| *c = [0; 2]);
         self.upstreams.clear();
     }
@@ -196,12 +203,14 @@ impl Board {
     }
 
     /// Worker `i` adds what it counted; `open` is its open connections now,
-    /// `local.upstreams` its pools now.
-    pub fn publish(&self, i: usize, local: &mut Tally, open: u64) {
+    /// `body_memory` the body bytes it holds now, `local.upstreams` its
+    /// pools now.
+    pub fn publish(&self, i: usize, local: &mut Tally, open: u64, body_memory: u64) {
         let upstreams = std::mem::take(&mut local.upstreams);
         if let Some(Ok(mut slot)) = self.slots.get(i).map(Mutex::lock) {
             slot.add(local);
             slot.open = open;
+            slot.body_memory = body_memory;
             slot.upstreams = upstreams;
         }
         local.clear();
@@ -214,6 +223,7 @@ impl Board {
             if let Ok(t) = slot.lock() {
                 all.add(&t);
                 all.open += t.open;
+                all.body_memory += t.body_memory;
             }
         }
         all
@@ -231,6 +241,11 @@ pub struct Extra {
     pub verdicts_live: u64,
     /// Verdicts placed since start.
     pub verdicts_issued: u64,
+    /// Verdicts the kernel's full map could not take (enforced request by
+    /// request instead).
+    pub verdicts_overflowed: u64,
+    /// Verdicts placed nowhere.
+    pub verdicts_not_placed: u64,
     /// XDP counters by outcome name, when XDP is attached.
     pub xdp: Vec<(&'static str, u64)>,
 }
@@ -306,12 +321,24 @@ pub fn render(t: &Tally, x: &Extra, names: &Names) -> String {
             let _ = writeln!(out, "{name}_count{{route=\"{label}\"}} {}", h.len());
         }
     }
-    let gauges_and_counters: [(&str, &str, &str, u64); 8] = [
+    let gauges_and_counters: [(&str, &str, &str, u64); 12] = [
         (
             "gateway_connections_open",
             "gauge",
             "Client connections open.",
             t.open,
+        ),
+        (
+            "gateway_connections_refused_per_source_total",
+            "counter",
+            "Connections closed at accept: their source held limits.max_connections_per_source.",
+            t.per_source_refusals,
+        ),
+        (
+            "gateway_body_memory_bytes",
+            "gauge",
+            "Request-body bytes held in memory (limits.body_memory_per_worker per worker).",
+            t.body_memory,
         ),
         (
             "gateway_tls_handshakes_total",
@@ -354,6 +381,18 @@ pub fn render(t: &Tally, x: &Extra, names: &Names) -> String {
             "counter",
             "Verdicts placed since start.",
             x.verdicts_issued,
+        ),
+        (
+            "gateway_verdicts_overflowed_total",
+            "counter",
+            "Verdicts the kernel's full verdict map could not take, enforced request by request instead.",
+            x.verdicts_overflowed,
+        ),
+        (
+            "gateway_verdicts_not_placed_total",
+            "counter",
+            "Verdicts placed nowhere (every map full, or a kernel error).",
+            x.verdicts_not_placed,
         ),
     ];
     for (name, kind, help, v) in gauges_and_counters {
@@ -517,8 +556,8 @@ mod tests {
         b.request(None, 404, "route.not_found", 50, None);
         a.handshakes = 2;
         a.resumed = 1;
-        board.publish(0, &mut a, 3);
-        board.publish(1, &mut b, 1);
+        board.publish(0, &mut a, 3, 0);
+        board.publish(1, &mut b, 1, 0);
         assert!(
             a.requests.values().all(|v| *v == 0),
             "the local tally starts afresh"

@@ -1,21 +1,27 @@
 //! The body stages of an admitted request, then the upstream: the body
-//! is read whole on a route that judges it (a schema, or a WAF and a JSON or
-//! form body), parsed once into the worker's buffers, judged, and the
-//! client's own bytes go upstream; other bodies are buffered up to
-//! `limits.buffer_body_bytes` or streamed.
+//! is read whole on a route that judges it (a schema, or a WAF), parsed
+//! once into the worker's buffers, judged, and the client's own bytes go
+//! upstream; other bodies are buffered up to `limits.buffer_body_bytes`
+//! or streamed.
+//!
+//! What a client controls is counted as it arrives, raw: a chunked body's
+//! framing counts against `max_body_bytes` like its data, and a body read
+//! whole is de-chunked in place as it comes (so memory follows the data,
+//! never the framing) within the worker's body memory.
 
 use super::*;
-use crate::config::MAX_VALIDATED_BODY;
+use crate::{config::MAX_VALIDATED_BODY, stages::waf::Place};
 
 /// The body stages, then the upstream.
-pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
+pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Result<Done, Abort> {
     c.consume(a.head_len());
     c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
     if let Some(doc) = c.snap().cfg.routes[a.route].serve.clone() {
         return docs::serve(c, a, &doc).await;
     }
+    let whole = judged_whole(c.snap(), a);
     let mut chunks = ChunkJudge::default();
-    if a.framing == Framing::Chunked {
+    if a.framing == Framing::Chunked && whole.is_none() {
         // Judge the chunked framing already buffered before anything goes
         // upstream: a bad chunk in the first bytes never reaches the backend.
         chunks
@@ -36,94 +42,133 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<Do
         // perhaps as the other.
         return Err(Abort::Respond(Failure::CONTENT_TYPE, None));
     }
-    if let Some(limit) = judged_whole(c.snap(), a) {
-        read_whole_body(c, a, &mut chunks, limit).await?;
-        judge_body(w, c, a, a.body_kind, false).map_err(|f| Abort::Respond(f, None))?;
+    if let Some(limit) = whole {
+        read_whole_body(c, a, limit).await?;
+        judge_body(w, c, a).map_err(|f| Abort::Respond(f, None))?;
     } else {
         buffer_small_body(c, a, &mut chunks).await?;
-        if sniffs_json(c.snap(), a, c.pending()) {
-            // Many backends parse JSON whatever the media type says.
-            judge_body(w, c, a, BodyKind::Json, true).map_err(|f| Abort::Respond(f, None))?;
-        }
+        let streaming = match a.framing {
+            Framing::Length(n) => (c.pending().len() as u64) < n,
+            Framing::Chunked => !chunks.decoder.is_done(),
+            Framing::None | Framing::UntilClose => false,
+        };
+        a.set_streaming_body(streaming);
     }
     proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await
 }
 
-/// Reads the whole body (up to the route's limit, judged as it comes) on a
-/// route that validates it.
-async fn read_whole_body(
-    c: &mut Conn,
-    a: &Admitted,
-    chunks: &mut ChunkJudge,
-    limit: u64,
-) -> Result<(), Abort> {
-    loop {
-        let complete = match a.framing {
-            Framing::None | Framing::UntilClose => return Ok(()),
-            Framing::Length(n) if n > limit => {
-                return Err(Abort::Respond(Failure::BODY_TOO_LARGE, None));
+/// Reads the whole body (up to `limit` raw bytes, judged as it comes) on a
+/// route that judges it. A chunked body is de-chunked in place and goes
+/// upstream with a Content-Length (as nginx sends a buffered body).
+async fn read_whole_body(c: &mut Conn, a: &mut Admitted, limit: u64) -> Result<(), Abort> {
+    let respond = |f| Abort::Respond(f, None);
+    match a.framing {
+        Framing::None | Framing::UntilClose => Ok(()),
+        Framing::Length(n) if n > limit => Err(respond(Failure::BODY_TOO_LARGE)),
+        Framing::Length(n) => {
+            while (c.pending().len() as u64) < n {
+                // `n` is at most the route's limit: the room for all of it
+                // is taken (or refused) at once.
+                c.room_for_body(Some(n as usize)).map_err(respond)?;
+                conn::read_body(c, None).await?;
             }
-            Framing::Length(n) => c.pending().len() as u64 >= n,
-            Framing::Chunked => chunks
-                .judge(c.pending(), limit)
-                .map_err(|f| Abort::Respond(f, None))?,
-        };
-        if complete {
-            return Ok(());
+            Ok(())
         }
-        conn::read_body(c, None).await?;
+        Framing::Chunked => {
+            let max_chunks = c.snap().cfg.limits.max_body_chunks;
+            let mut body = InPlace::default();
+            loop {
+                if body.step(c, limit, max_chunks).map_err(respond)? {
+                    a.body_read_whole(body.data as u64);
+                    proxy::request::reframe_whole(&mut c.up_head, body.data as u64);
+                    return Ok(());
+                }
+                c.room_for_body(None).map_err(respond)?;
+                conn::read_body(c, None).await?;
+            }
+        }
+    }
+}
+
+/// A chunked body decoded in place as it arrives: the data so far is
+/// `pending()[..data]`, followed by raw bytes not yet decoded; each step
+/// decodes those and drops their framing.
+struct InPlace {
+    decoder: chunked::Decoder,
+    data: usize,
+    raw: u64,
+}
+
+impl Default for InPlace {
+    fn default() -> Self {
+        Self {
+            decoder: chunked::Decoder::dechunking(),
+            data: 0,
+            raw: 0,
+        }
+    }
+}
+
+impl InPlace {
+    /// Decodes what arrived; whether the body is complete. Refuses a body
+    /// whose raw bytes exceed `limit` or whose chunks exceed `max_chunks`.
+    fn step(&mut self, c: &mut Conn, limit: u64, max_chunks: u64) -> Result<bool, Failure> {
+        if self.decoder.is_done() {
+            return Ok(true);
+        }
+        let mut out = std::mem::take(&mut c.chunks);
+        out.clear();
+        let fed = self.decoder.feed(&c.pending()[self.data..], Some(&mut out));
+        let result = fed.map_err(Failure::http).and_then(|p| {
+            self.raw += p.consumed as u64;
+            if self.raw > limit {
+                return Err(Failure::BODY_TOO_LARGE);
+            }
+            if self.decoder.chunks > max_chunks {
+                return Err(Failure::BODY_CHUNKS);
+            }
+            c.splice_pending(self.data..self.data + p.consumed, &out);
+            self.data += out.len();
+            Ok(p.done)
+        });
+        c.chunks = out;
+        result
     }
 }
 
 /// The most a route reads whole of this body, if it judges it whole: it
 /// has a schema (up to its limit, at most 16 MiB by configuration), or a
-/// WAF and a body the WAF reads, JSON or a form (up to 16 MiB: beyond, a
-/// blocking WAF answers 413 and a detecting one lets the body stream
-/// unscanned).
+/// WAF (up to 16 MiB: beyond, a blocking WAF answers 413 and a detecting
+/// one lets the body stream unscanned). A blocking WAF reads every body
+/// it can: a body that does not say what it is may still be read as JSON
+/// or text by the backend.
 fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
     let route = &snap.cfg.routes[a.route];
     if route.body_schema.is_some() {
         // Also without a body: `body_required` is judged.
         return Some(a.max_body);
     }
-    if !a.framing.has_body() || route.waf == waf::Mode::Off || a.body_kind == BodyKind::Other {
+    if !a.framing.has_body() || route.waf == waf::Mode::Off {
         return None;
     }
-    let limit = a.max_body.min(MAX_VALIDATED_BODY);
+    let limit = route.judged_body_limit();
     match a.framing {
         Framing::Length(n) if n > limit && route.waf == waf::Mode::Detect => None,
+        Framing::Length(n) if n > MAX_VALIDATED_BODY => Some(MAX_VALIDATED_BODY),
+        _ if route.waf == waf::Mode::Detect && a.body_kind == BodyKind::Other => {
+            // Detect mode reads an unlabelled body whole only when it is
+            // small enough to buffer anyway.
+            let small = snap.cfg.limits.buffer_body_bytes as u64;
+            matches!(a.framing, Framing::Length(n) if n <= small).then_some(small)
+        }
         _ => Some(limit),
     }
 }
 
-/// On a WAF route, a body of another (or no) media type that is already
-/// read whole (`limits.buffer_body_bytes`) and starts like JSON.
-fn sniffs_json(snap: &Snapshot, a: &Admitted, pending: &[u8]) -> bool {
-    if snap.cfg.routes[a.route].waf == waf::Mode::Off || a.body_kind == BodyKind::Json {
-        return false;
-    }
-    let Framing::Length(n) = a.framing else {
-        return false;
-    };
-    let body = &pending[..pending.len().min(n as usize)];
-    body.len() as u64 == n
-        && matches!(
-            body.iter().find(|b| !b.is_ascii_whitespace()),
-            Some(b'{' | b'[')
-        )
-}
-
-/// Judges a whole body read as `kind`: the route's schema, then its WAF.
-/// The bytes the upstream gets are the client's: the parse works on a copy.
-/// `sniffed`: the media type did not say JSON, so a body that does not
-/// parse is not refused for it.
-fn judge_body(
-    w: &Worker,
-    c: &mut Conn,
-    a: &Admitted,
-    kind: BodyKind,
-    sniffed: bool,
-) -> Result<(), Failure> {
+/// Judges a whole body (`pending()[..n]`) as its kind says: the route's
+/// schema, then its WAF. The bytes the upstream gets are the client's (or
+/// their de-chunked data): the parse works on a copy.
+fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
     let snap = c.snap_arc();
     let route = &snap.cfg.routes[a.route];
     let mut scratch = w.json.borrow_mut();
@@ -131,54 +176,88 @@ fn judge_body(
     if scratch.max_depth() != depth {
         *scratch = validation::Scratch::new(depth);
     }
-    let mut dechunked = std::mem::take(&mut scratch.body);
-    dechunked.clear();
     let mut problem = std::mem::take(&mut c.problem);
     let body = match a.framing {
         Framing::Length(n) => &c.pending()[..n as usize],
-        Framing::Chunked => {
-            chunked::Decoder::dechunking()
-                .feed(c.pending(), Some(&mut dechunked))
-                .map_err(Failure::http)?;
-            &dechunked[..]
-        }
-        Framing::None | Framing::UntilClose => &[][..],
+        // De-chunked while read (`read_whole_body`): no chunked body is left.
+        Framing::Chunked | Framing::None | Framing::UntilClose => &[][..],
     };
     let scan = route.waf != waf::Mode::Off;
     let mut pointer = std::mem::take(&mut scratch.pointer);
-    let found = match kind {
-        BodyKind::Form if route.body_schema.is_none() => Ok(scan
-            .then(|| waf::scan_pairs(&String::from_utf8_lossy(body), waf::Place::Body))
-            .flatten()),
-        _ => validation::judge_body(
+    let found = match a.body_kind {
+        _ if route.body_schema.is_some() => validation::judge_body(
             route.body_schema.as_ref(),
             body,
             &mut scratch,
             &mut problem,
             |root| scan.then(|| waf::scan_json(root, &mut pointer)).flatten(),
         ),
+        BodyKind::Form => Ok(waf::scan_pairs(&String::from_utf8_lossy(body), Place::Body)),
+        BodyKind::Json => {
+            match validation::judge_body(None, body, &mut scratch, &mut problem, |root| {
+                waf::scan_json(root, &mut pointer)
+            }) {
+                // A document a detect-only WAF cannot parse is still
+                // scanned as text; a blocking one refuses it.
+                Err(_) if route.waf == waf::Mode::Detect => {
+                    problem.clear();
+                    Ok(waf::scan_text(body))
+                }
+                other => other,
+            }
+        }
+        BodyKind::Other | BodyKind::Repeated => {
+            Ok(judge_unlabelled(body, &mut scratch, &mut pointer))
+        }
     };
-    scratch.body = dechunked;
     scratch.pointer = pointer;
     scratch.trim();
-    let found = match found {
-        // A document a detect-only WAF cannot read goes on, as it would
-        // without the WAF; a schema or a blocking WAF refuses it.
-        Err(_) if route.body_schema.is_none() && (sniffed || route.waf == waf::Mode::Detect) => {
-            problem.clear();
-            Ok(None)
-        }
-        other => other,
-    };
     c.problem = problem;
     match found? {
-        Some(hit) => waf_hit(w, c.peer, c.trusted, a.route, route.waf, &hit),
+        Some(hit) => waf_hit(
+            w,
+            c.peer,
+            !c.trusted && !a.on_behalf,
+            a.route,
+            route.waf,
+            &hit,
+        ),
         None => Ok(()),
     }
 }
 
+/// A body whose media type does not say JSON or a form (or says none):
+/// many backends parse JSON whatever the media type says, and read text
+/// as text. So a body that reads as JSON (after a UTF-8 BOM) is scanned as
+/// JSON; one that does not parse (a duplicate key, a stray byte) or is not
+/// JSON at all is scanned as text. Binary data (a NUL in it) is not
+/// scanned: libinjection reads bytes as SQL and markup tokens.
+fn judge_unlabelled(
+    body: &[u8],
+    scratch: &mut validation::Scratch,
+    pointer: &mut String,
+) -> Option<waf::Hit> {
+    let text = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
+    if text.contains(&0) {
+        return None;
+    }
+    if matches!(
+        text.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    ) {
+        let mut discard = String::new();
+        if let Ok(found) = validation::judge_body(None, text, scratch, &mut discard, |root| {
+            waf::scan_json(root, pointer)
+        }) {
+            return found;
+        }
+    }
+    waf::scan_text(text)
+}
+
 /// Judges a chunked body's framing as it arrives, each byte once: the
-/// decoder keeps its state and is fed only what it has not seen.
+/// decoder keeps its state and is fed only what it has not seen. Raw
+/// bytes (framing included) count against the limit.
 #[derive(Default)]
 struct ChunkJudge {
     decoder: chunked::Decoder,
@@ -193,7 +272,7 @@ impl ChunkJudge {
             .feed(&buf[self.judged..], None)
             .map_err(Failure::http)?;
         self.judged += p.consumed;
-        if self.decoder.body_bytes > max_body {
+        if self.judged as u64 > max_body {
             return Err(Failure::BODY_TOO_LARGE);
         }
         Ok(p.done)
@@ -224,6 +303,7 @@ async fn buffer_small_body(
         if complete {
             return Ok(());
         }
+        c.room_for_body(None).map_err(|f| Abort::Respond(f, None))?;
         conn::read_body(c, None).await?;
     }
 }

@@ -22,6 +22,8 @@ use std::{
     time::Instant,
 };
 
+use crate::clock::{Clock, Monotonic};
+
 use crate::{
     config::{RouteSettings, Underscores},
     conn::{self, Conn, HeadParts},
@@ -39,7 +41,7 @@ use crate::{
     stages::{
         auth::{self, AuthError, Identity},
         cors, docs,
-        rate_limit::{self, Meter, Phase},
+        rate_limit::{self, Consumer, Meter, Phase},
         validation, waf,
     },
     worker::Worker,
@@ -74,6 +76,10 @@ pub struct Ctx {
     pub client: Option<IpAddr>,
     /// The path normalized (it is in the connection's path scratch).
     pub normalized: bool,
+    /// A browser sent it for another site's page (`Sec-Fetch-Site:
+    /// cross-site` or `same-site`): refused like any request, but never
+    /// counted against the source, whom that page chose for it.
+    pub on_behalf: bool,
 }
 
 impl Ctx {
@@ -92,6 +98,7 @@ impl Ctx {
             by_source: false,
             client: None,
             normalized: false,
+            on_behalf: false,
         }
     }
 
@@ -140,14 +147,16 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         };
     }
     let keep = match admitted {
-        Ok(a) => {
-            let outcome = body::forward(w, c, &a).await;
+        Ok(mut a) => {
+            let outcome = body::forward(w, c, &mut a).await;
             finish(w, c, &a, &mut ctx, outcome).await
         }
         Err(r) => {
             c.consume(r.head_len);
             let keep = r.keep && !w.stopping();
-            report(w, c, r.failure, ctx.by_source);
+            if !ctx.on_behalf {
+                report(w, c, r.failure, ctx.by_source);
+            }
             // A refusal only: holding the snapshot costs one atomic increment.
             let snap = c.snap_arc();
             let (limits, cors) = (
@@ -155,7 +164,9 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
                 std::mem::take(&mut c.cors_lines),
             );
             let extra = match r.failure {
-                rate_limit::EXCEEDED => std::borrow::Cow::Borrowed(&limits[..]),
+                f if f == rate_limit::EXCEEDED || crate::verdicts::is_verdict(f) => {
+                    std::borrow::Cow::Borrowed(&limits[..])
+                }
                 f => auth::challenge(f, &snap.challenge),
             };
             c.send_failure_with(r.failure, keep, &[&extra, &cors]).await;
@@ -165,18 +176,23 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         }
     };
     record(w, c, &ctx);
+    c.settle_body();
     keep
 }
 
 /// Tells the control side of a refusal escalation counts: a 401 or a 429
 /// from a peer that is not a trusted proxy (a verdict on a proxy would
-/// drop everyone behind it).
+/// drop everyone behind it). A 401 counts only when a credential was
+/// guessed: a missing one (a browser loading a protected URL a page
+/// pointed it at) or one that was valid once (expired, not yet valid) is
+/// no guess.
 fn report(w: &Worker, c: &Conn, f: Failure, by_source: bool) {
     if c.trusted {
         return;
     }
     let source = policy::canonical(c.peer.ip());
     let event = match f.status {
+        401 if !auth::is_guess(f) => return,
         401 => Event::AuthFailed { source },
         // Only a limit that counts the address says something about it: a
         // route-wide or per-consumer refusal must not ban a shared NAT.
@@ -206,6 +222,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     p.method.push_str(head.method);
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     ctx.bytes_in = head.len as u64;
+    ctx.on_behalf = on_behalf(&head);
     request_id(w, p.trusted, &head, p.request_id);
     // Behind a trusted proxy the anomaly detector counts the client it
     // names, whatever becomes of the request.
@@ -220,6 +237,37 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         head_len: head.len,
         lookup: None,
     };
+    // A source serving a verdict in userspace is answered before any
+    // stage: why, and until when. Behind a trusted proxy, the client it
+    // names (the kernel cannot tell those apart; this can).
+    if w.shared.request_verdicts.any() {
+        let who = match (p.trusted, ctx.client) {
+            (false, _) => p.peer.ip(),
+            (true, Some(client)) => client,
+            (true, None) => {
+                rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies)
+            }
+        };
+        let source = policy::source_of(who, p.snap.cfg.rate_limit.ipv6_prefix);
+        let trusted_hop = p
+            .snap
+            .trusted_proxies
+            .contains(&policy::source_addr(source));
+        if !trusted_hop
+            && let Some((reason, left_ns)) = w
+                .shared
+                .request_verdicts
+                .check(source, || Monotonic.now_ns())
+        {
+            use std::io::Write as _;
+            let _ = write!(
+                p.limit_lines,
+                "retry-after: {}\r\n",
+                left_ns.div_ceil(1_000_000_000)
+            );
+            return Err(refuse(crate::verdicts::failure(reason), false));
+        }
+    }
 
     // Paths are normalized before routing and before any check.
     let path = if head.target == "*" {
@@ -279,7 +327,8 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     if route.waf != waf::Mode::Off {
         let skip = &p.snap.cfg.waf.skip_headers;
         if let Some(hit) = waf::scan_head(path, query, head.headers, skip) {
-            waf_hit(w, p.peer, p.trusted, index, route.waf, &hit)
+            let counted = !p.trusted && !ctx.on_behalf;
+            waf_hit(w, p.peer, counted, index, route.waf, &hit)
                 .map_err(|f| refuse(f, head.keep_alive))?;
         }
     }
@@ -296,8 +345,24 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         p.snap,
         p.request_id,
     );
-    let plan = plan_of(index, route, &head);
+    let mut plan = plan_of(index, route, &head);
+    plan.on_behalf = ctx.on_behalf;
     Ok(Admitted::new(plan, head.len, caller))
+}
+
+/// Whether a browser sent the request for another site's page: a
+/// cross-site `<img>`, form or fetch (`Sec-Fetch-Site: cross-site`), or a
+/// sibling subdomain's (`same-site`). What such a request does, the page
+/// chose, not the person whose address it comes from. Every mode counts
+/// (`no-cors`, `navigate`, and `cors`, whose simple requests go out
+/// without a preflight). A client that is no browser may send the header
+/// to keep its refusals from counting; they are still refused, and its
+/// per-source rate limits still hold.
+fn on_behalf(head: &RequestHead<'_, '_>) -> bool {
+    matches!(
+        head.single("sec-fetch-site"),
+        Ok(Some(v)) if v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
+    )
 }
 
 /// The request's id: a trusted proxy's `x-request-id` when it sent a sane
@@ -393,12 +458,17 @@ fn charge_limits(
     }
     let (phase, consumer) = match caller {
         None => (Phase::Anonymous, None),
-        Some((Identity::Consumer(i), _)) => {
-            (Phase::Identified, Some(snap.keys.consumer(i).id.as_str()))
-        }
-        Some((Identity::Token(_), subject)) if !subject.is_empty() => {
-            (Phase::Identified, Some(subject))
-        }
+        Some((Identity::Consumer(i), _)) => (
+            Phase::Identified,
+            Some(Consumer::Key(snap.keys.consumer(i).id.as_str())),
+        ),
+        Some((Identity::Token(t), subject)) if !subject.is_empty() => (
+            Phase::Identified,
+            Some(Consumer::Subject {
+                issuer: snap.token_issuer_name(t.issuer),
+                subject,
+            }),
+        ),
         Some(_) => (Phase::Identified, None),
     };
     let who = rate_limit::Caller {
@@ -437,6 +507,8 @@ fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> P
             waf::Mode::Off => BodyKind::Other,
             _ => body_kind(head),
         },
+        streaming_body: false,
+        on_behalf: false,
     }
 }
 
@@ -453,12 +525,13 @@ fn body_kind(head: &RequestHead<'_, '_>) -> BodyKind {
 }
 
 /// A WAF detection: logged with what and where, counted toward the
-/// source's escalation (never a trusted proxy's), and refused on a route
-/// that blocks.
+/// source's escalation when `counted` (never for a trusted proxy's, nor
+/// for a browser's request on another site's behalf), and refused on a
+/// route that blocks.
 fn waf_hit(
     w: &Worker,
     peer: SocketAddr,
-    trusted: bool,
+    counted: bool,
     route: usize,
     mode: waf::Mode,
     hit: &waf::Hit,
@@ -473,7 +546,7 @@ fn waf_hit(
             " (detect only)"
         }
     );
-    if !trusted {
+    if counted {
         w.shared.events.report(Event::Attack { source });
     }
     if blocked {

@@ -87,12 +87,16 @@ pub struct UpstreamHealth {
     pub servers: Vec<ServerHealth>,
     max_requests: AtomicU32,
     max_connects: AtomicU32,
+    max_uploads: AtomicU32,
     requests: Gauge,
     connects: Gauge,
+    uploads: Gauge,
     /// Requests refused by `max_requests` since start.
     pub overflow_requests: AtomicU64,
     /// Requests refused by `max_connects` since start.
     pub overflow_connects: AtomicU64,
+    /// Requests refused by `max_uploads` since start.
+    pub overflow_uploads: AtomicU64,
     consecutive: AtomicU32,
     base_ejection_ms: AtomicU64,
     max_ejection_percent: AtomicU32,
@@ -180,10 +184,13 @@ impl UpstreamHealth {
                 .collect(),
             max_requests: AtomicU32::new(0),
             max_connects: AtomicU32::new(0),
+            max_uploads: AtomicU32::new(0),
             requests: Gauge::default(),
             connects: Gauge::default(),
+            uploads: Gauge::default(),
             overflow_requests: AtomicU64::new(0),
             overflow_connects: AtomicU64::new(0),
+            overflow_uploads: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             base_ejection_ms: AtomicU64::new(0),
             max_ejection_percent: AtomicU32::new(0),
@@ -199,6 +206,7 @@ impl UpstreamHealth {
     fn follow(&self, s: &UpstreamSettings) {
         self.max_requests.store(s.max_requests, Relaxed);
         self.max_connects.store(s.max_connects, Relaxed);
+        self.max_uploads.store(s.max_uploads, Relaxed);
         let Outlier {
             consecutive_failures,
             base_ejection_ms,
@@ -255,6 +263,12 @@ impl UpstreamHealth {
             &self.max_requests,
             &self.overflow_requests,
         )
+    }
+
+    /// A place for one more request whose body still streams from the
+    /// client, or `None` at `max_uploads`.
+    pub fn enter_upload(&self) -> Option<Held<'_>> {
+        take(&self.uploads.0, &self.max_uploads, &self.overflow_uploads)
     }
 
     /// A place for one more connect in progress, or `None` at `max_connects`.
@@ -344,8 +358,11 @@ impl UpstreamHealth {
             "max_requests": self.max_requests.load(Relaxed),
             "connects_in_progress": self.connects.0.load(Relaxed),
             "max_connects": self.max_connects.load(Relaxed),
+            "uploads_in_flight": self.uploads.0.load(Relaxed),
+            "max_uploads": self.max_uploads.load(Relaxed),
             "overflow_requests": self.overflow_requests.load(Relaxed),
             "overflow_connects": self.overflow_connects.load(Relaxed),
+            "overflow_uploads": self.overflow_uploads.load(Relaxed),
             "health_check": checked,
             "servers": self.servers.iter().map(|s| {
                 let until = s.ejected_until_ns.load(Relaxed);
@@ -428,12 +445,13 @@ pub fn render_metrics(all: &[Arc<UpstreamHealth>], now_ns: u64, out: &mut String
         out,
         "gateway_upstream_active",
         "gauge",
-        "Requests in flight and connects in progress, across workers (the circuit breaker's gauges).",
+        "Requests in flight, uploads streaming and connects in progress, across workers (the circuit breaker's gauges).",
     );
     for u in all {
         for (kind, n) in [
             ("requests", u.requests.0.load(Relaxed)),
             ("connects", u.connects.0.load(Relaxed)),
+            ("uploads", u.uploads.0.load(Relaxed)),
         ] {
             let _ = writeln!(
                 out,
@@ -452,6 +470,7 @@ pub fn render_metrics(all: &[Arc<UpstreamHealth>], now_ns: u64, out: &mut String
         for (limit, n) in [
             ("max_requests", u.overflow_requests.load(Relaxed)),
             ("max_connects", u.overflow_connects.load(Relaxed)),
+            ("max_uploads", u.overflow_uploads.load(Relaxed)),
         ] {
             let _ = writeln!(
                 out,
@@ -479,6 +498,7 @@ mod tests {
             retries: 1,
             max_requests: 2,
             max_connects: 1,
+            max_uploads: 1,
             health_check: None,
             outlier: Outlier {
                 consecutive_failures: consecutive,

@@ -58,6 +58,12 @@ pub struct Plan {
     pub http10: bool,
     /// What the body is, as far as the WAF reads bodies.
     pub body_kind: BodyKind,
+    /// The body is not all in yet: it streams from the client while the
+    /// request goes upstream (set by the body stage).
+    pub streaming_body: bool,
+    /// A browser sent it for another site's page: its WAF hits do not
+    /// count against the source.
+    pub on_behalf: bool,
 }
 
 /// A request body the WAF can read.
@@ -102,6 +108,17 @@ impl Admitted {
     /// Bytes of the request head.
     pub fn head_len(&self) -> usize {
         self.head_len
+    }
+
+    /// The body was read whole and de-chunked: `len` bytes go upstream
+    /// with a Content-Length.
+    pub(crate) fn body_read_whole(&mut self, len: u64) {
+        self.plan.framing = Framing::Length(len);
+    }
+
+    /// Whether the body still streams from the client as the request goes.
+    pub(crate) fn set_streaming_body(&mut self, streaming: bool) {
+        self.plan.streaming_body = streaming;
     }
 }
 
@@ -254,10 +271,15 @@ pub async fn forward(
             retries: u.retries,
         }
     };
-    // The circuit breaker: past the limit, 503 at once.
-    let Some(_in_flight) = health.enter_request() else {
-        return Err(Abort::Respond(Failure::UPSTREAM_MAX_REQUESTS, None));
+    // The circuit breaker: past the limit, 503 at once. A body still
+    // streaming from the client takes an upload place instead, so slow
+    // uploads never hold the places of requests that could go now.
+    let place = if a.streaming_body {
+        health.enter_upload().ok_or(Failure::UPSTREAM_MAX_UPLOADS)
+    } else {
+        health.enter_request().ok_or(Failure::UPSTREAM_MAX_REQUESTS)
     };
+    let _in_flight = place.map_err(|f| Abort::Respond(f, None))?;
     let mut exclude = None;
     let mut attempts = 0;
     let mut last_failure: Option<(Failure, SocketAddr)> = None;

@@ -304,6 +304,7 @@ mod tests {
             retries: 1,
             max_requests: 1024,
             max_connects: 256,
+            max_uploads: 256,
             health_check: None,
             outlier: crate::config::Outlier {
                 consecutive_failures: 0,

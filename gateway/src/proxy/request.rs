@@ -212,14 +212,33 @@ pub fn write_upstream_head(
         let _ = write!(out, ";host=\"{}\"", head.host);
     }
     out.extend_from_slice(b"\r\n");
-    match head.framing {
+    write_framing(out, head.framing);
+}
+
+/// The framing field and the end of the head: always last, so
+/// [`reframe_whole`] can replace it.
+fn write_framing(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => out.extend_from_slice(CHUNKED_END),
         Framing::None | Framing::UntilClose => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+const CHUNKED_END: &[u8] = b"transfer-encoding: chunked\r\n";
+
+/// An upstream head written for a chunked body whose `len` data bytes were
+/// read whole: it says Content-Length instead.
+pub fn reframe_whole(out: &mut Vec<u8>, len: u64) {
+    let end = CHUNKED_END.len() + 2;
+    debug_assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    if out.len() >= end && out[out.len() - end..].starts_with(CHUNKED_END) {
+        out.truncate(out.len() - end);
+        write_framing(out, Framing::Length(len));
+    }
 }
 
 /// The identity headers: a consumer's id and roles, or a token's subject

@@ -6,15 +6,17 @@
 //! Percent-encoded unreserved characters are decoded (RFC 3986 §2.3), other
 //! escapes are kept with upper-case hex (§6.2.2.1), `.` and `..` segments
 //! are resolved without ever climbing above the root (§5.2.4), and repeated
-//! slashes are merged. An encoded slash or backslash (which some backends
-//! decode into a separator), an encoded NUL, a raw backslash (a separator on
-//! Windows backends) and a broken escape are refused.
+//! slashes are merged. An encoded slash, backslash or semicolon (which
+//! some backends decode into a separator: Tomcat and Spring decode `%3B`
+//! and then cut `;parameters`, so `/admin%3Bx` would reach `/admin` while
+//! routed by its literal form), an encoded NUL, a raw backslash (a
+//! separator on Windows backends) and a broken escape are refused.
 
 /// Why a path is refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// `%2F` or `%5C` while `proxy.encoded_slashes = "reject"`.
-    #[error("encoded slash or backslash")]
+    /// `%2F`, `%5C` or `%3B` while `proxy.encoded_slashes = "reject"`.
+    #[error("encoded slash, backslash or semicolon")]
     EncodedSeparator,
     /// `%00`.
     #[error("encoded NUL")]
@@ -132,7 +134,7 @@ fn decode_segment(raw: &str, out: &mut String, slashes: EncodedSlashes) -> Resul
                 let v = h << 4 | l;
                 match v {
                     0 => return Err(PathError::EncodedNul),
-                    b'/' | b'\\' if slashes == EncodedSlashes::Reject => {
+                    b'/' | b'\\' | b';' if slashes == EncodedSlashes::Reject => {
                         return Err(PathError::EncodedSeparator);
                     }
                     v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => {
@@ -205,6 +207,9 @@ mod tests {
             ("/a/..b", Ok("/a/..b")),
             ("/api%2f..%2fadmin", Err(EncodedSeparator)),
             ("/api%5cadmin", Err(EncodedSeparator)),
+            ("/public/..%3b/admin", Err(EncodedSeparator)),
+            ("/admin%3Bx", Err(EncodedSeparator)),
+            ("/admin%3bjsessionid=1", Err(EncodedSeparator)),
             ("/api\\..\\admin", Err(Backslash)),
             ("/public/..;/admin", Err(DotParams)),
             ("/public/.;x/admin", Err(DotParams)),

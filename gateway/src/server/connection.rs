@@ -24,11 +24,13 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     let Some(mut c) = Box::pin(handshake(&w, tcp, peer)).await else {
         return;
     };
+    let mut first = true;
     loop {
         c.refresh(&w.shared.published);
-        if !await_request(&w, &mut c).await || !Box::pin(request(&w, &mut c)).await {
+        if !await_request(&w, &mut c, first).await || !Box::pin(request(&w, &mut c)).await {
             break;
         }
+        first = false;
     }
     c.release();
     Box::pin(c.tls.close()).await;
@@ -36,7 +38,10 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
 
 /// Waits until the next request's first bytes arrive (at once when
 /// pipelined ones are pending); false when the connection should close.
-async fn await_request(w: &Worker, c: &mut Conn) -> bool {
+/// The first request gets the header timeout, not the idle one: a client
+/// that completes TLS and sends nothing holds its connection no longer
+/// than one that sends a head slowly.
+async fn await_request(w: &Worker, c: &mut Conn, first: bool) -> bool {
     if !c.pending().is_empty() {
         return true;
     }
@@ -45,7 +50,12 @@ async fn await_request(w: &Worker, c: &mut Conn) -> bool {
     }
     // Idle: the scratch buffers go back to the pool, and stopping may cut it.
     let fd = c.tls.fd();
-    let limit = ms(c.snap().cfg.limits.idle_timeout_ms);
+    let limits = &c.snap().cfg.limits;
+    let limit = ms(if first {
+        limits.header_timeout_ms.min(limits.idle_timeout_ms)
+    } else {
+        limits.idle_timeout_ms
+    });
     c.park();
     let idle = w.mark_idle(fd);
     let r = c.await_bytes(limit).await;

@@ -22,7 +22,10 @@ use crate::{
 };
 
 mod connection;
+mod per_source;
 mod redirect;
+
+pub use per_source::SourceConns;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +223,8 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     let mut failures = 0u64;
     let mut last_refusal: Option<Instant> = None;
     let mut refusals = 0u64;
+    let mut last_over_cap: Option<Instant> = None;
+    let mut over_cap = 0u64;
     loop {
         let accepted = listener.accept().await;
         if w.shared.stopping.load(Ordering::Relaxed) {
@@ -266,6 +271,32 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 continue;
             }
         }
-        w.spawn_connection(|w| connection::serve(w, stream, peer));
+        let snap = w.shared.published.current();
+        let open = match w
+            .shared
+            .source_conns
+            .admit(peer.ip(), &snap.cfg, &snap.trusted_proxies)
+        {
+            Ok(open) => open,
+            Err(over) => {
+                over_cap += 1;
+                if last_over_cap.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        "connection from {} refused at accept: it holds {} open connections (limits.max_connections_per_source; {over_cap} refused since the last line)",
+                        peer.ip(),
+                        over.cap
+                    );
+                    last_over_cap = Some(Instant::now());
+                    over_cap = 0;
+                }
+                w.tally.borrow_mut().per_source_refusals += 1;
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+        };
+        w.spawn_connection(|w| async move {
+            let _open = open;
+            connection::serve(w, stream, peer).await;
+        });
     }
 }

@@ -99,10 +99,14 @@ async fn redirect(w: &Worker, stream: TcpStream) {
             // `OPTIONS *` names the server, not a resource: its root.
             let target = if head.target == "*" { "/" } else { head.target };
             let location = format!("https://{authority}{target}");
-            format!(
-                "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            let mut out = format!(
+                "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n"
             )
-            .into_bytes()
+            .into_bytes();
+            // The security headers every answer carries (HSTS only over TLS).
+            out.extend_from_slice(snap.filters.plain_lines());
+            out.extend_from_slice(b"\r\n");
+            out
         }
         Ok(None) | Err(_) => {
             let mut out = Vec::new();
@@ -110,7 +114,7 @@ async fn redirect(w: &Worker, stream: TcpStream) {
                 &mut out,
                 crate::respond::Failure::http(crate::http::HttpError::Malformed),
                 true,
-                &[],
+                &[snap.filters.plain_lines()],
             );
             out
         }

@@ -107,8 +107,29 @@ impl KeyRing {
     }
 
     /// The key file `auth.key_file` names, or no keys without one.
-    pub fn load_configured(path: Option<&Path>) -> Result<Self, KeyFileError> {
-        path.map_or_else(|| Ok(Self::default()), Self::load)
+    /// `allow_empty`: `auth.allow_empty_key_file`.
+    pub fn load_configured(path: Option<&Path>, allow_empty: bool) -> Result<Self, KeyFileError> {
+        path.map_or_else(
+            || Ok(Self::default()),
+            |p| Self::load_in_use(p, allow_empty),
+        )
+    }
+
+    /// Reads a key file the gateway serves by: one with no key at all is
+    /// refused like a broken one (the last good set stays), unless
+    /// `allow_empty`, since a rewrite caught half-way (truncated, not yet
+    /// written) reads as empty and would revoke every key at once.
+    pub fn load_in_use(path: &Path, allow_empty: bool) -> Result<Self, KeyFileError> {
+        let ring = Self::load(path)?;
+        if ring.key_count == 0 && !allow_empty {
+            return Err(KeyFileError::Invalid {
+                file: path.display().to_string(),
+                line: 1,
+                key: "consumers".into(),
+                message: "the file holds no key (an empty or half-written file?): replace key files whole (write a new file, then rename it over the old), or set auth.allow_empty_key_file = true to revoke every key this way".into(),
+            });
+        }
+        Ok(ring)
     }
 
     /// Parses and validates `text`, naming it `file` in errors.

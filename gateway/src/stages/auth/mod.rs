@@ -52,6 +52,17 @@ impl Authenticated {
 
 /// No credential on a route that needs one.
 pub const MISSING: Failure = Failure::client(401, "auth.missing");
+
+/// Whether a 401 says a credential was guessed (a wrong key, a forged or
+/// broken token), which escalation counts: not a missing one, nor a token
+/// that was valid once or will be (a client's clock or refresh, not an
+/// attack).
+pub fn is_guess(f: Failure) -> bool {
+    f.status == 401
+        && f != MISSING
+        && f != jwt::JwtError::Expired.failure()
+        && f != jwt::JwtError::NotYetValid.failure()
+}
 /// An API key no consumer holds, or outside its validity.
 pub const INVALID_KEY: Failure = Failure::client(401, "auth.invalid_key");
 /// Two credential headers of one kind: which one would a backend read?

@@ -35,7 +35,7 @@ use crate::{
     cluster::{self, Link},
     config::{LimitSettings, RateLimitSettings},
     observe::metrics::LimitCounts,
-    policy::{CidrSet, canonical, source_addr},
+    policy::{CidrSet, source_addr},
     respond::Failure,
 };
 
@@ -55,24 +55,48 @@ pub enum Phase {
 pub struct Caller<'a> {
     /// The source address, masked to its counting prefix.
     pub source: [u8; 16],
-    /// The consumer id or token subject; none for an anonymous caller
+    /// The consumer or token subject; none for an anonymous caller
     /// (counted by source instead).
-    pub consumer: Option<&'a str>,
+    pub consumer: Option<Consumer<'a>>,
     /// The route, by index.
     pub route: usize,
+}
+
+/// A caller a consumer-keyed limit counts, in the namespace of the
+/// credential that proved it: an API key's consumer `alice` and a JWT
+/// whose `sub` is `alice` are different callers (else a partner issuer's
+/// token with `sub=alice` would spend the key holder's limit), and so are
+/// the same subject from two issuers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer<'a> {
+    /// A consumer of the key file, by id.
+    Key(&'a str),
+    /// A token's subject, with the name of the issuer or introspection
+    /// endpoint that vouched for it.
+    Subject {
+        /// `auth.jwt[].name` or `auth.introspection[].name`.
+        issuer: &'a str,
+        /// The subject.
+        subject: &'a str,
+    },
+}
+
+impl<'a> Consumer<'a> {
+    /// The bucket key's parts: the kind, the issuer, the id.
+    fn parts(self) -> [&'a [u8]; 3] {
+        match self {
+            Self::Key(id) => [b"k", b"", id.as_bytes()],
+            Self::Subject { issuer, subject } => [b"s", issuer.as_bytes(), subject.as_bytes()],
+        }
+    }
 }
 
 /// The counting form of a source: IPv4 (also IPv4-mapped IPv6) per
 /// address, IPv6 per `/prefix`.
 pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> [u8; 16] {
-    match canonical(ip) {
+    match crate::policy::source_of(ip, ipv6_prefix) {
         IpAddr::V4(v4) => std::net::Ipv4Addr::to_ipv6_mapped(&v4).octets(),
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let keep = u32::from(ipv6_prefix.min(128));
-            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
-            (bits & mask).to_be_bytes()
-        }
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -205,17 +229,18 @@ pub fn charge(
 
 /// The bucket of `limit` for `who`.
 fn bucket_key(buckets: &Buckets, limit: &LimitSettings, who: &Caller<'_>) -> u64 {
-    let consumer = who.consumer.map(str::as_bytes);
     // An anonymous caller of a consumer-keyed limit is counted by source.
-    let by_source = limit.key.source || (limit.key.consumer && consumer.is_none());
+    let by_source = limit.key.source || (limit.key.consumer && who.consumer.is_none());
     let route = who.route.to_le_bytes();
-    let parts: [&[u8]; 3] = [
+    let [kind, issuer, id] = match who.consumer {
+        Some(c) if limit.key.consumer => c.parts(),
+        _ => [b"" as &[u8]; 3],
+    };
+    let parts: [&[u8]; 5] = [
         if by_source { &who.source } else { b"" },
-        if limit.key.consumer {
-            consumer.unwrap_or(b"")
-        } else {
-            b""
-        },
+        kind,
+        issuer,
+        id,
         if limit.key.route { &route } else { b"" },
     ];
     buckets.key(&limit.name, &parts)
@@ -399,7 +424,7 @@ mod tests {
         let s = settings(false);
         let who = Caller {
             source: source_key("198.18.0.9".parse().expect("ip"), 64),
-            consumer: Some("alice"),
+            consumer: Some(Consumer::Key("alice")),
             route: 0,
         };
         let mut counts = LimitCounts::default();
@@ -431,6 +456,46 @@ mod tests {
         assert_eq!(ask(&[0, 1], Phase::Identified, &mut lines), Err(EXCEEDED));
         // Every decision counted for the metrics, by limit.
         assert_eq!(counts.0, vec![[3, 1], [1, 1]]);
+    }
+
+    #[test]
+    fn a_subject_never_spends_a_key_holders_limit() {
+        let b = Buckets::new(1024);
+        let s = settings(false);
+        let source = source_key("198.18.0.9".parse().expect("ip"), 64);
+        let key = |consumer| {
+            bucket_key(
+                &b,
+                &s.limits[1],
+                &Caller {
+                    source,
+                    consumer: Some(consumer),
+                    route: 0,
+                },
+            )
+        };
+        let alice = key(Consumer::Key("alice"));
+        let partner = key(Consumer::Subject {
+            issuer: "partner",
+            subject: "alice",
+        });
+        let own = key(Consumer::Subject {
+            issuer: "own",
+            subject: "alice",
+        });
+        assert_ne!(alice, partner);
+        assert_ne!(partner, own);
+        // No concatenation makes two callers one.
+        assert_ne!(
+            key(Consumer::Subject {
+                issuer: "a",
+                subject: "bc"
+            }),
+            key(Consumer::Subject {
+                issuer: "ab",
+                subject: "c"
+            })
+        );
     }
 
     #[test]

@@ -92,6 +92,15 @@ impl JwtError {
     }
 }
 
+impl From<strict_json::NotStrict> for JwtError {
+    fn from(e: strict_json::NotStrict) -> Self {
+        match e {
+            strict_json::NotStrict::Malformed => Self::Malformed,
+            strict_json::NotStrict::Duplicate => Self::Duplicate,
+        }
+    }
+}
+
 /// No key set for the issuer yet: the gateway's problem, never an open door.
 pub const NO_KEYS: Failure = Failure::internal(503, "jwt.keys_unavailable");
 
@@ -174,7 +183,7 @@ fn b64(part: &str, max: usize) -> Result<Vec<u8>, JwtError> {
 }
 
 fn read_header(part: &str, issuer: &Issuer) -> Result<Header, JwtError> {
-    let h = strict_json::object(&b64(part, 4096)?).ok_or(JwtError::Duplicate)?;
+    let h = strict_json::object(&b64(part, 4096)?).map_err(JwtError::from)?;
     if FORBIDDEN_HEADER.iter().any(|k| h.contains_key(*k)) {
         return Err(JwtError::Header);
     }
@@ -237,7 +246,7 @@ pub fn verify(
     if !check.verify(signed, &signature[..n]) {
         return Err(JwtError::Signature);
     }
-    let claims = strict_json::object(&b64(p, token.len())?).ok_or(JwtError::Duplicate)?;
+    let claims = strict_json::object(&b64(p, token.len())?).map_err(JwtError::from)?;
     let exp = validate(&claims, &issuer.settings, now)?;
     subject.clear();
     if let Some(Value::String(sub)) = claims.get("sub") {
@@ -279,7 +288,8 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(payload)
             .ok()?,
-    )?;
+    )
+    .ok()?;
     match claims.get("iss") {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,

@@ -68,11 +68,27 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Why bytes are not a strict JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStrict {
+    /// Not JSON, or JSON but not one object.
+    Malformed,
+    /// A JSON object with a key twice somewhere.
+    Duplicate,
+}
+
 /// Parses `bytes` as one JSON object with no duplicate keys anywhere.
-pub fn object(bytes: &[u8]) -> Option<Map<String, Value>> {
+pub fn object(bytes: &[u8]) -> Result<Map<String, Value>, NotStrict> {
     match serde_json::from_slice::<Strict>(bytes) {
-        Ok(Strict(Value::Object(m))) => Some(m),
-        _ => None,
+        Ok(Strict(Value::Object(m))) => Ok(m),
+        Ok(_) => Err(NotStrict::Malformed),
+        // Only a document that reads as an object when duplicates are
+        // allowed failed for a duplicate (the error path only: a second,
+        // lenient parse to tell which).
+        Err(_) => match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(_)) => Err(NotStrict::Duplicate),
+            _ => Err(NotStrict::Malformed),
+        },
     }
 }
 
@@ -82,11 +98,14 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused_at_any_depth() {
-        assert!(object(br#"{"a":1,"b":{"c":[1,{"d":2}]}}"#).is_some());
-        assert!(object(br#"{"a":1,"a":2}"#).is_none());
-        assert!(object(br#"{"a":{"b":1,"b":1}}"#).is_none());
-        assert!(object(br#"{"a":[{"b":1,"b":2}]}"#).is_none());
-        assert!(object(br#"[1]"#).is_none());
-        assert!(object(br#"{"a":1} x"#).is_none());
+        use NotStrict::*;
+        assert!(object(br#"{"a":1,"b":{"c":[1,{"d":2}]}}"#).is_ok());
+        assert_eq!(object(br#"{"a":1,"a":2}"#).err(), Some(Duplicate));
+        assert_eq!(object(br#"{"a":{"b":1,"b":1}}"#).err(), Some(Duplicate));
+        assert_eq!(object(br#"{"a":[{"b":1,"b":2}]}"#).err(), Some(Duplicate));
+        assert_eq!(object(br#"[1]"#).err(), Some(Malformed));
+        assert_eq!(object(br#"{"a":1} x"#).err(), Some(Malformed));
+        assert_eq!(object(b"not json").err(), Some(Malformed));
+        assert_eq!(object(br#"{"a":1,"a":2"#).err(), Some(Malformed));
     }
 }

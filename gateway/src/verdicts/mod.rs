@@ -1,10 +1,25 @@
-//! The verdicts in force, wherever they are enforced (the XDP verdict map,
-//! or the workers' accept check without XDP): placed by escalation or by an
-//! operator, listed, removed, and explained (`gateway why`). The control
-//! loop and the admin API share one book behind a mutex; the request path
-//! never touches it.
+//! The verdicts in force, wherever they are enforced: request by request
+//! in the workers (a source's first offences, `requests`), then in the
+//! kernel (the XDP verdict map, or the workers' accept check without XDP):
+//! placed by escalation or by an operator, listed, removed, and explained
+//! (`gateway why`). The control loop and the admin API share one book
+//! behind a mutex; the request path reads only the request verdicts.
+//!
+//! An IPv6 source is its `/rate_limit.ipv6_prefix` here and in the
+//! kernel (its base address is the key): rotating addresses inside a `/64`
+//! escapes nothing.
 
-use std::{collections::HashMap, net::IpAddr, sync::mpsc::SyncSender};
+mod requests;
+mod shield;
+
+pub use requests::{RequestVerdicts, failure, is_verdict};
+pub use shield::Shield;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, mpsc::SyncSender},
+};
 
 use gateway_common::{Verdict, VerdictReason};
 use serde_json::{Value, json};
@@ -31,8 +46,10 @@ struct Note {
 
 /// The book.
 pub struct Book {
-    /// Where verdicts are enforced.
+    /// Where kernel verdicts are enforced.
     pub enforcement: Enforcement,
+    /// The verdicts the workers enforce request by request.
+    pub requests: Arc<RequestVerdicts>,
     /// The counters that earn verdicts.
     pub escalation: Escalation,
     notes: HashMap<IpAddr, Note>,
@@ -40,10 +57,15 @@ pub struct Book {
     deny: CidrSet,
     syn_tolerance_ns: u64,
     syn_limited: bool,
-    own: IpAddr,
+    shield: Shield,
     outbox: Option<SyncSender<Shout>>,
     /// Verdicts placed here since start (for metrics).
     pub issued: u64,
+    /// Verdicts the kernel's full map could not take, enforced request by
+    /// request instead (for metrics).
+    pub overflowed: u64,
+    /// Verdicts not placed anywhere (both maps full, or a kernel error).
+    pub not_placed: u64,
 }
 
 fn secs(ns: u64) -> u64 {
@@ -63,6 +85,9 @@ pub struct Entry {
     pub placed_unix: Option<u64>,
     /// What earned it.
     pub why: String,
+    /// Where it is enforced: `request` (each request refused with an
+    /// answer), `xdp`, or `accept` (connections refused without XDP).
+    pub enforced: &'static str,
 }
 
 impl Entry {
@@ -74,6 +99,7 @@ impl Entry {
             "expires_in_secs": self.expires_in_secs,
             "placed_unix": self.placed_unix,
             "why": self.why,
+            "enforced": self.enforced,
         })
     }
 }
@@ -87,9 +113,10 @@ pub enum BookError {
     /// The source is on the allow list: the kernel would let it through.
     #[error("{0} is in policy.allow, which wins over verdicts")]
     Allowed(IpAddr),
-    /// A loopback or the gateway's own address, with XDP enforcing.
+    /// A loopback, the gateway's own address or a configured peer, with
+    /// XDP enforcing.
     #[error(
-        "{0} is a loopback or the gateway's own address: XDP would drop the host's own traffic"
+        "{0} is a loopback, the gateway's own address, a trusted proxy or a configured peer (upstream, identity provider, Redis): XDP would cut the gateway off from it"
     )]
     Own(IpAddr),
     /// The map refused it.
@@ -98,28 +125,42 @@ pub enum BookError {
 }
 
 impl Book {
-    /// A book over `enforcement`, counting by `cfg`.
-    pub fn new(enforcement: Enforcement, cfg: &Config) -> Self {
+    /// A book over `enforcement` and the workers' `requests`, counting by
+    /// `cfg`.
+    pub fn new(enforcement: Enforcement, requests: Arc<RequestVerdicts>, cfg: &Config) -> Self {
         let (_, tolerance) = syn_budget(cfg.xdp.syn_rate, cfg.xdp.syn_burst);
         Self {
             enforcement,
-            escalation: Escalation::new(cfg.rate_limit.escalation, &cfg.policy.allow),
+            requests,
+            escalation: Escalation::new(
+                cfg.rate_limit.escalation,
+                &cfg.policy.allow,
+                cfg.rate_limit.ipv6_prefix,
+            ),
             notes: HashMap::new(),
             allow: CidrSet::new(&cfg.policy.allow),
             deny: CidrSet::new(&cfg.policy.deny),
             syn_tolerance_ns: tolerance,
             syn_limited: cfg.xdp.syn_rate > 0,
-            own: cfg.https.ip(),
+            shield: Shield::of(cfg),
             outbox: None,
             issued: 0,
+            overflowed: 0,
+            not_placed: 0,
         }
     }
 
-    /// Takes up a reloaded configuration (`old` is the running one): the
-    /// enforcement point's lists and SYN budget change in place, and the
-    /// escalation counters start over only when their settings changed.
-    /// Nothing changes when the kernel refuses.
-    pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
+    /// Takes up a reloaded configuration (`old` is the running one) and
+    /// its shield (made beforehand: it may resolve names): the enforcement
+    /// point's lists and SYN budget change in place, and the escalation
+    /// counters start over only when their settings changed. Nothing
+    /// changes when the kernel refuses.
+    pub fn reconfigure(
+        &mut self,
+        old: &Config,
+        new: &Config,
+        shield: Shield,
+    ) -> Result<(), XdpError> {
         if let Err(e) = self.enforcement.reconfigure(old, new) {
             // Put back what went in, so the maps say what the running
             // configuration says.
@@ -132,8 +173,13 @@ impl Book {
         if old.rate_limit.escalation != new.rate_limit.escalation
             || old.policy.allow != new.policy.allow
         {
-            self.escalation = Escalation::new(new.rate_limit.escalation, &new.policy.allow);
+            self.escalation = Escalation::new(
+                new.rate_limit.escalation,
+                &new.policy.allow,
+                new.rate_limit.ipv6_prefix,
+            );
         }
+        self.shield = shield;
         self.allow = CidrSet::new(&new.policy.allow);
         self.deny = CidrSet::new(&new.policy.deny);
         self.syn_tolerance_ns = tolerance;
@@ -201,14 +247,29 @@ impl Book {
         }
     }
 
-    /// Whether a kernel verdict on `source` would cut the host's own
-    /// traffic: XDP drops every packet from a sentenced address, so one on
-    /// a loopback address (or the gateway's own) would also drop the
-    /// gateway's upstream replies and every local connection.
+    /// Whether a kernel verdict on `source` would cut the gateway off
+    /// from something (see [`Shield`]); without XDP, a verdict refuses
+    /// only incoming connections and never cuts anything.
     fn shields(&self, source: IpAddr) -> bool {
-        let source = crate::policy::canonical(source);
-        matches!(self.enforcement, Enforcement::Kernel(_))
-            && (source.is_loopback() || source == self.own)
+        matches!(self.enforcement, Enforcement::Kernel(_)) && self.shield.covers(source)
+    }
+
+    fn verdict(reason: VerdictReason, secs: u64, now_ns: u64) -> Verdict {
+        Verdict {
+            expires_at_ns: now_ns.saturating_add(secs.saturating_mul(1_000_000_000)),
+            reason: reason as u32,
+            _pad: 0,
+        }
+    }
+
+    fn noted(&mut self, source: IpAddr, why: String) {
+        self.notes.insert(
+            source,
+            Note {
+                placed_unix: unix_ms() / 1000,
+                why,
+            },
+        );
     }
 
     fn put(
@@ -219,12 +280,8 @@ impl Book {
         why: String,
         now_ns: u64,
     ) -> Result<(), XdpError> {
-        let verdict = Verdict {
-            expires_at_ns: now_ns.saturating_add(secs.saturating_mul(1_000_000_000)),
-            reason: reason as u32,
-            _pad: 0,
-        };
-        self.enforcement.set_verdict(source, verdict)?;
+        self.enforcement
+            .set_verdict(source, Self::verdict(reason, secs, now_ns))?;
         self.issued += 1;
         self.tell(Shout::Placed {
             source,
@@ -232,41 +289,92 @@ impl Book {
             reason: reason as u32,
             why: why.clone(),
         });
-        self.notes.insert(
-            source,
-            Note {
-                placed_unix: unix_ms() / 1000,
-                why,
-            },
-        );
+        self.noted(source, why);
         Ok(())
     }
 
-    /// Places an earned verdict and says so once, with the reason.
+    /// Places `s` to be enforced request by request; false when that map
+    /// is full too.
+    fn put_in_requests(&mut self, s: &Sentence, why: String, now_ns: u64) -> bool {
+        let v = Self::verdict(s.reason, s.secs, now_ns);
+        if !self.requests.place(s.source, v, now_ns) {
+            return false;
+        }
+        self.issued += 1;
+        self.noted(s.source, why);
+        true
+    }
+
+    /// Places an earned verdict and says so once, with the reason and
+    /// where it is enforced: request by request for a source's first
+    /// offences (and for one the kernel must not or cannot take), in the
+    /// kernel after. A verdict placed nowhere is taken back from the
+    /// escalation's record, so nothing claims it is served.
     pub fn place(&mut self, s: &Sentence, now_ns: u64) {
+        let why = format!("{}; offence {}", s.why, s.offence);
+        let code = s.reason.code();
+        let kernel = s.in_kernel && !self.shields(s.source);
         let at = match self.enforcement {
             Enforcement::Kernel(_) => "dropped in XDP",
             Enforcement::Userspace(_) => "refused at accept",
         };
-        if self.shields(s.source) {
-            tracing::warn!(
-                "no verdict on {} ({}: {}): a kernel verdict on a loopback or the gateway's own address would cut the host's own traffic; its requests keep being refused",
-                s.source,
-                s.reason.code(),
-                s.why
-            );
+        if !kernel {
+            let because = if !s.in_kernel {
+                format!(
+                    "a source's first offences are refused with an answer; from offence {} it is {at}",
+                    self.escalation.settings().kernel_after
+                )
+            } else {
+                "a kernel verdict on a loopback, the host's own address, a trusted proxy or a configured peer would cut the gateway off from it".to_owned()
+            };
+            if self.put_in_requests(s, why.clone(), now_ns) {
+                tracing::warn!(
+                    "verdict: {} refused request by request for {}s ({code}: {why}): {because}",
+                    s.source,
+                    s.secs,
+                );
+            } else {
+                self.unplaced(s, "the request verdicts are full");
+            }
             return;
         }
-        let why = format!("{}; offence {}", s.why, s.offence);
-        match self.put(s.source, s.reason, s.secs, why.clone(), now_ns) {
-            Ok(()) => tracing::warn!(
-                "verdict: {} {at} for {}s ({}: {why})",
-                s.source,
-                s.secs,
-                s.reason.code(),
-            ),
-            Err(e) => tracing::error!("verdict for {} not placed: {e}", s.source),
+        let mut placed = self.put(s.source, s.reason, s.secs, why.clone(), now_ns);
+        if let Err(XdpError::MapFull { .. }) = placed {
+            // Expired verdicts make room first.
+            if self.enforcement.sweep(now_ns).is_ok_and(|n| n > 0) {
+                placed = self.put(s.source, s.reason, s.secs, why.clone(), now_ns);
+            }
         }
+        match placed {
+            Ok(()) => tracing::warn!("verdict: {} {at} for {}s ({code}: {why})", s.source, s.secs),
+            Err(XdpError::MapFull { capacity, .. }) => {
+                if self.put_in_requests(s, why.clone(), now_ns) {
+                    self.overflowed += 1;
+                    tracing::warn!(
+                        "verdict: {} refused request by request for {}s ({code}: {why}): the kernel's verdict map is full ({capacity} entries)",
+                        s.source,
+                        s.secs,
+                    );
+                } else {
+                    self.unplaced(
+                        s,
+                        "the kernel's verdict map and the request verdicts are full",
+                    );
+                }
+            }
+            Err(e) => self.unplaced(s, &e.to_string()),
+        }
+    }
+
+    fn unplaced(&mut self, s: &Sentence, why: &str) {
+        self.not_placed += 1;
+        self.escalation.forget(s);
+        tracing::error!(
+            "verdict for {} not placed ({}: {}): {why}; its requests keep being refused one by one",
+            s.source,
+            s.reason.code(),
+            s.why
+        );
     }
 
     /// An operator's verdict on `source` for `secs`.
@@ -283,6 +391,8 @@ impl Book {
         if self.allow.contains(&source_addr(source)) {
             return Err(BookError::Allowed(source));
         }
+        // An IPv6 address stands for its prefix, as the kernel keys it.
+        let source = self.escalation.source(source);
         if self.shields(source) {
             return Err(BookError::Own(source));
         }
@@ -298,25 +408,38 @@ impl Book {
         Ok(())
     }
 
-    /// Lifts a source's verdict; whether it had one.
+    /// Lifts a source's verdict, wherever it is enforced; whether it had one.
     pub fn remove(&mut self, source: IpAddr) -> bool {
+        let source = self.escalation.source(source);
         self.notes.remove(&source);
-        let had = self.enforcement.remove_verdict(source);
+        let in_kernel = self.enforcement.remove_verdict(source);
+        let in_requests = self.requests.lift(source);
         self.tell(Shout::Lifted { source });
-        if had {
+        if in_kernel || in_requests {
             tracing::warn!("verdict on {source} lifted through the admin API");
         }
-        had
+        in_kernel || in_requests
     }
 
     /// The live verdicts at `now_ns`, soonest to end first.
     pub fn list(&self, now_ns: u64) -> Vec<Entry> {
+        let kernel = match self.enforcement {
+            Enforcement::Kernel(_) => "xdp",
+            Enforcement::Userspace(_) => "accept",
+        };
         let mut out: Vec<Entry> = self
             .enforcement
             .verdicts()
             .into_iter()
-            .filter(|(_, v)| v.expires_at_ns > now_ns)
-            .map(|(source, v)| self.entry(source, &v, now_ns))
+            .map(|(source, v)| (source, v, kernel))
+            .chain(
+                self.requests
+                    .list()
+                    .into_iter()
+                    .map(|(source, v)| (source, v, "request")),
+            )
+            .filter(|(_, v, _)| v.expires_at_ns > now_ns)
+            .map(|(source, v, at)| self.entry(source, &v, now_ns, at))
             .collect();
         out.sort_by(|a, b| {
             a.expires_in_secs
@@ -326,7 +449,7 @@ impl Book {
         out
     }
 
-    fn entry(&self, source: IpAddr, v: &Verdict, now_ns: u64) -> Entry {
+    fn entry(&self, source: IpAddr, v: &Verdict, now_ns: u64, enforced: &'static str) -> Entry {
         let note = self.notes.get(&source);
         Entry {
             source,
@@ -334,12 +457,13 @@ impl Book {
             expires_in_secs: secs(v.expires_at_ns.saturating_sub(now_ns)),
             placed_unix: note.map(|n| n.placed_unix),
             why: note.map_or_else(String::new, |n| n.why.clone()),
+            enforced,
         }
     }
 
-    /// Forgets the notes of verdicts no longer in force.
+    /// Removes verdicts no longer in force and forgets their notes.
     pub fn sweep(&mut self, now_ns: u64) -> Result<usize, XdpError> {
-        let n = self.enforcement.sweep(now_ns)?;
+        let n = self.enforcement.sweep(now_ns)? + self.requests.sweep(now_ns);
         if !self.notes.is_empty() {
             let live: std::collections::HashSet<IpAddr> =
                 self.list(now_ns).into_iter().map(|e| e.source).collect();
@@ -354,12 +478,8 @@ impl Book {
     pub fn why(&self, source: IpAddr, now_ns: u64) -> Value {
         let addr = source_addr(source);
         let allowed = self.allow.contains(&addr);
-        let verdict = self
-            .enforcement
-            .verdicts()
-            .into_iter()
-            .find(|(ip, v)| *ip == source && v.expires_at_ns > now_ns)
-            .map(|(ip, v)| self.entry(ip, &v, now_ns));
+        let key = self.escalation.source(source);
+        let verdict = self.list(now_ns).into_iter().find(|e| e.source == key);
         let denied = self.deny.contains(&addr);
         let clock = self.enforcement.syn_clock(source);
         let ahead = clock.map_or(0, |t| t.saturating_sub(now_ns));
@@ -420,7 +540,62 @@ mod tests {
         )
         .expect("config");
         let policy = Arc::new(Mutex::new(SourcePolicy::new(&cfg)));
-        Book::new(Enforcement::Userspace(policy), &cfg)
+        Book::new(Enforcement::Userspace(policy), Arc::default(), &cfg)
+    }
+
+    fn sentence(b: &mut Book, ip: IpAddr, now: u64) -> Sentence {
+        let mut s = None;
+        while s.is_none() {
+            s = b
+                .escalation
+                .record(ip, crate::escalate::Offence::Attack, now);
+        }
+        s.expect("sentenced")
+    }
+
+    #[test]
+    fn first_offences_are_refused_request_by_request_then_in_the_kernel() {
+        let mut b = book(
+            "[rate_limit.escalation]\nattacks = 2\nban_secs = 10\nmax_ban_secs = 100\nkernel_after = 2\n",
+        );
+        let ip: IpAddr = "198.18.0.7".parse().expect("ip");
+        let first = sentence(&mut b, ip, 0);
+        b.place(&first, 0);
+        let list = b.list(0);
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].enforced, list[0].reason), ("request", "abuse"));
+        assert_eq!(
+            b.requests.check(ip, || SEC),
+            Some((VerdictReason::Abuse, 9 * SEC))
+        );
+        // Nothing at accept yet: the page its user opens says why.
+        let Enforcement::Userspace(p) = &b.enforcement else {
+            panic!("userspace")
+        };
+        assert!(p.lock().expect("lock").admit_connection(ip, SEC).is_ok());
+        // The second offence, once the first verdict ended, is enforced below.
+        let second = sentence(&mut b, ip, 20);
+        b.place(&second, 20 * SEC);
+        let list = b.list(20 * SEC);
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].enforced, list[0].expires_in_secs), ("accept", 20));
+        assert!(b.remove(ip));
+        assert!(b.list(20 * SEC).is_empty());
+    }
+
+    #[test]
+    fn ipv6_verdicts_cover_the_prefix() {
+        let mut b = book("");
+        let one: IpAddr = "2001:db8:7:7::1".parse().expect("ip");
+        b.add(one, 60, "scanner", 0).expect("added");
+        let list = b.list(0);
+        assert_eq!(
+            list[0].source,
+            "2001:db8:7:7::".parse::<IpAddr>().expect("ip")
+        );
+        let other: IpAddr = "2001:db8:7:7:aaaa::2".parse().expect("ip");
+        assert_eq!(b.why(other, SEC)["by"], "verdict");
+        assert!(b.remove(other), "lifted through another address of the /64");
     }
 
     const SEC: u64 = 1_000_000_000;

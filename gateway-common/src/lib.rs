@@ -19,6 +19,10 @@ pub mod map_names {
     pub const DENY: &str = "DENY_CIDRS";
     /// LPM trie of allowed CIDRs; allow wins over deny and verdicts.
     pub const ALLOW: &str = "ALLOW_CIDRS";
+    /// LPM trie of sources the SYN budget never counts (trusted proxies,
+    /// loopback): a spoofed flood carrying their address must not drain
+    /// the budget their real connections need.
+    pub const SYN_EXEMPT: &str = "SYN_EXEMPT_CIDRS";
     /// Destination TCP port → [`crate::PortPolicy`].
     pub const PORTS: &str = "PORTS";
     /// Source address → theoretical arrival time of the next SYN (GCRA),
@@ -35,10 +39,11 @@ pub mod map_names {
     /// `[workers, next]`: how many listeners, and the round-robin cursor.
     pub const BALANCE: &str = "BALANCE";
     /// Every map name, for the export check.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         VERDICTS,
         DENY,
         ALLOW,
+        SYN_EXEMPT,
         PORTS,
         SYN_TAT,
         SYN_TAT_PER_CPU,
@@ -69,6 +74,8 @@ pub const VERDICT_CAPACITY: u32 = 65_536;
 pub const CIDR_CAPACITY: u32 = 16_384;
 /// Capacity of the port policy map.
 pub const PORT_CAPACITY: u32 = 64;
+/// Capacity of the SYN-exempt trie (trusted proxies and loopback).
+pub const SYN_EXEMPT_CAPACITY: u32 = 1024;
 /// Sources tracked by the SYN limiter; least recently seen are evicted.
 pub const SYN_TRACKED_SOURCES: u32 = 65_536;
 
@@ -194,6 +201,9 @@ pub struct XdpConfig {
     pub plain_http_action: u32,
     /// [`config_flags`] bits.
     pub flags: u32,
+    /// The mask an IPv6 source is keyed by in [`map_names::VERDICTS`] and
+    /// the SYN clocks (`rate_limit.ipv6_prefix`: one host holds a `/64`).
+    pub v6_mask: [u8; 16],
 }
 
 /// Bits of [`XdpConfig::flags`].
@@ -205,8 +215,10 @@ pub mod config_flags {
     /// Keep SYN budgets per CPU instead of shared (cheaper; a source spread
     /// over N CPUs gets up to N times its budget).
     pub const SYN_PER_CPU: u32 = 4;
+    /// The SYN-exempt list has entries (else its lookup is skipped).
+    pub const HAS_SYN_EXEMPT: u32 = 8;
 }
-const _: () = assert!(size_of::<XdpConfig>() == 24);
+const _: () = assert!(size_of::<XdpConfig>() == 40);
 
 /// Every outcome the XDP program counts, as indices of [`map_names::COUNTERS`].
 #[repr(u32)]
@@ -230,11 +242,15 @@ pub enum Outcome {
     DroppedSynRate = 7,
     /// Dropped: a truncated or malformed IP/TCP header.
     DroppedMalformed = 8,
+    /// Dropped: an IPv6 packet whose extension headers go on past the
+    /// few the program walks (where a TCP header would hide from the SYN
+    /// budget and the plain-HTTP check).
+    DroppedExtHeaders = 9,
 }
 
 impl Outcome {
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// All outcomes in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -247,6 +263,7 @@ impl Outcome {
         Self::ResetPlainHttp,
         Self::DroppedSynRate,
         Self::DroppedMalformed,
+        Self::DroppedExtHeaders,
     ];
 
     /// Stable metric name.
@@ -261,6 +278,7 @@ impl Outcome {
             Self::ResetPlainHttp => "reset_plain_http",
             Self::DroppedSynRate => "dropped_syn_rate",
             Self::DroppedMalformed => "dropped_malformed",
+            Self::DroppedExtHeaders => "dropped_ext_headers",
         }
     }
 }

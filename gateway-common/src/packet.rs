@@ -20,6 +20,61 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPV6_HLEN: usize = 40;
 /// Length of a TCP header without options.
 pub const TCP_HLEN: usize = 20;
+/// IPv6 extension headers the program walks to find TCP behind them.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+/// See [`IPV6_HOP_BY_HOP`].
+pub const IPV6_ROUTING: u8 = 43;
+/// See [`IPV6_HOP_BY_HOP`].
+pub const IPV6_FRAGMENT: u8 = 44;
+/// See [`IPV6_HOP_BY_HOP`].
+pub const IPV6_AUTH: u8 = 51;
+/// See [`IPV6_HOP_BY_HOP`].
+pub const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked at most; a chain longer than this is dropped
+/// (RFC 9098: long chains are what filters are evaded with).
+pub const MAX_EXT_HEADERS: usize = 6;
+
+/// What one IPv6 extension header says: its length in bytes (from its
+/// first two bytes: next header, length field) when it is one the program
+/// walks, `None` when `next` is not an extension header.
+#[inline(always)]
+pub fn ext_header_len(next: u8, len_field: u8) -> Option<usize> {
+    match next {
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => Some((usize::from(len_field) + 1) * 8),
+        IPV6_FRAGMENT => Some(8),
+        // RFC 4302 §2.2: in 4-octet units, minus 2.
+        IPV6_AUTH => Some((usize::from(len_field) + 2) * 4),
+        _ => None,
+    }
+}
+
+/// An IPv6 source as the maps key it: its prefix under `mask` (host bits
+/// zero), except an IPv4-mapped address, kept whole.
+#[inline(always)]
+pub fn masked_v6(src: [u8; 16], mask: &[u8; 16]) -> [u8; 16] {
+    let mapped = src[0] == 0
+        && src[1] == 0
+        && src[2] == 0
+        && src[3] == 0
+        && src[4] == 0
+        && src[5] == 0
+        && src[6] == 0
+        && src[7] == 0
+        && src[8] == 0
+        && src[9] == 0
+        && src[10] == 0xff
+        && src[11] == 0xff;
+    if mapped {
+        return src;
+    }
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = src[i] & mask[i];
+        i += 1;
+    }
+    out
+}
 
 /// TCP flag bits (byte 13 of the header).
 pub mod tcp_flags {
@@ -300,6 +355,24 @@ mod tests {
             acc = (acc & 0xffff) + (acc >> 16);
         }
         acc as u16
+    }
+
+    #[test]
+    fn extension_headers_have_their_lengths_and_sources_their_prefix() {
+        assert_eq!(ext_header_len(IPV6_DEST_OPTS, 0), Some(8));
+        assert_eq!(ext_header_len(IPV6_HOP_BY_HOP, 2), Some(24));
+        assert_eq!(ext_header_len(IPV6_FRAGMENT, 99), Some(8));
+        assert_eq!(ext_header_len(IPV6_AUTH, 4), Some(24));
+        assert_eq!(ext_header_len(IPPROTO_TCP, 0), None);
+        let mut mask = [0u8; 16];
+        mask[..8].fill(0xff);
+        let src = [0x20, 1, 0x0d, 0xb8, 0, 7, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(
+            masked_v6(src, &mask),
+            [0x20, 1, 0x0d, 0xb8, 0, 7, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1];
+        assert_eq!(masked_v6(mapped, &mask), mapped);
     }
 
     #[test]

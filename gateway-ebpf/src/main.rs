@@ -11,6 +11,12 @@
 // spec), so the map slot is updated through the intrinsics the methods use.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic intrinsics on the bpfel target")]
+// Map keys go by reference: by value, the copies pushed `gateway_xdp` past
+// the 512 bytes of stack a BPF program has.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "see above: measured by the linker's stack check"
+)]
 
 use core::{
     intrinsics::{
@@ -32,10 +38,11 @@ use aya_ebpf::{
 };
 use gateway_common::{
     CIDR_CAPACITY, MAX_WORKERS, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
-    SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, config_flags,
+    SYN_EXEMPT_CAPACITY, SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig,
+    config_flags,
     packet::{
-        self, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_HLEN,
-        Payload, SegmentInfo, TCP_HLEN, tcp_flags,
+        self, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
+        IPV6_FRAGMENT, IPV6_HLEN, MAX_EXT_HEADERS, Payload, SegmentInfo, TCP_HLEN, tcp_flags,
     },
 };
 
@@ -47,6 +54,9 @@ static DENY_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(CIDR_CAPACI
 
 #[map(name = "ALLOW_CIDRS")]
 static ALLOW_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(CIDR_CAPACITY, 0);
+
+#[map(name = "SYN_EXEMPT_CIDRS")]
+static SYN_EXEMPT_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(SYN_EXEMPT_CAPACITY, 0);
 
 #[map(name = "PORTS")]
 static PORTS: HashMap<u16, PortPolicy> = HashMap::with_max_entries(PORT_CAPACITY, 0);
@@ -156,11 +166,17 @@ fn parse_ethernet(ctx: &XdpContext) -> Result<Option<(usize, u16)>, Malformed> {
 
 /// The parts of an IP header the decisions need.
 struct Ip {
+    /// The source as sent (the allow and deny lists match it).
     src: SourceAddr,
+    /// The source as verdicts and SYN clocks key it: an IPv6 source's
+    /// prefix (`rate_limit.ipv6_prefix`), an IPv4 one whole.
+    key: SourceAddr,
     /// Offset of the TCP header, when the packet carries the start of one.
     tcp: Option<usize>,
     /// Bytes after the IP header(s) according to the IP length fields.
     l4_len: usize,
+    /// IPv6 extension headers went on past the ones walked.
+    long_chain: bool,
 }
 
 #[inline(always)]
@@ -178,23 +194,54 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Ip, Malformed> {
     let tcp = (proto == IPPROTO_TCP && frag == 0).then_some(l3 + ihl);
     Ok(Ip {
         src,
+        key: src,
         tcp,
         l4_len: total.saturating_sub(ihl),
+        long_chain: false,
     })
 }
 
+/// The IPv6 header and up to [`MAX_EXT_HEADERS`] extension headers after
+/// it (hop-by-hop, routing, fragment, destination options, AH): a TCP
+/// header behind them is inspected like one right after the IPv6 header,
+/// so they hide nothing from the SYN budget or the plain-HTTP check.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Ip, Malformed> {
+fn parse_ipv6(ctx: &XdpContext, l3: usize, cfg: &XdpConfig) -> Result<Ip, Malformed> {
     let payload = usize::from(u16::from_be(read::<u16>(ctx, l3 + 4)?));
-    let next = read::<u8>(ctx, l3 + 6)?;
-    let src = SourceAddr::from_v6(read::<[u8; 16]>(ctx, l3 + 8)?);
-    // Extension headers are not walked: such packets get source checks only.
-    let tcp = (next == IPPROTO_TCP).then_some(l3 + IPV6_HLEN);
-    Ok(Ip {
-        src,
-        tcp,
+    let mut next = read::<u8>(ctx, l3 + 6)?;
+    let raw = read::<[u8; 16]>(ctx, l3 + 8)?;
+    let mut ip = Ip {
+        src: SourceAddr::from_v6(raw),
+        key: SourceAddr::from_v6(packet::masked_v6(raw, &cfg.v6_mask)),
+        tcp: None,
         l4_len: payload,
-    })
+        long_chain: false,
+    };
+    let mut off = l3 + IPV6_HLEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        if next == IPPROTO_TCP {
+            ip.tcp = Some(off);
+            return Ok(ip);
+        }
+        let [after, len_field] = read::<[u8; 2]>(ctx, off)?;
+        let Some(len) = packet::ext_header_len(next, len_field) else {
+            // Another upper layer: source checks only.
+            return Ok(ip);
+        };
+        if next == IPV6_FRAGMENT && u16::from_be(read::<u16>(ctx, off + 2)?) & 0xfff8 != 0 {
+            // A later fragment carries no TCP header.
+            return Ok(ip);
+        }
+        next = after;
+        off += len;
+        ip.l4_len = ip.l4_len.saturating_sub(len);
+    }
+    if next == IPPROTO_TCP {
+        ip.tcp = Some(off);
+    } else {
+        ip.long_chain = packet::ext_header_len(next, 0).is_some();
+    }
+    Ok(ip)
 }
 
 #[inline(always)]
@@ -202,18 +249,25 @@ fn inspect(ctx: &XdpContext) -> Result<Decision, Malformed> {
     let Some((l3, proto)) = parse_ethernet(ctx)? else {
         return Ok((Outcome::PassedNotInspected, PASS));
     };
+    // Read in place: a copy of the knobs would cost 40 of the 512 bytes of
+    // stack a BPF program has.
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok((Outcome::PassedNotInspected, PASS));
+    };
     let ip = if proto == ETH_P_IP {
         parse_ipv4(ctx, l3)?
     } else {
-        parse_ipv6(ctx, l3)?
+        parse_ipv6(ctx, l3, cfg)?
     };
 
-    let cfg = CONFIG.get(0).copied().unwrap_or_default();
-    if let Some(decision) = source_verdict(&ip.src, &cfg) {
+    if let Some(decision) = source_verdict(&ip, cfg) {
         return Ok(decision);
     }
+    if ip.long_chain {
+        return Ok((Outcome::DroppedExtHeaders, DROP));
+    }
     match ip.tcp {
-        Some(l4) => inspect_tcp(ctx, proto, l3, l4, &ip, &cfg),
+        Some(l4) => inspect_tcp(ctx, proto, l3, l4, &ip, cfg),
         None => Ok((Outcome::Passed, PASS)),
     }
 }
@@ -221,13 +275,13 @@ fn inspect(ctx: &XdpContext) -> Result<Decision, Malformed> {
 /// Allow list, live verdicts and deny list, in that order: allow wins.
 /// Empty lists are not looked up (the flags say which have entries).
 #[inline(always)]
-fn source_verdict(src: &SourceAddr, cfg: &XdpConfig) -> Option<Decision> {
-    let key = Key::new(128, src.octets);
+fn source_verdict(ip: &Ip, cfg: &XdpConfig) -> Option<Decision> {
+    let key = Key::new(128, ip.src.octets);
     if cfg.flags & config_flags::HAS_ALLOW != 0 && ALLOW_CIDRS.get(&key).is_some() {
         return Some((Outcome::PassedAllowed, PASS));
     }
     // SAFETY: the map value is a plain Copy struct; the reference does not escape.
-    if let Some(v) = unsafe { VERDICTS.get(src) } {
+    if let Some(v) = unsafe { VERDICTS.get(&ip.key) } {
         // Verdicts last seconds: the coarse clock (one tick, a few ms) is
         // exact enough and cheaper than a precise read on every drop.
         // SAFETY: helper without preconditions.
@@ -262,9 +316,12 @@ fn inspect_tcp(
     }
     let flags = read::<u8>(ctx, l4 + 13)?;
     if flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        if syn_exempt(&ip.src, cfg) {
+            return Ok((Outcome::Passed, PASS));
+        }
         // SAFETY: helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        if !syn_budget(&ip.src, now, cfg) {
+        if !syn_budget(&ip.key, now, cfg) {
             return Ok((Outcome::DroppedSynRate, DROP));
         }
         return Ok((Outcome::Passed, PASS));
@@ -300,6 +357,14 @@ fn inspect_tcp(
         }
     }
     Ok((Outcome::DroppedPlainHttp, DROP))
+}
+
+/// Trusted proxies and (unless configured otherwise) loopback: a spoofed
+/// flood with their address cannot drain a budget they never have.
+#[inline(always)]
+fn syn_exempt(src: &SourceAddr, cfg: &XdpConfig) -> bool {
+    cfg.flags & config_flags::HAS_SYN_EXEMPT != 0
+        && SYN_EXEMPT_CIDRS.get(&Key::new(128, src.octets)).is_some()
 }
 
 /// GCRA per source: each SYN claims the next slot `interval` after the last
@@ -366,7 +431,8 @@ fn syn_budget_per_cpu(src: &SourceAddr, now: u64, cfg: &XdpConfig) -> bool {
 
 /// Turns the frame into a TCP RST back to its sender: swap MACs, rewrite the
 /// IP and TCP headers, cut the payload. Only plain IPv4 headers (IHL 5) and
-/// IPv6 without extension headers are rewritten; others are dropped instead.
+/// IPv6 without extension headers are rewritten; others are dropped instead
+/// (`reset` fails, and its caller drops).
 #[inline(always)]
 fn reset(
     ctx: &XdpContext,
@@ -387,6 +453,10 @@ fn reset(
         write(ctx, l3, iph)?;
         write(ctx, l4, tcph)?;
     } else {
+        // Behind extension headers: not rewritten (dropped instead).
+        if l4 != l3 + IPV6_HLEN {
+            return Err(Malformed);
+        }
         let local = read::<[u8; 16]>(ctx, l3 + 24)?;
         let peer = read::<[u8; 16]>(ctx, l3 + 8)?;
         let (iph, tcph) = packet::rst_v6(local, peer, seg);

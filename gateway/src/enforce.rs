@@ -57,7 +57,7 @@ impl Enforcement {
     /// the XDP program stays attached, verdicts and counters stay.
     pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
         match self {
-            Self::Kernel(dp) => dp.reconfigure(&old.policy, new),
+            Self::Kernel(dp) => dp.reconfigure(&crate::xdp::Lists::of(old), new),
             Self::Userspace(p) => {
                 if let Ok(mut p) = p.lock() {
                     p.reconfigure(new);
@@ -165,9 +165,18 @@ impl Enforcement {
             ));
         }
         if cfg.xdp.syn_rate > 0 {
+            let exempt = match (
+                cfg.policy.exempt_loopback,
+                cfg.proxy.trusted_proxies.is_empty(),
+            ) {
+                (true, true) => " (loopback exempt: a load test from this host is never cut)",
+                (true, false) => " (loopback and trusted proxies exempt)",
+                (false, false) => " (trusted proxies exempt)",
+                (false, true) => "",
+            };
             lines.push(format!(
-                "SYN rate per source: {}/s, burst {}",
-                cfg.xdp.syn_rate, cfg.xdp.syn_burst
+                "SYN rate per source: {}/s, burst {}{exempt}; an IPv6 source is its /{}",
+                cfg.xdp.syn_rate, cfg.xdp.syn_burst, cfg.rate_limit.ipv6_prefix
             ));
         } else {
             lines.push("SYN rate per source: unlimited".to_owned());

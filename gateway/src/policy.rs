@@ -50,6 +50,17 @@ pub fn source_of(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
     }
 }
 
+/// The loopback networks (the host's own traffic).
+pub fn loopback_nets() -> [IpNet; 2] {
+    [
+        IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8).trunc()),
+        IpNet::V6(ipnet::Ipv6Net::new_assert(
+            std::net::Ipv6Addr::LOCALHOST,
+            128,
+        )),
+    ]
+}
+
 /// The 16-byte mask the XDP program applies to an IPv6 source before it
 /// looks the source up (see [`source_of`]).
 pub fn v6_mask(ipv6_prefix: u8) -> [u8; 16] {
@@ -149,10 +160,14 @@ impl Refusal {
 pub struct SourcePolicy {
     allow: CidrSet,
     deny: CidrSet,
+    /// Sources the SYN budget never counts (trusted proxies, loopback).
+    syn_exempt: CidrSet,
+    /// Verdicts and SYN clocks, by source (an IPv6 source as its prefix).
     verdicts: HashMap<SourceAddr, Verdict>,
     tat: HashMap<SourceAddr, u64>,
     interval_ns: u64,
     tolerance_ns: u64,
+    ipv6_prefix: u8,
 }
 
 /// Nanoseconds between admitted SYNs and the burst tolerance for a rate.
@@ -172,10 +187,12 @@ impl SourcePolicy {
         Self {
             allow: CidrSet::new(allow),
             deny: CidrSet::new(deny),
+            syn_exempt: CidrSet::new(&crate::xdp::Lists::of(cfg).syn_exempt),
             verdicts: HashMap::new(),
             tat: HashMap::new(),
             interval_ns,
             tolerance_ns,
+            ipv6_prefix: cfg.rate_limit.ipv6_prefix,
         }
     }
 
@@ -185,13 +202,20 @@ impl SourcePolicy {
         let fresh = Self::new(cfg);
         self.allow = fresh.allow;
         self.deny = fresh.deny;
+        self.syn_exempt = fresh.syn_exempt;
         self.interval_ns = fresh.interval_ns;
         self.tolerance_ns = fresh.tolerance_ns;
     }
 
+    /// The key `ip` is held by (as the XDP program keys it).
+    fn key(&self, ip: IpAddr) -> SourceAddr {
+        source_addr(source_of(ip, self.ipv6_prefix))
+    }
+
     /// Places (or replaces) a verdict.
     pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) {
-        self.verdicts.insert(source_addr(ip), verdict);
+        let key = self.key(ip);
+        self.verdicts.insert(key, verdict);
     }
 
     /// Every verdict held (live or not yet swept).
@@ -201,12 +225,13 @@ impl SourcePolicy {
 
     /// Removes a source's verdict; whether it had one.
     pub fn remove_verdict(&mut self, ip: IpAddr) -> bool {
-        self.verdicts.remove(&source_addr(ip)).is_some()
+        let key = self.key(ip);
+        self.verdicts.remove(&key).is_some()
     }
 
     /// A source's SYN clock (monotonic ns), if it has one.
     pub fn syn_clock(&self, ip: IpAddr) -> Option<u64> {
-        self.tat.get(&source_addr(ip)).copied()
+        self.tat.get(&self.key(ip)).copied()
     }
 
     /// Removes expired verdicts and idle SYN state; returns how many verdicts went.
@@ -224,7 +249,8 @@ impl SourcePolicy {
         if self.allow.contains(&src) {
             return Ok(());
         }
-        if let Some(v) = self.verdicts.get(&src)
+        let key = self.key(ip);
+        if let Some(v) = self.verdicts.get(&key)
             && packet::verdict_live(v.expires_at_ns, now_ns)
         {
             let reason = VerdictReason::from_u32(v.reason).unwrap_or(VerdictReason::Policy);
@@ -233,10 +259,10 @@ impl SourcePolicy {
         if self.deny.contains(&src) {
             return Err(Refusal::Denied);
         }
-        if self.interval_ns == 0 {
+        if self.interval_ns == 0 || self.syn_exempt.contains(&src) {
             return Ok(());
         }
-        let tat = self.tat.entry(src).or_insert(now_ns);
+        let tat = self.tat.entry(key).or_insert(now_ns);
         let before = (*tat).max(now_ns);
         if packet::gcra_admits(before, now_ns, self.tolerance_ns) {
             *tat = before + self.interval_ns;
@@ -314,6 +340,34 @@ mod tests {
         );
         assert_eq!(p.admit_connection(ip("2001:db8::7"), 1000), Ok(()));
         assert_eq!(p.sweep(1000), 1);
+    }
+
+    #[test]
+    fn an_ipv6_verdict_and_budget_cover_the_prefix_and_proxies_are_exempt() {
+        let mut p = SourcePolicy::new(&cfg(
+            "[xdp]\nsyn_rate = 10\nsyn_burst = 2\n[proxy]\ntrusted_proxies = [\"198.18.5.0/24\"]\n",
+        ));
+        p.set_verdict(
+            ip("2001:db8:9:9::"),
+            Verdict {
+                expires_at_ns: 100,
+                reason: 3,
+                _pad: 0,
+            },
+        );
+        assert!(p.admit_connection(ip("2001:db8:9:9:1::5"), 0).is_err());
+        assert!(p.admit_connection(ip("2001:db8:9:8::5"), 0).is_ok());
+        // One budget for the whole /64.
+        let mut q = SourcePolicy::new(&cfg("[xdp]\nsyn_rate = 10\nsyn_burst = 2\n"));
+        assert!(q.admit_connection(ip("2001:db8::1"), 0).is_ok());
+        assert!(q.admit_connection(ip("2001:db8::2"), 0).is_ok());
+        assert_eq!(
+            q.admit_connection(ip("2001:db8::3"), 0),
+            Err(Refusal::SynRate)
+        );
+        // Trusted proxies and loopback never run out.
+        assert!((0..10).all(|_| p.admit_connection(ip("198.18.5.9"), 0).is_ok()));
+        assert!((0..10).all(|_| p.admit_connection(ip("127.0.0.1"), 0).is_ok()));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use gateway_common::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{AttachMode, Config, PlainHttpOnTls, PolicySettings},
+    config::{AttachMode, Config, PlainHttpOnTls},
     policy::{mapped_prefix, source_addr, syn_budget},
 };
 
@@ -148,10 +148,14 @@ pub struct DataPlane {
     verdicts: HashMap<MapData, SourceAddr, Verdict>,
     deny: LpmTrie<MapData, [u8; 16], u8>,
     allow: LpmTrie<MapData, [u8; 16], u8>,
+    syn_exempt: LpmTrie<MapData, [u8; 16], u8>,
     ports: HashMap<MapData, u16, PortPolicy>,
     config: Array<MapData, XdpConfig>,
     counters: PerCpuArray<MapData, u64>,
     attached: Option<(String, AttachMode)>,
+    /// `rate_limit.ipv6_prefix` as a mask: an IPv6 verdict is keyed by
+    /// its prefix, as the program looks it up.
+    v6_mask: [u8; 16],
 }
 
 /// The object lacks a map or program it was built with (a build mismatch).
@@ -208,12 +212,24 @@ impl DataPlane {
             verdicts: take(&mut ebpf, map_names::VERDICTS)?,
             deny: take(&mut ebpf, map_names::DENY)?,
             allow: take(&mut ebpf, map_names::ALLOW)?,
+            syn_exempt: take(&mut ebpf, map_names::SYN_EXEMPT)?,
             ports: take(&mut ebpf, map_names::PORTS)?,
             config: take(&mut ebpf, map_names::CONFIG)?,
             counters: take(&mut ebpf, map_names::COUNTERS)?,
             ebpf,
             attached: None,
+            v6_mask: [0xff; 16],
         })
+    }
+
+    /// The key the program looks `ip` up by.
+    fn key(&self, ip: IpAddr) -> SourceAddr {
+        let key = source_addr(ip);
+        if crate::policy::canonical(ip).is_ipv6() {
+            SourceAddr::from_v6(gateway_common::packet::masked_v6(key.octets, &self.v6_mask))
+        } else {
+            key
+        }
     }
 
     /// Writes the configuration's ports, knobs and CIDR lists into the maps
@@ -223,7 +239,7 @@ impl DataPlane {
         if cfg.https_only {
             self.set_port(cfg.plain_http_port, PortKind::PlainHttpDrop)?;
         }
-        self.reconfigure(&PolicySettings::default(), cfg)
+        self.reconfigure(&Lists::default(), cfg)
     }
 
     /// Moves the maps from the `old` lists to `new`'s lists and knobs in
@@ -234,17 +250,22 @@ impl DataPlane {
     /// settings, which a reload does not change.
     /// A failed insertion stops before the knobs change; removals are
     /// all tried, so a rollback puts back as much as it can.
-    pub fn reconfigure(&mut self, old: &PolicySettings, new: &Config) -> Result<(), XdpError> {
-        let (o, n) = (old, &new.policy);
+    pub fn reconfigure(&mut self, old: &Lists, new: &Config) -> Result<(), XdpError> {
+        let (o, n) = (old, &Lists::of(new));
         for net in beyond(&n.deny, &o.deny) {
             insert_cidr(&mut self.deny, map_names::DENY, net)?;
         }
         for net in beyond(&n.allow, &o.allow) {
             insert_cidr(&mut self.allow, map_names::ALLOW, net)?;
         }
+        for net in beyond(&n.syn_exempt, &o.syn_exempt) {
+            insert_cidr(&mut self.syn_exempt, map_names::SYN_EXEMPT, net)?;
+        }
+        let knobs = knobs(new);
         self.config
-            .set(0, knobs(new), 0)
+            .set(0, knobs, 0)
             .map_err(|e| classify("writing the XDP configuration", e))?;
+        self.v6_mask = knobs.v6_mask;
         let mut first = Ok(());
         for net in beyond(&o.deny, &n.deny) {
             first = first.and(remove_cidr(&mut self.deny, map_names::DENY, net));
@@ -252,7 +273,41 @@ impl DataPlane {
         for net in beyond(&o.allow, &n.allow) {
             first = first.and(remove_cidr(&mut self.allow, map_names::ALLOW, net));
         }
+        for net in beyond(&o.syn_exempt, &n.syn_exempt) {
+            first = first.and(remove_cidr(
+                &mut self.syn_exempt,
+                map_names::SYN_EXEMPT,
+                net,
+            ));
+        }
         first
+    }
+}
+
+/// The CIDR lists a configuration writes into the kernel's tries.
+#[derive(Debug, Clone, Default)]
+pub struct Lists {
+    /// `policy.allow`.
+    pub allow: Vec<IpNet>,
+    /// `policy.deny`.
+    pub deny: Vec<IpNet>,
+    /// Sources the SYN budget never counts: `proxy.trusted_proxies`, and
+    /// loopback while `policy.exempt_loopback`.
+    pub syn_exempt: Vec<IpNet>,
+}
+
+impl Lists {
+    /// The lists of `cfg`.
+    pub fn of(cfg: &Config) -> Self {
+        let mut syn_exempt = cfg.proxy.trusted_proxies.clone();
+        if cfg.policy.exempt_loopback {
+            syn_exempt.extend(crate::policy::loopback_nets());
+        }
+        Self {
+            allow: cfg.policy.allow.clone(),
+            deny: cfg.policy.deny.clone(),
+            syn_exempt,
+        }
     }
 }
 
@@ -286,7 +341,12 @@ fn knobs(cfg: &Config) -> XdpConfig {
             gateway_common::config_flags::SYN_PER_CPU
         } else {
             0
+        } | if Lists::of(cfg).syn_exempt.is_empty() {
+            0
+        } else {
+            gateway_common::config_flags::HAS_SYN_EXEMPT
         },
+        v6_mask: crate::policy::v6_mask(cfg.rate_limit.ipv6_prefix),
     }
 }
 
@@ -356,18 +416,18 @@ impl DataPlane {
         self.attached.as_ref().map(|(_, m)| *m)
     }
 
-    /// Places (or replaces) a verdict on a source address.
+    /// Places (or replaces) a verdict on a source address (an IPv6 one:
+    /// on its prefix).
     pub fn set_verdict(&mut self, ip: IpAddr, verdict: Verdict) -> Result<(), XdpError> {
-        self.verdicts
-            .insert(source_addr(ip), verdict, 0)
-            .map_err(|e| {
-                map_err(
-                    map_names::VERDICTS,
-                    VERDICT_CAPACITY,
-                    format!("verdict for {ip}"),
-                    e,
-                )
-            })
+        let key = self.key(ip);
+        self.verdicts.insert(key, verdict, 0).map_err(|e| {
+            map_err(
+                map_names::VERDICTS,
+                VERDICT_CAPACITY,
+                format!("verdict for {ip}"),
+                e,
+            )
+        })
     }
 
     /// Every verdict in the map (live or not yet swept).
@@ -377,13 +437,15 @@ impl DataPlane {
 
     /// Removes a source's verdict; whether it had one.
     pub fn remove_verdict(&mut self, ip: IpAddr) -> bool {
-        self.verdicts.remove(&source_addr(ip)).is_ok()
+        let key = self.key(ip);
+        self.verdicts.remove(&key).is_ok()
     }
 
     /// A source's SYN clock (GCRA theoretical arrival time, monotonic ns)
     /// in the shared map and, the latest over CPUs, in the per-CPU one.
     pub fn syn_clock(&self, ip: IpAddr) -> Option<u64> {
-        let key = source_addr(ip);
+        // Keyed as the program keys it: an IPv6 source by its prefix.
+        let key = self.key(ip);
         let shared = self
             .ebpf
             .map(map_names::SYN_TAT)
@@ -504,6 +566,7 @@ impl Balancer {
             map_names::VERDICTS,
             map_names::DENY,
             map_names::ALLOW,
+            map_names::SYN_EXEMPT,
             map_names::PORTS,
             map_names::SYN_TAT,
         ] {

@@ -144,9 +144,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts it.
+    /// Starts it on a free loopback port.
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("backend listener");
+        Self::start_at("127.0.0.1:0".parse().expect("address"))
+    }
+
+    /// Starts it on `addr` (in the caller's network namespace).
+    pub fn start_at(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).expect("backend listener");
         let addr = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let received = Arc::new(Mutex::new(Vec::new()));

@@ -364,6 +364,33 @@ pub mod frame {
         f
     }
 
+    /// The IPv6 frame `f` (no VLAN tag) with extension headers of the
+    /// given kinds (0 hop-by-hop, 43 routing, 44 fragment, 60 destination
+    /// options; 8 bytes each) between its IPv6 header and what follows.
+    /// `later_fragment` makes a fragment header say offset 8, not 0.
+    pub fn with_ext_headers(mut f: Vec<u8>, kinds: &[u8], later_fragment: bool) -> Vec<u8> {
+        const L3: usize = 14;
+        let first_next = f[L3 + 6];
+        let mut ext = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let next = kinds.get(i + 1).copied().unwrap_or(first_next);
+            if *kind == 44 {
+                let offset = if later_fragment { 0x08 } else { 0 };
+                ext.extend_from_slice(&[next, 0, 0, offset, 0, 0, 0, 1]);
+            } else {
+                // One PadN option filling the header.
+                ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+            }
+        }
+        if let Some(first) = kinds.first() {
+            f[L3 + 6] = *first;
+        }
+        let payload = u16::from_be_bytes([f[L3 + 4], f[L3 + 5]]) + ext.len() as u16;
+        f[L3 + 4..L3 + 6].copy_from_slice(&payload.to_be_bytes());
+        f.splice(L3 + 40..L3 + 40, ext);
+        f
+    }
+
     /// A frame of another EtherType (ARP).
     pub fn arp() -> Vec<u8> {
         let mut f = vec![0xff; 6];

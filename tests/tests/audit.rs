@@ -413,3 +413,65 @@ cors = {{ allow_origins = ["https://*.example.com"], allow_credentials = true }}
         assert_eq!(f["line"], line(&text, at, 0), "{id}: {f}");
     }
 }
+
+/// A route limited to some methods whose path a later, weaker route also
+/// takes: the other methods fall through to it. Named, with its line.
+#[test]
+fn a_method_falling_through_to_a_weaker_route_is_named() {
+    let dir = TempDir::new("audit-shadow");
+    let text = r#"[listen]
+https = "127.0.0.1:8443"
+
+[demo]
+listen = "127.0.0.1:8081"
+api_key = true
+
+[[upstreams]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+
+[[routes]]
+path_prefix = "/admin"
+methods = ["GET"]
+upstream = "app"
+auth = ["api_key"]
+roles = ["admin"]
+
+[[routes]]
+path_prefix = "/api"
+methods = ["GET", "POST"]
+upstream = "app"
+auth = ["api_key"]
+
+[[routes]]
+path_prefix = "/api"
+upstream = "app"
+auth = ["api_key"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+auth = "none"
+"#;
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, text).expect("config");
+    let (_, report, err) = audit(&config, &["--fail-on", "critical"]);
+    let f = finding(&report, "route.method_shadowing", Some("routes[0]"));
+    assert_eq!(f["severity"], "high", "{err}");
+    let what = f["what"].as_str().unwrap_or("");
+    assert!(
+        what.contains("POST")
+            && what.contains("fall through to routes[3]")
+            && what.contains("public"),
+        "{what}"
+    );
+    assert_eq!(f["line"], line(text, "methods = [\"GET\"]", 0), "{f}");
+    // The same credential on both, no roles on either: nothing to name.
+    let shadowed: Vec<&Value> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["id"] == "route.method_shadowing")
+        .collect();
+    assert_eq!(shadowed.len(), 1, "{shadowed:?}");
+}

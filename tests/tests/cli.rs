@@ -83,6 +83,52 @@ fn check_reports_file_line_and_key() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
+/// CORS mistakes name their own line; a pattern over a public suffix
+/// (`https://*.com`, `https://*.github.io`) is refused, since anyone can
+/// register a name under it.
+#[test]
+fn cors_errors_name_their_line_and_public_suffix_patterns_are_refused() {
+    let cases = [
+        (
+            "cors-suffix.toml",
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n\n[cors]\nallow_origins = [\n  \"https://app.example.com\",\n  \"https://*.com\",\n]\n",
+            7,
+            "public suffix `com`",
+        ),
+        (
+            "cors-github.toml",
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[cors]\nallow_origins = [\"https://*.github.io\"]\n",
+            4,
+            "public suffix `github.io`",
+        ),
+        (
+            "cors-credentials.toml",
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[cors]\nallow_origins = [\"*\"]\nmax_age_secs = 60\nallow_credentials = true\n",
+            6,
+            "allow_credentials",
+        ),
+    ];
+    for (name, text, line, says) in cases {
+        let p = write_config(name, text).display().to_string();
+        let (code, _, err) = output(&["check", "--config", &p]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.starts_with(&format!("gateway: error: {p}:{line}: cors: ")),
+            "{name}: {err}"
+        );
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    // Your own domain's subdomains are fine.
+    let p = write_config(
+        "cors-own.toml",
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n[cors]\nallow_origins = [\"https://*.example.co.uk\"]\n",
+    )
+    .display()
+    .to_string();
+    let (code, _, err) = output(&["check", "--config", &p]);
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn header_injection_and_unmatchable_hosts_are_config_errors() {
     let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nenabled = false\n";

@@ -832,3 +832,95 @@ fn opaque_tokens_are_introspected_cached_and_refused_when_inactive() {
     let head = s.backend.received()[0].head.to_ascii_lowercase();
     assert!(head.contains("x-auth-subject: svc-1\r\n"), "{head}");
 }
+
+/// An authorization server answers `active` for every token it issued:
+/// the gateway checks whom the token is for (issuer, audience, client),
+/// and a source sending random tokens is held to its own lookups instead
+/// of filling the lookup queue other callers need.
+#[test]
+fn introspection_answers_are_checked_for_this_api_and_lookups_are_limited_per_source() {
+    let dir = TempDir::new("introspect-checks");
+    let certs = gateway_tests::harness::Certs::issue(&dir.0, &["localhost"]);
+    let docs = DocServer::start(&certs);
+    let secret = dir.0.join("client.secret");
+    std::fs::write(&secret, "s3cret\n").expect("secret");
+    docs.put(
+        "AUTH",
+        &format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("gateway:s3cret")
+        ),
+    );
+    let answer = |iss: &str, aud: &str, client: &str| {
+        format!(
+            r#"{{"active":true,"sub":"svc","exp":{},"iss":"{iss}","aud":{aud},"client_id":"{client}"}}"#,
+            now() + 600
+        )
+    };
+    let good = answer("https://idp.test", r#"["orders","x"]"#, "shop");
+    docs.put("POST /introspect good", &good);
+    docs.put(
+        "POST /introspect other-iss",
+        &answer("https://evil.test", r#""orders""#, "shop"),
+    );
+    docs.put(
+        "POST /introspect other-aud",
+        &answer("https://idp.test", r#""billing""#, "shop"),
+    );
+    docs.put(
+        "POST /introspect other-client",
+        &answer("https://idp.test", r#""orders""#, "mobile"),
+    );
+    let auth = format!(
+        "[auth]\n[[auth.introspection]]\nname = \"opaque\"\nurl = \"{}/introspect\"\nclient_id = \"gateway\"\nclient_secret_file = \"{}\"\nca_file = \"{}\"\nissuer = \"https://idp.test\"\naudiences = [\"orders\"]\nclient_ids = [\"shop\"]\nlookups_per_source = 2\n",
+        docs.base(),
+        secret.display(),
+        certs.ca_pem.display()
+    );
+    let routes = "[[routes]]\npath_prefix = \"/orders\"\nupstream = \"backend\"\nauth = [\"introspect:opaque\"]\n";
+    let s = setup_with("introspect-checks", "", "workers = 1", routes, &auth, &[]);
+    let status = |r: &Response| (r.status, reason_of(r));
+    assert_eq!(
+        status(&s.get("/orders/1", &bearer("good"))),
+        (200, String::new())
+    );
+    for (token, reason) in [
+        ("other-iss", "token.issuer"),
+        ("other-aud", "token.audience"),
+    ] {
+        assert_eq!(
+            status(&s.get("/orders/x", &bearer(token))),
+            (401, reason.into())
+        );
+    }
+    // The source's bucket (2 a second, 4 at once) is spent by now: random
+    // tokens get 429 without a lookup.
+    let before = docs.hits();
+    let refused = (0..10)
+        .filter(|i| {
+            status(&s.get("/orders/x", &bearer(&format!("random{i}"))))
+                == (429, "token.lookup_rate".into())
+        })
+        .count();
+    assert!(refused >= 8, "{refused} of 10 random tokens were held back");
+    assert!(
+        docs.hits() - before <= 2,
+        "{} lookups",
+        docs.hits() - before
+    );
+    // Another source still gets its lookups, and its answers are checked.
+    let cfg = gateway_tests::harness::client_config(&s.certs.ca, &[&rustls::version::TLS13]);
+    let tcp = gateway_tests::connect_from(
+        "127.0.0.2".parse().expect("ip"),
+        std::net::SocketAddr::from(([127, 0, 0, 1], s.gw.port)),
+        Duration::from_secs(2),
+    )
+    .expect("connect");
+    let mut other = gateway_tests::harness::Client::over(tcp, "localhost", cfg).expect("TLS");
+    other
+        .send(b"GET /orders/y HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer other-client\r\n\r\n")
+        .expect("send");
+    let r = other.response("GET").expect("response");
+    assert_eq!(status(&r), (401, "token.client".into()));
+    assert_eq!(s.backend.paths(), ["/orders/1"]);
+}

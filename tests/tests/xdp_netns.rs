@@ -15,7 +15,7 @@ use std::{
 use gateway::{
     clock::{Clock, Monotonic},
     config::{AttachMode, Config},
-    xdp::{Counters, DataPlane, XdpError},
+    xdp::{Counters, DataPlane, Lists, XdpError},
 };
 use gateway_common::{Outcome, Verdict, VerdictReason};
 use gateway_tests::{Testbed, connect_from, require_root, syn_flood};
@@ -118,6 +118,11 @@ syn_burst = {SYN_BURST}
 [policy]
 deny = ["{deny}"]
 allow = ["{allow}"]
+
+# Each test host is a source of its own (the testbed's IPv6 hosts share a
+# /64, which verdicts and SYN clocks otherwise key by).
+[rate_limit]
+ipv6_prefix = 128
 "#,
         iface = bed.server_if
     );
@@ -413,7 +418,8 @@ fn a_reload_changes_lists_and_syn_budget_in_place() {
 
     // After: the new deny entry drops, the SYN budget holds a flood to
     // about its burst plus 5/s, and the verdict placed before is still there.
-    dp.reconfigure(&before.policy, &after).expect("reconfigure");
+    dp.reconfigure(&Lists::of(&before), &after)
+        .expect("reconfigure");
     assert_eq!(bed.xdp_prog_id(), first, "the program was replaced");
     let r = bed.client.run(|| connect_from(denied, server, DROPPED));
     assert!(r.is_err(), "a source denied by the reload connected");
@@ -433,7 +439,7 @@ fn a_reload_changes_lists_and_syn_budget_in_place() {
     assert!(r.is_err(), "the verdict did not survive the reload");
 
     // And back: the entry is removed, the limit lifted.
-    dp.reconfigure(&after.policy, &before)
+    dp.reconfigure(&Lists::of(&after), &before)
         .expect("reconfigure back");
     bed.client
         .run(|| connect_from(denied, server, PASSES))

@@ -147,10 +147,69 @@ fn cases() -> Vec<Case> {
             outcome: Outcome::ResetPlainHttp,
         },
         Case {
+            // 2001:2:0:1::66 holds a verdict, which holds for its /64.
+            name: "live_verdict_v6_covers_its_prefix",
+            frame: tcp("2001:2:0:1::2", gw6, 22, SYN, b""),
+            action: DROP,
+            outcome: Outcome::DroppedVerdict,
+        },
+        Case {
             name: "plain_http_to_tls_port_v6_resets",
-            frame: tcp("2001:2:0:1::2", gw6, 8443, ACK_PSH, b"POST /x HTTP/1.1\r\n"),
+            frame: tcp("2001:2:0:2::2", gw6, 8443, ACK_PSH, b"POST /x HTTP/1.1\r\n"),
             action: TX,
             outcome: Outcome::ResetPlainHttp,
+        },
+        Case {
+            // Behind extension headers the request line is still found; the
+            // RST is not built there, the segment is dropped.
+            name: "plain_http_behind_dest_opts_drops",
+            frame: frame::with_ext_headers(
+                tcp("2001:2:0:2::2", gw6, 8443, ACK_PSH, b"GET / HTTP/1.1\r\n"),
+                &[60],
+                false,
+            ),
+            action: DROP,
+            outcome: Outcome::DroppedPlainHttp,
+        },
+        Case {
+            name: "plain_http_behind_four_ext_headers_drops",
+            frame: frame::with_ext_headers(
+                tcp("2001:2:0:2::2", gw6, 8443, ACK_PSH, b"GET / HTTP/1.1\r\n"),
+                &[0, 60, 43, 44],
+                false,
+            ),
+            action: DROP,
+            outcome: Outcome::DroppedPlainHttp,
+        },
+        Case {
+            name: "a_chain_longer_than_walked_drops",
+            frame: frame::with_ext_headers(
+                tcp("2001:2:0:2::2", gw6, 8443, SYN, b""),
+                &[60; 7],
+                false,
+            ),
+            action: DROP,
+            outcome: Outcome::DroppedExtHeaders,
+        },
+        Case {
+            name: "a_later_fragment_passes_with_source_checks",
+            frame: frame::with_ext_headers(
+                tcp("2001:2:0:2::2", gw6, 8443, ACK_PSH, b"GET / HTTP/1.1\r\n"),
+                &[44],
+                true,
+            ),
+            action: PASS,
+            outcome: Outcome::Passed,
+        },
+        Case {
+            name: "a_later_fragment_from_a_banned_prefix_drops",
+            frame: frame::with_ext_headers(
+                tcp("2001:2:0:1::9", gw6, 8443, ACK_PSH, b"xx"),
+                &[44],
+                true,
+            ),
+            action: DROP,
+            outcome: Outcome::DroppedVerdict,
         },
         Case {
             name: "plain_http_behind_vlan_resets",
@@ -302,6 +361,54 @@ fn syn_budget_admits_the_burst_then_drops() {
 fn per_cpu_syn_budget_admits_the_burst_then_drops() {
     // BPF_PROG_TEST_RUN runs on one CPU, so the per-CPU budget is the same.
     syn_budget_case("syn_rate = 1\nsyn_burst = 3\nsyn_budget = \"per_cpu\"");
+}
+
+#[test]
+fn an_ipv6_prefix_shares_one_syn_budget_behind_extension_headers_too() {
+    let mut dp = plane(&CONFIG.replace("syn_rate = 0", "syn_rate = 1\nsyn_burst = 3"));
+    let gw6 = "2001:2:0:1::1";
+    // Three hosts of one /64, one SYN behind a Destination Options header:
+    // one budget of three.
+    let frames = [
+        tcp("2001:2:0:3::1", gw6, 8443, SYN, b""),
+        frame::with_ext_headers(tcp("2001:2:0:3::2", gw6, 8443, SYN, b""), &[60], false),
+        tcp("2001:2:0:3::3", gw6, 8443, SYN, b""),
+        frame::with_ext_headers(tcp("2001:2:0:3::4", gw6, 8443, SYN, b""), &[0, 60], false),
+    ];
+    let actions: Vec<u32> = frames
+        .iter()
+        .map(|f| dp.test_run(f).expect("run").0)
+        .collect();
+    assert_eq!(actions, [PASS, PASS, PASS, DROP]);
+    // Another /64 has its own.
+    let other = tcp("2001:2:0:4::1", gw6, 8443, SYN, b"");
+    assert_eq!(dp.test_run(&other).expect("run").0, PASS);
+}
+
+#[test]
+fn trusted_proxies_and_loopback_never_run_out_of_syn_budget() {
+    let knobs = "syn_rate = 1\nsyn_burst = 1\n\n[proxy]\ntrusted_proxies = [\"198.18.1.50/32\"]";
+    let mut dp = plane(&CONFIG.replace("syn_rate = 0", knobs));
+    // A spoofed flood carrying the proxy's address drains nothing.
+    let proxy = tcp("198.18.1.50", "198.18.1.1", 8443, SYN, b"");
+    assert!((0..50).all(|_| dp.test_run(&proxy).expect("run").0 == PASS));
+    let local = tcp("127.0.0.1", "127.0.0.1", 8443, SYN, b"");
+    assert!((0..50).all(|_| dp.test_run(&local).expect("run").0 == PASS));
+    // Anyone else has one SYN.
+    let other = tcp("198.18.1.51", "198.18.1.1", 8443, SYN, b"");
+    let actions: Vec<u32> = (0..3)
+        .map(|_| dp.test_run(&other).expect("run").0)
+        .collect();
+    assert_eq!(actions, [PASS, DROP, DROP]);
+    // Unless the operator counts loopback too.
+    let strict = CONFIG
+        .replace("syn_rate = 0", "syn_rate = 1\nsyn_burst = 1")
+        .replace("[policy]\n", "[policy]\nexempt_loopback = false\n");
+    let mut dp = plane(&strict);
+    let actions: Vec<u32> = (0..2)
+        .map(|_| dp.test_run(&local).expect("run").0)
+        .collect();
+    assert_eq!(actions, [PASS, DROP]);
 }
 
 fn syn_budget_case(knobs: &str) {

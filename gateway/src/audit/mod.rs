@@ -192,6 +192,7 @@ pub fn audit(cfg: &Config, text: &str, now: i64) -> Report {
         })
     };
     routes::check(cfg, &lines, &mut add);
+    routes::shadowing(cfg, &lines, &mut add);
     jwt::check(cfg, &lines, &mut add);
     server::transport(cfg, &lines, &mut add);
     server::settings(cfg, &lines, &mut add);

@@ -131,6 +131,99 @@ pub(super) fn check(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
     }
 }
 
+/// Methods a route limited to some methods leaves to the routes after it.
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// A route limited to some methods whose path a later, weaker route also
+/// matches: a request with another method falls through to that route
+/// (`/admin` GET-only with roles, then a public `/`: `POST /admin` is
+/// public). Routing is first match by host, path and method, so this is
+/// the configuration's meaning, not a bug: say so.
+pub(super) fn shadowing(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
+    let table = crate::route::RouteTable::new(&cfg.routes);
+    let imported = cfg.routes.iter().filter(|r| r.origin.is_some()).count();
+    let name = |i: usize| match &cfg.routes[i].origin {
+        Some(op) => op.clone(),
+        None => format!("routes[{}]", i - imported),
+    };
+    for (i, r) in cfg.routes.iter().enumerate() {
+        if r.methods.is_empty() || r.serve.is_some() {
+            continue;
+        }
+        let path = sample_path(&r.path);
+        let host = r.host.as_deref().unwrap_or("");
+        let mut fallen = Vec::new();
+        let mut to = None;
+        for m in METHODS
+            .iter()
+            .filter(|m| !r.methods.iter().any(|x| x == *m))
+        {
+            if let Ok((j, weaker)) = table.find(host, &path, m)
+                && j > i
+                && weaker_than(weaker, r)
+            {
+                fallen.push(*m);
+                to.get_or_insert(j);
+            }
+        }
+        let Some(j) = to else { continue };
+        let line = match &r.origin {
+            Some(_) => lines.table("openapi", 0),
+            None => lines.table("routes", i - imported),
+        };
+        add(
+            Severity::High,
+            "route.method_shadowing",
+            "API5:2023",
+            lines.key(line, "methods"),
+            format!(
+                "{}: {} on its path {path} fall through to {}, which asks less ({})",
+                name(i),
+                fallen.join(", "),
+                name(j),
+                strength(&cfg.routes[j])
+            ),
+            "give the route every method its path serves (and 405 the rest with a route of its own), or move the weaker route's path away from it",
+        );
+    }
+}
+
+/// A request path the route matches.
+fn sample_path(p: &crate::config::PathMatch) -> String {
+    use crate::config::{PathMatch, Segment};
+    match p {
+        PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
+        PathMatch::Template(segs) => segs
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => format!("/{l}"),
+                Segment::Param(_) => "/x".into(),
+            })
+            .collect(),
+    }
+}
+
+/// Whether `b` lets in callers `a` would refuse: public where `a` asks for
+/// a credential, or no authorization where `a` has some.
+fn weaker_than(b: &crate::config::RouteSettings, a: &crate::config::RouteSettings) -> bool {
+    let rules = |r: &crate::config::RouteSettings| {
+        !(r.roles.is_empty()
+            && r.scopes.is_empty()
+            && r.consumers.is_empty()
+            && r.claims.is_empty())
+    };
+    let public = |r: &crate::config::RouteSettings| matches!(r.auth, RouteAuth::Public);
+    (public(b) && !public(a)) || (rules(a) && !rules(b))
+}
+
+fn strength(r: &crate::config::RouteSettings) -> &'static str {
+    if matches!(r.auth, RouteAuth::Public) {
+        "public"
+    } else {
+        "any authenticated caller"
+    }
+}
+
 fn method_list(methods: &[String]) -> String {
     if methods.is_empty() {
         "every method".into()

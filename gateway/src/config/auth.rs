@@ -44,6 +44,20 @@ pub(super) struct IntrospectionFile {
     pub(super) roles_claim: String,
     #[serde(default = "default_scopes_claim")]
     pub(super) scopes_claim: String,
+    #[serde(default)]
+    pub(super) issuer: Option<String>,
+    #[serde(default)]
+    pub(super) audiences: Vec<String>,
+    #[serde(default)]
+    pub(super) client_ids: Vec<String>,
+    #[serde(default = "default_lookups_per_source")]
+    pub(super) lookups_per_source: u32,
+}
+
+/// Cache misses one source may send to the endpoint a second (twice that
+/// at once): random tokens from one address never fill the lookup queue.
+pub(super) fn default_lookups_per_source() -> u32 {
+    20
 }
 
 pub(super) fn default_max_cache() -> u64 {
@@ -140,6 +154,16 @@ pub struct IntrospectionSettings {
     pub roles_claim: Vec<String>,
     /// Dotted path of the scopes member of the answer.
     pub scopes_claim: Vec<String>,
+    /// The `iss` an active answer must carry, if set.
+    pub issuer: Option<String>,
+    /// The `aud` values of which an active answer must carry one, if any.
+    pub audiences: Vec<String>,
+    /// The `client_id` values of which an active answer must carry one, if
+    /// any (the clients whose tokens this API takes).
+    pub client_ids: Vec<String>,
+    /// Cache misses a second one source may send here (twice at once);
+    /// beyond, 429 `token.lookup_rate`. 0: no limit.
+    pub lookups_per_source: u32,
 }
 
 impl RouteAuth {
@@ -359,6 +383,10 @@ pub(super) fn auth_settings(
             inactive_cache_secs: e.inactive_cache_secs.min(300),
             roles_claim: e.roles_claim.split('.').map(str::to_owned).collect(),
             scopes_claim: e.scopes_claim.split('.').map(str::to_owned).collect(),
+            issuer: e.issuer.clone(),
+            audiences: e.audiences.clone(),
+            client_ids: e.client_ids.clone(),
+            lookups_per_source: e.lookups_per_source,
         });
     }
     Ok(AuthSettings {

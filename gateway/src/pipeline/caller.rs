@@ -73,8 +73,33 @@ pub(super) fn check_caller(
 }
 
 /// Asks introspection endpoint `endpoint` about the token in the
-/// connection's token scratch and caches the answer in the worker.
-pub(super) async fn introspect(w: &Worker, c: &mut Conn, endpoint: usize) -> Result<(), Failure> {
+/// connection's token scratch and caches the answer in the worker. Each
+/// source may cause `lookups_per_source` such lookups a second (the
+/// shared rate-limit table counts them): random tokens from one address
+/// never fill the lookup queue other callers need.
+pub(super) async fn introspect(
+    w: &Worker,
+    c: &mut Conn,
+    endpoint: usize,
+    source: Option<std::net::IpAddr>,
+) -> Result<(), Failure> {
+    {
+        let snap = c.snap();
+        let per_source = snap.cfg.auth.introspection[endpoint].lookups_per_source;
+        if let Some(source) = source.filter(|_| per_source > 0) {
+            let b = &w.shared.buckets;
+            let who =
+                crate::stages::rate_limit::source_key(source, snap.cfg.rate_limit.ipv6_prefix);
+            let key = b.key("introspection lookups", &[&who, &endpoint.to_le_bytes()]);
+            let interval = 1_000_000_000 / u64::from(per_source);
+            if !b
+                .charge(key, b.now_ns(), interval, 2 * u64::from(per_source))
+                .allowed
+            {
+                return Err(introspect::LOOKUP_RATE);
+            }
+        }
+    }
     let token = std::mem::take(&mut c.token);
     let key = jwt::digest(&token);
     let asked = w

@@ -136,14 +136,25 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     {
         // The head is judged again once the answer is cached (it is still
         // in the read buffer: nothing was consumed).
-        admitted = match introspect(w, c, endpoint).await {
+        // Behind a trusted proxy, the client it names (when known): the
+        // proxy's own address would throttle everyone behind it.
+        let source = if c.trusted {
+            ctx.client
+        } else {
+            Some(c.peer.ip())
+        };
+        admitted = match introspect(w, c, endpoint, source).await {
             Ok(()) => admit_head(w, c, &mut ctx),
-            Err(failure) => Err(Refused {
-                failure,
-                keep,
-                head_len,
-                lookup: None,
-            }),
+            Err(failure) => {
+                // Too many unknown tokens says something about the address.
+                ctx.by_source = failure == auth::introspect::LOOKUP_RATE;
+                Err(Refused {
+                    failure,
+                    keep,
+                    head_len,
+                    lookup: None,
+                })
+            }
         };
     }
     let keep = match admitted {

@@ -27,6 +27,14 @@ use crate::{config::IntrospectionSettings, fetch::Https, respond::Failure};
 pub const INACTIVE: Failure = Failure::client(401, "token.inactive");
 /// The endpoint could not be asked (down, slow, or the pool is full).
 pub const UNAVAILABLE: Failure = Failure::internal(503, "token.introspection_unavailable");
+/// The source sent more unknown tokens than `lookups_per_source` allows.
+pub const LOOKUP_RATE: Failure = Failure::client(429, "token.lookup_rate");
+/// Active, but for another issuer than `issuer`.
+pub const ISSUER: Failure = Failure::client(401, "token.issuer");
+/// Active, but for none of `audiences`.
+pub const AUDIENCE: Failure = Failure::client(401, "token.audience");
+/// Active, but issued to none of `client_ids`.
+pub const CLIENT: Failure = Failure::client(401, "token.client");
 
 /// Lookups running at once, across the gateway.
 const THREADS: usize = 4;
@@ -48,6 +56,9 @@ pub struct Answer {
     pub roles: Vec<String>,
     /// See `roles`.
     pub scopes: Vec<String>,
+    /// Active, but not for this API (`issuer`, `audiences`, `client_ids`):
+    /// the refusal.
+    pub refused: Option<Failure>,
 }
 
 /// A lookup handed to the pool.
@@ -166,7 +177,39 @@ fn ask_endpoint(e: &Endpoint, token: &str) -> Result<Answer, String> {
         .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64)));
     answer.roles = words_at(&doc, &e.settings.roles_claim);
     answer.scopes = words_at(&doc, &e.settings.scopes_claim);
+    answer.refused = not_for_us(&doc, &e.settings);
     Ok(answer)
+}
+
+/// Why an active answer is not one for this API: RFC 7662 §4 leaves it to
+/// the resource to check whom a token was issued by, for and to; an
+/// authorization server answers `active` for every token it issued.
+fn not_for_us(doc: &Value, s: &IntrospectionSettings) -> Option<Failure> {
+    if let Some(iss) = &s.issuer
+        && doc.get("iss").and_then(Value::as_str) != Some(iss.as_str())
+    {
+        return Some(ISSUER);
+    }
+    if !s.audiences.is_empty() {
+        let named = |a: &str| s.audiences.iter().any(|w| w == a);
+        let ok = match doc.get("aud") {
+            Some(Value::String(a)) => named(a),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(named),
+            _ => false,
+        };
+        if !ok {
+            return Some(AUDIENCE);
+        }
+    }
+    if !s.client_ids.is_empty()
+        && !doc
+            .get("client_id")
+            .and_then(Value::as_str)
+            .is_some_and(|c| s.client_ids.iter().any(|w| w == c))
+    {
+        return Some(CLIENT);
+    }
+    None
 }
 
 fn words_at(doc: &Value, path: &[String]) -> Vec<String> {
@@ -208,6 +251,7 @@ struct Cached {
     endpoint: usize,
     expires: i64,
     active: bool,
+    refused: Option<Failure>,
     id: TokenId,
     subject: String,
 }
@@ -220,6 +264,8 @@ pub enum CachedAnswer {
     Active(TokenId),
     /// Not active.
     Inactive,
+    /// Active, but not for this API.
+    Refused(Failure),
 }
 
 impl AnswerCache {
@@ -249,6 +295,9 @@ impl AnswerCache {
         }
         if !c.active {
             return Some(CachedAnswer::Inactive);
+        }
+        if let Some(f) = c.refused {
+            return Some(CachedAnswer::Refused(f));
         }
         subject.clear();
         subject.push_str(&c.subject);
@@ -283,6 +332,7 @@ impl AnswerCache {
                 endpoint,
                 expires,
                 active: answer.active,
+                refused: answer.refused,
                 id,
                 subject: answer.subject.clone(),
             },
@@ -293,6 +343,40 @@ impl AnswerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_for_another_issuer_audience_or_client_are_refused() {
+        let mut s = IntrospectionSettings {
+            name: "idp".into(),
+            url: "https://idp.test/introspect".into(),
+            client_id: "gw".into(),
+            client_secret_file: "s".into(),
+            ca_file: None,
+            max_cache_secs: 60,
+            inactive_cache_secs: 10,
+            roles_claim: vec![],
+            scopes_claim: vec![],
+            issuer: None,
+            audiences: vec![],
+            client_ids: vec![],
+            lookups_per_source: 20,
+        };
+        let doc = serde_json::json!({"active": true, "iss": "https://idp.test", "aud": ["orders", "x"], "client_id": "shop"});
+        assert_eq!(not_for_us(&doc, &s), None, "nothing asked, nothing checked");
+        s.issuer = Some("https://other.test".into());
+        assert_eq!(not_for_us(&doc, &s), Some(ISSUER));
+        s.issuer = Some("https://idp.test".into());
+        s.audiences = vec!["billing".into()];
+        assert_eq!(not_for_us(&doc, &s), Some(AUDIENCE));
+        s.audiences = vec!["orders".into()];
+        s.client_ids = vec!["mobile".into()];
+        assert_eq!(not_for_us(&doc, &s), Some(CLIENT));
+        s.client_ids = vec!["shop".into()];
+        assert_eq!(not_for_us(&doc, &s), None);
+        let no_aud =
+            serde_json::json!({"active": true, "iss": "https://idp.test", "client_id": "shop"});
+        assert_eq!(not_for_us(&no_aud, &s), Some(AUDIENCE));
+    }
 
     #[test]
     fn tokens_are_form_encoded() {

@@ -158,6 +158,7 @@ pub fn authenticate(
                 match v.answers.get(&key, i, now(), subject) {
                     Some(CachedAnswer::Active(id)) => Identity::Token(id),
                     Some(CachedAnswer::Inactive) => return Err(introspect::INACTIVE.into()),
+                    Some(CachedAnswer::Refused(f)) => return Err(f.into()),
                     None => {
                         token_out.clear();
                         token_out.push_str(token);

@@ -13,6 +13,7 @@
 mod body;
 mod caller;
 mod record;
+mod source;
 
 use caller::{check_caller, introspect};
 use record::{record, request_line_words};
@@ -21,8 +22,6 @@ use std::{
     net::{IpAddr, SocketAddr},
     time::Instant,
 };
-
-use crate::clock::{Clock, Monotonic};
 
 use crate::{
     config::{RouteSettings, Underscores},
@@ -233,7 +232,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     p.method.push_str(head.method);
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     ctx.bytes_in = head.len as u64;
-    ctx.on_behalf = on_behalf(&head);
+    ctx.on_behalf = source::on_behalf(&head);
     request_id(w, p.trusted, &head, p.request_id);
     // Behind a trusted proxy the anomaly detector counts the client it
     // names, whatever becomes of the request.
@@ -248,38 +247,13 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         head_len: head.len,
         lookup: None,
     };
-    // A source serving a verdict in userspace is answered before any
-    // stage: why, and until when. Behind a trusted proxy, the client it
-    // names (the kernel cannot tell those apart; this can).
-    if w.shared.request_verdicts.any() {
-        let who = match (p.trusted, ctx.client) {
-            (false, _) => p.peer.ip(),
-            (true, Some(client)) => client,
-            (true, None) => {
-                rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies)
-            }
-        };
-        let source = policy::source_of(who, p.snap.cfg.rate_limit.ipv6_prefix);
-        let trusted_hop = p
-            .snap
-            .trusted_proxies
-            .contains(&policy::source_addr(source));
-        if !trusted_hop
-            && let Some((reason, left_ns)) = w
-                .shared
-                .request_verdicts
-                .check(source, || Monotonic.now_ns())
-        {
-            use std::io::Write as _;
-            let _ = write!(
-                p.limit_lines,
-                "retry-after: {}\r\n",
-                left_ns.div_ceil(1_000_000_000)
-            );
-            return Err(refuse(crate::verdicts::failure(reason), false));
-        }
+    // A source serving a verdict in userspace is answered before any stage.
+    let from = (p.peer.ip(), p.trusted);
+    if let Some((f, secs)) = source::verdict(w, p.snap, from, ctx.client, &head) {
+        use std::io::Write as _;
+        let _ = write!(p.limit_lines, "retry-after: {secs}\r\n");
+        return Err(refuse(f, false));
     }
-
     // Paths are normalized before routing and before any check.
     let path = if head.target == "*" {
         "*"
@@ -359,21 +333,6 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     let mut plan = plan_of(index, route, &head);
     plan.on_behalf = ctx.on_behalf;
     Ok(Admitted::new(plan, head.len, caller))
-}
-
-/// Whether a browser sent the request for another site's page: a
-/// cross-site `<img>`, form or fetch (`Sec-Fetch-Site: cross-site`), or a
-/// sibling subdomain's (`same-site`). What such a request does, the page
-/// chose, not the person whose address it comes from. Every mode counts
-/// (`no-cors`, `navigate`, and `cors`, whose simple requests go out
-/// without a preflight). A client that is no browser may send the header
-/// to keep its refusals from counting; they are still refused, and its
-/// per-source rate limits still hold.
-fn on_behalf(head: &RequestHead<'_, '_>) -> bool {
-    matches!(
-        head.single("sec-fetch-site"),
-        Ok(Some(v)) if v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
-    )
 }
 
 /// The request's id: a trusted proxy's `x-request-id` when it sent a sane

@@ -10,6 +10,7 @@
 //! escapes nothing.
 
 mod requests;
+mod shared;
 mod shield;
 
 pub use requests::{RequestVerdicts, failure, is_verdict};
@@ -185,66 +186,6 @@ impl Book {
         self.syn_tolerance_ns = tolerance;
         self.syn_limited = new.xdp.syn_rate > 0;
         Ok(())
-    }
-
-    /// From now on, verdicts placed or lifted here are also sent to the
-    /// other gateways through `outbox`.
-    pub fn share(&mut self, outbox: SyncSender<Shout>) {
-        self.outbox = Some(outbox);
-    }
-
-    fn tell(&self, s: Shout) {
-        if let Some(o) = &self.outbox
-            && o.try_send(s).is_err()
-        {
-            tracing::warn!("the cluster queue is full: a verdict change was not shared");
-        }
-    }
-
-    /// A verdict another gateway placed, `left_ms` from now.
-    pub fn apply_shared(
-        &mut self,
-        source: IpAddr,
-        left_ms: u64,
-        reason: u32,
-        why: &str,
-        from: &str,
-        now_ns: u64,
-    ) {
-        if self.shields(source) || self.allow.contains(&source_addr(source)) {
-            return;
-        }
-        let reason = VerdictReason::from_u32(reason).unwrap_or(VerdictReason::Policy);
-        let verdict = Verdict {
-            expires_at_ns: now_ns.saturating_add(left_ms.saturating_mul(1_000_000)),
-            reason: reason as u32,
-            _pad: 0,
-        };
-        match self.enforcement.set_verdict(source, verdict) {
-            Ok(()) => {
-                self.notes.insert(
-                    source,
-                    Note {
-                        placed_unix: unix_ms() / 1000,
-                        why: format!("{why} (from gateway {from})"),
-                    },
-                );
-                tracing::warn!(
-                    "verdict: {source} for {}s ({}: {why}), shared by gateway {from}",
-                    left_ms.div_ceil(1000),
-                    reason.code()
-                );
-            }
-            Err(e) => tracing::error!("shared verdict for {source} not placed: {e}"),
-        }
-    }
-
-    /// A verdict another gateway lifted.
-    pub fn lift_shared(&mut self, source: IpAddr, from: &str) {
-        self.notes.remove(&source);
-        if self.enforcement.remove_verdict(source) {
-            tracing::warn!("verdict on {source} lifted by gateway {from}");
-        }
     }
 
     /// Whether a kernel verdict on `source` would cut the gateway off

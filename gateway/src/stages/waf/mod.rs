@@ -10,6 +10,11 @@
 //! forms, JSON escapes (simd-json's). Text of letters, digits and `-_.@`
 //! only is never an injection and skips the tokenizer.
 
+mod text;
+mod xss;
+
+pub use text::scan_text;
+
 use std::{borrow::Cow, fmt, fmt::Write as _};
 
 use crate::{
@@ -137,111 +142,8 @@ pub fn judge(value: &[u8]) -> Option<(Attack, String)> {
         let fp = sqli.fingerprint.map(|f| f.to_string()).unwrap_or_default();
         return Some((Attack::Sqli, fp));
     }
-    (libinjectionrs::detect_xss(value).is_injection() || xss_beyond_libinjection(value))
+    (libinjectionrs::detect_xss(value).is_injection() || xss::xss_beyond_libinjection(value))
         .then(|| (Attack::Xss, String::new()))
-}
-
-/// URL schemes that run script where a page puts the value in `href`,
-/// `src` or `action`.
-const SCRIPT_SCHEMES: [&[u8]; 6] = [
-    b"javascript:",
-    b"vbscript:",
-    b"livescript:",
-    b"data:text/html",
-    b"data:application/xhtml",
-    b"data:image/svg+xml",
-];
-
-/// What libinjection's XSS tokenizer lets through (found by trying the
-/// running gateway): a value that is a script URL (`javascript:alert(1)`,
-/// also spelt with entities, tabs or mixed case, as browsers read them),
-/// or one attribute of a markup-looking value pointing at one; and
-/// `<script` anywhere, which a filter that strips tags once turns into a
-/// tag (`<scr<script>ipt>`), where libinjection reads `<scr<script>` as
-/// one odd tag name.
-fn xss_beyond_libinjection(value: &[u8]) -> bool {
-    if !value.iter().any(|&b| b == b':' || b == b'<' || b == b'&') {
-        return false;
-    }
-    let folded = fold_markup(value);
-    if folded.windows(7).any(|w| w == b"<script") {
-        return true;
-    }
-    // The value itself, or after `=`, a quote or `(` (an attribute or
-    // `url(` inside it), names a script scheme.
-    let starts_scheme = |at: &[u8]| SCRIPT_SCHEMES.iter().any(|s| at.starts_with(s));
-    if starts_scheme(&folded) {
-        return true;
-    }
-    folded
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| matches!(b, b'=' | b'"' | b'\'' | b'(' | b'`'))
-        .any(|(i, _)| starts_scheme(&folded[i + 1..]))
-}
-
-/// The value as a browser's URL and tag parsers see it: HTML character
-/// references decoded (`&#106;`, `&#x6a;`, `&colon;`, `&tab;`,
-/// `&newline;`), ASCII lower-cased, and controls, spaces, tabs and line
-/// breaks dropped (a browser drops them from a URL's scheme).
-fn fold_markup(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        let b = value[i];
-        if b == b'&'
-            && let Some((decoded, used)) = char_reference(&value[i..])
-        {
-            i += used;
-            if decoded > 0x20 && decoded < 0x80 {
-                out.push((decoded as u8).to_ascii_lowercase());
-            } else if decoded >= 0x80 {
-                out.push(0x80);
-            }
-            continue;
-        }
-        i += 1;
-        if b > 0x20 {
-            out.push(b.to_ascii_lowercase());
-        }
-    }
-    out
-}
-
-/// An HTML character reference at the start of `s`: its code point and
-/// length (the `;` is optional, as browsers allow for numeric ones).
-fn char_reference(s: &[u8]) -> Option<(u32, usize)> {
-    const NAMED: [(&[u8], u32); 5] = [
-        (b"&colon;", b':' as u32),
-        (b"&tab;", 9),
-        (b"&newline;", 10),
-        (b"&lt;", b'<' as u32),
-        (b"&sol;", b'/' as u32),
-    ];
-    for (name, c) in NAMED {
-        if s.len() >= name.len() && s[..name.len()].eq_ignore_ascii_case(name) {
-            return Some((c, name.len()));
-        }
-    }
-    let rest = s.strip_prefix(b"&#")?;
-    let (radix, digits_at) = match rest.first() {
-        Some(b'x' | b'X') => (16, 3),
-        _ => (10, 2),
-    };
-    let digits = s[digits_at..]
-        .iter()
-        .take_while(|b| b.is_ascii_hexdigit() && (radix == 16 || b.is_ascii_digit()))
-        .count();
-    if digits == 0 || digits > 8 {
-        return None;
-    }
-    let text = std::str::from_utf8(&s[digits_at..digits_at + digits]).ok()?;
-    let code = u32::from_str_radix(text, radix).ok()?;
-    let mut used = digits_at + digits;
-    if s.get(used) == Some(&b';') {
-        used += 1;
-    }
-    Some((code, used))
 }
 
 /// Percent-decodes up to twice (lossy where the bytes are not UTF-8: the
@@ -338,82 +240,6 @@ pub fn scan_pairs(text: &str, place: Place) -> Option<Hit> {
         }
     }
     None
-}
-
-/// Scans a body read as text (a media type that is not JSON or a form,
-/// or JSON that does not parse): the whole text, each quoted string in it
-/// (the values of JSON a strict parser refused), each line, and its
-/// `name=value` pairs when it has any. libinjection fingerprints the
-/// first tokens of a value, so an injection deep in a long text is found
-/// in the piece that holds it.
-pub fn scan_text(body: &[u8]) -> Option<Hit> {
-    let found = |name: &str, value: &[u8]| hit(Place::Body, name, judge(value));
-    if let Some(h) = found("(text)", body) {
-        return Some(h);
-    }
-    for s in quoted_strings(body) {
-        if let Some(h) = found("(quoted string)", &s) {
-            return Some(h);
-        }
-    }
-    if body.contains(&b'\n') {
-        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            if let Some(h) = found("(line)", line) {
-                return Some(h);
-            }
-        }
-    }
-    if body.contains(&b'=') {
-        return scan_pairs(&String::from_utf8_lossy(body), Place::Body);
-    }
-    None
-}
-
-/// The `"..."` strings of a text, JSON escapes decoded, whatever else is
-/// around them.
-fn quoted_strings(text: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        let open = i + text.get(i..)?.iter().position(|&b| b == b'"')?;
-        let mut out = Vec::new();
-        let mut j = open + 1;
-        while j < text.len() {
-            match text[j] {
-                b'"' => break,
-                b'\\' => {
-                    match text.get(j + 1) {
-                        Some(b'n') => out.push(b'\n'),
-                        Some(b't') => out.push(b'\t'),
-                        Some(b'r') => out.push(b'\r'),
-                        Some(b'u') => {
-                            let hex = text
-                                .get(j + 2..j + 6)
-                                .and_then(|h| std::str::from_utf8(h).ok());
-                            match hex
-                                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                                .and_then(char::from_u32)
-                            {
-                                Some(c) => {
-                                    let mut b = [0u8; 4];
-                                    out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-                                    j += 4;
-                                }
-                                None => out.push(b'u'),
-                            }
-                        }
-                        Some(&c) => out.push(c),
-                        None => {}
-                    }
-                    j += 2;
-                    continue;
-                }
-                c => out.push(c),
-            }
-            j += 1;
-        }
-        i = j + 1;
-        Some(out)
-    })
 }
 
 /// Scans every string of a JSON document, keys included; the hit names

@@ -19,6 +19,12 @@ use gateway_common::{
 };
 use ipnet::IpNet;
 
+mod balance;
+mod reflector;
+
+pub use balance::Balancer;
+pub use reflector::Reflector;
+
 use crate::{
     config::{AttachMode, Config, PlainHttpOnTls},
     policy::{mapped_prefix, source_addr, syn_budget},
@@ -544,103 +550,6 @@ where
         .ok_or_else(|| missing("program", name))?;
     p.try_into()
         .map_err(|e| classify(&format!("opening program {name}"), e))
-}
-
-/// The SO_REUSEPORT balancer: the kernel hands new connections to the
-/// workers' listeners in turn instead of by a hash of the 4-tuple. The
-/// program stays attached to the group for as long as its sockets live.
-pub struct Balancer {
-    _ebpf: Ebpf,
-}
-
-impl Balancer {
-    /// Loads the balancer and attaches it to the group of `listeners`
-    /// (index = worker).
-    pub fn attach<L: std::os::fd::AsRawFd + std::os::fd::AsFd>(
-        listeners: &[L],
-    ) -> Result<Self, XdpError> {
-        use aya::maps::ReusePortSockArray;
-        let mut loader = EbpfLoader::new();
-        // This instance uses only the balancer's maps: keep the others tiny.
-        for name in [
-            map_names::VERDICTS,
-            map_names::DENY,
-            map_names::ALLOW,
-            map_names::SYN_EXEMPT,
-            map_names::PORTS,
-            map_names::SYN_TAT,
-        ] {
-            loader.map_max_entries(name, 1);
-        }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| classify("loading the XDP object", e))?;
-        let mut socks: ReusePortSockArray<&mut MapData> =
-            borrow_map(&mut ebpf, map_names::LISTENERS)?;
-        for (i, l) in listeners.iter().enumerate() {
-            socks
-                .set(i as u32, l, 0)
-                .map_err(|e| classify("registering a listener", e))?;
-        }
-        let mut balance: Array<&mut MapData, u64> = borrow_map(&mut ebpf, map_names::BALANCE)?;
-        balance
-            .set(0, listeners.len() as u64, 0)
-            .map_err(|e| classify("writing BALANCE", e))?;
-        let prog: &mut aya::programs::SkReuseport =
-            program_as(&mut ebpf, gateway_common::BALANCE_PROGRAM_NAME)?;
-        prog.load()
-            .map_err(|e| classify("verifying the balancer", e))?;
-        if let Some(first) = listeners.first() {
-            prog.attach(first.as_fd())
-                .map_err(|e| classify("attaching the balancer", e))?;
-        }
-        Ok(Self { _ebpf: ebpf })
-    }
-}
-
-/// The object's reflector program (`XDP_TX` for every frame), for tests
-/// and benchmarks only: the gateway never attaches it.
-pub struct Reflector {
-    ebpf: Ebpf,
-}
-
-impl Reflector {
-    /// Loads and verifies the reflector.
-    pub fn load() -> Result<Self, XdpError> {
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(|e| classify("loading the XDP object", e))?;
-        named_program(&mut ebpf, gateway_common::TX_PROGRAM_NAME)?
-            .load()
-            .map_err(|e| classify("verifying the reflector", e))?;
-        Ok(Self { ebpf })
-    }
-
-    /// Sends `frame` out of interface `ifindex` (in the caller's network
-    /// namespace) `repeat` times as XDP frames: BPF_PROG_TEST_RUN in
-    /// live-frames mode, the kernel's own packet generator.
-    pub fn transmit(&mut self, ifindex: u32, frame: &[u8], repeat: u32) -> Result<(), XdpError> {
-        let prog = named_program(&mut self.ebpf, gateway_common::TX_PROGRAM_NAME)?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = repeat;
-        opts.attrs = aya::programs::TestRunAttrs::new().xdp_live_frames(64);
-        prog.test_run(opts).map_err(|e| match os_error(&e) {
-            // The program loaded a moment ago: not a missing privilege to
-            // load, but something live frames need beyond it.
-            Some(libc::EPERM | libc::EACCES) => {
-                XdpError::FacilityRefused(format!("live-frames BPF_PROG_TEST_RUN: {e}"))
-            }
-            _ => classify("live-frames BPF_PROG_TEST_RUN", e),
-        })?;
-        Ok(())
-    }
 }
 
 fn remove_cidr(

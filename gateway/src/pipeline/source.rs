@@ -1,0 +1,64 @@
+//! Where a request comes from, as the head stages judge it before any
+//! other: a source serving a verdict in userspace gets its answer first,
+//! and a request a browser sent for another site's page is marked so its
+//! refusals never count against the source.
+
+use std::net::IpAddr;
+
+use crate::{
+    clock::{Clock, Monotonic},
+    http::request::RequestHead,
+    policy,
+    respond::Failure,
+    snapshot::Snapshot,
+    stages::rate_limit,
+    worker::Worker,
+};
+
+/// The answer to a request from a source serving a verdict in userspace,
+/// and the seconds left (for `Retry-After`), or `None`. Behind a trusted
+/// proxy, the client it names (`client`, when already worked out): the
+/// kernel cannot tell those apart; this can.
+pub(super) fn verdict(
+    w: &Worker,
+    snap: &Snapshot,
+    (peer, trusted): (IpAddr, bool),
+    client: Option<IpAddr>,
+    head: &RequestHead<'_, '_>,
+) -> Option<(Failure, u64)> {
+    if !w.shared.request_verdicts.any() {
+        return None;
+    }
+    let who = match (trusted, client) {
+        (false, _) => peer,
+        (true, Some(client)) => client,
+        (true, None) => rate_limit::client_source(peer, head.headers, &snap.trusted_proxies),
+    };
+    let source = policy::source_of(who, snap.cfg.rate_limit.ipv6_prefix);
+    if snap.trusted_proxies.contains(&policy::source_addr(source)) {
+        return None;
+    }
+    let (reason, left_ns) = w
+        .shared
+        .request_verdicts
+        .check(source, || Monotonic.now_ns())?;
+    Some((
+        crate::verdicts::failure(reason),
+        left_ns.div_ceil(1_000_000_000),
+    ))
+}
+
+/// Whether a browser sent the request for another site's page: a
+/// cross-site `<img>`, form or fetch (`Sec-Fetch-Site: cross-site`), or a
+/// sibling subdomain's (`same-site`). What such a request does, the page
+/// chose, not the person whose address it comes from. Every mode counts
+/// (`no-cors`, `navigate`, and `cors`, whose simple requests go out
+/// without a preflight). A client that is no browser may send the header
+/// to keep its refusals from counting; they are still refused, and its
+/// per-source rate limits still hold.
+pub(super) fn on_behalf(head: &RequestHead<'_, '_>) -> bool {
+    matches!(
+        head.single("sec-fetch-site"),
+        Ok(Some(v)) if v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
+    )
+}

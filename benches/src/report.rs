@@ -174,12 +174,12 @@ fn closed_table(rows: &[Row]) -> String {
 
 fn cpu_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| system | req/s | proxy user µs/req | proxy kernel µs/req | rest of the machine µs/req | machine busy | stolen by the host |\n|---|---|---|---|---|---|---|\n",
+        "| system | req/s | proxy user µs/req | proxy kernel µs/req | rest of the machine µs/req | machine busy | stolen by the host | upstream connects/req | upstream reuses/req |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows.iter().filter(|r| r.split.rest.is_finite()) {
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.rps,
             fig(r.split.user, 1),
@@ -187,6 +187,8 @@ fn cpu_table(rows: &[Row]) -> String {
             fig(r.split.rest, 1),
             fig(r.split.busy * 100.0, 0) + " %",
             fig(r.split.stolen * 100.0, 1) + " %",
+            fig(r.connects_per_req, 4),
+            fig(1.0 - r.connects_per_req, 4),
         );
     }
     t
@@ -311,14 +313,14 @@ pub fn write(
     }
     md.push_str("\nThe configurations every system ran with are in `work/`.\n\n");
     let mut csv = String::from(
-        "loop,system,rps,p50_us,p99_us,p999_us,max_us,cpu_us_per_req,user_us_per_req,kernel_us_per_req,rest_us_per_req,machine_busy,stolen,rss_kib,errors\n",
+        "loop,system,rps,p50_us,p99_us,p999_us,max_us,cpu_us_per_req,user_us_per_req,kernel_us_per_req,rest_us_per_req,machine_busy,stolen,rss_kib,errors,upstream_connects_per_req\n",
     );
     for (kind, rows) in [("closed", &p.closed), ("open", &p.open)] {
         for r in rows.iter() {
             write_hgrm(&out.join(format!("hgrm/{}-{kind}.hgrm", r.name)), &r.hist)?;
             let _ = writeln!(
                 csv,
-                "{kind},{},{:.0},{:.0},{:.0},{:.0},{:.0},{:.2},{:.2},{:.2},{:.2},{:.3},{:.3},{:.0},{}",
+                "{kind},{},{:.0},{:.0},{:.0},{:.0},{:.0},{:.2},{:.2},{:.2},{:.2},{:.3},{:.3},{:.0},{},{:.4}",
                 r.name,
                 r.rps,
                 r.p50,
@@ -332,7 +334,8 @@ pub fn write(
                 r.split.busy,
                 r.split.stolen,
                 r.rss_kib,
-                r.errors
+                r.errors,
+                r.connects_per_req
             );
         }
     }
@@ -366,7 +369,7 @@ pub fn write(
         }
         let _ = writeln!(
             md,
-            "\n### Where the CPU goes\n\nMedians per request: each proxy's own time in userspace and in the kernel ({}), and the rest of the machine's busy time (load generator, backend, interrupts). Time stolen by the host (a virtual machine's hypervisor serving other guests) above a few percent means the run measured a busy host.\n",
+            "\n### Where the CPU goes\n\nMedians per request: each proxy's own time in userspace and in the kernel ({}), and the rest of the machine's busy time (load generator, backend, interrupts). Time stolen by the host (a virtual machine's hypervisor serving other guests) above a few percent means the run measured a busy host. Upstream connects per request are the connections the backend accepted (its `stub_status`) over the requests answered: a pool that closes connections it needs again a moment later shows here, for every proxy alike.\n",
             kernel_part(irq_time)
         );
         md.push_str(&cpu_table(&p.closed));

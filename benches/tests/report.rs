@@ -173,6 +173,13 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
             number(&r[2]) + number(&r[3]) > 0.0 && (0.0..=100.0).contains(&busy),
             "{r:?}"
         );
+        // Counted at the backend: a pool keeping its connections opens
+        // next to none per request.
+        let (connects, reuses) = (number(&r[7]), number(&r[8]));
+        assert!(
+            (0.0..=1.0).contains(&connects) && (connects + reuses - 1.0).abs() < 1e-3,
+            "{r:?}"
+        );
     }
     let (_, open) = table(&md, "Proxy, open loop");
     for r in &open {
@@ -208,6 +215,6 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
     }
     let csv = std::fs::read_to_string(out.join("summary.csv")).expect("summary.csv");
     assert_eq!(csv.lines().count(), 1 + closed.len() + open.len(), "{csv}");
-    assert!(csv.lines().all(|l| l.split(',').count() == 15), "{csv}");
+    assert!(csv.lines().all(|l| l.split(',').count() == 16), "{csv}");
     let _ = std::fs::remove_dir_all(&out);
 }

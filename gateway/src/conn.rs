@@ -144,6 +144,8 @@ const KEEP_SCRATCH: usize = 256;
 /// read that takes more grows the buffer, and the growth is counted
 /// before the next one.
 const BODY_READ_ROOM: usize = 16 * 1024;
+/// The least a body buffer grows to: small bodies in one step.
+const BODY_FIRST_ROOM: usize = 64 * 1024;
 
 /// A pooled scratch buffer larger than this is cut back.
 const KEPT_CAPACITY: usize = 16 * 1024;
@@ -289,11 +291,12 @@ impl Conn {
         }
     }
 
-    /// Makes room in the read buffer for the body bytes to come: for
-    /// `total` pending bytes at once when known (a Content-Length body read
-    /// whole), else growing by half. The room is taken from the worker's
-    /// body memory first: 503 `gateway.body_memory` when it has none left,
-    /// before a byte more is read.
+    /// Makes room in the read buffer for the body bytes to come, growing
+    /// with what has arrived (doubling, at least 64 KiB, never past
+    /// `total` when the length is known): a client that declares a large
+    /// body and trickles it books only what it sent. The room is taken from
+    /// the worker's body memory first: 503 `gateway.body_memory` when it
+    /// has none left, before a byte more is read.
     pub fn room_for_body(&mut self, total: Option<usize>) -> Result<(), Failure> {
         if self.start > 0 {
             self.inbuf.drain(..self.start);
@@ -305,9 +308,10 @@ impl Conn {
         if cap - len >= BODY_READ_ROOM {
             return Ok(());
         }
+        let grown = (2 * len).max(BODY_FIRST_ROOM);
         let target = match total {
-            Some(t) => t.max(len) + BODY_READ_ROOM,
-            None => (cap + cap / 2).max(len + BODY_READ_ROOM),
+            Some(t) => grown.min(t.max(len)) + BODY_READ_ROOM,
+            None => grown.max(len + BODY_READ_ROOM),
         };
         let budget = self.snap.cfg.limits.body_memory_per_worker;
         if !self.body_hold.fit(target, budget) {

@@ -107,6 +107,20 @@ impl CidrSet {
         Self { by_len }
     }
 
+    /// Whether any CIDR in the set shares an address with `addr/len` (a
+    /// source keyed by its IPv6 prefix): one holding it, or one inside it.
+    pub fn overlaps(&self, addr: &SourceAddr, len: u32) -> bool {
+        let mask = |l: u32| u128::MAX.checked_shl(128 - l.min(128)).unwrap_or(0);
+        let a = u128::from_be_bytes(addr.octets);
+        self.by_len.iter().any(|(l, set)| {
+            if *l <= len {
+                set.contains(&(a & mask(*l)))
+            } else {
+                set.iter().any(|net| net & mask(len) == a & mask(len))
+            }
+        })
+    }
+
     /// Whether any CIDR in the set contains `addr`.
     pub fn contains(&self, addr: &SourceAddr) -> bool {
         let a = u128::from_be_bytes(addr.octets);

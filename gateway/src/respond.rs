@@ -93,6 +93,13 @@ impl Failure {
         reason: "limit.body_size",
         fault: Fault::Client,
     };
+    /// A body larger than a blocking WAF reads to scan (`[waf]
+    /// max_body_bytes`), though within the route's limit.
+    pub const WAF_BODY_TOO_LARGE: Self = Self {
+        status: 413,
+        reason: "waf.body_size",
+        fault: Fault::Client,
+    };
     /// The request head took too long.
     pub const HEADER_TIMEOUT: Self = Self {
         status: 408,

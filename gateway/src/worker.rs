@@ -96,6 +96,8 @@ pub struct Worker {
     max_connections: usize,
     /// The snapshot generation the tick last looked at.
     seen_generation: Cell<u64>,
+    /// Its copy of the request verdicts.
+    pub verdicts: RefCell<crate::verdicts::View>,
 }
 
 /// 64 random bits (ring's system random), distinct per worker and start;
@@ -132,6 +134,7 @@ impl Worker {
             active: Cell::new(0),
             idle: RefCell::new(HashSet::new()),
             seen_generation: Cell::new(0),
+            verdicts: RefCell::default(),
         }
     }
 
@@ -199,6 +202,7 @@ impl Worker {
             self.seen_generation.set(generation);
             self.upstreams.follow(&self.shared.published.current());
         }
+        self.upstreams.reap(std::time::Instant::now());
         let open = self.active.get() as u64;
         let mut tally = self.tally.borrow_mut();
         self.upstreams.figures(&mut tally.upstreams);

@@ -587,6 +587,9 @@ impl Client {
 
     fn fill(&mut self) -> std::io::Result<bool> {
         let mut tmp = [0u8; 65536];
+        if !self.tls.conn.is_handshaking() {
+            return self.fill_without_writing(&mut tmp);
+        }
         match self.tls.read(&mut tmp) {
             Ok(0) => Ok(false),
             Ok(n) => {
@@ -595,6 +598,31 @@ impl Client {
             }
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Reads after the handshake without flushing what a failed write
+    /// left: a server that refuses a request part way answers, then closes
+    /// on the rest of the body, and the answer is still there to read.
+    fn fill_without_writing(&mut self, tmp: &mut [u8]) -> std::io::Result<bool> {
+        loop {
+            match self.tls.conn.reader().read(tmp) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            if self.tls.conn.read_tls(&mut self.tls.sock)? == 0 {
+                return Ok(false);
+            }
+            self.tls
+                .conn
+                .process_new_packets()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         }
     }
 

@@ -255,6 +255,56 @@ fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli()
     assert_ne!(reason_of(&r), "admin.token");
 }
 
+/// Behind a trusted proxy, a verdict on a client it forwards cannot work
+/// below HTTP (the client's packets come from the proxy): it is enforced
+/// request by request too, on the client the proxy names, and listed once.
+#[test]
+fn a_verdict_on_a_client_behind_a_trusted_proxy_refuses_its_requests() {
+    let dir = TempDir::new("admin-proxied");
+    let token = dir.0.join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    let s = setup_with(
+        "admin-proxied",
+        "",
+        "workers = 2",
+        ROUTES,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+             [proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+             [[rate_limit.limits]]\nname = \"ip\"\nkey = \"source\"\nrate = \"100/min\"\n",
+            token.display()
+        ),
+        &[],
+    );
+    let (code, _, err) = cli(&s, &["verdicts", "add", "198.18.9.9", "--secs", "60"]);
+    assert_eq!(code, 0, "{err}");
+    let r = s.get("/limited/a", "X-Forwarded-For: 198.18.9.9\r\n");
+    assert_eq!(
+        (r.status, reason_of(&r).as_str()),
+        (403, "verdict.policy"),
+        "{r:?}"
+    );
+    assert!(r.header("retry-after").is_some());
+    // Spelt another way, still the same client.
+    let r = s.get("/limited/a", "X-Forwarded-For: 203.0.113.1, 198.18.9.9\r\n");
+    assert_eq!(r.status, 403);
+    assert_eq!(s.backend.hits("/limited/a"), 0);
+    // The proxy itself, and its other clients, are served.
+    let r = s.get("/limited/b", "X-Forwarded-For: 198.18.9.10\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    let (_, out, _) = cli(&s, &["verdicts", "list"]);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("198.18.9.9")).count(),
+        1,
+        "{out}"
+    );
+    // Lifted, it is gone from every place at once.
+    let (code, _, _) = cli(&s, &["verdicts", "remove", "198.18.9.9"]);
+    assert_eq!(code, 0);
+    let r = s.get("/limited/c", "X-Forwarded-For: 198.18.9.9\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 #[test]
 fn the_cli_says_plainly_when_no_gateway_answers() {
     let out = Command::new(gateway_bin())

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use gateway_tests::harness::{Client, Setup, reason_of, setup_with, sha256_hex};
 
-/// A blocking-WAF route and a schema route with small body limits, one
-/// worker holding at most 8 MiB of bodies.
+/// A blocking-WAF route, a streaming route and a schema route with small
+/// body limits, one worker holding at most 8 MiB of bodies.
 const ROUTES: &str = r#"
 [[routes]]
 path_prefix = "/shop"
@@ -17,6 +17,13 @@ upstream = "backend"
 auth = "none"
 waf = "block"
 max_body_bytes = 2097152
+
+[[routes]]
+path_prefix = "/stream"
+upstream = "backend"
+auth = "none"
+waf = "off"
+max_body_bytes = 4096
 
 [[routes]]
 path_prefix = "/orders"
@@ -36,7 +43,7 @@ fn start(tag: &str, max_chunks: u64) -> Setup {
         ),
         "workers = 1",
         ROUTES,
-        "",
+        "[waf]\nmax_body_bytes = 2097152\n",
         &[],
     )
 }
@@ -103,21 +110,48 @@ fn hostile_bodies_stay_within_the_workers_body_memory() {
         assert_eq!(refused(c), (413, "limit.body_size".into()));
     }
     drop(framed);
-    // Then 24 connections, each a 2 MiB JSON body sent but for its last byte:
-    // what fits the budget is held, the rest is refused unread.
     let total = 2 * 1024 * 1024;
+    // A declared length books nothing: 32 connections announcing 2 MiB
+    // (64 MiB in all) and trickling a few bytes are all held, and a whole
+    // body still fits beside them.
+    let mut trickling = Vec::new();
+    for _ in 0..32 {
+        let mut c = s.client();
+        c.send(format!("POST /shop/trickle HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {total}\r\n\r\n{{\"a\":\"").as_bytes())
+            .expect("send head");
+        trickling.push(c);
+    }
+    for c in &mut trickling {
+        assert!(
+            !c.answered_within(Duration::from_millis(50)),
+            "a trickled body was refused: {:?}",
+            refused(c)
+        );
+    }
+    let body = format!("{{\"a\":\"{}\"}}", "y".repeat(total - 8));
+    let mut c = s.client();
+    c.send(format!("POST /shop/beside HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+        .expect("send");
+    let r = c.response("POST").expect("response");
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(trickling);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Then 24 connections, each a 2 MiB JSON body sent but for its last byte:
+    // what fits the budget is held, the rest is refused part way.
     let mut held = Vec::new();
     let mut refusals = Vec::new();
     for _ in 0..24 {
         let mut c = s.client();
         c.send(format!("POST /shop/upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {total}\r\n\r\n{{\"a\":\"").as_bytes())
             .expect("send head");
+        // Refused part way, a write after that may fail.
+        let _ = c.send(&vec![b'x'; total - 7]);
         if c.answered_within(Duration::from_millis(400)) {
             refusals.push(refused(&mut c));
-            continue;
+        } else {
+            held.push(c);
         }
-        c.send(&vec![b'x'; total - 7]).expect("send body");
-        held.push(c);
     }
     let during = settled_rss(s.gw.pid());
     let grown = during.saturating_sub(before);
@@ -139,6 +173,8 @@ fn hostile_bodies_stay_within_the_workers_body_memory() {
     }
     assert_eq!(s.backend.hits("/shop/upload"), 0);
     assert_eq!(s.backend.hits("/shop/chunks"), 0);
+    assert_eq!(s.backend.hits("/shop/trickle"), 0);
+    assert_eq!(s.backend.hits("/shop/beside"), 1);
 
     // Once they are gone, the memory is back for others.
     drop(held);
@@ -205,4 +241,37 @@ fn a_chunked_body_read_whole_goes_upstream_dechunked_and_chunks_are_capped() {
     assert_eq!(refused(&mut c), (400, "http.chunked".into()));
     assert_eq!(s.backend.hits("/orders/2"), 0);
     assert_eq!(s.backend.hits("/orders/3"), 0);
+}
+
+#[test]
+fn a_streamed_chunked_body_counts_its_framing_and_its_chunks() {
+    let s = start("bodies-stream", 64);
+    let chunked = |n: usize, ext: usize| {
+        let mut raw =
+            b"POST /stream/up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for _ in 0..n {
+            raw.extend_from_slice(format!("1;x={}\r\nA\r\n", "e".repeat(ext)).as_bytes());
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+        raw
+    };
+    // Within both limits: streamed to the backend as sent.
+    let mut c = s.client();
+    c.send(&chunked(10, 4)).expect("send");
+    assert_eq!(c.response("POST").expect("response").status, 200);
+    assert_eq!(s.backend.hits("/stream/up"), 1);
+    // 40 data bytes in 6.6 KB of framing: over the 4 KiB limit, raw.
+    let mut c = s.client();
+    let _ = c.send(&chunked(40, 150));
+    assert_eq!(refused(&mut c), (413, "limit.body_size".into()));
+    // 100 one-byte chunks in 1.1 KB: over `max_body_chunks` (64).
+    let mut c = s.client();
+    let _ = c.send(&chunked(100, 1));
+    assert_eq!(refused(&mut c), (413, "limit.body_chunks".into()));
+    assert_eq!(
+        s.backend.hits("/stream/up"),
+        1,
+        "a refused body completed upstream"
+    );
 }

@@ -111,9 +111,14 @@ fn a_source_is_refused_request_by_request_before_it_is_refused_below_http() {
     // It ends by itself.
     std::thread::sleep(Duration::from_millis(2200));
     assert_eq!(k.s.get("/shop/after", "").status, 200);
-    // Second offence, by guessed keys this time: refused below HTTP.
+    // Second offence, by guessed keys this time, sent with a browser's
+    // cross-site headers that no page could attach a key to: counted all
+    // the same, and refused below HTTP.
     for _ in 0..5 {
-        let r = k.s.get("/api/x", "x-api-key: gwk_guessed\r\n");
+        let r = k.s.get(
+            "/api/x",
+            "x-api-key: gwk_guessed\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: cors\r\n",
+        );
         assert_eq!(
             (r.status, reason_of(&r).as_str()),
             (401, "auth.invalid_key")

@@ -281,6 +281,8 @@ fn consecutive_5xx_eject_a_server_for_a_while() {
     );
 }
 
+/// Requests at `max_connects` wait while connects make progress (see
+/// `pool.rs`); while they are stuck, the breaker answers at once.
 #[test]
 fn connects_past_max_connects_are_refused_at_once() {
     // A listener whose accept queue is full: the kernel drops further

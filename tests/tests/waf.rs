@@ -169,6 +169,11 @@ fn unlabelled_and_unparseable_bodies_are_scanned_on_a_blocking_route() {
     bom.extend_from_slice(json.as_bytes());
     let trailing = format!("{json}x");
     let text = format!("note: {sqli}");
+    // A NUL makes a body binary, and binary is scanned run by run.
+    let mut nul = b"\0".to_vec();
+    nul.extend_from_slice(json.as_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0".to_vec();
+    png.extend_from_slice(sqli.as_bytes());
     let cases: Vec<(&str, String, Vec<u8>)> = vec![
         (
             "duplicate key, text/plain",
@@ -218,6 +223,16 @@ fn unlabelled_and_unparseable_bodies_are_scanned_on_a_blocking_route() {
             with_len("Content-Type: text/plain\r\n", b"javascript:alert(1)"),
             b"javascript:alert(1)".to_vec(),
         ),
+        (
+            "a NUL in front, application/octet-stream",
+            with_len("Content-Type: application/octet-stream\r\n", &nul),
+            nul.clone(),
+        ),
+        (
+            "a NUL in front, image/png",
+            with_len("Content-Type: image/png\r\n", &png),
+            png.clone(),
+        ),
     ];
     for (what, head, body) in &cases {
         let (status, reason) = send(&s, head, body);
@@ -235,11 +250,17 @@ fn unlabelled_and_unparseable_bodies_are_scanned_on_a_blocking_route() {
     assert!(!line.contains("password"), "the payload was logged: {line}");
 
     // What is not an attack passes: prose, broken JSON without one, and
-    // binary data (never read as text).
+    // binary data (random bytes, as compressed images are).
     let prose = b"Dear team, please select a size for Dan O'Neil's order.";
     let broken = br#"{"name":"O'Brien","name":"again"}"#;
     let mut binary = b"\x89PNG\r\n\x1a\n\0\0\0".to_vec();
-    binary.extend_from_slice(sqli.as_bytes());
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    binary.extend((0..512 << 10).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 24) as u8
+    }));
     for (what, ctype, body) in [
         ("prose", "Content-Type: text/plain\r\n", &prose[..]),
         ("broken JSON", "Content-Type: text/plain\r\n", &broken[..]),
@@ -249,6 +270,45 @@ fn unlabelled_and_unparseable_bodies_are_scanned_on_a_blocking_route() {
         assert_eq!(status, 200, "{what}: {reason}");
     }
     assert_eq!(s.backend.hits("/shop"), 3);
+}
+
+/// Scanning hostile text costs CPU per byte: a body past `[waf]
+/// max_body_bytes` is refused by a blocking route before it is read, and
+/// streamed unscanned through a detecting one.
+#[test]
+fn a_body_past_what_the_waf_scans_is_refused_or_streamed() {
+    let s = setup_with(
+        "waf-size",
+        "",
+        "workers = 1",
+        ROUTES,
+        "[waf]\nmax_body_bytes = 65536\n",
+        &[],
+    );
+    let big = format!("{{\"a\":\"{}\"}}", "<a ".repeat(30_000));
+    assert_eq!(
+        post(&s, "/shop/big", "application/json", &big),
+        (413, "waf.body_size".into())
+    );
+    let mut c = s.client();
+    let _ = c.send(
+        format!(
+            "POST /shop/chunked HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.response("POST").expect("response");
+    assert_eq!((r.status, reason_of(&r).as_str()), (413, "waf.body_size"));
+    assert_eq!(post(&s, "/watch/big", "application/json", &big).0, 200);
+    // Within it, scanned as before.
+    let small = serde_json::json!({"a": "' UNION SELECT password FROM users--"}).to_string();
+    assert_eq!(
+        post(&s, "/shop/small", "application/json", &small),
+        (403, "waf.sqli".into())
+    );
+    assert_eq!(s.backend.hits("/shop"), 0);
+    assert_eq!(s.backend.hits("/watch/big"), 1);
 }
 
 #[test]

@@ -334,8 +334,11 @@ fn a_full_verdict_map_falls_back_to_request_verdicts() {
     book.place(&s, now);
     assert_eq!(book.overflowed, 1);
     assert_eq!(book.not_placed, 0);
+    // The workers see it from the control loop's next publish.
+    requests.publish();
+    let view = std::cell::RefCell::default();
     assert_eq!(
-        requests.check(source, || now).map(|(r, _)| r),
+        requests.check(&view, source, || now).map(|(r, _)| r),
         Some(VerdictReason::Abuse)
     );
     let listed = book.list(now);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{BACKEND_PORT, BACKEND_TLS_PORT, Opts, PORTS, wrk};
+use super::{BACKEND_PORT, BACKEND_STATUS_PORT, BACKEND_TLS_PORT, Opts, PORTS, wrk};
 
 /// The files written, and what the clients need to send.
 pub struct Files {
@@ -96,6 +96,8 @@ http {{
     ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:up:1m;
     location / {{ return 200 '{{"service":"bench","ok":true}}'; }} }}
+  # Connections the backend accepted: how often a proxy opened one.
+  server {{ listen 127.0.0.1:{BACKEND_STATUS_PORT}; location / {{ stub_status; }} }}
 }}
 "#,
             w = work.display(),
@@ -120,14 +122,14 @@ access = false
 [[tls.certificates]]
 cert = "{cert}"
 key = "{key}"
+# The pool's defaults: no tuning for the load (its connects per request
+# are in the report).
 [[upstreams]]
 name = "backend"
 servers = ["127.0.0.1:{BACKEND_PORT}"]
-idle_per_server = 256
 [[upstreams]]
 name = "backend-tls"
 servers = ["127.0.0.1:{BACKEND_TLS_PORT}"]
-idle_per_server = 256
 [upstreams.tls]
 ca_file = "{cert}"
 [[routes]]
@@ -231,7 +233,7 @@ events {{ worker_connections 20000; }}
 http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; }}
+  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 1024; }}
   server {{
     listen 127.0.0.1:{port} ssl reuseport;
     ssl_certificate {cert}; ssl_certificate_key {key};

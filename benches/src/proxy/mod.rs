@@ -97,6 +97,22 @@ pub struct Opts {
 const BACKEND_PORT: u16 = 18080;
 /// The backend over TLS, for the gateway's upstream-TLS row.
 const BACKEND_TLS_PORT: u16 = 18081;
+/// The backend nginx's `stub_status`: connections it accepted.
+const BACKEND_STATUS_PORT: u16 = 18082;
+
+/// Connections the backend nginx has accepted (its `stub_status`), or
+/// `None` without it (the demo backend). Reading it costs one more.
+fn backend_accepts() -> Option<u64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", BACKEND_STATUS_PORT)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    // "server accepts handled requests\n 12 12 34"
+    let numbers = out.split("requests").nth(1)?;
+    numbers.split_whitespace().next()?.parse().ok()
+}
 const PORTS: [(&str, u16); 5] = [
     ("backend", BACKEND_PORT),
     ("gateway", 18443),
@@ -118,6 +134,8 @@ struct Sample {
     rss_kib: Option<f64>,
     errors: u64,
     hist: Histogram<u64>,
+    /// Backend connections opened per request during the run.
+    connects_per_req: Option<f64>,
 }
 
 impl Sample {
@@ -175,6 +193,9 @@ pub struct Row {
     pub errors: u64,
     /// Every round's latencies together.
     pub hist: Histogram<u64>,
+    /// Backend connections opened per request (NaN unknown): a pool that
+    /// closes what it will need again shows here.
+    pub connects_per_req: f64,
 }
 
 /// What `bench proxy` measured.
@@ -250,11 +271,17 @@ fn charged<T>(
 }
 
 fn closed_sample(shape: &wrk::Shape, s: &systems::System) -> Result<Sample> {
+    let accepts = backend_accepts();
     let (r, split) = charged(
         s.pgid,
         |r: &wrk::Run| r.requests,
         || wrk::run(shape, &s.closed),
     )?;
+    // The second reading's own connection is not the proxy's.
+    let connects_per_req = accepts
+        .zip(backend_accepts())
+        .filter(|_| r.requests > 0)
+        .map(|(a, b)| b.saturating_sub(a + 1) as f64 / r.requests as f64);
     let pct = |k: &str| r.pct.get(k).copied().unwrap_or(f64::NAN);
     Ok(Sample {
         rps: r.rps,
@@ -266,6 +293,7 @@ fn closed_sample(shape: &wrk::Shape, s: &systems::System) -> Result<Sample> {
         rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
         errors: r.errors,
         hist: r.hist,
+        connects_per_req,
     })
 }
 
@@ -290,6 +318,7 @@ fn open_sample(
         rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
         errors: r.errors,
         hist: r.hist,
+        connects_per_req: None,
     })
 }
 
@@ -321,6 +350,7 @@ fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<R
             rss_kib: med(&|s| s.rss_kib),
             errors: v.iter().map(|s| s.errors).sum(),
             hist,
+            connects_per_req: med(&|s| s.connects_per_req),
         });
     }
     Ok(out)
@@ -328,13 +358,14 @@ fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<R
 
 fn log_sample(kind: &str, round: usize, name: &str, s: &Sample) {
     eprintln!(
-        "{kind} round {round} {name:<11} {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us cpu/req {} errors {}",
+        "{kind} round {round} {name:<11} {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us p99.9 {:>6.0}us cpu/req {} upstream connects/req {} errors {}",
         s.rps,
         s.p50,
         s.p99,
         s.p999,
         s.cpu_us_per_req()
             .map_or("-".into(), |c| format!("{c:.1}us")),
+        s.connects_per_req.map_or("-".into(), |c| format!("{c:.4}")),
         s.errors
     );
 }

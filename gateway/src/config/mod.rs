@@ -345,7 +345,7 @@ impl Config {
             &invalid,
         )?;
         let (imported, openapi) = openapi::import(&raw.openapi, file, &invalid)?;
-        let waf = waf_settings(&raw.waf, &auth.key_header);
+        let waf = waf_settings(&raw.waf, &auth.key_header, &invalid)?;
         let ctx = RouteContext {
             upstreams: &upstreams,
             max_body: raw.limits.max_body_bytes,
@@ -354,6 +354,7 @@ impl Config {
             cors: cors.as_ref(),
             file,
             waf: waf.mode,
+            waf_body: waf.max_body_bytes,
         };
         let mut routes = Vec::new();
         for (i, imp) in imported.iter().enumerate() {
@@ -547,6 +548,17 @@ mod tests {
         ));
         assert!(
             e.starts_with("t.toml:4: policy.allow: 16385 CIDRs, more than"),
+            "{e}"
+        );
+        let proxies: Vec<String> = (0..gateway_common::SYN_EXEMPT_CAPACITY)
+            .map(|i| format!("\"10.9.{}.{}\"", i / 256, i % 256))
+            .collect();
+        let e = err(&format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[proxy]\ntrusted_proxies = [{}]\n",
+            proxies.join(",")
+        ));
+        assert!(
+            e.starts_with("t.toml:4: proxy.trusted_proxies: 1024 CIDRs, more than the kernel's SYN exemption holds (1022)"),
             "{e}"
         );
     }

@@ -7,7 +7,7 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub(super) struct ProxyFile {
     #[serde(default)]
-    trusted_proxies: Vec<Cidr>,
+    trusted_proxies: Option<Spanned<Vec<Cidr>>>,
     #[serde(default)]
     hsts: Option<Spanned<String>>,
     #[serde(default)]
@@ -57,11 +57,34 @@ pub(super) fn proxy_settings(
     invalid: &Invalid<'_>,
 ) -> Result<ProxySettings, ConfigError> {
     Ok(ProxySettings {
-        trusted_proxies: p.trusted_proxies.iter().map(|c| c.0.trunc()).collect(),
+        trusted_proxies: trusted_proxies(p.trusted_proxies.as_ref(), invalid)?,
         hsts: hsts(p.hsts.as_ref(), invalid)?,
         underscores_in_headers: p.underscores_in_headers,
         encoded_slashes: p.encoded_slashes,
     })
+}
+
+/// `proxy.trusted_proxies`: the kernel exempts each from the SYN budget
+/// (beside the two loopback networks), in a trie of fixed size.
+fn trusted_proxies(
+    list: Option<&Spanned<Vec<Cidr>>>,
+    invalid: &Invalid<'_>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    let most = gateway_common::SYN_EXEMPT_CAPACITY as usize - 2;
+    if list.get_ref().len() > most {
+        return Err(invalid(
+            Some(list.span()),
+            "proxy.trusted_proxies".into(),
+            format!(
+                "{} CIDRs, more than the kernel's SYN exemption holds ({most}); name the proxies' networks instead of each address",
+                list.get_ref().len()
+            ),
+        ));
+    }
+    Ok(list.get_ref().iter().map(|c| c.0.trunc()).collect())
 }
 
 /// `proxy.hsts`: it goes into every response head, so a CR or LF in it

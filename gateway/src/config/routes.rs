@@ -130,18 +130,20 @@ pub struct RouteSettings {
     pub origin: Option<String>,
     /// What its WAF does.
     pub waf: crate::stages::waf::Mode,
+    /// The largest body its WAF reads whole (`[waf] max_body_bytes`).
+    pub waf_body: u64,
 }
 
 impl RouteSettings {
     /// The most body bytes this route reads whole before anything goes
     /// upstream (0: it streams bodies): its limit with a schema; with a
-    /// WAF, up to [`MAX_VALIDATED_BODY`] (a larger body is refused by a
+    /// WAF, up to `[waf] max_body_bytes` (a larger body is refused by a
     /// blocking WAF, streamed unscanned by a detecting one).
     pub fn judged_body_limit(&self) -> u64 {
         if self.body_schema.is_some() {
             self.max_body_bytes
         } else if self.waf != crate::stages::waf::Mode::Off {
-            self.max_body_bytes.min(MAX_VALIDATED_BODY)
+            self.max_body_bytes.min(self.waf_body)
         } else {
             0
         }
@@ -157,6 +159,7 @@ pub(super) struct RouteContext<'a> {
     pub(super) cors: Option<&'a CorsSettings>,
     pub(super) file: &'a str,
     pub(super) waf: crate::stages::waf::Mode,
+    pub(super) waf_body: u64,
 }
 
 /// One `[[routes]]` entry (or an imported operation), every part validated.
@@ -172,6 +175,7 @@ pub(super) fn compile_full(
     route.rate_limits = route_limits(i, &r.rate_limits, ctx.limits, invalid)?;
     route.cors = route_cors(i, r.cors.as_ref(), ctx.cors, invalid)?;
     route.waf = r.waf.unwrap_or(ctx.waf);
+    route.waf_body = ctx.waf_body;
     if let Some(h) = &r.response_headers {
         route.response_headers = header_map(h.get_ref())
             .map_err(|e| invalid(Some(h.span()), format!("routes[{i}].response_headers"), e))?;
@@ -278,6 +282,7 @@ pub(super) fn compile_route(
         serve: None,
         origin: None,
         waf: Default::default(),
+        waf_body: DEFAULT_WAF_BODY,
     })
 }
 

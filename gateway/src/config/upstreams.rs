@@ -30,6 +30,8 @@ pub(super) struct UpstreamFile {
     pub(super) response_timeout_ms: u64,
     #[serde(default = "default_idle_per_server")]
     pub(super) idle_per_server: usize,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub(super) idle_timeout_ms: u64,
     #[serde(default = "default_retries")]
     pub(super) retries: Spanned<u32>,
     #[serde(default = "default_max_requests")]
@@ -172,6 +174,11 @@ pub(super) fn default_response_ms() -> u64 {
 pub(super) fn default_idle_per_server() -> usize {
     64
 }
+/// nginx's upstream `keepalive_timeout` is 60 s; shorter here, so a burst's
+/// connections go back within half a minute of it.
+pub(super) fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
 
 /// Validated `[[upstreams]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,8 +193,14 @@ pub struct UpstreamSettings {
     pub connect_timeout_ms: u64,
     /// Time to the response head.
     pub response_timeout_ms: u64,
-    /// Idle keep-alive connections kept per server and worker.
+    /// Idle keep-alive connections a worker keeps per server whatever the
+    /// demand; beyond, it keeps as many as requests are in flight to the
+    /// server (a connection coming back is never closed while the load
+    /// that opened it lasts).
     pub idle_per_server: usize,
+    /// An idle connection unused this long is closed (HAProxy's
+    /// `pool-purge-delay`, nginx's `keepalive_timeout`).
+    pub idle_timeout_ms: u64,
     /// Further attempts after the first: a connect that failed (any
     /// request), or an idempotent bodiless request that failed before any
     /// response byte.
@@ -281,6 +294,7 @@ pub(super) fn upstream_settings(
             connect_timeout_ms: u.connect_timeout_ms.max(1),
             response_timeout_ms: u.response_timeout_ms.max(1),
             idle_per_server: u.idle_per_server,
+            idle_timeout_ms: u.idle_timeout_ms.max(100),
             retries: *u.retries.get_ref(),
             max_requests: *u.max_requests.get_ref(),
             max_connects: *u.max_connects.get_ref(),

@@ -10,7 +10,7 @@
 //! never the framing) within the worker's body memory.
 
 use super::*;
-use crate::{config::MAX_VALIDATED_BODY, stages::waf::Place};
+use crate::stages::waf::Place;
 
 /// The body stages, then the upstream.
 pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Result<Done, Abort> {
@@ -62,13 +62,18 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
 /// upstream with a Content-Length (as nginx sends a buffered body).
 async fn read_whole_body(c: &mut Conn, a: &mut Admitted, limit: u64) -> Result<(), Abort> {
     let respond = |f| Abort::Respond(f, None);
+    // Below the route's own limit, the WAF's is what a body exceeds.
+    let too_large = if limit < a.max_body {
+        Failure::WAF_BODY_TOO_LARGE
+    } else {
+        Failure::BODY_TOO_LARGE
+    };
     match a.framing {
         Framing::None | Framing::UntilClose => Ok(()),
-        Framing::Length(n) if n > limit => Err(respond(Failure::BODY_TOO_LARGE)),
+        Framing::Length(n) if n > limit => Err(respond(too_large)),
         Framing::Length(n) => {
             while (c.pending().len() as u64) < n {
-                // `n` is at most the route's limit: the room for all of it
-                // is taken (or refused) at once.
+                // Room grows as the bytes come, up to `n`.
                 c.room_for_body(Some(n as usize)).map_err(respond)?;
                 conn::read_body(c, None).await?;
             }
@@ -78,7 +83,13 @@ async fn read_whole_body(c: &mut Conn, a: &mut Admitted, limit: u64) -> Result<(
             let max_chunks = c.snap().cfg.limits.max_body_chunks;
             let mut body = InPlace::default();
             loop {
-                if body.step(c, limit, max_chunks).map_err(respond)? {
+                if body.step(c, limit, max_chunks).map_err(|f| {
+                    respond(if f == Failure::BODY_TOO_LARGE {
+                        too_large
+                    } else {
+                        f
+                    })
+                })? {
                     a.body_read_whole(body.data as u64);
                     proxy::request::reframe_whole(&mut c.up_head, body.data as u64);
                     return Ok(());
@@ -138,8 +149,8 @@ impl InPlace {
 
 /// The most a route reads whole of this body, if it judges it whole: it
 /// has a schema (up to its limit, at most 16 MiB by configuration), or a
-/// WAF (up to 16 MiB: beyond, a blocking WAF answers 413 and a detecting
-/// one lets the body stream unscanned). A blocking WAF reads every body
+/// WAF (up to `[waf] max_body_bytes`: beyond, a blocking WAF answers 413
+/// `waf.body_size` and a detecting one lets the body stream unscanned). A blocking WAF reads every body
 /// it can: a body that does not say what it is may still be read as JSON
 /// or text by the backend.
 fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
@@ -154,7 +165,6 @@ fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
     let limit = route.judged_body_limit();
     match a.framing {
         Framing::Length(n) if n > limit && route.waf == waf::Mode::Detect => None,
-        Framing::Length(n) if n > MAX_VALIDATED_BODY => Some(MAX_VALIDATED_BODY),
         _ if route.waf == waf::Mode::Detect && a.body_kind == BodyKind::Other => {
             // Detect mode reads an unlabelled body whole only when it is
             // small enough to buffer anyway.
@@ -230,8 +240,9 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
 /// many backends parse JSON whatever the media type says, and read text
 /// as text. So a body that reads as JSON (after a UTF-8 BOM) is scanned as
 /// JSON; one that does not parse (a duplicate key, a stray byte) or is not
-/// JSON at all is scanned as text. Binary data (a NUL in it) is not
-/// scanned: libinjection reads bytes as SQL and markup tokens.
+/// JSON at all is scanned as text. Binary data (a NUL in it) is scanned
+/// run by run: each stretch of text between control bytes, so a NUL put in
+/// front of a payload hides nothing.
 fn judge_unlabelled(
     body: &[u8],
     scratch: &mut validation::Scratch,
@@ -239,7 +250,7 @@ fn judge_unlabelled(
 ) -> Option<waf::Hit> {
     let text = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
     if text.contains(&0) {
-        return None;
+        return waf::scan_binary(text);
     }
     if matches!(
         text.iter().find(|b| !b.is_ascii_whitespace()),

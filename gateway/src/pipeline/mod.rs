@@ -232,7 +232,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
     p.method.push_str(head.method);
     auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
     ctx.bytes_in = head.len as u64;
-    ctx.on_behalf = source::on_behalf(&head);
+    ctx.on_behalf = source::on_behalf(&head, &p.snap.cfg.auth.key_header);
     request_id(w, p.trusted, &head, p.request_id);
     // Behind a trusted proxy the anomaly detector counts the client it
     // names, whatever becomes of the request.

@@ -26,7 +26,7 @@ pub(super) fn verdict(
     client: Option<IpAddr>,
     head: &RequestHead<'_, '_>,
 ) -> Option<(Failure, u64)> {
-    if !w.shared.request_verdicts.any() {
+    if !w.shared.request_verdicts.any(&w.verdicts) {
         return None;
     }
     let who = match (trusted, client) {
@@ -41,7 +41,7 @@ pub(super) fn verdict(
     let (reason, left_ns) = w
         .shared
         .request_verdicts
-        .check(source, || Monotonic.now_ns())?;
+        .check(&w.verdicts, source, || Monotonic.now_ns())?;
     Some((
         crate::verdicts::failure(reason),
         left_ns.div_ceil(1_000_000_000),
@@ -53,12 +53,31 @@ pub(super) fn verdict(
 /// sibling subdomain's (`same-site`). What such a request does, the page
 /// chose, not the person whose address it comes from. Every mode counts
 /// (`no-cors`, `navigate`, and `cors`, whose simple requests go out
-/// without a preflight). A client that is no browser may send the header
-/// to keep its refusals from counting; they are still refused, and its
-/// per-source rate limits still hold.
-pub(super) fn on_behalf(head: &RequestHead<'_, '_>) -> bool {
-    matches!(
+/// without a preflight). A page cannot attach an API key or a bearer
+/// token to a request without a preflight our CORS policy answers, so a
+/// request carrying one is the sender's own doing: a scripted client that
+/// adds the headers to its guesses has them counted all the same. A client
+/// that is no browser may otherwise send the headers to keep its refusals
+/// from counting; they are still refused, and its per-source rate limits
+/// still hold.
+pub(super) fn on_behalf(head: &RequestHead<'_, '_>, key_header: &str) -> bool {
+    let site = matches!(
         head.single("sec-fetch-site"),
         Ok(Some(v)) if v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
-    )
+    );
+    let mode = matches!(
+        head.single("sec-fetch-mode"),
+        Ok(Some(v)) if [&b"cors"[..], b"no-cors", b"navigate", b"same-origin", b"websocket"]
+            .iter()
+            .any(|m| v.eq_ignore_ascii_case(m))
+    );
+    // Basic credentials a browser may attach by itself; a bearer token or
+    // an API key it never does.
+    let credential = head.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case(key_header)
+            || (h.name.eq_ignore_ascii_case("authorization")
+                && !h.value.trim_ascii_start().starts_with(b"Basic ")
+                && !h.value.trim_ascii_start().starts_with(b"basic "))
+    });
+    site && mode && !credential
 }

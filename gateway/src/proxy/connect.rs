@@ -111,5 +111,6 @@ fn finish_connect(sock: socket2::Socket, server: usize) -> Result<UpstreamConn, 
         server,
         reused: false,
         tls: None,
+        idle_since: None,
     })
 }

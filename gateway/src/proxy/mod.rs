@@ -187,6 +187,13 @@ impl Upstreams {
         self.epoch.set(snap.epoch);
     }
 
+    /// Closes idle connections past their upstream's idle timeout.
+    pub fn reap(&self, now: Instant) {
+        for pool in self.pools.borrow().iter() {
+            pool.pool.borrow_mut().reap(now);
+        }
+    }
+
     /// Every server's pool and health figures, into `out`.
     pub fn figures(&self, out: &mut Vec<crate::observe::metrics::ServerFigures>) {
         let now = Instant::now();
@@ -203,6 +210,9 @@ pub struct Upstream {
     pub pool: RefCell<Pool>,
     /// The state every worker shares (also held by the pool).
     pub health: Arc<health::UpstreamHealth>,
+    /// Woken when a connection goes back to the pool or a connect of this
+    /// worker ends: a request waiting for `max_connects` may go on.
+    freed: tokio::sync::Notify,
 }
 
 fn new_pool(s: &UpstreamSettings, registry: &Registry) -> Rc<Upstream> {
@@ -210,6 +220,7 @@ fn new_pool(s: &UpstreamSettings, registry: &Registry) -> Rc<Upstream> {
     Rc::new(Upstream {
         pool: RefCell::new(Pool::new(s, health.clone())),
         health,
+        freed: tokio::sync::Notify::new(),
     })
 }
 
@@ -329,8 +340,9 @@ pub async fn forward(
             Ok((done, upstream_reusable)) => {
                 let mut p = pool.borrow_mut();
                 p.mark_up(server);
-                if upstream_reusable {
-                    p.checkin(conn);
+                if upstream_reusable && p.checkin(conn, Instant::now()) {
+                    // A request waiting for a connection may take it.
+                    up.freed.notify_one();
                 }
                 return Ok(done);
             }
@@ -368,13 +380,25 @@ async fn checkout_or_connect(
     if !fresh_only && let Some(pooled) = pool.borrow_mut().checkout(server) {
         return Ok(pooled);
     }
-    let Some(_connecting) = up.health.enter_connect() else {
-        return Err(Attempt::Abort(Abort::Respond(
-            Failure::UPSTREAM_MAX_CONNECTS,
-            Some(addr),
-        )));
+    let connecting = match up.health.enter_connect() {
+        Some(slot) => slot,
+        None => match wait_for_connection(up, server, fresh_only, budget).await {
+            Waited::Pooled(conn) => return Ok(conn),
+            Waited::Slot(slot) => slot,
+            Waited::TimedOut => {
+                up.health.refused_connect();
+                return Err(Attempt::Abort(Abort::Respond(
+                    Failure::UPSTREAM_MAX_CONNECTS,
+                    Some(addr),
+                )));
+            }
+        },
     };
-    let err = match connect::connect(addr, server, ms(budget.connect_ms)).await {
+    let connected = connect::connect(addr, server, ms(budget.connect_ms)).await;
+    up.health.connect_progressed();
+    drop(connecting);
+    up.freed.notify_one();
+    let err = match connected {
         Ok(conn) => {
             pool.borrow_mut().opened(server);
             return secure(up, conn, server, addr, budget).await;
@@ -394,6 +418,54 @@ async fn checkout_or_connect(
             } else {
                 Failure::UPSTREAM_CONNECT
             }))
+        }
+    }
+}
+
+/// What waiting at `max_connects` gave.
+enum Waited<'a> {
+    /// A connection another request gave back.
+    Pooled(UpstreamConn),
+    /// A place to connect.
+    Slot(health::Held<'a>),
+    /// Neither within the connect timeout.
+    TimedOut,
+}
+
+/// How long connects in progress may go without one ending before
+/// requests stop waiting for them: a backend that answers connects at all
+/// does so well within this.
+const CONNECT_STALL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// At `max_connects`, waits (up to the connect timeout) for a connection
+/// another request gives back or a place to connect, as HAProxy queues at a
+/// server's `maxconn`: a cold start of many concurrent requests warms the
+/// pool instead of answering 503. While the connects in progress are stuck
+/// (none ended within [`CONNECT_STALL`]: the backend no longer accepts),
+/// the request gets 503 at once, the breaker's purpose. The limit holds
+/// either way: never more connects in progress.
+async fn wait_for_connection<'a>(
+    up: &'a Upstream,
+    server: usize,
+    fresh_only: bool,
+    budget: Budget,
+) -> Waited<'a> {
+    let until = Instant::now() + ms(budget.connect_ms);
+    let stall = CONNECT_STALL.as_nanos() as u64;
+    loop {
+        // Woken by this worker's check-ins and connects; another worker's
+        // freed place is noticed within the poll.
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || up.health.connects_stalled(Monotonic.now_ns(), stall) {
+            return Waited::TimedOut;
+        }
+        let poll = left.min(std::time::Duration::from_millis(5));
+        let _ = tokio::time::timeout(poll, up.freed.notified()).await;
+        if !fresh_only && let Some(conn) = up.pool.borrow_mut().checkout(server) {
+            return Waited::Pooled(conn);
+        }
+        if let Some(slot) = up.health.enter_connect() {
+            return Waited::Slot(slot);
         }
     }
 }

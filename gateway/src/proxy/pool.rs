@@ -42,6 +42,8 @@ pub struct UpstreamConn {
     pub reused: bool,
     /// The TLS session, on a TLS hop.
     pub(super) tls: Option<Box<super::tls::Session>>,
+    /// When it last went back to the pool (for the idle timeout).
+    pub(super) idle_since: Option<Instant>,
 }
 
 impl UpstreamConn {
@@ -238,18 +240,49 @@ impl Pool {
         }));
     }
 
-    /// Returns a connection to its server's pool (closed if the pool is
-    /// full). The caller found it [`UpstreamConn::drained`]: the reuse
-    /// decision after a response checks that once.
-    pub fn checkin(&mut self, mut conn: UpstreamConn) {
-        let cap = self.settings.idle_per_server;
+    /// Returns a connection to its server's pool at `now`. It is kept while
+    /// the pool holds fewer idle connections than `idle_per_server`, or
+    /// than requests are in flight to the server: under load a connection
+    /// coming back is one a request will want a moment later (closing it
+    /// cost ~31 % of requests a new backend connection at -c256). What a
+    /// burst left behind goes with the idle timeout ([`Pool::reap`]). The
+    /// caller found it [`UpstreamConn::drained`]: the reuse decision after
+    /// a response checks that once. Whether it was kept.
+    pub fn checkin(&mut self, mut conn: UpstreamConn, now: Instant) -> bool {
+        let floor = self.settings.idle_per_server;
         let s = &mut self.servers[conn.server];
-        if s.idle.len() < cap {
-            conn.reused = true;
-            conn.buf.clear();
-            conn.start = 0;
-            s.idle.push(conn);
+        if s.idle.len() >= floor.max(s.outstanding) {
+            return false;
         }
+        conn.reused = true;
+        conn.buf.clear();
+        conn.start = 0;
+        conn.idle_since = Some(now);
+        // Last in, first out: the busiest connections stay warm and the
+        // rest age at the bottom, where the idle timeout finds them.
+        s.idle.push(conn);
+        true
+    }
+
+    /// Closes idle connections unused for `idle_timeout_ms` at `now`;
+    /// how many.
+    pub fn reap(&mut self, now: Instant) -> usize {
+        let timeout = Duration::from_millis(self.settings.idle_timeout_ms);
+        let mut closed = 0;
+        for s in &mut self.servers {
+            // Oldest first: they are at the bottom of the stack.
+            let stale = s
+                .idle
+                .iter()
+                .take_while(|c| {
+                    c.idle_since
+                        .is_some_and(|t| now.duration_since(t) >= timeout)
+                })
+                .count();
+            s.idle.drain(..stale);
+            closed += stale;
+        }
+        closed
     }
 
     /// Counts a request in flight on server `i`.
@@ -301,6 +334,7 @@ mod tests {
             connect_timeout_ms: 1000,
             response_timeout_ms: 1000,
             idle_per_server: 4,
+            idle_timeout_ms: 30_000,
             retries: 1,
             max_requests: 1024,
             max_connects: 256,
@@ -348,6 +382,51 @@ mod tests {
         p.mark_down(0, t0);
         p.mark_down(1, t0);
         assert_eq!(p.pick(t0, None), None);
+    }
+
+    fn conn(to: &std::net::TcpListener, server: usize) -> Option<UpstreamConn> {
+        // Connected to a listener that never accepts: open, and silent.
+        let tcp = std::net::TcpStream::connect(to.local_addr().ok()?).ok()?;
+        Some(UpstreamConn {
+            tcp: TcpStream::from_std(tcp),
+            buf: Vec::new(),
+            start: 0,
+            server,
+            reused: false,
+            tls: None,
+            idle_since: None,
+        })
+    }
+
+    #[test]
+    fn connections_stay_while_requests_are_in_flight_and_age_out_after() {
+        tokio_uring::start(async {
+            let mut p = pool(Balance::RoundRobin, 1);
+            let backlog = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+            let conn = |server| conn(&backlog, server);
+            let t0 = Instant::now();
+            let load = |p: &mut Pool, n: usize| {
+                p.servers[0].outstanding = n;
+            };
+            // Under load (11 others in flight), a floor of 4: all 10 that
+            // come back stay.
+            load(&mut p, 11);
+            for _ in 0..10 {
+                assert!(p.checkin(conn(0).expect("socket"), t0));
+            }
+            assert_eq!(p.servers[0].idle.len(), 10, "closed under load");
+            // Without load, one more beyond the floor is closed at once.
+            load(&mut p, 0);
+            assert!(!p.checkin(conn(0).expect("socket"), t0));
+            // The idle ones go after the idle timeout, oldest first; one
+            // used again later stays.
+            let one = p.checkout(0).expect("pooled");
+            load(&mut p, 11);
+            assert!(p.checkin(one, t0 + Duration::from_secs(20)));
+            assert_eq!(p.reap(t0 + Duration::from_secs(29)), 0);
+            assert_eq!(p.reap(t0 + Duration::from_secs(31)), 9);
+            assert_eq!(p.servers[0].idle.len(), 1);
+        });
     }
 
     #[test]

@@ -379,21 +379,27 @@ async fn stream_chunked_body(
     max_body: u64,
     addr: SocketAddr,
 ) -> Result<(), Attempt> {
-    let body_timeout_ms = c.snap().cfg.limits.body_timeout_ms;
+    let limits = &c.snap().cfg.limits;
+    let (body_timeout_ms, max_chunks) = (limits.body_timeout_ms, limits.max_body_chunks);
     let mut dec = chunked::Decoder::new();
     let mut out = std::mem::take(&mut c.chunks);
+    // What the client sent, framing included, counts against the limit,
+    // as for a body read whole.
+    let mut raw = 0u64;
+    let refuse = |f: Failure| Attempt::Abort(Abort::Respond(f, Some(addr)));
     let result = async {
         loop {
             out.clear();
             let p = dec
                 .feed(c.pending(), Some(&mut out))
-                .map_err(|e| Attempt::Abort(Abort::Respond(Failure::http(e), Some(addr))))?;
+                .map_err(|e| refuse(Failure::http(e)))?;
             c.consume(p.consumed);
-            if dec.body_bytes > max_body {
-                return Err(Attempt::Abort(Abort::Respond(
-                    Failure::BODY_TOO_LARGE,
-                    Some(addr),
-                )));
+            raw += p.consumed as u64;
+            if raw > max_body {
+                return Err(refuse(Failure::BODY_TOO_LARGE));
+            }
+            if dec.chunks > max_chunks {
+                return Err(refuse(Failure::BODY_CHUNKS));
             }
             if !out.is_empty() {
                 let len = out.len();
@@ -401,9 +407,7 @@ async fn stream_chunked_body(
                     .write(std::mem::take(&mut out), 0..len, ms(body_timeout_ms))
                     .await;
                 out = buf;
-                res.map_err(|_| {
-                    Attempt::Abort(Abort::Respond(Failure::UPSTREAM_CLOSED, Some(addr)))
-                })?;
+                res.map_err(|_| refuse(Failure::UPSTREAM_CLOSED))?;
             }
             if p.done {
                 return Ok(());

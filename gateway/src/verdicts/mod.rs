@@ -13,7 +13,7 @@ mod requests;
 mod shared;
 mod shield;
 
-pub use requests::{RequestVerdicts, failure, is_verdict};
+pub use requests::{RequestVerdicts, View, failure, is_verdict};
 pub use shield::Shield;
 
 use std::{
@@ -59,6 +59,9 @@ pub struct Book {
     syn_tolerance_ns: u64,
     syn_limited: bool,
     shield: Shield,
+    /// Trusted proxies are configured: a kernel verdict is also enforced
+    /// request by request, on the clients they forward.
+    mirror: bool,
     outbox: Option<SyncSender<Shout>>,
     /// Verdicts placed here since start (for metrics).
     pub issued: u64,
@@ -144,6 +147,7 @@ impl Book {
             syn_tolerance_ns: tolerance,
             syn_limited: cfg.xdp.syn_rate > 0,
             shield: Shield::of(cfg),
+            mirror: !cfg.proxy.trusted_proxies.is_empty(),
             outbox: None,
             issued: 0,
             overflowed: 0,
@@ -181,6 +185,7 @@ impl Book {
             );
         }
         self.shield = shield;
+        self.mirror = !new.proxy.trusted_proxies.is_empty();
         self.allow = CidrSet::new(&new.policy.allow);
         self.deny = CidrSet::new(&new.policy.deny);
         self.syn_tolerance_ns = tolerance;
@@ -221,8 +226,9 @@ impl Book {
         why: String,
         now_ns: u64,
     ) -> Result<(), XdpError> {
-        self.enforcement
-            .set_verdict(source, Self::verdict(reason, secs, now_ns))?;
+        let verdict = Self::verdict(reason, secs, now_ns);
+        self.enforcement.set_verdict(source, verdict)?;
+        self.mirrored(source, verdict, now_ns);
         self.issued += 1;
         self.tell(Shout::Placed {
             source,
@@ -232,6 +238,18 @@ impl Book {
         });
         self.noted(source, why);
         Ok(())
+    }
+
+    /// A kernel verdict also enforced request by request when trusted
+    /// proxies are configured: the clients they forward reach the gateway
+    /// from the proxy's address, which the kernel never drops. Best
+    /// effort: the kernel verdict stands when that map is full.
+    pub(super) fn mirrored(&self, source: IpAddr, verdict: Verdict, now_ns: u64) {
+        if self.mirror && !self.requests.place(source, verdict, now_ns) {
+            tracing::debug!(
+                "{source}: the request verdicts are full; the kernel alone holds its verdict"
+            );
+        }
     }
 
     /// Places `s` to be enforced request by request; false when that map
@@ -343,6 +361,7 @@ impl Book {
             why
         };
         self.put(source, VerdictReason::Policy, secs, why.to_owned(), now_ns)?;
+        self.requests.publish();
         tracing::warn!(
             "verdict: {source} for {secs}s (policy: {why}), placed through the admin API"
         );
@@ -355,6 +374,7 @@ impl Book {
         self.notes.remove(&source);
         let in_kernel = self.enforcement.remove_verdict(source);
         let in_requests = self.requests.lift(source);
+        self.requests.publish();
         self.tell(Shout::Lifted { source });
         if in_kernel || in_requests {
             tracing::warn!("verdict on {source} lifted through the admin API");
@@ -368,15 +388,17 @@ impl Book {
             Enforcement::Kernel(_) => "xdp",
             Enforcement::Userspace(_) => "accept",
         };
-        let mut out: Vec<Entry> = self
-            .enforcement
-            .verdicts()
+        let below = self.enforcement.verdicts();
+        let held: std::collections::HashSet<IpAddr> = below.iter().map(|(s, _)| *s).collect();
+        // A kernel verdict mirrored for proxied clients is listed once.
+        let mut out: Vec<Entry> = below
             .into_iter()
             .map(|(source, v)| (source, v, kernel))
             .chain(
                 self.requests
                     .list()
                     .into_iter()
+                    .filter(|(source, _)| !held.contains(source))
                     .map(|(source, v)| (source, v, "request")),
             )
             .filter(|(_, v, _)| v.expires_at_ns > now_ns)
@@ -468,117 +490,4 @@ impl Book {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    use crate::policy::SourcePolicy;
-
-    fn book(extra: &str) -> Book {
-        let cfg = Config::parse(
-            &format!("[listen]\nhttps = \"127.0.0.1:8443\"\n{extra}"),
-            "t.toml",
-        )
-        .expect("config");
-        let policy = Arc::new(Mutex::new(SourcePolicy::new(&cfg)));
-        Book::new(Enforcement::Userspace(policy), Arc::default(), &cfg)
-    }
-
-    fn sentence(b: &mut Book, ip: IpAddr, now: u64) -> Sentence {
-        let mut s = None;
-        while s.is_none() {
-            s = b
-                .escalation
-                .record(ip, crate::escalate::Offence::Attack, now);
-        }
-        s.expect("sentenced")
-    }
-
-    #[test]
-    fn first_offences_are_refused_request_by_request_then_in_the_kernel() {
-        let mut b = book(
-            "[rate_limit.escalation]\nattacks = 2\nban_secs = 10\nmax_ban_secs = 100\nkernel_after = 2\n",
-        );
-        let ip: IpAddr = "198.18.0.7".parse().expect("ip");
-        let first = sentence(&mut b, ip, 0);
-        b.place(&first, 0);
-        let list = b.list(0);
-        assert_eq!(list.len(), 1);
-        assert_eq!((list[0].enforced, list[0].reason), ("request", "abuse"));
-        assert_eq!(
-            b.requests.check(ip, || SEC),
-            Some((VerdictReason::Abuse, 9 * SEC))
-        );
-        // Nothing at accept yet: the page its user opens says why.
-        let Enforcement::Userspace(p) = &b.enforcement else {
-            panic!("userspace")
-        };
-        assert!(p.lock().expect("lock").admit_connection(ip, SEC).is_ok());
-        // The second offence, once the first verdict ended, is enforced below.
-        let second = sentence(&mut b, ip, 20);
-        b.place(&second, 20 * SEC);
-        let list = b.list(20 * SEC);
-        assert_eq!(list.len(), 1);
-        assert_eq!((list[0].enforced, list[0].expires_in_secs), ("accept", 20));
-        assert!(b.remove(ip));
-        assert!(b.list(20 * SEC).is_empty());
-    }
-
-    #[test]
-    fn ipv6_verdicts_cover_the_prefix() {
-        let mut b = book("");
-        let one: IpAddr = "2001:db8:7:7::1".parse().expect("ip");
-        b.add(one, 60, "scanner", 0).expect("added");
-        let list = b.list(0);
-        assert_eq!(
-            list[0].source,
-            "2001:db8:7:7::".parse::<IpAddr>().expect("ip")
-        );
-        let other: IpAddr = "2001:db8:7:7:aaaa::2".parse().expect("ip");
-        assert_eq!(b.why(other, SEC)["by"], "verdict");
-        assert!(b.remove(other), "lifted through another address of the /64");
-    }
-
-    const SEC: u64 = 1_000_000_000;
-
-    #[test]
-    fn an_operator_adds_lists_and_lifts_a_verdict() {
-        let mut b = book("");
-        let ip: IpAddr = "198.18.0.2".parse().expect("ip");
-        b.add(ip, 60, "scanner", 10 * SEC).expect("added");
-        let list = b.list(10 * SEC);
-        assert_eq!(list.len(), 1);
-        assert_eq!((list[0].reason, list[0].expires_in_secs), ("policy", 60));
-        assert_eq!(list[0].why, "scanner");
-        let why = b.why(ip, 20 * SEC);
-        assert_eq!(why["dropped"], true);
-        assert_eq!(why["by"], "verdict");
-        assert_eq!(why["verdict"]["expires_in_secs"], 50);
-        assert!(b.remove(ip));
-        assert!(!b.remove(ip));
-        assert!(b.list(10 * SEC).is_empty());
-        assert_eq!(b.why(ip, 20 * SEC)["dropped"], false);
-        // Expired verdicts are not listed.
-        b.add(ip, 1, "", 10 * SEC).expect("added");
-        assert!(b.list(12 * SEC).is_empty());
-    }
-
-    #[test]
-    fn bad_lengths_and_allowed_sources_are_refused() {
-        let mut b = book("[policy]\nallow = [\"10.0.0.0/8\"]\ndeny = [\"192.0.2.0/24\"]\n");
-        let ip: IpAddr = "198.18.0.2".parse().expect("ip");
-        assert!(matches!(b.add(ip, 0, "", 0), Err(BookError::Length)));
-        assert!(matches!(
-            b.add(ip, MAX_SECS + 1, "", 0),
-            Err(BookError::Length)
-        ));
-        let allowed: IpAddr = "10.1.2.3".parse().expect("ip");
-        assert!(matches!(
-            b.add(allowed, 5, "", 0),
-            Err(BookError::Allowed(_))
-        ));
-        assert_eq!(b.why(allowed, 0)["allowed"], true);
-        let denied: IpAddr = "192.0.2.9".parse().expect("ip");
-        assert_eq!(b.why(denied, 0)["by"], "policy.deny");
-    }
-}
+mod tests;

@@ -6,15 +6,19 @@
 //! person behind it sees why, and nothing reaches the backend. A kernel
 //! drop, silent, comes only after.
 //!
-//! The workers read it on every request: one atomic load while it is
-//! empty, a read lock otherwise. Bounded to [`MAX_ENTRIES`].
+//! The control thread changes a staged map and publishes a copy after each
+//! tick (and at once for an operator's change); a worker checks one
+//! atomic generation per request and takes the new copy only when it
+//! moved, so requests never contend for a lock. Bounded to
+//! [`MAX_ENTRIES`].
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     net::IpAddr,
     sync::{
-        RwLock,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -25,13 +29,26 @@ use crate::respond::Failure;
 /// Sources held at most.
 pub const MAX_ENTRIES: usize = 262_144;
 
+type Map = HashMap<IpAddr, Verdict>;
+
 /// The verdicts the workers enforce request by request, keyed by source
 /// (an IPv6 source as its prefix's base address).
 #[derive(Debug, Default)]
 pub struct RequestVerdicts {
-    /// Entries held: a request skips the lock while it is zero.
-    live: AtomicUsize,
-    map: RwLock<HashMap<IpAddr, Verdict>>,
+    /// What the control thread changes.
+    staged: Mutex<Map>,
+    /// Changed since the last publish.
+    dirty: AtomicBool,
+    /// What the workers read, and its generation (bumped after it).
+    published: Mutex<Arc<Map>>,
+    generation: AtomicU64,
+}
+
+/// A worker's copy of the published verdicts.
+#[derive(Debug, Default)]
+pub struct View {
+    generation: u64,
+    map: Arc<Map>,
 }
 
 /// The answer to a request from a source under a verdict.
@@ -50,23 +67,21 @@ pub fn is_verdict(f: Failure) -> bool {
 }
 
 impl RequestVerdicts {
-    /// Whether any verdict is held (one atomic load).
-    pub fn any(&self) -> bool {
-        self.live.load(Ordering::Relaxed) > 0
-    }
-
-    /// The verdict `source` serves at `now_ns` (read only when any is
-    /// held): its reason and the nanoseconds left.
+    /// The verdict `source` serves at `now_ns` (the clock read only when
+    /// any is held), as of the last publish: its reason and the
+    /// nanoseconds left. `view` is the calling worker's copy, refreshed
+    /// when a newer one was published.
     pub fn check(
         &self,
+        view: &RefCell<View>,
         source: IpAddr,
         now_ns: impl FnOnce() -> u64,
     ) -> Option<(VerdictReason, u64)> {
-        if self.live.load(Ordering::Relaxed) == 0 {
+        if !self.any(view) {
             return None;
         }
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        let v = map.get(&source)?;
+        let view = view.borrow();
+        let v = view.map.get(&source)?;
         let now = now_ns();
         verdict_live(v.expires_at_ns, now).then(|| {
             (
@@ -76,10 +91,31 @@ impl RequestVerdicts {
         })
     }
 
-    /// Places (or replaces) a verdict; false when [`MAX_ENTRIES`] live
-    /// ones are held already (expired ones are swept first).
+    /// Whether any verdict was published (one atomic load while nothing
+    /// changed), refreshing `view` when a newer copy was.
+    pub fn any(&self, view: &RefCell<View>) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut view = view.borrow_mut();
+        if view.generation != generation {
+            view.map = self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            view.generation = generation;
+        }
+        !view.map.is_empty()
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Map> {
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Places (or replaces) a verdict, served from the next publish; false
+    /// when [`MAX_ENTRIES`] live ones are held already (expired ones are
+    /// swept first).
     pub fn place(&self, source: IpAddr, v: Verdict, now_ns: u64) -> bool {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.staged();
         if map.len() >= MAX_ENTRIES && !map.contains_key(&source) {
             map.retain(|_, v| verdict_live(v.expires_at_ns, now_ns));
             if map.len() >= MAX_ENTRIES {
@@ -87,34 +123,47 @@ impl RequestVerdicts {
             }
         }
         map.insert(source, v);
-        self.live.store(map.len(), Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
         true
     }
 
-    /// Lifts `source`'s verdict; whether it had one.
+    /// Lifts `source`'s verdict from the next publish; whether it had one.
     pub fn lift(&self, source: IpAddr) -> bool {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let had = map.remove(&source).is_some();
-        self.live.store(map.len(), Ordering::Relaxed);
+        let had = self.staged().remove(&source).is_some();
+        if had {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
         had
     }
 
     /// Forgets verdicts that ended before `now_ns`; how many.
     pub fn sweep(&self, now_ns: u64) -> usize {
-        if self.live.load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.staged();
         let before = map.len();
         map.retain(|_, v| verdict_live(v.expires_at_ns, now_ns));
-        self.live.store(map.len(), Ordering::Relaxed);
+        if map.len() != before {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
         before - map.len()
     }
 
-    /// Every verdict held (live or not yet swept).
+    /// Hands the workers what changed since the last publish (one copy of
+    /// the map, made only when something did).
+    pub fn publish(&self) {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let copy = Arc::new(self.staged().clone());
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = copy;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Every verdict held (live or not yet swept), published or not.
     pub fn list(&self) -> Vec<(IpAddr, Verdict)> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (*k, *v)).collect()
+        self.staged().iter().map(|(k, v)| (*k, *v)).collect()
     }
 }
 
@@ -133,17 +182,31 @@ mod tests {
     #[test]
     fn a_verdict_is_served_until_it_ends_and_sweeps_away() {
         let r = RequestVerdicts::default();
+        let view = RefCell::new(View::default());
         let ip: IpAddr = "198.18.0.9".parse().expect("ip");
-        assert_eq!(r.check(ip, || panic!("empty: no clock read")), None);
+        assert_eq!(r.check(&view, ip, || panic!("empty: no clock read")), None);
         assert!(r.place(ip, verdict(1_000, VerdictReason::Abuse), 0));
-        assert_eq!(r.check(ip, || 400), Some((VerdictReason::Abuse, 600)));
-        assert_eq!(r.check("198.18.0.10".parse().expect("ip"), || 400), None);
-        assert_eq!(r.check(ip, || 1_000), None, "ended");
+        assert_eq!(r.check(&view, ip, || 400), None, "not yet published");
+        r.publish();
+        assert_eq!(
+            r.check(&view, ip, || 400),
+            Some((VerdictReason::Abuse, 600))
+        );
+        let other = "198.18.0.10".parse().expect("ip");
+        assert_eq!(r.check(&view, other, || 400), None);
+        assert_eq!(r.check(&view, ip, || 1_000), None, "ended");
         assert_eq!(r.sweep(1_000), 1);
         assert!(r.list().is_empty());
+        r.publish();
+        assert_eq!(r.check(&view, ip, || panic!("empty again")), None);
         assert!(r.place(ip, verdict(5, VerdictReason::RateLimit), 0));
         assert!(r.lift(ip));
         assert!(!r.lift(ip));
+        // A worker's copy moves only when something was published.
+        let generation = r.generation.load(Ordering::Relaxed);
+        r.publish();
+        r.publish();
+        assert_eq!(r.generation.load(Ordering::Relaxed), generation + 1);
         assert_eq!(failure(VerdictReason::RateLimit).status, 429);
         assert_eq!(failure(VerdictReason::Abuse).reason, "verdict.abuse");
     }

@@ -45,6 +45,7 @@ impl Book {
         };
         match self.enforcement.set_verdict(source, verdict) {
             Ok(()) => {
+                self.mirrored(source, verdict, now_ns);
                 self.notes.insert(
                     source,
                     Note {
@@ -65,6 +66,7 @@ impl Book {
     /// A verdict another gateway lifted.
     pub fn lift_shared(&mut self, source: IpAddr, from: &str) {
         self.notes.remove(&source);
+        self.requests.lift(source);
         if self.enforcement.remove_verdict(source) {
             tracing::warn!("verdict on {source} lifted by gateway {from}");
         }

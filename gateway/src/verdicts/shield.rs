@@ -87,11 +87,20 @@ impl Shield {
 
     /// Whether a kernel verdict on `source` would cut the gateway off from
     /// something it needs (or drop everyone behind a trusted proxy).
+    /// An IPv6 source stands for its whole prefix: covered when anything
+    /// shielded lies inside it (`::1` in `::/64`, a trusted /128 in the
+    /// client's /64).
     pub fn covers(&self, source: IpAddr) -> bool {
         let source = canonical(source);
+        let keyed = source_of(source, self.ipv6_prefix);
+        let len = match source {
+            IpAddr::V6(_) => u32::from(self.ipv6_prefix.min(128)),
+            IpAddr::V4(_) => 128,
+        };
         source.is_loopback()
-            || self.addrs.contains(&source_of(source, self.ipv6_prefix))
-            || self.trusted.contains(&source_addr(source))
+            || source_of(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), self.ipv6_prefix) == keyed
+            || self.addrs.contains(&keyed)
+            || self.trusted.overlaps(&source_addr(keyed), len)
     }
 }
 
@@ -138,7 +147,7 @@ mod tests {
     fn configured_peers_and_own_addresses_are_shielded() {
         let cfg = Config::parse(
             "[listen]\nhttps = \"0.0.0.0:8443\"\n[xdp]\ninterface = \"lo\"\n\
-             [proxy]\ntrusted_proxies = [\"10.9.0.0/16\"]\n\
+             [proxy]\ntrusted_proxies = [\"10.9.0.0/16\", \"2001:db8:9::5/128\"]\n\
              [[upstreams]]\nname = \"b\"\nservers = [\"198.18.5.5:80\", \"[2001:db8:5::5]:80\"]\n\
              [cluster]\nredis = \"redis://:pw@198.18.6.6:6379/0\"\n",
             "t.toml",
@@ -153,10 +162,16 @@ mod tests {
             "10.9.3.4",
             "127.0.0.5",
             "::1",
+            // Sources keyed by their /64: the prefix holding ::1, and
+            // the one holding a trusted /128, whichever address names it.
+            "::",
+            "2001:db8:9::",
+            "2001:db8:9::77",
         ] {
             assert!(s.covers(ip(shielded)), "{shielded}");
         }
         assert!(!s.covers(ip("198.18.7.7")));
+        assert!(!s.covers(ip("2001:db8:a::1")));
         assert_eq!(
             resolve("https://[2001:db8::1]:8443/x"),
             vec![ip("2001:db8::1")]

@@ -14,8 +14,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use gateway_common::{
-    CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKind, PortPolicy, SourceAddr,
-    VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
+    CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKind, PortPolicy,
+    SYN_EXEMPT_CAPACITY, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
 };
 use ipnet::IpNet;
 
@@ -259,13 +259,18 @@ impl DataPlane {
     pub fn reconfigure(&mut self, old: &Lists, new: &Config) -> Result<(), XdpError> {
         let (o, n) = (old, &Lists::of(new));
         for net in beyond(&n.deny, &o.deny) {
-            insert_cidr(&mut self.deny, map_names::DENY, net)?;
+            insert_cidr(&mut self.deny, map_names::DENY, CIDR_CAPACITY, net)?;
         }
         for net in beyond(&n.allow, &o.allow) {
-            insert_cidr(&mut self.allow, map_names::ALLOW, net)?;
+            insert_cidr(&mut self.allow, map_names::ALLOW, CIDR_CAPACITY, net)?;
         }
         for net in beyond(&n.syn_exempt, &o.syn_exempt) {
-            insert_cidr(&mut self.syn_exempt, map_names::SYN_EXEMPT, net)?;
+            insert_cidr(
+                &mut self.syn_exempt,
+                map_names::SYN_EXEMPT,
+                SYN_EXEMPT_CAPACITY,
+                net,
+            )?;
         }
         let knobs = knobs(new);
         self.config
@@ -568,9 +573,10 @@ fn remove_cidr(
 fn insert_cidr(
     trie: &mut LpmTrie<MapData, [u8; 16], u8>,
     name: &'static str,
+    capacity: u32,
     net: &IpNet,
 ) -> Result<(), XdpError> {
     let (bytes, len) = mapped_prefix(net);
     trie.insert(&Key::new(len, bytes), 1, 0)
-        .map_err(|e| map_err(name, CIDR_CAPACITY, format!("CIDR {net}"), e))
+        .map_err(|e| map_err(name, capacity, format!("CIDR {net}"), e))
 }

@@ -13,7 +13,7 @@
 mod text;
 mod xss;
 
-pub use text::scan_text;
+pub use text::{scan_binary, scan_text};
 
 use std::{borrow::Cow, fmt, fmt::Write as _};
 

@@ -6,8 +6,11 @@
 //! state per upstream name and server list, kept across reloads that keep
 //! both, so a reload neither forgets an ejection nor resets the gauges.
 
+mod report;
+
+pub use report::render_metrics;
+
 use std::{
-    fmt::Write as _,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -18,7 +21,6 @@ use std::{
 use rustls::ClientConfig;
 
 use super::tls::Client;
-use serde_json::{Value, json};
 
 use crate::config::{HealthCheck, Outlier, UpstreamSettings, UpstreamTls};
 
@@ -90,6 +92,9 @@ pub struct UpstreamHealth {
     max_uploads: AtomicU32,
     requests: Gauge,
     connects: Gauge,
+    /// When a connect last ended or began with none in progress
+    /// (`CLOCK_MONOTONIC` ns): connects are making progress while recent.
+    connect_progress_ns: AtomicU64,
     uploads: Gauge,
     /// Requests refused by `max_requests` since start.
     pub overflow_requests: AtomicU64,
@@ -187,6 +192,7 @@ impl UpstreamHealth {
             max_uploads: AtomicU32::new(0),
             requests: Gauge::default(),
             connects: Gauge::default(),
+            connect_progress_ns: AtomicU64::new(0),
             uploads: Gauge::default(),
             overflow_requests: AtomicU64::new(0),
             overflow_connects: AtomicU64::new(0),
@@ -271,13 +277,40 @@ impl UpstreamHealth {
         take(&self.uploads.0, &self.max_uploads, &self.overflow_uploads)
     }
 
-    /// A place for one more connect in progress, or `None` at `max_connects`.
+    /// A place for one more connect in progress, or `None` at
+    /// `max_connects` (not counted: a request may wait for one, see
+    /// [`Self::refused_connect`]).
     pub fn enter_connect(&self) -> Option<Held<'_>> {
-        take(
-            &self.connects.0,
-            &self.max_connects,
-            &self.overflow_connects,
-        )
+        let gauge = &self.connects.0;
+        let before = gauge.fetch_add(1, Relaxed);
+        if before >= self.max_connects.load(Relaxed) {
+            gauge.fetch_sub(1, Relaxed);
+            return None;
+        }
+        if before == 0 {
+            self.connect_progressed();
+        }
+        Some(Held(gauge))
+    }
+
+    /// A request refused at `max_connects` (for metrics).
+    pub fn refused_connect(&self) {
+        self.overflow_connects.fetch_add(1, Relaxed);
+    }
+
+    /// A connect ended (either way).
+    pub fn connect_progressed(&self) {
+        self.connect_progress_ns.store(
+            crate::clock::Clock::now_ns(&crate::clock::Monotonic),
+            Relaxed,
+        );
+    }
+
+    /// Whether the connects in progress are stuck: none ended within
+    /// `stall_ns` (a backend that no longer accepts). Requests at
+    /// `max_connects` then get 503 at once instead of waiting.
+    pub fn connects_stalled(&self, now_ns: u64, stall_ns: u64) -> bool {
+        now_ns.saturating_sub(self.connect_progress_ns.load(Relaxed)) > stall_ns
     }
 
     /// Whether server `i` may get requests at `now_ns`: not taken out by
@@ -348,137 +381,6 @@ impl UpstreamHealth {
     pub fn set_checked(&self, i: usize, up: bool) -> bool {
         self.servers[i].checked_down.swap(!up, Relaxed) == up
     }
-
-    /// The state as the admin API shows it.
-    pub fn json(&self, now_ns: u64) -> Value {
-        let checked = self.check().is_some();
-        json!({
-            "name": self.name,
-            "requests_in_flight": self.requests.0.load(Relaxed),
-            "max_requests": self.max_requests.load(Relaxed),
-            "connects_in_progress": self.connects.0.load(Relaxed),
-            "max_connects": self.max_connects.load(Relaxed),
-            "uploads_in_flight": self.uploads.0.load(Relaxed),
-            "max_uploads": self.max_uploads.load(Relaxed),
-            "overflow_requests": self.overflow_requests.load(Relaxed),
-            "overflow_connects": self.overflow_connects.load(Relaxed),
-            "overflow_uploads": self.overflow_uploads.load(Relaxed),
-            "health_check": checked,
-            "servers": self.servers.iter().map(|s| {
-                let until = s.ejected_until_ns.load(Relaxed);
-                json!({
-                    "address": s.addr.to_string(),
-                    "healthy": !s.checked_down.load(Relaxed),
-                    "ejected_ms_left": until.saturating_sub(now_ns) / 1_000_000,
-                    "ejections": s.ejections.load(Relaxed),
-                    "failures_in_row": s.failures_in_row.load(Relaxed),
-                    "checks_passed": s.checks_passed.load(Relaxed),
-                    "checks_failed": s.checks_failed.load(Relaxed),
-                })
-            }).collect::<Vec<_>>(),
-        })
-    }
-}
-
-/// Appends the health and circuit-breaker families to a Prometheus text
-/// exposition.
-pub fn render_metrics(all: &[Arc<UpstreamHealth>], now_ns: u64, out: &mut String) {
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(
-        out,
-        "gateway_upstream_server_healthy",
-        "gauge",
-        "1 when the server takes requests: its active check passes and it is not ejected.",
-    );
-    for u in all {
-        for (i, s) in u.servers.iter().enumerate() {
-            let up = u.usable(i, || now_ns);
-            let _ = writeln!(
-                out,
-                "gateway_upstream_server_healthy{{upstream=\"{}\",server=\"{}\"}} {}",
-                u.name,
-                s.addr,
-                u8::from(up)
-            );
-        }
-    }
-    family(
-        out,
-        "gateway_upstream_ejections_total",
-        "counter",
-        "Times a server was ejected after consecutive 5xx answers or failed connects.",
-    );
-    for u in all {
-        for s in &u.servers {
-            let _ = writeln!(
-                out,
-                "gateway_upstream_ejections_total{{upstream=\"{}\",server=\"{}\"}} {}",
-                u.name,
-                s.addr,
-                s.ejections.load(Relaxed)
-            );
-        }
-    }
-    family(
-        out,
-        "gateway_upstream_health_checks_total",
-        "counter",
-        "Active health checks by result.",
-    );
-    for u in all {
-        for s in &u.servers {
-            for (result, n) in [
-                ("pass", s.checks_passed.load(Relaxed)),
-                ("fail", s.checks_failed.load(Relaxed)),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "gateway_upstream_health_checks_total{{upstream=\"{}\",server=\"{}\",result=\"{result}\"}} {n}",
-                    u.name, s.addr
-                );
-            }
-        }
-    }
-    family(
-        out,
-        "gateway_upstream_active",
-        "gauge",
-        "Requests in flight, uploads streaming and connects in progress, across workers (the circuit breaker's gauges).",
-    );
-    for u in all {
-        for (kind, n) in [
-            ("requests", u.requests.0.load(Relaxed)),
-            ("connects", u.connects.0.load(Relaxed)),
-            ("uploads", u.uploads.0.load(Relaxed)),
-        ] {
-            let _ = writeln!(
-                out,
-                "gateway_upstream_active{{upstream=\"{}\",kind=\"{kind}\"}} {n}",
-                u.name
-            );
-        }
-    }
-    family(
-        out,
-        "gateway_upstream_overflow_total",
-        "counter",
-        "Requests answered 503 at once because a circuit-breaker limit was reached.",
-    );
-    for u in all {
-        for (limit, n) in [
-            ("max_requests", u.overflow_requests.load(Relaxed)),
-            ("max_connects", u.overflow_connects.load(Relaxed)),
-            ("max_uploads", u.overflow_uploads.load(Relaxed)),
-        ] {
-            let _ = writeln!(
-                out,
-                "gateway_upstream_overflow_total{{upstream=\"{}\",limit=\"{limit}\"}} {n}",
-                u.name
-            );
-        }
-    }
 }
 
 #[cfg(test)]
@@ -495,6 +397,7 @@ mod tests {
             connect_timeout_ms: 1000,
             response_timeout_ms: 1000,
             idle_per_server: 4,
+            idle_timeout_ms: 30_000,
             retries: 1,
             max_requests: 2,
             max_connects: 1,
@@ -521,6 +424,8 @@ mod tests {
         drop(b);
         let _x = h.enter_connect().expect("connect");
         assert!(h.enter_connect().is_none());
+        assert_eq!(h.overflow_connects.load(Relaxed), 0, "it may wait");
+        h.refused_connect();
         assert_eq!(h.overflow_connects.load(Relaxed), 1);
     }
 

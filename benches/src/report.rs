@@ -74,6 +74,7 @@ pub fn all(opts: Opts) -> Result<()> {
         idle_conns: if r { 200 } else { 2000 },
         no_open_loop: false,
         no_jwt: r,
+        only: Vec::new(),
         install_peers: opts.install_peers,
         out: opts.out.clone(),
         gateway: opts.gateway.clone(),

@@ -483,6 +483,26 @@ fn a_pooled_connection_the_backend_closed_is_not_used() {
     assert_eq!(c.response("POST").expect("response").status, 200);
 }
 
+/// A connection back in the pool a moment ago is reused without a check
+/// (a syscall per request under load); when its server had closed it, a
+/// GET is sent again on a fresh connection, outside the retry budget.
+#[test]
+fn a_stale_pooled_connection_costs_no_retry() {
+    let backend = gateway_tests::harness::Backend::start();
+    let routes = format!(
+        "[[upstreams]]\nname = \"once\"\nservers = [\"{}\"]\nretries = 0\n\n\
+         [[routes]]\npath_prefix = \"/once\"\nupstream = \"once\"\nauth = \"none\"\n",
+        backend.addr
+    );
+    let s = gateway_tests::harness::setup_with("stale-free", "", "workers = 1", &routes, "", &[]);
+    let mut c = s.client();
+    for _ in 0..3 {
+        assert_eq!(c.get("/once/then-close").expect("response").status, 200);
+        assert_eq!(c.get("/once/after").expect("response").status, 200);
+    }
+    assert_eq!(backend.hits("/once/after"), 3);
+}
+
 #[test]
 fn trailers_are_not_forwarded() {
     let s = setup("trailers", "");

@@ -82,6 +82,10 @@ pub struct Opts {
     /// Leave out the JWT scenarios.
     #[arg(long)]
     pub no_jwt: bool,
+    /// Only these scenarios (comma-separated names as the report gives
+    /// them, e.g. `gateway,haproxy,nginx`); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Install missing peers (apt-get install wrk haproxy nginx-light);
     /// without it a missing peer's rows are skipped and named.
     #[arg(long)]

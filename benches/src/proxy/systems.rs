@@ -290,6 +290,9 @@ pub fn start(
     add("gw+post", "gateway", g, "/post", None, true, false);
     add("ha+post", "haproxy", h, "/orders", None, true, true);
     add("ng+post", "nginx", n, "/orders", None, true, false);
+    if !opts.only.is_empty() {
+        systems.retain(|s| opts.only.contains(&s.name));
+    }
     Ok(Started {
         _procs: procs,
         demo_backend,

@@ -308,21 +308,27 @@ pub async fn forward(
             });
         };
         let addr = pool.borrow().addr(server);
-        let mut conn = match checkout_or_connect(&up, server, addr, fresh_only, budget).await {
-            Ok(conn) => conn,
-            Err(Attempt::Retry(f)) if attempts <= budget.retries => {
-                // Nothing was sent: trying another server is safe for any request.
-                exclude = Some(server);
-                last_failure = Some((f, addr));
-                continue;
-            }
-            Err(Attempt::Retry(f)) => return Err(Abort::Respond(f, Some(addr))),
-            Err(Attempt::Abort(abort)) => return Err(abort),
-        };
+        // In flight on the server from here (connecting included) until the
+        // exchange ends, also if this future is dropped: the pool sizes
+        // itself and balances by it.
+        let in_flight = Busy::begin(pool, server);
+        let mut conn =
+            match checkout_or_connect(&up, server, addr, reuse(fresh_only, a.retryable), budget)
+                .await
+            {
+                Ok(conn) => conn,
+                Err(Attempt::Retry(f)) if attempts <= budget.retries => {
+                    // Nothing was sent: trying another server is safe for any request.
+                    exclude = Some(server);
+                    last_failure = Some((f, addr));
+                    continue;
+                }
+                Err(Attempt::Retry(f)) => return Err(Abort::Respond(f, Some(addr))),
+                Err(Attempt::Abort(abort)) => return Err(abort),
+            };
         let reused = conn.reused;
-        pool.borrow_mut().begin(server);
         let result = exchange(stopping, c, &mut conn, a, budget.response_ms, addr).await;
-        pool.borrow_mut().end(server);
+        drop(in_flight);
         match &result {
             Ok((done, _)) if done.status < 500 => health.answered(server),
             Ok(_) => failed(&up, server, addr),
@@ -346,9 +352,17 @@ pub async fn forward(
                 }
                 return Ok(done);
             }
+            // A stale pooled connection (the server closed it while it
+            // idled) is tried once more on a fresh one, outside the retry
+            // budget: it says nothing about the server.
+            Err(Attempt::Retry(f)) if a.retryable && reused && !fresh_only => {
+                fresh_only = true;
+                attempts -= 1;
+                last_failure = Some((f, addr));
+            }
             Err(Attempt::Retry(f)) if a.retryable && attempts <= budget.retries => {
-                // A stale pooled connection is tried again fresh; a fresh
-                // connection that failed sends the retry to another server.
+                // A fresh connection that failed sends the retry to
+                // another server.
                 if reused {
                     fresh_only = true;
                 } else {
@@ -373,16 +387,16 @@ async fn checkout_or_connect(
     up: &Upstream,
     server: usize,
     addr: SocketAddr,
-    fresh_only: bool,
+    reuse: Reuse,
     budget: Budget,
 ) -> Result<UpstreamConn, Attempt> {
     let pool = &up.pool;
-    if !fresh_only && let Some(pooled) = pool.borrow_mut().checkout(server) {
+    if let Some(pooled) = checkout(up, server, reuse) {
         return Ok(pooled);
     }
     let connecting = match up.health.enter_connect() {
         Some(slot) => slot,
-        None => match wait_for_connection(up, server, fresh_only, budget).await {
+        None => match wait_for_connection(up, server, reuse, budget).await {
             Waited::Pooled(conn) => return Ok(conn),
             Waited::Slot(slot) => slot,
             Waited::TimedOut => {
@@ -422,6 +436,56 @@ async fn checkout_or_connect(
     }
 }
 
+/// A request in flight on a server, counted until dropped.
+struct Busy<'a> {
+    pool: &'a RefCell<Pool>,
+    server: usize,
+}
+
+impl<'a> Busy<'a> {
+    fn begin(pool: &'a RefCell<Pool>, server: usize) -> Self {
+        pool.borrow_mut().begin(server);
+        Self { pool, server }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.pool.borrow_mut().end(self.server);
+    }
+}
+
+/// Which pooled connections a request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// Any: one back a moment ago is taken without a check (a request that
+    /// finds it dead is retried on a fresh one).
+    Any,
+    /// Only one checked alive first: the request could not be retried.
+    Checked,
+    /// None: a retry after a pooled connection failed.
+    Fresh,
+}
+
+/// How an attempt may reuse: fresh after a stale pooled connection, and
+/// checked when the request could not be sent again.
+fn reuse(fresh_only: bool, retryable: bool) -> Reuse {
+    match (fresh_only, retryable) {
+        (true, _) => Reuse::Fresh,
+        (false, true) => Reuse::Any,
+        (false, false) => Reuse::Checked,
+    }
+}
+
+fn checkout(up: &Upstream, server: usize, reuse: Reuse) -> Option<UpstreamConn> {
+    if reuse == Reuse::Fresh {
+        return None;
+    }
+    up.pool
+        .borrow_mut()
+        .checkout(server, Instant::now(), reuse == Reuse::Checked)
+}
+
 /// What waiting at `max_connects` gave.
 enum Waited<'a> {
     /// A connection another request gave back.
@@ -447,7 +511,7 @@ const CONNECT_STALL: std::time::Duration = std::time::Duration::from_millis(200)
 async fn wait_for_connection<'a>(
     up: &'a Upstream,
     server: usize,
-    fresh_only: bool,
+    reuse: Reuse,
     budget: Budget,
 ) -> Waited<'a> {
     let until = Instant::now() + ms(budget.connect_ms);
@@ -461,7 +525,7 @@ async fn wait_for_connection<'a>(
         }
         let poll = left.min(std::time::Duration::from_millis(5));
         let _ = tokio::time::timeout(poll, up.freed.notified()).await;
-        if !fresh_only && let Some(conn) = up.pool.borrow_mut().checkout(server) {
+        if let Some(conn) = checkout(up, server, reuse) {
             return Waited::Pooled(conn);
         }
         if let Some(slot) = up.health.enter_connect() {

@@ -110,11 +110,19 @@ impl UpstreamConn {
     }
 }
 
+/// An idle connection unused for longer is checked before it is used.
+const REVALIDATE_AFTER: Duration = Duration::from_millis(500);
+
 #[derive(Debug)]
 struct Server {
     addr: SocketAddr,
     idle: Vec<UpstreamConn>,
     outstanding: usize,
+    /// The most requests in flight at once in this window and the last
+    /// (windows of the idle timeout, turned by [`Pool::reap`]): the
+    /// connections the load needs.
+    peak: usize,
+    last_peak: usize,
     failures: u32,
     down_until: Option<Instant>,
     /// Since start, for the metrics: connections opened, requests on a
@@ -141,6 +149,8 @@ pub struct Pool {
     pub health: Arc<UpstreamHealth>,
     servers: Vec<Server>,
     cursor: usize,
+    /// When the current peak window ends.
+    window_ends: Option<Instant>,
 }
 
 impl Pool {
@@ -155,6 +165,8 @@ impl Pool {
                     addr,
                     idle: Vec::new(),
                     outstanding: 0,
+                    peak: 0,
+                    last_peak: 0,
                     failures: 0,
                     down_until: None,
                     connects: 0,
@@ -163,6 +175,7 @@ impl Pool {
                 })
                 .collect(),
             settings: settings.clone(),
+            window_ends: None,
             cursor: 0,
         }
     }
@@ -211,9 +224,17 @@ impl Pool {
     /// An idle connection to server `i`, if one is pooled.
     /// Connections the server closed while idle, or that hold stray bytes
     /// (which would be read as the next response), are dropped here.
-    pub fn checkout(&mut self, i: usize) -> Option<UpstreamConn> {
+    pub fn checkout(&mut self, i: usize, now: Instant, check: bool) -> Option<UpstreamConn> {
         while let Some(c) = self.servers[i].idle.pop() {
-            if c.looks_alive() {
+            // A connection back this recently is taken on trust, unless
+            // `check`: the check is a syscall a request under load would pay
+            // (one in four of its calls), and a retryable request that
+            // finds it dead is sent again on a fresh one. One idle longer is
+            // looked at first: its server may have closed it since.
+            let fresh = !check
+                && c.idle_since
+                    .is_some_and(|t| now.saturating_duration_since(t) < REVALIDATE_AFTER);
+            if fresh || c.looks_alive() {
                 self.servers[i].reuses += 1;
                 return Some(c);
             }
@@ -242,16 +263,20 @@ impl Pool {
 
     /// Returns a connection to its server's pool at `now`. It is kept while
     /// the pool holds fewer idle connections than `idle_per_server`, or
-    /// than requests are in flight to the server: under load a connection
-    /// coming back is one a request will want a moment later (closing it
-    /// cost ~31 % of requests a new backend connection at -c256). What a
-    /// burst left behind goes with the idle timeout ([`Pool::reap`]). The
-    /// caller found it [`UpstreamConn::drained`]: the reuse decision after
-    /// a response checks that once. Whether it was kept.
+    /// while the server's connections (idle, and busy with other requests)
+    /// number fewer than the most requests in flight at once lately: a
+    /// connection the load needed a moment ago, it will need again
+    /// (closing those cost ~31 % of requests a new backend connection at
+    /// -c256). What a burst left behind goes with the idle timeout
+    /// ([`Pool::reap`]). The caller found it [`UpstreamConn::drained`]:
+    /// the reuse decision after a response checks that once. Whether it
+    /// was kept.
     pub fn checkin(&mut self, mut conn: UpstreamConn, now: Instant) -> bool {
         let floor = self.settings.idle_per_server;
         let s = &mut self.servers[conn.server];
-        if s.idle.len() >= floor.max(s.outstanding) {
+        let needed = s.peak.max(s.last_peak);
+        // 0 turns keep-alive to the upstream off.
+        if floor == 0 || s.idle.len() >= floor && s.idle.len() + s.outstanding >= needed {
             return false;
         }
         conn.reused = true;
@@ -264,12 +289,20 @@ impl Pool {
         true
     }
 
-    /// Closes idle connections unused for `idle_timeout_ms` at `now`;
-    /// how many.
+    /// Closes idle connections unused for `idle_timeout_ms` at `now`, and
+    /// turns the peak window when it is over; how many it closed.
     pub fn reap(&mut self, now: Instant) -> usize {
         let timeout = Duration::from_millis(self.settings.idle_timeout_ms);
+        let turn = self.window_ends.is_none_or(|end| now >= end);
+        if turn {
+            self.window_ends = Some(now + timeout);
+        }
         let mut closed = 0;
         for s in &mut self.servers {
+            if turn {
+                s.last_peak = s.peak;
+                s.peak = s.outstanding;
+            }
             // Oldest first: they are at the bottom of the stack.
             let stale = s
                 .idle
@@ -287,7 +320,9 @@ impl Pool {
 
     /// Counts a request in flight on server `i`.
     pub fn begin(&mut self, i: usize) {
-        self.servers[i].outstanding += 1;
+        let s = &mut self.servers[i];
+        s.outstanding += 1;
+        s.peak = s.peak.max(s.outstanding);
     }
 
     /// Counts a request done on server `i`.
@@ -399,33 +434,74 @@ mod tests {
     }
 
     #[test]
-    fn connections_stay_while_requests_are_in_flight_and_age_out_after() {
+    fn connections_stay_while_the_load_needs_them_and_age_out_after() {
         tokio_uring::start(async {
             let mut p = pool(Balance::RoundRobin, 1);
             let backlog = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
             let conn = |server| conn(&backlog, server);
             let t0 = Instant::now();
-            let load = |p: &mut Pool, n: usize| {
-                p.servers[0].outstanding = n;
-            };
-            // Under load (11 others in flight), a floor of 4: all 10 that
-            // come back stay.
-            load(&mut p, 11);
-            for _ in 0..10 {
+            assert_eq!(p.reap(t0), 0, "the first window begins");
+            // A burst of 11 at once, then each comes back: a floor of 4,
+            // and all 11 stay, since the load needed 11.
+            for _ in 0..11 {
+                p.begin(0);
+            }
+            for _ in 0..11 {
+                p.end(0);
                 assert!(p.checkin(conn(0).expect("socket"), t0));
             }
-            assert_eq!(p.servers[0].idle.len(), 10, "closed under load");
-            // Without load, one more beyond the floor is closed at once.
-            load(&mut p, 0);
+            assert_eq!(p.servers[0].idle.len(), 11, "closed under load");
+            // One more than the load ever needed is closed at once.
             assert!(!p.checkin(conn(0).expect("socket"), t0));
-            // The idle ones go after the idle timeout, oldest first; one
-            // used again later stays.
-            let one = p.checkout(0).expect("pooled");
-            load(&mut p, 11);
+            // Idle ones go after the idle timeout, oldest first; one used
+            // again later stays.
+            let one = p.checkout(0, t0, false).expect("pooled");
             assert!(p.checkin(one, t0 + Duration::from_secs(20)));
             assert_eq!(p.reap(t0 + Duration::from_secs(29)), 0);
-            assert_eq!(p.reap(t0 + Duration::from_secs(31)), 9);
+            assert_eq!(p.reap(t0 + Duration::from_secs(31)), 10);
             assert_eq!(p.servers[0].idle.len(), 1);
+            // Two quiet windows later, the burst is forgotten: beyond the
+            // floor, a connection coming back is closed.
+            assert_eq!(p.reap(t0 + Duration::from_secs(62)), 1);
+            for _ in 0..4 {
+                assert!(p.checkin(conn(0).expect("socket"), t0 + Duration::from_secs(62)));
+            }
+            assert!(!p.checkin(conn(0).expect("socket"), t0 + Duration::from_secs(62)));
+        });
+    }
+
+    #[test]
+    fn a_connection_idle_a_while_is_checked_before_use() {
+        tokio_uring::start(async {
+            let mut p = pool(Balance::RoundRobin, 1);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+            let t0 = Instant::now();
+            // Its server closes it as soon as it is pooled.
+            let closed = |p: &mut Pool| {
+                let c = conn(&listener, 0).expect("socket");
+                drop(listener.accept().expect("accept"));
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(p.checkin(c, t0));
+            };
+            closed(&mut p);
+            assert!(
+                p.checkout(0, t0 + Duration::from_millis(600), false)
+                    .is_none(),
+                "a closed one was handed out"
+            );
+            // Back a moment ago, it is checked for a request that could not
+            // be sent again, and taken on trust (no syscall) for one that
+            // could: that one is retried on a fresh connection if need be.
+            closed(&mut p);
+            assert!(
+                p.checkout(0, t0 + Duration::from_millis(100), true)
+                    .is_none()
+            );
+            closed(&mut p);
+            assert!(
+                p.checkout(0, t0 + Duration::from_millis(100), false)
+                    .is_some()
+            );
         });
     }
 

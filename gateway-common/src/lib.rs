@@ -23,7 +23,8 @@ pub mod map_names {
     /// loopback): a spoofed flood carrying their address must not drain
     /// the budget their real connections need.
     pub const SYN_EXEMPT: &str = "SYN_EXEMPT_CIDRS";
-    /// Destination TCP port → [`crate::PortPolicy`].
+    /// A listener's destination address and TCP port ([`crate::PortKey`])
+    /// → [`crate::PortPolicy`].
     pub const PORTS: &str = "PORTS";
     /// Source address → theoretical arrival time of the next SYN (GCRA),
     /// one entry shared by all CPUs.
@@ -158,7 +159,27 @@ impl VerdictReason {
     }
 }
 
-/// What a destination port carries.
+/// Key of [`map_names::PORTS`]: where a listener takes connections. The
+/// address is IPv4-mapped for IPv4; a wildcard listener is keyed by
+/// [`ANY_V4`] or [`ANY_V6`], looked up after the packet's own destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortKey {
+    /// Destination address bytes in network order.
+    pub addr: [u8; 16],
+    /// Destination TCP port.
+    pub port: u16,
+    /// Padding, always zero (part of the hash key).
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<PortKey>() == 20);
+
+/// A listener on every IPv4 address (`0.0.0.0`), IPv4-mapped.
+pub const ANY_V4: [u8; 16] = SourceAddr::from_v4([0, 0, 0, 0]).octets;
+/// A listener on every IPv6 address (`::`).
+pub const ANY_V6: [u8; 16] = [0; 16];
+
+/// What a listener's port carries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PortPolicy {
@@ -175,6 +196,9 @@ pub enum PortKind {
     Tls = 1,
     /// A plain-HTTP port nobody serves: everything to it is dropped.
     PlainHttpDrop = 2,
+    /// A plain-HTTP port the gateway answers (the 308 to HTTPS): SYNs are
+    /// budgeted, nothing is dropped for what it carries.
+    PlainHttp = 3,
 }
 
 /// What the XDP program does with plain HTTP sent to a TLS port.
@@ -292,6 +316,8 @@ mod pod {
     unsafe impl aya::Pod for super::Verdict {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::XdpConfig {}
 }

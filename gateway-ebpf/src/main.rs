@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::{SkReuseportContext, XdpContext},
 };
 use gateway_common::{
-    CIDR_CAPACITY, MAX_WORKERS, Outcome, PORT_CAPACITY, PlainHttpAction, PortKind, PortPolicy,
-    SYN_EXEMPT_CAPACITY, SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig,
-    config_flags,
+    ANY_V4, ANY_V6, CIDR_CAPACITY, MAX_WORKERS, Outcome, PORT_CAPACITY, PlainHttpAction, PortKey,
+    PortKind, PortPolicy, SYN_EXEMPT_CAPACITY, SYN_TRACKED_SOURCES, SourceAddr, VERDICT_CAPACITY,
+    Verdict, XdpConfig, config_flags,
     packet::{
         self, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP,
         IPV6_FRAGMENT, IPV6_HLEN, MAX_EXT_HEADERS, Payload, SegmentInfo, TCP_HLEN, tcp_flags,
@@ -59,7 +59,7 @@ static ALLOW_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(CIDR_CAPAC
 static SYN_EXEMPT_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(SYN_EXEMPT_CAPACITY, 0);
 
 #[map(name = "PORTS")]
-static PORTS: HashMap<u16, PortPolicy> = HashMap::with_max_entries(PORT_CAPACITY, 0);
+static PORTS: HashMap<PortKey, PortPolicy> = HashMap::with_max_entries(PORT_CAPACITY, 0);
 
 #[map(name = "SYN_TAT")]
 static SYN_TAT: LruHashMap<SourceAddr, u64> = LruHashMap::with_max_entries(SYN_TRACKED_SOURCES, 0);
@@ -297,6 +297,34 @@ fn source_verdict(ip: &Ip, cfg: &XdpConfig) -> Option<Decision> {
     None
 }
 
+/// The policy of the gateway's listener at the packet's destination: one
+/// on that address, else a wildcard one of its family. The destination is
+/// read here, into the key, not kept: the stack is 512 bytes.
+#[inline(always)]
+fn listener(
+    ctx: &XdpContext,
+    proto: u16,
+    l3: usize,
+    port: u16,
+) -> Result<Option<PortPolicy>, Malformed> {
+    let mut key = PortKey {
+        addr: if proto == ETH_P_IP {
+            SourceAddr::from_v4(read::<[u8; 4]>(ctx, l3 + 16)?).octets
+        } else {
+            read::<[u8; 16]>(ctx, l3 + 24)?
+        },
+        port,
+        _pad: 0,
+    };
+    // SAFETY: plain Copy values, copied out at once.
+    if let Some(p) = unsafe { PORTS.get(&key) } {
+        return Ok(Some(*p));
+    }
+    key.addr = if proto == ETH_P_IP { ANY_V4 } else { ANY_V6 };
+    // SAFETY: as above.
+    Ok(unsafe { PORTS.get(&key) }.copied())
+}
+
 #[inline(always)]
 fn inspect_tcp(
     ctx: &XdpContext,
@@ -307,8 +335,8 @@ fn inspect_tcp(
     cfg: &XdpConfig,
 ) -> Result<Decision, Malformed> {
     let dst_port = u16::from_be(read::<u16>(ctx, l4 + 2)?);
-    // SAFETY: plain Copy value, copied out at once.
-    let Some(port) = (unsafe { PORTS.get(dst_port) }).copied() else {
+    let Some(port) = listener(ctx, proto, l3, dst_port)? else {
+        // No listener of ours: another service's traffic, untouched.
         return Ok((Outcome::Passed, PASS));
     };
     if port.kind == PortKind::PlainHttpDrop as u32 {

@@ -38,6 +38,17 @@ impl Enforcement {
         }
         let kernel = DataPlane::load().and_then(|mut dp| {
             dp.configure(cfg)?;
+            let (ip, plain) = (cfg.https.ip(), cfg.plain_http_port);
+            if cfg.https_only
+                && !cfg.redirect_plain_http
+                && crate::xdp::listeners::served(ip, plain)
+            {
+                // Before the attach: no packet meets the drop.
+                dp.forget_port(ip, plain);
+                tracing::warn!(
+                    "plain HTTP port {plain}: another process listens there; it is not dropped (https_only), its service stays reachable"
+                );
+            }
             dp.attach(&cfg.xdp.interface, cfg.xdp.mode)?;
             Ok(dp)
         });
@@ -158,7 +169,12 @@ impl Enforcement {
             "TLS port {}: plain HTTP {on_tls}",
             cfg.https.port()
         ));
-        if cfg.https_only {
+        if cfg.redirect_plain_http {
+            lines.push(format!(
+                "plain HTTP port {}: answered with 308 to HTTPS (redirect_plain_http wins over https_only)",
+                cfg.plain_http_port
+            ));
+        } else if cfg.https_only {
             lines.push(format!(
                 "plain HTTP port {}: dropped (https_only)",
                 cfg.plain_http_port

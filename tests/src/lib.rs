@@ -417,6 +417,28 @@ pub fn gateway_bin() -> std::path::PathBuf {
     bin
 }
 
+/// Runs the gateway binary in `ns` with `config` (written to `dir`), its
+/// state under `dir`; waits until it serves.
+pub fn run_gateway_in(ns: &NetNs, dir: &std::path::Path, config: &str) -> Running {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()])
+        .arg(gateway_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("GATEWAY_STATE_DIR", dir.join("state"));
+    let mut gw = Running::spawn(cmd);
+    assert!(
+        gw.wait_for_line("running;", Duration::from_secs(15))
+            .is_some(),
+        "the gateway did not start: {:?}",
+        gw.seen
+    );
+    gw
+}
+
 /// A running gateway process whose stderr is collected line by line; killed
 /// on drop if still running.
 pub struct Running {

@@ -8,8 +8,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
-    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -24,32 +22,11 @@ use gateway::{
 };
 use gateway_common::{VERDICT_CAPACITY, VerdictReason};
 use gateway_tests::{
-    NetNs, Running, Testbed, connect_from, gateway_bin,
+    NetNs, Running, Testbed, connect_from,
     harness::{Backend, Certs, Client, TempDir, client_config, reason_of},
-    require_root, sh, syn_flood,
+    require_root, run_gateway_in, sh, syn_flood,
 };
 use nix::sys::signal::Signal;
-
-/// Runs the gateway in `ns` with `config`; waits until it serves.
-fn run_in(ns: &NetNs, dir: &Path, config: &str) -> Running {
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, config).expect("config");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()])
-        .arg(gateway_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("GATEWAY_STATE_DIR", dir.join("state"));
-    let mut gw = Running::spawn(cmd);
-    assert!(
-        gw.wait_for_line("running;", Duration::from_secs(15))
-            .is_some(),
-        "the gateway did not start: {:?}",
-        gw.seen
-    );
-    gw
-}
 
 fn stop(mut gw: Running) {
     gw.stop(Signal::SIGTERM, Duration::from_secs(10))
@@ -77,7 +54,7 @@ fn spoofed_syns_with_a_trusted_proxys_address_never_lock_it_out() {
         certs = certs.toml(),
         iface = bed.server_if,
     );
-    let gw = run_in(&bed.server, &dir.0, &config);
+    let gw = run_gateway_in(&bed.server, &dir.0, &config);
     let dst = SocketAddr::new(server, 8443);
     let tried_during_flood = |src: IpAddr| -> usize {
         bed.client.run(|| {
@@ -133,7 +110,7 @@ fn a_load_test_from_the_host_itself_is_never_cut() {
          [xdp]\ninterface = \"lo\"\nmode = \"skb\"\nsyn_rate = 20\nsyn_burst = 20\n",
         certs = certs.toml(),
     );
-    let mut gw = run_in(&ns, &dir.0, &config);
+    let mut gw = run_gateway_in(&ns, &dir.0, &config);
     assert!(
         gw.seen.iter().any(|l| l.contains("loopback exempt")),
         "{:?}",
@@ -230,7 +207,7 @@ fn an_ipv6_prefix_is_one_source_from_the_first_verdict_to_the_kernel() {
         certs = certs.toml(),
         iface = bed.server_if,
     );
-    let mut gw = run_in(&bed.server, &dir.0, &config);
+    let mut gw = run_gateway_in(&bed.server, &dir.0, &config);
     let dst = SocketAddr::new(bed.server_ip(true), 8443);
     let cfg = client_config(&certs.ca, &[&rustls::version::TLS13]);
     let get = |src: IpAddr, path: &str| -> Option<(u16, String)> {

@@ -21,10 +21,11 @@ const TX: u32 = 3;
 
 const CONFIG: &str = r#"
 [listen]
-https = "127.0.0.1:8443"
+https = "[::]:8443"
 plain_http_port = 8080
 
 [xdp]
+interface = "lo"
 syn_rate = 0
 
 [policy]
@@ -453,7 +454,7 @@ fn a_full_map_is_one_clear_error() {
     let mut dp = DataPlane::load().expect("load");
     let mut err = None;
     for port in 1..=gateway_common::PORT_CAPACITY + 1 {
-        if let Err(e) = dp.set_port(port as u16, gateway_common::PortKind::Tls) {
+        if let Err(e) = dp.set_port(ip("127.0.0.1"), port as u16, gateway_common::PortKind::Tls) {
             err = Some((port, e));
             break;
         }
@@ -463,8 +464,59 @@ fn a_full_map_is_one_clear_error() {
     assert_eq!(
         err.to_string(),
         format!(
-            "map PORTS is full ({} entries): port {port}",
+            "map PORTS is full ({} entries): listener 127.0.0.1:{port}",
             gateway_common::PORT_CAPACITY
         )
     );
+}
+
+/// Listeners are matched by address and port: on a host with several
+/// addresses, another service on the gateway's port at another address is
+/// never inspected (the embedded default listens on 127.0.0.1 only); and a
+/// plain-HTTP port with the 308 listener passes, `https_only` or not.
+#[test]
+fn listeners_are_matched_by_address_and_redirect_wins_over_https_only() {
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let one = |config: &str, dst: &str, port: u16| {
+        let src = if dst.contains(':') {
+            "2001:2:0:3::2"
+        } else {
+            "198.18.1.2"
+        };
+        let mut dp = plane(config);
+        let before = dp.counters().expect("counters");
+        let (action, _) = dp
+            .test_run(&tcp(src, dst, port, ACK_PSH, get))
+            .expect("run");
+        let after = dp.counters().expect("counters");
+        let moved: Vec<_> = Outcome::ALL
+            .iter()
+            .filter(|o| after.get(**o) != before.get(**o))
+            .map(|o| o.name())
+            .collect();
+        (action, moved)
+    };
+    let specific = CONFIG.replace("[::]:8443", "198.18.1.1:8443");
+    // Ours: plain HTTP on the TLS port is reset, on the plain port dropped.
+    assert_eq!(
+        one(&specific, "198.18.1.1", 8443),
+        (TX, vec!["reset_plain_http"])
+    );
+    assert_eq!(
+        one(&specific, "198.18.1.1", 8080),
+        (DROP, vec!["dropped_plain_http"])
+    );
+    // A neighbour's, at another address: untouched.
+    assert_eq!(one(&specific, "198.18.1.3", 8443), (PASS, vec!["passed"]));
+    assert_eq!(one(&specific, "198.18.1.3", 8080), (PASS, vec!["passed"]));
+    assert_eq!(
+        one(&specific, "2001:2:0:1::1", 8443),
+        (PASS, vec!["passed"])
+    );
+    // With the 308 listener, its port passes although https_only is on.
+    let redirect = specific.replace(
+        "plain_http_port = 8080",
+        "plain_http_port = 8080\nredirect_plain_http = true",
+    );
+    assert_eq!(one(&redirect, "198.18.1.1", 8080), (PASS, vec!["passed"]));
 }

@@ -6,7 +6,10 @@
 //! or stale map is left behind. The attachment is a BPF link owned by this
 //! process, so the kernel detaches it when the process exits, however it exits.
 
-use std::{io, net::IpAddr};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,12 +17,13 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use gateway_common::{
-    CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKind, PortPolicy,
-    SYN_EXEMPT_CAPACITY, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
+    ANY_V4, ANY_V6, CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKey, PortKind,
+    PortPolicy, SYN_EXEMPT_CAPACITY, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
 };
 use ipnet::IpNet;
 
 mod balance;
+pub mod listeners;
 mod reflector;
 
 pub use balance::Balancer;
@@ -155,7 +159,7 @@ pub struct DataPlane {
     deny: LpmTrie<MapData, [u8; 16], u8>,
     allow: LpmTrie<MapData, [u8; 16], u8>,
     syn_exempt: LpmTrie<MapData, [u8; 16], u8>,
-    ports: HashMap<MapData, u16, PortPolicy>,
+    ports: HashMap<MapData, PortKey, PortPolicy>,
     config: Array<MapData, XdpConfig>,
     counters: PerCpuArray<MapData, u64>,
     attached: Option<(String, AttachMode)>,
@@ -240,10 +244,17 @@ impl DataPlane {
 
     /// Writes the configuration's ports, knobs and CIDR lists into the maps
     /// (the lists as a move from empty ones).
+    /// Listeners are matched by address and port: another service on the
+    /// same port at another address (a developer's server on
+    /// `127.0.0.2:8080`) is never inspected.
     pub fn configure(&mut self, cfg: &Config) -> Result<(), XdpError> {
-        self.set_port(cfg.https.port(), PortKind::Tls)?;
-        if cfg.https_only {
-            self.set_port(cfg.plain_http_port, PortKind::PlainHttpDrop)?;
+        let ip = cfg.https.ip();
+        self.set_port(ip, cfg.https.port(), PortKind::Tls)?;
+        if cfg.redirect_plain_http {
+            // The 308 listener wins over `https_only`: it must see packets.
+            self.set_port(ip, cfg.plain_http_port, PortKind::PlainHttp)?;
+        } else if cfg.https_only {
+            self.set_port(ip, cfg.plain_http_port, PortKind::PlainHttpDrop)?;
         }
         self.reconfigure(&Lists::default(), cfg)
     }
@@ -362,18 +373,38 @@ fn knobs(cfg: &Config) -> XdpConfig {
 }
 
 impl DataPlane {
-    /// Marks a destination port.
-    pub fn set_port(&mut self, port: u16, kind: PortKind) -> Result<(), XdpError> {
-        self.ports
-            .insert(port, PortPolicy { kind: kind as u32 }, 0)
-            .map_err(|e| {
-                map_err(
-                    map_names::PORTS,
-                    gateway_common::PORT_CAPACITY,
-                    format!("port {port}"),
-                    e,
-                )
-            })
+    /// Unmarks a listener (both families for a wildcard `ip`).
+    pub fn forget_port(&mut self, ip: IpAddr, port: u16) {
+        for addr in listener_keys(ip) {
+            let _ = self.ports.remove(&PortKey {
+                addr,
+                port,
+                _pad: 0,
+            });
+        }
+    }
+
+    /// Marks a listener: `ip` and `port` (a wildcard `ip` covers every
+    /// address of its family; `::` also IPv4, as a dual-stack socket does).
+    pub fn set_port(&mut self, ip: IpAddr, port: u16, kind: PortKind) -> Result<(), XdpError> {
+        for addr in listener_keys(ip) {
+            let key = PortKey {
+                addr,
+                port,
+                _pad: 0,
+            };
+            self.ports
+                .insert(key, PortPolicy { kind: kind as u32 }, 0)
+                .map_err(|e| {
+                    map_err(
+                        map_names::PORTS,
+                        gateway_common::PORT_CAPACITY,
+                        format!("listener {}", SocketAddr::new(ip, port)),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     /// Attaches the program to `interface`.
@@ -579,4 +610,14 @@ fn insert_cidr(
     let (bytes, len) = mapped_prefix(net);
     trie.insert(&Key::new(len, bytes), 1, 0)
         .map_err(|e| map_err(name, capacity, format!("CIDR {net}"), e))
+}
+
+/// The `PORTS` addresses a listener on `ip` is keyed by: a wildcard covers
+/// every address of its family, `::` also IPv4 (a dual-stack socket).
+fn listener_keys(ip: IpAddr) -> Vec<[u8; 16]> {
+    match crate::policy::canonical(ip) {
+        IpAddr::V4(v4) if v4.is_unspecified() => vec![ANY_V4],
+        IpAddr::V6(v6) if v6.is_unspecified() => vec![ANY_V6, ANY_V4],
+        other => vec![source_addr(other).octets],
+    }
 }

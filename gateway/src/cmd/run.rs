@@ -54,6 +54,8 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     let upstream_tls = gateway::proxy::tls::client_configs(&cfg.upstreams)?;
+    // Before XDP is attached or any port bound.
+    gateway::server::probe_io_uring()?;
     let enforcement = Enforcement::start(&cfg).map_err(|e| e.to_string())?;
     tracing::info!("config: {}", cfg.source);
     for line in enforcement.describe(&cfg) {
@@ -175,7 +177,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
         path,
         reloads,
     };
-    serve_until_stopped(&mut cfg, &signals, &shared, &book, &mut control);
+    let ended = serve_until_stopped(&mut cfg, &signals, &shared, &book, &mut control, &server);
     if let Some(a) = admin {
         a.stop();
     }
@@ -210,7 +212,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     if let Some(iface) = iface {
         tracing::info!("XDP detached from {iface}");
     }
-    Ok(())
+    ended
 }
 
 /// What the start-up log tells a new user to try.
@@ -300,13 +302,16 @@ impl Control {
 
 /// Ticks until SIGINT or SIGTERM: reloads (SIGHUP, the admin API's asks),
 /// re-reads changed key files, sweeps verdicts, counts events, logs counters.
+/// A worker that died ends it with an error: the process then cleans up
+/// and exits non-zero, so a supervisor restarts it.
 pub(crate) fn serve_until_stopped(
     cfg: &mut Config,
     signals: &SigSet,
     shared: &Shared,
     book: &Mutex<Book>,
     control: &mut Control,
-) {
+    server: &Server,
+) -> Result<(), String> {
     let mut since_stats = Duration::ZERO;
     let mut last = None;
     let mut dropped_before = 0;
@@ -318,7 +323,14 @@ pub(crate) fn serve_until_stopped(
         let sig = wait_for(signals, tick);
         if let Some(sig @ (Signal::SIGINT | Signal::SIGTERM)) = sig {
             tracing::info!("{sig} received: stopping");
-            return;
+            return Ok(());
+        }
+        if let Some(i) = server.dead_worker() {
+            let why = format!(
+                "worker-{i} stopped (see its panic above): its connections are lost; stopping with an error so a supervisor restarts the gateway"
+            );
+            tracing::error!("{why}");
+            return Err(why);
         }
         if sig == Some(Signal::SIGUSR1)
             && let Some(log) = &shared.access_log
@@ -342,7 +354,7 @@ pub(crate) fn serve_until_stopped(
         let now = clock.now_ns();
         let Ok(mut book) = book.lock() else {
             tracing::error!("the verdict book is unusable: stopping");
-            return;
+            return Err("the verdict book is unusable".into());
         };
         let sentences = control::drain(
             &control.rx,

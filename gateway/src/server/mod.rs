@@ -128,6 +128,16 @@ impl Server {
         })
     }
 
+    /// The first worker whose thread ended (a panic: it is printed above)
+    /// while the gateway was not stopping: its connections are gone, and
+    /// the process should end so a supervisor restarts it.
+    pub fn dead_worker(&self) -> Option<usize> {
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.workers.iter().position(JoinHandle::is_finished)
+    }
+
     /// Stops accepting, lets in-flight requests finish until `grace`, then
     /// returns (workers still busy are left to die with the process).
     pub fn stop(self, grace: Duration) {
@@ -169,13 +179,54 @@ fn pin_to_cpu(i: usize) {
     }
 }
 
-fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Option<StdListener>) {
-    // COOP_TASKRUN: measured 0.86x HAProxy without it, 1.07x with it
-    // (../shared/io-uring-tls.md). DEFER_TASKRUN hangs tokio-uring.
+/// Submission queue entries per worker ring.
+const RING_ENTRIES: u32 = 1024;
+
+/// The ring every worker makes. COOP_TASKRUN (Linux 5.19): measured 0.86x
+/// HAProxy without it, 1.07x with it (../shared/io-uring-tls.md).
+/// DEFER_TASKRUN hangs tokio-uring.
+fn ring_builder() -> io_uring::Builder {
     let mut ring = tokio_uring::uring_builder();
     ring.setup_coop_taskrun();
+    ring
+}
+
+/// Makes (and drops) one ring as the workers will, before anything is
+/// bound: where io_uring is missing or refused (an old kernel,
+/// `kernel.io_uring_disabled`, a container's seccomp profile) the gateway
+/// says why and stops, instead of listening with workers that cannot run.
+pub fn probe_io_uring() -> Result<(), String> {
+    // A small ring: the point is the kernel's answer, not the memory (a
+    // worker that still cannot make its own ends the process, non-zero).
+    match ring_builder().build(8) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(libc::EPERM) => {
+                    "refused (EPERM): `sysctl kernel.io_uring_disabled` is 2, or 1 and this user is not in kernel.io_uring_group, or a seccomp profile (a container's) denies io_uring_setup: allow it"
+                }
+                Some(libc::ENOSYS) => {
+                    "not available (ENOSYS): the kernel lacks io_uring (Linux 5.19 or later is needed) or a seccomp profile hides it"
+                }
+                Some(libc::EINVAL) => {
+                    "refused the ring's flags (EINVAL): IORING_SETUP_COOP_TASKRUN needs Linux 5.19 or later"
+                }
+                Some(libc::ENOMEM) => {
+                    "out of memory for the ring (ENOMEM): raise the memory limit (memlock on kernels before 5.12)"
+                }
+                _ => "refused",
+            };
+            Err(format!(
+                "io_uring {why} ({e}); the workers need it, so the gateway does not start"
+            ))
+        }
+    }
+}
+
+fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Option<StdListener>) {
+    let ring = ring_builder();
     tokio_uring::builder()
-        .entries(1024)
+        .entries(RING_ENTRIES)
         .uring_builder(&ring)
         .start(async move {
             let worker = Rc::new(Worker::new(shared.clone(), index));

@@ -251,6 +251,87 @@ fn a_route_without_auth_is_an_error_and_check_lists_public_routes() {
     );
 }
 
+/// What `run` loads before serving, `check` loads too: a file `check`
+/// passes is never one `run` refuses.
+#[test]
+fn check_loads_every_file_run_loads() {
+    let dir = std::env::temp_dir().join(format!("gateway-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let short_token = file("short.token", "abcde\n");
+    let good_token = file("good.token", "0123456789abcdef0123\n");
+    let weak_secret = file("weak.secret", "short\n");
+    let good_secret = file("good.secret", &"k".repeat(48));
+    let broken_jwks = file("broken.jwks", "{\"keys\": [{\"kty\": \"EC\"}]}");
+    let empty_client_secret = file("empty.client", "\n");
+    let listen = "[listen]\nhttps = \"127.0.0.1:8443\"\n";
+    let jwt = |source: &str| {
+        format!(
+            "{listen}[[auth.jwt]]\nname = \"idp\"\nissuer = \"https://id.example\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\n{source}\n"
+        )
+    };
+    let cases = [
+        (
+            "short admin token",
+            format!("{listen}[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{short_token}\"\n"),
+            "the token needs at least 16 characters",
+        ),
+        (
+            "missing admin token",
+            format!(
+                "{listen}[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}/none.token\"\n",
+                dir.display()
+            ),
+            "admin.token_file",
+        ),
+        (
+            "weak HMAC secret",
+            jwt(&format!("secret_file = \"{weak_secret}\"")),
+            "auth.jwt[0] (idp)",
+        ),
+        (
+            "broken JWKS file",
+            jwt(&format!("jwks_file = \"{broken_jwks}\"")).replace("HS256", "ES256"),
+            "auth.jwt[0] (idp)",
+        ),
+        (
+            "missing introspection secret",
+            format!(
+                "{listen}[[auth.introspection]]\nname = \"idp\"\nurl = \"https://id.example/introspect\"\nclient_id = \"gw\"\nclient_secret_file = \"{}/none.secret\"\n",
+                dir.display()
+            ),
+            "auth.introspection (idp): client_secret_file",
+        ),
+        (
+            "empty introspection secret",
+            format!(
+                "{listen}[[auth.introspection]]\nname = \"idp\"\nurl = \"https://id.example/introspect\"\nclient_id = \"gw\"\nclient_secret_file = \"{empty_client_secret}\"\n"
+            ),
+            "is empty",
+        ),
+    ];
+    for (what, text, want) in &cases {
+        let path = write_config(&format!("files-{}.toml", what.replace(' ', "-")), text);
+        let (code, out, err) = output(&["check", "--config", path.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "{what}: check passed: {out}");
+        assert!(err.contains(want), "{what}: {err}");
+    }
+    // The good ones pass, and say what was read.
+    let text = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{good_token}\"\n",
+        jwt(&format!("secret_file = \"{good_secret}\""))
+    );
+    let path = write_config("files-good.toml", &text);
+    let (code, out, err) = output(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("issuer idp: 1 key loaded"), "{out}");
+    assert!(out.contains("admin token: read"), "{out}");
+}
+
 #[test]
 fn check_reports_a_missing_file() {
     let (code, _, err) = output(&["check", "--config", "/nonexistent/gateway.toml"]);

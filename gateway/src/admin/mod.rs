@@ -67,6 +67,25 @@ pub struct AdminServer {
     active: Arc<AtomicUsize>,
 }
 
+/// The admin token from `admin.token_file`, checked as `run` needs it (at
+/// least 16 characters); `None` without a file.
+pub fn read_token(settings: &AdminSettings) -> Result<Option<String>, String> {
+    let Some(p) = &settings.token_file else {
+        return Ok(None);
+    };
+    let t =
+        std::fs::read_to_string(p).map_err(|e| format!("admin.token_file {}: {e}", p.display()))?;
+    let t = t.trim().to_owned();
+    if t.len() < 16 {
+        return Err(format!(
+            "admin.token_file {}: the token needs at least 16 characters ({} here)",
+            p.display(),
+            t.len()
+        ));
+    }
+    Ok(Some(t))
+}
+
 impl AdminServer {
     /// Binds `settings.listen` and serves from a thread.
     pub fn start(
@@ -78,21 +97,7 @@ impl AdminServer {
         let Some(listen) = settings.listen else {
             return Ok(None);
         };
-        let token = match &settings.token_file {
-            Some(p) => {
-                let t = std::fs::read_to_string(p)
-                    .map_err(|e| format!("admin.token_file {}: {e}", p.display()))?;
-                let t = t.trim().to_owned();
-                if t.len() < 16 {
-                    return Err(format!(
-                        "admin.token_file {}: the token needs at least 16 characters",
-                        p.display()
-                    ));
-                }
-                Some(t)
-            }
-            None => None,
-        };
+        let token = read_token(settings)?;
         let listener = TcpListener::bind(listen)
             .map_err(|e| format!("admin API: cannot listen on {listen}: {e} (admin.listen)"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;

@@ -1,17 +1,38 @@
 //! `gateway check`: validate a configuration and print what it enforces.
 
 use gateway::{
-    config::{Authenticator, Config, RouteAuth},
-    stages::auth::api_key::KeyRing,
+    config::{Authenticator, Config, KeySource, RouteAuth},
+    stages::auth::{api_key::KeyRing, introspect::Introspector},
     tls,
 };
 
+/// Loads what `run` loads before it serves (certificates, upstream TLS,
+/// key files, issuers' key files and secrets, introspection secrets, the
+/// admin token), with the same checks, so a file `check` passes `run` takes.
 pub(crate) fn check(cfg: &Config) -> Result<(), String> {
     let certs = tls::certificates(cfg, false).map_err(|e| e.to_string())?;
     gateway::proxy::tls::client_configs(&cfg.upstreams)?;
     if !certs.is_empty() {
         tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
     }
+    let mut issuers = Vec::new();
+    for (i, s) in cfg.auth.jwt.iter().enumerate() {
+        match &s.source {
+            KeySource::File(_) | KeySource::Secret(_) => {
+                let keys = gateway::control::issuer_file_keys(i, s)?;
+                let n = keys.len();
+                let plural = if n == 1 { "" } else { "s" };
+                issuers.push(format!("issuer {}: {n} key{plural} loaded", s.name));
+            }
+            KeySource::Url(_) | KeySource::Discovery => {
+                gateway::fetch::Https::new(s.ca_file.as_deref())
+                    .map_err(|e| format!("auth.jwt[{i}] ({}): {e}", s.name))?;
+                issuers.push(format!("issuer {}: keys fetched at run", s.name));
+            }
+        }
+    }
+    Introspector::check(&cfg.auth.introspection)?;
+    let admin_token = gateway::admin::read_token(&cfg.admin)?;
     println!("{}: ok", cfg.source);
     println!(
         "HTTPS listener: {} ({} workers)",
@@ -51,6 +72,15 @@ pub(crate) fn check(cfg: &Config) -> Result<(), String> {
         }
     }
     print_routes(cfg);
+    for line in &issuers {
+        println!("{line}");
+    }
+    for s in &cfg.auth.introspection {
+        println!("introspection {}: client secret read", s.name);
+    }
+    if admin_token.is_some() {
+        println!("admin token: read");
+    }
     if let Some(path) = &cfg.auth.key_file {
         let keys =
             KeyRing::load_in_use(path, cfg.auth.allow_empty_key_file).map_err(|e| e.to_string())?;

@@ -81,28 +81,43 @@ struct Endpoint {
     authorization: String,
 }
 
+/// Each endpoint with its client secret read and its HTTPS client built.
+fn endpoints(settings: &[IntrospectionSettings]) -> Result<Vec<Endpoint>, String> {
+    settings
+        .iter()
+        .map(|s| {
+            let at = format!("auth.introspection ({})", s.name);
+            let secret = std::fs::read_to_string(&s.client_secret_file).map_err(|e| {
+                format!(
+                    "{at}: client_secret_file {}: {e}",
+                    s.client_secret_file.display()
+                )
+            })?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                return Err(format!(
+                    "{at}: client_secret_file {} is empty",
+                    s.client_secret_file.display()
+                ));
+            }
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{secret}", s.client_id));
+            Ok(Endpoint {
+                https: Https::new(s.ca_file.as_deref()).map_err(|e| format!("{at}: {e}"))?,
+                settings: s.clone(),
+                authorization: format!("Basic {basic}"),
+            })
+        })
+        .collect()
+}
+
 impl Introspector {
     /// Reads the client secrets and starts the pool; `None` without endpoints.
     pub fn start(settings: &[IntrospectionSettings]) -> Result<Option<Self>, String> {
         if settings.is_empty() {
             return Ok(None);
         }
-        let mut endpoints = Vec::new();
-        for s in settings {
-            let secret = std::fs::read_to_string(&s.client_secret_file)
-                .map_err(|e| format!("{}: {e}", s.client_secret_file.display()))?;
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                s.client_id,
-                secret.trim_end_matches(['\r', '\n'])
-            ));
-            endpoints.push(Endpoint {
-                https: Https::new(s.ca_file.as_deref()).map_err(|e| format!("{}: {e}", s.name))?,
-                settings: s.clone(),
-                authorization: format!("Basic {basic}"),
-            });
-        }
-        let endpoints = Arc::new(endpoints);
+        let endpoints = Arc::new(endpoints(settings)?);
         let (tx, rx) = sync_channel::<Lookup>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..THREADS {
@@ -113,6 +128,12 @@ impl Introspector {
                 .map_err(|e| format!("starting the introspection pool: {e}"))?;
         }
         Ok(Some(Self { tx }))
+    }
+
+    /// Reads what [`Self::start`] reads (client secrets, CA files) without
+    /// starting anything: `gateway check`.
+    pub fn check(settings: &[IntrospectionSettings]) -> Result<(), String> {
+        endpoints(settings).map(drop)
     }
 
     /// Hands a lookup to the pool; `None` when its queue is full.

@@ -145,7 +145,7 @@ pub fn demo_keys(cfg: &mut crate::config::Config) -> Result<Option<String>, Stri
         Ok(k) if file.is_file() => k.trim().to_owned(),
         _ => {
             let key = crate::stages::auth::api_key::generate()?;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            crate::tls::make_state_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let text = format!(
                 "# The embedded default's demo consumer (made by `gateway run`).\n\
                  [[consumers]]\nid = \"demo\"\nroles = [\"reader\"]\n\
@@ -171,5 +171,7 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    crate::tls::hand_over(path);
+    Ok(())
 }

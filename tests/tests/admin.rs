@@ -305,6 +305,42 @@ fn a_verdict_on_a_client_behind_a_trusted_proxy_refuses_its_requests() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// Prometheus scrapes the admin API by the name it knows it by: names in
+/// `admin.hosts` are accepted in `Host` (with the token); other names
+/// still get 403, as a rebinding page's would.
+#[test]
+fn monitoring_scrapes_by_a_configured_name_and_other_names_are_refused() {
+    let dir = TempDir::new("admin-hosts");
+    let token = dir.0.join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    let s = setup_with(
+        "admin-hosts",
+        "",
+        "workers = 1",
+        "",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\nhosts = [\"gw1.internal\"]\n",
+            token.display()
+        ),
+        &[],
+    );
+    let admin = s.gw.admin_addr().expect("admin address");
+    let scrape = |host: &str| {
+        raw(
+            admin,
+            &format!(
+                "GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+            ),
+        )
+    };
+    let (status, body) = scrape(&format!("GW1.internal:{}", admin.port()));
+    assert!(status.contains(" 200 "), "{status} {body}");
+    assert!(body.contains("gateway_requests_total"), "{body}");
+    let (status, body) = scrape("rebind.evil.test");
+    assert!(status.contains(" 403 "), "{status} {body}");
+    assert!(body.contains("admin.browser"), "{body}");
+}
+
 #[test]
 fn the_cli_says_plainly_when_no_gateway_answers() {
     let out = Command::new(gateway_bin())

@@ -332,6 +332,35 @@ fn check_loads_every_file_run_loads() {
     assert!(out.contains("admin token: read"), "{out}");
 }
 
+/// `sudo cargo xtask run`: the demo's certificate and key go to the
+/// invoking user's home (and are theirs), so the paths printed at start
+/// work for the person who typed the command.
+#[test]
+fn under_sudo_the_state_is_the_invoking_users() {
+    require_root();
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
+    let home = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("nobody:"))
+        .and_then(|l| l.split(':').nth(4))
+        .expect("a nobody user");
+    let out = Command::new(gateway_bin())
+        .arg("check")
+        .env_remove("GATEWAY_STATE_DIR")
+        .env_remove("XDG_STATE_HOME")
+        .env("HOME", "/root")
+        .env("SUDO_USER", "nobody")
+        .output()
+        .expect("run gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "as {home}/.local/state/gateway/self-signed-cert.pem"
+        )),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_reports_a_missing_file() {
     let (code, _, err) = output(&["check", "--config", "/nonexistent/gateway.toml"]);

@@ -106,6 +106,7 @@ impl AdminServer {
             book,
             shared,
             token,
+            hosts: settings.hosts.clone(),
             reloads,
         });
         let active = Arc::new(AtomicUsize::new(0));
@@ -193,7 +194,17 @@ struct Api {
     book: Arc<Mutex<Book>>,
     shared: Arc<Shared>,
     token: Option<String>,
+    /// Names accepted in `Host` besides addresses and `localhost`.
+    hosts: Vec<String>,
     reloads: SyncSender<crate::reload::Ask>,
+}
+
+impl Api {
+    /// A `Host` naming an address, `localhost` or one of `admin.hosts`: a
+    /// DNS name of another would be a rebinding page's.
+    fn host_ok(&self, req: &Request) -> bool {
+        request::host_is_local(&req.host) || self.hosts.contains(&req.host)
+    }
 }
 
 fn error(status: u16, reason: &str, detail: impl Into<String>) -> (u16, Value) {
@@ -241,7 +252,7 @@ impl Api {
         if req.method != "GET"
             || !req.path.starts_with("/metrics")
             || req.from_browser
-            || !req.host_ok
+            || !self.host_ok(req)
             || !self.authorized(req)
         {
             return None;
@@ -350,7 +361,7 @@ impl Api {
     fn answer(&self, req: &Request) -> (u16, Value) {
         // A web page the operator has open can reach loopback too: no
         // browser-made request is served, and no Host but an address.
-        if req.from_browser || !req.host_ok {
+        if req.from_browser || !self.host_ok(req) {
             return error(
                 403,
                 "admin.browser",

@@ -26,7 +26,8 @@ pub(super) struct Request {
     pub(super) authorization: Option<String>,
     /// Set by browsers: a page's request, never the CLI's.
     pub(super) from_browser: bool,
-    pub(super) host_ok: bool,
+    /// The `Host` field's name (lower-case, no port); empty without one.
+    pub(super) host: String,
     pub(super) json: bool,
     pub(super) body: Vec<u8>,
 }
@@ -56,13 +57,20 @@ fn read_more(
 
 /// A `Host` naming an address or `localhost` (with any port): a DNS name
 /// would be a rebinding page's.
-fn host_is_local(host: &str) -> bool {
+pub(super) fn host_is_local(name: &str) -> bool {
+    name == "localhost" || name.parse::<IpAddr>().is_ok()
+}
+
+/// A `Host` field's name: the port and an IPv6 literal's brackets cut,
+/// lower-cased.
+fn host_name(host: &str) -> String {
     let name = match host.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
         _ => host,
     };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
+    name.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 /// Reads one request from `stream`, or the status and reason to refuse it with.
@@ -123,7 +131,7 @@ fn parse_head(head: &[u8]) -> Result<(Request, usize), (u16, &'static str)> {
         authorization: header("authorization"),
         from_browser: header("origin").is_some()
             || header("sec-fetch-site").is_some_and(|s| !s.eq_ignore_ascii_case("none")),
-        host_ok: header("host").is_some_and(|h| host_is_local(h.trim())),
+        host: header("host").map_or_else(String::new, |h| host_name(h.trim())),
         json: header("content-type").is_some_and(|t| {
             t.split(';')
                 .next()
@@ -155,7 +163,9 @@ mod tests {
         for input in crate::http::fuzz::mutated(seeds) {
             super::fuzz_head(&input);
         }
-        assert!(super::host_is_local("[::1]:9901") && super::host_is_local("localhost"));
-        assert!(!super::host_is_local("rebind.evil.test:9901"));
+        let local = |h: &str| super::host_is_local(&super::host_name(h));
+        assert!(local("[::1]:9901") && local("localhost") && local("LocalHost:9901"));
+        assert!(!local("rebind.evil.test:9901"));
+        assert_eq!(super::host_name("GW1.Internal:9901"), "gw1.internal");
     }
 }

@@ -12,6 +12,8 @@ pub(super) struct AdminFile {
     listen: Spanned<SocketAddr>,
     #[serde(default)]
     token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    hosts: Option<Spanned<Vec<String>>>,
 }
 
 impl Default for AdminFile {
@@ -20,6 +22,7 @@ impl Default for AdminFile {
             enabled: true,
             listen: default_admin_listen(),
             token_file: None,
+            hosts: None,
         }
     }
 }
@@ -38,6 +41,9 @@ pub struct AdminSettings {
     pub listen: Option<SocketAddr>,
     /// A file holding the bearer token every request must carry.
     pub token_file: Option<PathBuf>,
+    /// DNS names a request's `Host` may carry besides addresses and
+    /// `localhost` (lower-case): the names monitoring scrapes it by.
+    pub hosts: Vec<String>,
 }
 
 pub(super) fn admin_settings(
@@ -51,10 +57,42 @@ pub(super) fn admin_settings(
         .token_file
         .as_ref()
         .map(|p| relative_to(file, p.get_ref()));
+    let hosts = match &a.hosts {
+        None => Vec::new(),
+        Some(list) => {
+            if token_file.is_none() && !list.get_ref().is_empty() {
+                // A page that rebinds one of these names to the host could
+                // otherwise call the API: only a token stops it then.
+                return Err(invalid(
+                    Some(list.span()),
+                    "admin.hosts".into(),
+                    "names in Host need admin.token_file: without a token, a web page that rebinds such a name to this host could call the API".into(),
+                ));
+            }
+            let mut out = Vec::new();
+            for h in list.get_ref() {
+                let h = h.trim().to_ascii_lowercase();
+                if h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return Err(invalid(
+                        Some(list.span()),
+                        "admin.hosts".into(),
+                        format!("{h:?} is not a host name (letters, digits, '-' and '.', no port)"),
+                    ));
+                }
+                out.push(h);
+            }
+            out
+        }
+    };
     if !a.enabled {
         return Ok(AdminSettings {
             listen: None,
             token_file,
+            hosts,
         });
     }
     let listen = *a.listen.get_ref();
@@ -84,6 +122,7 @@ pub(super) fn admin_settings(
     Ok(AdminSettings {
         listen: Some(listen),
         token_file,
+        hosts,
     })
 }
 
@@ -126,5 +165,18 @@ mod tests {
             c.admin.token_file.as_deref(),
             Some(Path::new("admin.token"))
         );
+    }
+
+    #[test]
+    fn host_names_need_the_token_and_are_names() {
+        let e = parse("hosts = [\"gw1.internal\"]").expect_err("no token");
+        assert!(
+            e.contains("admin.hosts: names in Host need admin.token_file"),
+            "{e}"
+        );
+        let e = parse("token_file = \"t\"\nhosts = [\"gw1:9901\"]").expect_err("port");
+        assert!(e.contains("is not a host name"), "{e}");
+        let c = parse("token_file = \"t\"\nhosts = [\"GW1.Internal\"]").expect("hosts");
+        assert_eq!(c.admin.hosts, ["gw1.internal"]);
     }
 }

@@ -130,17 +130,61 @@ pub(crate) fn read_pair(
     Ok((chain, der))
 }
 
-/// Where generated state (the self-signed certificate) lives:
-/// `$GATEWAY_STATE_DIR`, else `$XDG_STATE_HOME/gateway`, else `~/.local/state/gateway`.
+/// Where generated state (the self-signed certificate, the demo key)
+/// lives: `$GATEWAY_STATE_DIR`, else, under `sudo`, the invoking user's
+/// `~/.local/state/gateway` (so the paths printed at start work for the
+/// person who typed the command), else `$XDG_STATE_HOME/gateway`, else
+/// `~/.local/state/gateway`.
 pub fn state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("GATEWAY_STATE_DIR") {
         return PathBuf::from(d);
+    }
+    if let Some(u) = invoking_user() {
+        return u.dir.join(".local/state/gateway");
     }
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("gateway");
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
     home.join(".local/state/gateway")
+}
+
+/// Under `sudo`, the user who ran it (not root).
+fn invoking_user() -> Option<nix::unistd::User> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let name = std::env::var("SUDO_USER").ok()?;
+    if name == "root" {
+        return None;
+    }
+    nix::unistd::User::from_name(&name).ok().flatten()
+}
+
+/// Creates `dir` and the missing directories above it; under `sudo`, what
+/// it created (and later the files in it, [`hand_over`]) belongs to the
+/// invoking user, who can read it without root.
+pub fn make_state_dir(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    for d in &missing {
+        hand_over(d);
+    }
+    Ok(())
+}
+
+/// Gives a file made in the state directory to the invoking user under
+/// `sudo` (its mode stays: private files stay private to that user).
+pub fn hand_over(path: &Path) {
+    if let Some(u) = invoking_user()
+        && let Err(e) = nix::unistd::chown(path, Some(u.uid), Some(u.gid))
+    {
+        tracing::warn!("giving {} to {}: {e}", path.display(), u.name);
+    }
 }
 
 /// Paths of the self-signed certificate and key, generated if missing.
@@ -155,7 +199,7 @@ pub fn self_signed(dir: &Path, extra_name: &str) -> Result<(PathBuf, PathBuf, bo
         dir: dir.to_owned(),
         what,
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(format!("creating the directory: {e}")))?;
+    make_state_dir(dir).map_err(|e| fail(format!("creating the directory: {e}")))?;
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -173,6 +217,8 @@ pub fn self_signed(dir: &Path, extra_name: &str) -> Result<(PathBuf, PathBuf, bo
     opts.open(&key)
         .and_then(|mut f| f.write_all(generated.signing_key.serialize_pem().as_bytes()))
         .map_err(|e| fail(format!("writing {}: {e}", key.display())))?;
+    hand_over(&cert);
+    hand_over(&key);
     Ok((cert, key, true))
 }
 

@@ -1,8 +1,60 @@
-//! Other processes' listening sockets, from `/proc/net/tcp` and `tcp6` (of
+//! The listeners XDP guards, matched by address and port (`PORTS`), and
+//! other processes' listening sockets, from `/proc/net/tcp` and `tcp6` (of
 //! the gateway's network namespace): the plain-HTTP drop must not take a
 //! port another service already serves at the gateway's address.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use gateway_common::{ANY_V4, ANY_V6, PortKey, PortKind, PortPolicy, map_names};
+
+use super::{DataPlane, XdpError, map_err};
+use crate::policy::source_addr;
+
+impl DataPlane {
+    /// Unmarks a listener (both families for a wildcard `ip`).
+    pub fn forget_port(&mut self, ip: IpAddr, port: u16) {
+        for addr in listener_keys(ip) {
+            let _ = self.ports.remove(&PortKey {
+                addr,
+                port,
+                _pad: 0,
+            });
+        }
+    }
+
+    /// Marks a listener: `ip` and `port` (a wildcard `ip` covers every
+    /// address of its family; `::` also IPv4, as a dual-stack socket does).
+    pub fn set_port(&mut self, ip: IpAddr, port: u16, kind: PortKind) -> Result<(), XdpError> {
+        for addr in listener_keys(ip) {
+            let key = PortKey {
+                addr,
+                port,
+                _pad: 0,
+            };
+            self.ports
+                .insert(key, PortPolicy { kind: kind as u32 }, 0)
+                .map_err(|e| {
+                    map_err(
+                        map_names::PORTS,
+                        gateway_common::PORT_CAPACITY,
+                        format!("listener {}", SocketAddr::new(ip, port)),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The `PORTS` addresses a listener on `ip` is keyed by: a wildcard covers
+/// every address of its family, `::` also IPv4 (a dual-stack socket).
+fn listener_keys(ip: IpAddr) -> Vec<[u8; 16]> {
+    match crate::policy::canonical(ip) {
+        IpAddr::V4(v4) if v4.is_unspecified() => vec![ANY_V4],
+        IpAddr::V6(v6) if v6.is_unspecified() => vec![ANY_V6, ANY_V4],
+        other => vec![source_addr(other).octets],
+    }
+}
 
 /// TCP state LISTEN in `/proc/net/tcp`.
 const LISTEN: &str = "0A";

@@ -6,10 +6,7 @@
 //! or stale map is left behind. The attachment is a BPF link owned by this
 //! process, so the kernel detaches it when the process exits, however it exits.
 
-use std::{
-    io,
-    net::{IpAddr, SocketAddr},
-};
+use std::{io, net::IpAddr};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -17,8 +14,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use gateway_common::{
-    ANY_V4, ANY_V6, CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKey, PortKind,
-    PortPolicy, SYN_EXEMPT_CAPACITY, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
+    CIDR_CAPACITY, Outcome, PROGRAM_NAME, PlainHttpAction, PortKey, PortKind, PortPolicy,
+    SYN_EXEMPT_CAPACITY, SourceAddr, VERDICT_CAPACITY, Verdict, XdpConfig, map_names,
 };
 use ipnet::IpNet;
 
@@ -373,40 +370,6 @@ fn knobs(cfg: &Config) -> XdpConfig {
 }
 
 impl DataPlane {
-    /// Unmarks a listener (both families for a wildcard `ip`).
-    pub fn forget_port(&mut self, ip: IpAddr, port: u16) {
-        for addr in listener_keys(ip) {
-            let _ = self.ports.remove(&PortKey {
-                addr,
-                port,
-                _pad: 0,
-            });
-        }
-    }
-
-    /// Marks a listener: `ip` and `port` (a wildcard `ip` covers every
-    /// address of its family; `::` also IPv4, as a dual-stack socket does).
-    pub fn set_port(&mut self, ip: IpAddr, port: u16, kind: PortKind) -> Result<(), XdpError> {
-        for addr in listener_keys(ip) {
-            let key = PortKey {
-                addr,
-                port,
-                _pad: 0,
-            };
-            self.ports
-                .insert(key, PortPolicy { kind: kind as u32 }, 0)
-                .map_err(|e| {
-                    map_err(
-                        map_names::PORTS,
-                        gateway_common::PORT_CAPACITY,
-                        format!("listener {}", SocketAddr::new(ip, port)),
-                        e,
-                    )
-                })?;
-        }
-        Ok(())
-    }
-
     /// Attaches the program to `interface`.
     /// `auto` tries native (driver) mode first and falls back to generic
     /// (skb) mode when the driver has none, so the mode in use is known.
@@ -610,14 +573,4 @@ fn insert_cidr(
     let (bytes, len) = mapped_prefix(net);
     trie.insert(&Key::new(len, bytes), 1, 0)
         .map_err(|e| map_err(name, capacity, format!("CIDR {net}"), e))
-}
-
-/// The `PORTS` addresses a listener on `ip` is keyed by: a wildcard covers
-/// every address of its family, `::` also IPv4 (a dual-stack socket).
-fn listener_keys(ip: IpAddr) -> Vec<[u8; 16]> {
-    match crate::policy::canonical(ip) {
-        IpAddr::V4(v4) if v4.is_unspecified() => vec![ANY_V4],
-        IpAddr::V6(v6) if v6.is_unspecified() => vec![ANY_V6, ANY_V4],
-        other => vec![source_addr(other).octets],
-    }
 }

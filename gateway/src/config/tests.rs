@@ -1,0 +1,154 @@
+//! The configuration's own unit tests: parsing, errors with their lines, limits.
+
+use super::*;
+
+fn err(text: &str) -> String {
+    match Config::parse(text, "t.toml") {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded().expect("embedded default");
+    assert_eq!(c.https.to_string(), "127.0.0.1:8443");
+    assert_eq!(c.xdp.interface, "lo");
+    assert!(c.https_only);
+}
+
+#[test]
+fn bad_cidr_names_line_and_key() {
+    let e = err(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"10.0.0.0/8\", \"10.1.2.300/24\"]\n",
+    );
+    assert!(e.starts_with("t.toml:4: policy.deny[1]: "), "{e}");
+}
+
+#[test]
+fn cidr_errors_say_what_is_wrong() {
+    let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"10.0.0.0/33\"]\n");
+    assert_eq!(
+        e,
+        "t.toml:4: policy.deny[0]: prefix length `33` must be 0 to 32 for 10.0.0.0"
+    );
+    let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"nope/8\"]\n");
+    assert_eq!(e, "t.toml:4: policy.allow[0]: `nope` is not an IP address");
+    // A bare address is a host route.
+    let c = Config::parse(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"2001:db8::1\"]\n",
+        "t.toml",
+    )
+    .expect("valid");
+    assert_eq!(c.policy.allow[0].to_string(), "2001:db8::1/128");
+}
+
+#[test]
+fn same_ports_point_at_the_key() {
+    let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\nplain_http_port = 8443\n");
+    assert_eq!(
+        e,
+        "t.toml:3: listen.plain_http_port: must differ from the HTTPS port"
+    );
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n\n[xdp]\nmodee = \"skb\"\n");
+    assert!(e.starts_with("t.toml:5: xdp"), "{e}");
+    assert!(e.contains("modee"), "{e}");
+}
+
+#[test]
+fn bad_mode_is_refused() {
+    let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nmode = \"turbo\"\n");
+    assert!(e.starts_with("t.toml:4: xdp.mode: "), "{e}");
+}
+
+#[test]
+fn zero_burst_is_refused() {
+    let e = err("[listen]\nhttps = \"127.0.0.1:8443\"\n[xdp]\nsyn_burst = 0\n");
+    assert_eq!(e, "t.toml:4: xdp.syn_burst: must be at least 1");
+}
+
+#[test]
+fn auto_interface_needs_a_concrete_address() {
+    let e = err("[listen]\nhttps = \"0.0.0.0:8443\"\n");
+    assert!(e.contains("xdp.interface: `auto` cannot pick"), "{e}");
+}
+
+#[test]
+fn missing_listen_is_reported() {
+    let e = err("[xdp]\nmode = \"skb\"\n");
+    assert!(e.contains("missing field `listen`"), "{e}");
+}
+
+/// README's complete example is a configuration that loads.
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("A complete example:\n\n```toml\n")
+        .expect("the example")
+        + "A complete example:\n\n```toml\n".len();
+    let len = readme[start..].find("```").expect("its end");
+    let cfg = Config::parse(&readme[start..start + len], "README.md")
+        .unwrap_or_else(|e| panic!("README's example: {e}"));
+    assert!(cfg.redirect_plain_http && cfg.https_only);
+    assert_eq!(cfg.routes.len(), 1);
+}
+
+#[test]
+fn too_many_cidrs_are_refused() {
+    let many: Vec<String> = (0..=gateway_common::CIDR_CAPACITY)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let e = err(&format!(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [{}]\n",
+        many.join(",")
+    ));
+    assert!(
+        e.starts_with("t.toml:4: policy.allow: 16385 CIDRs, more than"),
+        "{e}"
+    );
+    let proxies: Vec<String> = (0..gateway_common::SYN_EXEMPT_CAPACITY)
+        .map(|i| format!("\"10.9.{}.{}\"", i / 256, i % 256))
+        .collect();
+    let e = err(&format!(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n[proxy]\ntrusted_proxies = [{}]\n",
+        proxies.join(",")
+    ));
+    assert!(
+        e.starts_with("t.toml:4: proxy.trusted_proxies: 1024 CIDRs, more than the kernel's SYN exemption holds (1022)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn content_types_are_media_types() {
+    let route = |ct: &str| {
+        format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"u\"\nauth = \"none\"\ncontent_types = [{ct}]\n"
+        )
+    };
+    let c = Config::parse(&route("\"Application/JSON\""), "t.toml").expect("valid");
+    assert_eq!(
+        c.routes[0].content_types,
+        vec!["application/json".to_owned()]
+    );
+    let e = err(&route("\"json\""));
+    assert_eq!(
+        e,
+        "t.toml:9: routes[0].content_types: `json` is not a media type (e.g. application/json)"
+    );
+}
+
+#[test]
+fn cidrs_are_normalised() {
+    let c = Config::parse(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\nallow = [\"198.18.0.7/24\"]\n",
+        "t.toml",
+    )
+    .expect("valid");
+    assert_eq!(c.policy.allow[0].to_string(), "198.18.0.0/24");
+}

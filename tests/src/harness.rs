@@ -140,6 +140,7 @@ pub struct Backend {
     /// What it received, in order.
     pub received: Arc<Mutex<Vec<Received>>>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -157,7 +158,13 @@ impl Backend {
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (r, s, a) = (received.clone(), stop.clone(), accepted.clone());
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, s, a, c) = (
+            received.clone(),
+            stop.clone(),
+            accepted.clone(),
+            closed.clone(),
+        );
         std::thread::spawn(move || {
             let until = Instant::now() + Duration::from_secs(300);
             while !s.load(Ordering::Relaxed) && Instant::now() < until {
@@ -165,8 +172,12 @@ impl Backend {
                     Ok((conn, peer)) => {
                         a.fetch_add(1, Ordering::Relaxed);
                         let _ = conn.set_nonblocking(false);
-                        let r = r.clone();
-                        std::thread::spawn(move || backend_conn(conn, peer.port(), r));
+                        let (r, c) = (r.clone(), c.clone());
+                        std::thread::spawn(move || {
+                            backend_conn(conn, peer.port(), r);
+                            // The connection is closed by now (dropped).
+                            c.fetch_add(1, Ordering::Relaxed);
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -176,8 +187,14 @@ impl Backend {
             addr,
             received,
             accepted,
+            closed,
             stop,
         }
+    }
+
+    /// Connections it has closed (or seen closed) so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Connections it accepted so far.
@@ -210,6 +227,17 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `done()` holds, polling, for at most `within` (a bound for
+/// a loaded machine, not a timing the test relies on); panics naming
+/// `what` if it never does.
+pub fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let until = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < until, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

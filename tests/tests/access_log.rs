@@ -151,6 +151,55 @@ fn every_request_gets_a_line_with_its_fields_and_no_secret() {
     }
 }
 
+/// The text format keeps the same promise: no key, token, cookie, query
+/// or path parameter in any line.
+#[test]
+fn the_text_format_logs_no_secret_either() {
+    let dir = TempDir::new("alog-text");
+    let tail = format!(
+        "[log]\nformat = \"text\"\noutput = \"{}\"\n",
+        dir.0.join("access.log").display()
+    );
+    let k = setup_keyed("alog-text", &format!("{SHOP_ROUTE}{ROUTES}"), &tail);
+    let s = &k.s;
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2VjcmV0c2lnbmF0dXJl";
+    let ok = s.get(
+        "/keyed/orders;jsessionid=SESSIONSECRET?card=4111111111111111",
+        &format!(
+            "x-api-key: {}\r\nCookie: session=cookie-secret-value\r\n",
+            k.key
+        ),
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        s.get("/keyed/x", &format!("Authorization: Bearer {token}\r\n"))
+            .status,
+        401
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(dir.0.join("access.log")).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("/keyed/orders") && text.contains(" 200 "),
+        "{text}"
+    );
+    for secret in [
+        k.key.as_str(),
+        token,
+        "cookie-secret-value",
+        "4111111111111111",
+        "SESSIONSECRET",
+    ] {
+        assert!(!text.contains(secret), "{secret} logged: {text}");
+    }
+}
+
 #[test]
 fn a_trusted_proxy_keeps_its_request_id_and_sigusr1_reopens_the_file() {
     let dir = TempDir::new("alog-rotate");

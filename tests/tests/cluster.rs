@@ -237,15 +237,27 @@ fn redis_killed_and_restarted_fails_open_or_closed_and_recovers() {
         );
     }
     // Open: the limit is counted locally (10/min burst 10), still enforced.
+    let before = open.backend.hits("/limited");
     let local: Vec<u16> = (0..11).map(|_| status(&open, "/limited/x")).collect();
     assert_eq!(local.iter().filter(|&&s| s == 200).count(), 10, "{local:?}");
     assert_eq!(local[10], 429);
+    assert_eq!(
+        open.backend.hits("/limited") - before,
+        10,
+        "the 429 reached the backend"
+    );
     // Closed: limited routes refuse; others are served.
+    let before = closed.backend.hits("/limited");
     let r = closed.get("/limited/x", "");
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(
         gateway_tests::harness::reason_of(&r),
         "rate_limit.unavailable"
+    );
+    assert_eq!(
+        closed.backend.hits("/limited"),
+        before,
+        "the 503 reached the backend"
     );
     assert_eq!(status(&closed, "/plain"), 200);
     // Several failed retries, one line.

@@ -366,6 +366,10 @@ fn body_over_the_route_limit_is_413() {
     raw.extend_from_slice(b"\r\n0\r\n\r\n");
     c.send(&raw).expect("send");
     assert_eq!(c.response("POST").expect("response").status, 413);
+    assert!(
+        s.backend.received().is_empty(),
+        "a refused body went upstream"
+    );
 }
 
 #[test]
@@ -472,15 +476,30 @@ fn connection_tokens_never_strip_host_and_zero_length_is_kept() {
 fn a_pooled_connection_the_backend_closed_is_not_used() {
     let s = setup("stalepool", "");
     let mut c = s.client();
+    let closed = |n: usize| {
+        gateway_tests::harness::wait_until("the backend closes", Duration::from_secs(5), || {
+            s.backend.closed() >= n
+        });
+    };
     assert_eq!(c.get("/then-close").expect("response").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-    // Bodiless and with a body: neither may hit the dead connection.
+    closed(1);
+    // Bodiless and with a body: each reaches the backend once, on a
+    // connection other than the one it closed.
     assert_eq!(c.get("/after").expect("response").status, 200);
     assert_eq!(c.get("/then-close").expect("response").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    closed(2);
     c.send(b"POST /after HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
         .expect("send");
     assert_eq!(c.response("POST").expect("response").status, 200);
+    let got = s.backend.received();
+    let paths: Vec<_> = s.backend.paths();
+    assert_eq!(paths, ["/then-close", "/after", "/then-close", "/after"]);
+    assert_ne!(got[1].conn_port, got[0].conn_port);
+    assert_ne!(got[3].conn_port, got[2].conn_port);
+    assert_eq!(
+        got[3].body_sha256,
+        gateway_tests::harness::sha256_hex(b"hi")
+    );
 }
 
 /// A connection back in the pool a moment ago is reused without a check
@@ -590,7 +609,7 @@ fn sessions_resume_with_tls13_and_tls12() {
 
 #[test]
 fn a_refused_connect_is_retried_on_another_server() {
-    let s = setup("retry", "");
+    let mut s = setup("retry", "");
     for i in 0..4 {
         let mut c = s.client();
         c.send(format!("GET /mixed/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
@@ -602,6 +621,13 @@ fn a_refused_connect_is_retried_on_another_server() {
         );
     }
     assert_eq!(s.backend.received().len(), 4);
+    // The refusing server was tried (round robin sends it half of them),
+    // not skipped: each of its refusals is logged.
+    let line =
+        s.gw.proc
+            .wait_for_line("upstream mixed server", Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("the refusing server was never tried: {:?}", s.gw.proc.seen));
+    assert!(line.contains("connect"), "{line}");
 }
 
 #[test]

@@ -175,6 +175,12 @@ fn limits_per_source_consumer_and_route_answer_429_and_spare_the_backend() {
     assert_eq!(s.get("/route-a", "").status, 200);
     assert_eq!(s.get("/route-a", "").status, 429);
     assert_eq!(s.get("/route-b", "").status, 200);
+    assert_eq!(
+        s.backend.hits("/route-a"),
+        2,
+        "a refused request reached the backend"
+    );
+    assert_eq!(s.backend.hits("/route-b"), 1);
     // A route without limits carries no headers.
     let r = s.get("/plain", "");
     assert_eq!(r.status, 200);

@@ -400,6 +400,25 @@ fn refused_reloads_change_nothing() {
     let err = refused(&gw, &missing);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     assert_eq!(served_leaf(port, &certs.ca), leaf(a.cert));
+    // Valid changes (a deny CIDR that would refuse this very client, a new
+    // route) beside one failing file: refused whole, none of them applied.
+    let combined = config(
+        port,
+        &Variant {
+            cert: Path::new("/nonexistent/cert.pem"),
+            deny: "\"127.0.0.1/32\"",
+            only: "/only-b",
+            ..a
+        },
+    );
+    let err = refused(&gw, &combined);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    assert_eq!(
+        status(port, &certs.ca, "/only-b"),
+        404,
+        "the new route was applied"
+    );
+    assert_eq!(served_leaf(port, &certs.ca), leaf(a.cert));
     // A listener change needs a restart.
     let other = free_port();
     let err = refused(

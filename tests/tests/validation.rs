@@ -242,6 +242,13 @@ fn hostile_and_invalid_bodies_never_reach_the_backend() {
             "",
             "duplicate_key",
         ),
+        // At depth too: a duplicate inside an array's object.
+        (
+            format!(r#"{{"id":"{ID}","items":[{{"qty":1,"qty":99}}]}}"#).into(),
+            "validation.json",
+            "",
+            "duplicate_key",
+        ),
         (deep.into(), "validation.json", "", "max_depth"),
         (
             format!(r#"{{"id":"{ID}","items":[{{"qty":123456789012345678901234567890}}]}}"#).into(),

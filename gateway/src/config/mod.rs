@@ -297,6 +297,22 @@ impl Config {
         Self::parse(EMBEDDED_DEFAULT, "<embedded default>")
     }
 
+    /// The body of the `config` fuzz target: any text either parses, or
+    /// fails with an error that names the file (and its line where it has
+    /// one), never a panic. Whether it parsed.
+    pub fn fuzz_parse(data: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(data) else {
+            return false;
+        };
+        match Self::parse(text, "fuzz.toml") {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(e.to_string().starts_with("fuzz.toml:"), "{e}");
+                false
+            }
+        }
+    }
+
     /// Parses and validates `text`, naming it `file` in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let invalid = located(text, file);

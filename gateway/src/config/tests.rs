@@ -152,3 +152,23 @@ fn cidrs_are_normalised() {
     .expect("valid");
     assert_eq!(c.policy.allow[0].to_string(), "198.18.0.0/24");
 }
+
+#[test]
+fn the_config_fuzz_body_holds_on_mutated_seeds() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("A complete example:\n\n```toml\n")
+        .expect("the example")
+        + "A complete example:\n\n```toml\n".len();
+    let example = &readme[start..start + readme[start..].find("```").expect("end")];
+    let seeds: &[&[u8]] = &[
+        include_bytes!("default.toml"),
+        example.as_bytes(),
+        b"[listen]\nhttps = \"127.0.0.1:8443\"\n[policy]\ndeny = [\"198.18.0.0/24\"]\n",
+    ];
+    let parsed = crate::http::fuzz::mutated(seeds)
+        .iter()
+        .filter(|input| Config::fuzz_parse(input))
+        .count();
+    assert!(parsed >= 10, "only {parsed} configurations parsed");
+}

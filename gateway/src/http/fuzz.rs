@@ -3,8 +3,10 @@
 
 use super::{Framing, chunked::Decoder, request, response};
 
-/// Parses a request head; checks what an accepted head promises.
-pub fn request(data: &[u8]) {
+/// Parses a request head; checks what an accepted head promises. Whether
+/// it accepted one (the unit tests count them: a parser that refuses
+/// everything would pass the checks).
+pub fn request(data: &[u8]) -> bool {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let limits = request::HeadLimits {
         max_request_line: 256,
@@ -32,11 +34,15 @@ pub fn request(data: &[u8]) {
         if te {
             assert_eq!(h.framing, Framing::Chunked);
         }
+        return true;
     }
+    false
 }
 
-/// Parses a response head (as for GET and for HEAD).
-pub fn response(data: &[u8]) {
+/// Parses a response head (as for GET and for HEAD); whether one was
+/// accepted.
+pub fn response(data: &[u8]) -> bool {
+    let mut accepted = false;
     for head in [false, true] {
         let mut hdrs = [httparse::EMPTY_HEADER; 64];
         if let Ok(Some(r)) = response::parse(data, &mut hdrs, 4096, head) {
@@ -44,12 +50,15 @@ pub fn response(data: &[u8]) {
             if head {
                 assert_eq!(r.framing, Framing::None);
             }
+            accepted = true;
         }
     }
+    accepted
 }
 
-/// Decodes a chunked body whole and split at every third byte; both must agree.
-pub fn chunked(data: &[u8]) {
+/// Decodes a chunked body whole and split at every third byte; both must
+/// agree. Whether the body was complete and valid.
+pub fn chunked(data: &[u8]) -> bool {
     let mut whole = Decoder::new();
     let mut out_whole = Vec::new();
     let r_whole = whole.feed(data, Some(&mut out_whole));
@@ -78,12 +87,22 @@ pub fn chunked(data: &[u8]) {
                 assert_eq!(p.consumed, consumed);
                 assert_eq!(out_whole, out_split);
             }
+            p.done
         }
-        (Err(a), Err(b)) => assert_eq!(a, b),
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b);
+            false
+        }
         // A prefix that is valid so far versus an error found later is fine
         // only if the whole input was not finished.
-        (Ok(p), Err(_)) => assert!(!p.done || p.consumed < data.len()),
-        (Err(_), Ok(())) => assert!(!split.is_done()),
+        (Ok(p), Err(_)) => {
+            assert!(!p.done || p.consumed < data.len());
+            false
+        }
+        (Err(_), Ok(())) => {
+            assert!(!split.is_done());
+            false
+        }
     }
 }
 
@@ -130,10 +149,22 @@ mod tests {
 
     #[test]
     fn fuzz_bodies_hold_on_mutated_seeds() {
-        for input in inputs() {
-            super::request(&input);
-            super::response(&input);
-            super::chunked(&input);
+        let (mut requests, mut responses, mut bodies) = (0, 0, 0);
+        let inputs = inputs();
+        for input in &inputs {
+            requests += usize::from(super::request(input));
+            responses += usize::from(super::response(input));
+            bodies += usize::from(super::chunked(input));
         }
+        // The checks ran on accepted inputs, not only on refusals: the
+        // seeds and some of their mutants parse (18, 9 and 6 of 1,204
+        // today; a parser that refuses everything gets none).
+        assert!(
+            requests >= 10,
+            "{requests} of {} requests accepted",
+            inputs.len()
+        );
+        assert!(responses >= 5, "{responses} responses accepted");
+        assert!(bodies >= 4, "{bodies} chunked bodies complete");
     }
 }

@@ -267,6 +267,10 @@ fn check_loads_every_file_run_loads() {
     let weak_secret = file("weak.secret", "short\n");
     let good_secret = file("good.secret", &"k".repeat(48));
     let broken_jwks = file("broken.jwks", "{\"keys\": [{\"kty\": \"EC\"}]}");
+    let oct_jwks = file(
+        "oct.jwks",
+        "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"h\", \"k\": \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\"}]}",
+    );
     let empty_client_secret = file("empty.client", "\n");
     let listen = "[listen]\nhttps = \"127.0.0.1:8443\"\n";
     let jwt = |source: &str| {
@@ -297,6 +301,11 @@ fn check_loads_every_file_run_loads() {
             "broken JWKS file",
             jwt(&format!("jwks_file = \"{broken_jwks}\"")).replace("HS256", "ES256"),
             "auth.jwt[0] (idp)",
+        ),
+        (
+            "a JWKS holding only a symmetric key",
+            jwt(&format!("jwks_file = \"{oct_jwks}\"")).replace("HS256", "RS256"),
+            "symmetric key in a JWKS",
         ),
         (
             "missing introspection secret",

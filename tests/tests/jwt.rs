@@ -585,6 +585,39 @@ fn hostile_tokens_never_reach_the_backend() {
 }
 
 #[test]
+fn a_symmetric_key_in_a_jwks_file_verifies_nothing() {
+    // A published JWKS is public: an `oct` key in it would let anyone sign
+    // HS256 tokens with its secret (algorithm confusion).
+    let f = fixture("jwtoct");
+    let secret = b"a secret someone published in a key set";
+    let oct = format!(
+        r#"{{"kty":"oct","kid":"h","alg":"HS256","k":"{}"}}"#,
+        B64.encode(secret)
+    );
+    let rsa = jwk(&f.rsa, "r1");
+    std::fs::write(&f.jwks_path, format!(r#"{{"keys":[{oct},{rsa}]}}"#)).expect("rewrite");
+    // The rewrite is taken up once the EC key (gone from it) stops working.
+    let es = bearer(&token(ES, &corp(""), &f.ec));
+    gateway_tests::harness::wait_until("the JWKS reloads", Duration::from_secs(5), || {
+        f.s.get("/orders/es", &es).status == 401
+    });
+    let forged = token(
+        r#"{"alg":"HS256","kid":"h"}"#,
+        &corp(""),
+        &Key::Hmac(secret.to_vec()),
+    );
+    let r = f.s.get("/orders/forged", &bearer(&forged));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(reason_of(&r).starts_with("jwt."), "{r:?}");
+    assert_eq!(
+        f.s.get("/orders/rs", &bearer(&token(RS, &corp(""), &f.rsa)))
+            .status,
+        200
+    );
+    assert_eq!(f.s.backend.hits("/orders/forged"), 0);
+}
+
+#[test]
 fn a_key_removed_from_the_jwks_file_stops_cached_tokens() {
     let f = fixture("jwtrotate");
     let valid = bearer(&token(ES, &corp(""), &f.ec));

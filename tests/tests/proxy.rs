@@ -372,6 +372,24 @@ fn body_over_the_route_limit_is_413() {
     );
 }
 
+/// Without XDP (the suite's default), plain HTTP sent to the TLS port is
+/// answered in plain HTTP with a reason, and nothing reaches the backend.
+#[test]
+fn plain_http_to_the_tls_port_gets_a_400_that_says_why() {
+    use std::io::{Read, Write};
+    let s = setup("tls-plain", "");
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"reason\":\"tls.plain_http\""), "{answer}");
+    assert!(s.backend.received().is_empty());
+}
+
 #[test]
 fn plain_http_is_redirected_to_https() {
     let s = setup("redirect", "");

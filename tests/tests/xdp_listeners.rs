@@ -187,3 +187,32 @@ fn https_only_drops_only_the_gateways_own_plain_port() {
     assert!(answer.ends_with("neighbour 127.0.0.1:8080"), "{answer}");
     stop(gw);
 }
+
+/// Plain HTTP sent to the TLS port, as `plain_http_on_tls` says: reset in
+/// XDP (the default, above), dropped, or passed to the gateway, which
+/// answers 400 `tls.plain_http` in plain HTTP.
+#[test]
+fn plain_http_on_the_tls_port_is_dropped_or_answered_as_configured() {
+    require_root();
+    let ns = namespace("lsn-onTls");
+    let dir = TempDir::new("xdp-on-tls");
+    let certs = Certs::issue(&dir.0, &["localhost"]);
+    let with = |action: &str| {
+        config(&certs, "").replace(
+            "mode = \"skb\"\n",
+            &format!("mode = \"skb\"\nplain_http_on_tls = \"{action}\"\n"),
+        )
+    };
+    let gw = run_gateway_in(&ns, &dir.0, &with("drop"));
+    let dropped = plain_get(&ns, "127.0.0.1:8443");
+    assert!(
+        dropped.as_ref().is_err_and(|e| e.starts_with("read")),
+        "connected, then nothing: {dropped:?}"
+    );
+    stop(gw);
+    let gw = run_gateway_in(&ns, &dir.0, &with("pass"));
+    let answer = plain_get(&ns, "127.0.0.1:8443").expect("the gateway answers");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("tls.plain_http"), "{answer}");
+    stop(gw);
+}

@@ -50,6 +50,9 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     let keys =
         KeyRing::load_configured(cfg.auth.key_file.as_deref(), cfg.auth.allow_empty_key_file)
             .map_err(|e| e.to_string())?;
+    // Stamped before the first read too: an issuer file rewritten while
+    // the gateway starts is read again at the first tick.
+    let issuer_files = IssuerFiles::new(&cfg.auth.jwt);
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
     let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
@@ -169,7 +172,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     announce(&cfg, &certs, demo_key.as_deref());
     let mut control = Control {
         keys: key_watch,
-        issuer_files: IssuerFiles::new(&cfg.auth.jwt),
+        issuer_files,
         fetchers: asks,
         failures: AuthFailures::default(),
         rx,

@@ -275,3 +275,62 @@ fn a_streamed_chunked_body_counts_its_framing_and_its_chunks() {
         "a refused body completed upstream"
     );
 }
+
+/// Bodies larger than the 16 KiB a request buffers before the upstream,
+/// within `max_body_bytes`, judged invalid by a schema or the WAF, plain
+/// and chunked: refused before any connection upstream is opened (counted
+/// at a listener that never accepts: what the gateway connected waits in
+/// its queue).
+#[test]
+fn bodies_past_the_buffer_are_judged_before_any_upstream_connection() {
+    let never = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let routes = format!(
+        "[[upstreams]]\nname = \"never\"\nservers = [\"{}\"]\n\n\
+         [[routes]]\npath_prefix = \"/schema\"\nupstream = \"never\"\nauth = \"none\"\n\
+         max_body_bytes = 262144\nbody_schema = {{ type = \"object\", required = [\"a\"] }}\n\n\
+         [[routes]]\npath_prefix = \"/waf\"\nupstream = \"never\"\nauth = \"none\"\n\
+         max_body_bytes = 262144\nwaf = \"block\"\n",
+        never.local_addr().expect("addr")
+    );
+    let s = setup_with("bodies-judged", "", "workers = 1", &routes, "", &[]);
+    let filler = "x".repeat(100 * 1024);
+    let broken = format!("{{\"a\":\"{filler}\",}}");
+    let attack =
+        format!("{{\"note\":\"{filler}\",\"q\":\"' UNION SELECT password FROM users--\"}}");
+    let send = |path: &str, body: &str, chunked: bool| {
+        let mut c = s.client();
+        let mut raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        );
+        if chunked {
+            raw.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            for part in body.as_bytes().chunks(8000) {
+                raw.push_str(&format!(
+                    "{:x}\r\n{}\r\n",
+                    part.len(),
+                    String::from_utf8_lossy(part)
+                ));
+            }
+            raw.push_str("0\r\n\r\n");
+        } else {
+            raw.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        }
+        let _ = c.send(raw.as_bytes());
+        refused(&mut c)
+    };
+    for chunked in [false, true] {
+        assert_eq!(
+            send("/schema/x", &broken, chunked),
+            (400, "validation.json".into()),
+            "chunked {chunked}"
+        );
+        assert_eq!(
+            send("/waf/x", &attack, chunked),
+            (403, "waf.sqli".into()),
+            "chunked {chunked}"
+        );
+    }
+    never.set_nonblocking(true).expect("nonblocking");
+    let opened = std::iter::from_fn(|| never.accept().ok()).count();
+    assert_eq!(opened, 0, "the gateway connected upstream before judging");
+}

@@ -3,8 +3,10 @@
 //! trusted proxy's address cannot lock the proxy out; a load test from the
 //! host itself is never cut; an IPv6 attacker is its /64 (rotating inside
 //! it escapes nothing) and is refused request by request before the kernel
-//! drops it; a configured upstream is never sentenced in the kernel; and a
-//! full verdict map falls back to request verdicts and says so.
+//! drops it; a configured upstream is never sentenced in the kernel; the
+//! host itself and a trusted proxy driving refusals are never sentenced in
+//! the kernel; and a full verdict map falls back to request verdicts and
+//! says so.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -323,4 +325,104 @@ fn a_full_verdict_map_falls_back_to_request_verdicts() {
     assert_eq!(entry.enforced, "request");
     // And `sh` is still usable: nothing was left attached.
     sh(&["true"]).expect("shell");
+}
+
+/// With XDP on `lo` (as `cargo xtask run` attaches it) and escalation on
+/// with every verdict meant for the kernel: the host's own client earning
+/// verdicts by WAF hits, guessed keys and 429s is refused request by
+/// request (a kernel drop would cut the host off its own gateway) and
+/// still connects; a trusted proxy forwarding attacks is never counted.
+#[test]
+fn loopback_and_a_trusted_proxy_are_never_sentenced_in_the_kernel() {
+    require_root();
+    let ns = NetNs::new(&format!("gwt-lo-esc-{}", std::process::id() % 10_000)).expect("namespace");
+    let dir = TempDir::new("xdp-lo-esc");
+    let certs = Certs::issue(&dir.0, &["localhost"]);
+    let keys = dir.0.join("consumers.toml");
+    std::fs::write(&keys, "").expect("key file");
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\nplain_http_port = 8080\n\n{certs}\n\
+         [auth]\nkey_file = \"{keys}\"\nallow_empty_key_file = true\n\
+         [demo]\nlisten = \"127.0.0.1:8081\"\n\
+         [[upstreams]]\nname = \"demo\"\nservers = [\"127.0.0.1:8081\"]\n\
+         [[routes]]\npath_prefix = \"/keyed\"\nupstream = \"demo\"\nauth = [\"api_key\"]\n\
+         [[routes]]\npath_prefix = \"/limited\"\nupstream = \"demo\"\nauth = \"none\"\nrate_limits = [\"ip\"]\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"demo\"\nauth = \"none\"\nwaf = \"block\"\n\
+         [[rate_limit.limits]]\nname = \"ip\"\nkey = \"source\"\nrate = \"1/min\"\n\
+         [rate_limit.escalation]\nattacks = 2\nauth_failures = 2\nrejections = 2\nwindow_secs = 60\nban_secs = 1\nmax_ban_secs = 1\nkernel_after = 1\n\
+         [proxy]\ntrusted_proxies = [\"127.0.0.2/32\"]\n\
+         [xdp]\ninterface = \"lo\"\nmode = \"skb\"\n",
+        certs = certs.toml(),
+        keys = keys.display(),
+    );
+    let mut gw = run_gateway_in(&ns, &dir.0, &config);
+    let dst = SocketAddr::from(([127, 0, 0, 1], 8443));
+    let cfg = client_config(&certs.ca, &[&rustls::version::TLS13]);
+    let get = |src: [u8; 4], path: &str, headers: &str| -> Option<(u16, String)> {
+        ns.run(|| {
+            let tcp = connect_from(IpAddr::from(src), dst, Duration::from_secs(1)).ok()?;
+            let mut c = Client::over(tcp, "localhost", cfg.clone()).ok()?;
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").as_bytes())
+                .ok()?;
+            let r = c.response("GET").ok()?;
+            Some((r.status, reason_of(&r)))
+        })
+    };
+    let attack = "/?q=%27%20OR%20%271%27%3D%271";
+    let host = [127, 0, 0, 1];
+    // Each kind of offence, in turn, by the host's own client.
+    for (what, path, headers, answer) in [
+        ("WAF hits", attack, "", (403, "waf.sqli")),
+        (
+            "guessed keys",
+            "/keyed/x",
+            "x-api-key: gwk_guessed\r\n",
+            (401, "auth.invalid_key"),
+        ),
+        ("429s", "/limited/x", "", (429, "rate_limit.exceeded")),
+    ] {
+        let mut refused = 0;
+        for _ in 0..4 {
+            match get(host, path, headers) {
+                Some((status, reason)) if (status, reason.as_str()) == answer => refused += 1,
+                Some(_) => {}
+                None => panic!("{what}: the host was cut off its own gateway"),
+            }
+        }
+        assert!(refused >= 2, "{what}: {refused} refused");
+        let line = gw
+            .wait_for_line("verdict: 127.0.0.1", Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("{what}: no verdict: {:?}", gw.seen));
+        assert!(
+            line.contains("refused request by request"),
+            "{what}: {line}"
+        );
+        assert!(line.contains("would cut the gateway off"), "{what}: {line}");
+        // Served its answer, never dropped: it still connects.
+        let during = get(host, "/fine", "").expect("the host still connects");
+        assert!(
+            matches!(during.0, 403 | 429) && during.1.starts_with("verdict."),
+            "{what}: {during:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(get(host, "/fine", "").map(|r| r.0), Some(200), "{what}");
+    }
+    // A trusted proxy forwarding attacks for its clients: refused, never
+    // counted against it, never sentenced.
+    for i in 0..6 {
+        let r = get(
+            [127, 0, 0, 2],
+            attack,
+            &format!("X-Forwarded-For: 198.18.77.{i}\r\n"),
+        );
+        assert_eq!(r.map(|r| r.0), Some(403));
+    }
+    assert!(
+        gw.wait_for_line("verdict: 127.0.0.2", Duration::from_millis(1500))
+            .is_none(),
+        "the trusted proxy was sentenced: {:?}",
+        gw.seen
+    );
+    assert_eq!(get([127, 0, 0, 2], "/fine", "").map(|r| r.0), Some(200));
+    stop(gw);
 }

@@ -101,7 +101,13 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
     gateway_tests::require_root();
     let out = std::env::temp_dir().join(format!("gw-report-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new(env!("CARGO_BIN_EXE_gateway-bench"))
+    // In a network namespace of its own: the benchmark's fixed ports
+    // (18080-18446) can then never meet a service of the host's.
+    let ns = gateway_tests::NetNs::new(&format!("gwt-report-{}", std::process::id() % 10_000))
+        .expect("namespace");
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(env!("CARGO_BIN_EXE_gateway-bench"))
         .args(["all", "--reduced", "--out"])
         .arg(&out)
         .arg("--gateway")

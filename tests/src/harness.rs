@@ -101,12 +101,31 @@ impl Certs {
     }
 }
 
-/// A port nothing listens on right now.
+/// Ports handed out: below the kernel's ephemeral range (32768 and up,
+/// where every outgoing connection takes its local port), so no client
+/// socket of any test can hold one between its check here and the bind
+/// that uses it; each at most once per test process, starting at a place
+/// drawn from the process id (test binaries run one after the other).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port nothing listens on, this process has not handed out before, and
+/// no outgoing connection can take.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let seed = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORTS.start + (seed.wrapping_add(n)) % span;
+        // Free now on both loopbacks (nobody else listens there).
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// One request as the backend received it.

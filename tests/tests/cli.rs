@@ -396,18 +396,22 @@ fn ns_config_on(name: &str, iface: &str, port: u16) -> std::path::PathBuf {
     write_config(
         name,
         &format!(
-            "[listen]\nhttps = \"127.0.0.1:{port}\"\n[xdp]\ninterface = \"{iface}\"\nsweep_interval_ms = 50\n"
+            "[listen]\nhttps = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\ninterface = \"{iface}\"\nsweep_interval_ms = 50\n"
         ),
     )
 }
 
+/// `gateway run` in `ns`, its generated state in a directory of the
+/// test's own (never the real `$HOME`).
 fn run_in(ns: &NetNs, config: &std::path::Path) -> Running {
+    let state = config.with_extension("state");
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns.name()])
         .arg(gateway_bin())
         .arg("run")
         .arg("--config")
-        .arg(config);
+        .arg(config)
+        .env("GATEWAY_STATE_DIR", state);
     Running::spawn(cmd)
 }
 

@@ -343,9 +343,11 @@ fn slowloris_is_cut_after_the_header_timeout() {
         c.closed_within(Duration::from_secs(1)),
         "connection left open"
     );
+    // Not before the 800 ms header timeout; well before the next deadline
+    // that could have cut it (the 60 s idle timeout), on a loaded machine.
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(700) && took < Duration::from_secs(20),
         "cut after {took:?}"
     );
     assert!(s.backend.received().is_empty());

@@ -641,6 +641,7 @@ fn one_address_opens_a_thousand_connections_at_once_and_a_flood_is_cut() {
             })
             .count()
     };
+    let started = std::time::Instant::now();
     let first = open(1000);
     assert_eq!(first.len(), 1000, "connects failed");
     assert_eq!(
@@ -657,12 +658,16 @@ fn one_address_opens_a_thousand_connections_at_once_and_a_flood_is_cut() {
         "{:?}",
         s.gw.proc.seen
     );
-    // Far past burst + rate: cut, and the log names the limit.
+    // Far past burst + rate: cut, and the log names the limit. What the
+    // budget may admit follows from the time the connects took (1,000 of
+    // the 2,000 burst left, 1,000 a second since), however slow the
+    // machine; it must be cut to that.
     let flood = open(4000);
+    let allowed = 1000 + (1000.0 * started.elapsed().as_secs_f64()) as usize + 100;
     let kept_flood = kept(&flood);
     assert!(
-        kept_flood < 3000,
-        "a burst of 4000 more was not cut ({kept_flood} kept)"
+        kept_flood <= allowed.min(3990),
+        "a burst of 4000 more was not cut to the budget ({kept_flood} kept, {allowed} allowed)"
     );
     let line =
         s.gw.proc

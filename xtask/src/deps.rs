@@ -71,7 +71,9 @@ mod tests {
     /// crate of the tree banned fails it: the check can fail.
     #[test]
     fn the_policy_passes_the_tree_and_a_ban_fails_it() {
-        let deny = toolchain::ensure_cargo_deny().expect("cargo-deny");
+        let deny = toolchain::installed_cargo_deny().expect(
+            "cargo-deny is not installed: `cargo xtask test` runs the dependency check (which builds it) first; alone, run `cargo xtask deps`",
+        );
         let root = build::workspace_root();
         let policy = std::fs::read_to_string(root.join("deny.toml")).expect("deny.toml");
         assert!(policy_holds(&deny, &root, &root.join("deny.toml")).expect("run"));

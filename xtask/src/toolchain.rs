@@ -144,11 +144,11 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf> {
 /// The `cargo-deny` executable, built on first use (a few minutes) into
 /// the tools directory.
 pub fn ensure_cargo_deny() -> Result<PathBuf> {
-    let root = tools_dir()?.join(format!("cargo-deny-{CARGO_DENY_VERSION}"));
-    let exe = root.join("bin/cargo-deny");
-    if exe.is_file() {
+    if let Some(exe) = installed_cargo_deny() {
         return Ok(exe);
     }
+    let root = tools_dir()?.join(format!("cargo-deny-{CARGO_DENY_VERSION}"));
+    let exe = root.join("bin/cargo-deny");
     eprintln!(
         "xtask: building cargo-deny {CARGO_DENY_VERSION} into {} (first use, a few minutes)",
         root.display()
@@ -156,6 +156,16 @@ pub fn ensure_cargo_deny() -> Result<PathBuf> {
     let cmd = cargo_install("cargo-deny", CARGO_DENY_VERSION, &root);
     run_install(cmd, &exe, "cargo-deny", "cargo xtask deps")?;
     Ok(exe)
+}
+
+/// cargo-deny where [`ensure_cargo_deny`] puts it, if it is there: for
+/// the unit test, which never builds it (no registry access from a test;
+/// `cargo xtask test` runs the dependency check, which builds it, first).
+pub fn installed_cargo_deny() -> Option<PathBuf> {
+    let exe = tools_dir()
+        .ok()?
+        .join(format!("cargo-deny-{CARGO_DENY_VERSION}/bin/cargo-deny"));
+    exe.is_file().then_some(exe)
 }
 
 /// `cargo install NAME --version VERSION --locked --root ROOT`, outside the

@@ -78,6 +78,8 @@ pub fn all(opts: Opts) -> Result<()> {
         install_peers: opts.install_peers,
         out: opts.out.clone(),
         gateway: opts.gateway.clone(),
+        // An A/B of two builds is `bench proxy --baseline`.
+        baseline: None,
     };
     let mut outcome = proxy::run(proxy_opts)?;
     let mut sections = Vec::new();

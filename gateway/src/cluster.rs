@@ -28,29 +28,23 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        atomic::{AtomicBool, Ordering},
+        mpsc::Receiver,
     },
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
+pub use crate::stages::rate_limit::cluster_link::{Link, UNAVAILABLE, link};
 use crate::{
     background::Background,
     clock::{Clock, Monotonic, unix_ms},
-    config::{ClusterSettings, OnFailure},
-    respond::Failure,
-    verdicts::Book,
-    worker::Shared,
+    config::ClusterSettings,
+    stages::rate_limit::{Limiter, cluster_link::Admitted},
+    verdicts::{Book, Shout},
 };
 
-/// Limited routes while Redis is down and `on_failure = "closed"`.
-pub const UNAVAILABLE: Failure = Failure::internal(503, "rate_limit.unavailable");
-
-/// Admitted requests queued between syncs at most; beyond, they are
-/// dropped and counted (the cluster then under-counts this gateway).
-const QUEUE: usize = 1 << 18;
 /// Verdict changes kept for Redis while it is unreachable, at most.
 const MAX_PENDING: usize = 10_000;
 /// Buckets per Lua call.
@@ -77,78 +71,6 @@ for i = 1, #KEYS do
 end
 return out
 ";
-
-/// Requests admitted on a bucket: its key, its limit's interval (ns), how many.
-pub type Admitted = (u64, u64, u32);
-
-/// The workers' side: where admitted requests go, and whether Redis is up.
-pub struct Link {
-    tx: SyncSender<Admitted>,
-    /// Redis cannot be reached (true until the first connection).
-    pub down: AtomicBool,
-    /// Refuse limited routes while down.
-    pub fail_closed: bool,
-    dropped: AtomicU64,
-    /// Pipelines sent to Redis (by the sync thread; the request path sends none).
-    pub syncs: AtomicU64,
-}
-
-impl Link {
-    /// Records `n` requests admitted on `key`, of a limit `interval_ns` apart.
-    pub fn admitted(&self, key: u64, interval_ns: u64, n: u32) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send((key, interval_ns, n))
-        {
-            self.dropped.fetch_add(u64::from(n), Ordering::Relaxed);
-        }
-    }
-
-    /// Admitted requests dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Whether a limited route must refuse now.
-    pub fn refuses(&self) -> bool {
-        self.fail_closed && self.down.load(Ordering::Relaxed)
-    }
-}
-
-/// A verdict change to publish.
-#[derive(Debug, Clone)]
-pub enum Shout {
-    /// Placed until `expires_unix_ms`.
-    Placed {
-        /// The source.
-        source: IpAddr,
-        /// When it ends.
-        expires_unix_ms: u64,
-        /// The map's reason number.
-        reason: u32,
-        /// What earned it.
-        why: String,
-    },
-    /// Lifted.
-    Lifted {
-        /// The source.
-        source: IpAddr,
-    },
-}
-
-/// The link for the workers and the receiving end for [`Cluster::start`].
-pub fn link(settings: &ClusterSettings) -> (Link, Receiver<Admitted>) {
-    let (tx, rx) = sync_channel(QUEUE);
-    (
-        Link {
-            tx,
-            down: AtomicBool::new(true),
-            fail_closed: settings.on_failure == OnFailure::Closed,
-            dropped: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-        },
-        rx,
-    )
-}
 
 /// The running threads.
 pub struct Cluster {
@@ -178,7 +100,7 @@ impl Cluster {
     /// Starts syncing limits and verdicts with the Redis at `settings.redis`.
     pub fn start(
         settings: &ClusterSettings,
-        shared: Arc<Shared>,
+        limits: Arc<Limiter>,
         book: Arc<Mutex<Book>>,
         admitted: Receiver<Admitted>,
         shouts: Receiver<Shout>,
@@ -191,7 +113,7 @@ impl Cluster {
         let sync = Sync {
             client: client.clone(),
             url: shown(&url),
-            shared,
+            limits,
             node: node.clone(),
             admitted,
             shouts,
@@ -223,7 +145,7 @@ fn rand_u64() -> u64 {
 struct Sync {
     client: redis::Client,
     url: String,
-    shared: Arc<Shared>,
+    limits: Arc<Limiter>,
     node: String,
     admitted: Receiver<Admitted>,
     shouts: Receiver<Shout>,
@@ -234,7 +156,7 @@ struct Sync {
 
 impl Sync {
     fn run(self, stop: &AtomicBool) {
-        let link = self.shared.link.as_ref();
+        let link = self.limits.link.as_ref();
         let mut con: Option<redis::Connection> = None;
         let mut pending: Vec<Shout> = Vec::new();
         let mut retry_at = Instant::now();
@@ -295,7 +217,7 @@ impl Sync {
     }
 
     fn went_down(&self, why: &str) {
-        let Some(l) = self.shared.link.as_ref() else {
+        let Some(l) = self.limits.link.as_ref() else {
             return;
         };
         // Once per outage: when it was up, or the first time it never came up.
@@ -342,7 +264,7 @@ impl Sync {
             return Ok(());
         }
         let answers: Vec<Vec<String>> = pipe.query(con)?;
-        let buckets = &self.shared.buckets;
+        let buckets = &self.limits.buckets;
         let now = buckets.now_ns();
         // Each answer is how far ahead of now the cluster's bucket is.
         for (chunk, ahead) in keys.chunks(PER_CALL).zip(answers) {

@@ -156,9 +156,9 @@ thread_local! {
 
 /// Whether `peer` is one of the snapshot's trusted proxies.
 fn is_trusted(snap: &Snapshot, peer: SocketAddr) -> bool {
-    let source = crate::policy::canonical(peer.ip());
+    let source = crate::addr::canonical(peer.ip());
     snap.trusted_proxies
-        .contains(&crate::policy::source_addr(source))
+        .contains(&crate::addr::source_addr(source))
 }
 
 pub(crate) fn ms(v: u64) -> Duration {

@@ -309,7 +309,8 @@ pub fn spawn_fetcher(
     i: usize,
     s: JwtSettings,
     https: Https,
-    published: Arc<crate::worker::Shared>,
+    published: Arc<Published>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     asks: Receiver<()>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -331,11 +332,11 @@ pub fn spawn_fetcher(
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
-                if published.stopping.load(Ordering::Relaxed) {
+                if stopping.load(Ordering::Relaxed) {
                     return;
                 }
                 last = std::time::Instant::now();
-                refresh_keys(i, &s, &https, &published.published);
+                refresh_keys(i, &s, &https, &published);
             }
         })
         .map(|_| ())

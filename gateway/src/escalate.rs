@@ -21,8 +21,8 @@ use gateway_common::VerdictReason;
 use ipnet::IpNet;
 
 use crate::{
+    addr::{CidrSet, source_addr, source_of},
     config::EscalationSettings,
-    policy::{CidrSet, source_addr, source_of},
 };
 
 /// Sources counted (and offenders remembered) at most.

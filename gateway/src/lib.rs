@@ -3,13 +3,22 @@
 //!
 //! One module per stage of the request pipeline, in the order a request
 //! meets them: `server` (accept) → `tls` → `http` (parse) → `route` →
-//! `upstream` → `filters` (response headers) → `log`; `pipeline` calls them
-//! in that order and `respond` turns every failure into a response.
-//! Around them: `config`, `xdp` (kernel data plane), `policy` and `enforce`
-//! (where the source policy is enforced), `reload` (SIGHUP and `gateway
-//! reload`), `fdlimit` (connection caps against
-//! `RLIMIT_NOFILE`), `demo` (the built-in backend).
+//! `stages` (auth, CORS, authz, limits, validation, WAF) → `proxy`
+//! (upstreams) → `filters` (response headers) → `observe` (access log,
+//! metrics); `pipeline` calls them in that order, over the connection in
+//! `conn`, and `respond` turns every failure into a response. Beneath
+//! them the leaves: `addr` (sources and CIDR sets), `json` (strict
+//! documents and compiled schemas), `config`, `clock`, `buffers`.
+//! Around them: `worker` (one thread's state), `snapshot` (the compiled
+//! configuration), `control`, `escalate`, `verdicts` and `cluster` (the
+//! verdict loop and Redis), `xdp` (kernel data plane), `policy` and
+//! `enforce` (where the source policy is enforced), `reload` (SIGHUP and
+//! `gateway reload`), `admin`, `audit`, `fetch`, `background`, `fdlimit`
+//! (connection caps against `RLIMIT_NOFILE`), `demo` (the built-in
+//! backend). Imports point down this list, never back up: `cargo xtask
+//! layout` checks it.
 
+pub mod addr;
 pub mod admin;
 pub mod audit;
 pub mod background;
@@ -26,6 +35,7 @@ pub mod fdlimit;
 pub mod fetch;
 pub mod filters;
 pub mod http;
+pub mod json;
 pub mod observe;
 pub mod pipeline;
 pub mod policy;

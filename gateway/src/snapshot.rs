@@ -9,9 +9,9 @@ use std::sync::{
 };
 
 use crate::{
+    addr::CidrSet,
     config::{Authenticator, Config, RouteAuth},
     filters::ResponseFilters,
-    policy::CidrSet,
     route::RouteTable,
     stages::{
         auth::{

@@ -14,7 +14,6 @@ use std::{
 };
 
 use crate::{
-    cluster::Link,
     control::Events,
     observe::{
         access_log::{AccessLog, Lines},
@@ -29,7 +28,7 @@ use crate::{
             introspect::{AnswerCache, Introspector},
             jwt::TokenCache,
         },
-        rate_limit::{Buckets, Leases},
+        rate_limit::{Leases, Limiter},
         validation,
     },
 };
@@ -37,27 +36,23 @@ use crate::{
 /// Server-wide state shared by all workers.
 pub struct Shared {
     /// The configuration snapshot in force.
-    pub published: Published,
+    pub published: Arc<Published>,
     /// The source policy when XDP does not enforce it.
     pub source_policy: Option<Arc<Mutex<SourcePolicy>>>,
     /// Set once on SIGTERM/SIGINT.
-    pub stopping: AtomicBool,
+    pub stopping: Arc<AtomicBool>,
     /// Events for the control side (auth failures).
     pub events: Events,
     /// The pool that asks introspection endpoints, if any is configured.
     pub introspector: Option<Introspector>,
-    /// Rate-limit buckets, shared by every worker (lock-free).
-    pub buckets: Buckets,
-    /// Where admitted requests go when limits are shared through Redis.
-    pub link: Option<Link>,
+    /// Rate-limit buckets and the cluster link.
+    pub limits: Arc<Limiter>,
     /// The access log's writer, when it is on.
     pub access_log: Option<AccessLog>,
     /// The workers' published metrics.
     pub metrics: Board,
     /// Each upstream's health and circuit-breaker gauges.
     pub health: Arc<crate::proxy::health::Registry>,
-    /// Open connections per source (`limits.max_connections_per_source`).
-    pub source_conns: Arc<crate::server::SourceConns>,
     /// Verdicts enforced request by request (placed by the control side).
     pub request_verdicts: Arc<crate::verdicts::RequestVerdicts>,
 }

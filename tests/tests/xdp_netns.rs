@@ -15,7 +15,8 @@ use std::{
 use gateway::{
     clock::{Clock, Monotonic},
     config::{AttachMode, Config},
-    xdp::{Counters, DataPlane, Lists, XdpError},
+    policy::Lists,
+    xdp::{Counters, DataPlane, XdpError},
 };
 use gateway_common::{Outcome, Verdict, VerdictReason};
 use gateway_tests::{Testbed, connect_from, require_root, syn_flood};

@@ -4,6 +4,7 @@
 
 mod build;
 mod deps;
+mod layout;
 mod toolchain;
 
 use std::process::{Command, ExitCode};
@@ -47,6 +48,9 @@ enum Cmd {
     },
     /// Lint the host workspace and the eBPF crate.
     Clippy,
+    /// Print the import cycles between modules of `gateway/src` (the test
+    /// suite refuses any).
+    Layout,
     /// Benchmarks: `all` (the default: every peer scenario into one report
     /// folder), `proxy` (vs HAProxy and nginx, closed and open loop), `xdp`
     /// (kernel drop path vs nftables), `flood` (legitimate load while a
@@ -96,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
             exec(Command::new(bin).arg("run").args(args))
         }
         Cmd::Deps => deps::check(),
+        Cmd::Layout => layout::check(&build::workspace_root().join("gateway/src")),
         Cmd::Test { args } => {
             // The whole suite starts with the dependency check; a filtered
             // run (`cargo xtask test -p ... --test NAME`) skips it.

@@ -20,6 +20,8 @@ pub struct Files {
     pub gateway: PathBuf,
     /// The authenticated gateway's.
     pub gateway_key: PathBuf,
+    /// `gateway`'s on the baseline's port (`--baseline`).
+    pub gateway_base: PathBuf,
     /// HAProxy's.
     pub haproxy: PathBuf,
     /// nginx's.
@@ -157,6 +159,14 @@ enabled = false
             pin = opts.pin_workers
         ),
     )?;
+    let gw_base_conf = work.join("gateway-base.toml");
+    std::fs::write(
+        &gw_base_conf,
+        std::fs::read_to_string(&gw_conf)?.replace(
+            &format!("127.0.0.1:{}", PORTS[1].1),
+            &format!("127.0.0.1:{}", PORTS[5].1),
+        ),
+    )?;
     // The API-key scenario: one consumer, its key sent by wrk.
     let api_key = gateway::stages::auth::api_key::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let key_file = work.join("consumers.toml");
@@ -266,6 +276,7 @@ http {{
         backend: backend_conf,
         gateway: gw_conf,
         gateway_key: gw_key_conf,
+        gateway_base: gw_base_conf,
         haproxy: haproxy_conf,
         nginx: nginx_conf,
         api_key,

@@ -96,6 +96,11 @@ pub struct Opts {
     /// The gateway binary.
     #[arg(long, default_value = "target/release/gateway")]
     pub gateway: PathBuf,
+    /// Another gateway binary (say, main's build beside a change) run on
+    /// the same configuration as rows `gw-base` and `gwb+valid`, rounds
+    /// alternating with every other row: an A/B of two builds.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
 }
 
 const BACKEND_PORT: u16 = 18080;
@@ -117,7 +122,7 @@ fn backend_accepts() -> Option<u64> {
     let numbers = out.split("requests").nth(1)?;
     numbers.split_whitespace().next()?.parse().ok()
 }
-const PORTS: [(&str, u16); 5] = [
+const PORTS: [(&str, u16); 6] = [
     ("backend", BACKEND_PORT),
     ("gateway", 18443),
     // The same gateway with an API key required on the route (auth stage,
@@ -125,6 +130,8 @@ const PORTS: [(&str, u16); 5] = [
     ("gw+key", 18446),
     ("haproxy", 18444),
     ("nginx", 18445),
+    // `--baseline`: another build of the gateway on `gateway`'s configuration.
+    ("gw-base", 18447),
 ];
 
 /// One run of one scenario.
@@ -405,6 +412,11 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
             opts.gateway.display()
         )
     })?;
+    if let Some(base) = &opts.baseline {
+        let found = std::fs::canonicalize(base)
+            .with_context(|| format!("--baseline {}", base.display()))?;
+        opts.baseline = Some(found);
+    }
     std::fs::create_dir_all(&opts.out)?;
     let work = std::fs::canonicalize(&opts.out)?.join("work");
     let _ = std::fs::remove_dir_all(&work);

@@ -165,6 +165,14 @@ pub fn start(
         &["run", "--config", &s(&files.gateway_key)],
         PORTS[2].1,
     )?;
+    if let Some(base) = &opts.baseline {
+        launch(
+            "gw-base",
+            base,
+            &["run", "--config", &s(&files.gateway_base)],
+            PORTS[5].1,
+        )?;
+    }
     if have("haproxy") {
         launch(
             "haproxy",
@@ -228,6 +236,8 @@ pub fn start(
     let (g, k, h, n) = (PORTS[1].1, PORTS[2].1, PORTS[3].1, PORTS[4].1);
     add("backend", "", BACKEND_PORT, "/", None, false, true);
     add("gateway", "gateway", g, "/", None, false, true);
+    // `launch` ran only with `--baseline`; `add` skips a process not running.
+    add("gw-base", "gw-base", PORTS[5].1, "/", None, false, true);
     add("gw+key", "gw+key", k, "/", key, false, true);
     // The demo backend speaks no TLS: this row needs nginx.
     if !demo_backend {
@@ -288,6 +298,15 @@ pub fn start(
     // each proxy (`/post` takes the gateway's catch-all route).
     add("gw+valid", "gateway", g, "/orders", None, true, true);
     add("gw+post", "gateway", g, "/post", None, true, false);
+    add(
+        "gwb+valid",
+        "gw-base",
+        PORTS[5].1,
+        "/orders",
+        None,
+        true,
+        true,
+    );
     add("ha+post", "haproxy", h, "/orders", None, true, true);
     add("ng+post", "nginx", n, "/orders", None, true, false);
     if !opts.only.is_empty() {

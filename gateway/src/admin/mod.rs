@@ -405,7 +405,7 @@ impl Api {
                 200,
                 json!({"upstreams": self.shared.health.all().iter().map(|u| u.json(now)).collect::<Vec<_>>()}),
             )),
-            ("GET", ["cluster"]) => Ok(match &self.shared.link {
+            ("GET", ["cluster"]) => Ok(match &self.shared.limits.link {
                 None => (200, json!({"redis": null})),
                 Some(l) => (
                     200,
@@ -506,7 +506,7 @@ impl Api {
                 consumer: who,
                 route: r,
             };
-            let live = rate_limit::live(&self.shared.buckets, settings, &who);
+            let live = rate_limit::live(&self.shared.limits.buckets, settings, &who);
             for i in &snap.cfg.routes[r].rate_limits {
                 let (_, c) = live[*i];
                 let l = &settings.limits[*i];

@@ -1,10 +1,7 @@
 //! Per route: authentication, authorization, limits, validation, CORS.
 
 use super::{Add, Lines, Severity};
-use crate::{
-    config::{Config, OriginRule, RouteAuth},
-    stages::waf::Mode,
-};
+use crate::config::{Config, OriginRule, RouteAuth, WafMode};
 
 const WRITES: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
@@ -115,7 +112,7 @@ pub(super) fn check(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
                 "list the methods the API serves in `methods`",
             );
         }
-        if r.waf == Mode::Off && cfg.waf.mode == Mode::Off {
+        if r.waf == WafMode::Off && cfg.waf.mode == WafMode::Off {
             add(
                 Severity::Medium,
                 "route.no_waf",

@@ -4,10 +4,7 @@
 use std::net::IpAddr;
 
 use super::{Add, Lines, Severity};
-use crate::{
-    config::{Config, Underscores},
-    stages::waf::Mode,
-};
+use crate::config::{Config, Underscores, WafMode};
 
 /// TLS, plain HTTP, upstream hops, trusted proxies.
 pub(super) fn transport(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
@@ -133,7 +130,7 @@ pub(super) fn settings(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
             );
         }
     }
-    if cfg.waf.mode == Mode::Detect {
+    if cfg.waf.mode == WafMode::Detect {
         add(
             Severity::Low,
             "waf.detect_only",

@@ -17,7 +17,7 @@ use gateway::{
     snapshot::{Published, Snapshot},
     stages::{
         auth::{api_key::KeyRing, introspect::Introspector},
-        rate_limit::Buckets,
+        rate_limit::{Buckets, Limiter},
     },
     tls,
     verdicts::Book,
@@ -89,21 +89,27 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     health.sync(&cfg.upstreams, upstream_tls);
     let shared = Arc::new(Shared {
         health: health.clone(),
-        source_conns: Arc::default(),
         request_verdicts: Arc::default(),
-        published: Published::new(Snapshot::new(cfg.clone(), tls_config, Arc::new(keys), jwks)),
+        published: Arc::new(Published::new(Snapshot::new(
+            cfg.clone(),
+            tls_config,
+            Arc::new(keys),
+            jwks,
+        ))),
         source_policy: enforcement.userspace_policy(),
-        stopping: AtomicBool::new(false),
+        stopping: Arc::new(AtomicBool::new(false)),
         events,
         introspector: Introspector::start(&cfg.auth.introspection)?,
-        buckets: match &cfg.cluster.redis {
-            // Every gateway of the cluster names buckets alike.
-            Some(url) if cfg.rate_limit.shared => {
-                Buckets::with_seed(cfg.rate_limit.table_entries, cluster::seed(url))
-            }
-            _ => Buckets::new(cfg.rate_limit.table_entries),
-        },
-        link,
+        limits: Arc::new(Limiter {
+            buckets: match &cfg.cluster.redis {
+                // Every gateway of the cluster names buckets alike.
+                Some(url) if cfg.rate_limit.shared => {
+                    Buckets::with_seed(cfg.rate_limit.table_entries, cluster::seed(url))
+                }
+                _ => Buckets::new(cfg.rate_limit.table_entries),
+            },
+            link,
+        }),
         metrics: gateway::observe::metrics::Board::new(cfg.runtime.workers),
         access_log: match cfg.access_log {
             true => Some(
@@ -132,7 +138,13 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
             if let Ok(mut b) = book.lock() {
                 b.share(tx);
             }
-            let c = Cluster::start(&cfg.cluster, shared.clone(), book.clone(), admitted, shouts)?;
+            let c = Cluster::start(
+                &cfg.cluster,
+                shared.limits.clone(),
+                book.clone(),
+                admitted,
+                shouts,
+            )?;
             tracing::info!(
                 "cluster: limits {} and verdicts shared through Redis at {} (sync every {} ms)",
                 if cfg.rate_limit.shared {
@@ -165,8 +177,15 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
             continue;
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        control::spawn_fetcher(i, cfg.auth.jwt[i].clone(), https, shared.clone(), rx)
-            .map_err(|e| format!("starting the key fetcher: {e}"))?;
+        control::spawn_fetcher(
+            i,
+            cfg.auth.jwt[i].clone(),
+            https,
+            shared.published.clone(),
+            shared.stopping.clone(),
+            rx,
+        )
+        .map_err(|e| format!("starting the key fetcher: {e}"))?;
         asks.push(Some(tx));
     }
     announce(&cfg, &certs, demo_key.as_deref());

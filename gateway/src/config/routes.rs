@@ -1,7 +1,7 @@
 //! `[[routes]]`: host, path and methods to match, the upstream, limits.
 
 use super::*;
-use crate::stages::validation::{BodySchema, Param};
+use crate::json::{BodySchema, Param};
 
 /// Most distinct roles (and scopes, and claim rules) across all routes:
 /// they are bits of a `u64`.
@@ -46,7 +46,7 @@ pub(super) struct RouteFile {
     #[serde(default)]
     pub(super) params: Vec<ParamFile>,
     #[serde(default)]
-    pub(super) waf: Option<crate::stages::waf::Mode>,
+    pub(super) waf: Option<super::WafMode>,
 }
 
 /// How a route matches the path.
@@ -129,7 +129,7 @@ pub struct RouteSettings {
     /// The OpenAPI operation it was imported from, if it was.
     pub origin: Option<String>,
     /// What its WAF does.
-    pub waf: crate::stages::waf::Mode,
+    pub waf: super::WafMode,
     /// The largest body its WAF reads whole (`[waf] max_body_bytes`).
     pub waf_body: u64,
 }
@@ -142,7 +142,7 @@ impl RouteSettings {
     pub fn judged_body_limit(&self) -> u64 {
         if self.body_schema.is_some() {
             self.max_body_bytes
-        } else if self.waf != crate::stages::waf::Mode::Off {
+        } else if self.waf != super::WafMode::Off {
             self.max_body_bytes.min(self.waf_body)
         } else {
             0
@@ -158,7 +158,7 @@ pub(super) struct RouteContext<'a> {
     pub(super) limits: &'a [LimitSettings],
     pub(super) cors: Option<&'a CorsSettings>,
     pub(super) file: &'a str,
-    pub(super) waf: crate::stages::waf::Mode,
+    pub(super) waf: super::WafMode,
     pub(super) waf_body: u64,
 }
 

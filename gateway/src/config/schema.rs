@@ -2,9 +2,9 @@
 //! or an inline table, compiled once at load.
 
 use super::*;
-use crate::stages::validation::{
-    self, BodySchema, Param,
-    params::{Kind, Location},
+use crate::{
+    http::is_json,
+    json::{BodySchema, Kind, Location, Param, compile, compile_reference},
 };
 
 /// Largest body a validating route may buffer: the whole body is read
@@ -54,11 +54,11 @@ pub(super) fn route_body_schema(
             (value, path.display().to_string())
         }
     };
-    let validator = validation::compile(&schema).map_err(|e| fail(format!("{from}: {e}")))?;
+    let validator = compile(&schema).map_err(|e| fail(format!("{from}: {e}")))?;
     if route.content_types.is_empty() {
         route.content_types.push("application/json".into());
     }
-    if let Some(t) = route.content_types.iter().find(|t| !validation::is_json(t)) {
+    if let Some(t) = route.content_types.iter().find(|t| !is_json(t)) {
         return Err(invalid(
             None,
             format!("routes[{i}].content_types"),
@@ -159,8 +159,8 @@ pub(super) fn route_params(
             return Err(fail(p.name.span(), format!("`{name}` is declared twice")));
         }
         let schema = serde_json::Value::Object(p.schema.clone());
-        let validator = validation::compile_reference(&schema)
-            .map_err(|e| fail(p.name.span(), format!("schema: {e}")))?;
+        let validator =
+            compile_reference(&schema).map_err(|e| fail(p.name.span(), format!("schema: {e}")))?;
         let array = schema.get("type").and_then(|t| t.as_str()) == Some("array");
         let items = if array {
             schema.get("items").unwrap_or(&schema)

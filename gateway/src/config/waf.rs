@@ -2,13 +2,25 @@
 //! scans besides its own list.
 
 use super::*;
-use crate::stages::waf::Mode;
+
+/// What a route's WAF does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WafMode {
+    /// Nothing is scanned.
+    #[default]
+    Off,
+    /// Detections are logged and counted, the request goes on.
+    Detect,
+    /// Detections are logged and counted, and the request gets 403.
+    Block,
+}
 
 /// `[waf]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct WafFile {
-    mode: Mode,
+    mode: WafMode,
     skip_headers: Vec<String>,
     max_body_bytes: Option<Spanned<u64>>,
 }
@@ -23,7 +35,7 @@ pub const DEFAULT_WAF_BODY: u64 = 1024 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct WafSettings {
     /// The mode of a route that sets none.
-    pub mode: Mode,
+    pub mode: WafMode,
     /// Header names (lowercase) never scanned: the configured ones and the
     /// API key header (a credential, never judged or logged).
     pub skip_headers: Vec<String>,

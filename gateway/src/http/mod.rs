@@ -8,6 +8,7 @@
 
 pub mod chunked;
 pub mod fuzz;
+pub mod query;
 pub mod request;
 pub mod response;
 
@@ -159,4 +160,14 @@ pub fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
 /// Index of the end of the head (just past the blank line), if complete.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// `application/json` or any `+json` type (case-insensitive).
+pub fn is_json(media: &str) -> bool {
+    media.eq_ignore_ascii_case("application/json")
+        || media
+            .len()
+            .checked_sub(5)
+            .and_then(|i| media.get(i..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
 }

@@ -37,7 +37,7 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }
     let route = &c.snap().cfg.routes[a.route];
-    if a.body_kind == BodyKind::Repeated && route.waf == waf::Mode::Block && a.framing.has_body() {
+    if a.body_kind == BodyKind::Repeated && route.waf == WafMode::Block && a.framing.has_body() {
         // Two media types: the WAF would read the body as one, the backend
         // perhaps as the other.
         return Err(Abort::Respond(Failure::CONTENT_TYPE, None));
@@ -159,13 +159,13 @@ fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
         // Also without a body: `body_required` is judged.
         return Some(a.max_body);
     }
-    if !a.framing.has_body() || route.waf == waf::Mode::Off {
+    if !a.framing.has_body() || route.waf == WafMode::Off {
         return None;
     }
     let limit = route.judged_body_limit();
     match a.framing {
-        Framing::Length(n) if n > limit && route.waf == waf::Mode::Detect => None,
-        _ if route.waf == waf::Mode::Detect && a.body_kind == BodyKind::Other => {
+        Framing::Length(n) if n > limit && route.waf == WafMode::Detect => None,
+        _ if route.waf == WafMode::Detect && a.body_kind == BodyKind::Other => {
             // Detect mode reads an unlabelled body whole only when it is
             // small enough to buffer anyway.
             let small = snap.cfg.limits.buffer_body_bytes as u64;
@@ -192,7 +192,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
         // De-chunked while read (`read_whole_body`): no chunked body is left.
         Framing::Chunked | Framing::None | Framing::UntilClose => &[][..],
     };
-    let scan = route.waf != waf::Mode::Off;
+    let scan = route.waf != WafMode::Off;
     let mut pointer = std::mem::take(&mut scratch.pointer);
     let found = match a.body_kind {
         _ if route.body_schema.is_some() => validation::judge_body(
@@ -209,7 +209,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
             }) {
                 // A document a detect-only WAF cannot parse is still
                 // scanned as text; a blocking one refuses it.
-                Err(_) if route.waf == waf::Mode::Detect => {
+                Err(_) if route.waf == WafMode::Detect => {
                     problem.clear();
                     Ok(waf::scan_text(body))
                 }

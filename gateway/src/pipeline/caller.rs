@@ -87,7 +87,7 @@ pub(super) async fn introspect(
         let snap = c.snap();
         let per_source = snap.cfg.auth.introspection[endpoint].lookups_per_source;
         if let Some(source) = source.filter(|_| per_source > 0) {
-            let b = &w.shared.buckets;
+            let b = &w.shared.limits.buckets;
             let who =
                 crate::stages::rate_limit::source_key(source, snap.cfg.rate_limit.ipv6_prefix);
             let key = b.key("introspection lookups", &[&who, &endpoint.to_le_bytes()]);

@@ -12,6 +12,7 @@
 
 mod body;
 mod caller;
+mod docs;
 mod record;
 mod source;
 
@@ -24,7 +25,8 @@ use std::{
 };
 
 use crate::{
-    config::{RouteSettings, Underscores},
+    addr,
+    config::{RouteSettings, Underscores, WafMode},
     conn::{self, Conn, HeadParts},
     control::Event,
     http::{
@@ -32,14 +34,13 @@ use crate::{
         request::{HeadLimits, RequestHead},
     },
     observe::access_log::AccessRecord,
-    policy,
     proxy::{self, Admitted, BodyKind, Done, Plan},
     respond::{Abort, Failure},
     route::{Miss, normalize},
     snapshot::Snapshot,
     stages::{
         auth::{self, AuthError, Identity},
-        cors, docs,
+        cors,
         rate_limit::{self, Consumer, Meter, Phase},
         validation, waf,
     },
@@ -200,7 +201,7 @@ fn report(w: &Worker, c: &Conn, f: Failure, by_source: bool) {
     if c.trusted {
         return;
     }
-    let source = policy::canonical(c.peer.ip());
+    let source = addr::canonical(c.peer.ip());
     let event = match f.status {
         401 if !auth::is_guess(f) => return,
         401 => Event::AuthFailed { source },
@@ -309,7 +310,7 @@ fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refus
         validation::params::check(&route.params, path, query, p.problem)
             .map_err(|f| refuse(f, head.keep_alive))?;
     }
-    if route.waf != waf::Mode::Off {
+    if route.waf != WafMode::Off {
         let skip = &p.snap.cfg.waf.skip_headers;
         if let Some(hit) = waf::scan_head(path, query, head.headers, skip) {
             let counted = !p.trusted && !ctx.on_behalf;
@@ -446,10 +447,10 @@ fn charge_limits(
         consumer,
         route: index,
     };
-    let link = w.shared.link.as_ref().filter(|_| settings.shared);
+    let link = w.shared.limits.link.as_ref().filter(|_| settings.shared);
     let mut tally = w.tally.borrow_mut();
     let mut meter = Meter {
-        buckets: &w.shared.buckets,
+        buckets: &w.shared.limits.buckets,
         link,
         leases: &mut w.leases.borrow_mut(),
         refused_by_source: false,
@@ -474,7 +475,7 @@ fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> P
         http10: head.minor == 0,
         // Read only where the WAF will read the body.
         body_kind: match route.waf {
-            waf::Mode::Off => BodyKind::Other,
+            WafMode::Off => BodyKind::Other,
             _ => body_kind(head),
         },
         streaming_body: false,
@@ -503,11 +504,11 @@ fn waf_hit(
     peer: SocketAddr,
     counted: bool,
     route: usize,
-    mode: waf::Mode,
+    mode: WafMode,
     hit: &waf::Hit,
 ) -> Result<(), Failure> {
-    let source = policy::canonical(peer.ip());
-    let blocked = mode == waf::Mode::Block;
+    let source = addr::canonical(peer.ip());
+    let blocked = mode == WafMode::Block;
     tracing::warn!(
         "waf: {hit} from {source} on routes[{route}]{}",
         if blocked {

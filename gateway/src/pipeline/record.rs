@@ -74,12 +74,12 @@ fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
     // Behind a trusted proxy the subject is the client it names; the
     // proxy's own address is never counted.
     let source = match (c.trusted, ctx.client) {
-        (false, _) => policy::canonical(c.peer.ip()),
-        (true, Some(client)) => policy::canonical(client),
+        (false, _) => addr::canonical(c.peer.ip()),
+        (true, Some(client)) => addr::canonical(client),
         (true, None) => return,
     };
     // A chain of trusted hops names no client: no proxy is ever counted.
-    if c.trusted && snap.trusted_proxies.contains(&policy::source_addr(source)) {
+    if c.trusted && snap.trusted_proxies.contains(&addr::source_addr(source)) {
         return;
     }
     let consumer = match ctx.identity {

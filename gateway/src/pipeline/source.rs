@@ -6,9 +6,9 @@
 use std::net::IpAddr;
 
 use crate::{
+    addr,
     clock::{Clock, Monotonic},
     http::request::RequestHead,
-    policy,
     respond::Failure,
     snapshot::Snapshot,
     stages::rate_limit,
@@ -34,8 +34,8 @@ pub(super) fn verdict(
         (true, Some(client)) => client,
         (true, None) => rate_limit::client_source(peer, head.headers, &snap.trusted_proxies),
     };
-    let source = policy::source_of(who, snap.cfg.rate_limit.ipv6_prefix);
-    if snap.trusted_proxies.contains(&policy::source_addr(source)) {
+    let source = addr::source_of(who, snap.cfg.rate_limit.ipv6_prefix);
+    if snap.trusted_proxies.contains(&addr::source_addr(source)) {
         return None;
     }
     let (reason, left_ns) = w

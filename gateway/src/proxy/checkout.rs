@@ -9,7 +9,8 @@ use super::{
     Attempt, Budget, Upstream,
     connect::{self, ConnectError},
     health,
-    pool::{Pool, UpstreamConn},
+    pool::Pool,
+    upstream_conn::UpstreamConn,
 };
 use crate::{
     clock::{Clock, Monotonic},

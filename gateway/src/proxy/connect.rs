@@ -6,7 +6,7 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use tokio_uring::net::TcpStream;
 
-use super::pool::{UPSTREAM_READ, UpstreamConn};
+use super::upstream_conn::{UPSTREAM_READ, UpstreamConn};
 
 /// Why a connection could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod pool;
 pub mod request;
 pub mod response;
 pub mod tls;
+pub mod upstream_conn;
 
 use std::{
     cell::{Cell, RefCell},
@@ -23,8 +24,9 @@ use std::{
 
 use checkout::{Busy, checkout_or_connect, failed, reuse};
 use health::Registry;
-use pool::{Pool, UpstreamConn};
+use pool::Pool;
 use response::Relay;
+use upstream_conn::UpstreamConn;
 
 use crate::{
     config::UpstreamSettings,

@@ -5,110 +5,21 @@
 //! takes a lock.
 
 use std::{
-    io,
     net::SocketAddr,
-    os::fd::AsRawFd,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio_uring::net::TcpStream;
-
-use super::health::UpstreamHealth;
+use super::{health::UpstreamHealth, upstream_conn::UpstreamConn};
 use crate::{
     clock::{Clock, Monotonic},
     config::{Balance, UpstreamSettings},
     observe::metrics::ServerFigures,
 };
 
-/// Read buffer of an upstream connection.
-pub(super) const UPSTREAM_READ: usize = 16 * 1024;
 /// First and longest backoff for a server that refused connections.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// A connection to one upstream server.
-pub struct UpstreamConn {
-    /// The socket.
-    pub tcp: TcpStream,
-    /// Bytes read and not yet consumed are `buf[start..]`.
-    pub buf: Vec<u8>,
-    /// Start of unconsumed bytes in `buf`.
-    pub start: usize,
-    /// Index of the server within its upstream.
-    pub server: usize,
-    /// Whether it came from the idle pool (a failure before any response
-    /// byte may then just mean the server closed it while idle).
-    pub reused: bool,
-    /// The TLS session, on a TLS hop.
-    pub(super) tls: Option<Box<super::tls::Session>>,
-    /// When it last went back to the pool (for the idle timeout).
-    pub(super) idle_since: Option<Instant>,
-}
-
-impl UpstreamConn {
-    /// Reads more bytes into `buf`; returns how many (0 = EOF).
-    pub async fn read_more(&mut self) -> io::Result<usize> {
-        use tokio_uring::buf::BoundedBuf as _;
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        if self.tls.is_some() {
-            return self.read_tls_plaintext().await;
-        }
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(UPSTREAM_READ);
-        }
-        let len = self.buf.len();
-        let buf = std::mem::take(&mut self.buf);
-        let (res, slice) = self.tcp.read(buf.slice(len..)).await;
-        self.buf = slice.into_inner();
-        res
-    }
-
-    /// Unconsumed bytes.
-    pub fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    /// Whether nothing the upstream sent is left unread: no pending bytes,
-    /// and on a TLS hop no plaintext still inside the session (bytes past
-    /// the response would be read as the next one's).
-    pub fn drained(&mut self) -> bool {
-        self.pending().is_empty() && self.tls.as_mut().is_none_or(|s| s.drained())
-    }
-
-    /// Marks `n` pending bytes consumed.
-    pub fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-    }
-
-    /// The socket's descriptor.
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.tcp.as_raw_fd()
-    }
-
-    /// Whether an idle pooled connection is still open: a non-blocking peek
-    /// that finds neither EOF nor stray bytes.
-    pub fn looks_alive(&self) -> bool {
-        let mut b = [0u8; 1];
-        // SAFETY: recv(2) into a valid one-byte buffer on our own socket.
-        let r = unsafe {
-            libc::recv(
-                self.fd(),
-                b.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-    }
-}
 
 /// An idle connection unused for longer is checked before it is used.
 const REVALIDATE_AFTER: Duration = Duration::from_millis(500);
@@ -130,14 +41,6 @@ struct Server {
     connects: u64,
     reuses: u64,
     connect_failures: u64,
-}
-
-impl std::fmt::Debug for UpstreamConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConn")
-            .field("server", &self.server)
-            .finish()
-    }
 }
 
 /// One upstream's servers, pools and balancing state, per worker.
@@ -357,6 +260,8 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use tokio_uring::net::TcpStream;
+
     use super::*;
 
     fn settings(balance: Balance, n: u16) -> UpstreamSettings {

@@ -4,7 +4,7 @@
 
 use std::{io::Write as _, net::SocketAddr};
 
-use super::{Attempt, pool::UpstreamConn};
+use super::{Attempt, upstream_conn::UpstreamConn};
 use crate::{
     config::Underscores,
     conn::{Conn, ms, read_body},
@@ -158,7 +158,7 @@ pub fn write_upstream_head(
     out.clear();
     let trusted = snap
         .trusted_proxies
-        .contains(&crate::policy::source_addr(peer.ip()));
+        .contains(&crate::addr::source_addr(peer.ip()));
     let underscores = snap.cfg.proxy.underscores_in_headers;
     let has_connection = head
         .headers

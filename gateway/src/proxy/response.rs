@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use super::{Admitted, Attempt, pool::UpstreamConn};
+use super::{Admitted, Attempt, upstream_conn::UpstreamConn};
 use crate::{
     conn::{Conn, ms},
     http::{self, Framing, MAX_HEADERS, chunked, is_hop_by_hop},
@@ -59,7 +59,7 @@ pub(super) async fn read_head(
         let ended = match deadline(conn.fd(), left, conn.read_more()).await {
             None => return Err(give_up(Failure::UPSTREAM_TIMEOUT)),
             Some(Ok(0)) => Failure::UPSTREAM_CLOSED,
-            Some(Err(e)) => super::tls::read_failure(&e),
+            Some(Err(e)) => super::upstream_conn::read_failure(&e),
             Some(Ok(_)) => continue,
         };
         // Closed before a byte of response: safe to try again.
@@ -209,7 +209,7 @@ async fn more(conn: &mut UpstreamConn, response_ms: u64) -> Result<usize, Relay>
     match deadline(conn.fd(), ms(response_ms), conn.read_more()).await {
         None => Err(Relay::Upstream(Failure::UPSTREAM_TIMEOUT)),
         Some(Ok(n)) => Ok(n),
-        Some(Err(e)) => Err(Relay::Upstream(super::tls::read_failure(&e))),
+        Some(Err(e)) => Err(Relay::Upstream(super::upstream_conn::read_failure(&e))),
     }
 }
 

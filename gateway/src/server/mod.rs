@@ -106,8 +106,11 @@ impl Server {
             })
             .collect();
         let mut workers = Vec::new();
+        // Open connections per source, counted across the workers.
+        let source_conns = Arc::new(SourceConns::default());
         for (i, (https, plain)) in sockets.into_iter().enumerate() {
             let shared = shared.clone();
+            let source_conns = source_conns.clone();
             let pin = cfg.runtime.pin_cpus;
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -115,7 +118,7 @@ impl Server {
                     if pin {
                         pin_to_cpu(i);
                     }
-                    run_worker(shared, i, https, plain);
+                    run_worker(shared, source_conns, i, https, plain);
                 })
                 .map_err(StartError::Worker)?;
             workers.push(handle);
@@ -223,7 +226,13 @@ pub fn probe_io_uring() -> Result<(), String> {
     }
 }
 
-fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Option<StdListener>) {
+fn run_worker(
+    shared: Arc<Shared>,
+    source_conns: Arc<SourceConns>,
+    index: usize,
+    https: StdListener,
+    plain: Option<StdListener>,
+) {
     let ring = ring_builder();
     tokio_uring::builder()
         .entries(RING_ENTRIES)
@@ -250,7 +259,7 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
                     }
                 }
             });
-            accept_loop(worker.clone(), TcpListener::from_std(https)).await;
+            accept_loop(worker.clone(), &source_conns, TcpListener::from_std(https)).await;
             // Stopping: wake idle keep-alive connections so they close, then
             // give in-flight requests until the grace deadline (as reloaded last).
             let grace =
@@ -269,7 +278,7 @@ fn run_worker(shared: Arc<Shared>, index: usize, https: StdListener, plain: Opti
         });
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+async fn accept_loop(w: Rc<Worker>, source_conns: &Arc<SourceConns>, listener: TcpListener) {
     let mut last_warning: Option<Instant> = None;
     let mut failures = 0u64;
     let mut last_refusal: Option<Instant> = None;
@@ -323,11 +332,7 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             }
         }
         let snap = w.shared.published.current();
-        let open = match w
-            .shared
-            .source_conns
-            .admit(peer.ip(), &snap.cfg, &snap.trusted_proxies)
-        {
+        let open = match source_conns.admit(peer.ip(), &snap.cfg, &snap.trusted_proxies) {
             Ok(open) => open,
             Err(over) => {
                 over_cap += 1;

@@ -14,8 +14,8 @@ use std::{
 };
 
 use crate::{
+    addr::{CidrSet, canonical, source_addr},
     config::Config,
-    policy::{CidrSet, canonical, source_addr},
     stages::rate_limit::source_key,
 };
 

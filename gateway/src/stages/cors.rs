@@ -108,3 +108,119 @@ fn allow_origin(policy: &CorsSettings, origin: &str, lines: &mut Vec<u8>) {
         lines.extend_from_slice(b"access-control-allow-credentials: true\r\n");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{MAX_HEADERS, request::HeadLimits};
+
+    fn policy() -> CorsSettings {
+        CorsSettings {
+            origins: vec![OriginRule::Exact("https://app.example".into())],
+            methods: vec!["GET".into(), "PUT".into()],
+            headers: vec!["x-api-key".into()],
+            expose: vec!["x-request-id".into()],
+            credentials: false,
+            max_age_secs: 600,
+        }
+    }
+
+    /// Judges the request `raw` under `policy()`: the outcome, the lines
+    /// written and the method a preflight asked about.
+    fn judged(raw: &str) -> (Result<(), Failure>, String, Option<String>) {
+        let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let limits = HeadLimits {
+            max_request_line: 8192,
+            max_head: 8192,
+        };
+        let head = crate::http::request::parse(raw.as_bytes(), &mut hdrs, &limits)
+            .expect("a valid head")
+            .expect("a complete head");
+        let asked = preflight_method(&head).map(str::to_owned);
+        let mut lines = Vec::new();
+        let r = judge(&policy(), &head, &mut lines);
+        (r, String::from_utf8(lines).expect("ascii"), asked)
+    }
+
+    #[test]
+    fn an_allowed_preflight_is_answered_with_what_it_may_send() {
+        let (r, lines, asked) = judged(
+            "OPTIONS /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\n\
+             access-control-request-method: PUT\r\naccess-control-request-headers: X-Api-Key\r\n\r\n",
+        );
+        assert_eq!(r, Err(PREFLIGHT));
+        assert_eq!(asked.as_deref(), Some("PUT"));
+        assert!(
+            lines.contains("access-control-allow-origin: https://app.example\r\n"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("access-control-allow-methods: GET, PUT\r\n"),
+            "{lines}"
+        );
+        assert!(lines.contains("access-control-max-age: 600\r\n"), "{lines}");
+    }
+
+    #[test]
+    fn a_preflight_is_refused_for_what_the_route_does_not_allow() {
+        let pre = |origin: &str, method: &str, headers: &str| {
+            judged(&format!(
+                "OPTIONS /x HTTP/1.1\r\nhost: a\r\norigin: {origin}\r\n\
+                 access-control-request-method: {method}\r\naccess-control-request-headers: {headers}\r\n\r\n"
+            ))
+        };
+        assert_eq!(
+            pre("https://evil.example", "GET", "x-api-key").0,
+            Err(ORIGIN)
+        );
+        assert_eq!(
+            pre("https://app.example", "DELETE", "x-api-key").0,
+            Err(METHOD)
+        );
+        assert_eq!(
+            pre("https://app.example", "GET", "x-api-key, cookie").0,
+            Err(HEADERS)
+        );
+        let (_, lines, _) = pre("https://evil.example", "GET", "");
+        assert!(!lines.contains("access-control-allow-origin"), "{lines}");
+    }
+
+    #[test]
+    fn only_an_options_with_origin_and_a_method_is_a_preflight() {
+        // No Origin: a plain OPTIONS, routed as itself.
+        let (r, lines, asked) =
+            judged("OPTIONS /x HTTP/1.1\r\nhost: a\r\naccess-control-request-method: PUT\r\n\r\n");
+        assert_eq!((r, asked), (Ok(()), None));
+        assert_eq!(lines, "vary: origin\r\n");
+        // An empty method asks about nothing.
+        let (_, _, asked) = judged(
+            "OPTIONS /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\naccess-control-request-method: \r\n\r\n",
+        );
+        assert_eq!(asked, None);
+        // A GET with the same fields is no preflight.
+        let (r, _, asked) = judged(
+            "GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\naccess-control-request-method: PUT\r\n\r\n",
+        );
+        assert_eq!((r, asked), (Ok(()), None));
+    }
+
+    #[test]
+    fn an_allowed_origin_gets_its_lines_and_two_origins_get_none() {
+        let (r, lines, _) =
+            judged("GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\n\r\n");
+        assert_eq!(r, Ok(()));
+        assert!(
+            lines.contains("access-control-allow-origin: https://app.example\r\n"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("access-control-expose-headers: x-request-id\r\n"),
+            "{lines}"
+        );
+        // Two Origin fields are ambiguous: treated as none.
+        let (r, lines, _) = judged(
+            "GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\norigin: https://app.example\r\n\r\n",
+        );
+        assert_eq!((r, lines.as_str()), (Ok(()), "vary: origin\r\n"));
+    }
+}

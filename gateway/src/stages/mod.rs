@@ -3,14 +3,13 @@
 //! `cors` (which browser origins; preflights end here), `authz` (may they
 //! call this route), `rate_limit` (how often; keyed by source before
 //! authentication, by consumer after it), `validation` (what a request may
-//! carry), `waf` (SQL injection and XSS in what a request carries), `docs`
-//! (an OpenAPI document the gateway serves itself). A stage never imports another stage or the
+//! carry), `waf` (SQL injection and XSS in what a request carries). A
+//! stage imports nothing above it: no pipeline, connection, proxy or
 //! server.
 
 pub mod auth;
 pub mod authz;
 pub mod cors;
-pub mod docs;
 pub mod rate_limit;
 pub mod validation;
 pub mod waf;

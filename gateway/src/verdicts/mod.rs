@@ -14,6 +14,7 @@ mod shared;
 mod shield;
 
 pub use requests::{RequestVerdicts, View, failure, is_verdict};
+pub use shared::Shout;
 pub use shield::Shield;
 
 use std::{
@@ -26,12 +27,12 @@ use gateway_common::{Verdict, VerdictReason};
 use serde_json::{Value, json};
 
 use crate::{
+    addr::{CidrSet, source_addr},
     clock::unix_ms,
-    cluster::Shout,
     config::Config,
     enforce::Enforcement,
     escalate::{Escalation, Sentence},
-    policy::{CidrSet, source_addr, syn_budget},
+    policy::syn_budget,
     xdp::XdpError,
 };
 

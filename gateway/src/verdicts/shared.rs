@@ -7,7 +7,28 @@ use std::{net::IpAddr, sync::mpsc::SyncSender};
 use gateway_common::{Verdict, VerdictReason};
 
 use super::{Book, Note};
-use crate::{clock::unix_ms, cluster::Shout, policy::source_addr};
+use crate::{addr::source_addr, clock::unix_ms};
+
+/// A verdict change to publish.
+#[derive(Debug, Clone)]
+pub enum Shout {
+    /// Placed until `expires_unix_ms`.
+    Placed {
+        /// The source.
+        source: IpAddr,
+        /// When it ends.
+        expires_unix_ms: u64,
+        /// The map's reason number.
+        reason: u32,
+        /// What earned it.
+        why: String,
+    },
+    /// Lifted.
+    Lifted {
+        /// The source.
+        source: IpAddr,
+    },
+}
 
 impl Book {
     /// From now on, verdicts placed or lifted here are also sent to the

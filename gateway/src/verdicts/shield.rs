@@ -12,8 +12,8 @@ use std::{
 };
 
 use crate::{
+    addr::{CidrSet, canonical, source_addr, source_of},
     config::{Config, KeySource},
-    policy::{CidrSet, canonical, source_addr, source_of},
 };
 
 /// The shielded addresses of one configuration.

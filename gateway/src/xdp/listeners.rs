@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use gateway_common::{ANY_V4, ANY_V6, PortKey, PortKind, PortPolicy, map_names};
 
 use super::{DataPlane, XdpError, map_err};
-use crate::policy::source_addr;
+use crate::addr::source_addr;
 
 impl DataPlane {
     /// Unmarks a listener (both families for a wildcard `ip`).
@@ -49,7 +49,7 @@ impl DataPlane {
 /// The `PORTS` addresses a listener on `ip` is keyed by: a wildcard covers
 /// every address of its family, `::` also IPv4 (a dual-stack socket).
 fn listener_keys(ip: IpAddr) -> Vec<[u8; 16]> {
-    match crate::policy::canonical(ip) {
+    match crate::addr::canonical(ip) {
         IpAddr::V4(v4) if v4.is_unspecified() => vec![ANY_V4],
         IpAddr::V6(v6) if v6.is_unspecified() => vec![ANY_V6, ANY_V4],
         other => vec![source_addr(other).octets],
@@ -70,7 +70,7 @@ pub fn served(ip: IpAddr, port: u16) -> bool {
                     && (a == ip
                         || a.is_unspecified()
                         || ip.is_unspecified()
-                        || crate::policy::canonical(a) == crate::policy::canonical(ip))
+                        || crate::addr::canonical(a) == crate::addr::canonical(ip))
             })
         })
     })

@@ -27,8 +27,9 @@ pub use balance::Balancer;
 pub use reflector::Reflector;
 
 use crate::{
+    addr::{mapped_prefix, source_addr},
     config::{AttachMode, Config, PlainHttpOnTls},
-    policy::{mapped_prefix, source_addr, syn_budget},
+    policy::{Lists, syn_budget},
 };
 
 /// The XDP object built by `cargo xtask`, embedded in the binary.
@@ -232,7 +233,7 @@ impl DataPlane {
     /// The key the program looks `ip` up by.
     fn key(&self, ip: IpAddr) -> SourceAddr {
         let key = source_addr(ip);
-        if crate::policy::canonical(ip).is_ipv6() {
+        if crate::addr::canonical(ip).is_ipv6() {
             SourceAddr::from_v6(gateway_common::packet::masked_v6(key.octets, &self.v6_mask))
         } else {
             key
@@ -303,33 +304,6 @@ impl DataPlane {
     }
 }
 
-/// The CIDR lists a configuration writes into the kernel's tries.
-#[derive(Debug, Clone, Default)]
-pub struct Lists {
-    /// `policy.allow`.
-    pub allow: Vec<IpNet>,
-    /// `policy.deny`.
-    pub deny: Vec<IpNet>,
-    /// Sources the SYN budget never counts: `proxy.trusted_proxies`, and
-    /// loopback while `policy.exempt_loopback`.
-    pub syn_exempt: Vec<IpNet>,
-}
-
-impl Lists {
-    /// The lists of `cfg`.
-    pub fn of(cfg: &Config) -> Self {
-        let mut syn_exempt = cfg.proxy.trusted_proxies.clone();
-        if cfg.policy.exempt_loopback {
-            syn_exempt.extend(crate::policy::loopback_nets());
-        }
-        Self {
-            allow: cfg.policy.allow.clone(),
-            deny: cfg.policy.deny.clone(),
-            syn_exempt,
-        }
-    }
-}
-
 /// The entries of `a` that `b` lacks (lists of up to 16,384 CIDRs: a set,
 /// not a scan per entry).
 fn beyond<'a>(a: &'a [IpNet], b: &'a [IpNet]) -> impl Iterator<Item = &'a IpNet> {
@@ -365,7 +339,7 @@ fn knobs(cfg: &Config) -> XdpConfig {
         } else {
             gateway_common::config_flags::HAS_SYN_EXEMPT
         },
-        v6_mask: crate::policy::v6_mask(cfg.rate_limit.ipv6_prefix),
+        v6_mask: crate::addr::v6_mask(cfg.rate_limit.ipv6_prefix),
     }
 }
 

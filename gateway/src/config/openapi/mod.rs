@@ -46,7 +46,7 @@ pub(super) struct OpenApiFile {
     #[serde(default)]
     internal_operations: Internal,
     #[serde(default)]
-    waf: Option<crate::stages::waf::Mode>,
+    waf: Option<crate::config::WafMode>,
 }
 
 /// What becomes of operations marked `x-internal: true`.
@@ -307,11 +307,7 @@ fn body(
         .iter()
         .map(|(t, _)| Spanned::new(span.clone(), t.clone()))
         .collect();
-    if types.is_empty()
-        || !types
-            .iter()
-            .all(|(t, _)| crate::stages::validation::is_json(t))
-    {
+    if types.is_empty() || !types.iter().all(|(t, _)| crate::http::is_json(t)) {
         // Other media types pass unjudged: say so rather than half-validate.
         if !types.is_empty() {
             notes

@@ -25,7 +25,7 @@ fn fragment(r: &str) -> Result<String, String> {
             "$ref `{r}` is outside the document; only references within it are imported"
         ));
     };
-    crate::stages::validation::params::decode(f, false)
+    crate::http::query::decode(f, false)
         .map(|d| d.into_owned())
         .ok_or_else(|| format!("$ref `{r}` is not a valid pointer"))
 }

@@ -24,6 +24,7 @@
 //! this file is the stage: whose limit, which limits, and the answer.
 
 mod buckets;
+pub mod cluster_link;
 mod leases;
 
 pub use buckets::{Buckets, Charge, PROBES};
@@ -32,12 +33,21 @@ pub use leases::{LEASE, Leases};
 use std::net::IpAddr;
 
 use crate::{
-    cluster::{self, Link},
+    addr::{CidrSet, source_addr},
     config::{LimitSettings, RateLimitSettings},
     observe::metrics::LimitCounts,
-    policy::{CidrSet, source_addr},
     respond::Failure,
 };
+use cluster_link::Link;
+
+/// The limiter's state every worker shares: the buckets and, when limits
+/// are counted across gateways, the link to the cluster's sync thread.
+pub struct Limiter {
+    /// The buckets (lock-free).
+    pub buckets: Buckets,
+    /// Where admitted requests go when limits are shared through Redis.
+    pub link: Option<Link>,
+}
 
 /// Over a limit.
 pub const EXCEEDED: Failure = Failure::client(429, "rate_limit.exceeded");
@@ -94,7 +104,7 @@ impl<'a> Consumer<'a> {
 /// The counting form of a source: IPv4 (also IPv4-mapped IPv6) per
 /// address, IPv6 per `/prefix`.
 pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> [u8; 16] {
-    match crate::policy::source_of(ip, ipv6_prefix) {
+    match crate::addr::source_of(ip, ipv6_prefix) {
         IpAddr::V4(v4) => std::net::Ipv4Addr::to_ipv6_mapped(&v4).octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
@@ -194,7 +204,7 @@ pub fn charge(
             continue;
         }
         if link.is_some_and(Link::refuses) {
-            return Err(cluster::UNAVAILABLE);
+            return Err(cluster_link::UNAVAILABLE);
         }
         let key = bucket_key(buckets, limit, who);
         let (c, taken) = leases.charge(buckets, key, now, limit.interval_ns(), limit.burst);

@@ -2,19 +2,17 @@
 //! goes upstream: the body's media type (`content_types`) and, on routes
 //! with a `body_schema`, the JSON body against its JSON Schema.
 
-pub mod document;
 mod fuzz;
 pub mod params;
-pub mod tape;
 
-use std::{fmt, fmt::Write as _, sync::Arc};
+use std::fmt::Write as _;
 
 use crate::{config::RouteSettings, http::request::RequestHead, respond::Failure};
 
-pub use document::{DocumentError, Scratch};
+pub use crate::http::is_json;
+pub use crate::json::{BodySchema, DocumentError, Scratch, TapeJson, compile, compile_reference};
 pub use fuzz::{fuzz_json_body, fuzz_path_query};
 pub use params::{Param, fuzz_query};
-pub use tape::TapeJson;
 
 /// The body is not a JSON document we validate (syntax, encoding, depth,
 /// duplicate keys).
@@ -23,53 +21,6 @@ pub const BAD_JSON: Failure = Failure::client(400, "validation.json");
 pub const SCHEMA: Failure = Failure::client(400, "validation.schema");
 /// The route requires a body and none came.
 pub const BODY_MISSING: Failure = Failure::client(400, "validation.body_missing");
-
-/// A route's compiled body schema.
-#[derive(Clone)]
-pub struct BodySchema {
-    /// The validator, on the simd-json tape.
-    pub validator: Arc<jsonschema::Validator<TapeJson>>,
-    /// Where it came from (a file, `inline`, an OpenAPI operation), for `gateway check`.
-    pub source: String,
-    /// A request without a body is refused.
-    pub required: bool,
-}
-
-impl fmt::Debug for BodySchema {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BodySchema")
-            .field("source", &self.source)
-            .field("required", &self.required)
-            .finish()
-    }
-}
-
-/// Compiles a draft 2020-12 schema (unless it names another draft in
-/// `$schema`), with formats checked and patterns on a linear-time engine:
-/// an operator's pattern can never make a request backtrack for long.
-pub fn compile(schema: &serde_json::Value) -> Result<jsonschema::Validator<TapeJson>, String> {
-    jsonschema::options_for::<TapeJson>()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .with_pattern_options(jsonschema::PatternOptions::regex())
-        .build(schema)
-        .map_err(|e| match e.instance_path().as_str() {
-            "" => e.to_string(),
-            at => format!("{e} (at {at})"),
-        })
-}
-
-/// The same schema compiled the same way for `serde_json::Value`: the
-/// reference the tape is held to (fuzz target, benchmark), and the
-/// validator of query and path parameters (small values built per request).
-pub fn compile_reference(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .with_pattern_options(jsonschema::PatternOptions::regex())
-        .build(schema)
-        .map_err(|e| e.to_string())
-}
 
 /// Judges a whole body against `schema`. On refusal, `problem` gets the
 /// JSON members that name the field and the rule for the error body.
@@ -89,7 +40,7 @@ pub fn judge_body<T>(
     body: &[u8],
     scratch: &mut Scratch,
     problem: &mut String,
-    also: impl FnOnce(tape::TapeNode<'_>) -> Option<T>,
+    also: impl FnOnce(crate::json::tape::TapeNode<'_>) -> Option<T>,
 ) -> Result<Option<T>, Failure> {
     if body.is_empty() {
         return match schema {
@@ -190,18 +141,10 @@ pub fn media_type<'b>(
     }))
 }
 
-/// `application/json` or any `+json` type (case-insensitive).
-pub fn is_json(media: &str) -> bool {
-    media.eq_ignore_ascii_case("application/json")
-        || media
-            .len()
-            .checked_sub(5)
-            .and_then(|i| media.get(i..))
-            .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn schema(s: serde_json::Value) -> BodySchema {

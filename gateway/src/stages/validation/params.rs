@@ -8,127 +8,18 @@
 //! disagree on whether the first or the last one counts (parameter
 //! pollution), so the gateway would judge another value than the backend reads.
 
-use std::{borrow::Cow, fmt, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
 
 use serde_json::Value;
 
+pub use crate::http::query::{decode, hex_pair, pairs};
+pub use crate::json::schema::{Kind, Location, Param};
 use crate::respond::Failure;
 
 /// A query parameter broke its rule.
 pub const QUERY: Failure = Failure::client(400, "validation.query");
 /// A path parameter broke its rule.
 pub const PATH: Failure = Failure::client(400, "validation.path");
-
-/// Where a parameter is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Location {
-    /// A `{name}` segment of the route's path template.
-    Path,
-    /// The query string.
-    Query,
-}
-
-/// How a parameter's text is read before its schema judges it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// As text.
-    String,
-    /// As an integer when it is one (else the schema's `type` refuses it).
-    Integer,
-    /// As a number when it is one.
-    Number,
-    /// `true` or `false`.
-    Boolean,
-}
-
-impl Kind {
-    /// The kind a schema's `type` asks for (the first that is not
-    /// `null` in a list), following a `$ref` into its `$defs`; without a
-    /// type, numeric keywords ask for a number.
-    pub fn of(schema: &Value) -> Self {
-        let target = schema
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix("#/$defs/"))
-            .and_then(|k| {
-                schema
-                    .get("$defs")?
-                    .get(k.replace("~1", "/").replace("~0", "~"))
-            })
-            .unwrap_or(schema);
-        let ty = match target.get("type") {
-            Some(Value::String(t)) => Some(t.as_str()),
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null"),
-            _ => None,
-        };
-        let numeric = [
-            "minimum",
-            "maximum",
-            "exclusiveMinimum",
-            "exclusiveMaximum",
-            "multipleOf",
-        ];
-        match ty {
-            Some("integer") => Self::Integer,
-            Some("number") => Self::Number,
-            Some("boolean") => Self::Boolean,
-            None if numeric.iter().any(|k| target.get(k).is_some()) => Self::Number,
-            _ => Self::String,
-        }
-    }
-
-    fn read(self, text: &str) -> Value {
-        let parsed = match self {
-            Self::String => None,
-            Self::Integer => text
-                .parse::<i64>()
-                .map(Value::from)
-                .or_else(|_| text.parse::<u64>().map(Value::from))
-                .ok(),
-            Self::Number => text
-                .parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite() && !text.contains(['i', 'n', 'I', 'N']))
-                .and_then(serde_json::Number::from_f64)
-                .map(Value::Number),
-            Self::Boolean => match text {
-                "true" => Some(Value::Bool(true)),
-                "false" => Some(Value::Bool(false)),
-                _ => None,
-            },
-        };
-        parsed.unwrap_or_else(|| Value::String(text.to_owned()))
-    }
-}
-
-/// One declared parameter.
-#[derive(Clone)]
-pub struct Param {
-    /// Its name.
-    pub name: String,
-    /// Where it is read.
-    pub location: Location,
-    /// Absent: refused.
-    pub required: bool,
-    /// The schema takes an array: every occurrence, in order.
-    pub array: bool,
-    /// How each value's text is read.
-    pub kind: Kind,
-    /// For a path parameter: its segment in the template.
-    pub segment: usize,
-    /// The schema, on `serde_json` (values are small and built per request).
-    pub validator: Arc<jsonschema::Validator>,
-}
-
-impl fmt::Debug for Param {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Param")
-            .field("name", &self.name)
-            .field("location", &self.location)
-            .field("required", &self.required)
-            .finish()
-    }
-}
 
 /// Why a parameter was refused, before its members are written.
 struct Refusal<'a> {
@@ -238,51 +129,6 @@ fn keyword(k: &str) -> &'static str {
         "items",
     ];
     KNOWN.iter().find(|n| **n == k).copied().unwrap_or("schema")
-}
-
-/// The query's `name=value` pairs (a pair without `=` has an empty value).
-pub fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-}
-
-/// Percent-decodes `s` (and `+` as a space in a query), strictly: a broken
-/// escape or bytes that are not UTF-8 give `None`.
-pub fn decode(s: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
-    if !s.bytes().any(|b| b == b'%' || (plus_is_space && b == b'+')) {
-        return Some(Cow::Borrowed(s));
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                out.push(hex_pair(bytes.get(i + 1..i + 3)?)?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
-}
-
-/// The byte two ASCII hex digits spell (no sign, unlike `from_str_radix`).
-pub fn hex_pair(pair: &[u8]) -> Option<u8> {
-    let digit = |c: u8| (c as char).to_digit(16);
-    match pair {
-        [a, b] => Some((digit(*a)? * 16 + digit(*b)?) as u8),
-        _ => None,
-    }
 }
 
 /// A parameter name as lenient backends fold it: ASP.NET ignores case, PHP

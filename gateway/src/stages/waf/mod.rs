@@ -18,30 +18,15 @@ pub use text::{scan_binary, scan_text};
 use std::{borrow::Cow, fmt, fmt::Write as _};
 
 use crate::{
+    http::query::{decode, hex_pair, pairs},
+    json::tape::TapeNode,
     respond::Failure,
-    stages::validation::{
-        params::{decode, hex_pair, pairs},
-        tape::TapeNode,
-    },
 };
 
 /// 403 for SQL injection.
 pub const SQLI: Failure = Failure::client(403, "waf.sqli");
 /// 403 for cross-site scripting.
 pub const XSS: Failure = Failure::client(403, "waf.xss");
-
-/// What a route's WAF does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Nothing is scanned.
-    #[default]
-    Off,
-    /// Detections are logged and counted, the request goes on.
-    Detect,
-    /// Detections are logged and counted, and the request gets 403.
-    Block,
-}
 
 /// What was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +270,36 @@ mod tests {
 
     fn lines(text: &str) -> impl Iterator<Item = &str> {
         text.lines().filter(|l| !l.is_empty())
+    }
+
+    #[test]
+    fn a_broken_escape_still_decodes_what_decodes() {
+        // `%FF` is no UTF-8 and `%ZZ` no escape: the strict decoder gives
+        // up, and an attacker would love the WAF to give up with it.
+        assert_eq!(decoded("%FF%27+OR+1%3D1--", true), "\u{FFFD}' OR 1=1--");
+        assert_eq!(decoded("%ZZ%27+OR+1%3D1--", false), "%ZZ'+OR+1=1--");
+        assert_eq!(decoded("a%2", true), "a%2");
+        // Double encoding through a broken escape: decoded twice.
+        assert_eq!(decoded("%FF%2527", true), "\u{FFFD}'");
+        for (path, query) in [
+            ("/x", "q=%FF%27+OR+1%3D1--"),
+            ("/%FF%27%20OR%201%3D1--", ""),
+        ] {
+            let hit = scan_head(path, query, &[], &[]).expect("detected through a broken escape");
+            assert_eq!(hit.attack, Attack::Sqli, "{path}?{query}");
+        }
+    }
+
+    #[test]
+    fn a_hit_says_what_where_and_its_fingerprint() {
+        let hit = scan_pairs("id=1%27+OR+1%3D1--", Place::Query).expect("sqli");
+        let shown = hit.to_string();
+        assert!(
+            shown.starts_with("sql injection in query \"id\" (fingerprint "),
+            "{shown}"
+        );
+        let hit = scan_pairs("q=%3Cscript%3Ealert(1)%3C/script%3E", Place::Query).expect("xss");
+        assert_eq!(hit.to_string(), "xss in query \"q\"");
     }
 
     #[test]

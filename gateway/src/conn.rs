@@ -154,13 +154,6 @@ thread_local! {
     static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether `peer` is one of the snapshot's trusted proxies.
-fn is_trusted(snap: &Snapshot, peer: SocketAddr) -> bool {
-    let source = crate::addr::canonical(peer.ip());
-    snap.trusted_proxies
-        .contains(&crate::addr::source_addr(source))
-}
-
 pub(crate) fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -175,7 +168,7 @@ impl Conn {
     pub fn new(tls: TlsStream, peer: SocketAddr, published: &Published) -> Self {
         let (generation, snap) = published.load();
         let body = BodyClock::start(&snap.cfg.limits, 0);
-        let trusted = is_trusted(&snap, peer);
+        let trusted = snap.is_trusted_proxy(peer.ip());
         Self {
             tls,
             peer,
@@ -268,7 +261,7 @@ impl Conn {
     pub fn refresh(&mut self, published: &Published) {
         if published.generation() != self.generation {
             (self.generation, self.snap) = published.load();
-            self.trusted = is_trusted(&self.snap, self.peer);
+            self.trusted = self.snap.is_trusted_proxy(self.peer.ip());
         }
     }
 
@@ -387,13 +380,16 @@ impl Conn {
         self.send_failure_with(f, keep, &[]).await;
     }
 
-    /// Sends a failure response with extra header lines (a 401's challenge).
+    /// Sends a failure response: the snapshot's response headers, what the
+    /// failure's hint asks for (a challenge, the rate-limit lines), and
+    /// `extra` header lines (the request's CORS lines).
     pub async fn send_failure_with(&mut self, f: Failure, keep: bool, extra: &[&[u8]]) {
         self.unpark();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let mut lines: [&[u8]; 4] = [self.snap.filters.lines(), b"", b"", b""];
-        for (slot, e) in lines[1..].iter_mut().zip(extra) {
+        let hint = respond::hint_lines(f, &self.snap.challenge, &self.limit_lines);
+        let mut lines: [&[u8]; 4] = [self.snap.filters.lines(), hint, b"", b""];
+        for (slot, e) in lines[2..].iter_mut().zip(extra) {
             *slot = e;
         }
         respond::write_failure_with(&mut out, f, !keep, &lines, &self.problem);

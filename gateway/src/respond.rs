@@ -17,6 +17,26 @@ pub enum Fault {
     Internal,
 }
 
+/// What a failure's response carries beyond its status and reason code,
+/// decided where the failure is made (never by reading its reason text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// Nothing more.
+    None,
+    /// A sentence for the client in the JSON body, where the reason code
+    /// alone would not tell it what to do (never internal detail).
+    Detail(&'static str),
+    /// A 401: the `WWW-Authenticate` challenge naming the schemes the
+    /// gateway takes (RFC 9110 requires one on every 401).
+    Challenge,
+    /// A 401 for a bearer token the gateway refused: this complete
+    /// `WWW-Authenticate` line (RFC 6750's `invalid_token`).
+    InvalidToken(&'static [u8]),
+    /// Refused by a limit or a verdict: the request's rate-limit lines
+    /// (`retry-after`, `ratelimit-*`).
+    LimitLines,
+}
+
 /// A failure to proxy, as the client will see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
@@ -26,185 +46,111 @@ pub struct Failure {
     pub reason: &'static str,
     /// Whose fault.
     pub fault: Fault,
+    /// What the response carries besides.
+    pub hint: Hint,
 }
 
 impl Failure {
-    /// A failure that is the client's fault, for a stage's own constants.
-    pub const fn client(status: u16, reason: &'static str) -> Self {
+    const fn new(status: u16, reason: &'static str, fault: Fault) -> Self {
         Self {
             status,
             reason,
-            fault: Fault::Client,
+            fault,
+            hint: if status == 401 {
+                Hint::Challenge
+            } else {
+                Hint::None
+            },
         }
+    }
+
+    /// A failure that is the client's fault, for a stage's own constants.
+    pub const fn client(status: u16, reason: &'static str) -> Self {
+        Self::new(status, reason, Fault::Client)
     }
 
     /// A failure that is the gateway's own, for a stage's constants.
     pub const fn internal(status: u16, reason: &'static str) -> Self {
+        Self::new(status, reason, Fault::Internal)
+    }
+
+    /// A failure that is the upstream's.
+    pub const fn upstream(status: u16, reason: &'static str) -> Self {
+        Self::new(status, reason, Fault::Upstream)
+    }
+
+    /// The same failure with `hint`.
+    pub const fn with_hint(self, hint: Hint) -> Self {
+        Self { hint, ..self }
+    }
+
+    /// The client went away while the upstream's answer (`status`, as the
+    /// log records it) was being relayed.
+    pub const fn client_gone(status: u16) -> Self {
         Self {
             status,
-            reason,
-            fault: Fault::Internal,
+            ..Self::CLIENT_GONE
         }
     }
 
     /// A client protocol error.
     pub fn http(e: HttpError) -> Self {
-        Self {
-            status: e.status(),
-            reason: e.code(),
-            fault: Fault::Client,
-        }
+        Self::client(e.status(), e.code())
     }
     /// A header name with `_` while `proxy.underscores_in_headers = "reject"`.
-    pub const HEADER_NAME: Self = Self {
-        status: 400,
-        reason: "http.header_name",
-        fault: Fault::Client,
-    };
+    pub const HEADER_NAME: Self = Self::client(400, "http.header_name");
     /// A path refused by normalization.
     pub fn path(e: crate::route::normalize::PathError) -> Self {
-        Self {
-            status: 400,
-            reason: e.code(),
-            fault: Fault::Client,
-        }
+        Self::client(400, e.code())
     }
     /// No route for the request.
-    pub const NOT_FOUND: Self = Self {
-        status: 404,
-        reason: "route.not_found",
-        fault: Fault::Client,
-    };
+    pub const NOT_FOUND: Self = Self::client(404, "route.not_found");
     /// A route exists but not for this method.
-    pub const METHOD: Self = Self {
-        status: 405,
-        reason: "route.method",
-        fault: Fault::Client,
-    };
+    pub const METHOD: Self = Self::client(405, "route.method");
     /// A body whose media type the route does not take.
-    pub const CONTENT_TYPE: Self = Self {
-        status: 415,
-        reason: "validation.content_type",
-        fault: Fault::Client,
-    };
+    pub const CONTENT_TYPE: Self = Self::client(415, "validation.content_type");
     /// The body exceeds the route's limit.
-    pub const BODY_TOO_LARGE: Self = Self {
-        status: 413,
-        reason: "limit.body_size",
-        fault: Fault::Client,
-    };
+    pub const BODY_TOO_LARGE: Self = Self::client(413, "limit.body_size");
     /// A body larger than a blocking WAF reads to scan (`[waf]
     /// max_body_bytes`), though within the route's limit.
-    pub const WAF_BODY_TOO_LARGE: Self = Self {
-        status: 413,
-        reason: "waf.body_size",
-        fault: Fault::Client,
-    };
+    pub const WAF_BODY_TOO_LARGE: Self = Self::client(413, "waf.body_size");
     /// The request head took too long.
-    pub const HEADER_TIMEOUT: Self = Self {
-        status: 408,
-        reason: "limit.header_timeout",
-        fault: Fault::Client,
-    };
+    pub const HEADER_TIMEOUT: Self = Self::client(408, "limit.header_timeout");
     /// The request body stalled.
-    pub const BODY_TIMEOUT: Self = Self {
-        status: 408,
-        reason: "limit.body_timeout",
-        fault: Fault::Client,
-    };
+    pub const BODY_TIMEOUT: Self = Self::client(408, "limit.body_timeout");
     /// The request body came slower than `limits.body_min_rate`.
-    pub const BODY_RATE: Self = Self {
-        status: 408,
-        reason: "limit.body_rate",
-        fault: Fault::Client,
-    };
+    pub const BODY_RATE: Self = Self::client(408, "limit.body_rate");
     /// The request body took longer than `limits.body_total_timeout_ms`.
-    pub const BODY_TIME: Self = Self {
-        status: 408,
-        reason: "limit.body_time",
-        fault: Fault::Client,
-    };
+    pub const BODY_TIME: Self = Self::client(408, "limit.body_time");
     /// A chunked body read whole has more than `limits.max_body_chunks`.
-    pub const BODY_CHUNKS: Self = Self {
-        status: 413,
-        reason: "limit.body_chunks",
-        fault: Fault::Client,
-    };
+    pub const BODY_CHUNKS: Self = Self::client(413, "limit.body_chunks");
     /// The upstream refused or reset the connection.
-    pub const UPSTREAM_CONNECT: Self = Self {
-        status: 502,
-        reason: "upstream.connect",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_CONNECT: Self = Self::upstream(502, "upstream.connect");
     /// The upstream broke HTTP framing.
-    pub const UPSTREAM_PROTOCOL: Self = Self {
-        status: 502,
-        reason: "upstream.protocol",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_PROTOCOL: Self = Self::upstream(502, "upstream.protocol");
     /// The upstream closed before answering.
-    pub const UPSTREAM_CLOSED: Self = Self {
-        status: 502,
-        reason: "upstream.closed",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_CLOSED: Self = Self::upstream(502, "upstream.closed");
     /// Every server of the upstream is marked down.
-    pub const UPSTREAM_DOWN: Self = Self {
-        status: 503,
-        reason: "upstream.unavailable",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_DOWN: Self = Self::upstream(503, "upstream.unavailable");
     /// The upstream did not answer in time.
-    pub const UPSTREAM_TIMEOUT: Self = Self {
-        status: 504,
-        reason: "upstream.timeout",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_TIMEOUT: Self = Self::upstream(504, "upstream.timeout");
     /// The TLS handshake with the upstream failed (certificate not
     /// trusted, wrong name, client certificate refused), or its TLS client
     /// could not be built.
-    pub const UPSTREAM_TLS: Self = Self {
-        status: 502,
-        reason: "upstream.tls",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_TLS: Self = Self::upstream(502, "upstream.tls");
     /// The upstream's `max_requests` are in flight (circuit breaker).
-    pub const UPSTREAM_MAX_REQUESTS: Self = Self {
-        status: 503,
-        reason: "upstream.max_requests",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_MAX_REQUESTS: Self = Self::upstream(503, "upstream.max_requests");
     /// The upstream's `max_uploads` are streaming (circuit breaker).
-    pub const UPSTREAM_MAX_UPLOADS: Self = Self {
-        status: 503,
-        reason: "upstream.max_uploads",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_MAX_UPLOADS: Self = Self::upstream(503, "upstream.max_uploads");
     /// The upstream's `max_connects` are in progress (circuit breaker).
-    pub const UPSTREAM_MAX_CONNECTS: Self = Self {
-        status: 503,
-        reason: "upstream.max_connects",
-        fault: Fault::Upstream,
-    };
+    pub const UPSTREAM_MAX_CONNECTS: Self = Self::upstream(503, "upstream.max_connects");
     /// The gateway ran out of file descriptors, memory or local ports
     /// while connecting upstream; the upstream is not marked down.
-    pub const LOCAL_RESOURCES: Self = Self {
-        status: 503,
-        reason: "gateway.resources",
-        fault: Fault::Internal,
-    };
+    pub const LOCAL_RESOURCES: Self = Self::internal(503, "gateway.resources");
     /// The client went away mid-request.
-    pub const CLIENT_GONE: Self = Self {
-        status: 400,
-        reason: "client.gone",
-        fault: Fault::Client,
-    };
+    pub const CLIENT_GONE: Self = Self::client(400, "client.gone");
     /// The gateway is shutting down.
-    pub const SHUTTING_DOWN: Self = Self {
-        status: 503,
-        reason: "gateway.shutting_down",
-        fault: Fault::Internal,
-    };
+    pub const SHUTTING_DOWN: Self = Self::internal(503, "gateway.shutting_down");
 
     /// The error word in the JSON body.
     fn word(self) -> &'static str {
@@ -269,15 +215,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A sentence for the client where the reason code alone would not tell
-/// it what to do (never internal detail).
-fn detail(reason: &str) -> Option<&'static str> {
-    match reason {
-        "auth.key_in_query" => Some(
-            "send the API key in its header, not in the URL: URLs end up in logs, proxies and browser history",
-        ),
-        "auth.ambiguous" => Some("send one credential header, not several"),
-        _ => None,
+/// The header lines `f`'s hint adds to its response: `challenge` is the
+/// snapshot's `WWW-Authenticate` line, `limit_lines` the request's
+/// rate-limit lines. The one place that decides which go with an error.
+pub fn hint_lines<'a>(f: Failure, challenge: &'a [u8], limit_lines: &'a [u8]) -> &'a [u8] {
+    match f.hint {
+        Hint::Challenge => challenge,
+        Hint::InvalidToken(line) => line,
+        Hint::LimitLines => limit_lines,
+        Hint::None | Hint::Detail(_) => b"",
     }
 }
 
@@ -310,7 +256,10 @@ pub fn write_failure_with(
         out.extend_from_slice(b"\r\n");
         return;
     }
-    let detail = detail(f.reason);
+    let detail = match f.hint {
+        Hint::Detail(d) => Some(d),
+        _ => None,
+    };
     // {"error":"<word>","reason":"<reason>"[,"detail":"<detail>"]}\n
     let body_len =
         25 + f.word().len() + f.reason.len() + detail.map_or(0, |d| 12 + d.len()) + members.len();
@@ -362,12 +311,9 @@ mod tests {
     #[test]
     fn a_detail_is_counted_in_the_length() {
         let mut out = Vec::new();
-        write_failure(
-            &mut out,
-            Failure::client(400, "auth.key_in_query"),
-            false,
-            &[],
-        );
+        let f = Failure::client(400, "auth.key_in_query")
+            .with_hint(Hint::Detail("send the API key in its header"));
+        write_failure(&mut out, f, false, &[]);
         let text = String::from_utf8(out).expect("utf8");
         let (head, body) = text.split_once("\r\n\r\n").expect("head");
         assert!(body.contains("\"detail\":\"send the API key"), "{body}");

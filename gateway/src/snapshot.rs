@@ -58,6 +58,13 @@ pub struct Snapshot {
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
+    /// Whether `ip` is one of the trusted proxies (`proxy.trusted_proxies`),
+    /// whose forwarding headers are kept and whose own address is never
+    /// counted, limited or sentenced. The one place that decides it.
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.contains(&crate::addr::source_addr(ip))
+    }
+
     /// Compiles a configuration with its TLS settings, key ring and JWT key
     /// sets (missing sets start empty and not loaded), under a new epoch.
     pub fn new(

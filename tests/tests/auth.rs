@@ -172,6 +172,13 @@ fn api_keys_authenticate_roles_authorize_and_forged_identities_are_stripped() {
         if *want_status == 401 && r.header("www-authenticate").is_none() {
             failed.push(format!("{path}: 401 without www-authenticate"));
         }
+        // A key in the URL is told where to send it instead.
+        let body = String::from_utf8_lossy(&r.body);
+        if *want_reason == "auth.key_in_query"
+            && !body.contains("\"detail\":\"send the API key in its header")
+        {
+            failed.push(format!("{path}: no detail in {body}"));
+        }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     // No key reached the log, not even the one sent in the URL.

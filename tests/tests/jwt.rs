@@ -553,8 +553,11 @@ fn hostile_tokens_never_reach_the_backend() {
             failed.push(format!("{what}: got {got:?}, want ({status}, {reason:?})"));
         }
         let challenge = r.header("www-authenticate").unwrap_or_default();
-        if reason.starts_with("jwt.") && !challenge.contains("error=\"invalid_token\"") {
-            failed.push(format!("{what}: 401 challenge {challenge:?}"));
+        if let Some(why) = reason.strip_prefix("jwt.") {
+            let described = format!("error=\"invalid_token\", error_description=\"{why}\"");
+            if !challenge.contains(&described) {
+                failed.push(format!("{what}: 401 challenge {challenge:?}"));
+            }
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));

@@ -168,20 +168,9 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
             if !ctx.on_behalf {
                 report(w, c, r.failure, ctx.by_source);
             }
-            // A refusal only: holding the snapshot costs one atomic increment.
-            let snap = c.snap_arc();
-            let (limits, cors) = (
-                std::mem::take(&mut c.limit_lines),
-                std::mem::take(&mut c.cors_lines),
-            );
-            let extra = match r.failure {
-                f if f == rate_limit::EXCEEDED || crate::verdicts::is_verdict(f) => {
-                    std::borrow::Cow::Borrowed(&limits[..])
-                }
-                f => auth::challenge(f, &snap.challenge),
-            };
-            c.send_failure_with(r.failure, keep, &[&extra, &cors]).await;
-            (c.limit_lines, c.cors_lines) = (limits, cors);
+            let cors = std::mem::take(&mut c.cors_lines);
+            c.send_failure_with(r.failure, keep, &[&cors]).await;
+            c.cors_lines = cors;
             ctx.failed(r.failure, None);
             keep
         }

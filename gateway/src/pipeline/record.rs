@@ -79,7 +79,7 @@ fn count_traffic(w: &Worker, c: &Conn, ctx: &Ctx) {
         (true, None) => return,
     };
     // A chain of trusted hops names no client: no proxy is ever counted.
-    if c.trusted && snap.trusted_proxies.contains(&addr::source_addr(source)) {
+    if c.trusted && snap.is_trusted_proxy(source) {
         return;
     }
     let consumer = match ctx.identity {

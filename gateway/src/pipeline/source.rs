@@ -35,7 +35,7 @@ pub(super) fn verdict(
         (true, None) => rate_limit::client_source(peer, head.headers, &snap.trusted_proxies),
     };
     let source = addr::source_of(who, snap.cfg.rate_limit.ipv6_prefix);
-    if snap.trusted_proxies.contains(&addr::source_addr(source)) {
+    if snap.is_trusted_proxy(source) {
         return None;
     }
     let (reason, left_ns) = w

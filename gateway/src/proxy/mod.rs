@@ -402,11 +402,7 @@ async fn exchange(
         Err(Relay::Upstream(f)) => return Err(Attempt::Abort(Abort::Close(f, Some(addr)))),
         Err(Relay::Client) => {
             return Err(Attempt::Abort(Abort::Close(
-                Failure {
-                    status: head.status,
-                    reason: "client.gone",
-                    fault: Fault::Client,
-                },
+                Failure::client_gone(head.status),
                 Some(addr),
             )));
         }

@@ -156,9 +156,7 @@ pub fn write_upstream_head(
     let who = caller.who;
     let auth = &snap.cfg.auth;
     out.clear();
-    let trusted = snap
-        .trusted_proxies
-        .contains(&crate::addr::source_addr(peer.ip()));
+    let trusted = snap.is_trusted_proxy(peer.ip());
     let underscores = snap.cfg.proxy.underscores_in_headers;
     let has_connection = head
         .headers

@@ -159,6 +159,49 @@ mod tests {
             "{lines}"
         );
         assert!(lines.contains("access-control-max-age: 600\r\n"), "{lines}");
+        assert!(
+            lines.contains("access-control-allow-headers: x-api-key\r\n"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn any_origin_is_a_star_and_credentials_name_the_origin() {
+        let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let limits = HeadLimits {
+            max_request_line: 8192,
+            max_head: 8192,
+        };
+        let raw = b"GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\n\r\n";
+        let head = crate::http::request::parse(raw, &mut hdrs, &limits)
+            .expect("a valid head")
+            .expect("a complete head");
+        let mut lines = Vec::new();
+        let any = CorsSettings {
+            origins: vec![OriginRule::Any],
+            ..policy()
+        };
+        assert_eq!(judge(&any, &head, &mut lines), Ok(()));
+        let text = String::from_utf8_lossy(&lines).into_owned();
+        assert!(
+            text.contains("access-control-allow-origin: *\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("allow-credentials"), "{text}");
+        let with_cookies = CorsSettings {
+            credentials: true,
+            ..policy()
+        };
+        assert_eq!(judge(&with_cookies, &head, &mut lines), Ok(()));
+        let text = String::from_utf8_lossy(&lines).into_owned();
+        assert!(
+            text.contains("access-control-allow-origin: https://app.example\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("access-control-allow-credentials: true\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

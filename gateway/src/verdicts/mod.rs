@@ -13,7 +13,7 @@ mod requests;
 mod shared;
 mod shield;
 
-pub use requests::{RequestVerdicts, View, failure, is_verdict};
+pub use requests::{RequestVerdicts, View, failure};
 pub use shared::Shout;
 pub use shield::Shield;
 

@@ -24,7 +24,7 @@ use std::{
 
 use gateway_common::{Verdict, VerdictReason, packet::verdict_live};
 
-use crate::respond::Failure;
+use crate::respond::{Failure, Hint};
 
 /// Sources held at most.
 pub const MAX_ENTRIES: usize = 262_144;
@@ -53,17 +53,14 @@ pub struct View {
 
 /// The answer to a request from a source under a verdict.
 pub fn failure(reason: VerdictReason) -> Failure {
-    match reason {
+    let f = match reason {
         VerdictReason::RateLimit => Failure::client(429, "verdict.rate_limit"),
         VerdictReason::Abuse => Failure::client(403, "verdict.abuse"),
         VerdictReason::AuthFailures => Failure::client(403, "verdict.auth_failures"),
         VerdictReason::Policy => Failure::client(403, "verdict.policy"),
-    }
-}
-
-/// Whether a failure is a request verdict's answer.
-pub fn is_verdict(f: Failure) -> bool {
-    f.reason.starts_with("verdict.")
+    };
+    // Its `retry-after` says when the verdict ends.
+    f.with_hint(Hint::LimitLines)
 }
 
 impl RequestVerdicts {

@@ -19,7 +19,7 @@ use std::{
 use crate::{
     config::{AuthSettings, Authenticator, RouteAuth},
     http::request::RequestHead,
-    respond::Failure,
+    respond::{Failure, Hint},
 };
 use api_key::{KeyError, KeyRing};
 use introspect::{AnswerCache, CachedAnswer};
@@ -66,9 +66,12 @@ pub fn is_guess(f: Failure) -> bool {
 /// An API key no consumer holds, or outside its validity.
 pub const INVALID_KEY: Failure = Failure::client(401, "auth.invalid_key");
 /// Two credential headers of one kind: which one would a backend read?
-pub const AMBIGUOUS: Failure = Failure::client(400, "auth.ambiguous");
+pub const AMBIGUOUS: Failure = Failure::client(400, "auth.ambiguous")
+    .with_hint(Hint::Detail("send one credential header, not several"));
 /// An API key in the query string, where it lands in logs and browser history.
-pub const KEY_IN_QUERY: Failure = Failure::client(400, "auth.key_in_query");
+pub const KEY_IN_QUERY: Failure = Failure::client(400, "auth.key_in_query").with_hint(Hint::Detail(
+    "send the API key in its header, not in the URL: URLs end up in logs, proxies and browser history",
+));
 /// An Authorization header that is not `Bearer <token>`.
 pub const MALFORMED: Failure = Failure::client(400, "auth.malformed");
 
@@ -242,21 +245,6 @@ fn bearer<'b>(head: &RequestHead<'b, '_>) -> Result<Option<&'b str>, Failure> {
 /// The value of a header that must appear at most once.
 fn single_header<'b>(head: &RequestHead<'b, '_>, name: &str) -> Result<Option<&'b [u8]>, Failure> {
     head.single(name).map_err(|_| AMBIGUOUS)
-}
-
-/// The `www-authenticate` lines a refusal carries (RFC 9110 §15.5.2): for
-/// a refused bearer token, RFC 6750 §3's `invalid_token` with the reason;
-/// for any other 401, the schemes the routes use (`schemes`); else none.
-pub fn challenge(f: Failure, schemes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    match f.reason.strip_prefix("jwt.") {
-        Some(why) if f.status == 401 => format!(
-            "www-authenticate: Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{why}\"\r\n"
-        )
-        .into_bytes()
-        .into(),
-        _ if f.status == 401 => schemes.into(),
-        _ => (&b""[..]).into(),
-    }
 }
 
 /// Copies `target` into `out` (cleared first) for the log, with the value

@@ -36,7 +36,7 @@ use crate::{
     addr::{CidrSet, source_addr},
     config::{LimitSettings, RateLimitSettings},
     observe::metrics::LimitCounts,
-    respond::Failure,
+    respond::{Failure, Hint},
 };
 use cluster_link::Link;
 
@@ -50,7 +50,8 @@ pub struct Limiter {
 }
 
 /// Over a limit.
-pub const EXCEEDED: Failure = Failure::client(429, "rate_limit.exceeded");
+pub const EXCEEDED: Failure =
+    Failure::client(429, "rate_limit.exceeded").with_hint(Hint::LimitLines);
 
 /// Which of a route's limits a phase charges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

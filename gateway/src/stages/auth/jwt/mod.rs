@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use crate::{
     config::{JwtSettings, jwt_algorithm},
-    respond::Failure,
+    respond::{Failure, Hint},
 };
 use keys::KeySet;
 
@@ -73,22 +73,35 @@ pub enum JwtError {
 impl JwtError {
     /// The failure a client gets: 401 with a reason, 503 without keys.
     pub fn failure(self) -> Failure {
-        let reason = match self {
-            Self::TooLarge => "jwt.too_large",
-            Self::Malformed => "jwt.malformed",
-            Self::Duplicate => "jwt.duplicate_key",
-            Self::Header => "jwt.header",
-            Self::Algorithm => "jwt.algorithm",
-            Self::UnknownKey => "jwt.unknown_key",
-            Self::NoKeys => return NO_KEYS,
-            Self::Signature => "jwt.signature",
-            Self::Expired => "jwt.expired",
-            Self::NotYetValid => "jwt.not_yet_valid",
-            Self::Issuer => "jwt.issuer",
-            Self::Audience => "jwt.audience",
-            Self::Claims => "jwt.claims",
-        };
-        Failure::client(401, reason)
+        // Reason `jwt.WHY`, and RFC 6750's `invalid_token` challenge
+        // describing WHY: a complete header line, written at compile time.
+        macro_rules! refused {
+            ($why:literal) => {
+                Failure::client(401, concat!("jwt.", $why)).with_hint(Hint::InvalidToken(
+                    concat!(
+                        "www-authenticate: Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"",
+                        $why,
+                        "\"\r\n"
+                    )
+                    .as_bytes(),
+                ))
+            };
+        }
+        match self {
+            Self::TooLarge => refused!("too_large"),
+            Self::Malformed => refused!("malformed"),
+            Self::Duplicate => refused!("duplicate_key"),
+            Self::Header => refused!("header"),
+            Self::Algorithm => refused!("algorithm"),
+            Self::UnknownKey => refused!("unknown_key"),
+            Self::NoKeys => NO_KEYS,
+            Self::Signature => refused!("signature"),
+            Self::Expired => refused!("expired"),
+            Self::NotYetValid => refused!("not_yet_valid"),
+            Self::Issuer => refused!("issuer"),
+            Self::Audience => refused!("audience"),
+            Self::Claims => refused!("claims"),
+        }
     }
 }
 

@@ -562,21 +562,30 @@ fn default_rate(closed: &[Row]) -> u64 {
     }
 }
 
-/// The costs the scenarios were chosen to show.
+/// The costs the scenarios were chosen to show; a note whose rows were
+/// left out (`--only`, a missing peer) is left out with them.
 fn notes(closed: &[Row], no_jwt: bool) -> Vec<String> {
     let get = |n: &str| closed.iter().find(|r| r.name == n);
+    let have = |names: &[&str]| names.iter().all(|n| get(n).is_some());
     let rps = |n: &str| get(n).map_or(f64::NAN, |r| r.rps);
     let cpu = |n: &str| get(n).map_or(f64::NAN, |r| r.cpu_us_per_req);
     let mut out = Vec::new();
-    if closed.is_empty() {
-        return out;
+    if have(&["gw+key", "gateway"]) {
+        out.push(format!(
+            "API key: {:.3}× the unauthenticated gateway's req/s, {:+.1} µs CPU per request",
+            rps("gw+key") / rps("gateway"),
+            cpu("gw+key") - cpu("gateway")
+        ));
     }
-    out.push(format!(
-        "API key: {:.3}× the unauthenticated gateway's req/s, {:+.1} µs CPU per request",
-        rps("gw+key") / rps("gateway"),
-        cpu("gw+key") - cpu("gateway")
-    ));
-    if !no_jwt {
+    if !no_jwt
+        && have(&[
+            "gw+es256",
+            "gw+es256-nc",
+            "gw+rs256",
+            "ha+es256",
+            "ha+rs256",
+        ])
+    {
         out.push(format!(
             "JWT ES256: {:.2}× HAProxy jwt_verify's req/s with the verified-token cache, {:.2}× without; RS256: {:.2}×",
             rps("gw+es256") / rps("ha+es256"),
@@ -584,19 +593,33 @@ fn notes(closed: &[Row], no_jwt: bool) -> Vec<String> {
             rps("gw+rs256") / rps("ha+rs256"),
         ));
     }
-    if get("gw+tls-up").is_some() {
+    if have(&["gw+tls-up", "gateway"]) {
         out.push(format!(
             "Upstream TLS (kept-alive TLS to the backend): {:.3}× the plain-upstream gateway's req/s, {:+.1} µs gateway CPU per request",
             rps("gw+tls-up") / rps("gateway"),
             cpu("gw+tls-up") - cpu("gateway")
         ));
     }
-    out.push(format!(
-        "JSON POST, validated: {:.2}× HAProxy's unvalidated req/s ({:.2}× nginx's), {:.2}× the gateway's own unvalidated POST, {:+.1} µs CPU per request for the schema",
-        rps("gw+valid") / rps("ha+post"),
-        rps("gw+valid") / rps("ng+post"),
-        rps("gw+valid") / rps("gw+post"),
-        cpu("gw+valid") - cpu("gw+post"),
-    ));
+    if have(&["gw+valid", "ha+post", "ng+post", "gw+post"]) {
+        out.push(format!(
+            "JSON POST, validated: {:.2}× HAProxy's unvalidated req/s ({:.2}× nginx's), {:.2}× the gateway's own unvalidated POST, {:+.1} µs CPU per request for the schema",
+            rps("gw+valid") / rps("ha+post"),
+            rps("gw+valid") / rps("ng+post"),
+            rps("gw+valid") / rps("gw+post"),
+            cpu("gw+valid") - cpu("gw+post"),
+        ));
+    }
+    for (ours, base, what) in [
+        ("gateway", "gw-base", "GET"),
+        ("gw+valid", "gwb+valid", "validated JSON POST"),
+    ] {
+        if have(&[ours, base]) {
+            out.push(format!(
+                "A/B (`--baseline`), {what}: {:.3}× the baseline's req/s, {:+.1} µs CPU per request",
+                rps(ours) / rps(base),
+                cpu(ours) - cpu(base)
+            ));
+        }
+    }
     out
 }

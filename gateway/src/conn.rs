@@ -380,6 +380,21 @@ impl Conn {
         self.send_failure_with(f, keep, &[]).await;
     }
 
+    /// Sends an answer without content (a CORS preflight's 204): the
+    /// snapshot's response headers and `extra` header lines.
+    pub async fn send_empty(&mut self, status: u16, keep: bool, extra: &[&[u8]]) {
+        self.unpark();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let mut lines: [&[u8]; 3] = [self.snap.filters.lines(), b"", b""];
+        for (slot, e) in lines[1..].iter_mut().zip(extra) {
+            *slot = e;
+        }
+        respond::write_empty(&mut out, status, !keep, &lines);
+        let _ = self.tls.send(&[&out]).await;
+        self.out = out;
+    }
+
     /// Sends a failure response: the snapshot's response headers, what the
     /// failure's hint asks for (a challenge, the rate-limit lines), and
     /// `extra` header lines (the request's CORS lines).

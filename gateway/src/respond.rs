@@ -227,6 +227,19 @@ pub fn hint_lines<'a>(f: Failure, challenge: &'a [u8], limit_lines: &'a [u8]) ->
     }
 }
 
+/// Writes a complete response without content (`status` 204, a CORS
+/// preflight's answer) into `out`.
+pub fn write_empty(out: &mut Vec<u8>, status: u16, close: bool, extra_headers: &[&[u8]]) {
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for lines in extra_headers {
+        out.extend_from_slice(lines);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes a complete error response into `out`.
 /// `extra_headers` are complete header lines (the route's response headers,
 /// a 401's challenge).
@@ -244,18 +257,6 @@ pub fn write_failure_with(
     extra_headers: &[&[u8]],
     members: &str,
 ) {
-    if f.status == 204 {
-        // An answer without content (a CORS preflight).
-        let _ = write!(out, "HTTP/1.1 204 No Content\r\n");
-        for lines in extra_headers {
-            out.extend_from_slice(lines);
-        }
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        return;
-    }
     let detail = match f.hint {
         Hint::Detail(d) => Some(d),
         _ => None,

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{Ctx, Refused, caller::check_caller, record::request_line_words, source};
+use super::{Ctx, Local, Next, Refused, caller::check_caller, record::request_line_words, source};
 use crate::{
     addr,
     config::{RouteSettings, Underscores, WafMode},
@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Runs every stage that judges the head, in order.
-pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admitted, Refused> {
+pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next, Refused> {
     let mut p = c.head_parts();
     p.limit_lines.clear();
     p.cors_lines.clear();
@@ -56,7 +56,16 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admi
     let (index, route) = find_route(p.snap, &head, normalize::route_path(path, p.route_path))
         .map_err(|m| refuse(missed(m), head.keep_alive))?;
     ctx.route = Some(index);
-    check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
+    let cors =
+        check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
+    if cors == cors::Allowed::Preflight {
+        return Ok(Next::Local(Local {
+            status: 204,
+            reason: cors::PREFLIGHT,
+            keep: head.keep_alive && !head.framing.has_body(),
+            head_len: head.len,
+        }));
+    }
     let peer = (p.peer, p.trusted);
     let source = limit_source(p.snap, peer, ctx, route, &head);
     let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {
@@ -90,7 +99,7 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Admi
     proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, who, p.snap, p.request_id);
     let mut plan = plan_of(index, route, &head);
     plan.on_behalf = ctx.on_behalf;
-    Ok(Admitted::new(plan, head.len, caller))
+    Ok(Next::Forward(Admitted::new(plan, head.len, caller)))
 }
 
 /// No route: 404, or 405 where a route exists for another method.
@@ -235,17 +244,20 @@ fn request_id(w: &Worker, trusted: bool, head: &RequestHead<'_, '_>, out: &mut S
     }
 }
 
-/// The route's checks of the head itself: CORS (a preflight ends here),
-/// header names, the declared body size. The failure and whether the
-/// connection may stay open.
+/// The route's checks of the head itself: CORS (an allowed preflight is
+/// answered at once), header names, the declared body size, the media
+/// type. A refusal comes with whether the connection may stay open.
 fn check_head(
     snap: &Snapshot,
     route: &RouteSettings,
     head: &RequestHead<'_, '_>,
     cors_lines: &mut Vec<u8>,
-) -> Result<(), (Failure, bool)> {
-    if let Some(policy) = &route.cors {
-        cors::judge(policy, head, cors_lines).map_err(|f| (f, head.keep_alive))?;
+) -> Result<cors::Allowed, (Failure, bool)> {
+    if let Some(policy) = &route.cors
+        && cors::judge(policy, head, cors_lines).map_err(|f| (f, head.keep_alive))?
+            == cors::Allowed::Preflight
+    {
+        return Ok(cors::Allowed::Preflight);
     }
     if snap.cfg.proxy.underscores_in_headers == Underscores::Reject
         && head.headers.iter().any(|h| h.name.contains('_'))
@@ -257,7 +269,7 @@ fn check_head(
     }
     // A refused body stays unread: close.
     validation::content_type(route, head).map_err(|f| (f, false))?;
-    Ok(())
+    Ok(cors::Allowed::Request)
 }
 
 /// The route for a request; a CORS preflight is routed by the method it

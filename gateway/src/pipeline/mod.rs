@@ -117,6 +117,26 @@ struct Refused {
     lookup: Option<usize>,
 }
 
+/// What the head stages decided for a request they let through.
+enum Next {
+    /// On to the body and the upstream.
+    Forward(Admitted),
+    /// Answered by the gateway itself, never proxied: an allowed CORS
+    /// preflight (204 and its CORS lines).
+    Local(Local),
+}
+
+/// An answer the gateway gives itself (no body).
+struct Local {
+    status: u16,
+    /// The access log's reason code.
+    reason: &'static str,
+    /// Whether the connection can carry another request.
+    keep: bool,
+    /// Bytes of the head.
+    head_len: usize,
+}
+
 /// Handles the request whose head is at the start of the pending bytes.
 /// Returns whether the connection stays open.
 pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
@@ -154,9 +174,18 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         };
     }
     let keep = match admitted {
-        Ok(mut a) => {
+        Ok(Next::Forward(mut a)) => {
             let outcome = body::forward(w, c, &mut a).await;
             finish(w, c, &a, &mut ctx, outcome).await
+        }
+        Ok(Next::Local(l)) => {
+            c.consume(l.head_len);
+            let keep = l.keep && !w.stopping();
+            let cors = std::mem::take(&mut c.cors_lines);
+            c.send_empty(l.status, keep, &[&cors]).await;
+            c.cors_lines = cors;
+            (ctx.status, ctx.reason) = (l.status, l.reason);
+            keep
         }
         Err(r) => {
             c.consume(r.head_len);

@@ -266,6 +266,54 @@ struct Budget {
     retries: u32,
 }
 
+impl Budget {
+    fn of(u: &UpstreamSettings) -> Self {
+        Self {
+            connect_ms: u.connect_timeout_ms,
+            response_ms: u.response_timeout_ms,
+            retries: u.retries,
+        }
+    }
+}
+
+/// The circuit breaker: past the limit, 503 at once. A body still
+/// streaming from the client takes an upload place instead, so slow
+/// uploads never hold the places of requests that could go now.
+fn breaker<'h>(
+    health: &'h health::UpstreamHealth,
+    a: &Admitted,
+) -> Result<health::Held<'h>, Abort> {
+    let place = if a.streaming_body {
+        health.enter_upload().ok_or(Failure::UPSTREAM_MAX_UPLOADS)
+    } else {
+        health.enter_request().ok_or(Failure::UPSTREAM_MAX_REQUESTS)
+    };
+    place.map_err(|f| Abort::Respond(f, None))
+}
+
+/// What an exchange says about the server: an answer below 500 counts for
+/// it; a 5xx or a failure of the upstream's making counts against it.
+fn judge_server(
+    up: &Upstream,
+    (server, addr): (usize, SocketAddr),
+    reused: bool,
+    result: &Result<(Done, bool), Attempt>,
+) {
+    match result {
+        Ok((done, _)) if done.status < 500 => up.health.answered(server),
+        Ok(_) => failed(up, server, addr),
+        // A pooled connection the server closed while idle says
+        // nothing about the server: the retry gets a fresh one.
+        Err(Attempt::Retry(_)) if reused => {}
+        Err(Attempt::Retry(f) | Attempt::Abort(Abort::Respond(f, _) | Abort::Close(f, _)))
+            if f.fault == Fault::Upstream =>
+        {
+            failed(up, server, addr)
+        }
+        Err(_) => {}
+    }
+}
+
 /// Proxies an admitted request, retrying within the upstream's budget.
 pub async fn forward(
     w: &Upstreams,
@@ -275,75 +323,33 @@ pub async fn forward(
 ) -> Result<Done, Abort> {
     let up = w.pool(c.snap(), a.upstream);
     let (pool, health) = (&up.pool, &*up.health);
-    let budget = {
-        let p = pool.borrow();
-        let u = &p.settings;
-        Budget {
-            connect_ms: u.connect_timeout_ms,
-            response_ms: u.response_timeout_ms,
-            retries: u.retries,
-        }
-    };
-    // The circuit breaker: past the limit, 503 at once. A body still
-    // streaming from the client takes an upload place instead, so slow
-    // uploads never hold the places of requests that could go now.
-    let place = if a.streaming_body {
-        health.enter_upload().ok_or(Failure::UPSTREAM_MAX_UPLOADS)
-    } else {
-        health.enter_request().ok_or(Failure::UPSTREAM_MAX_REQUESTS)
-    };
-    let _in_flight = place.map_err(|f| Abort::Respond(f, None))?;
-    let mut exclude = None;
-    let mut attempts = 0;
-    let mut last_failure: Option<(Failure, SocketAddr)> = None;
-    // After a pooled connection failed, the retry gets a fresh one.
-    let mut fresh_only = false;
+    let budget = Budget::of(&pool.borrow().settings);
+    let _in_flight = breaker(health, a)?;
+    let mut tries = Tries::default();
     loop {
-        attempts += 1;
-        let picked = pool.borrow_mut().pick(Instant::now(), exclude);
+        tries.attempts += 1;
+        let picked = pool.borrow_mut().pick(Instant::now(), tries.exclude);
         let Some(server) = picked else {
-            // After a failed attempt, that failure is the answer (502/504);
-            // with every server already marked down, 503.
-            return Err(match last_failure {
-                Some((f, addr)) => Abort::Respond(f, Some(addr)),
-                None => Abort::Respond(Failure::UPSTREAM_DOWN, None),
-            });
+            return Err(tries.exhausted());
         };
         let addr = pool.borrow().addr(server);
         // In flight on the server from here (connecting included) until the
         // exchange ends, also if this future is dropped: the pool sizes
         // itself and balances by it.
         let in_flight = Busy::begin(pool, server);
-        let mut conn =
-            match checkout_or_connect(&up, server, addr, reuse(fresh_only, a.retryable), budget)
-                .await
-            {
-                Ok(conn) => conn,
-                Err(Attempt::Retry(f)) if attempts <= budget.retries => {
-                    // Nothing was sent: trying another server is safe for any request.
-                    exclude = Some(server);
-                    last_failure = Some((f, addr));
-                    continue;
-                }
-                Err(Attempt::Retry(f)) => return Err(Abort::Respond(f, Some(addr))),
-                Err(Attempt::Abort(abort)) => return Err(abort),
-            };
+        let how = reuse(tries.fresh_only, a.retryable);
+        let mut conn = match checkout_or_connect(&up, server, addr, how, budget).await {
+            Ok(conn) => conn,
+            Err(Attempt::Retry(f)) => {
+                tries.connect_failed(f, (server, addr), budget)?;
+                continue;
+            }
+            Err(Attempt::Abort(abort)) => return Err(abort),
+        };
         let reused = conn.reused;
         let result = exchange(stopping, c, &mut conn, a, budget.response_ms, addr).await;
         drop(in_flight);
-        match &result {
-            Ok((done, _)) if done.status < 500 => health.answered(server),
-            Ok(_) => failed(&up, server, addr),
-            // A pooled connection the server closed while idle says
-            // nothing about the server: the retry gets a fresh one.
-            Err(Attempt::Retry(_)) if reused => {}
-            Err(Attempt::Retry(f) | Attempt::Abort(Abort::Respond(f, _) | Abort::Close(f, _)))
-                if f.fault == Fault::Upstream =>
-            {
-                failed(&up, server, addr)
-            }
-            Err(_) => {}
-        }
+        judge_server(&up, (server, addr), reused, &result);
         match result {
             Ok((done, upstream_reusable)) => {
                 let mut p = pool.borrow_mut();
@@ -354,31 +360,87 @@ pub async fn forward(
                 }
                 return Ok(done);
             }
+            Err(Attempt::Retry(f)) => {
+                tries.exchange_failed(f, (server, addr), reused, a, budget)?
+            }
+            Err(Attempt::Abort(abort)) => return Err(abort),
+        }
+    }
+}
+
+/// Where a request's attempts stand.
+#[derive(Default)]
+struct Tries {
+    attempts: u32,
+    /// The server the next pick avoids.
+    exclude: Option<usize>,
+    /// The last failure: the answer when no server is left.
+    last: Option<(Failure, SocketAddr)>,
+    /// After a pooled connection failed, the retry gets a fresh one.
+    fresh_only: bool,
+}
+
+impl Tries {
+    /// No server left to pick: after a failed attempt, that failure is
+    /// the answer (502/504); with every server already marked down, 503.
+    fn exhausted(&self) -> Abort {
+        match self.last {
+            Some((f, addr)) => Abort::Respond(f, Some(addr)),
+            None => Abort::Respond(Failure::UPSTREAM_DOWN, None),
+        }
+    }
+
+    /// A connect that failed: nothing was sent, so trying another server
+    /// is safe for any request, within the budget.
+    fn connect_failed(
+        &mut self,
+        f: Failure,
+        (server, addr): (usize, SocketAddr),
+        budget: Budget,
+    ) -> Result<(), Abort> {
+        if self.attempts > budget.retries {
+            return Err(Abort::Respond(f, Some(addr)));
+        }
+        self.exclude = Some(server);
+        self.last = Some((f, addr));
+        Ok(())
+    }
+
+    /// An exchange that failed before the client got anything: a request
+    /// that can be sent again is, within the budget; else its failure is
+    /// the answer.
+    fn exchange_failed(
+        &mut self,
+        f: Failure,
+        (server, addr): (usize, SocketAddr),
+        reused: bool,
+        a: &Admitted,
+        budget: Budget,
+    ) -> Result<(), Abort> {
+        if a.retryable && reused && !self.fresh_only {
             // A stale pooled connection (the server closed it while it
             // idled) is tried once more on a fresh one, outside the retry
             // budget: it says nothing about the server.
-            Err(Attempt::Retry(f)) if a.retryable && reused && !fresh_only => {
-                fresh_only = true;
-                attempts -= 1;
-                last_failure = Some((f, addr));
+            self.fresh_only = true;
+            self.attempts -= 1;
+        } else if a.retryable && self.attempts <= budget.retries {
+            // A fresh connection that failed sends the retry to another
+            // server.
+            if reused {
+                self.fresh_only = true;
+            } else {
+                self.exclude = Some(server);
             }
-            Err(Attempt::Retry(f)) if a.retryable && attempts <= budget.retries => {
-                // A fresh connection that failed sends the retry to
-                // another server.
-                if reused {
-                    fresh_only = true;
-                } else {
-                    exclude = Some(server);
-                }
-                last_failure = Some((f, addr));
-                tracing::debug!(
-                    "upstream {addr}: {} on attempt {attempts}, retrying",
-                    f.reason
-                );
-            }
-            Err(Attempt::Retry(f)) => return Err(Abort::Respond(f, Some(addr))),
-            Err(Attempt::Abort(abort)) => return Err(abort),
+            tracing::debug!(
+                "upstream {addr}: {} on attempt {}, retrying",
+                f.reason,
+                self.attempts
+            );
+        } else {
+            return Err(Abort::Respond(f, Some(addr)));
         }
+        self.last = Some((f, addr));
+        Ok(())
     }
 }
 

@@ -11,8 +11,18 @@ use crate::{
     respond::Failure,
 };
 
-/// A preflight answered by the gateway (204, no body).
-pub const PREFLIGHT: Failure = Failure::client(204, "cors.preflight");
+/// What the CORS stage let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// Not a preflight: the request goes on, with its CORS lines.
+    Request,
+    /// An allowed preflight: answered by the gateway (204 and the CORS
+    /// lines), never proxied.
+    Preflight,
+}
+
+/// The access log's reason code for an answered preflight.
+pub const PREFLIGHT: &str = "cors.preflight";
 /// A preflight from an origin the route does not allow.
 pub const ORIGIN: Failure = Failure::client(403, "cors.origin");
 /// A preflight for a method the route does not allow.
@@ -36,19 +46,19 @@ pub fn preflight_method<'b>(head: &RequestHead<'b, '_>) -> Option<&'b str> {
 }
 
 /// Judges a request on a route with `policy`, writing the response's CORS
-/// lines to `lines`. A preflight always ends here: [`PREFLIGHT`] when
-/// allowed, a 403 naming what was not.
+/// lines to `lines`. A preflight always ends here: [`Allowed::Preflight`]
+/// when allowed, a 403 naming what was not.
 pub fn judge(
     policy: &CorsSettings,
     head: &RequestHead<'_, '_>,
     lines: &mut Vec<u8>,
-) -> Result<(), Failure> {
+) -> Result<Allowed, Failure> {
     lines.clear();
     // The answer depends on the origin, also when there is none: a cache
     // must not serve a response without CORS lines to a page.
     lines.extend_from_slice(b"vary: origin\r\n");
     let Some(origin) = header(head, "origin") else {
-        return Ok(());
+        return Ok(Allowed::Request);
     };
     let allowed = policy.origins.iter().any(|r| r.allows(origin));
     if let Some(method) = preflight_method(head) {
@@ -82,7 +92,7 @@ pub fn judge(
         lines.extend_from_slice(
             format!("access-control-max-age: {}\r\n", policy.max_age_secs).as_bytes(),
         );
-        return Err(PREFLIGHT);
+        return Ok(Allowed::Preflight);
     }
     if allowed {
         allow_origin(policy, origin, lines);
@@ -92,7 +102,7 @@ pub fn judge(
             lines.extend_from_slice(b"\r\n");
         }
     }
-    Ok(())
+    Ok(Allowed::Request)
 }
 
 fn allow_origin(policy: &CorsSettings, origin: &str, lines: &mut Vec<u8>) {
@@ -127,7 +137,7 @@ mod tests {
 
     /// Judges the request `raw` under `policy()`: the outcome, the lines
     /// written and the method a preflight asked about.
-    fn judged(raw: &str) -> (Result<(), Failure>, String, Option<String>) {
+    fn judged(raw: &str) -> (Result<Allowed, Failure>, String, Option<String>) {
         let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let limits = HeadLimits {
             max_request_line: 8192,
@@ -148,7 +158,7 @@ mod tests {
             "OPTIONS /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\n\
              access-control-request-method: PUT\r\naccess-control-request-headers: X-Api-Key\r\n\r\n",
         );
-        assert_eq!(r, Err(PREFLIGHT));
+        assert_eq!(r, Ok(Allowed::Preflight));
         assert_eq!(asked.as_deref(), Some("PUT"));
         assert!(
             lines.contains("access-control-allow-origin: https://app.example\r\n"),
@@ -181,7 +191,7 @@ mod tests {
             origins: vec![OriginRule::Any],
             ..policy()
         };
-        assert_eq!(judge(&any, &head, &mut lines), Ok(()));
+        assert_eq!(judge(&any, &head, &mut lines), Ok(Allowed::Request));
         let text = String::from_utf8_lossy(&lines).into_owned();
         assert!(
             text.contains("access-control-allow-origin: *\r\n"),
@@ -192,7 +202,10 @@ mod tests {
             credentials: true,
             ..policy()
         };
-        assert_eq!(judge(&with_cookies, &head, &mut lines), Ok(()));
+        assert_eq!(
+            judge(&with_cookies, &head, &mut lines),
+            Ok(Allowed::Request)
+        );
         let text = String::from_utf8_lossy(&lines).into_owned();
         assert!(
             text.contains("access-control-allow-origin: https://app.example\r\n"),
@@ -233,7 +246,7 @@ mod tests {
         // No Origin: a plain OPTIONS, routed as itself.
         let (r, lines, asked) =
             judged("OPTIONS /x HTTP/1.1\r\nhost: a\r\naccess-control-request-method: PUT\r\n\r\n");
-        assert_eq!((r, asked), (Ok(()), None));
+        assert_eq!((r, asked), (Ok(Allowed::Request), None));
         assert_eq!(lines, "vary: origin\r\n");
         // An empty method asks about nothing.
         let (_, _, asked) = judged(
@@ -244,14 +257,14 @@ mod tests {
         let (r, _, asked) = judged(
             "GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\naccess-control-request-method: PUT\r\n\r\n",
         );
-        assert_eq!((r, asked), (Ok(()), None));
+        assert_eq!((r, asked), (Ok(Allowed::Request), None));
     }
 
     #[test]
     fn an_allowed_origin_gets_its_lines_and_two_origins_get_none() {
         let (r, lines, _) =
             judged("GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\n\r\n");
-        assert_eq!(r, Ok(()));
+        assert_eq!(r, Ok(Allowed::Request));
         assert!(
             lines.contains("access-control-allow-origin: https://app.example\r\n"),
             "{lines}"
@@ -264,6 +277,9 @@ mod tests {
         let (r, lines, _) = judged(
             "GET /x HTTP/1.1\r\nhost: a\r\norigin: https://app.example\r\norigin: https://app.example\r\n\r\n",
         );
-        assert_eq!((r, lines.as_str()), (Ok(()), "vary: origin\r\n"));
+        assert_eq!(
+            (r, lines.as_str()),
+            (Ok(Allowed::Request), "vary: origin\r\n")
+        );
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     stages::{
         auth::{self, AuthError, Identity},
         cors,
-        rate_limit::{self, Consumer, Meter, Phase},
+        rate_limit::{self, Consumer, Phase},
         validation, waf,
     },
     worker::Worker,
@@ -338,15 +338,11 @@ fn charge_limits(
         consumer,
         route: index,
     };
-    let link = w.shared.limits.link.as_ref().filter(|_| settings.shared);
-    let mut tally = w.tally.borrow_mut();
-    let mut meter = Meter {
-        buckets: &w.shared.limits.buckets,
-        link,
-        leases: &mut w.leases.borrow_mut(),
-        refused_by_source: false,
-        decisions: &mut tally.limits,
-    };
+    let (mut tally, mut leases) = (w.tally.borrow_mut(), w.leases.borrow_mut());
+    let mut meter = w
+        .shared
+        .limits
+        .meter(settings, &mut leases, &mut tally.limits);
     let charged = rate_limit::charge(&mut meter, settings, route_limits, phase, &who, lines);
     *by_source = meter.refused_by_source;
     charged

@@ -175,6 +175,26 @@ pub struct Meter<'a> {
     pub decisions: &'a mut LimitCounts,
 }
 
+impl Limiter {
+    /// A meter over these buckets for one worker's decisions: `leases` and
+    /// `decisions` are the worker's own; the cluster link counts only
+    /// when `settings.shared`.
+    pub fn meter<'a>(
+        &'a self,
+        settings: &RateLimitSettings,
+        leases: &'a mut Leases,
+        decisions: &'a mut LimitCounts,
+    ) -> Meter<'a> {
+        Meter {
+            buckets: &self.buckets,
+            link: self.link.as_ref().filter(|_| settings.shared),
+            leases,
+            refused_by_source: false,
+            decisions,
+        }
+    }
+}
+
 /// Charges the limits of `route_limits` that belong to `phase`. The
 /// strictest wins: a refusal is the one to wait longest for, and writes
 /// its `RateLimit-Policy`, `RateLimit` and `Retry-After` lines to

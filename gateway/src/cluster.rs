@@ -36,7 +36,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-pub use crate::stages::rate_limit::cluster_link::{Link, UNAVAILABLE, link};
+pub use crate::stages::rate_limit::cluster_link::{Link, link};
 use crate::{
     background::Background,
     clock::{Clock, Monotonic, unix_ms},

@@ -7,15 +7,16 @@
 //! (upstreams) → `filters` (response headers) → `observe` (access log,
 //! metrics); `pipeline` calls them in that order, over the connection in
 //! `conn`, and `respond` turns every failure into a response. Beneath
-//! them the leaves: `addr` (sources and CIDR sets), `json` (strict
-//! documents and compiled schemas), `config`, `clock`, `buffers`.
+//! them: `addr` (sources and CIDR sets), `json` (strict documents and
+//! compiled schemas), `config` (which imports no stage), `clock`,
+//! `buffers`.
 //! Around them: `worker` (one thread's state), `snapshot` (the compiled
 //! configuration), `control`, `escalate`, `verdicts` and `cluster` (the
 //! verdict loop and Redis), `xdp` (kernel data plane), `policy` and
 //! `enforce` (where the source policy is enforced), `reload` (SIGHUP and
 //! `gateway reload`), `admin`, `audit`, `fetch`, `background`, `fdlimit`
 //! (connection caps against `RLIMIT_NOFILE`), `demo` (the built-in
-//! backend). Imports point down this list, never back up: `cargo xtask
+//! backend). No two modules import each other in a loop: `cargo xtask
 //! layout` checks it.
 
 pub mod addr;

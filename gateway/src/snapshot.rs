@@ -60,7 +60,7 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 impl Snapshot {
     /// Whether `ip` is one of the trusted proxies (`proxy.trusted_proxies`),
     /// whose forwarding headers are kept and whose own address is never
-    /// counted, limited or sentenced. The one place that decides it.
+    /// counted, limited or sentenced.
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         self.trusted_proxies.contains(&crate::addr::source_addr(ip))
     }

@@ -3,7 +3,11 @@
 //!
 //! An arrow A -> B means file A names an item of file B (`use crate::b::X`,
 //! an inline `crate::b::x()`, `super::X`, or a child module `b::X` that A
-//! declares). Test modules (`#[cfg(test)] mod ...`) are left out: a test may
+//! declares). A name a module hands on with `pub use child::*` or `pub use
+//! child::{X}` counts as the file that defines it, and a glob import (`use
+//! super::*`) as every such file whose names the importing file uses.
+//! Not followed: macros, `#[path]`, and paths through a module imported by
+//! its short name (`use crate::proxy; proxy::tls::f()`). Test modules (`#[cfg(test)] mod ...`) are left out: a test may
 //! reach anywhere. The whole suite refuses a cycle, so the layout that
 //! README's *Layout* describes cannot quietly grow one back.
 
@@ -57,16 +61,45 @@ impl Graph {
             files.insert(path.clone(), rel);
             code.insert(path, text);
         }
+        let names = Names {
+            defs: code
+                .iter()
+                .map(|(p, t)| (p.clone(), definitions(t)))
+                .collect(),
+            reexports: code
+                .iter()
+                .map(|(p, t)| {
+                    let children: Vec<String> = files
+                        .keys()
+                        .filter(|c| c.len() == p.len() + 1 && c.starts_with(p))
+                        .map(|c| c[p.len()].clone())
+                        .collect();
+                    (p.clone(), reexports(t, &children))
+                })
+                .collect(),
+        };
         let mut arrows = BTreeMap::new();
         for (path, text) in &code {
+            let own = &names.defs[path];
+            let used: BTreeSet<String> = identifiers(text).filter(|i| !own.contains(i)).collect();
             let mut to = BTreeSet::new();
             for target in references(text, path) {
-                if let Some(m) = resolve(&files, &target)
-                    && &m != path
-                {
+                let glob = target.last().is_some_and(|l| l == "*");
+                let target = &target[..target.len() - usize::from(glob)];
+                let Some(m) = resolve(&files, target) else {
+                    continue;
+                };
+                if glob {
+                    // What the glob brings in and the file names: the files
+                    // that define it, through the module's re-exports.
+                    to.extend(used.iter().filter_map(|n| names.provider(&m, n)));
                     to.insert(m);
+                } else {
+                    let named = target.get(m.len());
+                    to.insert(named.and_then(|n| names.provider(&m, n)).unwrap_or(m));
                 }
             }
+            to.remove(path);
             arrows.insert(path.clone(), to);
         }
         Ok(Graph { files, arrows })
@@ -159,6 +192,49 @@ pub struct Cycle {
     pub members: Vec<String>,
     /// `a.rs -> b/c.rs`, one per file arrow inside the loop.
     pub arrows: Vec<String>,
+}
+
+/// A child a module hands on: its name, and the names it hands on (`None`
+/// for all, `pub use child::*`).
+type Reexport = (String, Option<Vec<String>>);
+
+/// What each module defines and hands on from its children.
+struct Names {
+    defs: BTreeMap<ModPath, BTreeSet<String>>,
+    reexports: BTreeMap<ModPath, Vec<Reexport>>,
+}
+
+impl Names {
+    /// The module that defines `name` as `m` hands it on: `m` itself, or
+    /// the child (grandchild, ...) its `pub use` takes it from.
+    fn provider(&self, m: &ModPath, name: &str) -> Option<ModPath> {
+        if self.defs.get(m).is_some_and(|d| d.contains(name)) {
+            return Some(m.clone());
+        }
+        for (child, names) in self.reexports.get(m).into_iter().flatten() {
+            let mut c = m.clone();
+            c.push(child.clone());
+            match names {
+                Some(list) if list.iter().any(|n| n == name) => {
+                    return Some(self.provider(&c, name).unwrap_or(c));
+                }
+                None => {
+                    if let Some(p) = self.provider(&c, name) {
+                        return Some(p);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
+/// Every identifier token of a (stripped) file.
+fn identifiers(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with(|c: char| c.is_alphabetic() || c == '_'))
+        .map(str::to_owned)
 }
 
 /// `cargo xtask layout`: prints the cycles of `gateway/src` and fails if
@@ -312,19 +388,131 @@ fn drop_test_modules(text: &str) -> (String, Vec<String>) {
         rest = &after[end..];
     }
     for line in out.lines() {
-        let t = line.trim_start();
-        let t = t
-            .strip_prefix("pub(crate) ")
-            .or_else(|| t.strip_prefix("pub "))
-            .unwrap_or(t);
-        if let Some(name) = t
-            .strip_prefix("mod ")
+        if let Some(name) = without_visibility(line)
+            .and_then(|t| t.strip_prefix("mod "))
             .and_then(|r| r.trim_end().strip_suffix(';'))
         {
-            children.push(name.trim().to_owned());
+            let name = name.trim();
+            children.push(name.strip_prefix("r#").unwrap_or(name).to_owned());
         }
     }
     (out, children)
+}
+
+/// An item line without its attributes (`#[...]`) and visibility (`pub`,
+/// `pub(crate)`, `pub(in path)`).
+fn without_visibility(line: &str) -> Option<&str> {
+    let mut t = line.trim_start();
+    while let Some(rest) = t.strip_prefix("#[") {
+        t = rest.get(rest.find(']')? + 1..)?.trim_start();
+    }
+    if let Some(rest) = t.strip_prefix("pub") {
+        if let Some(r) = rest.strip_prefix('(') {
+            t = r.get(r.find(')')? + 1..)?.trim_start();
+        } else if rest.starts_with(char::is_whitespace) {
+            t = rest.trim_start();
+        }
+    }
+    Some(t)
+}
+
+/// The names a file defines at its top level (functions, types, traits,
+/// constants, statics, modules, macros): what a path may name in it.
+fn definitions(text: &str) -> BTreeSet<String> {
+    const KINDS: [&str; 10] = [
+        "fn ",
+        "struct ",
+        "enum ",
+        "const ",
+        "static ",
+        "type ",
+        "trait ",
+        "union ",
+        "mod ",
+        "macro_rules! ",
+    ];
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.starts_with(char::is_whitespace)) {
+        let Some(mut t) = without_visibility(line) else {
+            continue;
+        };
+        // Qualifiers before `fn` (`const fn`, `async unsafe fn`); a
+        // `const NAME` is a definition of its own.
+        loop {
+            let before = t;
+            for q in ["async ", "unsafe ", "extern \"C\" "] {
+                t = t.strip_prefix(q).unwrap_or(t);
+            }
+            if let Some(r) = t.strip_prefix("const ")
+                && ["fn ", "unsafe ", "async "]
+                    .iter()
+                    .any(|f| r.starts_with(f))
+            {
+                t = r;
+            }
+            if t == before {
+                break;
+            }
+        }
+        if let Some(rest) = KINDS.iter().find_map(|k| t.strip_prefix(k)) {
+            let rest = rest.strip_prefix("r#").unwrap_or(rest);
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// The children a `mod.rs` (or any module) hands on with `pub use
+/// child::*` (`None`) or `pub use child::{A, B}` (`Some([A, B])`).
+fn reexports(text: &str, children: &[String]) -> Vec<Reexport> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = find_word(rest, "use") {
+        let line_start = rest[..at].rfind('\n').map_or(0, |i| i + 1);
+        let public = rest[line_start..at].trim_start().starts_with("pub");
+        let tail = &rest[at + 3..];
+        let end = tail.find(';').unwrap_or(tail.len());
+        let tree = tail[..end].trim();
+        rest = tail.get(end + 1..).unwrap_or("");
+        if !public {
+            continue;
+        }
+        let tree = tree.strip_prefix("self::").unwrap_or(tree);
+        let Some((child, items)) = tree.split_once("::") else {
+            continue;
+        };
+        if !children.iter().any(|c| c == child) {
+            continue;
+        }
+        let items = items.trim();
+        let names = if items == "*" {
+            None
+        } else {
+            let inner = items
+                .strip_prefix('{')
+                .and_then(|i| i.strip_suffix('}'))
+                .unwrap_or(items);
+            Some(
+                split_top(inner)
+                    .into_iter()
+                    .filter_map(|i| {
+                        let leaf = i.split("::").last()?.trim();
+                        // `X as Y` is named Y here.
+                        let leaf = leaf.rsplit(" as ").next()?.trim();
+                        (!leaf.is_empty()).then(|| leaf.to_owned())
+                    })
+                    .collect(),
+            )
+        };
+        out.push((child.to_owned(), names));
+    }
+    out
 }
 
 /// Every path the file names, made absolute from the crate root: use trees
@@ -413,8 +601,8 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
         _ => {
             let leaf = tree.split_whitespace().next().unwrap_or("");
             let mut path = prefix.clone();
-            if leaf != "self" && leaf != "*" {
-                path.push(leaf.to_owned());
+            if leaf != "self" {
+                path.push(leaf.strip_prefix("r#").unwrap_or(leaf).to_owned());
             }
             out.push(path);
         }
@@ -616,6 +804,47 @@ mod tests {
         let g = Graph::read(&src).expect("readable crate");
         assert!(g.cycles().is_empty(), "{:?}", g.cycles());
         assert_eq!(g.files.len(), 3, "the test module file is no node");
+    }
+
+    #[test]
+    fn names_handed_on_by_mod_rs_count_as_their_defining_file() {
+        // The config pattern: every child `use super::*`, mod.rs hands
+        // every child on; a loop between two children is still a loop.
+        let src = krate(&[
+            ("lib.rs", "pub mod p;\n"),
+            (
+                "p/mod.rs",
+                "mod a;\npub(super) mod b;\npub use a::*;\npub use b::{Gee, helper};\n",
+            ),
+            (
+                "p/a.rs",
+                "use super::*;\npub struct Aye;\nfn f() { helper() }\n",
+            ),
+            (
+                "p/b.rs",
+                "pub struct Gee(super::Aye);\npub fn helper() {}\n",
+            ),
+        ]);
+        let cycles = Graph::read(&src).expect("readable crate").cycles();
+        assert_eq!(cycles.len(), 1, "{cycles:?}");
+        assert_eq!(cycles[0].members, ["p/a.rs", "p/b.rs"]);
+        // Without b's use of Aye, no loop: a child using its parent's
+        // re-exports is fine.
+        let src = krate(&[
+            ("lib.rs", "pub mod p;\n"),
+            ("p/mod.rs", "mod a;\nmod b;\npub use a::*;\npub use b::*;\n"),
+            (
+                "p/a.rs",
+                "use super::*;\npub struct Aye;\nfn f() { helper() }\n",
+            ),
+            ("p/b.rs", "pub fn helper() {}\n"),
+        ]);
+        assert!(
+            Graph::read(&src)
+                .expect("readable crate")
+                .cycles()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Errors located in their file: `file:line: key: what is wrong`, for the
-//! configuration and the key file alike.
+//! Errors located in their file (`file:line: key: what is wrong`, for the
+//! configuration and the key file alike), and paths relative to the file
+//! that names them.
 
 use super::*;
 
@@ -49,4 +50,12 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// A path from the configuration, relative to the file it is written in.
+pub(super) fn relative_to(file: &str, p: &Path) -> PathBuf {
+    match Path::new(file).parent() {
+        Some(dir) if p.is_relative() && !file.starts_with('<') => dir.join(p),
+        _ => p.to_owned(),
+    }
 }

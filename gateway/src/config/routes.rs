@@ -170,8 +170,18 @@ pub(super) fn compile_full(
     invalid: &Invalid<'_>,
 ) -> Result<RouteSettings, ConfigError> {
     let mut route = compile_route(i, r, ctx.upstreams, ctx.max_body, ctx.auth, invalid)?;
-    route.body_schema = route_body_schema(i, r, &mut route, ctx.file, invalid)?;
-    route.params = route_params(i, r, &route.path, invalid)?;
+    let mut rules = BodyRules {
+        content_types: &mut route.content_types,
+        max_body_bytes: route.max_body_bytes,
+    };
+    let source = (r.body_schema.as_ref(), r.body_required);
+    route.body_schema = route_body_schema(i, source, &mut rules, ctx.file, invalid)?;
+    // A path parameter names a `{segment}` of the template.
+    let segment_of = |name: &str| match &route.path {
+        PathMatch::Template(t) => t.iter().position(|s| *s == Segment::Param(name.to_owned())),
+        _ => None,
+    };
+    route.params = route_params(i, &r.params, segment_of, invalid)?;
     route.rate_limits = route_limits(i, &r.rate_limits, ctx.limits, invalid)?;
     route.cors = route_cors(i, r.cors.as_ref(), ctx.cors, invalid)?;
     route.waf = r.waf.unwrap_or(ctx.waf);
@@ -397,4 +407,108 @@ pub(super) fn check_rule_counts(
         }
     }
     Ok(())
+}
+
+pub(super) fn route_auth(
+    i: usize,
+    r: &RouteFile,
+    ctx: &AuthContext<'_>,
+    invalid: &Invalid<'_>,
+) -> Result<RouteAuth, ConfigError> {
+    let has_keys = ctx.has_keys;
+    let key = format!("routes[{i}].auth");
+    let Some(auth) = &r.auth else {
+        return Err(invalid(
+            Some(r.upstream.span()),
+            key,
+            "missing: every route says who may call it: `auth = \"none\"` for a public \
+             route, or e.g. `auth = [\"api_key\"]`"
+                .into(),
+        ));
+    };
+    let names: Vec<&str> = match auth.get_ref() {
+        AuthList::One(s) if s == "none" => {
+            if !r.roles.is_empty()
+                || !r.consumers.is_empty()
+                || !r.scopes.is_empty()
+                || !r.claims.is_empty()
+            {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "a public route (`auth = \"none\"`) cannot require roles, consumers, scopes or claims"
+                        .into(),
+                ));
+            }
+            return Ok(RouteAuth::Public);
+        }
+        AuthList::One(s) => vec![s.as_str()],
+        AuthList::Many(v) => v.iter().map(String::as_str).collect(),
+    };
+    let mut list = Vec::new();
+    for name in names {
+        let a = match name {
+            "api_key" if has_keys => Authenticator::ApiKey,
+            "api_key" => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "`api_key` needs `auth.key_file` (consumers and their key hashes)".into(),
+                ));
+            }
+            "none" => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    "`none` stands alone: `auth = \"none\"`".into(),
+                ));
+            }
+            intro if intro.starts_with("introspect:") => {
+                let name = &intro["introspect:".len()..];
+                match ctx.endpoints.iter().position(|n| *n == name) {
+                    Some(idx) => Authenticator::Introspect(idx),
+                    None => {
+                        return Err(invalid(
+                            Some(auth.span()),
+                            key,
+                            format!("no [[auth.introspection]] named `{name}`"),
+                        ));
+                    }
+                }
+            }
+            jwt if jwt.starts_with("jwt:") => {
+                let name = &jwt[4..];
+                match ctx.issuers.iter().position(|n| *n == name) {
+                    Some(idx) => Authenticator::Jwt(idx),
+                    None => {
+                        return Err(invalid(
+                            Some(auth.span()),
+                            key,
+                            format!("no [[auth.jwt]] named `{name}`"),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(invalid(
+                    Some(auth.span()),
+                    key,
+                    format!(
+                        "unknown authenticator `{other}` (known: api_key, jwt:NAME, introspect:NAME)"
+                    ),
+                ));
+            }
+        };
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+    if list.is_empty() {
+        return Err(invalid(
+            Some(auth.span()),
+            key,
+            "empty: name an authenticator, or `auth = \"none\"`".into(),
+        ));
+    }
+    Ok(RouteAuth::Required(list))
 }

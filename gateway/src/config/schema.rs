@@ -21,18 +21,55 @@ pub(super) enum SchemaSource {
     Inline(serde_json::Map<String, serde_json::Value>),
 }
 
+/// `[[routes.params]]`: a query or path parameter and its schema.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ParamFile {
+    name: Spanned<String>,
+    #[serde(rename = "in")]
+    location: Spanned<String>,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    schema: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ParamFile {
+    /// A parameter as an OpenAPI document declares it.
+    pub(super) fn new(
+        name: Spanned<String>,
+        location: Spanned<String>,
+        required: bool,
+        schema: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        Self {
+            name,
+            location,
+            required,
+            schema,
+        }
+    }
+}
+
+/// What a body schema holds a route to: its media types (JSON only; the
+/// default becomes `application/json`) and its body limit.
+pub(super) struct BodyRules<'a> {
+    pub(super) content_types: &'a mut Vec<String>,
+    pub(super) max_body_bytes: u64,
+}
+
 /// Compiles route `i`'s body schema, if it has one, and holds the route to
 /// what validation needs: JSON media types only (a body of another type
 /// would pass unjudged) and a body limit that fits in memory.
 pub(super) fn route_body_schema(
     i: usize,
-    r: &RouteFile,
-    route: &mut RouteSettings,
+    (body_schema, body_required): (Option<&Spanned<SchemaSource>>, bool),
+    route: &mut BodyRules<'_>,
     file: &str,
     invalid: &Invalid<'_>,
 ) -> Result<Option<BodySchema>, ConfigError> {
-    let Some(source) = &r.body_schema else {
-        if r.body_required {
+    let Some(source) = body_schema else {
+        if body_required {
             return Err(invalid(
                 None,
                 format!("routes[{i}].body_required"),
@@ -78,63 +115,27 @@ pub(super) fn route_body_schema(
     Ok(Some(BodySchema {
         validator: std::sync::Arc::new(validator),
         source: from,
-        required: r.body_required,
+        required: body_required,
     }))
-}
-
-/// `[[routes.params]]`: a query or path parameter and its schema.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ParamFile {
-    name: Spanned<String>,
-    #[serde(rename = "in")]
-    location: Spanned<String>,
-    #[serde(default)]
-    required: bool,
-    #[serde(default)]
-    schema: serde_json::Map<String, serde_json::Value>,
-}
-
-impl ParamFile {
-    /// A parameter as an OpenAPI document declares it.
-    pub(super) fn new(
-        name: Spanned<String>,
-        location: Spanned<String>,
-        required: bool,
-        schema: serde_json::Map<String, serde_json::Value>,
-    ) -> Self {
-        Self {
-            name,
-            location,
-            required,
-            schema,
-        }
-    }
 }
 
 /// Compiles route `i`'s parameters: path ones must name a `{segment}` of
 /// its template (and are required), query ones are named once.
 pub(super) fn route_params(
     i: usize,
-    r: &RouteFile,
-    path: &PathMatch,
+    params: &[ParamFile],
+    segment_of: impl Fn(&str) -> Option<usize>,
     invalid: &Invalid<'_>,
 ) -> Result<Vec<Param>, ConfigError> {
     let mut out: Vec<Param> = Vec::new();
-    for (n, p) in r.params.iter().enumerate() {
+    for (n, p) in params.iter().enumerate() {
         let key = format!("routes[{i}].params[{n}]");
         let name = p.name.get_ref();
         let fail = |span: std::ops::Range<usize>, m: String| invalid(Some(span), key.clone(), m);
         let (location, segment) = match p.location.get_ref().as_str() {
             "query" => (Location::Query, 0),
             "path" => {
-                let at = match path {
-                    PathMatch::Template(t) => {
-                        t.iter().position(|s| *s == Segment::Param(name.clone()))
-                    }
-                    _ => None,
-                };
-                let Some(at) = at else {
+                let Some(at) = segment_of(name) else {
                     return Err(fail(
                         p.name.span(),
                         format!("the route's path has no `{{{name}}}` segment"),

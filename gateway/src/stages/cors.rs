@@ -1,6 +1,6 @@
 //! CORS (the Fetch standard's CORS protocol): which browser origins may
-//! call a route. Preflights are answered here and never reach the
-//! upstream; an allowed origin gets its `Access-Control-*` lines on the
+//! call a route. An allowed preflight is told apart here and answered by
+//! the pipeline (a 204), never by the upstream; an allowed origin gets its `Access-Control-*` lines on the
 //! response (the gateway's own errors included, so a page can read why it
 //! was refused); an origin not allowed gets none. `Vary: Origin` is sent
 //! whenever the answer depends on the origin.

@@ -1,11 +1,12 @@
 //! The per-route stages that judge a request, each in its own module and
 //! called in order by `pipeline::admit_head`: `auth` (who is calling),
-//! `cors` (which browser origins; preflights end here), `authz` (may they
+//! `cors` (which browser origins; it tells a preflight apart, which the
+//! pipeline answers itself), `authz` (may they
 //! call this route), `rate_limit` (how often; keyed by source before
 //! authentication, by consumer after it), `validation` (what a request may
 //! carry), `waf` (SQL injection and XSS in what a request carries). A
-//! stage imports nothing above it: no pipeline, connection, proxy or
-//! server.
+//! stage imports no pipeline, connection, proxy, server or worker: its
+//! inputs come as arguments.
 
 pub mod auth;
 pub mod authz;

@@ -4,11 +4,13 @@
 //! socket with owned, reused buffers (rustls does not drive io_uring by itself).
 
 mod deadline;
+mod error;
 mod room;
 mod stream;
 
 pub use deadline::{deadline, shutdown_fd, write_deadline};
-pub use stream::{StreamError, TlsStream};
+pub use error::StreamError;
+pub use stream::TlsStream;
 
 use std::{
     cell::RefCell,

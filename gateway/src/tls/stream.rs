@@ -17,6 +17,7 @@ use tokio_uring::net::TcpStream;
 
 use super::{
     deadline::{deadline, write_deadline},
+    error::{MAX_INPUT, StreamError},
     room::{append, give_back},
 };
 use crate::buffers;
@@ -30,40 +31,8 @@ const RECORD: usize = 16 * 1024;
 /// More than any cipher suite adds to one record (header, nonce, tag,
 /// content type): the first guess at the room an encryption needs.
 const RECORD_OVERHEAD: usize = 64;
-/// Unprocessed input kept at most: rustls joins handshake messages of up
-/// to 64 KiB across records, in place in this buffer.
-const MAX_INPUT: usize = 96 * 1024;
 /// Encrypted output queued before it is sent, between a response's parts.
 const MAX_QUEUED: usize = 64 * 1024;
-
-/// Why a TLS connection ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The socket failed.
-    #[error("socket: {0}")]
-    Io(#[from] io::Error),
-    /// The peer broke the TLS protocol (an alert was sent).
-    #[error("tls: {0}")]
-    Tls(#[from] rustls::Error),
-    /// The peer spoke plain HTTP to the TLS port.
-    #[error("plain HTTP on the TLS port")]
-    PlainHttp,
-    /// The peer closed before the handshake ended.
-    #[error("closed during the handshake")]
-    HandshakeEof,
-    /// A deadline passed.
-    #[error("timed out")]
-    TimedOut,
-    /// The peer sent more than [`MAX_INPUT`] bytes without completing a
-    /// TLS message.
-    #[error("TLS message over {} KiB", MAX_INPUT / 1024)]
-    Oversized,
-    /// rustls is in a state the caller cannot move on from (asked to write
-    /// before the handshake ended, or after the connection closed): the
-    /// connection ends rather than spin.
-    #[error("TLS state machine stalled")]
-    Stalled,
-}
 
 /// A server-side TLS connection over an io_uring socket.
 pub struct TlsStream {

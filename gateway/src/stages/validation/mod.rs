@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use crate::{config::RouteSettings, http::request::RequestHead, respond::Failure};
 
 pub use crate::http::is_json;
-pub use crate::json::{BodySchema, DocumentError, Scratch, TapeJson, compile, compile_reference};
+pub use crate::json::{BodySchema, Scratch, compile, compile_reference};
 pub use fuzz::{fuzz_json_body, fuzz_path_query};
 pub use params::{Param, fuzz_query};
 

@@ -12,7 +12,7 @@ use std::{borrow::Cow, sync::Arc};
 
 use serde_json::Value;
 
-pub use crate::http::query::{decode, hex_pair, pairs};
+pub use crate::http::query::{decode, pairs};
 pub use crate::json::schema::{Kind, Location, Param};
 use crate::respond::Failure;
 

@@ -223,6 +223,8 @@ pub fn hint_lines<'a>(f: Failure, challenge: &'a [u8], limit_lines: &'a [u8]) ->
         Hint::Challenge => challenge,
         Hint::InvalidToken(line) => line,
         Hint::LimitLines => limit_lines,
+        // Every 401 carries a challenge (RFC 9110), whatever else it says.
+        Hint::None | Hint::Detail(_) if f.status == 401 => challenge,
         Hint::None | Hint::Detail(_) => b"",
     }
 }
@@ -307,6 +309,23 @@ mod tests {
             "{\"error\":\"gateway_timeout\",\"reason\":\"upstream.timeout\"}\n"
         );
         assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+
+    #[test]
+    fn every_401_carries_the_challenge_and_only_limits_carry_their_lines() {
+        let (ch, lim) = (
+            &b"www-authenticate: ApiKey\r\n"[..],
+            &b"retry-after: 3\r\n"[..],
+        );
+        let detailed = Failure::client(401, "x.y").with_hint(Hint::Detail("send a key"));
+        assert_eq!(hint_lines(detailed, ch, lim), ch);
+        assert_eq!(hint_lines(Failure::client(401, "x.y"), ch, lim), ch);
+        let token = Failure::client(401, "jwt.expired").with_hint(Hint::InvalidToken(b"line\r\n"));
+        assert_eq!(hint_lines(token, ch, lim), b"line\r\n");
+        let limited = Failure::client(429, "rate_limit.exceeded").with_hint(Hint::LimitLines);
+        assert_eq!(hint_lines(limited, ch, lim), lim);
+        assert_eq!(hint_lines(Failure::client(429, "other"), ch, lim), b"");
+        assert_eq!(hint_lines(Failure::UPSTREAM_TIMEOUT, ch, lim), b"");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{io::Write, net::TcpStream, time::Duration};
 
 use gateway_tests::harness::{
-    Backend, Certs, Client, Gateway, TempDir, client_config, free_port, reason_of, setup,
+    Backend, Certs, Client, Gateway, Setup, TempDir, client_config, free_port, reason_of, setup,
     setup_full, setup_with,
 };
 use nix::sys::signal::Signal;
@@ -566,10 +566,28 @@ fn trailers_are_not_forwarded() {
 fn new_connections_go_to_the_workers_in_turn() {
     gateway_tests::require_root();
     let mut s = setup("balance", "");
+    // Eight connections one after another alternate between the two
+    // workers. A kernel hash would do that by chance once in 64 tries; a
+    // second round is allowed because the balancer's turn can move without
+    // a connection of ours (seen once in a dozen loaded runs: one repeat).
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let workers = workers_of(&mut s, &format!("/rr{round}-"));
+        if workers.windows(2).all(|w| w[0] != w[1]) {
+            return;
+        }
+        rounds.push(workers);
+    }
+    panic!("not round robin: {rounds:?}");
+}
+
+/// Sends eight `Connection: close` requests to `prefix0`..`prefix7` and
+/// returns the worker that served each, in order (from the access log).
+fn workers_of(s: &mut Setup, prefix: &str) -> Vec<u64> {
     for i in 0..8 {
         let mut c = s.client();
         c.send(
-            format!("GET /rr{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            format!("GET {prefix}{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .expect("send");
@@ -579,7 +597,7 @@ fn new_connections_go_to_the_workers_in_turn() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut workers: Vec<(String, u64)> = Vec::new();
     while workers.len() < 8 && std::time::Instant::now() < deadline {
-        let _ = s.gw.proc.wait_for_line("/rr", Duration::from_millis(200));
+        let _ = s.gw.proc.wait_for_line(prefix, Duration::from_millis(200));
         workers =
             s.gw.proc
                 .seen
@@ -589,17 +607,12 @@ fn new_connections_go_to_the_workers_in_turn() {
                     let path = v["path"].as_str()?.to_owned();
                     Some((path, v["worker"].as_u64()?))
                 })
-                .filter(|(p, _)| p.starts_with("/rr"))
+                .filter(|(p, _)| p.starts_with(prefix))
                 .collect();
     }
     workers.sort();
-    let workers: Vec<u64> = workers.into_iter().map(|(_, w)| w).collect();
     assert_eq!(workers.len(), 8, "{:?}", s.gw.proc.seen);
-    // In turn: never the same worker twice in a row.
-    assert!(
-        workers.windows(2).all(|w| w[0] != w[1]),
-        "not round robin: {workers:?}"
-    );
+    workers.into_iter().map(|(_, w)| w).collect()
 }
 
 #[test]

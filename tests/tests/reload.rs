@@ -419,8 +419,11 @@ fn refused_reloads_change_nothing() {
         "the new route was applied"
     );
     assert_eq!(served_leaf(port, &certs.ca), leaf(a.cert));
-    // A listener change needs a restart.
-    let other = free_port();
+    // A listener change needs a restart (to a port that is not the plain
+    // one, `port + 1`, which free_port may hand out next).
+    let other = std::iter::repeat_with(free_port)
+        .find(|&p| p != port + 1)
+        .expect("a free port");
     let err = refused(
         &gw,
         &good.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}")),

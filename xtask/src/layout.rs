@@ -61,6 +61,16 @@ impl Graph {
             files.insert(path.clone(), rel);
             code.insert(path, text);
         }
+        // Each module's file modules, by name.
+        let mut children: BTreeMap<ModPath, Vec<String>> = BTreeMap::new();
+        for m in files.keys().filter(|m| !m.is_empty()) {
+            let (parent, name) = m.split_at(m.len() - 1);
+            children
+                .entry(parent.to_vec())
+                .or_default()
+                .push(name[0].clone());
+        }
+        let children_of = |p: &ModPath| children.get(p).map_or(&[][..], Vec::as_slice);
         let names = Names {
             defs: code
                 .iter()
@@ -68,14 +78,7 @@ impl Graph {
                 .collect(),
             reexports: code
                 .iter()
-                .map(|(p, t)| {
-                    let children: Vec<String> = files
-                        .keys()
-                        .filter(|c| c.len() == p.len() + 1 && c.starts_with(p))
-                        .map(|c| c[p.len()].clone())
-                        .collect();
-                    (p.clone(), reexports(t, &children))
-                })
+                .map(|(p, t)| (p.clone(), reexports(t, children_of(p))))
                 .collect(),
         };
         let mut arrows = BTreeMap::new();
@@ -83,7 +86,7 @@ impl Graph {
             let own = &names.defs[path];
             let used: BTreeSet<String> = identifiers(text).filter(|i| !own.contains(i)).collect();
             let mut to = BTreeSet::new();
-            for target in references(text, path) {
+            for target in references(text, path, children_of(path)) {
                 let glob = target.last().is_some_and(|l| l == "*");
                 let target = &target[..target.len() - usize::from(glob)];
                 let Some(m) = resolve(&files, target) else {
@@ -517,8 +520,7 @@ fn reexports(text: &str, children: &[String]) -> Vec<Reexport> {
 
 /// Every path the file names, made absolute from the crate root: use trees
 /// expanded, `super::` and `self::` resolved, child modules recognised.
-fn references(text: &str, here: &ModPath) -> Vec<ModPath> {
-    let children: BTreeSet<String> = drop_test_modules(text).1.into_iter().collect();
+fn references(text: &str, here: &ModPath, children: &[String]) -> Vec<ModPath> {
     let mut out = Vec::new();
     // `use` trees first, then every inline path outside them.
     let mut code = String::new();
@@ -561,7 +563,7 @@ fn references(text: &str, here: &ModPath) -> Vec<ModPath> {
         }
     }
     out.into_iter()
-        .filter_map(|segs| absolute(segs, here, &children))
+        .filter_map(|segs| absolute(segs, here, children))
         .collect()
 }
 
@@ -631,7 +633,7 @@ fn split_top(s: &str) -> Vec<&str> {
 
 /// Makes a path absolute from the crate root, or `None` when it leaves the
 /// crate (another crate, a local name that is no child module).
-fn absolute(segs: Vec<String>, here: &ModPath, children: &BTreeSet<String>) -> Option<ModPath> {
+fn absolute(segs: Vec<String>, here: &ModPath, children: &[String]) -> Option<ModPath> {
     let first = segs.first()?;
     match first.as_str() {
         "crate" => Some(segs[1..].to_vec()),
@@ -650,7 +652,9 @@ fn absolute(segs: Vec<String>, here: &ModPath, children: &BTreeSet<String>) -> O
             }
             Some(base.into_iter().chain(segs[k..].iter().cloned()).collect())
         }
-        name if children.contains(name) => Some(here.iter().cloned().chain(segs).collect()),
+        name if children.iter().any(|c| c == name) => {
+            Some(here.iter().cloned().chain(segs).collect())
+        }
         _ => None,
     }
 }

@@ -419,8 +419,9 @@ pub(crate) fn serve_until_stopped(
             Ok(n) => tracing::info!("removed {n} expired verdicts"),
             Err(e) => tracing::warn!("sweeping verdicts: {e}"),
         }
-        // What this tick placed, lifted or swept, to the workers at once.
-        book.requests.publish();
+        // What this tick placed, lifted or swept, to the workers at once
+        // (and only then said in the log).
+        book.publish();
         since_stats += tick;
         if stats_every.is_zero() {
             control.failures.forget_recent();

@@ -71,6 +71,10 @@ pub struct Book {
     pub overflowed: u64,
     /// Verdicts not placed anywhere (both maps full, or a kernel error).
     pub not_placed: u64,
+    /// What to log of request verdicts once [`Book::publish`] hands them to
+    /// the workers: said earlier, a log line would claim a refusal that a
+    /// request arriving meanwhile does not get.
+    unannounced: Vec<String>,
 }
 
 fn secs(ns: u64) -> u64 {
@@ -153,6 +157,7 @@ impl Book {
             issued: 0,
             overflowed: 0,
             not_placed: 0,
+            unannounced: Vec::new(),
         }
     }
 
@@ -288,11 +293,10 @@ impl Book {
                 "a kernel verdict on a loopback, the host's own address, a trusted proxy or a configured peer would cut the gateway off from it".to_owned()
             };
             if self.put_in_requests(s, why.clone(), now_ns) {
-                tracing::warn!(
+                self.unannounced.push(format!(
                     "verdict: {} refused request by request for {}s ({code}: {why}): {because}",
-                    s.source,
-                    s.secs,
-                );
+                    s.source, s.secs,
+                ));
             } else {
                 self.unplaced(s, "the request verdicts are full");
             }
@@ -310,11 +314,10 @@ impl Book {
             Err(XdpError::MapFull { capacity, .. }) => {
                 if self.put_in_requests(s, why.clone(), now_ns) {
                     self.overflowed += 1;
-                    tracing::warn!(
+                    self.unannounced.push(format!(
                         "verdict: {} refused request by request for {}s ({code}: {why}): the kernel's verdict map is full ({capacity} entries)",
-                        s.source,
-                        s.secs,
-                    );
+                        s.source, s.secs,
+                    ));
                 } else {
                     self.unplaced(
                         s,
@@ -323,6 +326,16 @@ impl Book {
                 }
             }
             Err(e) => self.unplaced(s, &e.to_string()),
+        }
+    }
+
+    /// Hands the workers the request verdicts placed, lifted or swept since
+    /// the last publish, then logs the ones placed: a line never runs ahead
+    /// of the refusal it reports.
+    pub fn publish(&mut self) {
+        self.requests.publish();
+        for line in self.unannounced.drain(..) {
+            tracing::warn!("{line}");
         }
     }
 
@@ -362,7 +375,7 @@ impl Book {
             why
         };
         self.put(source, VerdictReason::Policy, secs, why.to_owned(), now_ns)?;
-        self.requests.publish();
+        self.publish();
         tracing::warn!(
             "verdict: {source} for {secs}s (policy: {why}), placed through the admin API"
         );
@@ -375,7 +388,7 @@ impl Book {
         self.notes.remove(&source);
         let in_kernel = self.enforcement.remove_verdict(source);
         let in_requests = self.requests.lift(source);
-        self.requests.publish();
+        self.publish();
         self.tell(Shout::Lifted { source });
         if in_kernel || in_requests {
             tracing::warn!("verdict on {source} lifted through the admin API");

@@ -36,8 +36,12 @@ fn first_offences_are_refused_request_by_request_then_in_the_kernel() {
     let list = b.list(0);
     assert_eq!(list.len(), 1);
     assert_eq!((list[0].enforced, list[0].reason), ("request", "abuse"));
-    b.requests.publish();
+    // Said in the log only once the workers refuse it.
     let view = std::cell::RefCell::default();
+    assert_eq!(b.requests.check(&view, ip, || SEC), None);
+    assert_eq!(b.unannounced.len(), 1, "announced before it was published");
+    b.publish();
+    assert!(b.unannounced.is_empty());
     assert_eq!(
         b.requests.check(&view, ip, || SEC),
         Some((VerdictReason::Abuse, 9 * SEC))

@@ -4,7 +4,7 @@
 //! names, which it replaces, and the fingerprinting ones). Compiled once
 //! per snapshot; a response only looks them up.
 
-use crate::config::{Config, merge};
+use crate::config::{Config, RouteSettings, merge};
 
 /// One set of added lines and dropped names.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +21,11 @@ pub struct Headers {
 }
 
 impl Headers {
+    /// A route's headers: the global ones with its changes.
+    pub fn of_route(cfg: &Config, route: &RouteSettings) -> Self {
+        Self::new(cfg, &route.response_headers, route.cors.is_some())
+    }
+
     fn new(cfg: &Config, changes: &[(String, String)], cors: bool) -> Self {
         let h = &cfg.response_headers;
         let mut set = h.set.clone();
@@ -70,11 +75,10 @@ impl Headers {
     }
 }
 
-/// The headers of a snapshot: the global set, and one per route.
+/// The headers of a snapshot's own answers (each route's are in its
+/// compiled [`crate::route::Route`]).
 #[derive(Debug, Clone, Default)]
 pub struct ResponseFilters {
-    global: Headers,
-    routes: Vec<Headers>,
     /// The global lines plus `cache-control: no-store`, for the gateway's
     /// own answers (errors, preflights): never worth caching.
     own: Vec<u8>,
@@ -87,12 +91,7 @@ impl ResponseFilters {
     /// The filters a configuration asks for.
     pub fn new(cfg: &Config) -> Self {
         let global = Headers::new(cfg, &[], false);
-        let routes = cfg
-            .routes
-            .iter()
-            .map(|r| Headers::new(cfg, &r.response_headers, r.cors.is_some()))
-            .collect();
-        let mut own = global.lines.clone();
+        let mut own = global.lines;
         own.extend_from_slice(b"cache-control: no-store\r\n");
         let plain = own
             .split_inclusive(|&b| b == b'\n')
@@ -100,12 +99,7 @@ impl ResponseFilters {
             .flatten()
             .copied()
             .collect();
-        Self {
-            global,
-            routes,
-            own,
-            plain,
-        }
+        Self { own, plain }
     }
 
     /// The lines of a response the gateway makes itself.
@@ -116,11 +110,6 @@ impl ResponseFilters {
     /// The lines of a plain-HTTP answer (no HSTS).
     pub fn plain_lines(&self) -> &[u8] {
         &self.plain
-    }
-
-    /// Route `i`'s headers (the global ones for an unknown index).
-    pub fn route(&self, i: usize) -> &Headers {
-        self.routes.get(i).unwrap_or(&self.global)
     }
 }
 
@@ -138,26 +127,31 @@ mod tests {
         )
         .expect("config");
         let f = ResponseFilters::new(&cfg);
+        let routes: Vec<Headers> = cfg
+            .routes
+            .iter()
+            .map(|r| Headers::of_route(&cfg, r))
+            .collect();
         let text = |h: &Headers, auth| {
             h.lines(auth)
                 .iter()
                 .map(|l| String::from_utf8_lossy(l).into_owned())
                 .collect::<String>()
         };
-        let docs = text(f.route(0), false);
+        let docs = text(&routes[0], false);
         assert!(!docs.contains("x-frame-options"), "{docs}");
         assert!(
             docs.contains("content-security-policy: default-src 'self'\r\n"),
             "{docs}"
         );
-        let api = text(f.route(1), true);
+        let api = text(&routes[1], true);
         assert!(api.contains("x-frame-options: DENY\r\n"), "{api}");
         assert!(api.contains("cache-control: no-store\r\n"), "{api}");
         assert!(api.contains("strict-transport-security: "), "{api}");
-        assert!(f.route(1).drops("Server", false));
-        assert!(f.route(1).drops("X-Frame-Options", false));
-        assert!(!f.route(1).drops("Cache-Control", false));
-        assert!(f.route(1).drops("Cache-Control", true));
+        assert!(routes[1].drops("Server", false));
+        assert!(routes[1].drops("X-Frame-Options", false));
+        assert!(!routes[1].drops("Cache-Control", false));
+        assert!(routes[1].drops("Cache-Control", true));
         let own = String::from_utf8_lossy(f.lines()).into_owned();
         assert!(
             own.contains("cache-control: no-store\r\n") && own.contains("nosniff"),

@@ -98,9 +98,10 @@ enum Cmd {
         /// A token's subject, with `--issuer`.
         #[arg(long, requires = "issuer")]
         subject: Option<String>,
-        /// Only this route (its index, as `gateway check` lists them).
+        /// Only this route: its `name`, or for a route without one its
+        /// position, as `gateway check` lists them.
         #[arg(long)]
-        route: Option<usize>,
+        route: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -204,7 +205,7 @@ fn main() -> ExitCode {
                 issuer: issuer.as_deref(),
                 subject: subject.as_deref(),
             };
-            cmd::admin::limits(source, &who, route, &admin)
+            cmd::admin::limits(source, &who, route.as_deref(), &admin)
         }
         Cmd::Top {
             interval,

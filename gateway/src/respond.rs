@@ -99,10 +99,6 @@ impl Failure {
     }
     /// A header name with `_` while `proxy.underscores_in_headers = "reject"`.
     pub const HEADER_NAME: Self = Self::client(400, "http.header_name");
-    /// A path refused by normalization.
-    pub fn path(e: crate::route::normalize::PathError) -> Self {
-        Self::client(400, e.code())
-    }
     /// No route for the request.
     pub const NOT_FOUND: Self = Self::client(404, "route.not_found");
     /// A route exists but not for this method.

@@ -10,9 +10,9 @@ use std::sync::{
 
 use crate::{
     addr::CidrSet,
-    config::{Authenticator, Config, RouteAuth},
-    filters::ResponseFilters,
-    route::RouteTable,
+    config::{Authenticator, Config, RouteAuth, RouteSettings},
+    filters::{Headers, ResponseFilters},
+    route::{Route, RouteTable},
     stages::{
         auth::{
             api_key::KeyRing,
@@ -32,15 +32,13 @@ pub struct Snapshot {
     pub jwks: Vec<Arc<KeySet>>,
     /// Role, scope and claim-rule names as bit positions.
     pub vocab: Vocabulary,
-    /// Each route's authorization rule, by route index.
-    pub rules: Vec<Rule>,
     /// Each consumer's role bits, by consumer index.
     pub consumer_roles: Vec<u64>,
     /// `www-authenticate` lines for a 401 without credentials.
     pub challenge: Vec<u8>,
     /// The validated configuration it was built from.
     pub cfg: Config,
-    /// Compiled routes.
+    /// The routes, compiled, in the order they are tried.
     pub routes: RouteTable,
     /// TLS configuration (certificates, resumption).
     pub tls: Arc<rustls::ServerConfig>,
@@ -85,37 +83,18 @@ impl Snapshot {
         epoch: u64,
     ) -> Self {
         let vocab = vocabulary(&cfg);
-        let rules = cfg
-            .routes
-            .iter()
-            .map(|r| {
-                let attr_bits = vocab
-                    .attrs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (path, values))| {
-                        r.claims.iter().any(|(c, v)| {
-                            c.split('.').eq(path.iter().map(String::as_str)) && v == values
-                        })
-                    })
-                    .fold(0u64, |acc, (i, _)| acc | 1 << i);
-                Rule {
-                    need_roles: Vocabulary::bits(&vocab.roles, &r.roles),
-                    need_scopes: Vocabulary::bits(&vocab.scopes, &r.scopes),
-                    need_attrs: attr_bits,
-                    // Unknown consumer ids simply match nobody (the key
-                    // file may not list them yet).
-                    consumers: (!r.consumers.is_empty()).then(|| {
-                        keys.consumers()
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, c)| r.consumers.contains(&c.id))
-                            .map(|(i, _)| i)
-                            .collect()
-                    }),
-                }
-            })
-            .collect();
+        let routes = RouteTable::new(
+            cfg.routes
+                .iter()
+                .enumerate()
+                .map(|(index, r)| Route {
+                    index,
+                    settings: r.clone(),
+                    rule: rule(r, &vocab, &keys),
+                    headers: Headers::of_route(&cfg, r),
+                })
+                .collect(),
+        );
         let consumer_roles = keys
             .consumers()
             .iter()
@@ -128,9 +107,8 @@ impl Snapshot {
             jwks,
             challenge: challenge(&cfg),
             vocab,
-            rules,
             consumer_roles,
-            routes: RouteTable::new(&cfg.routes),
+            routes,
             trusted_proxies: CidrSet::new(&cfg.proxy.trusted_proxies),
             filters: ResponseFilters::new(&cfg),
             tls,
@@ -168,6 +146,35 @@ impl Snapshot {
                 .get(issuer - auth.jwt.len())
                 .map_or("", |e| e.name.as_str()),
         }
+    }
+}
+
+/// A route's authorization rule as bits of `vocab`.
+fn rule(r: &RouteSettings, vocab: &Vocabulary, keys: &KeyRing) -> Rule {
+    let attr_bits = vocab
+        .attrs
+        .iter()
+        .enumerate()
+        .filter(|(_, (path, values))| {
+            r.claims
+                .iter()
+                .any(|(c, v)| c.split('.').eq(path.iter().map(String::as_str)) && v == values)
+        })
+        .fold(0u64, |acc, (i, _)| acc | 1 << i);
+    Rule {
+        need_roles: Vocabulary::bits(&vocab.roles, &r.roles),
+        need_scopes: Vocabulary::bits(&vocab.scopes, &r.scopes),
+        need_attrs: attr_bits,
+        // Unknown consumer ids simply match nobody (the key file may not
+        // list them yet).
+        consumers: (!r.consumers.is_empty()).then(|| {
+            keys.consumers()
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| r.consumers.contains(&c.id))
+                .map(|(i, _)| i)
+                .collect()
+        }),
     }
 }
 

@@ -159,7 +159,7 @@ fn verdicts_are_placed_listed_explained_and_lifted_through_the_api_and_the_cli()
     let (code, out, err) = cli(&s, &["limits", "--source", "127.0.0.1", "--route", "0"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with("routes[0] ip (by source) 3/60s burst 3: 0 left"),
+        out.starts_with("route 0 ip (by source) 3/60s burst 3: 0 left"),
         "{out}"
     );
     assert!(out.contains("refused for "), "{out}");

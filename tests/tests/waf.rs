@@ -21,6 +21,7 @@ auth = "none"
 waf = "block"
 
 [[routes]]
+name = "watch"
 path_prefix = "/watch"
 upstream = "backend"
 auth = "none"
@@ -332,7 +333,7 @@ fn detect_mode_logs_and_lets_through() {
         "{line}"
     );
     assert!(
-        line.contains("from 127.0.0.1 on routes[1] (detect only)"),
+        line.contains("from 127.0.0.1 on route watch (detect only)"),
         "{line}"
     );
     assert!(!line.contains("password"), "the payload was logged: {line}");

@@ -4,5 +4,5 @@
 //! the other pairs.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = gateway::stages::validation::fuzz_path_query(data);
+    let _ = gateway::route::fuzz_path_query(data);
 });

@@ -232,8 +232,8 @@ pub fn limit_lines(v: &Value) -> Vec<String> {
     list.iter()
         .map(|l| {
             format!(
-                "routes[{}] {} (by {}) {} burst {}: {} left, full in {} ms{}",
-                l["route"],
+                "route {} {} (by {}) {} burst {}: {} left, full in {} ms{}",
+                l["route"].as_str().unwrap_or("?"),
                 l["limit"].as_str().unwrap_or("?"),
                 l["key"].as_str().unwrap_or("?"),
                 l["rate"].as_str().unwrap_or("?"),

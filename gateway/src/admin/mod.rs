@@ -15,7 +15,7 @@
 //!   server's health (active check, ejection).
 //! - `POST /reload`: reload the configuration (as SIGHUP does) and say what
 //!   changed, or why nothing did (422).
-//! - `GET /metrics`: Prometheus text; `GET /metrics/latency.hgrm[?route=N]`:
+//! - `GET /metrics`: Prometheus text; `GET /metrics/latency.hgrm[?route=NAME]`:
 //!   a latency percentile distribution.
 //!
 //! `request` reads one request, bounded in size and time; `client` is the
@@ -49,6 +49,7 @@ use crate::{
     config::AdminSettings,
     observe::metrics,
     respond::reason_phrase,
+    route::Route,
     stages::rate_limit::{self, Caller},
     verdicts::{Book, BookError},
     worker::Shared,
@@ -246,7 +247,7 @@ impl Api {
     }
 
     /// The text answers, `GET /metrics` and `GET /metrics/latency.hgrm
-    /// [?route=N]`, to a request the JSON API's checks let through
+    /// [?route=NAME]`, to a request the JSON API's checks let through
     /// (`None`: not one of them, or refused: `answer` says why).
     fn text(&self, req: &Request) -> Option<(u16, &'static str, String)> {
         if req.method != "GET"
@@ -262,7 +263,11 @@ impl Api {
             "/metrics" => {
                 let snap = self.shared.published.current();
                 let names = metrics::Names {
-                    routes: (0..snap.cfg.routes.len()).map(|i| i.to_string()).collect(),
+                    routes: snap
+                        .routes
+                        .iter()
+                        .map(|r| r.settings.name.clone())
+                        .collect(),
                     limits: snap
                         .cfg
                         .rate_limit
@@ -305,13 +310,20 @@ impl Api {
                 Some((200, "text/plain; version=0.0.4; charset=utf-8", body))
             }
             "/metrics/latency.hgrm" => {
-                let route = req.query.strip_prefix("route=").map(str::parse::<u32>);
+                // By the route's label: its name, or its position when unnamed.
+                let route = req.query.strip_prefix("route=").map(|name| {
+                    let snap = self.shared.published.current();
+                    snap.routes
+                        .iter()
+                        .find(|r| r.settings.name == name)
+                        .map(|r| r.index as u32)
+                });
                 let mut all = tally.latency.values().cloned().reduce(|mut a, b| {
                     let _ = a.add(&b);
                     a
                 });
                 if let Some(r) = route {
-                    all = r.ok().and_then(|r| tally.latency.get(&r).cloned());
+                    all = r.and_then(|r| tally.latency.get(&r).cloned());
                 }
                 match all {
                     Some(h) => Some((200, "text/plain; charset=utf-8", metrics::hgrm(&h))),
@@ -461,11 +473,7 @@ impl Api {
                 "consumer" => consumer = Some(v.to_owned()),
                 "issuer" => issuer = Some(v.to_owned()),
                 "subject" => subject = Some(v.to_owned()),
-                "route" => {
-                    route = Some(v.parse::<usize>().map_err(|_| {
-                        error(400, "admin.route", format!("`{v}` is not a route index"))
-                    })?)
-                }
+                "route" => route = Some(v),
                 _ => {
                     return Err(error(
                         400,
@@ -494,24 +502,33 @@ impl Api {
         };
         let snap = self.shared.published.current();
         let settings = &snap.cfg.rate_limit;
-        let routes: Vec<usize> = match route {
-            Some(r) if r < snap.cfg.routes.len() => vec![r],
-            Some(r) => return Err(error(404, "admin.route", format!("no routes[{r}]"))),
-            None => (0..snap.cfg.routes.len()).collect(),
+        // A route by its name (a route without one is named by its position).
+        let routes: Vec<&Route> = match route {
+            Some(name) => match snap.routes.iter().find(|r| r.settings.name == name) {
+                Some(r) => vec![r],
+                None => {
+                    return Err(error(
+                        404,
+                        "admin.route",
+                        format!("no route named `{name}`"),
+                    ));
+                }
+            },
+            None => snap.routes.iter().collect(),
         };
         let mut out = Vec::new();
-        for r in routes {
+        for route in routes {
             let who = Caller {
                 source: rate_limit::source_key(source, settings.ipv6_prefix),
                 consumer: who,
-                route: r,
+                route: route.index,
             };
             let live = rate_limit::live(&self.shared.limits.buckets, settings, &who);
-            for i in &snap.cfg.routes[r].rate_limits {
+            for i in &route.settings.rate_limits {
                 let (_, c) = live[*i];
                 let l = &settings.limits[*i];
                 out.push(json!({
-                    "route": r,
+                    "route": route.settings.name,
                     "limit": l.name,
                     "key": l.key.to_string(),
                     "rate": format!("{}/{}s", l.count, l.window_secs),

@@ -137,7 +137,6 @@ const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 /// public). Routing is first match by host, path and method, so this is
 /// the configuration's meaning, not a bug: say so.
 pub(super) fn shadowing(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
-    let table = crate::route::RouteTable::new(&cfg.routes);
     let imported = cfg.routes.iter().filter(|r| r.origin.is_some()).count();
     let name = |i: usize| match &cfg.routes[i].origin {
         Some(op) => op.clone(),
@@ -155,9 +154,9 @@ pub(super) fn shadowing(cfg: &Config, lines: &Lines<'_>, add: &mut Add<'_>) {
             .iter()
             .filter(|m| !r.methods.iter().any(|x| x == *m))
         {
-            if let Ok((j, weaker)) = table.find(host, &path, m)
+            if let Ok(j) = crate::route::first_match(&cfg.routes, host, &path, m)
                 && j > i
-                && weaker_than(weaker, r)
+                && weaker_than(&cfg.routes[j], r)
             {
                 fallen.push(*m);
                 to.get_or_insert(j);

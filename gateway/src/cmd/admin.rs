@@ -92,7 +92,7 @@ pub(crate) struct Who<'a> {
 pub(crate) fn limits(
     source: std::net::IpAddr,
     who: &Who<'_>,
-    route: Option<usize>,
+    route: Option<&str>,
     a: &AdminArgs,
 ) -> Result<(), String> {
     let mut path = format!("/limits?source={source}");
@@ -111,6 +111,16 @@ pub(crate) fn limits(
         path.push_str(&format!("&{name}={v}"));
     }
     if let Some(r) = route {
+        // A route name is letters, digits, `_`, `-` and `.`.
+        if r.is_empty()
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(format!(
+                "route `{r}`: a route's name (letters, digits, _ - .) or its position"
+            ));
+        }
         path.push_str(&format!("&route={r}"));
     }
     let v = admin_client(a)?.ok("GET", &path, None)?;

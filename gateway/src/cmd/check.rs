@@ -138,7 +138,7 @@ pub(crate) fn check(cfg: &Config) -> Result<(), String> {
 
 /// The route table as `check` prints it, public routes called out.
 pub(crate) fn print_routes(cfg: &Config) {
-    println!("routes (first match wins):");
+    println!("routes (first match wins; by name, or position when unnamed):");
     for r in &cfg.routes {
         let path = match &r.path {
             gateway::config::PathMatch::Exact(p) => format!("path = {p}"),
@@ -192,7 +192,8 @@ pub(crate) fn print_routes(cfg: &Config) {
             format!(" limits [{}]", limits.join("; "))
         };
         println!(
-            "  host {} {path} {methods} auth {auth}{limits} -> {} [{}] max body {} B",
+            "  {}: host {} {path} {methods} auth {auth}{limits} -> {} [{}] max body {} B",
+            r.name,
             r.host.as_deref().unwrap_or("*"),
             u.name,
             servers.join(", "),

@@ -396,6 +396,17 @@ impl Config {
         for (i, r) in raw.routes.iter().enumerate() {
             routes.push(compile_full(i, r, &ctx, &invalid)?);
         }
+        let names: Vec<_> = imported
+            .iter()
+            .map(|imp| imp.route.name.as_ref().map(|n| (n, imp.name.clone())))
+            .chain(
+                raw.routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| r.name.as_ref().map(|n| (n, format!("routes[{i}]")))),
+            )
+            .collect();
+        name_routes(&mut routes, &names, &invalid)?;
         check_rule_counts(&routes, &invalid)?;
         let proxy = proxy_settings(&raw.proxy, &invalid)?;
         let limits = limit_settings(raw.limits, &invalid)?;

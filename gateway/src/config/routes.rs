@@ -11,6 +11,8 @@ const MAX_ROLES: usize = 64;
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
     #[serde(default)]
+    pub(super) name: Option<Spanned<String>>,
+    #[serde(default)]
     pub(super) host: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) path_prefix: Option<Spanned<String>>,
@@ -89,6 +91,9 @@ impl PathMatch {
 /// Validated `[[routes]]` entry.
 #[derive(Debug, Clone)]
 pub struct RouteSettings {
+    /// Its name in the access log and metric labels: `name` from the file,
+    /// else its position in the route list (as `gateway check` numbers it).
+    pub name: String,
     /// Host to match (lowercase, no port); `None` matches any.
     pub host: Option<String>,
     /// Path rule.
@@ -273,6 +278,8 @@ pub(super) fn compile_route(
         })
         .collect();
     Ok(RouteSettings {
+        // Named once the whole list is known (`name_routes`).
+        name: String::new(),
         host,
         path: path.0,
         methods,
@@ -372,6 +379,49 @@ pub(super) fn route_host(h: &str) -> Result<String, String> {
             "`{h}` has a port; routes match the host without its port (any port reaches the listener)"
         )),
     }
+}
+
+/// Longest route name.
+const MAX_NAME: usize = 64;
+
+/// Names every route: its `name` (letters, digits, `_`, `-`, `.`, not
+/// digits only, unique), else its position, which no written name can
+/// take. `names[i]` is route `i`'s `name` as written, with where it is.
+pub(super) fn name_routes(
+    routes: &mut [RouteSettings],
+    names: &[Option<(&Spanned<String>, String)>],
+    invalid: &Invalid<'_>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, (route, name)) in routes.iter_mut().zip(names).enumerate() {
+        let Some((written, key)) = name else {
+            route.name = i.to_string();
+            continue;
+        };
+        let v = written.get_ref();
+        let problem = if v.is_empty() || v.len() > MAX_NAME {
+            Some(format!("`{v}` must be 1 to {MAX_NAME} characters"))
+        } else if !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            Some(format!(
+                "`{v}` may hold only letters, digits, `_`, `-` and `.` (it is a metric label)"
+            ))
+        } else if v.bytes().all(|b| b.is_ascii_digit()) {
+            Some(format!(
+                "`{v}` is digits only, which names a route by its position"
+            ))
+        } else {
+            seen.insert(v.clone(), key.clone())
+                .map(|other| format!("`{v}` is also the name of {other}"))
+        };
+        if let Some(m) = problem {
+            return Err(invalid(Some(written.span()), format!("{key}.name"), m));
+        }
+        route.name = v.clone();
+    }
+    Ok(())
 }
 
 /// Roles, scopes and claim rules compile to bits of a `u64` (`stages::authz`).

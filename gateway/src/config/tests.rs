@@ -172,3 +172,44 @@ fn the_config_fuzz_body_holds_on_mutated_seeds() {
         .count();
     assert!(parsed >= 10, "only {parsed} configurations parsed");
 }
+
+#[test]
+fn routes_are_named_by_their_name_or_position() {
+    let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n";
+    let route = |name: &str, path: &str| {
+        format!("[[routes]]\n{name}path_prefix = \"{path}\"\nupstream = \"u\"\nauth = \"none\"\n")
+    };
+    let c = Config::parse(
+        &format!(
+            "{base}{}{}",
+            route("name = \"orders.v2\"\n", "/orders"),
+            route("", "/")
+        ),
+        "t.toml",
+    )
+    .expect("valid");
+    let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["orders.v2", "1"]);
+    for (name, why) in [
+        ("3", "digits only"),
+        ("", "1 to 64 characters"),
+        ("a b", "only letters, digits"),
+        ("x\\\"y", "only letters, digits"),
+    ] {
+        let e = err(&format!(
+            "{base}{}",
+            route(&format!("name = \"{name}\"\n"), "/")
+        ));
+        assert!(e.starts_with("t.toml:7: routes[0].name: "), "{e}");
+        assert!(e.contains(why), "{name}: {e}");
+    }
+    let e = err(&format!(
+        "{base}{}{}",
+        route("name = \"a\"\n", "/x"),
+        route("name = \"a\"\n", "/")
+    ));
+    assert_eq!(
+        e,
+        "t.toml:12: routes[1].name: `a` is also the name of routes[0]"
+    );
+}

@@ -66,8 +66,8 @@ pub struct AccessRecord<'a> {
     pub sni: &'a str,
     /// The consumer id or token subject, `-` when anonymous.
     pub consumer: &'a str,
-    /// The route taken, by index.
-    pub route: Option<usize>,
+    /// The route taken, by name (`null` in the line when none).
+    pub route: Option<&'a str>,
     /// Method.
     pub method: &'a str,
     /// The routed path (normalized, without `;` parameters or the query).
@@ -210,8 +210,9 @@ pub fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b",\"consumer\":");
     string(out, r.consumer);
     match r.route {
-        Some(i) => {
-            let _ = write!(out, ",\"route\":{i}");
+        Some(name) => {
+            out.extend_from_slice(b",\"route\":");
+            string(out, name);
         }
         None => out.extend_from_slice(b",\"route\":null"),
     }
@@ -408,7 +409,7 @@ mod tests {
             tls: "TLSv1.3",
             sni: "api.test",
             consumer,
-            route: Some(2),
+            route: Some("orders"),
             method: "GET",
             path,
             status: 403,
@@ -437,7 +438,7 @@ mod tests {
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000000Z");
         assert_eq!(v["consumer"], forged);
         assert_eq!(v["path"], "/a\u{7}b");
-        assert_eq!(v["route"], 2);
+        assert_eq!(v["route"], "orders");
         assert_eq!(v["upstream"], serde_json::Value::Null);
         for k in [
             "id",

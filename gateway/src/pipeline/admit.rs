@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::{Ctx, Local, Next, Refused, caller::check_caller, record::request_line_words, source};
 use crate::{
     addr,
-    config::{RouteSettings, Underscores, WafMode},
+    config::{Underscores, WafMode},
     conn::{Conn, HeadParts},
     control::Event,
     http::{
@@ -19,7 +19,7 @@ use crate::{
     },
     proxy::{self, Admitted, BodyKind, Plan},
     respond::Failure,
-    route::{Miss, normalize},
+    route::{Miss, Route, normalize},
     snapshot::Snapshot,
     stages::{
         auth::{self, AuthError, Identity},
@@ -53,9 +53,9 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
         return Err(refuse(f, false));
     }
     let path = normalized(p.path, p.snap, ctx, &head).map_err(|f| refuse(f, false))?;
-    let (index, route) = find_route(p.snap, &head, normalize::route_path(path, p.route_path))
+    let route = find_route(p.snap, &head, normalize::route_path(path, p.route_path))
         .map_err(|m| refuse(missed(m), head.keep_alive))?;
-    ctx.route = Some(index);
+    ctx.route = Some(route.index);
     let cors =
         check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
     if cors == cors::Allowed::Preflight {
@@ -69,7 +69,7 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     let peer = (p.peer, p.trusted);
     let source = limit_source(p.snap, peer, ctx, route, &head);
     let limits = |caller, lines: &mut Vec<u8>, by: &mut bool| {
-        charge_limits(w, p.snap, index, (source, caller), lines, by)
+        charge_limits(w, p.snap, route, (source, caller), lines, by)
             .map_err(|f| refuse(f, head.keep_alive))
     };
     if !ctx.charged {
@@ -77,7 +77,7 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
         limits(None, p.limit_lines, &mut ctx.by_source)?;
     }
     let caller =
-        check_caller(w, p.snap, index, &head, p.subject, p.token).map_err(|e| match e {
+        check_caller(w, p.snap, route, &head, p.subject, p.token).map_err(|e| match e {
             AuthError::Lookup(endpoint) => Refused {
                 lookup: Some(endpoint),
                 ..refuse(auth::introspect::UNAVAILABLE, head.keep_alive)
@@ -90,14 +90,14 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
         p.limit_lines,
         &mut ctx.by_source,
     )?;
-    check_content(w, p.snap, peer, p.problem, ctx, (index, route), path, &head)
+    check_content(w, p.snap, peer, p.problem, ctx, route, path, &head)
         .map_err(|f| refuse(f, head.keep_alive))?;
     let who = proxy::request::Caller {
         who: caller.identity(),
         subject: p.subject,
     };
     proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, who, p.snap, p.request_id);
-    let mut plan = plan_of(index, route, &head);
+    let mut plan = plan_of(route, &head);
     plan.on_behalf = ctx.on_behalf;
     Ok(Next::Forward(Admitted::new(plan, head.len, caller)))
 }
@@ -171,7 +171,7 @@ fn normalized<'s>(
         return Ok("*");
     }
     normalize::normalize(head.path(), scratch, snap.cfg.proxy.encoded_slashes)
-        .map_err(Failure::path)?;
+        .map_err(normalize::PathError::failure)?;
     ctx.normalized = true;
     Ok(scratch.as_str())
 }
@@ -183,12 +183,12 @@ fn limit_source(
     snap: &Snapshot,
     (peer, trusted): (SocketAddr, bool),
     ctx: &Ctx,
-    route: &RouteSettings,
+    route: &Route,
     head: &RequestHead<'_, '_>,
 ) -> IpAddr {
     match ctx.client {
         Some(client) => client,
-        None if trusted && !route.rate_limits.is_empty() => {
+        None if trusted && !route.settings.rate_limits.is_empty() => {
             rate_limit::client_source(peer.ip(), head.headers, &snap.trusted_proxies)
         }
         None => peer.ip(),
@@ -205,10 +205,11 @@ fn check_content(
     (peer, trusted): (SocketAddr, bool),
     problem: &mut String,
     ctx: &Ctx,
-    (index, route): (usize, &RouteSettings),
+    route: &Route,
     path: &str,
     head: &RequestHead<'_, '_>,
 ) -> Result<(), Failure> {
+    let (name, route) = (&route.settings.name, &route.settings);
     let query = head.target.split_once('?').map_or("", |(_, q)| q);
     if !route.params.is_empty() {
         // The path as the upstream gets it, `;` parameters included.
@@ -218,7 +219,7 @@ fn check_content(
         let skip = &snap.cfg.waf.skip_headers;
         if let Some(hit) = waf::scan_head(path, query, head.headers, skip) {
             let counted = !trusted && !ctx.on_behalf;
-            waf_hit(w, peer, counted, index, route.waf, &hit)?;
+            waf_hit(w, peer, counted, name, route.waf, &hit)?;
         }
     }
     Ok(())
@@ -249,10 +250,11 @@ fn request_id(w: &Worker, trusted: bool, head: &RequestHead<'_, '_>, out: &mut S
 /// type. A refusal comes with whether the connection may stay open.
 fn check_head(
     snap: &Snapshot,
-    route: &RouteSettings,
+    route: &Route,
     head: &RequestHead<'_, '_>,
     cors_lines: &mut Vec<u8>,
 ) -> Result<cors::Allowed, (Failure, bool)> {
+    let route = &route.settings;
     if let Some(policy) = &route.cors
         && cors::judge(policy, head, cors_lines).map_err(|f| (f, head.keep_alive))?
             == cors::Allowed::Preflight
@@ -278,10 +280,10 @@ fn find_route<'s>(
     snap: &'s Snapshot,
     head: &RequestHead<'_, '_>,
     path: &str,
-) -> Result<(usize, &'s RouteSettings), Miss> {
+) -> Result<&'s Route, Miss> {
     if let Some(asked) = cors::preflight_method(head)
         && let Ok(found) = snap.routes.find(head.host, path, asked)
-        && found.1.cors.is_some()
+        && found.settings.cors.is_some()
     {
         return Ok(found);
     }
@@ -303,18 +305,18 @@ fn unparsed(p: HeadParts<'_>, e: HttpError) -> Refused {
     }
 }
 
-/// Charges route `index`'s rate limits for `source`: those that need no
+/// Charges the route's rate limits for `source`: those that need no
 /// identity while `caller` is unknown, those keyed by consumer once it is.
 fn charge_limits(
     w: &Worker,
     snap: &Snapshot,
-    index: usize,
+    route: &Route,
     (source, caller): (IpAddr, Option<(Identity, &str)>),
     lines: &mut Vec<u8>,
     by_source: &mut bool,
 ) -> Result<(), Failure> {
     let settings = &snap.cfg.rate_limit;
-    let route_limits = &snap.cfg.routes[index].rate_limits;
+    let route_limits = &route.settings.rate_limits;
     if route_limits.is_empty() {
         return Ok(());
     }
@@ -336,7 +338,7 @@ fn charge_limits(
     let who = rate_limit::Caller {
         source: rate_limit::source_key(source, settings.ipv6_prefix),
         consumer,
-        route: index,
+        route: route.index,
     };
     let (mut tally, mut leases) = (w.tally.borrow_mut(), w.leases.borrow_mut());
     let mut meter = w
@@ -349,7 +351,8 @@ fn charge_limits(
 }
 
 /// What the proxy needs to know of an admitted request.
-fn plan_of(index: usize, route: &RouteSettings, head: &RequestHead<'_, '_>) -> Plan {
+fn plan_of(route: &Route, head: &RequestHead<'_, '_>) -> Plan {
+    let (index, route) = (route.index, &route.settings);
     Plan {
         route: index,
         upstream: route.upstream,
@@ -390,14 +393,14 @@ pub(super) fn waf_hit(
     w: &Worker,
     peer: SocketAddr,
     counted: bool,
-    route: usize,
+    route: &str,
     mode: WafMode,
     hit: &waf::Hit,
 ) -> Result<(), Failure> {
     let source = addr::canonical(peer.ip());
     let blocked = mode == WafMode::Block;
     tracing::warn!(
-        "waf: {hit} from {source} on routes[{route}]{}",
+        "waf: {hit} from {source} on route {route}{}",
         if blocked {
             ", blocked"
         } else {

@@ -16,7 +16,7 @@ use crate::stages::waf::Place;
 pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Result<Done, Abort> {
     c.consume(a.head_len());
     c.body = conn::BodyClock::start(&c.snap().cfg.limits, c.pending().len());
-    if let Some(doc) = c.snap().cfg.routes[a.route].serve.clone() {
+    if let Some(doc) = c.snap().routes[a.route].settings.serve.clone() {
         return docs::serve(c, a, &doc).await;
     }
     let whole = judged_whole(c.snap(), a);
@@ -36,7 +36,7 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
             .await
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }
-    let route = &c.snap().cfg.routes[a.route];
+    let route = &c.snap().routes[a.route].settings;
     if a.body_kind == BodyKind::Repeated && route.waf == WafMode::Block && a.framing.has_body() {
         // Two media types: the WAF would read the body as one, the backend
         // perhaps as the other.
@@ -154,7 +154,7 @@ impl InPlace {
 /// it can: a body that does not say what it is may still be read as JSON
 /// or text by the backend.
 fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
-    let route = &snap.cfg.routes[a.route];
+    let route = &snap.routes[a.route].settings;
     if route.body_schema.is_some() {
         // Also without a body: `body_required` is judged.
         return Some(a.max_body);
@@ -180,7 +180,7 @@ fn judged_whole(snap: &Snapshot, a: &Admitted) -> Option<u64> {
 /// their de-chunked data): the parse works on a copy.
 fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
     let snap = c.snap_arc();
-    let route = &snap.cfg.routes[a.route];
+    let route = &snap.routes[a.route].settings;
     let mut scratch = w.json.borrow_mut();
     let depth = snap.cfg.limits.json_max_depth;
     if scratch.max_depth() != depth {
@@ -228,7 +228,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
             w,
             c.peer,
             !c.trusted && !a.on_behalf,
-            a.route,
+            &route.name,
             route.waf,
             &hit,
         ),

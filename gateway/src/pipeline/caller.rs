@@ -8,6 +8,7 @@ use crate::{
     control::Event,
     http::request::RequestHead,
     respond::Failure,
+    route::Route,
     snapshot::Snapshot,
     stages::{
         auth::{
@@ -20,16 +21,16 @@ use crate::{
     worker::Worker,
 };
 
-/// Authentication, then authorization, for route `index`.
+/// Authentication, then authorization, for `route`.
 pub(super) fn check_caller(
     w: &Worker,
     snap: &Snapshot,
-    index: usize,
+    route: &Route,
     head: &RequestHead<'_, '_>,
     subject: &mut String,
     token: &mut String,
 ) -> Result<Authenticated, AuthError> {
-    let route = &snap.cfg.routes[index];
+    let (rule, route) = (&route.rule, &route.settings);
     let mut tokens = w.tokens.borrow_mut();
     let mut answers = w.answers.borrow_mut();
     // A request on a snapshot older than the caches' (a reload just
@@ -68,7 +69,7 @@ pub(super) fn check_caller(
         Identity::Consumer(i) => snap.consumer_roles[i],
         Identity::Anonymous | Identity::Token(_) => 0,
     };
-    authz::authorize(&snap.rules[index], caller.identity(), have)?;
+    authz::authorize(rule, caller.identity(), have)?;
     Ok(caller)
 }
 

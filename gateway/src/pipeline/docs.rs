@@ -20,7 +20,7 @@ pub async fn serve(c: &mut Conn, a: &Admitted, doc: &[u8]) -> Result<Done, Abort
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(doc.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
-    let [ours, private] = c.snap().filters.route(a.route).lines(authenticated);
+    let [ours, private] = c.snap().routes[a.route].headers.lines(authenticated);
     for lines in [ours, private, &c.limit_lines, &c.cors_lines] {
         out.extend_from_slice(lines);
     }

@@ -49,7 +49,7 @@ pub(super) fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
             tls: c.tls.version(),
             sni: c.tls.sni(),
             consumer,
-            route: ctx.route,
+            route: ctx.route.map(|i| snap.routes[i].settings.name.as_str()),
             method: if c.method.is_empty() { "-" } else { &c.method },
             path,
             status: ctx.status,

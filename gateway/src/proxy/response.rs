@@ -82,7 +82,7 @@ pub(super) async fn read_head(
     // SIGTERM may have come while the upstream worked: say close now.
     let client_keep = a.keep_alive && !stopping.load(Ordering::Relaxed);
     let mut out = std::mem::take(&mut c.out);
-    let headers = c.snap().filters.route(a.route);
+    let headers = &c.snap().routes[a.route].headers;
     let authenticated = a.identity() != Identity::Anonymous;
     let [ours, private] = headers.lines(authenticated);
     write_client_head(

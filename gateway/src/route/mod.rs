@@ -1,10 +1,33 @@
 //! Routing: the path is normalized first (`normalize`), then the first
 //! route whose host, path and method match decides the request's plan.
-//! Routes are compiled once from the configuration.
+//! Routes are compiled once per snapshot into [`Route`]s: everything a
+//! request on a route needs, in one place.
 
+mod fuzz;
 pub mod normalize;
 
-use crate::config::{PathMatch, RouteSettings, Segment};
+pub use fuzz::fuzz_path_query;
+
+use crate::{
+    config::{PathMatch, RouteSettings, Segment},
+    filters::Headers,
+    stages::authz::Rule,
+};
+
+/// One route, compiled: what the file says of it, validated, with its
+/// authorization rule as bits and its response headers as lines.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its position in the table (the metrics' and the limits' key).
+    pub index: usize,
+    /// Matcher, auth, limits, validation, WAF mode, CORS, upstream, and
+    /// its `name` for logs and metric labels.
+    pub settings: RouteSettings,
+    /// Who may call it, as role, scope and claim bits.
+    pub rule: Rule,
+    /// Its response headers: the global ones with its changes.
+    pub headers: Headers,
+}
 
 /// Why no route took a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +42,9 @@ pub enum Miss {
 const EXPLICIT_ONLY: [&str; 2] = ["TRACE", "CONNECT"];
 
 /// The compiled route table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: Vec<RouteSettings>,
+    routes: Vec<Route>,
 }
 
 /// `Host` without its port, e.g. `api.example.com:8443` → `api.example.com`,
@@ -61,53 +84,85 @@ fn template_matches(template: &[Segment], path: &str) -> bool {
     }) && parts.next().is_none()
 }
 
+impl std::ops::Index<usize> for RouteTable {
+    type Output = Route;
+
+    /// Route `i`, an index this table handed out (a request keeps its
+    /// snapshot, so the index stays valid).
+    fn index(&self, i: usize) -> &Route {
+        &self.routes[i]
+    }
+}
+
 impl RouteTable {
-    /// Compiles the configured routes.
-    pub fn new(routes: &[RouteSettings]) -> Self {
-        Self {
-            routes: routes.to_vec(),
-        }
+    /// A table of compiled routes, in the order they are tried.
+    pub fn new(routes: Vec<Route>) -> Self {
+        debug_assert!(routes.iter().enumerate().all(|(i, r)| r.index == i));
+        Self { routes }
+    }
+
+    /// Every route, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Route> {
+        self.routes.iter()
+    }
+
+    /// How many routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// The route for a request.
-    pub fn find(
-        &self,
-        host: &str,
-        path: &str,
-        method: &str,
-    ) -> Result<(usize, &RouteSettings), Miss> {
-        let host = host_without_port(host);
-        let mut miss = Miss::NotFound;
-        for (i, r) in self.routes.iter().enumerate() {
-            if r.host
-                .as_deref()
-                .is_some_and(|h| !h.eq_ignore_ascii_case(host))
-            {
-                continue;
-            }
-            let path_ok = match &r.path {
-                PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => prefix_matches(p, path),
-                PathMatch::Template(t) => template_matches(t, path),
-            };
-            if !path_ok {
-                continue;
-            }
-            let allowed = if r.methods.is_empty() {
-                // TRACE echoes the request (cookies, tokens) back: a route
-                // takes it, or CONNECT, only when it names it.
-                !EXPLICIT_ONLY.contains(&method)
-            } else {
-                r.methods.iter().any(|m| m == method)
-            };
-            if !allowed {
-                miss = Miss::MethodNotAllowed;
-                continue;
-            }
-            return Ok((i, r));
-        }
-        Err(miss)
+    pub fn find(&self, host: &str, path: &str, method: &str) -> Result<&Route, Miss> {
+        let i = first_match(self.routes.iter().map(|r| &r.settings), host, path, method)?;
+        Ok(&self.routes[i])
     }
+}
+
+/// The position of the first of `routes` that takes a request (what
+/// [`RouteTable::find`] does, for a configuration not compiled into a
+/// snapshot, e.g. by the audit).
+pub fn first_match<'r>(
+    routes: impl IntoIterator<Item = &'r RouteSettings>,
+    host: &str,
+    path: &str,
+    method: &str,
+) -> Result<usize, Miss> {
+    let host = host_without_port(host);
+    let mut miss = Miss::NotFound;
+    for (i, r) in routes.into_iter().enumerate() {
+        if r.host
+            .as_deref()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(host))
+        {
+            continue;
+        }
+        let path_ok = match &r.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+            PathMatch::Template(t) => template_matches(t, path),
+        };
+        if !path_ok {
+            continue;
+        }
+        let allowed = if r.methods.is_empty() {
+            // TRACE echoes the request (cookies, tokens) back: a route
+            // takes it, or CONNECT, only when it names it.
+            !EXPLICIT_ONLY.contains(&method)
+        } else {
+            r.methods.iter().any(|m| m == method)
+        };
+        if !allowed {
+            miss = Miss::MethodNotAllowed;
+            continue;
+        }
+        return Ok(i);
+    }
+    Err(miss)
 }
 
 #[cfg(test)]
@@ -144,7 +199,24 @@ auth = "none"
             "t.toml",
         )
         .expect("valid");
-        RouteTable::new(&cfg.routes)
+        compiled(&cfg)
+    }
+
+    /// The table a snapshot compiles (authorization and headers left out:
+    /// matching reads neither).
+    fn compiled(cfg: &Config) -> RouteTable {
+        RouteTable::new(
+            cfg.routes
+                .iter()
+                .enumerate()
+                .map(|(index, settings)| Route {
+                    index,
+                    settings: settings.clone(),
+                    rule: Rule::default(),
+                    headers: Headers::default(),
+                })
+                .collect(),
+        )
     }
 
     #[test]
@@ -152,20 +224,21 @@ auth = "none"
         let t = table();
         assert_eq!(
             t.find("api.example.com:8443", "/exact", "GET")
-                .map(|(_, r)| r.upstream),
+                .map(|r| r.settings.upstream),
             Ok(1)
         );
         assert_eq!(
-            t.find("other", "/exact", "GET").map(|(_, r)| r.upstream),
+            t.find("other", "/exact", "GET")
+                .map(|r| r.settings.upstream),
             Ok(0)
         );
         assert_eq!(
-            t.find("x", "/write/1", "POST").map(|(_, r)| r.upstream),
+            t.find("x", "/write/1", "POST").map(|r| r.settings.upstream),
             Ok(1)
         );
         // /write with GET falls through to the catch-all.
         assert_eq!(
-            t.find("x", "/write/1", "GET").map(|(_, r)| r.upstream),
+            t.find("x", "/write/1", "GET").map(|r| r.settings.upstream),
             Ok(0)
         );
     }
@@ -177,7 +250,7 @@ auth = "none"
             "t.toml",
         )
         .expect("valid");
-        let t = RouteTable::new(&cfg.routes);
+        let t = compiled(&cfg);
         assert_eq!(
             t.find("x", "/", "DELETE").err(),
             Some(Miss::MethodNotAllowed)

@@ -12,6 +12,8 @@
 //! routed by its literal form), an encoded NUL, a raw backslash (a
 //! separator on Windows backends) and a broken escape are refused.
 
+use crate::respond::Failure;
+
 /// Why a path is refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -35,6 +37,11 @@ pub enum PathError {
 }
 
 impl PathError {
+    /// The answer: 400 with its reason code.
+    pub fn failure(self) -> Failure {
+        Failure::client(400, self.code())
+    }
+
     /// Stable reason code.
     pub fn code(self) -> &'static str {
         match self {

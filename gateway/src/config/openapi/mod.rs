@@ -191,6 +191,7 @@ fn load(path: &Path) -> Result<Value, String> {
 /// A route with the `[[openapi]]` entry's settings and nothing of an operation yet.
 fn base_route(o: &OpenApiFile) -> RouteFile {
     RouteFile {
+        name: None,
         host: None,
         path_prefix: None,
         path: None,

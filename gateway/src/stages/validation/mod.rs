@@ -11,7 +11,7 @@ use crate::{config::RouteSettings, http::request::RequestHead, respond::Failure}
 
 pub use crate::http::is_json;
 pub use crate::json::{BodySchema, Scratch, compile, compile_reference};
-pub use fuzz::{fuzz_json_body, fuzz_path_query};
+pub use fuzz::fuzz_json_body;
 pub use params::{Param, fuzz_query};
 
 /// The body is not a JSON document we validate (syntax, encoding, depth,

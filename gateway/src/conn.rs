@@ -233,7 +233,9 @@ impl Conn {
         });
     }
 
-    fn unpark(&mut self) {
+    /// Takes the scratch buffers back from the worker's pool (at once when
+    /// not parked).
+    pub(crate) fn unpark(&mut self) {
         if !self.parked {
             return;
         }
@@ -373,44 +375,6 @@ impl Conn {
             self.start = 0;
         }
         deadline(fd, limit, self.tls.read_plain(&mut self.inbuf)).await
-    }
-
-    /// Sends a failure response.
-    pub async fn send_failure(&mut self, f: Failure, keep: bool) {
-        self.send_failure_with(f, keep, &[]).await;
-    }
-
-    /// Sends an answer without content (a CORS preflight's 204): the
-    /// snapshot's response headers and `extra` header lines.
-    pub async fn send_empty(&mut self, status: u16, keep: bool, extra: &[&[u8]]) {
-        self.unpark();
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let mut lines: [&[u8]; 3] = [self.snap.filters.lines(), b"", b""];
-        for (slot, e) in lines[1..].iter_mut().zip(extra) {
-            *slot = e;
-        }
-        respond::write_empty(&mut out, status, !keep, &lines);
-        let _ = self.tls.send(&[&out]).await;
-        self.out = out;
-    }
-
-    /// Sends a failure response: the snapshot's response headers, what the
-    /// failure's hint asks for (a challenge, the rate-limit lines), and
-    /// `extra` header lines (the request's CORS lines).
-    pub async fn send_failure_with(&mut self, f: Failure, keep: bool, extra: &[&[u8]]) {
-        self.unpark();
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let hint = respond::hint_lines(f, &self.snap.challenge, &self.limit_lines);
-        let mut lines: [&[u8]; 4] = [self.snap.filters.lines(), hint, b"", b""];
-        for (slot, e) in lines[2..].iter_mut().zip(extra) {
-            *slot = e;
-        }
-        respond::write_failure_with(&mut out, f, !keep, &lines, &self.problem);
-        self.problem.clear();
-        let _ = self.tls.send(&[&out]).await;
-        self.out = out;
     }
 }
 

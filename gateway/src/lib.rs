@@ -6,7 +6,9 @@
 //! `stages` (auth, CORS, authz, limits, validation, WAF) → `proxy`
 //! (upstreams) → `filters` (response headers) → `observe` (access log,
 //! metrics); `pipeline` calls them in that order, over the connection in
-//! `conn`, and `respond` turns every failure into a response. Beneath
+//! `conn`; `session` is the client's side of the wire (reading a head,
+//! writing the gateway's own answers: HTTP/1.1 in `session::h1`), and
+//! `respond` decides every failure's status, reason code and hints. Beneath
 //! them: `addr` (sources and CIDR sets), `json` (strict documents and
 //! compiled schemas), `config` (which imports no stage), `clock`,
 //! `buffers`.
@@ -45,6 +47,7 @@ pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod snapshot;
 pub mod stages;
 pub mod tls;

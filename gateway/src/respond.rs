@@ -1,9 +1,8 @@
-//! The one place that turns any failure into a response: a status, a short
-//! JSON body with a stable reason code, and whose fault it was. No internal
-//! detail (addresses, errors) ever reaches the client; the log gets it.
-
-use std::io::Write as _;
-
+//! The one place that decides what a failure says: a status, a short
+//! JSON body with a stable reason code, whose fault it was, and the header
+//! lines its hint asks for (`session` writes it in the client's protocol).
+//! No internal detail (addresses, errors) ever reaches the client; the log
+//! gets it.
 use crate::http::HttpError;
 
 /// Who caused a failure.
@@ -149,7 +148,7 @@ impl Failure {
     pub const SHUTTING_DOWN: Self = Self::internal(503, "gateway.shutting_down");
 
     /// The error word in the JSON body.
-    fn word(self) -> &'static str {
+    pub fn word(self) -> &'static str {
         match self.status {
             400 => "bad_request",
             401 => "unauthorized",
@@ -225,87 +224,9 @@ pub fn hint_lines<'a>(f: Failure, challenge: &'a [u8], limit_lines: &'a [u8]) ->
     }
 }
 
-/// Writes a complete response without content (`status` 204, a CORS
-/// preflight's answer) into `out`.
-pub fn write_empty(out: &mut Vec<u8>, status: u16, close: bool, extra_headers: &[&[u8]]) {
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
-    for lines in extra_headers {
-        out.extend_from_slice(lines);
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Writes a complete error response into `out`.
-/// `extra_headers` are complete header lines (the route's response headers,
-/// a 401's challenge).
-pub fn write_failure(out: &mut Vec<u8>, f: Failure, close: bool, extra_headers: &[&[u8]]) {
-    write_failure_with(out, f, close, extra_headers, "");
-}
-
-/// [`write_failure`] with more members for the JSON body: `members` is
-/// empty or `,"name":value...`, already JSON (a validation error's field
-/// and rule).
-pub fn write_failure_with(
-    out: &mut Vec<u8>,
-    f: Failure,
-    close: bool,
-    extra_headers: &[&[u8]],
-    members: &str,
-) {
-    let detail = match f.hint {
-        Hint::Detail(d) => Some(d),
-        _ => None,
-    };
-    // {"error":"<word>","reason":"<reason>"[,"detail":"<detail>"]}\n
-    let body_len =
-        25 + f.word().len() + f.reason.len() + detail.map_or(0, |d| 12 + d.len()) + members.len();
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n",
-        f.status,
-        reason_phrase(f.status)
-    );
-    for lines in extra_headers {
-        out.extend_from_slice(lines);
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    let _ = write!(
-        out,
-        "\r\n{{\"error\":\"{}\",\"reason\":\"{}\"",
-        f.word(),
-        f.reason
-    );
-    if let Some(d) = detail {
-        let _ = write!(out, ",\"detail\":\"{d}\"");
-    }
-    out.extend_from_slice(members.as_bytes());
-    out.extend_from_slice(b"}\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failure_body_is_json_with_exact_length() {
-        let mut out = Vec::new();
-        write_failure(&mut out, Failure::UPSTREAM_TIMEOUT, true, &[b"x-a: b\r\n"]);
-        let text = String::from_utf8(out).expect("utf8");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head");
-        assert!(head.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"));
-        assert!(head.contains("connection: close"));
-        assert!(head.contains("x-a: b"));
-        assert_eq!(
-            body,
-            "{\"error\":\"gateway_timeout\",\"reason\":\"upstream.timeout\"}\n"
-        );
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-    }
 
     #[test]
     fn every_401_carries_the_challenge_and_only_limits_carry_their_lines() {
@@ -322,20 +243,5 @@ mod tests {
         assert_eq!(hint_lines(limited, ch, lim), lim);
         assert_eq!(hint_lines(Failure::client(429, "other"), ch, lim), b"");
         assert_eq!(hint_lines(Failure::UPSTREAM_TIMEOUT, ch, lim), b"");
-    }
-
-    #[test]
-    fn a_detail_is_counted_in_the_length() {
-        let mut out = Vec::new();
-        let f = Failure::client(400, "auth.key_in_query")
-            .with_hint(Hint::Detail("send the API key in its header"));
-        write_failure(&mut out, f, false, &[]);
-        let text = String::from_utf8(out).expect("utf8");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head");
-        assert!(body.contains("\"detail\":\"send the API key"), "{body}");
-        assert!(
-            head.contains(&format!("content-length: {}", body.len())),
-            "{text}"
-        );
     }
 }

@@ -13,13 +13,11 @@ use crate::{
     config::{Underscores, WafMode},
     conn::{Conn, HeadParts},
     control::Event,
-    http::{
-        self, Framing, HttpError, MAX_HEADERS,
-        request::{HeadLimits, RequestHead},
-    },
+    http::{Framing, HttpError, MAX_HEADERS, request::RequestHead},
     proxy::{self, Admitted, BodyKind, Plan},
     respond::Failure,
     route::{Miss, Route, normalize},
+    session::h1,
     snapshot::Snapshot,
     stages::{
         auth::{self, AuthError, Identity},
@@ -36,7 +34,7 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     p.limit_lines.clear();
     p.cors_lines.clear();
     let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let head = match parse(p.snap, p.pending, &mut hdrs) {
+    let head = match h1::parse_head(p.snap, p.pending, &mut hdrs) {
         Ok(head) => head,
         Err(e) => return Err(unparsed(p, e)),
     };
@@ -107,24 +105,6 @@ fn missed(m: Miss) -> Failure {
     match m {
         Miss::NotFound => Failure::NOT_FOUND,
         Miss::MethodNotAllowed => Failure::METHOD,
-    }
-}
-
-/// Parses the head at the start of `pending` within the limits.
-fn parse<'b, 'h>(
-    snap: &Snapshot,
-    pending: &'b [u8],
-    hdrs: &'h mut [httparse::Header<'b>; MAX_HEADERS],
-) -> Result<RequestHead<'b, 'h>, HttpError> {
-    let limits = &snap.cfg.limits;
-    let head_limits = HeadLimits {
-        max_request_line: limits.max_request_line_bytes,
-        max_head: limits.max_header_bytes,
-    };
-    let max_headers = limits.max_headers.min(MAX_HEADERS);
-    match http::request::parse(pending, &mut hdrs[..max_headers], &head_limits) {
-        Ok(Some(head)) => Ok(head),
-        parsed => Err(parsed.err().unwrap_or(HttpError::Malformed)),
     }
 }
 

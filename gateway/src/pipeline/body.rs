@@ -31,8 +31,7 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
     // RFC 9110 §10.1.1: the gateway answers 100 itself once it will read
     // the body, and ignores Expect from an HTTP/1.0 client.
     if a.expect_continue && a.framing.has_body() && !a.http10 {
-        c.tls
-            .send(&[b"HTTP/1.1 100 Continue\r\n\r\n"])
+        crate::session::answer(c, crate::session::Answer::Continue, true, &[])
             .await
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }

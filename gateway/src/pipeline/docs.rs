@@ -7,6 +7,7 @@ use crate::{
     conn::Conn,
     proxy::{Admitted, Done},
     respond::{Abort, Failure},
+    session::{self, Answer},
     stages::auth::Identity,
 };
 
@@ -15,32 +16,32 @@ pub async fn serve(c: &mut Conn, a: &Admitted, doc: &[u8]) -> Result<Done, Abort
     // A body on a GET is not read: close after answering.
     let keep = a.keep_alive && !a.framing.has_body();
     let authenticated = a.identity() != Identity::Anonymous;
-    let mut out = std::mem::take(&mut c.out);
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ");
-    out.extend_from_slice(doc.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let [ours, private] = c.snap().routes[a.route].headers.lines(authenticated);
-    for lines in [ours, private, &c.limit_lines, &c.cors_lines] {
-        out.extend_from_slice(lines);
-    }
-    if !authenticated {
-        // The gateway's own answer: never worth a shared cache.
-        out.extend_from_slice(b"cache-control: no-store\r\n");
-    }
-    if !keep {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    let body: &[u8] = if a.head_request { b"" } else { doc };
-    let sent = c.tls.send(&[&out, body]).await;
-    c.out = out;
+    let snap = c.snap_arc();
+    let [ours, private] = snap.routes[a.route].headers.lines(authenticated);
+    // The gateway's own answer to an anonymous caller: never worth a
+    // shared cache.
+    let no_store: &[u8] = if authenticated {
+        b""
+    } else {
+        b"cache-control: no-store\r\n"
+    };
+    let (limit, cors) = (
+        std::mem::take(&mut c.limit_lines),
+        std::mem::take(&mut c.cors_lines),
+    );
+    let document = Answer::Document {
+        content_type: "application/json",
+        body: doc,
+        head_request: a.head_request,
+    };
+    let sent = session::answer(c, document, keep, &[ours, private, &limit, &cors, no_store]).await;
+    (c.limit_lines, c.cors_lines) = (limit, cors);
     sent.map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     Ok(Done {
         status: 200,
         upstream: None,
         upstream_time: None,
-        bytes: body.len() as u64,
+        bytes: if a.head_request { 0 } else { doc.len() as u64 },
         client_reusable: keep,
     })
 }

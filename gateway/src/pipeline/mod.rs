@@ -35,6 +35,7 @@ use crate::{
     observe::access_log::AccessRecord,
     proxy::{self, Admitted, BodyKind, Done},
     respond::{Abort, Failure},
+    session::{self, Answer},
     snapshot::Snapshot,
     stages::{
         auth::{self, Identity},
@@ -182,7 +183,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
             c.consume(l.head_len);
             let keep = l.keep && !w.stopping();
             let cors = std::mem::take(&mut c.cors_lines);
-            c.send_empty(l.status, keep, &[&cors]).await;
+            let _ = session::answer(c, Answer::Empty(l.status), keep, &[&cors]).await;
             c.cors_lines = cors;
             (ctx.status, ctx.reason) = (l.status, l.reason);
             keep
@@ -194,7 +195,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
                 report(w, c, r.failure, ctx.by_source);
             }
             let cors = std::mem::take(&mut c.cors_lines);
-            c.send_failure_with(r.failure, keep, &[&cors]).await;
+            let _ = session::answer(c, Answer::Failure(r.failure), keep, &[&cors]).await;
             c.cors_lines = cors;
             ctx.failed(r.failure, None);
             keep
@@ -249,7 +250,7 @@ async fn finish(
         Err(Abort::Respond(f, addr)) => {
             let keep = client_keep && !a.framing.has_body();
             let cors = std::mem::take(&mut c.cors_lines);
-            c.send_failure_with(f, keep, &[&cors]).await;
+            let _ = session::answer(c, Answer::Failure(f), keep, &[&cors]).await;
             c.cors_lines = cors;
             ctx.failed(f, addr);
             keep

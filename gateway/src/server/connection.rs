@@ -1,15 +1,18 @@
 //! The loop over one client connection's requests: TLS handshake, then
 //! read a head, hand it to the pipeline, until either side closes.
 
-use std::{net::SocketAddr, rc::Rc, time::Instant};
+use std::{net::SocketAddr, rc::Rc};
 
 use tokio_uring::net::TcpStream;
 
 use crate::{
-    config::Limits,
     conn::{Conn, ms},
-    http, pipeline,
+    pipeline,
     respond::Failure,
+    session::{
+        self, Answer,
+        h1::{self, Head},
+    },
     tls::TlsStream,
     worker::Worker,
 };
@@ -66,11 +69,11 @@ async fn await_request(w: &Worker, c: &mut Conn, first: bool) -> bool {
 /// Reads the rest of a head and hands it to the pipeline; false when the
 /// connection should close.
 async fn request(w: &Worker, c: &mut Conn) -> bool {
-    match next_head(c).await {
+    match h1::read_head(c).await {
         Head::Ready => {}
         Head::Closed => return false,
         Head::TimedOut => {
-            c.send_failure(Failure::HEADER_TIMEOUT, false).await;
+            let _ = session::answer(c, Answer::Failure(Failure::HEADER_TIMEOUT), false, &[]).await;
             return false;
         }
     }
@@ -107,50 +110,4 @@ async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<Box<C
             None
         }
     }
-}
-
-enum Head {
-    Ready,
-    Closed,
-    TimedOut,
-}
-
-/// Reads until the pending bytes hold a complete head (or enough to refuse
-/// it), within the header timeout counted from the first bytes.
-async fn next_head(c: &mut Conn) -> Head {
-    let limits = c.snap().cfg.limits;
-    let whole = ms(limits.header_timeout_ms);
-    // Fixed at the first read: one clock read for a head that comes whole.
-    let mut header_deadline = None;
-    loop {
-        if head_decidable(c.pending(), &limits) {
-            return Head::Ready;
-        }
-        let limit = match header_deadline {
-            None => {
-                header_deadline = Some(Instant::now() + whole);
-                whole
-            }
-            Some(at) => at.saturating_duration_since(Instant::now()),
-        };
-        match c.read_within(limit).await {
-            None => return Head::TimedOut,
-            Some(Ok(0)) | Some(Err(_)) => return Head::Closed,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// Whether `buf` holds a whole head, or enough to refuse one.
-fn head_decidable(buf: &[u8], limits: &Limits) -> bool {
-    if buf.is_empty() {
-        return false;
-    }
-    let line_too_long = !buf[..buf.len().min(limits.max_request_line_bytes + 1)].contains(&b'\n')
-        && buf.len() > limits.max_request_line_bytes;
-    let bad_endings = http::check_line_endings(buf.strip_suffix(b"\r").unwrap_or(buf)).is_err();
-    http::head_end(buf).is_some()
-        || buf.len() > limits.max_header_bytes
-        || line_too_long
-        || bad_endings
 }

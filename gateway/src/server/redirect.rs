@@ -110,7 +110,7 @@ async fn redirect(w: &Worker, stream: TcpStream) {
         }
         Ok(None) | Err(_) => {
             let mut out = Vec::new();
-            crate::respond::write_failure(
+            crate::session::h1::write_failure(
                 &mut out,
                 crate::respond::Failure::http(crate::http::HttpError::Malformed),
                 true,

@@ -14,8 +14,10 @@ use std::{
 use crate::{
     buffers::{BODY_FREE, BodyHold},
     config::Limits,
-    respond::{self, Abort, Failure},
+    respond::{self, Abort, Extras, Failure},
+    route::Paths,
     snapshot::{Published, Snapshot},
+    stages::auth,
     tls::{StreamError, TlsStream, deadline},
 };
 
@@ -29,89 +31,93 @@ pub struct Conn {
     snap: Arc<Snapshot>,
     generation: u64,
     /// Plaintext from the client; `inbuf[start..]` is not yet consumed.
-    pub inbuf: Vec<u8>,
+    inbuf: Vec<u8>,
     start: usize,
-    /// Scratch: the upstream request head.
-    pub up_head: Vec<u8>,
-    /// Scratch: the client response head.
-    pub out: Vec<u8>,
-    /// Scratch: re-encoded chunked bytes.
-    pub chunks: Vec<u8>,
-    /// Scratch: the normalized path.
-    pub path: String,
-    /// Copies of method and target for the log line.
-    pub method: String,
-    /// See `method`.
-    pub target: String,
+    /// The current request's scratch, by the stage that fills it.
+    pub req: Scratch,
     /// The current request body's deadline.
     pub body: BodyClock,
-    /// Scratch: a verified token's subject.
-    pub subject: String,
-    /// Scratch: a bearer token waiting for introspection.
-    pub token: String,
-    /// Scratch: the path routes match on (without `;` parameters).
-    pub route_path: String,
-    /// The rate-limit header lines of the current request (empty: none).
-    pub limit_lines: Vec<u8>,
-    /// The CORS header lines of the current request (empty: none).
-    pub cors_lines: Vec<u8>,
-    /// More members for the next failure's JSON body (a validation
-    /// error's field and rule); sent once, then cleared.
-    pub problem: String,
-    /// The current request's id (sent upstream as `x-request-id`).
-    pub request_id: String,
     /// The peer is a trusted proxy (as of the snapshot): its own address
     /// is never counted, escalated or sentenced, and its request ids are kept.
     pub trusted: bool,
-    /// Idle: the scratch buffers above are back in the worker's pool.
+    /// Idle: the read buffer and the scratch are back in the worker's pool.
     parked: bool,
     /// What `inbuf` holds of the worker's body memory.
     body_hold: BodyHold,
 }
 
-/// The per-request scratch buffers of a [`Conn`], kept in the worker's pool
-/// while the connection is idle, so an idle keep-alive connection holds
-/// none of them.
+/// A request's scratch, grouped by the stage that fills it: reused by
+/// every request on a connection, and kept in the worker's pool while the
+/// connection is idle, so an idle keep-alive connection holds none of it.
 #[derive(Default)]
-struct Scratch {
-    inbuf: Vec<u8>,
-    up_head: Vec<u8>,
-    out: Vec<u8>,
-    chunks: Vec<u8>,
-    limit_lines: Vec<u8>,
-    cors_lines: Vec<u8>,
-    path: String,
-    method: String,
-    target: String,
-    subject: String,
-    token: String,
-    route_path: String,
-    problem: String,
-    request_id: String,
+pub struct Scratch {
+    /// Routing's: the normalized path and the path routes match on.
+    pub paths: Paths,
+    /// Authentication's: a token's subject, a token to introspect.
+    pub caller: auth::Scratch,
+    /// What the stages add to the answer (rate-limit and CORS lines, a
+    /// validation failure's members).
+    pub extras: Extras,
+    /// The log's: the request line as sent, and the request's id.
+    pub note: Note,
+    /// Bytes on their way: the upstream head, the client's response
+    /// head, re-framed chunks.
+    pub wire: Wire,
 }
 
-impl Scratch {
+/// The access log's copy of a request, kept whatever becomes of it.
+#[derive(Default)]
+pub struct Note {
+    /// The method as sent.
+    pub method: String,
+    /// The target as sent, credentials in its query redacted.
+    pub target: String,
+    /// The request's id (sent upstream as `x-request-id`).
+    pub request_id: String,
+}
+
+/// Bytes a request writes on their way out.
+#[derive(Default)]
+pub struct Wire {
+    /// The upstream request head.
+    pub up_head: Vec<u8>,
+    /// The client's response head.
+    pub out: Vec<u8>,
+    /// Re-encoded chunked bytes.
+    pub chunks: Vec<u8>,
+}
+
+/// A connection's pooled buffers: its read buffer and its scratch.
+#[derive(Default)]
+struct Parked {
+    inbuf: Vec<u8>,
+    req: Scratch,
+}
+
+impl Parked {
     fn fresh() -> Self {
-        Self {
+        let mut p = Self {
             inbuf: Vec::with_capacity(4096),
-            up_head: Vec::with_capacity(1024),
-            out: Vec::with_capacity(1024),
-            path: String::with_capacity(256),
-            request_id: String::with_capacity(32),
-            ..Self::default()
-        }
+            req: Scratch::default(),
+        };
+        p.req.wire.up_head.reserve(1024);
+        p.req.wire.out.reserve(1024);
+        p.req.paths.normalized.reserve(256);
+        p.req.note.request_id.reserve(32);
+        p
     }
 
     /// Empties it for the pool; a buffer a big request grew is cut back,
     /// so the pool holds about 7 KiB a set whatever came before.
     fn clear(&mut self) {
+        let r = &mut self.req;
         for v in [
             &mut self.inbuf,
-            &mut self.up_head,
-            &mut self.out,
-            &mut self.chunks,
-            &mut self.limit_lines,
-            &mut self.cors_lines,
+            &mut r.wire.up_head,
+            &mut r.wire.out,
+            &mut r.wire.chunks,
+            &mut r.extras.limit_lines,
+            &mut r.extras.cors_lines,
         ] {
             v.clear();
             if v.capacity() > KEPT_CAPACITY {
@@ -119,14 +125,14 @@ impl Scratch {
             }
         }
         for s in [
-            &mut self.path,
-            &mut self.method,
-            &mut self.target,
-            &mut self.subject,
-            &mut self.token,
-            &mut self.route_path,
-            &mut self.problem,
-            &mut self.request_id,
+            &mut r.paths.normalized,
+            &mut r.paths.routed,
+            &mut r.note.method,
+            &mut r.note.target,
+            &mut r.note.request_id,
+            &mut r.caller.subject,
+            &mut r.caller.token,
+            &mut r.extras.problem,
         ] {
             s.clear();
             if s.capacity() > KEPT_CAPACITY {
@@ -151,7 +157,7 @@ const BODY_FIRST_ROOM: usize = 64 * 1024;
 const KEPT_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<Scratch>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<Parked>> = const { RefCell::new(Vec::new()) };
 }
 
 pub(crate) fn ms(v: u64) -> Duration {
@@ -177,41 +183,17 @@ impl Conn {
             // Parked: the first request's bytes bring the buffers.
             inbuf: Vec::new(),
             start: 0,
-            up_head: Vec::new(),
-            out: Vec::new(),
-            chunks: Vec::new(),
-            path: String::new(),
-            method: String::new(),
-            target: String::new(),
+            req: Scratch::default(),
             body,
-            subject: String::new(),
-            token: String::new(),
-            route_path: String::new(),
-            limit_lines: Vec::new(),
-            cors_lines: Vec::new(),
-            problem: String::new(),
-            request_id: String::new(),
             trusted,
             parked: true,
             body_hold: BodyHold::default(),
         }
     }
 
-    fn swap_scratch(&mut self, s: &mut Scratch) {
-        swap(&mut self.inbuf, &mut s.inbuf);
-        swap(&mut self.up_head, &mut s.up_head);
-        swap(&mut self.out, &mut s.out);
-        swap(&mut self.chunks, &mut s.chunks);
-        swap(&mut self.limit_lines, &mut s.limit_lines);
-        swap(&mut self.cors_lines, &mut s.cors_lines);
-        swap(&mut self.path, &mut s.path);
-        swap(&mut self.method, &mut s.method);
-        swap(&mut self.target, &mut s.target);
-        swap(&mut self.subject, &mut s.subject);
-        swap(&mut self.token, &mut s.token);
-        swap(&mut self.route_path, &mut s.route_path);
-        swap(&mut self.problem, &mut s.problem);
-        swap(&mut self.request_id, &mut s.request_id);
+    fn swap_parked(&mut self, p: &mut Parked) {
+        swap(&mut self.inbuf, &mut p.inbuf);
+        swap(&mut self.req, &mut p.req);
     }
 
     /// Between requests, with nothing pending: the scratch buffers go back
@@ -221,8 +203,8 @@ impl Conn {
             return;
         }
         self.start = 0;
-        let mut s = Scratch::default();
-        self.swap_scratch(&mut s);
+        let mut s = Parked::default();
+        self.swap_parked(&mut s);
         s.clear();
         self.body_hold.fit(0, usize::MAX);
         self.parked = true;
@@ -241,8 +223,8 @@ impl Conn {
         }
         let mut s = SCRATCH
             .with_borrow_mut(Vec::pop)
-            .unwrap_or_else(Scratch::fresh);
-        self.swap_scratch(&mut s);
+            .unwrap_or_else(Parked::fresh);
+        self.swap_parked(&mut s);
         self.parked = false;
     }
 
@@ -384,28 +366,8 @@ pub struct HeadParts<'c> {
     pub snap: &'c Snapshot,
     /// The unconsumed plaintext (the head is at its start).
     pub pending: &'c [u8],
-    /// Scratch for the normalized path.
-    pub path: &'c mut String,
-    /// Scratch for the upstream head.
-    pub up_head: &'c mut Vec<u8>,
-    /// The method, for the log.
-    pub method: &'c mut String,
-    /// The target, for the log.
-    pub target: &'c mut String,
-    /// Scratch for a token's subject.
-    pub subject: &'c mut String,
-    /// Scratch for a token to introspect.
-    pub token: &'c mut String,
-    /// Scratch for the path routes match on.
-    pub route_path: &'c mut String,
-    /// Rate-limit header lines for the response.
-    pub limit_lines: &'c mut Vec<u8>,
-    /// CORS header lines for the response.
-    pub cors_lines: &'c mut Vec<u8>,
-    /// Members for a validation failure's body.
-    pub problem: &'c mut String,
-    /// The request's id.
-    pub request_id: &'c mut String,
+    /// The request's scratch.
+    pub req: &'c mut Scratch,
     /// The peer is a trusted proxy.
     pub trusted: bool,
     /// The client.
@@ -418,17 +380,7 @@ impl Conn {
         HeadParts {
             snap: &self.snap,
             pending: &self.inbuf[self.start..],
-            path: &mut self.path,
-            up_head: &mut self.up_head,
-            method: &mut self.method,
-            target: &mut self.target,
-            subject: &mut self.subject,
-            token: &mut self.token,
-            route_path: &mut self.route_path,
-            limit_lines: &mut self.limit_lines,
-            cors_lines: &mut self.cors_lines,
-            problem: &mut self.problem,
-            request_id: &mut self.request_id,
+            req: &mut self.req,
             trusted: self.trusted,
             peer: self.peer,
         }

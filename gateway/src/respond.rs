@@ -210,6 +210,19 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// What the stages add to a request's answer, whatever it is (per-request
+/// scratch).
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The rate-limit header lines (empty: none).
+    pub limit_lines: Vec<u8>,
+    /// The CORS header lines (empty: none).
+    pub cors_lines: Vec<u8>,
+    /// More members for the next failure's JSON body (a validation
+    /// error's field and rule); sent once, then cleared.
+    pub problem: String,
+}
+
 /// The header lines `f`'s hint adds to its response: `challenge` is the
 /// snapshot's `WWW-Authenticate` line, `limit_lines` the request's
 /// rate-limit lines. The one place that decides which go with an error.

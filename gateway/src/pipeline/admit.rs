@@ -31,8 +31,8 @@ use crate::{
 /// Runs every stage that judges the head, in order.
 pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next, Refused> {
     let mut p = c.head_parts();
-    p.limit_lines.clear();
-    p.cors_lines.clear();
+    p.req.extras.limit_lines.clear();
+    p.req.extras.cors_lines.clear();
     let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let head = match h1::parse_head(p.snap, p.pending, &mut hdrs) {
         Ok(head) => head,
@@ -50,12 +50,18 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     if let Some(f) = source_verdict(w, &mut p, ctx, &head) {
         return Err(refuse(f, false));
     }
-    let path = normalized(p.path, p.snap, ctx, &head).map_err(|f| refuse(f, false))?;
-    let route = find_route(p.snap, &head, normalize::route_path(path, p.route_path))
-        .map_err(|m| refuse(missed(m), head.keep_alive))?;
+    let paths = &mut p.req.paths;
+    let path =
+        normalized(&mut paths.normalized, p.snap, ctx, &head).map_err(|f| refuse(f, false))?;
+    let route = find_route(
+        p.snap,
+        &head,
+        normalize::route_path(path, &mut paths.routed),
+    )
+    .map_err(|m| refuse(missed(m), head.keep_alive))?;
     ctx.route = Some(route.index);
-    let cors =
-        check_head(p.snap, route, &head, p.cors_lines).map_err(|(f, keep)| refuse(f, keep))?;
+    let cors = check_head(p.snap, route, &head, &mut p.req.extras.cors_lines)
+        .map_err(|(f, keep)| refuse(f, keep))?;
     if cors == cors::Allowed::Preflight {
         return Ok(Next::Local(Local {
             status: 204,
@@ -72,29 +78,46 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     };
     if !ctx.charged {
         ctx.charged = true;
-        limits(None, p.limit_lines, &mut ctx.by_source)?;
+        limits(None, &mut p.req.extras.limit_lines, &mut ctx.by_source)?;
     }
-    let caller =
-        check_caller(w, p.snap, route, &head, p.subject, p.token).map_err(|e| match e {
-            AuthError::Lookup(endpoint) => Refused {
-                lookup: Some(endpoint),
-                ..refuse(auth::introspect::UNAVAILABLE, head.keep_alive)
-            },
-            AuthError::Refused(f) => refuse(f, head.keep_alive),
-        })?;
+    let caller = check_caller(w, p.snap, route, &head, &mut p.req.caller).map_err(|e| match e {
+        AuthError::Lookup(endpoint) => Refused {
+            lookup: Some(endpoint),
+            ..refuse(auth::introspect::UNAVAILABLE, head.keep_alive)
+        },
+        AuthError::Refused(f) => refuse(f, head.keep_alive),
+    })?;
     ctx.identity = caller.identity();
     limits(
-        Some((ctx.identity, p.subject.as_str())),
-        p.limit_lines,
+        Some((ctx.identity, p.req.caller.subject.as_str())),
+        &mut p.req.extras.limit_lines,
         &mut ctx.by_source,
     )?;
-    check_content(w, p.snap, peer, p.problem, ctx, route, path, &head)
-        .map_err(|f| refuse(f, head.keep_alive))?;
+    check_content(
+        w,
+        p.snap,
+        peer,
+        &mut p.req.extras.problem,
+        ctx,
+        route,
+        path,
+        &head,
+    )
+    .map_err(|f| refuse(f, head.keep_alive))?;
     let who = proxy::request::Caller {
         who: caller.identity(),
-        subject: p.subject,
+        subject: &p.req.caller.subject,
     };
-    proxy::request::write_upstream_head(p.up_head, &head, path, p.peer, who, p.snap, p.request_id);
+    let (wire, note) = (&mut p.req.wire, &p.req.note);
+    proxy::request::write_upstream_head(
+        &mut wire.up_head,
+        &head,
+        path,
+        p.peer,
+        who,
+        p.snap,
+        &note.request_id,
+    );
     let mut plan = plan_of(route, &head);
     plan.on_behalf = ctx.on_behalf;
     Ok(Next::Forward(Admitted::new(plan, head.len, caller)))
@@ -113,12 +136,13 @@ fn missed(m: Miss) -> Failure {
 /// whether a browser sent it for another site, its id, and behind a
 /// trusted proxy the client it names (which the anomaly detector counts).
 fn take_note(w: &Worker, p: &mut HeadParts<'_>, ctx: &mut Ctx, head: &RequestHead<'_, '_>) {
-    p.method.clear();
-    p.method.push_str(head.method);
-    auth::redact_query(head.target, &p.snap.cfg.auth.key_header, p.target);
+    let note = &mut p.req.note;
+    note.method.clear();
+    note.method.push_str(head.method);
+    auth::redact_query(head.target, &p.snap.cfg.auth.key_header, &mut note.target);
     ctx.bytes_in = head.len as u64;
     ctx.on_behalf = source::on_behalf(head, &p.snap.cfg.auth.key_header);
-    request_id(w, p.trusted, head, p.request_id);
+    request_id(w, p.trusted, head, &mut note.request_id);
     if p.trusted && p.snap.cfg.anomaly.enabled {
         let client = rate_limit::client_source(p.peer.ip(), head.headers, &p.snap.trusted_proxies);
         ctx.client = Some(client);
@@ -135,7 +159,7 @@ fn source_verdict(
 ) -> Option<Failure> {
     let (f, secs) = source::verdict(w, p.snap, (p.peer.ip(), p.trusted), ctx.client, head)?;
     use std::io::Write as _;
-    let _ = write!(p.limit_lines, "retry-after: {secs}\r\n");
+    let _ = write!(p.req.extras.limit_lines, "retry-after: {secs}\r\n");
     Some(f)
 }
 
@@ -274,9 +298,10 @@ fn find_route<'s>(
 /// kept for the log.
 fn unparsed(p: HeadParts<'_>, e: HttpError) -> Refused {
     let (method, target) = request_line_words(p.pending);
-    p.method.clear();
-    p.method.push_str(method);
-    auth::redact_query(target, &p.snap.cfg.auth.key_header, p.target);
+    let note = &mut p.req.note;
+    note.method.clear();
+    note.method.push_str(method);
+    auth::redact_query(target, &p.snap.cfg.auth.key_header, &mut note.target);
     Refused {
         failure: Failure::http(e),
         keep: false,

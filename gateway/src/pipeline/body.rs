@@ -90,7 +90,7 @@ async fn read_whole_body(c: &mut Conn, a: &mut Admitted, limit: u64) -> Result<(
                     })
                 })? {
                     a.body_read_whole(body.data as u64);
-                    proxy::request::reframe_whole(&mut c.up_head, body.data as u64);
+                    proxy::request::reframe_whole(&mut c.req.wire.up_head, body.data as u64);
                     return Ok(());
                 }
                 c.room_for_body(None).map_err(respond)?;
@@ -126,7 +126,7 @@ impl InPlace {
         if self.decoder.is_done() {
             return Ok(true);
         }
-        let mut out = std::mem::take(&mut c.chunks);
+        let mut out = std::mem::take(&mut c.req.wire.chunks);
         out.clear();
         let fed = self.decoder.feed(&c.pending()[self.data..], Some(&mut out));
         let result = fed.map_err(Failure::http).and_then(|p| {
@@ -141,7 +141,7 @@ impl InPlace {
             self.data += out.len();
             Ok(p.done)
         });
-        c.chunks = out;
+        c.req.wire.chunks = out;
         result
     }
 }
@@ -185,7 +185,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
     if scratch.max_depth() != depth {
         *scratch = validation::Scratch::new(depth);
     }
-    let mut problem = std::mem::take(&mut c.problem);
+    let mut problem = std::mem::take(&mut c.req.extras.problem);
     let body = match a.framing {
         Framing::Length(n) => &c.pending()[..n as usize],
         // De-chunked while read (`read_whole_body`): no chunked body is left.
@@ -221,7 +221,7 @@ fn judge_body(w: &Worker, c: &mut Conn, a: &Admitted) -> Result<(), Failure> {
     };
     scratch.pointer = pointer;
     scratch.trim();
-    c.problem = problem;
+    c.req.extras.problem = problem;
     match found? {
         Some(hit) => waf_hit(
             w,

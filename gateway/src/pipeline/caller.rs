@@ -27,8 +27,7 @@ pub(super) fn check_caller(
     snap: &Snapshot,
     route: &Route,
     head: &RequestHead<'_, '_>,
-    subject: &mut String,
-    token: &mut String,
+    scratch: &mut auth::Scratch,
 ) -> Result<Authenticated, AuthError> {
     let (rule, route) = (&route.rule, &route.settings);
     let mut tokens = w.tokens.borrow_mut();
@@ -55,6 +54,7 @@ pub(super) fn check_caller(
             &stale_answers
         },
     };
+    let (subject, token) = (&mut scratch.subject, &mut scratch.token);
     let caller = auth::authenticate(&route.auth, head, &mut verifiers, subject, token);
     if let Err(AuthError::Refused(f)) = caller
         && jwt::needs_fresh_keys(f)
@@ -74,7 +74,7 @@ pub(super) fn check_caller(
 }
 
 /// Asks introspection endpoint `endpoint` about the token in the
-/// connection's token scratch and caches the answer in the worker. Each
+/// request's caller scratch and caches the answer in the worker. Each
 /// source may cause `lookups_per_source` such lookups a second (the
 /// shared rate-limit table counts them): random tokens from one address
 /// never fill the lookup queue other callers need.
@@ -101,7 +101,7 @@ pub(super) async fn introspect(
             }
         }
     }
-    let token = std::mem::take(&mut c.token);
+    let token = std::mem::take(&mut c.req.caller.token);
     let key = jwt::digest(&token);
     let asked = w
         .shared

@@ -25,17 +25,12 @@ pub async fn serve(c: &mut Conn, a: &Admitted, doc: &[u8]) -> Result<Done, Abort
     } else {
         b"cache-control: no-store\r\n"
     };
-    let (limit, cors) = (
-        std::mem::take(&mut c.limit_lines),
-        std::mem::take(&mut c.cors_lines),
-    );
     let document = Answer::Document {
         content_type: "application/json",
         body: doc,
         head_request: a.head_request,
     };
-    let sent = session::answer(c, document, keep, &[ours, private, &limit, &cors, no_store]).await;
-    (c.limit_lines, c.cors_lines) = (limit, cors);
+    let sent = session::answer(c, document, keep, &[ours, private, no_store]).await;
     sent.map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     Ok(Done {
         status: 200,

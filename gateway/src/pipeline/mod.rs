@@ -71,7 +71,7 @@ pub struct Ctx {
     pub by_source: bool,
     /// Behind a trusted proxy: the client its X-Forwarded-For names.
     pub client: Option<IpAddr>,
-    /// The path normalized (it is in the connection's path scratch).
+    /// The path normalized (it is in the request's `paths` scratch).
     pub normalized: bool,
     /// A browser sent it for another site's page (`Sec-Fetch-Site:
     /// cross-site` or `same-site`): refused like any request, but never
@@ -142,7 +142,7 @@ struct Local {
 /// Returns whether the connection stays open.
 pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     let mut ctx = Ctx::new();
-    c.request_id.clear();
+    c.req.note.request_id.clear();
     let mut admitted = admit_head(w, c, &mut ctx);
     if let Err(Refused {
         lookup: Some(endpoint),
@@ -182,9 +182,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
         Ok(Next::Local(l)) => {
             c.consume(l.head_len);
             let keep = l.keep && !w.stopping();
-            let cors = std::mem::take(&mut c.cors_lines);
-            let _ = session::answer(c, Answer::Empty(l.status), keep, &[&cors]).await;
-            c.cors_lines = cors;
+            let _ = session::answer(c, Answer::Empty(l.status), keep, &[]).await;
             (ctx.status, ctx.reason) = (l.status, l.reason);
             keep
         }
@@ -194,9 +192,7 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
             if !ctx.on_behalf {
                 report(w, c, r.failure, ctx.by_source);
             }
-            let cors = std::mem::take(&mut c.cors_lines);
-            let _ = session::answer(c, Answer::Failure(r.failure), keep, &[&cors]).await;
-            c.cors_lines = cors;
+            let _ = session::answer(c, Answer::Failure(r.failure), keep, &[]).await;
             ctx.failed(r.failure, None);
             keep
         }
@@ -249,9 +245,7 @@ async fn finish(
         }
         Err(Abort::Respond(f, addr)) => {
             let keep = client_keep && !a.framing.has_body();
-            let cors = std::mem::take(&mut c.cors_lines);
-            let _ = session::answer(c, Answer::Failure(f), keep, &[&cors]).await;
-            c.cors_lines = cors;
+            let _ = session::answer(c, Answer::Failure(f), keep, &[]).await;
             ctx.failed(f, addr);
             keep
         }

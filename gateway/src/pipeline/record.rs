@@ -17,40 +17,45 @@ pub(super) fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
     let Some(log) = &w.shared.access_log else {
         return;
     };
-    if c.request_id.is_empty() {
+    if c.req.note.request_id.is_empty() {
         // Refused before it parsed: an id all the same.
-        w.next_request_id(&mut c.request_id);
+        w.next_request_id(&mut c.req.note.request_id);
     }
+    let (note, paths) = (&c.req.note, &c.req.paths);
     let snap = c.snap();
     let consumer = match ctx.identity {
         Identity::Consumer(i) => snap.keys.consumer(i).id.as_str(),
-        Identity::Token(_) if !c.subject.is_empty() => c.subject.as_str(),
+        Identity::Token(_) if !c.req.caller.subject.is_empty() => c.req.caller.subject.as_str(),
         Identity::Token(_) | Identity::Anonymous => "-",
     };
     // The routed path (no `;` parameters), or the path as sent; never the
     // query, which may carry any credential.
     let path = if ctx.normalized {
-        // `route_path` is filled only for a path with `;` parameters.
-        if c.path.contains(';') {
-            c.route_path.as_str()
+        // `routed` is filled only for a path with `;` parameters.
+        if paths.normalized.contains(';') {
+            paths.routed.as_str()
         } else {
-            c.path.as_str()
+            paths.normalized.as_str()
         }
-    } else if c.target.is_empty() {
+    } else if note.target.is_empty() {
         "-"
     } else {
-        c.target.split(['?', ';']).next().unwrap_or("-")
+        note.target.split(['?', ';']).next().unwrap_or("-")
     };
     w.lines.borrow_mut().push(
         log,
         &AccessRecord {
-            id: &c.request_id,
+            id: &note.request_id,
             peer: c.peer,
             tls: c.tls.version(),
             sni: c.tls.sni(),
             consumer,
             route: ctx.route.map(|i| snap.routes[i].settings.name.as_str()),
-            method: if c.method.is_empty() { "-" } else { &c.method },
+            method: if note.method.is_empty() {
+                "-"
+            } else {
+                &note.method
+            },
             path,
             status: ctx.status,
             reason: ctx.reason,

@@ -292,7 +292,7 @@ pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) 
         .any(|h| lists_token(h.value, name))
 }
 
-/// Sends the head (already in `c.up_head`) and the body.
+/// Sends the head (already in the request's upstream-head scratch) and the body.
 pub(super) async fn send(
     c: &mut Conn,
     conn: &mut UpstreamConn,
@@ -302,7 +302,7 @@ pub(super) async fn send(
     addr: SocketAddr,
 ) -> Result<(), Attempt> {
     let upstream_gone = |_| Attempt::Retry(Failure::UPSTREAM_CLOSED);
-    let mut head = std::mem::take(&mut c.up_head);
+    let mut head = std::mem::take(&mut c.req.wire.up_head);
     let mut coalesced = 0;
     if let Framing::Length(total) = framing {
         let avail = (c.pending().len() as u64).min(total) as usize;
@@ -316,16 +316,16 @@ pub(super) async fn send(
     if let Err(e) = res {
         // A timed-out write took the head with it: no retry can send it.
         if e.kind() == std::io::ErrorKind::TimedOut {
-            c.up_head = Vec::new();
+            c.req.wire.up_head = Vec::new();
             return Err(Attempt::Abort(Abort::Respond(
                 Failure::UPSTREAM_TIMEOUT,
                 Some(addr),
             )));
         }
-        c.up_head = buf;
+        c.req.wire.up_head = buf;
         return Err(upstream_gone(e));
     }
-    c.up_head = buf;
+    c.req.wire.up_head = buf;
     c.consume(coalesced);
     match framing {
         Framing::None | Framing::UntilClose => Ok(()),
@@ -380,7 +380,7 @@ async fn stream_chunked_body(
     let limits = &c.snap().cfg.limits;
     let (body_timeout_ms, max_chunks) = (limits.body_timeout_ms, limits.max_body_chunks);
     let mut dec = chunked::Decoder::new();
-    let mut out = std::mem::take(&mut c.chunks);
+    let mut out = std::mem::take(&mut c.req.wire.chunks);
     // What the client sent, framing included, counts against the limit,
     // as for a body read whole.
     let mut raw = 0u64;
@@ -414,6 +414,6 @@ async fn stream_chunked_body(
         }
     }
     .await;
-    c.chunks = out;
+    c.req.wire.chunks = out;
     result
 }

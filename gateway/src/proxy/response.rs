@@ -29,7 +29,7 @@ pub(super) struct Head {
 
 /// Reads the response head within `response_ms` (skipping interim 1xx, as
 /// the gateway answered 100-continue itself) and writes the client's head
-/// into `c.out`.
+/// into the request's response-head scratch.
 pub(super) async fn read_head(
     c: &mut Conn,
     conn: &mut UpstreamConn,
@@ -81,7 +81,7 @@ pub(super) async fn read_head(
     };
     // SIGTERM may have come while the upstream worked: say close now.
     let client_keep = a.keep_alive && !stopping.load(Ordering::Relaxed);
-    let mut out = std::mem::take(&mut c.out);
+    let mut out = std::mem::take(&mut c.req.wire.out);
     let headers = &c.snap().routes[a.route].headers;
     let authenticated = a.identity() != Identity::Anonymous;
     let [ours, private] = headers.lines(authenticated);
@@ -90,10 +90,15 @@ pub(super) async fn read_head(
         &resp,
         a,
         client_keep,
-        [ours, private, &c.limit_lines, &c.cors_lines],
+        [
+            ours,
+            private,
+            &c.req.extras.limit_lines,
+            &c.req.extras.cors_lines,
+        ],
         |n| headers.drops(n, authenticated),
     );
-    c.out = out;
+    c.req.wire.out = out;
     let head = Head {
         status: resp.code,
         framing: resp.framing,
@@ -181,7 +186,7 @@ pub(super) enum Relay {
     Upstream(Failure),
 }
 
-/// Sends the head in `c.out` and relays the body.
+/// Sends the head written by [`read_head`] and relays the body.
 pub(super) async fn relay(
     c: &mut Conn,
     conn: &mut UpstreamConn,
@@ -189,14 +194,14 @@ pub(super) async fn relay(
     framing: Framing,
     response_ms: u64,
 ) -> Relayed {
-    let out = std::mem::take(&mut c.out);
+    let out = std::mem::take(&mut c.req.wire.out);
     let r = match framing {
         Framing::None => c.tls.send(&[&out]).await.map(|()| 0).map_err(client),
         Framing::Length(total) => relay_length(c, conn, &out, total, response_ms).await,
         Framing::Chunked => relay_chunked(c, conn, &out, a.http10, response_ms).await,
         Framing::UntilClose => relay_until_close(c, conn, &out, !a.http10, response_ms).await,
     };
-    c.out = out;
+    c.req.wire.out = out;
     r
 }
 
@@ -255,7 +260,7 @@ async fn relay_chunked(
     } else {
         chunked::Decoder::new()
     };
-    let mut chunks = std::mem::take(&mut c.chunks);
+    let mut chunks = std::mem::take(&mut c.req.wire.chunks);
     let r = async {
         let mut first = true;
         loop {
@@ -284,7 +289,7 @@ async fn relay_chunked(
         }
     }
     .await;
-    c.chunks = chunks;
+    c.req.wire.chunks = chunks;
     r
 }
 

@@ -29,6 +29,16 @@ pub struct Route {
     pub headers: Headers,
 }
 
+/// A request's paths as routing leaves them (per-request scratch).
+#[derive(Debug, Default)]
+pub struct Paths {
+    /// The normalized path every check and the route see.
+    pub normalized: String,
+    /// The path routes match on: the normalized one without `;`
+    /// parameters (filled only when it has any).
+    pub routed: String,
+}
+
 /// Why no route took a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {

@@ -17,36 +17,33 @@ use crate::{
     tls::StreamError,
 };
 
-/// Sends one of the gateway's own answers. A failure or an empty answer
-/// carries the snapshot's response headers, what the failure's hint asks
-/// for (a challenge, the rate-limit lines) and `extra` (the request's CORS
-/// lines); a document carries `extra` alone (its route's headers).
+/// Sends one of the gateway's own answers, with the header lines the
+/// request's stages added (CORS, and rate limits where the failure's hint
+/// or a document asks). A failure or an empty answer also carries the
+/// snapshot's response headers and what the failure's hint asks for (a
+/// challenge, the rate-limit lines); a document carries `route_lines` (its
+/// route's headers) instead.
 pub async fn answer(
     c: &mut Conn,
     answer: Answer<'_>,
     keep: bool,
-    extra: &[&[u8]],
+    route_lines: &[&[u8]],
 ) -> Result<(), StreamError> {
     c.unpark();
-    let mut out = std::mem::take(&mut c.out);
+    let mut out = std::mem::take(&mut c.req.wire.out);
     out.clear();
-    let own = c.snap().filters.lines();
+    let snap = c.snap();
+    let extras = &c.req.extras;
+    let own = snap.filters.lines();
     let body: &[u8] = match answer {
         Answer::Failure(f) => {
-            let hint = respond::hint_lines(f, &c.snap().challenge, &c.limit_lines);
-            let mut lines: [&[u8]; 4] = [own, hint, b"", b""];
-            for (slot, e) in lines[2..].iter_mut().zip(extra) {
-                *slot = e;
-            }
-            write_failure_with(&mut out, f, !keep, &lines, &c.problem);
+            let hint = respond::hint_lines(f, &snap.challenge, &extras.limit_lines);
+            let lines = [own, hint, &extras.cors_lines];
+            write_failure_with(&mut out, f, !keep, &lines, &extras.problem);
             b""
         }
         Answer::Empty(status) => {
-            let mut lines: [&[u8]; 3] = [own, b"", b""];
-            for (slot, e) in lines[1..].iter_mut().zip(extra) {
-                *slot = e;
-            }
-            write_empty(&mut out, status, !keep, &lines);
+            write_empty(&mut out, status, !keep, &[own, &extras.cors_lines]);
             b""
         }
         Answer::Document {
@@ -59,7 +56,10 @@ pub async fn answer(
                 "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
                 body.len()
             );
-            for lines in extra {
+            for lines in route_lines
+                .iter()
+                .chain([&&extras.limit_lines[..], &&extras.cors_lines[..]])
+            {
                 out.extend_from_slice(lines);
             }
             if !keep {
@@ -78,9 +78,9 @@ pub async fn answer(
     } else {
         c.tls.send(&[&out, body]).await
     };
-    c.out = out;
+    c.req.wire.out = out;
     // Members a validation failure left are sent once.
-    c.problem.clear();
+    c.req.extras.problem.clear();
     sent
 }
 

@@ -37,6 +37,16 @@ pub enum Identity {
     Token(TokenId),
 }
 
+/// What authentication leaves for the rest of a request (per-request
+/// scratch).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// A verified token's subject (for limits, the log and the upstream).
+    pub subject: String,
+    /// A bearer token waiting for introspection.
+    pub token: String,
+}
+
 /// Proof that a route's authentication ran and passed.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {

@@ -15,8 +15,8 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::{
-    cluster,
     config::{ClusterSettings, LimitKey, LimitSettings, OnFailure, RateLimitSettings},
+    control::cluster,
     stages::rate_limit::{self, Buckets, Caller, Leases, Meter, Phase},
 };
 

@@ -13,9 +13,10 @@
 //! compiled schemas), `config` (which imports no stage), `clock`,
 //! `buffers`.
 //! Around them: `worker` (one thread's state), `snapshot` (the compiled
-//! configuration), `control`, `escalate`, `verdicts` and `cluster` (the
-//! verdict loop and Redis), `xdp` (kernel data plane), `policy` and
-//! `enforce` (where the source policy is enforced), `reload` (SIGHUP and
+//! configuration), `control` (the main thread's tick and the verdict
+//! loop: `escalate`, `verdicts`, `cluster` for Redis), `xdp` (kernel data
+//! plane, with `policy` and `enforce`: where the source policy is
+//! enforced), `reload` (SIGHUP and
 //! `gateway reload`), `admin`, `audit`, `fetch`, `background`, `fdlimit`
 //! (connection caps against `RLIMIT_NOFILE`), `demo` (the built-in
 //! backend). No two modules import each other in a loop: `cargo xtask
@@ -27,13 +28,10 @@ pub mod audit;
 pub mod background;
 pub mod buffers;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control;
 pub mod demo;
-pub mod enforce;
-pub mod escalate;
 pub mod fdlimit;
 pub mod fetch;
 pub mod filters;
@@ -41,7 +39,6 @@ pub mod http;
 pub mod json;
 pub mod observe;
 pub mod pipeline;
-pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod respond;
@@ -51,6 +48,5 @@ pub mod session;
 pub mod snapshot;
 pub mod stages;
 pub mod tls;
-pub mod verdicts;
 pub mod worker;
 pub mod xdp;

@@ -20,10 +20,10 @@ use std::{
 use crate::{
     config::{Config, ConfigError, KeySource},
     control::issuer_file_keys,
+    control::verdicts::Book,
     snapshot::Snapshot,
     stages::auth::{api_key::KeyRing, jwt::keys::KeySet},
     tls,
-    verdicts::Book,
     worker::Shared,
     xdp::XdpError,
 };
@@ -116,7 +116,7 @@ pub fn reload(
 
     let mut lines = changes(running, &next, &keys, certs.len());
     // Made before the book's lock is taken: it may resolve names.
-    let shield = crate::verdicts::Shield::of(&next);
+    let shield = crate::control::verdicts::Shield::of(&next);
     {
         let mut book = book.lock().map_err(|_| ReloadError::Book)?;
         book.reconfigure(running, &next, shield)?;

@@ -20,7 +20,6 @@ use crate::{
         anomaly::Traffic,
         metrics::{Board, Tally},
     },
-    policy::SourcePolicy,
     proxy::Upstreams,
     snapshot::Published,
     stages::{
@@ -31,6 +30,7 @@ use crate::{
         rate_limit::{Leases, Limiter},
         validation,
     },
+    xdp::policy::SourcePolicy,
 };
 
 /// Server-wide state shared by all workers.
@@ -54,7 +54,7 @@ pub struct Shared {
     /// Each upstream's health and circuit-breaker gauges.
     pub health: Arc<crate::proxy::health::Registry>,
     /// Verdicts enforced request by request (placed by the control side).
-    pub request_verdicts: Arc<crate::verdicts::RequestVerdicts>,
+    pub request_verdicts: Arc<crate::control::verdicts::RequestVerdicts>,
 }
 
 /// One worker's state.
@@ -92,7 +92,7 @@ pub struct Worker {
     /// The snapshot generation the tick last looked at.
     seen_generation: Cell<u64>,
     /// Its copy of the request verdicts.
-    pub verdicts: RefCell<crate::verdicts::View>,
+    pub verdicts: RefCell<crate::control::verdicts::View>,
 }
 
 /// 64 random bits (ring's system random), distinct per worker and start;

@@ -17,10 +17,10 @@ use std::{
 use gateway::{
     clock::{Clock, Monotonic},
     config::Config,
-    enforce::Enforcement,
-    escalate::Sentence,
-    verdicts::{Book, RequestVerdicts},
+    control::escalate::Sentence,
+    control::verdicts::{Book, RequestVerdicts},
     xdp::DataPlane,
+    xdp::enforce::Enforcement,
 };
 use gateway_common::{VERDICT_CAPACITY, VerdictReason};
 use gateway_tests::{

@@ -15,7 +15,7 @@ use std::{
 use gateway::{
     clock::{Clock, Monotonic},
     config::{AttachMode, Config},
-    policy::Lists,
+    xdp::policy::Lists,
     xdp::{Counters, DataPlane, XdpError},
 };
 use gateway_common::{Outcome, Verdict, VerdictReason};

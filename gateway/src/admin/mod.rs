@@ -47,11 +47,11 @@ use crate::{
     background::Background,
     clock::{Clock, Monotonic},
     config::AdminSettings,
+    control::verdicts::{Book, BookError},
     observe::metrics,
     respond::reason_phrase,
     route::Route,
     stages::rate_limit::{self, Caller},
-    verdicts::{Book, BookError},
     worker::Shared,
 };
 

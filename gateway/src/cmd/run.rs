@@ -9,10 +9,10 @@ use std::{
 use gateway::{
     admin::AdminServer,
     clock::{Clock, Monotonic},
-    cluster::{self, Cluster},
     config::Config,
+    control::cluster::{self, Cluster},
+    control::verdicts::Book,
     control::{self, AuthFailures, Events, IssuerFiles, KeyWatch},
-    enforce::Enforcement,
     server::Server,
     snapshot::{Published, Snapshot},
     stages::{
@@ -20,8 +20,8 @@ use gateway::{
         rate_limit::{Buckets, Limiter},
     },
     tls,
-    verdicts::Book,
     worker::Shared,
+    xdp::enforce::Enforcement,
 };
 use nix::sys::signal::{SigSet, Signal};
 

@@ -43,7 +43,7 @@ pub(super) fn verdict(
         .request_verdicts
         .check(&w.verdicts, source, || Monotonic.now_ns())?;
     Some((
-        crate::verdicts::failure(reason),
+        crate::control::verdicts::failure(reason),
         left_ns.div_ceil(1_000_000_000),
     ))
 }

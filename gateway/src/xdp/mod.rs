@@ -20,7 +20,9 @@ use gateway_common::{
 use ipnet::IpNet;
 
 mod balance;
+pub mod enforce;
 pub mod listeners;
+pub mod policy;
 mod reflector;
 
 pub use balance::Balancer;
@@ -29,7 +31,7 @@ pub use reflector::Reflector;
 use crate::{
     addr::{mapped_prefix, source_addr},
     config::{AttachMode, Config, PlainHttpOnTls},
-    policy::{Lists, syn_budget},
+    xdp::policy::{Lists, syn_budget},
 };
 
 /// The XDP object built by `cargo xtask`, embedded in the binary.

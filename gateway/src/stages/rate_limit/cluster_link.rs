@@ -1,4 +1,4 @@
-//! The workers' side of the cluster (`crate::cluster`): a lock-free queue
+//! The workers' side of the cluster (`crate::control::cluster`): a lock-free queue
 //! of the requests each bucket admitted, which the sync thread sends to
 //! Redis, and whether Redis is reachable, which decides whether a limited
 //! route may answer while it is not.
@@ -55,7 +55,7 @@ impl Link {
     }
 }
 
-/// The link for the workers and the receiving end for [`crate::cluster::Cluster::start`].
+/// The link for the workers and the receiving end for [`crate::control::cluster::Cluster::start`].
 pub fn link(settings: &ClusterSettings) -> (Link, Receiver<Admitted>) {
     let (tx, rx) = sync_channel(QUEUE);
     (

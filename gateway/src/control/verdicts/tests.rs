@@ -3,7 +3,7 @@
 use super::*;
 use std::sync::{Arc, Mutex};
 
-use crate::policy::SourcePolicy;
+use crate::xdp::policy::SourcePolicy;
 
 fn book(extra: &str) -> Book {
     let cfg = Config::parse(
@@ -20,7 +20,7 @@ fn sentence(b: &mut Book, ip: IpAddr, now: u64) -> Sentence {
     while s.is_none() {
         s = b
             .escalation
-            .record(ip, crate::escalate::Offence::Attack, now);
+            .record(ip, crate::control::escalate::Offence::Attack, now);
     }
     s.expect("sentenced")
 }

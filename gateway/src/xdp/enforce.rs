@@ -15,7 +15,7 @@ use gateway_common::Verdict;
 use crate::{
     addr::ip_of,
     config::{Config, PlainHttpOnTls},
-    policy::SourcePolicy,
+    xdp::policy::SourcePolicy,
     xdp::{Counters, DataPlane, XdpError},
 };
 
@@ -69,7 +69,7 @@ impl Enforcement {
     /// the XDP program stays attached, verdicts and counters stay.
     pub fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<(), XdpError> {
         match self {
-            Self::Kernel(dp) => dp.reconfigure(&crate::policy::Lists::of(old), new),
+            Self::Kernel(dp) => dp.reconfigure(&crate::xdp::policy::Lists::of(old), new),
             Self::Userspace(p) => {
                 if let Ok(mut p) = p.lock() {
                     p.reconfigure(new);

@@ -4,6 +4,15 @@
 //! turn into kernel verdicts), and it re-reads the key file and issuer key
 //! files when they change. Issuer keys are loaded first here at start, and
 //! fetched over HTTPS by a thread per URL issuer.
+//!
+//! Beside the tick: `escalate` (offences into verdicts), `verdicts` (the
+//! book of verdicts in force, shared with the admin API, and the ones the
+//! workers enforce request by request) and `cluster` (Redis: limits and
+//! verdicts shared with other gateways).
+
+pub mod cluster;
+pub mod escalate;
+pub mod verdicts;
 
 use std::{
     collections::HashMap,
@@ -19,7 +28,7 @@ use std::{
 
 use crate::{
     config::{JwtSettings, KeySource},
-    escalate::{Escalation, Offence, Sentence},
+    control::escalate::{Escalation, Offence, Sentence},
     fetch::Https,
     snapshot::Published,
     stages::auth::{api_key::KeyRing, jwt::keys::KeySet},

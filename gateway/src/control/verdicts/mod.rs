@@ -30,10 +30,10 @@ use crate::{
     addr::{CidrSet, source_addr},
     clock::unix_ms,
     config::Config,
-    enforce::Enforcement,
-    escalate::{Escalation, Sentence},
-    policy::syn_budget,
+    control::escalate::{Escalation, Sentence},
     xdp::XdpError,
+    xdp::enforce::Enforcement,
+    xdp::policy::syn_budget,
 };
 
 /// Longest verdict an operator may place (a year).

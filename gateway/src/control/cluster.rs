@@ -41,8 +41,8 @@ use crate::{
     background::Background,
     clock::{Clock, Monotonic, unix_ms},
     config::ClusterSettings,
+    control::verdicts::{Book, Shout},
     stages::rate_limit::{Limiter, cluster_link::Admitted},
-    verdicts::{Book, Shout},
 };
 
 /// Verdict changes kept for Redis while it is unreachable, at most.

@@ -386,7 +386,8 @@ fn backend_conn(mut conn: TcpStream, port: u16, received: Arc<Mutex<Vec<Received
             return;
         }
         let ok = respond(&mut conn, &path, &head, body_len);
-        if !ok || lower.contains("connection: close") {
+        // `/until-close` ends its body by closing.
+        if !ok || lower.contains("connection: close") || path == "/until-close" {
             return;
         }
         if path == "/close-twice" {
@@ -441,6 +442,9 @@ fn respond(conn: &mut TcpStream, path: &str, head: &str, body_len: u64) -> bool 
     }
     let reply = if path == "/chunked" {
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_owned()
+    } else if path == "/until-close" {
+        // No length and no chunks: the body ends when the connection does.
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello until close".to_owned()
     } else if path == "/bad/cl-te" {
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned()
     } else if let Some(code) = path.strip_prefix("/bad/status/") {

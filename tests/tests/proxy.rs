@@ -478,6 +478,24 @@ fn http10_clients_get_no_chunked_and_a_host_upstream() {
 }
 
 #[test]
+fn a_body_the_upstream_ends_by_closing_is_chunked_for_http11_and_raw_for_http10() {
+    let s = setup("untilclose", "");
+    let mut c = s.client();
+    let r = c.get("/until-close").expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(r.body, b"hello until close");
+    // The client's connection lives on: the chunked body ended it cleanly.
+    assert_eq!(c.get("/x").expect("a second request").status, 200);
+    let mut c = s.client();
+    c.send(b"GET /until-close HTTP/1.0\r\n\r\n").expect("send");
+    let r = c.response("GET").expect("response");
+    assert_eq!(r.header("transfer-encoding"), None, "{}", r.head);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(r.body, b"hello until close");
+}
+
+#[test]
 fn connection_tokens_never_strip_host_and_zero_length_is_kept() {
     let s = setup("conntokens", "");
     let mut c = s.client();

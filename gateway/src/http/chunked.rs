@@ -189,7 +189,7 @@ impl Decoder {
 }
 
 /// Appends `{size:x}\r\n` without allocating.
-fn push_size_line(out: &mut Vec<u8>, size: u64) {
+pub fn push_size_line(out: &mut Vec<u8>, size: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut n = 0;

@@ -171,3 +171,19 @@ pub fn is_json(media: &str) -> bool {
             .and_then(|i| media.get(i..))
             .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
 }
+
+/// Whether any Connection field (RFC 9110 §7.6.1) names `name` as
+/// hop-by-hop. Host and the framing fields are never dropped this way: a
+/// `Connection: host` must not make an HTTP/1.1 request lose its Host.
+pub fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    if name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return false;
+    }
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| lists_token(h.value, name))
+}

@@ -458,26 +458,26 @@ async fn exchange(
     request::send(c, conn, a.framing, a.max_body, response_ms, addr).await?;
     let head = response::read_head(c, conn, a, stopping, response_ms, addr).await?;
     let upstream_time = sent.elapsed();
-    let bytes = match response::relay(c, conn, a, head.framing, response_ms).await {
+    let (status, framing, upstream_keep) = (head.status, head.framing, head.upstream_keep);
+    let bytes = match response::relay(c, conn, framing, head.body, response_ms).await {
         Ok(bytes) => bytes,
         Err(Relay::Unsent(f)) => return Err(Attempt::Abort(Abort::Respond(f, Some(addr)))),
         Err(Relay::Upstream(f)) => return Err(Attempt::Abort(Abort::Close(f, Some(addr)))),
         Err(Relay::Client) => {
             return Err(Attempt::Abort(Abort::Close(
-                Failure::client_gone(head.status),
+                Failure::client_gone(status),
                 Some(addr),
             )));
         }
     };
-    let until_close = head.framing == Framing::UntilClose;
-    let upstream_reusable = head.upstream_keep && conn.drained() && !until_close;
+    let until_close = framing == Framing::UntilClose;
+    let upstream_reusable = upstream_keep && conn.drained() && !until_close;
     // An HTTP/1.0 client reads a chunked or close-delimited body to the end
     // of the connection.
-    let client_reusable =
-        !(a.http10 && matches!(head.framing, Framing::Chunked | Framing::UntilClose));
+    let client_reusable = !(a.http10 && matches!(framing, Framing::Chunked | Framing::UntilClose));
     Ok((
         Done {
-            status: head.status,
+            status,
             upstream: Some(addr),
             upstream_time: Some(upstream_time),
             bytes,

@@ -8,7 +8,7 @@ use super::{Attempt, upstream_conn::UpstreamConn};
 use crate::{
     config::Underscores,
     conn::{Conn, ms, read_body},
-    http::{self, Framing, chunked, is_hop_by_hop, lists_token},
+    http::{self, Framing, chunked, is_hop_by_hop},
     respond::{Abort, Failure},
     snapshot::Snapshot,
     stages::auth::Identity,
@@ -169,7 +169,7 @@ pub fn write_upstream_head(
     for h in head.headers {
         let name = h.name;
         if ours_or_hop(name, who, auth)
-            || (has_connection && named_by_connection(head.headers, name))
+            || (has_connection && http::named_by_connection(head.headers, name))
             || !keeps_field(name, trusted, underscores)
         {
             continue;
@@ -274,22 +274,6 @@ fn write_identity(out: &mut Vec<u8>, caller: Caller<'_>, snap: &Snapshot) {
             }
         }
     }
-}
-
-/// Whether any Connection field (RFC 9110 §7.6.1) names `name` as
-/// hop-by-hop. Host and the framing fields are never dropped this way: a
-/// `Connection: host` must not make an HTTP/1.1 request lose its Host.
-pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    if name.eq_ignore_ascii_case("host")
-        || name.eq_ignore_ascii_case("content-length")
-        || name.eq_ignore_ascii_case("transfer-encoding")
-    {
-        return false;
-    }
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| lists_token(h.value, name))
 }
 
 /// Sends the head (already in the request's upstream-head scratch) and the body.

@@ -1,10 +1,9 @@
-//! The response as the client gets it: the upstream's head read (interim
-//! 1xx skipped) and rewritten, then the body relayed as it arrives, re-framed
-//! where the client needs another framing (chunked for HTTP/1.1 when the
-//! upstream delimits by close; raw for HTTP/1.0).
+//! The upstream's response: its head read (interim 1xx skipped) and handed
+//! to the client's session to rewrite, then its body read as the upstream
+//! frames it and relayed as it arrives (the session frames it for the
+//! client: `session::h1`).
 
 use std::{
-    io::Write as _,
     net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
@@ -13,23 +12,25 @@ use std::{
 use super::{Admitted, Attempt, upstream_conn::UpstreamConn};
 use crate::{
     conn::{Conn, ms},
-    http::{self, Framing, MAX_HEADERS, chunked, is_hop_by_hop},
+    http::{self, Framing, MAX_HEADERS, chunked},
     respond::Abort,
     respond::Failure,
+    session::h1::{self, BodyOut},
     stages::auth::Identity,
     tls::{StreamError, deadline},
 };
 
-/// What the response head said, once it was sent on.
+/// What the response head said, and the client's body on its way.
 pub(super) struct Head {
     pub status: u16,
     pub framing: Framing,
     pub upstream_keep: bool,
+    pub body: BodyOut,
 }
 
 /// Reads the response head within `response_ms` (skipping interim 1xx, as
-/// the gateway answered 100-continue itself) and writes the client's head
-/// into the request's response-head scratch.
+/// the gateway answered 100-continue itself) and has the session write
+/// the client's head (sent with the body's first bytes).
 pub(super) async fn read_head(
     c: &mut Conn,
     conn: &mut UpstreamConn,
@@ -85,11 +86,15 @@ pub(super) async fn read_head(
     let headers = &c.snap().routes[a.route].headers;
     let authenticated = a.identity() != Identity::Anonymous;
     let [ours, private] = headers.lines(authenticated);
-    write_client_head(
+    let client = h1::Client {
+        head_request: a.head_request,
+        http10: a.http10,
+        keep: client_keep,
+    };
+    let body = h1::write_response_head(
         &mut out,
         &resp,
-        a,
-        client_keep,
+        client,
         [
             ours,
             private,
@@ -103,6 +108,7 @@ pub(super) async fn read_head(
         status: resp.code,
         framing: resp.framing,
         upstream_keep: resp.keep_alive,
+        body,
     };
     let len = resp.len;
     conn.consume(len);
@@ -115,61 +121,6 @@ fn peek_status(buf: &[u8]) -> Option<(u16, usize)> {
     let line = buf.get(9..12)?;
     let code = std::str::from_utf8(line).ok()?.parse().ok()?;
     Some((code, end))
-}
-
-/// The response head the client gets.
-fn write_client_head(
-    out: &mut Vec<u8>,
-    resp: &http::response::ResponseHead<'_, '_>,
-    a: &Admitted,
-    client_keep: bool,
-    added: [&[u8]; 4],
-    overridden: impl Fn(&str) -> bool,
-) {
-    out.clear();
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.code, resp.reason);
-    let has_connection = resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection"));
-    // HEAD and 304 keep the upstream's Content-Length: it describes the
-    // representation, not this (empty) body.
-    let keep_length = a.head_request || resp.code == 304;
-    for h in resp.headers {
-        let name = h.name;
-        let is_length = name.eq_ignore_ascii_case("content-length");
-        if is_hop_by_hop(name)
-            || (is_length && !keep_length)
-            || (has_connection && super::request::named_by_connection(resp.headers, name))
-            || overridden(name)
-        {
-            continue;
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
-    match resp.framing {
-        Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
-        Framing::Chunked | Framing::UntilClose if !a.http10 => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
-        }
-        Framing::Chunked | Framing::UntilClose | Framing::None => {}
-    }
-    for lines in added {
-        out.extend_from_slice(lines);
-    }
-    let close = !client_keep
-        || (a.http10 && matches!(resp.framing, Framing::Chunked | Framing::UntilClose));
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if a.http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How a relay ended: body bytes sent, or why it stopped.
@@ -186,23 +137,23 @@ pub(super) enum Relay {
     Upstream(Failure),
 }
 
-/// Sends the head written by [`read_head`] and relays the body.
+/// Relays the body as the upstream frames it, through the client's
+/// `body` (which sends the head with the first bytes).
 pub(super) async fn relay(
     c: &mut Conn,
     conn: &mut UpstreamConn,
-    a: &Admitted,
     framing: Framing,
+    mut body: BodyOut,
     response_ms: u64,
 ) -> Relayed {
-    let out = std::mem::take(&mut c.req.wire.out);
-    let r = match framing {
-        Framing::None => c.tls.send(&[&out]).await.map(|()| 0).map_err(client),
-        Framing::Length(total) => relay_length(c, conn, &out, total, response_ms).await,
-        Framing::Chunked => relay_chunked(c, conn, &out, a.http10, response_ms).await,
-        Framing::UntilClose => relay_until_close(c, conn, &out, !a.http10, response_ms).await,
-    };
-    c.req.wire.out = out;
-    r
+    let sent = match framing {
+        Framing::None => Ok(0),
+        Framing::Length(total) => relay_length(c, conn, &mut body, total, response_ms).await,
+        Framing::Chunked => relay_chunked(c, conn, &mut body, response_ms).await,
+        Framing::UntilClose => relay_until_close(c, conn, &mut body, response_ms).await,
+    }?;
+    body.finish(c).await.map_err(client)?;
+    Ok(sent)
 }
 
 fn client(_: StreamError) -> Relay {
@@ -221,51 +172,40 @@ async fn more(conn: &mut UpstreamConn, response_ms: u64) -> Result<usize, Relay>
 async fn relay_length(
     c: &mut Conn,
     conn: &mut UpstreamConn,
-    head: &[u8],
+    body: &mut BodyOut,
     total: u64,
     response_ms: u64,
 ) -> Relayed {
-    let first = (conn.pending().len() as u64).min(total) as usize;
-    c.tls
-        .send(&[head, &conn.pending()[..first]])
-        .await
-        .map_err(client)?;
-    conn.consume(first);
-    let mut sent = first as u64;
-    while sent < total {
-        if more(conn, response_ms).await? == 0 {
-            return Err(Relay::Upstream(Failure::UPSTREAM_CLOSED));
-        }
+    let mut sent = 0u64;
+    loop {
         let take = (conn.pending().len() as u64).min(total - sent) as usize;
-        c.tls
-            .send(&[&conn.pending()[..take]])
+        body.send(c, &conn.pending()[..take])
             .await
             .map_err(client)?;
         conn.consume(take);
         sent += take as u64;
+        if sent == total {
+            return Ok(sent);
+        }
+        if more(conn, response_ms).await? == 0 {
+            return Err(Relay::Upstream(Failure::UPSTREAM_CLOSED));
+        }
     }
-    Ok(sent)
 }
 
 async fn relay_chunked(
     c: &mut Conn,
     conn: &mut UpstreamConn,
-    head: &[u8],
-    http10: bool,
+    body: &mut BodyOut,
     response_ms: u64,
 ) -> Relayed {
-    // An HTTP/1.0 client cannot read chunked: it gets the data raw.
-    let mut dec = if http10 {
-        chunked::Decoder::dechunking()
-    } else {
-        chunked::Decoder::new()
-    };
-    let mut chunks = std::mem::take(&mut c.req.wire.chunks);
+    let mut dec = chunked::Decoder::dechunking();
+    let mut data = std::mem::take(&mut c.req.wire.chunks);
     let r = async {
         let mut first = true;
         loop {
-            chunks.clear();
-            let p = dec.feed(conn.pending(), Some(&mut chunks)).map_err(|_| {
+            data.clear();
+            let p = dec.feed(conn.pending(), Some(&mut data)).map_err(|_| {
                 if first {
                     Relay::Unsent(Failure::UPSTREAM_PROTOCOL)
                 } else {
@@ -273,12 +213,7 @@ async fn relay_chunked(
                 }
             })?;
             conn.consume(p.consumed);
-            let sent = if first {
-                c.tls.send(&[head, &chunks]).await
-            } else {
-                c.tls.send(&[&chunks]).await
-            };
-            sent.map_err(client)?;
+            body.send(c, &data).await.map_err(client)?;
             first = false;
             if dec.is_done() {
                 return Ok(dec.body_bytes);
@@ -289,45 +224,24 @@ async fn relay_chunked(
         }
     }
     .await;
-    c.req.wire.chunks = chunks;
+    c.req.wire.chunks = data;
     r
 }
 
 async fn relay_until_close(
     c: &mut Conn,
     conn: &mut UpstreamConn,
-    head: &[u8],
-    rechunk: bool,
+    body: &mut BodyOut,
     response_ms: u64,
 ) -> Relayed {
-    c.tls.send(&[head]).await.map_err(client)?;
     let mut bytes = 0u64;
     loop {
-        let pending = conn.pending();
-        if !pending.is_empty() {
-            bytes += pending.len() as u64;
-            let sent = if rechunk {
-                let mut size = [0u8; 20];
-                let n = {
-                    let mut cur = std::io::Cursor::new(&mut size[..]);
-                    let _ = write!(cur, "{:x}\r\n", pending.len());
-                    cur.position() as usize
-                };
-                c.tls.send(&[&size[..n], pending, b"\r\n"]).await
-            } else {
-                c.tls.send(&[pending]).await
-            };
-            sent.map_err(client)?;
-            let n = conn.pending().len();
-            conn.consume(n);
-            continue;
-        }
+        let n = conn.pending().len();
+        bytes += n as u64;
+        body.send(c, conn.pending()).await.map_err(client)?;
+        conn.consume(n);
         if more(conn, response_ms).await? == 0 {
-            break;
+            return Ok(bytes);
         }
     }
-    if rechunk {
-        c.tls.send(&[b"0\r\n\r\n"]).await.map_err(client)?;
-    }
-    Ok(bytes)
 }

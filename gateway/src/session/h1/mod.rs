@@ -1,6 +1,11 @@
 //! HTTP/1.1 on the client's side: a request head read within the header
-//! timeout and parsed strictly (`http::request`), and the gateway's own
-//! answers written as HTTP/1.1 responses.
+//! timeout and parsed strictly (`http::request`), the gateway's own
+//! answers written as HTTP/1.1 responses, and a proxied response's head
+//! and body framed for the client (`response`).
+
+mod response;
+
+pub use response::{BodyOut, Client, write_response_head};
 
 use std::{io::Write as _, time::Instant};
 

@@ -2,15 +2,14 @@
 //! is read whole on a route that judges it (a schema, or a WAF), parsed
 //! once into the worker's buffers, judged, and the client's own bytes go
 //! upstream; other bodies are buffered up to `limits.buffer_body_bytes`
-//! or streamed.
-//!
-//! What a client controls is counted as it arrives, raw: a chunked body's
-//! framing counts against `max_body_bytes` like its data, and a body read
-//! whole is de-chunked in place as it comes (so memory follows the data,
-//! never the framing) within the worker's body memory.
+//! or streamed. How the client frames a body, and counting what it
+//! controls raw, is the session's (`session::h1::body`).
 
 use super::*;
-use crate::stages::waf::Place;
+use crate::{
+    session::{self, h1},
+    stages::waf::Place,
+};
 
 /// The body stages, then the upstream.
 pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Result<Done, Abort> {
@@ -20,18 +19,18 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
         return docs::serve(c, a, &doc).await;
     }
     let whole = judged_whole(c.snap(), a);
-    let mut chunks = ChunkJudge::default();
-    if a.framing == Framing::Chunked && whole.is_none() {
-        // Judge the chunked framing already buffered before anything goes
+    let mut judge = h1::Judge::default();
+    if whole.is_none() {
+        // Judge the framing already buffered before anything goes
         // upstream: a bad chunk in the first bytes never reaches the backend.
-        chunks
-            .judge(c.pending(), a.max_body)
+        judge
+            .early(c, a.framing, a.max_body)
             .map_err(|f| Abort::Respond(f, None))?;
     }
     // RFC 9110 §10.1.1: the gateway answers 100 itself once it will read
     // the body, and ignores Expect from an HTTP/1.0 client.
     if a.expect_continue && a.framing.has_body() && !a.http10 {
-        crate::session::answer(c, crate::session::Answer::Continue, true, &[])
+        session::answer(c, session::Answer::Continue, true, &[])
             .await
             .map_err(|_| Abort::Close(Failure::CLIENT_GONE, None))?;
     }
@@ -42,108 +41,25 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
         return Err(Abort::Respond(Failure::CONTENT_TYPE, None));
     }
     if let Some(limit) = whole {
-        read_whole_body(c, a, limit).await?;
+        // Below the route's own limit, the WAF's is what a body exceeds.
+        let too_large = if limit < a.max_body {
+            Failure::WAF_BODY_TOO_LARGE
+        } else {
+            Failure::BODY_TOO_LARGE
+        };
+        if let h1::Whole::Dechunked(n) = h1::read_whole(c, a.framing, limit, too_large).await? {
+            // It goes upstream with a Content-Length (as nginx sends a
+            // buffered body).
+            a.body_read_whole(n);
+            proxy::request::reframe_whole(&mut c.req.wire.up_head, n);
+        }
         judge_body(w, c, a).map_err(|f| Abort::Respond(f, None))?;
     } else {
-        buffer_small_body(c, a, &mut chunks).await?;
-        let streaming = match a.framing {
-            Framing::Length(n) => (c.pending().len() as u64) < n,
-            Framing::Chunked => !chunks.decoder.is_done(),
-            Framing::None | Framing::UntilClose => false,
-        };
+        let max = c.snap().cfg.limits.buffer_body_bytes as u64;
+        let streaming = h1::buffer(c, a.framing, a.max_body, max, &mut judge).await?;
         a.set_streaming_body(streaming);
     }
     proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await
-}
-
-/// Reads the whole body (up to `limit` raw bytes, judged as it comes) on a
-/// route that judges it. A chunked body is de-chunked in place and goes
-/// upstream with a Content-Length (as nginx sends a buffered body).
-async fn read_whole_body(c: &mut Conn, a: &mut Admitted, limit: u64) -> Result<(), Abort> {
-    let respond = |f| Abort::Respond(f, None);
-    // Below the route's own limit, the WAF's is what a body exceeds.
-    let too_large = if limit < a.max_body {
-        Failure::WAF_BODY_TOO_LARGE
-    } else {
-        Failure::BODY_TOO_LARGE
-    };
-    match a.framing {
-        Framing::None | Framing::UntilClose => Ok(()),
-        Framing::Length(n) if n > limit => Err(respond(too_large)),
-        Framing::Length(n) => {
-            while (c.pending().len() as u64) < n {
-                // Room grows as the bytes come, up to `n`.
-                c.room_for_body(Some(n as usize)).map_err(respond)?;
-                conn::read_body(c, None).await?;
-            }
-            Ok(())
-        }
-        Framing::Chunked => {
-            let max_chunks = c.snap().cfg.limits.max_body_chunks;
-            let mut body = InPlace::default();
-            loop {
-                if body.step(c, limit, max_chunks).map_err(|f| {
-                    respond(if f == Failure::BODY_TOO_LARGE {
-                        too_large
-                    } else {
-                        f
-                    })
-                })? {
-                    a.body_read_whole(body.data as u64);
-                    proxy::request::reframe_whole(&mut c.req.wire.up_head, body.data as u64);
-                    return Ok(());
-                }
-                c.room_for_body(None).map_err(respond)?;
-                conn::read_body(c, None).await?;
-            }
-        }
-    }
-}
-
-/// A chunked body decoded in place as it arrives: the data so far is
-/// `pending()[..data]`, followed by raw bytes not yet decoded; each step
-/// decodes those and drops their framing.
-struct InPlace {
-    decoder: chunked::Decoder,
-    data: usize,
-    raw: u64,
-}
-
-impl Default for InPlace {
-    fn default() -> Self {
-        Self {
-            decoder: chunked::Decoder::dechunking(),
-            data: 0,
-            raw: 0,
-        }
-    }
-}
-
-impl InPlace {
-    /// Decodes what arrived; whether the body is complete. Refuses a body
-    /// whose raw bytes exceed `limit` or whose chunks exceed `max_chunks`.
-    fn step(&mut self, c: &mut Conn, limit: u64, max_chunks: u64) -> Result<bool, Failure> {
-        if self.decoder.is_done() {
-            return Ok(true);
-        }
-        let mut out = std::mem::take(&mut c.req.wire.chunks);
-        out.clear();
-        let fed = self.decoder.feed(&c.pending()[self.data..], Some(&mut out));
-        let result = fed.map_err(Failure::http).and_then(|p| {
-            self.raw += p.consumed as u64;
-            if self.raw > limit {
-                return Err(Failure::BODY_TOO_LARGE);
-            }
-            if self.decoder.chunks > max_chunks {
-                return Err(Failure::BODY_CHUNKS);
-            }
-            c.splice_pending(self.data..self.data + p.consumed, &out);
-            self.data += out.len();
-            Ok(p.done)
-        });
-        c.req.wire.chunks = out;
-        result
-    }
 }
 
 /// The most a route reads whole of this body, if it judges it whole: it
@@ -263,57 +179,4 @@ fn judge_unlabelled(
         }
     }
     waf::scan_text(text)
-}
-
-/// Judges a chunked body's framing as it arrives, each byte once: the
-/// decoder keeps its state and is fed only what it has not seen. Raw
-/// bytes (framing included) count against the limit.
-#[derive(Default)]
-struct ChunkJudge {
-    decoder: chunked::Decoder,
-    judged: usize,
-}
-
-impl ChunkJudge {
-    /// Judges the new part of `buf` (the body so far); whether it is complete.
-    fn judge(&mut self, buf: &[u8], max_body: u64) -> Result<bool, Failure> {
-        let p = self
-            .decoder
-            .feed(&buf[self.judged..], None)
-            .map_err(Failure::http)?;
-        self.judged += p.consumed;
-        if self.judged as u64 > max_body {
-            return Err(Failure::BODY_TOO_LARGE);
-        }
-        Ok(p.done)
-    }
-}
-
-/// Reads a body of up to `limits.buffer_body_bytes` whole before an upstream
-/// connection is taken, so a slow client ties up only its own connection
-/// (nginx's `client_body_buffer_size`). Larger bodies stream.
-async fn buffer_small_body(
-    c: &mut Conn,
-    a: &Admitted,
-    chunks: &mut ChunkJudge,
-) -> Result<(), Abort> {
-    let max = c.snap().cfg.limits.buffer_body_bytes as u64;
-    loop {
-        let complete = match a.framing {
-            Framing::None | Framing::UntilClose => return Ok(()),
-            Framing::Length(n) if n > max => return Ok(()),
-            Framing::Length(n) => c.pending().len() as u64 >= n,
-            Framing::Chunked => {
-                let done = chunks
-                    .judge(c.pending(), a.max_body)
-                    .map_err(|f| Abort::Respond(f, None))?;
-                done || c.pending().len() as u64 >= max
-            }
-        };
-        if complete {
-            return Ok(());
-        }
-        c.room_for_body(None).map_err(|f| Abort::Respond(f, None))?;
-        conn::read_body(c, None).await?;
-    }
 }

@@ -31,7 +31,7 @@ use crate::{
     config::WafMode,
     conn::{self, Conn},
     control::Event,
-    http::{Framing, chunked},
+    http::Framing,
     observe::access_log::AccessRecord,
     proxy::{self, Admitted, BodyKind, Done},
     respond::{Abort, Failure},

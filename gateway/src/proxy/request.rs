@@ -8,8 +8,9 @@ use super::{Attempt, upstream_conn::UpstreamConn};
 use crate::{
     config::Underscores,
     conn::{Conn, ms, read_body},
-    http::{self, Framing, chunked, is_hop_by_hop},
+    http::{self, Framing, is_hop_by_hop},
     respond::{Abort, Failure},
+    session::h1,
     snapshot::Snapshot,
     stages::auth::Identity,
 };
@@ -362,27 +363,14 @@ async fn stream_chunked_body(
     addr: SocketAddr,
 ) -> Result<(), Attempt> {
     let limits = &c.snap().cfg.limits;
-    let (body_timeout_ms, max_chunks) = (limits.body_timeout_ms, limits.max_body_chunks);
-    let mut dec = chunked::Decoder::new();
+    let body_timeout_ms = limits.body_timeout_ms;
+    let mut body = h1::Rechunk::new(max_body, limits.max_body_chunks);
     let mut out = std::mem::take(&mut c.req.wire.chunks);
-    // What the client sent, framing included, counts against the limit,
-    // as for a body read whole.
-    let mut raw = 0u64;
     let refuse = |f: Failure| Attempt::Abort(Abort::Respond(f, Some(addr)));
     let result = async {
         loop {
             out.clear();
-            let p = dec
-                .feed(c.pending(), Some(&mut out))
-                .map_err(|e| refuse(Failure::http(e)))?;
-            c.consume(p.consumed);
-            raw += p.consumed as u64;
-            if raw > max_body {
-                return Err(refuse(Failure::BODY_TOO_LARGE));
-            }
-            if dec.chunks > max_chunks {
-                return Err(refuse(Failure::BODY_CHUNKS));
-            }
+            let done = body.step(c, &mut out).map_err(refuse)?;
             if !out.is_empty() {
                 let len = out.len();
                 let (res, buf) = conn
@@ -391,7 +379,7 @@ async fn stream_chunked_body(
                 out = buf;
                 res.map_err(|_| refuse(Failure::UPSTREAM_CLOSED))?;
             }
-            if p.done {
+            if done {
                 return Ok(());
             }
             read_body(c, Some(addr)).await.map_err(Attempt::Abort)?;

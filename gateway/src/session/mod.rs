@@ -1,14 +1,15 @@
 //! The client's side of the wire, one module per protocol: how a request
-//! head arrives, and how the gateway's own answers are written. The
-//! pipeline asks for a head ([`h1::read_head`], then [`h1::parse_head`]
-//! into a protocol-neutral [`crate::http::request::RequestHead`]) and
-//! gives its answers as an [`Answer`]; only `h1` knows their HTTP/1.1
-//! bytes. An HTTP/2 stream comes as `h2` beside it, with the same calls.
-//!
-//! Not here yet: the proxied response (`proxy::response`, which rewrites
-//! the upstream's HTTP/1.1 head and re-frames its body for the client)
-//! and chunked request bodies (`pipeline::body`); both move here with the
-//! second protocol, when their seam can be cut against a real caller.
+//! head arrives, how its body is read, how the gateway's own answers are
+//! written, and how a proxied response reaches the client. The pipeline
+//! asks for a head ([`h1::read_head`], then [`h1::parse_head`] into a
+//! protocol-neutral [`crate::http::request::RequestHead`]), reads the body
+//! through the session ([`h1::read_whole`], [`h1::buffer`],
+//! [`h1::Rechunk`]), answers with an [`Answer`], and the proxy hands the
+//! upstream's response to [`h1::write_response_head`] and a
+//! [`h1::BodyOut`]; only `h1` knows HTTP/1.1's bytes and framing on the
+//! client's side. An HTTP/2 stream comes as `h2` beside it, with the same
+//! calls (its body reaching an HTTP/1.1 upstream chunked when it has no
+//! length).
 
 pub mod h1;
 

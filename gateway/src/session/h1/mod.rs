@@ -1,10 +1,13 @@
 //! HTTP/1.1 on the client's side: a request head read within the header
 //! timeout and parsed strictly (`http::request`), the gateway's own
-//! answers written as HTTP/1.1 responses, and a proxied response's head
-//! and body framed for the client (`response`).
+//! answers written as HTTP/1.1 responses, a request body read as the
+//! client frames it (`body`), and a proxied response's head and body
+//! framed for the client (`response`).
 
+mod body;
 mod response;
 
+pub use body::{Judge, Rechunk, Whole, buffer, read_whole};
 pub use response::{BodyOut, Client, write_response_head};
 
 use std::{io::Write as _, time::Instant};

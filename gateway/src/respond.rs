@@ -223,6 +223,15 @@ pub struct Extras {
     pub problem: String,
 }
 
+impl Extras {
+    /// Forgets what an earlier request added (its buffers kept).
+    pub fn clear(&mut self) {
+        self.limit_lines.clear();
+        self.cors_lines.clear();
+        self.problem.clear();
+    }
+}
+
 /// The header lines `f`'s hint adds to its response: `challenge` is the
 /// snapshot's `WWW-Authenticate` line, `limit_lines` the request's
 /// rate-limit lines. The one place that decides which go with an error.

@@ -167,3 +167,29 @@ fn actual_requests_and_errors_carry_cors_only_for_allowed_origins() {
         Some("*")
     );
 }
+
+/// A request's CORS lines belong to it alone: a 408 for a head that never
+/// completed, pipelined behind an allowed CORS request, carries none.
+#[test]
+fn a_timed_out_head_gets_no_cors_lines_of_the_request_before_it() {
+    let g = setup_keyed("cors-408", ROUTES, CORS);
+    let mut c = g.s.client();
+    c.send(
+        b"GET /open/x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://anyone.test\r\n\r\nGET /open/y HTTP/1.1\r\nHost: loc",
+    )
+    .expect("send");
+    let first = c.response("GET").expect("the first response");
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("access-control-allow-origin").as_deref(),
+        Some("*"),
+        "{first:?}"
+    );
+    let late = c.response("GET").expect("the 408");
+    assert_eq!(
+        (late.status, reason_of(&late).as_str()),
+        (408, "limit.header_timeout")
+    );
+    assert_eq!(late.header("access-control-allow-origin"), None, "{late:?}");
+    assert!(!late.head.contains("access-control-"), "{late:?}");
+}

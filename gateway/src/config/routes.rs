@@ -385,8 +385,8 @@ pub(super) fn route_host(h: &str) -> Result<String, String> {
 const MAX_NAME: usize = 64;
 
 /// Names every route: its `name` (letters, digits, `_`, `-`, `.`, not
-/// digits only, unique), else its position, which no written name can
-/// take. `names[i]` is route `i`'s `name` as written, with where it is.
+/// digits only, not `none`, unique), else its position, which no written
+/// name can take. `names[i]` is route `i`'s `name` as written, with where it is.
 pub(super) fn name_routes(
     routes: &mut [RouteSettings],
     names: &[Option<(&Spanned<String>, String)>],
@@ -408,6 +408,8 @@ pub(super) fn name_routes(
             Some(format!(
                 "`{v}` may hold only letters, digits, `_`, `-` and `.` (it is a metric label)"
             ))
+        } else if v == "none" {
+            Some("`none` is the metrics' label for requests no route took".to_owned())
         } else if v.bytes().all(|b| b.is_ascii_digit()) {
             Some(format!(
                 "`{v}` is digits only, which names a route by its position"

@@ -192,6 +192,7 @@ fn routes_are_named_by_their_name_or_position() {
     assert_eq!(names, ["orders.v2", "1"]);
     for (name, why) in [
         ("3", "digits only"),
+        ("none", "no route took"),
         ("", "1 to 64 characters"),
         ("a b", "only letters, digits"),
         ("x\\\"y", "only letters, digits"),

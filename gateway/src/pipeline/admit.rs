@@ -31,8 +31,7 @@ use crate::{
 /// Runs every stage that judges the head, in order.
 pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next, Refused> {
     let mut p = c.head_parts();
-    p.req.extras.limit_lines.clear();
-    p.req.extras.cors_lines.clear();
+    p.req.extras.clear();
     let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let head = match h1::parse_head(p.snap, p.pending, &mut hdrs) {
         Ok(head) => head,

@@ -73,6 +73,9 @@ async fn request(w: &Worker, c: &mut Conn) -> bool {
         Head::Ready => {}
         Head::Closed => return false,
         Head::TimedOut => {
+            // A head that never completed earned no lines of its own, and
+            // must not carry the last request's (its CORS, its limits).
+            c.req.extras.clear();
             let _ = session::answer(c, Answer::Failure(Failure::HEADER_TIMEOUT), false, &[]).await;
             return false;
         }

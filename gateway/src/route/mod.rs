@@ -116,16 +116,6 @@ impl RouteTable {
         self.routes.iter()
     }
 
-    /// How many routes.
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
     /// The route for a request.
     pub fn find(&self, host: &str, path: &str, method: &str) -> Result<&Route, Miss> {
         let i = first_match(self.routes.iter().map(|r| &r.settings), host, path, method)?;

@@ -153,10 +153,9 @@ pub async fn buffer(
     judge: &mut Judge,
 ) -> Result<bool, Abort> {
     loop {
-        let complete = match framing {
-            Framing::None | Framing::UntilClose => return Ok(false),
-            Framing::Length(n) if n > max => return Ok((c.pending().len() as u64) < n),
-            Framing::Length(n) => c.pending().len() as u64 >= n,
+        let enough = match framing {
+            Framing::None | Framing::UntilClose => true,
+            Framing::Length(n) => n > max || c.pending().len() as u64 >= n,
             Framing::Chunked => {
                 let done = judge
                     .judge(c.pending(), max_body)
@@ -164,7 +163,7 @@ pub async fn buffer(
                 done || c.pending().len() as u64 >= max
             }
         };
-        if complete {
+        if enough {
             return Ok(match framing {
                 Framing::Length(n) => (c.pending().len() as u64) < n,
                 Framing::Chunked => !judge.decoder.is_done(),

@@ -29,7 +29,6 @@ pub mod background;
 pub mod buffers;
 pub mod clock;
 pub mod config;
-pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod fdlimit;

@@ -105,7 +105,7 @@ pub fn reload(
     let upstream_tls =
         crate::proxy::tls::client_configs(&next.upstreams).map_err(ReloadError::Load)?;
     let certs = tls::certificates(&next, true).map_err(|e| ReloadError::Load(e.to_string()))?;
-    let mut server = tls::server_config(&next.tls, &certs)
+    let mut server = tls::server_config(&next.tls, &certs, next.http2.enabled)
         .map_err(|e| ReloadError::Load(format!("tls: {e}")))?;
     let current = shared.published.current();
     if running.tls.session_cache == next.tls.session_cache

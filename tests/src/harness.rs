@@ -526,6 +526,33 @@ impl Gateway {
         self.proc.pid()
     }
 
+    /// The admin API's `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let admin = self.admin_addr().expect("admin API address in the log");
+        let mut s = TcpStream::connect(admin).expect("admin");
+        s.write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    /// The process's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// The admin API's address, from the start-up log.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.proc.seen.iter().find_map(|l| {

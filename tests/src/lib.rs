@@ -303,6 +303,7 @@ pub fn syn_flood(
     Ok((sent, start.elapsed()))
 }
 
+pub mod h2;
 pub mod harness;
 
 /// Builders of raw Ethernet frames for `BPF_PROG_TEST_RUN`.

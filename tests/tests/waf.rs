@@ -363,7 +363,7 @@ fn detections_earn_a_verdict() {
             .wait_for_line("verdict: 127.0.0.1", Duration::from_secs(3))
             .unwrap_or_else(|| panic!("no verdict in {:?}", s.gw.proc.seen));
     assert!(
-        line.contains("(abuse: 3 attacks the WAF detected in 60s; offence 1)"),
+        line.contains("(abuse: 3 attacks (WAF detections, HTTP/2 abuse) in 60s; offence 1)"),
         "{line}"
     );
     // A first offence is refused request by request, with the reason.

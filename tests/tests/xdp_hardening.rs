@@ -307,7 +307,7 @@ fn a_full_verdict_map_falls_back_to_request_verdicts() {
         reason: VerdictReason::Abuse,
         secs: 60,
         offence: 2,
-        why: "5 attacks the WAF detected in 60s".into(),
+        why: "5 attacks (WAF detections, HTTP/2 abuse) in 60s".into(),
         in_kernel: true,
     };
     book.place(&s, now);

@@ -216,3 +216,56 @@ fn plain_http_on_the_tls_port_is_dropped_or_answered_as_configured() {
     assert!(answer.contains("tls.plain_http"), "{answer}");
     stop(gw);
 }
+
+#[test]
+fn http2_is_served_and_rapid_reset_refused_with_xdp_attached() {
+    use gateway_tests::h2::{self, Raw};
+    require_root();
+    let ns = namespace("lsn-h2");
+    let dir = TempDir::new("xdp-h2");
+    let certs = Certs::issue(&dir.0, &["localhost"]);
+    let gw = run_gateway_in(&ns, &dir.0, &config(&certs, "https_only = true"));
+    assert!(
+        gw.seen.iter().any(|l| l.contains("XDP attached to lo")),
+        "XDP is not attached: {:?}",
+        gw.seen
+    );
+    let ca = certs.ca_pem.display().to_string();
+    let out = ns
+        .exec(&[
+            "curl",
+            "-s",
+            "--http2",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            "https://localhost:8443/x",
+        ])
+        .expect("curl runs");
+    assert_eq!(out.trim(), "2 200");
+    // Rapid Reset from inside the namespace: the connection is closed with
+    // ENHANCE_YOUR_CALM, as without XDP.
+    let ca_der = certs.ca.clone();
+    let goaway = ns.run(move || {
+        let mut raw = Raw::connect(8443, &ca_der).expect("h2 connect");
+        let mut out = Vec::new();
+        for i in 0..400u32 {
+            out.extend(h2::opened_and_reset(2 * i + 1, "/rapid"));
+        }
+        let _ = raw.send(&out);
+        let mut seen = Vec::new();
+        raw.until(Duration::from_secs(10), &mut seen, |f| f.kind == h2::GOAWAY)
+    });
+    let goaway = goaway.expect("GOAWAY");
+    assert_eq!(
+        goaway.error_code(),
+        Some(h2::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    stop(gw);
+}

@@ -13,7 +13,7 @@ pub(crate) fn check(cfg: &Config) -> Result<(), String> {
     let certs = tls::certificates(cfg, false).map_err(|e| e.to_string())?;
     gateway::proxy::tls::client_configs(&cfg.upstreams)?;
     if !certs.is_empty() {
-        tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
+        tls::server_config(&cfg.tls, &certs, cfg.http2.enabled).map_err(|e| e.to_string())?;
     }
     let mut issuers = Vec::new();
     for (i, s) in cfg.auth.jwt.iter().enumerate() {

@@ -55,7 +55,8 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     let issuer_files = IssuerFiles::new(&cfg.auth.jwt);
     let (jwks, fetchers) = control::first_issuer_keys(&cfg)?;
     let certs = tls::certificates(&cfg, true).map_err(|e| e.to_string())?;
-    let tls_config = tls::server_config(&cfg.tls, &certs).map_err(|e| e.to_string())?;
+    let tls_config =
+        tls::server_config(&cfg.tls, &certs, cfg.http2.enabled).map_err(|e| e.to_string())?;
     let upstream_tls = gateway::proxy::tls::client_configs(&cfg.upstreams)?;
     // Before XDP is attached or any port bound.
     gateway::server::probe_io_uring()?;

@@ -14,6 +14,7 @@ mod auth;
 mod cluster;
 mod cors;
 mod headers;
+mod http2;
 mod jwt;
 mod limits;
 mod located;
@@ -32,6 +33,7 @@ pub use auth::*;
 pub use cluster::*;
 pub use cors::*;
 pub use headers::*;
+pub use http2::*;
 pub use jwt::*;
 pub use limits::*;
 pub(crate) use located::*;
@@ -95,6 +97,8 @@ struct File {
     runtime: RuntimeFile,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    http2: Http2Settings,
     #[serde(default)]
     proxy: ProxyFile,
     #[serde(default)]
@@ -207,6 +211,8 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// Timeouts and size limits.
     pub limits: Limits,
+    /// `[http2]`: HTTP/2 offered to clients, and its per-connection limits.
+    pub http2: Http2Settings,
     /// Forwarding headers and HSTS.
     pub proxy: ProxySettings,
     /// Address of the built-in demo backend, when it should run.
@@ -410,6 +416,7 @@ impl Config {
         check_rule_counts(&routes, &invalid)?;
         let proxy = proxy_settings(&raw.proxy, &invalid)?;
         let limits = limit_settings(raw.limits, &invalid)?;
+        let http2 = http2_settings(raw.http2, &invalid)?;
         for (i, r) in routes.iter().enumerate() {
             let whole = r.judged_body_limit();
             if whole > limits.body_memory_per_worker as u64 {
@@ -454,6 +461,7 @@ impl Config {
                 pin_cpus: raw.runtime.pin_cpus,
             },
             limits,
+            http2,
             proxy,
             demo: raw.demo.as_ref().map(|d| d.listen),
             demo_api_key: raw.demo.as_ref().is_some_and(|d| d.api_key),

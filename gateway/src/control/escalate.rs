@@ -35,7 +35,8 @@ pub enum Offence {
     RateLimited,
     /// A request refused with 401.
     AuthFailed,
-    /// A request in which the WAF detected an attack (blocked or not).
+    /// A request in which the WAF detected an attack (blocked or not), or
+    /// an HTTP/2 connection closed for abuse (resets, floods).
     Attack,
 }
 
@@ -148,7 +149,11 @@ impl Escalation {
             }
             Offence::Attack => {
                 w.attacks += 1;
-                (w.attacks, "attacks the WAF detected", VerdictReason::Abuse)
+                (
+                    w.attacks,
+                    "attacks (WAF detections, HTTP/2 abuse)",
+                    VerdictReason::Abuse,
+                )
             }
         };
         if n < threshold {
@@ -309,7 +314,7 @@ mod tests {
         assert_eq!(e.counts(ip, 1), (0, 0, 1, 0));
         let s = e.record(ip, Offence::Attack, 1).expect("sentenced");
         assert_eq!(s.reason, VerdictReason::Abuse);
-        assert_eq!(s.why, "2 attacks the WAF detected in 10s");
+        assert_eq!(s.why, "2 attacks (WAF detections, HTTP/2 abuse) in 10s");
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub enum Event {
         /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
         source: IpAddr,
     },
-    /// The WAF detected an attack in a request from `source`.
+    /// The WAF detected an attack in a request from `source`, or its
+    /// HTTP/2 connection was closed for abuse.
     Attack {
         /// The client address (the TCP peer, IPv4-mapped addresses as IPv4).
         source: IpAddr,

@@ -45,6 +45,13 @@ pub struct Tally {
     pub resumed: u64,
     /// Handshakes that failed or timed out.
     pub handshake_failures: u64,
+    /// Connections whose client chose HTTP/2.
+    pub h2_connections: u64,
+    /// HTTP/2 streams accepted (each a request).
+    pub h2_streams: u64,
+    /// HTTP/2 connections closed for abuse (ENHANCE_YOUR_CALM: too many
+    /// resets, a flood) or for breaking the protocol.
+    pub h2_abuse: u64,
     /// Open client connections (a gauge: the last published value).
     pub open: u64,
     /// Request-body bytes held (a gauge: the last published value).
@@ -153,6 +160,9 @@ impl Tally {
         self.handshakes += other.handshakes;
         self.resumed += other.resumed;
         self.handshake_failures += other.handshake_failures;
+        self.h2_connections += other.h2_connections;
+        self.h2_streams += other.h2_streams;
+        self.h2_abuse += other.h2_abuse;
         self.per_source_refusals += other.per_source_refusals;
         self.limits.add(&other.limits);
         for f in &other.upstreams {
@@ -183,6 +193,9 @@ impl Tally {
         self.handshakes = 0;
         self.resumed = 0;
         self.handshake_failures = 0;
+        self.h2_connections = 0;
+        self.h2_streams = 0;
+        self.h2_abuse = 0;
         self.per_source_refusals = 0;
         self.limits.0.iter_mut().for_each(|c| *c = [0; 2]);
         self.upstreams.clear();
@@ -321,7 +334,7 @@ pub fn render(t: &Tally, x: &Extra, names: &Names) -> String {
             let _ = writeln!(out, "{name}_count{{route=\"{label}\"}} {}", h.len());
         }
     }
-    let gauges_and_counters: [(&str, &str, &str, u64); 12] = [
+    let gauges_and_counters: [(&str, &str, &str, u64); 15] = [
         (
             "gateway_connections_open",
             "gauge",
@@ -357,6 +370,24 @@ pub fn render(t: &Tally, x: &Extra, names: &Names) -> String {
             "counter",
             "TLS handshakes that failed or timed out.",
             t.handshake_failures,
+        ),
+        (
+            "gateway_http2_connections_total",
+            "counter",
+            "Client connections that chose HTTP/2 in ALPN.",
+            t.h2_connections,
+        ),
+        (
+            "gateway_http2_streams_total",
+            "counter",
+            "HTTP/2 streams accepted (each one request).",
+            t.h2_streams,
+        ),
+        (
+            "gateway_http2_abuse_total",
+            "counter",
+            "HTTP/2 connections closed for abuse (resets, floods) or protocol errors.",
+            t.h2_abuse,
         ),
         (
             "gateway_access_log_lines_total",

@@ -11,12 +11,12 @@ use super::{Ctx, Local, Next, Refused, caller::check_caller, record::request_lin
 use crate::{
     addr,
     config::{Underscores, WafMode},
-    conn::{Conn, HeadParts},
     control::Event,
     http::{Framing, HttpError, MAX_HEADERS, request::RequestHead},
     proxy::{self, Admitted, BodyKind, Plan},
     respond::Failure,
     route::{Miss, Route, normalize},
+    session::conn::{Conn, HeadParts},
     session::h1,
     snapshot::Snapshot,
     stages::{

@@ -4,11 +4,11 @@
 //! unknown to the cache needs (the one stage that awaits before admission).
 
 use crate::{
-    conn::Conn,
     control::Event,
     http::request::RequestHead,
     respond::Failure,
     route::Route,
+    session::conn::Conn,
     snapshot::Snapshot,
     stages::{
         auth::{

@@ -4,9 +4,9 @@
 //! route's own authentication. It never reaches an upstream.
 
 use crate::{
-    conn::Conn,
     proxy::{Admitted, Done},
     respond::{Abort, Failure},
+    session::conn::Conn,
     session::{self, Answer},
     stages::auth::Identity,
 };

@@ -29,12 +29,12 @@ use std::{
 use crate::{
     addr,
     config::WafMode,
-    conn::{self, Conn},
     control::Event,
     http::Framing,
     observe::access_log::AccessRecord,
     proxy::{self, Admitted, BodyKind, Done},
     respond::{Abort, Failure},
+    session::conn::{self, Conn},
     session::{self, Answer},
     snapshot::Snapshot,
     stages::{
@@ -200,6 +200,15 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     record(w, c, &ctx);
     c.settle_body();
     keep
+}
+
+/// Answers and logs a request refused before its head could reach the
+/// stages (an HTTP/2 stream that cannot be read as an HTTP/1.1 request).
+pub async fn refuse(w: &Worker, c: &mut Conn, f: Failure) {
+    let mut ctx = Ctx::new();
+    let _ = session::answer(c, Answer::Failure(f), false, &[]).await;
+    ctx.failed(f, None);
+    record(w, c, &ctx);
 }
 
 /// Tells the control side of a refusal escalation counts: a 401 or a 429

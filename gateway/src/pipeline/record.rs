@@ -47,8 +47,8 @@ pub(super) fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
         &AccessRecord {
             id: &note.request_id,
             peer: c.peer,
-            tls: c.tls.version(),
-            sni: c.tls.sni(),
+            tls: c.io.version(),
+            sni: c.io.sni(),
             consumer,
             route: ctx.route.map(|i| snap.routes[i].settings.name.as_str()),
             method: if note.method.is_empty() {

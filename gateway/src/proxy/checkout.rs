@@ -14,8 +14,8 @@ use super::{
 };
 use crate::{
     clock::{Clock, Monotonic},
-    conn::ms,
     respond::{Abort, Failure},
+    session::conn::ms,
 };
 
 /// A pooled connection to `server`, or a new one. A refused or timed-out

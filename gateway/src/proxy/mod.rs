@@ -30,9 +30,9 @@ use upstream_conn::UpstreamConn;
 
 use crate::{
     config::UpstreamSettings,
-    conn::Conn,
     http::Framing,
     respond::{Abort, Failure, Fault},
+    session::conn::Conn,
     snapshot::Snapshot,
     stages::auth::{Authenticated, Identity},
 };

@@ -7,9 +7,9 @@ use std::{io::Write as _, net::SocketAddr};
 use super::{Attempt, upstream_conn::UpstreamConn};
 use crate::{
     config::Underscores,
-    conn::{Conn, ms, read_body},
     http::{self, Framing, is_hop_by_hop},
     respond::{Abort, Failure},
+    session::conn::{Conn, ms, read_body},
     session::h1,
     snapshot::Snapshot,
     stages::auth::Identity,

@@ -11,10 +11,10 @@ use std::{
 
 use super::{Admitted, Attempt, upstream_conn::UpstreamConn};
 use crate::{
-    conn::{Conn, ms},
     http::{self, Framing, MAX_HEADERS, chunked},
     respond::Abort,
     respond::Failure,
+    session::conn::{Conn, ms},
     session::h1::{self, BodyOut},
     stages::auth::Identity,
     tls::{StreamError, deadline},
@@ -90,6 +90,7 @@ pub(super) async fn read_head(
         head_request: a.head_request,
         http10: a.http10,
         keep: client_keep,
+        framed: c.io.frames_bodies(),
     };
     let body = h1::write_response_head(
         &mut out,

@@ -1,14 +1,15 @@
 //! The loop over one client connection's requests: TLS handshake, then
-//! read a head, hand it to the pipeline, until either side closes.
+//! read a head, hand it to the pipeline, until either side closes. A
+//! client that chose HTTP/2 in ALPN is served by `session::h2` instead.
 
 use std::{net::SocketAddr, rc::Rc};
 
 use tokio_uring::net::TcpStream;
 
 use crate::{
-    conn::{Conn, ms},
     pipeline,
     respond::Failure,
+    session::conn::{ClientIo, Conn, ms},
     session::{
         self, Answer,
         h1::{self, Head},
@@ -24,9 +25,14 @@ use crate::{
 /// so is the connection's state, so an idle keep-alive connection costs
 /// only what waiting for a head needs (README: memory per idle connection).
 pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
-    let Some(mut c) = Box::pin(handshake(&w, tcp, peer)).await else {
+    let Some(tls) = Box::pin(handshake(&w, tcp, peer)).await else {
         return;
     };
+    if tls.is_h2() {
+        Box::pin(super::h2::serve(w, tls, peer)).await;
+        return;
+    }
+    let mut c = Box::new(Conn::new(tls, peer, &w.shared.published));
     let mut first = true;
     loop {
         c.refresh(&w.shared.published);
@@ -36,7 +42,9 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
         first = false;
     }
     c.release();
-    Box::pin(c.tls.close()).await;
+    if let ClientIo::H1(tls) = c.io {
+        Box::pin(tls.close()).await;
+    }
 }
 
 /// Waits until the next request's first bytes arrive (at once when
@@ -52,7 +60,10 @@ async fn await_request(w: &Worker, c: &mut Conn, first: bool) -> bool {
         return false;
     }
     // Idle: the scratch buffers go back to the pool, and stopping may cut it.
-    let fd = c.tls.fd();
+    let ClientIo::H1(tls) = &c.io else {
+        return false;
+    };
+    let fd = tls.fd();
     let limits = &c.snap().cfg.limits;
     let limit = ms(if first {
         limits.header_timeout_ms.min(limits.idle_timeout_ms)
@@ -83,8 +94,8 @@ async fn request(w: &Worker, c: &mut Conn) -> bool {
     pipeline::handle_request(w, c).await && !w.stopping()
 }
 
-/// The TLS handshake, counted; the connection's state once it succeeded.
-async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<Box<Conn>> {
+/// The TLS handshake, counted; the stream once it succeeded.
+async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<TlsStream> {
     let _ = tcp.set_nodelay(true);
     let snap = w.shared.published.current();
     let limits = snap.cfg.limits;
@@ -105,7 +116,8 @@ async fn handshake(w: &Worker, tcp: TcpStream, peer: SocketAddr) -> Option<Box<C
         Ok(()) => {
             t.handshakes += 1;
             t.resumed += u64::from(tls.resumed());
-            Some(Box::new(Conn::new(tls, peer, &w.shared.published)))
+            t.h2_connections += u64::from(tls.is_h2());
+            Some(tls)
         }
         Err(e) => {
             t.handshake_failures += 1;

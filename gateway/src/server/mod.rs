@@ -25,6 +25,7 @@ use crate::{
 };
 
 mod connection;
+mod h2;
 mod per_source;
 mod redirect;
 

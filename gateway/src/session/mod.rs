@@ -7,11 +7,15 @@
 //! [`h1::Rechunk`]), answers with an [`Answer`], and the proxy hands the
 //! upstream's response to [`h1::write_response_head`] and a
 //! [`h1::BodyOut`]; only `h1` knows HTTP/1.1's bytes and framing on the
-//! client's side. An HTTP/2 stream comes as `h2` beside it, with the same
-//! calls (its body reaching an HTTP/1.1 upstream chunked when it has no
-//! length).
+//! client's side. [`conn`] is the state a request is served with, over a
+//! [`conn::ClientIo`]: a TLS connection, or an HTTP/2 stream ([`h2`]),
+//! which takes the same HTTP/1.1 bytes and turns them into frames, so
+//! every stage judges a stream exactly as it judges an HTTP/1.1 request
+//! (its body reaching an HTTP/1.1 upstream chunked when it has no length).
 
+pub mod conn;
 pub mod h1;
+pub mod h2;
 
 pub use h1::answer;
 

@@ -3,14 +3,16 @@
 //! ([`stream`]) the stream that drives a rustls connection over an io_uring
 //! socket with owned, reused buffers (rustls does not drive io_uring by itself).
 
+mod async_io;
 mod deadline;
 mod error;
 mod room;
 mod stream;
 
+pub use async_io::TlsIo;
 pub use deadline::{deadline, shutdown_fd, write_deadline};
 pub use error::StreamError;
-pub use stream::TlsStream;
+pub use stream::{TlsStream, linger};
 
 use std::{
     cell::RefCell,
@@ -261,9 +263,11 @@ pub fn keep_sessions(next: Arc<ServerConfig>, prev: &ServerConfig) -> Arc<Server
 }
 
 /// Builds the rustls server configuration shared by all workers.
+/// `h2`: offer HTTP/2 in ALPN, ahead of HTTP/1.1.
 pub fn server_config(
     settings: &TlsSettings,
     certs: &[(PathBuf, PathBuf, Vec<String>)],
+    h2: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut by_name = HashMap::new();
@@ -287,8 +291,10 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
-    // Advertise h2 only once it is served.
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = match h2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     cfg.session_storage = ServerSessionMemoryCache::new(settings.session_cache.max(1));
     if settings.tickets {
         cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;

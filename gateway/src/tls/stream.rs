@@ -8,6 +8,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, RawFd},
+    rc::Rc,
     sync::Arc,
     time::Duration,
 };
@@ -32,25 +33,27 @@ const RECORD: usize = 16 * 1024;
 /// content type): the first guess at the room an encryption needs.
 const RECORD_OVERHEAD: usize = 64;
 /// Encrypted output queued before it is sent, between a response's parts.
-const MAX_QUEUED: usize = 64 * 1024;
+pub(super) const MAX_QUEUED: usize = 64 * 1024;
 
 /// A server-side TLS connection over an io_uring socket.
 pub struct TlsStream {
-    tcp: TcpStream,
+    /// Shared with the io_uring operations an HTTP/2 connection keeps in
+    /// flight across polls (`super::async_io`).
+    pub(super) tcp: Rc<TcpStream>,
     conn: UnbufferedServerConnection,
     /// Bytes read from the socket that rustls has not consumed, from
     /// `head`. Lent by the worker's pools while it holds any; empty (no
     /// allocation) between requests.
-    input: Vec<u8>,
-    head: usize,
+    pub(super) input: Vec<u8>,
+    pub(super) head: usize,
     /// Encrypted records waiting for one socket write; lent like `input`.
-    output: Vec<u8>,
+    pub(super) output: Vec<u8>,
     /// Plaintext rustls decrypted while the stream was not reading (a
     /// request in the handshake's last read, pipelined requests met while
     /// answering): [`TlsStream::read_plain`] hands it out first.
-    stash: Vec<u8>,
+    pub(super) stash: Vec<u8>,
     sni: Option<Box<str>>,
-    eof: bool,
+    pub(super) eof: bool,
     /// The last idle wait filled its buffer (a request over 1 KiB, such as
     /// a JSON POST): the next one reads into a full read buffer, saving
     /// the second read per request, while the worker's cap on such waits
@@ -58,11 +61,11 @@ pub struct TlsStream {
     /// of small requests keep costing 1 KiB.
     wide_idle: bool,
     /// Longest a write may wait for a client that does not read.
-    write_timeout: Duration,
+    pub(super) write_timeout: Duration,
 }
 
 /// What rustls' answer to the input asks of the stream next.
-enum Step {
+pub(super) enum Step {
     /// Plaintext was appended to the caller's buffer.
     Data,
     /// Nothing to decrypt: read the socket (or, handshaking, wait for the peer).
@@ -79,7 +82,7 @@ enum Step {
 
 /// What a call into rustls should write once it may.
 #[derive(Clone, Copy)]
-enum Write<'a> {
+pub(super) enum Write<'a> {
     Nothing,
     Data(&'a [u8]),
     CloseNotify,
@@ -94,7 +97,7 @@ impl TlsStream {
         write_timeout: Duration,
     ) -> Result<Self, StreamError> {
         Ok(Self {
-            tcp,
+            tcp: Rc::new(tcp),
             conn: UnbufferedServerConnection::new(config)?,
             input: Vec::new(),
             head: 0,
@@ -121,6 +124,11 @@ impl TlsStream {
         }
     }
 
+    /// Whether the client chose HTTP/2 in ALPN.
+    pub fn is_h2(&self) -> bool {
+        self.conn.alpn_protocol() == Some(b"h2")
+    }
+
     /// Whether the handshake resumed an earlier session.
     pub fn resumed(&self) -> bool {
         self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
@@ -136,7 +144,7 @@ impl TlsStream {
     /// Decrypted application data goes to `dst`, or to the stash when the
     /// caller is not reading; handshake records rustls emits, and what
     /// `write` asks for once rustls allows it, are queued in `output`.
-    fn process(
+    pub(super) fn process(
         &mut self,
         dst: Option<&mut Vec<u8>>,
         write: Write<'_>,
@@ -267,7 +275,24 @@ impl TlsStream {
             return Err(StreamError::Oversized);
         }
         let (res, buf) = self.tcp.read(buffers::take_read()).await;
+        self.absorb(res, buf)
+    }
+
+    /// Takes in what a socket read into `buf` (a pooled read buffer) behind
+    /// the pending input: false at EOF.
+    pub(super) fn absorb(
+        &mut self,
+        res: io::Result<usize>,
+        mut buf: Vec<u8>,
+    ) -> Result<bool, StreamError> {
         if let Ok(n @ 1..) = res {
+            if self.head >= self.input.len() {
+                // Nothing pending: the read buffer becomes the input.
+                self.head = 0;
+                buf.truncate(n);
+                give_back(std::mem::replace(&mut self.input, buf));
+                return self.after_read(res);
+            }
             if self.head > 0 {
                 self.input.copy_within(self.head.., 0);
                 self.input.truncate(self.input.len() - self.head);
@@ -507,21 +532,33 @@ impl TlsStream {
         if self.eof {
             return;
         }
-        let fd = self.fd();
-        let until = std::time::Instant::now() + LINGER;
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
+        linger(&self.tcp).await;
+    }
+
+    /// The socket, shared: an HTTP/2 connection lingers on it once `h2`
+    /// has closed the stream.
+    pub fn socket(&self) -> Rc<TcpStream> {
+        self.tcp.clone()
+    }
+}
+
+/// Drains what the client still sends, for a moment, after the write side
+/// was shut: see [`TlsStream::close`].
+pub async fn linger(tcp: &TcpStream) {
+    let fd = tcp.as_raw_fd();
+    let until = std::time::Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match deadline(fd, left, tcp.read(buffers::take_read())).await {
+            Some((Ok(n), b)) if n > 0 => {
+                buffers::give_read(b);
+                drained += n;
             }
-            match deadline(fd, left, self.tcp.read(buffers::take_read())).await {
-                Some((Ok(n), b)) if n > 0 => {
-                    buffers::give_read(b);
-                    drained += n;
-                }
-                _ => break,
-            }
+            _ => break,
         }
     }
 }

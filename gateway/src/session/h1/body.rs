@@ -5,9 +5,9 @@
 //! the data, never the framing) within the worker's body memory.
 
 use crate::{
-    conn::{self, Conn},
     http::{Framing, chunked},
     respond::{Abort, Failure},
+    session::conn::{self, Conn},
 };
 
 /// What reading a body whole left in the pending bytes.

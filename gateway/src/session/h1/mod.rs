@@ -15,12 +15,12 @@ use std::{io::Write as _, time::Instant};
 use super::Answer;
 use crate::{
     config::Limits,
-    conn::{Conn, ms},
     http::{
         self, HttpError, MAX_HEADERS,
         request::{HeadLimits, RequestHead},
     },
     respond::{self, Failure, Hint, reason_phrase},
+    session::conn::{Conn, ms},
     snapshot::Snapshot,
     tls::StreamError,
 };
@@ -82,9 +82,9 @@ pub async fn answer(
         }
     };
     let sent = if body.is_empty() {
-        c.tls.send(&[&out]).await
+        c.io.send(&[&out]).await
     } else {
-        c.tls.send(&[&out, body]).await
+        c.io.send(&[&out, body]).await
     };
     c.req.wire.out = out;
     // Members a validation failure left are sent once.

@@ -7,8 +7,8 @@
 use std::io::Write as _;
 
 use crate::{
-    conn::Conn,
     http::{self, Framing, is_hop_by_hop},
+    session::conn::Conn,
     tls::StreamError,
 };
 
@@ -21,6 +21,9 @@ pub struct Client {
     pub http10: bool,
     /// Its connection stays open after this response.
     pub keep: bool,
+    /// Its transport frames the body itself (an HTTP/2 stream): no
+    /// chunked encoding.
+    pub framed: bool,
 }
 
 /// How the client's copy of a body is framed.
@@ -83,7 +86,7 @@ pub fn write_response_head(
             let _ = write!(out, "content-length: {n}\r\n");
             Frame::Raw
         }
-        Framing::Chunked | Framing::UntilClose if !client.http10 => {
+        Framing::Chunked | Framing::UntilClose if !client.http10 && !client.framed => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             Frame::Chunked
         }
@@ -117,9 +120,9 @@ impl BodyOut {
         }
         let sent = match self.frame {
             _ if data.is_empty() && self.head_sent => Ok(()),
-            Frame::Raw if self.head_sent => c.tls.send(&[data]).await,
-            Frame::Raw if data.is_empty() => c.tls.send(&[&out]).await,
-            Frame::Raw => c.tls.send(&[&out, data]).await,
+            Frame::Raw if self.head_sent => c.io.send(&[data]).await,
+            Frame::Raw if data.is_empty() => c.io.send(&[&out]).await,
+            Frame::Raw => c.io.send(&[&out, data]).await,
             Frame::Chunked => {
                 // One write: the size line and CRLF around the data, after
                 // the head when it goes now.
@@ -128,7 +131,7 @@ impl BodyOut {
                     out.extend_from_slice(data);
                     out.extend_from_slice(b"\r\n");
                 }
-                c.tls.send(&[&out]).await
+                c.io.send(&[&out]).await
             }
         };
         self.head_sent = true;
@@ -137,17 +140,20 @@ impl BodyOut {
     }
 
     /// Ends the body: the last chunk of a chunked one (the head too, when
-    /// no data came).
+    /// no data came); over HTTP/2, the stream.
     pub async fn finish(mut self, c: &mut Conn) -> Result<(), StreamError> {
         match self.frame {
-            Frame::Raw => self.send(c, b"").await,
+            Frame::Raw => {
+                self.send(c, b"").await?;
+                c.io.end_body().await
+            }
             Frame::Chunked => {
                 let mut out = std::mem::take(&mut c.req.wire.out);
                 if self.head_sent {
                     out.clear();
                 }
                 out.extend_from_slice(b"0\r\n\r\n");
-                let sent = c.tls.send(&[&out]).await;
+                let sent = c.io.send(&[&out]).await;
                 self.head_sent = true;
                 c.req.wire.out = out;
                 sent
@@ -182,6 +188,7 @@ mod tests {
             head_request: false,
             http10: false,
             keep: true,
+            framed: false,
         };
         let (h, body) = head(
             b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Frame-Options: ALLOW\r\nContent-Length: 2\r\nX-Kept: y\r\n\r\n",
@@ -217,6 +224,7 @@ mod tests {
             head_request: true,
             http10: false,
             keep: true,
+            framed: false,
         };
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", client);
         assert_eq!(

@@ -1,7 +1,9 @@
 //! One client connection's state: TLS, the snapshot it judges by, the
 //! buffers every request on it reuses, and reading request bodies within
 //! their deadlines. The loop over its requests is `server::connection`'s;
-//! the requests themselves are `pipeline`'s.
+//! the requests themselves are `pipeline`'s. An HTTP/2 stream gets a state
+//! of its own, over the stream rather than the TLS connection
+//! (`session::h2`, run by `server::h2`).
 
 use std::{
     cell::RefCell,
@@ -16,15 +18,70 @@ use crate::{
     config::Limits,
     respond::{self, Abort, Extras, Failure},
     route::Paths,
+    session::h2::StreamIo,
     snapshot::{Published, Snapshot},
     stages::auth,
     tls::{StreamError, TlsStream, deadline},
 };
 
+/// What a request's bytes travel over on the client's side.
+// HTTP/1.1 is the hot path: its TLS state stays inline (boxing it would
+// add an indirection to every read); a stream's state lives only while
+// its request is served.
+#[allow(clippy::large_enum_variant)]
+pub enum ClientIo {
+    /// A TLS connection carrying HTTP/1.1.
+    H1(TlsStream),
+    /// One HTTP/2 stream: it takes the request as HTTP/1.1 bytes and hands
+    /// the response over as HTTP/2 frames (`session::h2`).
+    H2(StreamIo),
+}
+
+impl ClientIo {
+    /// Sends plaintext: HTTP/1.1 response bytes, which an HTTP/2 stream
+    /// turns into HEADERS and DATA.
+    pub async fn send(&mut self, parts: &[&[u8]]) -> Result<(), StreamError> {
+        match self {
+            ClientIo::H1(tls) => tls.send(parts).await,
+            ClientIo::H2(s) => s.send(parts).await,
+        }
+    }
+
+    /// The TLS version, for the access log.
+    pub fn version(&self) -> &'static str {
+        match self {
+            ClientIo::H1(tls) => tls.version(),
+            ClientIo::H2(s) => s.tls_version(),
+        }
+    }
+
+    /// The SNI name, for the access log.
+    pub fn sni(&self) -> &str {
+        match self {
+            ClientIo::H1(tls) => tls.sni(),
+            ClientIo::H2(s) => s.sni(),
+        }
+    }
+
+    /// Whether the transport frames response bodies itself (HTTP/2):
+    /// no chunked encoding, no `Connection` field.
+    pub fn frames_bodies(&self) -> bool {
+        matches!(self, ClientIo::H2(_))
+    }
+
+    /// Ends a response body that had no length (HTTP/2: END_STREAM).
+    pub async fn end_body(&mut self) -> Result<(), StreamError> {
+        match self {
+            ClientIo::H1(_) => Ok(()),
+            ClientIo::H2(s) => s.end().await,
+        }
+    }
+}
+
 /// A client connection's state, reused by every request on it.
 pub struct Conn {
-    /// The TLS stream.
-    pub tls: TlsStream,
+    /// What the request's bytes travel over.
+    pub io: ClientIo,
     /// The client's address (the TCP peer).
     pub peer: SocketAddr,
     /// The snapshot this connection judges requests by, and its generation.
@@ -172,11 +229,16 @@ impl Conn {
 
     /// A connection's state around an accepted, handshaken TLS stream.
     pub fn new(tls: TlsStream, peer: SocketAddr, published: &Published) -> Self {
+        Self::over(ClientIo::H1(tls), peer, published)
+    }
+
+    /// A request's state over `io`.
+    pub fn over(io: ClientIo, peer: SocketAddr, published: &Published) -> Self {
         let (generation, snap) = published.load();
         let body = BodyClock::start(&snap.cfg.limits, 0);
         let trusted = snap.is_trusted_proxy(peer.ip());
         Self {
-            tls,
+            io,
             peer,
             snap,
             generation,
@@ -247,6 +309,15 @@ impl Conn {
             (self.generation, self.snap) = published.load();
             self.trusted = self.snap.is_trusted_proxy(self.peer.ip());
         }
+    }
+
+    /// A request's state whose head is `head` (an HTTP/2 stream's, written
+    /// as HTTP/1.1 by `session::h2::stream`).
+    pub fn with_head(&mut self, head: impl FnOnce(&mut Vec<u8>)) {
+        self.unpark();
+        self.inbuf.clear();
+        self.start = 0;
+        head(&mut self.inbuf);
     }
 
     /// Unconsumed plaintext.
@@ -338,8 +409,12 @@ impl Conn {
     /// the idle wait's read buffer, then takes the scratch buffers back. `None`
     /// when the deadline passed, `Some(Ok(false))` at EOF.
     pub async fn await_bytes(&mut self, limit: Duration) -> Option<Result<bool, StreamError>> {
-        let fd = self.tls.fd();
-        let r = deadline(fd, limit, self.tls.fill_idle()).await;
+        let ClientIo::H1(tls) = &mut self.io else {
+            // A stream carries one request.
+            return Some(Ok(false));
+        };
+        let fd = tls.fd();
+        let r = deadline(fd, limit, tls.fill_idle()).await;
         if matches!(r, Some(Ok(true))) {
             self.unpark();
         }
@@ -349,14 +424,22 @@ impl Conn {
     /// Reads more plaintext (appending); `None` when the deadline passed.
     pub async fn read_within(&mut self, limit: Duration) -> Option<Result<usize, StreamError>> {
         self.unpark();
-        let fd = self.tls.fd();
         // Drop consumed bytes before growing: with pipelined requests the
         // buffer may never be fully consumed.
         if self.start > 0 {
             self.inbuf.drain(..self.start);
             self.start = 0;
         }
-        deadline(fd, limit, self.tls.read_plain(&mut self.inbuf)).await
+        match &mut self.io {
+            ClientIo::H1(tls) => {
+                let fd = tls.fd();
+                deadline(fd, limit, tls.read_plain(&mut self.inbuf)).await
+            }
+            // A stream's read is dropped safely: the connection lives on.
+            ClientIo::H2(s) => tokio::time::timeout(limit, s.read_plain(&mut self.inbuf))
+                .await
+                .ok(),
+        }
     }
 }
 

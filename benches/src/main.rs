@@ -36,6 +36,8 @@ enum Cmd {
     Xdp(xdp::Opts),
     /// The TLS proxy against HAProxy and nginx (and the backend directly).
     Proxy(proxy::Opts),
+    /// HTTP/2 (h2load) against HAProxy's and nginx's h2 frontends.
+    H2(proxy::h2::H2Opts),
     /// Legitimate load while a banned source floods, with XDP on and off.
     Flood(flood::Opts),
 }
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             xdp::Measured::LeftOut(why) => println!("left out: {why}"),
         }),
         Cmd::Proxy(opts) => proxy_alone(opts),
+        Cmd::H2(opts) => proxy::h2::run(opts).map(|path| println!("report: {}", path.display())),
         Cmd::Flood(opts) => flood::run(opts).map(|md| print!("{md}")),
     };
     match result {

@@ -3,6 +3,7 @@
 //! test suite, and benchmark against peers.
 
 mod build;
+mod conformance;
 mod deps;
 mod layout;
 mod toolchain;
@@ -51,14 +52,18 @@ enum Cmd {
     /// Print the import cycles between modules of `gateway/src` (the test
     /// suite refuses any).
     Layout,
+    /// Run httpwg-cli's RFC 9113 cases against the release gateway over
+    /// TLS (installs httpwg-cli with cargo when missing).
+    Conformance,
     /// Benchmarks: `all` (the default: every peer scenario into one report
-    /// folder), `proxy` (vs HAProxy and nginx, closed and open loop), `xdp`
+    /// folder), `proxy` (vs HAProxy and nginx, closed and open loop), `h2`
+    /// (HTTP/2 with h2load vs HAProxy's and nginx's h2 frontends), `xdp`
     /// (kernel drop path vs nftables), `flood` (legitimate load while a
     /// banned source floods, XDP on and off); criterion: `jwt` (the verify
     /// path against ring's bare check), `limit` (one rate-limit decision),
     /// `validate` (JSON parse + schema against serde_json).
     Bench {
-        /// Which benchmark: all (the default), proxy, xdp, flood, jwt, limit, validate.
+        /// Which benchmark: all (the default), proxy, h2, xdp, flood, jwt, limit, validate.
         which: Option<String>,
         /// Arguments passed to the benchmark (see `cargo xtask bench xdp -- --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -101,6 +106,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Deps => deps::check(),
         Cmd::Layout => layout::check(&build::workspace_root().join("gateway/src")),
+        Cmd::Conformance => conformance::run(),
         Cmd::Test { args } => {
             // The whole suite starts with the dependency check; a filtered
             // run (`cargo xtask test -p ... --test NAME`) skips it.
@@ -135,7 +141,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-const BENCHES: [&str; 7] = ["all", "proxy", "xdp", "flood", "jwt", "limit", "validate"];
+const BENCHES: [&str; 8] = [
+    "all", "proxy", "h2", "xdp", "flood", "jwt", "limit", "validate",
+];
 
 /// Runs benchmark `which`: criterion ones through cargo, the rest through
 /// the release `gateway-bench`.

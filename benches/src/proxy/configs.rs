@@ -219,7 +219,7 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{port} ssl crt {combined} alpn http/1.1
+  bind 127.0.0.1:{port} ssl crt {combined} alpn h2,http/1.1
   option forwardfor
   http-request set-header X-Forwarded-Proto https
   http-response set-header Strict-Transport-Security "{hsts}"
@@ -245,7 +245,7 @@ http {{
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
   upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 1024; }}
   server {{
-    listen 127.0.0.1:{port} ssl reuseport;
+    listen 127.0.0.1:{port} ssl http2 reuseport;
     ssl_certificate {cert}; ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {{

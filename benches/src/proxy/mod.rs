@@ -15,6 +15,7 @@
 //! from /proc) are reported, with every latency distribution.
 
 mod configs;
+pub mod h2;
 mod idle;
 mod systems;
 pub mod wrk;
@@ -397,9 +398,23 @@ fn settle(opts: &mut Opts) {
     }
 }
 
-/// Runs the benchmark.
-pub fn run(mut opts: Opts) -> Result<Outcome> {
-    settle(&mut opts);
+/// The systems started for a run, what was left out, and which tools are
+/// installed.
+struct Prepared {
+    started: systems::Started,
+    skipped: Vec<String>,
+    missing: Vec<(&'static str, &'static str)>,
+}
+
+impl Prepared {
+    fn have(&self, tool: &str) -> bool {
+        !self.missing.iter().any(|(t, _)| *t == tool)
+    }
+}
+
+/// Settles the options, writes the configurations and starts the systems.
+fn prepare(opts: &mut Opts) -> Result<Prepared> {
+    settle(opts);
     let missing = crate::peers::missing(opts.install_peers)?;
     let mut skipped: Vec<String> = missing
         .iter()
@@ -421,14 +436,27 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
     let work = std::fs::canonicalize(&opts.out)?.join("work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let files = configs::write(&work, &opts)?;
+    let files = configs::write(&work, opts)?;
     // The idle connections and the proxies started here need more than the
     // usual 1024 descriptors: the gateway's own start-up raise.
     gateway::fdlimit::raise().map_err(anyhow::Error::msg)?;
-    let started = systems::start(&opts, &gateway, &work, &files, &have)?;
+    let started = systems::start(opts, &gateway, &work, &files, &have)?;
     if started.demo_backend {
         skipped.push("the backend is the gateway's built-in demo backend (one thread per connection) instead of nginx".into());
     }
+    Ok(Prepared {
+        started,
+        skipped,
+        missing,
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(mut opts: Opts) -> Result<Outcome> {
+    let prepared = prepare(&mut opts)?;
+    let have = |tool: &str| prepared.have(tool);
+    let skipped = prepared.skipped.clone();
+    let started = &prepared.started;
     let systems = &started.systems;
     // Weighed first, before any load leaves freed memory behind to reuse.
     let mut idle = Vec::new();
@@ -518,7 +546,7 @@ pub fn run(mut opts: Opts) -> Result<Outcome> {
         }
     }
     let open = rows(&names, &open)?;
-    drop(started);
+    drop(prepared);
     let setup = format!(
         "{} workers each{}; proxies on CPUs {}, load generators and backend on {}; runs of {} s, {} rounds (medians), wrk -t{} -c{}",
         opts.workers.unwrap_or(1),

@@ -202,11 +202,14 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     keep
 }
 
-/// Answers and logs a request refused before its head could reach the
-/// stages (an HTTP/2 stream that cannot be read as an HTTP/1.1 request).
-pub async fn refuse(w: &Worker, c: &mut Conn, f: Failure) {
+/// Logs a request refused before its head could reach the stages (an
+/// HTTP/2 stream that cannot be read as an HTTP/1.1 request), answering
+/// it when `answer` (else the caller resets the stream).
+pub async fn refuse(w: &Worker, c: &mut Conn, f: Failure, answer: bool) {
     let mut ctx = Ctx::new();
-    let _ = session::answer(c, Answer::Failure(f), false, &[]).await;
+    if answer {
+        let _ = session::answer(c, Answer::Failure(f), false, &[]).await;
+    }
     ctx.failed(f, None);
     record(w, c, &ctx);
 }

@@ -94,6 +94,9 @@ pub async fn serve(w: Rc<Worker>, tls: TlsStream, peer: SocketAddr) {
     let mut first = true;
     let mut closing = false;
     let mut abuse = None;
+    // One timer for the connection's life, not one per stream.
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
@@ -138,7 +141,7 @@ pub async fn serve(w: Rc<Worker>, tls: TlsStream, peer: SocketAddr) {
                     break;
                 }
             }
-            _ = tokio::time::sleep(TICK) => {
+            _ = tick.tick() => {
                 let now = Instant::now();
                 let open = watch.open.get();
                 let idle_for = now.saturating_duration_since(watch.idle_since.get());
@@ -220,6 +223,10 @@ fn start_stream(
         let mut head = Vec::new();
         let written = stream::write_request_head(&parts, has_body, &mut head);
         let chunked = matches!(written, Ok(true));
+        let reason = match written {
+            Err(f) if f != stream::CONNECT => ::h2::Reason::PROTOCOL_ERROR,
+            _ => ::h2::Reason::INTERNAL_ERROR,
+        };
         let io = StreamIo::new(respond.clone(), body, chunked, head_request, info);
         let mut c = Conn::over(ClientIo::H2(io), peer, &w.shared.published);
         let work = async {
@@ -228,7 +235,9 @@ fn start_stream(
                     c.with_head(|b| b.extend_from_slice(&head));
                     pipeline::handle_request(&w, &mut c).await;
                 }
-                Err(f) => pipeline::refuse(&w, &mut c, f).await,
+                // CONNECT is answered (405); a malformed request is a
+                // stream error (RFC 9113 §8.1.1): logged, then reset below.
+                Err(f) => pipeline::refuse(&w, &mut c, f, f == stream::CONNECT).await,
             }
         };
         let reset = poll_fn(|cx| respond.borrow_mut().poll_reset(cx));
@@ -242,7 +251,7 @@ fn start_stream(
             }
         }
         if let ClientIo::H2(io) = &mut c.io {
-            io.finish();
+            io.finish(reason);
         }
         c.release();
         let open = watch.open.get() - 1;

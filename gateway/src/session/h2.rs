@@ -100,12 +100,13 @@ fn connection_specific(name: &str) -> bool {
     .any(|n| name.eq_ignore_ascii_case(n))
 }
 
-/// Why a stream's request cannot become an HTTP/1.1 request: 400 with
-/// its reason code.
+/// Why a stream's request cannot become an HTTP/1.1 request (logged with
+/// its reason code; the stream is reset with PROTOCOL_ERROR).
 pub const MALFORMED: Failure = Failure::client(400, "h2.malformed");
-/// `:authority` and `Host` name different hosts (RFC 9113 §8.3.1).
+/// `:authority` and `Host` name different hosts (RFC 9113 §8.3.1); reset
+/// like a malformed request.
 pub const HOST_MISMATCH: Failure = Failure::client(400, "h2.host_mismatch");
-/// CONNECT (a tunnel, not a request the stages can judge).
+/// CONNECT (a tunnel, not a request the stages can judge): answered 405.
 pub const CONNECT: Failure = Failure::client(405, "h2.connect");
 
 /// Writes `req`'s HTTP/1.1 head into `out`: the request line, `Host` from
@@ -119,7 +120,10 @@ pub fn write_request_head(
     out: &mut Vec<u8>,
 ) -> Result<bool, Failure> {
     if req.method == ::http::Method::CONNECT {
-        return Err(CONNECT);
+        return Err(match req.uri.authority() {
+            Some(_) => CONNECT,
+            None => MALFORMED,
+        });
     }
     let target = req
         .uri
@@ -136,7 +140,12 @@ pub fn write_request_head(
         (None, Some(h)) => h.as_bytes(),
         (None, None) => return Err(MALFORMED),
     };
-    let clean = |v: &[u8]| !v.iter().any(|b| matches!(b, b'\r' | b'\n' | 0));
+    // No CR, LF or NUL, and no whitespace around a value (RFC 9113 §8.2.1).
+    let clean = |v: &[u8]| {
+        !v.iter().any(|b| matches!(b, b'\r' | b'\n' | 0))
+            && !v.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
+            && !v.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
+    };
     if !clean(host) {
         return Err(MALFORMED);
     }
@@ -281,6 +290,14 @@ impl StreamIo {
             let mut data: &[u8] = part;
             // A 1xx head is followed by the real one.
             while !self.responded && !self.ended && !data.is_empty() {
+                if self.head.is_empty()
+                    && let Some(end) = http::head_end(data)
+                {
+                    // The usual case: the whole head in one part.
+                    self.respond_with(&data[..end])?;
+                    data = &data[end..];
+                    continue;
+                }
                 let before = self.head.len();
                 self.head.extend_from_slice(data);
                 let Some(end) = http::head_end(&self.head) else {
@@ -334,17 +351,24 @@ impl StreamIo {
         };
         while !data.is_empty() && !self.ended {
             with_send(&mut |s| s.reserve_capacity(data.len()));
-            let granted = tokio::time::timeout(
-                limit,
-                poll_fn(|cx| {
-                    let mut r = respond.borrow_mut();
-                    match r.send.as_mut() {
-                        Some(s) => s.poll_capacity(cx),
-                        None => std::task::Poll::Ready(None),
-                    }
-                }),
-            )
-            .await;
+            // The window is usually open: no timer for what needs no wait.
+            let mut ready = 0;
+            with_send(&mut |s| ready = s.capacity());
+            let granted = if ready > 0 {
+                Ok(Some(Ok(ready)))
+            } else {
+                tokio::time::timeout(
+                    limit,
+                    poll_fn(|cx| {
+                        let mut r = respond.borrow_mut();
+                        match r.send.as_mut() {
+                            Some(s) => s.poll_capacity(cx),
+                            None => std::task::Poll::Ready(None),
+                        }
+                    }),
+                )
+                .await
+            };
             let n = match granted {
                 Err(_) => return Err(StreamError::TimedOut),
                 Ok(None) => return Err(StreamError::Io(io::ErrorKind::BrokenPipe.into())),
@@ -382,17 +406,18 @@ impl StreamIo {
         }
     }
 
-    /// After the pipeline: a response that did not end (the upstream
-    /// failed mid-body, the client went) is cut with RST_STREAM.
-    pub fn finish(&mut self) {
+    /// After the pipeline: a response that did not end is cut with
+    /// RST_STREAM and `reason` (INTERNAL_ERROR: the upstream failed
+    /// mid-body, the client went; PROTOCOL_ERROR: a malformed request).
+    pub fn finish(&mut self, reason: h2::Reason) {
         if self.ended {
             return;
         }
         self.ended = true;
         let mut r = self.respond.borrow_mut();
         match r.send.as_mut() {
-            Some(send) => send.send_reset(h2::Reason::INTERNAL_ERROR),
-            None => r.respond.send_reset(h2::Reason::INTERNAL_ERROR),
+            Some(send) => send.send_reset(reason),
+            None => r.respond.send_reset(reason),
         }
     }
 }
@@ -404,9 +429,11 @@ const MAX_RESPONSE_FIELDS: usize = 256;
 /// body length it announced. Fields HTTP/2 forbids are left out.
 fn response_of(raw: &[u8]) -> Result<(::http::Response<()>, Option<u64>), StreamError> {
     let bad = || StreamError::Io(io::Error::new(io::ErrorKind::InvalidData, "response head"));
+    // One copy of the head: every value is a slice of it, not a copy each.
+    let shared = Bytes::copy_from_slice(raw);
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
     let mut parsed = httparse::Response::new(&mut fields);
-    match parsed.parse(raw) {
+    match parsed.parse(&shared) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(bad()),
     }
@@ -415,6 +442,7 @@ fn response_of(raw: &[u8]) -> Result<(::http::Response<()>, Option<u64>), Stream
     *resp.status_mut() = ::http::StatusCode::from_u16(status).map_err(|_| bad())?;
     let mut length = None;
     let map = resp.headers_mut();
+    map.reserve(parsed.headers.len());
     for f in parsed.headers.iter() {
         if connection_specific(f.name) {
             continue;
@@ -426,9 +454,10 @@ fn response_of(raw: &[u8]) -> Result<(::http::Response<()>, Option<u64>), Stream
         }
         // A field HTTP/2 cannot carry (a byte a header value may not
         // hold) is left out rather than failing the response.
+        let value = shared.slice_ref(f.value);
         if let (Ok(n), Ok(v)) = (
             ::http::HeaderName::from_bytes(f.name.as_bytes()),
-            ::http::HeaderValue::from_bytes(f.value),
+            ::http::HeaderValue::from_maybe_shared(value),
         ) {
             map.append(n, v);
         }
@@ -487,6 +516,23 @@ mod tests {
             .body(())
             .expect("request");
         assert_eq!(head_of(connect, false).err(), Some(CONNECT));
+        for padded in [" x", "x\t"] {
+            let req = ::http::Request::get("https://api.test/a")
+                .header("x-a", padded)
+                .body(())
+                .expect("request");
+            assert_eq!(head_of(req, false).err(), Some(MALFORMED), "{padded:?}");
+        }
+        let tunnel = ::http::Request::connect("https://api.test:443")
+            .body(())
+            .expect("request");
+        let (mut parts, ()) = tunnel.into_parts();
+        parts.uri = ::http::Uri::from_static("/");
+        assert_eq!(
+            write_request_head(&parts, false, &mut Vec::new()).err(),
+            Some(MALFORMED),
+            "CONNECT without an authority"
+        );
         // The same host in another case is the same host.
         let same = ::http::Request::get("https://API.test/a")
             .header("host", "api.TEST")

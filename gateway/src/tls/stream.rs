@@ -327,7 +327,7 @@ impl TlsStream {
     }
 
     /// Returns an input buffer holding nothing unconsumed to its pool.
-    fn release_input(&mut self) {
+    pub(super) fn release_input(&mut self) {
         if self.head >= self.input.len() && self.input.capacity() > 0 {
             self.head = 0;
             give_back(std::mem::take(&mut self.input));

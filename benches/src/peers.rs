@@ -6,11 +6,13 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// The peers and the Debian package of each.
-const PEERS: [(&str, &str); 4] = [
+const PEERS: [(&str, &str); 5] = [
     ("wrk", "wrk"),
     ("haproxy", "haproxy"),
     ("nginx", "nginx-light"),
     ("nft", "nftables"),
+    // HTTP/2's load generator (`bench h2`, and `bench all`'s h2 section).
+    ("h2load", "nghttp2-client"),
 ];
 
 /// Whether `tool` is on PATH.

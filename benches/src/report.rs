@@ -81,8 +81,42 @@ pub fn all(opts: Opts) -> Result<()> {
         // An A/B of two builds is `bench proxy --baseline`.
         baseline: None,
     };
+    let h2_base = proxy_opts.clone();
     let mut outcome = proxy::run(proxy_opts)?;
     let mut sections = Vec::new();
+    if crate::peers::installed("h2load") {
+        let h2 = proxy::h2::measure(proxy::h2::H2Opts {
+            base: proxy::Opts {
+                idle_conns: 0,
+                only: Vec::new(),
+                ..h2_base
+            },
+            shapes: if r {
+                vec!["16:4".into()]
+            } else {
+                vec!["64:10".into(), "256:1".into()]
+            },
+            idle_h2: if r { 100 } else { 1000 },
+        })?;
+        std::fs::create_dir_all(opts.out.join("hgrm"))?;
+        let mut md = h2.md;
+        for (i, (shape, rows)) in h2.tables.iter().enumerate() {
+            for row in rows {
+                let name = format!(
+                    "hgrm/h2-{}-{}.hgrm",
+                    shape.replace([' ', '-'], ""),
+                    row.name
+                );
+                write_hgrm(&opts.out.join(name), &row.hist)?;
+            }
+            let png = format!("h2-{}.png", i + 1);
+            let title = format!("HTTP/2, h2load {shape}: latency by percentile");
+            if plot_rows(&opts.out, &png, &title, rows, &[])? {
+                md.push_str(&format!("\n![{title}]({png})\n"));
+            }
+        }
+        sections.push(("HTTP/2 (h2load)".to_owned(), md));
+    }
     if !opts.no_kernel {
         let flood = crate::flood::Opts {
             duration: if r { 1 } else { 8 },

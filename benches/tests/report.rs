@@ -210,6 +210,22 @@ fn the_reduced_report_runs_every_scenario_and_is_well_formed() {
         assert!(xdp.iter().any(|r| r[0] == "nftables"), "{xdp:?}");
     }
 
+    // HTTP/2: the three proxies' h2 frontends under h2load, each answered
+    // every request, with its distribution and plot.
+    let (header, h2) = table(&md, "h2load -c16 -m4");
+    assert_eq!(header[1], "req/s", "{header:?}");
+    let h2_names: Vec<&str> = h2.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(h2_names, ["gateway", "haproxy", "nginx"], "{h2:?}");
+    for r in &h2 {
+        assert!(number(&r[1]) > 0.0, "{r:?}");
+        assert_eq!(r.last().map(String::as_str), Some("0"), "errors in {r:?}");
+        check_hgrm(&out.join(format!("hgrm/h2-c16m4-{}.hgrm", r[0])));
+    }
+    let (_, h2_idle) = table(&md, "Memory per idle h2 connection");
+    assert_eq!(h2_idle.len(), 3, "{h2_idle:?}");
+    assert!(md.contains("](h2-1.png)"), "h2-1.png not linked");
+    check_png(&out.join("h2-1.png"));
+
     for (kind, rows) in [("closed", &closed), ("open", &open)] {
         for r in rows {
             check_hgrm(&out.join(format!("hgrm/{}-{kind}.hgrm", r[0])));

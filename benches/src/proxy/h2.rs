@@ -63,8 +63,27 @@ fn shapes(list: &[String]) -> Result<Vec<Shape>> {
 /// `--baseline`'s build of the gateway beside this one (an A/B).
 const MEASURED: [&str; 4] = ["gateway", "gw-base", "haproxy", "nginx"];
 
+/// What `bench h2` measured: a table per shape, and idle memory.
+pub struct Measured {
+    /// Each shape's rows (medians, with every round's latencies).
+    pub tables: Vec<(String, Vec<Row>)>,
+    /// The report's text (without a title).
+    pub md: String,
+}
+
 /// Runs the benchmark and writes its report; returns the report's path.
-pub fn run(mut o: H2Opts) -> Result<std::path::PathBuf> {
+pub fn run(o: H2Opts) -> Result<std::path::PathBuf> {
+    let out = o.base.out.clone();
+    let m = measure(o)?;
+    let report = format!("# HTTP/2 benchmark (`cargo xtask bench h2`)\n\n{}", m.md);
+    let path = out.join("h2.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    print!("{report}");
+    Ok(path)
+}
+
+/// Runs the benchmark.
+pub fn measure(mut o: H2Opts) -> Result<Measured> {
     if !crate::peers::installed("h2load") {
         bail!("h2load is not installed (apt-get install nghttp2-client)");
     }
@@ -123,19 +142,7 @@ pub fn run(mut o: H2Opts) -> Result<std::path::PathBuf> {
                     |r: &Run| r.requests,
                     || h2load(shape, opts.duration, &s.closed.url, opts, &work),
                 )?;
-                let q = |q: f64| r.hist.value_at_quantile(q) as f64;
-                let sample = Sample {
-                    rps: r.rps,
-                    p50: q(0.5),
-                    p99: q(0.99),
-                    p999: q(0.999),
-                    max: r.hist.max() as f64,
-                    split,
-                    rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
-                    errors: r.errors,
-                    hist: r.hist,
-                    connects_per_req: None,
-                };
+                let sample = Sample::of_every_request(r.rps, r.hist, r.errors, split, s);
                 super::log_sample(
                     &format!("h2 -c{} -m{}", shape.connections, shape.streams),
                     round + 1,
@@ -149,11 +156,14 @@ pub fn run(mut o: H2Opts) -> Result<std::path::PathBuf> {
         tables.push((*shape, rows(&names, &samples)?));
     }
     drop(prepared);
-    let report = render(&o, &shapes, &tables, &idle);
-    let path = opts.out.join("h2.md");
-    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
-    print!("{report}");
-    Ok(path)
+    let md = render(&o, &shapes, &tables, &idle);
+    Ok(Measured {
+        tables: tables
+            .into_iter()
+            .map(|(s, rows)| (format!("-c{} -m{}", s.connections, s.streams), rows))
+            .collect(),
+        md,
+    })
 }
 
 /// One h2load run's figures.
@@ -308,7 +318,7 @@ fn render(
     idle: &[(String, f64)],
 ) -> String {
     let opts = &o.base;
-    let mut md = String::from("# HTTP/2 benchmark (`cargo xtask bench h2`)\n\n");
+    let mut md = String::new();
     md.push_str(&format!(
         "h2load over TLS (ALPN h2) against each proxy's h2 frontend, the same nginx backend behind all three over HTTP/1.1 keep-alive; {} workers each; proxies on CPUs {}, h2load and the backend on {}; {} s runs, {} rounds alternating the systems (medians); shapes {}.\n\n",
         opts.workers.unwrap_or(1),
@@ -325,7 +335,7 @@ fn render(
     for (shape, rows) in tables {
         let ha = rows.iter().find(|r| r.name == "haproxy");
         md.push_str(&format!(
-            "## h2load -c{} -m{}\n\n| system | req/s | × HAProxy | p50 µs | p99 µs | p99 × HAProxy | CPU µs/req (user + kernel) | CPU × HAProxy | errors |\n|---|---|---|---|---|---|---|---|---|\n",
+            "### h2load -c{} -m{}\n\n| system | req/s | × HAProxy | p50 µs | p99 µs | p99 × HAProxy | CPU µs/req (user + kernel) | CPU × HAProxy | errors |\n|---|---|---|---|---|---|---|---|---|\n",
             shape.connections, shape.streams
         ));
         for r in rows {
@@ -349,7 +359,7 @@ fn render(
     }
     if !idle.is_empty() {
         md.push_str(&format!(
-            "## Memory per idle h2 connection ({} connections, one request each)\n\n| system | KiB |\n|---|---|\n",
+            "### Memory per idle h2 connection ({} connections, one request each)\n\n| system | KiB |\n|---|---|\n",
             o.idle_h2
         ));
         for (name, kib) in idle {

@@ -319,19 +319,38 @@ fn open_sample(
         |r: &openloop::Outcome| r.answered,
         || openloop::run(target, load),
     )?;
-    let q = |q: f64| r.hist.value_at_quantile(q) as f64;
-    Ok(Sample {
-        rps: r.rps(),
-        p50: q(0.5),
-        p99: q(0.99),
-        p999: q(0.999),
-        max: r.hist.max() as f64,
+    Ok(Sample::of_every_request(
+        r.rps(),
+        r.hist,
+        r.errors,
         split,
-        rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
-        errors: r.errors,
-        hist: r.hist,
-        connects_per_req: None,
-    })
+        s,
+    ))
+}
+
+impl Sample {
+    /// A run that recorded every request's latency in `hist`.
+    fn of_every_request(
+        rps: f64,
+        hist: Histogram<u64>,
+        errors: u64,
+        split: Option<Split>,
+        s: &systems::System,
+    ) -> Self {
+        let q = |q: f64| hist.value_at_quantile(q) as f64;
+        Sample {
+            rps,
+            p50: q(0.5),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: hist.max() as f64,
+            split,
+            rss_kib: s.pgid.map(|g| group_rss_kib(g) as f64),
+            errors,
+            hist,
+            connects_per_req: None,
+        }
+    }
 }
 
 fn rows(names: &[&str], samples: &BTreeMap<String, Vec<Sample>>) -> Result<Vec<Row>> {

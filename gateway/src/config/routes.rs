@@ -49,6 +49,8 @@ pub(super) struct RouteFile {
     pub(super) params: Vec<ParamFile>,
     #[serde(default)]
     pub(super) waf: Option<super::WafMode>,
+    #[serde(default)]
+    pub(super) grpc: Option<Spanned<bool>>,
 }
 
 /// How a route matches the path.
@@ -137,6 +139,10 @@ pub struct RouteSettings {
     pub waf: super::WafMode,
     /// The largest body its WAF reads whole (`[waf] max_body_bytes`).
     pub waf_body: u64,
+    /// gRPC: the call goes to the HTTP/2 upstream stream for stream, its
+    /// trailers relayed, `grpc-timeout` its deadline; the gateway's own
+    /// refusals are gRPC statuses.
+    pub grpc: bool,
 }
 
 impl RouteSettings {
@@ -191,6 +197,26 @@ pub(super) fn compile_full(
     route.cors = route_cors(i, r.cors.as_ref(), ctx.cors, invalid)?;
     route.waf = r.waf.unwrap_or(ctx.waf);
     route.waf_body = ctx.waf_body;
+    route.grpc = r.grpc.as_ref().is_some_and(|g| *g.get_ref());
+    let h2_upstream = ctx.upstreams[route.upstream].http2;
+    if route.grpc != h2_upstream {
+        let span = r.grpc.as_ref().map(|g| g.span());
+        let why = match route.grpc {
+            true => "a gRPC route needs an upstream with http2 = true",
+            false => {
+                "its upstream speaks HTTP/2 (http2 = true): only grpc = true routes may use it"
+            }
+        };
+        return Err(invalid(span, format!("routes[{i}].grpc"), why.into()));
+    }
+    if route.grpc && route.body_schema.is_some() {
+        let span = r.grpc.as_ref().map(|g| g.span());
+        return Err(invalid(
+            span,
+            format!("routes[{i}].grpc"),
+            "a gRPC route's body is protobuf messages: no body_schema (the WAF scans its head only)".into(),
+        ));
+    }
     if let Some(h) = &r.response_headers {
         route.response_headers = header_map(h.get_ref())
             .map_err(|e| invalid(Some(h.span()), format!("routes[{i}].response_headers"), e))?;
@@ -300,6 +326,7 @@ pub(super) fn compile_route(
         origin: None,
         waf: Default::default(),
         waf_body: DEFAULT_WAF_BODY,
+        grpc: false,
     })
 }
 

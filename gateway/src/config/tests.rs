@@ -214,3 +214,37 @@ fn routes_are_named_by_their_name_or_position() {
         "t.toml:12: routes[1].name: `a` is also the name of routes[0]"
     );
 }
+
+#[test]
+fn grpc_routes_and_http2_upstreams_go_together() {
+    let up = |extra: &str| {
+        format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"g\"\nservers = [\"127.0.0.1:1\"]\n{extra}"
+        )
+    };
+    let route = |extra: &str| {
+        format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"g\"\nauth = \"none\"\n{extra}")
+    };
+    let c = Config::parse(
+        &format!("{}{}", up("http2 = true\n"), route("grpc = true\n")),
+        "t.toml",
+    )
+    .expect("valid");
+    assert!(c.routes[0].grpc && c.upstreams[0].http2);
+    let e = err(&format!("{}{}", up(""), route("grpc = true\n")));
+    assert!(
+        e.contains("routes[0].grpc: a gRPC route needs an upstream with http2 = true"),
+        "{e}"
+    );
+    let e = err(&format!("{}{}", up("http2 = true\n"), route("")));
+    assert!(e.contains("only grpc = true routes may use it"), "{e}");
+    let e = err(&format!(
+        "{}{}",
+        up("http2 = true\n[upstreams.tls]\n"),
+        route("grpc = true\n")
+    ));
+    assert!(
+        e.contains("upstreams[0].http2: HTTP/2 to an upstream over TLS is not supported yet"),
+        "{e}"
+    );
+}

@@ -46,6 +46,8 @@ pub(super) struct UpstreamFile {
     pub(super) outlier: OutlierFile,
     #[serde(default)]
     pub(super) tls: Option<Spanned<UpstreamTlsFile>>,
+    #[serde(default)]
+    pub(super) http2: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +221,8 @@ pub struct UpstreamSettings {
     pub outlier: Outlier,
     /// TLS to the servers (plain HTTP/1.1 without it).
     pub tls: Option<UpstreamTls>,
+    /// Speaks HTTP/2 with prior knowledge (h2c): for `grpc` routes.
+    pub http2: bool,
 }
 
 /// Every `[[upstreams]]` entry, validated: unique names, servers, a bounded
@@ -306,7 +310,26 @@ pub(super) fn upstream_settings(
                 max_ejection_percent: *u.outlier.max_ejection_percent.get_ref(),
             },
             tls,
+            http2: u.http2.as_ref().is_some_and(|h| *h.get_ref()),
         });
+        if let Some(h) = u.http2.as_ref().filter(|h| *h.get_ref()) {
+            let why = if upstreams[i].tls.is_some() {
+                Some(
+                    "HTTP/2 to an upstream over TLS is not supported yet: h2c (cleartext, prior knowledge) only",
+                )
+            } else if upstreams[i].health_check.is_some() {
+                Some("an HTTP/2 upstream takes no health_check yet (the check speaks HTTP/1.1)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(invalid(
+                    Some(h.span()),
+                    format!("upstreams[{i}].http2"),
+                    why.into(),
+                ));
+            }
+        }
     }
     Ok(upstreams)
 }

@@ -18,6 +18,10 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
     if let Some(doc) = c.snap().routes[a.route].settings.serve.clone() {
         return docs::serve(c, a, &doc).await;
     }
+    if c.snap().routes[a.route].settings.grpc {
+        // Protobuf messages, streamed both ways: no body stage reads them.
+        return proxy::grpc::forward(c, a).await;
+    }
     let whole = judged_whole(c.snap(), a);
     let mut judge = h1::Judge::default();
     if whole.is_none() {

@@ -7,6 +7,7 @@
 pub mod check;
 mod checkout;
 pub mod connect;
+pub mod grpc;
 pub mod health;
 pub mod pool;
 pub mod request;

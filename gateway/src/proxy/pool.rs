@@ -286,6 +286,7 @@ mod tests {
                 max_ejection_percent: 10,
             },
             tls: None,
+            http2: false,
         }
     }
 

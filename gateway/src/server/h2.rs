@@ -220,6 +220,10 @@ fn start_stream(
         let respond = Rc::new(RefCell::new(Responder::new(respond)));
         let has_body = !body.is_end_stream();
         let head_request = parts.method == ::http::Method::HEAD;
+        let grpc = parts
+            .headers
+            .get(::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut head = Vec::new();
         let written = stream::write_request_head(&parts, has_body, &mut head);
         let chunked = matches!(written, Ok(true));
@@ -227,7 +231,7 @@ fn start_stream(
             Err(f) if f != stream::CONNECT => ::h2::Reason::PROTOCOL_ERROR,
             _ => ::h2::Reason::INTERNAL_ERROR,
         };
-        let io = StreamIo::new(respond.clone(), body, chunked, head_request, info);
+        let io = StreamIo::new(respond.clone(), body, chunked, head_request, grpc, info);
         let mut c = Conn::over(ClientIo::H2(io), peer, &w.shared.published);
         let work = async {
             match written {

@@ -211,6 +211,7 @@ fn base_route(o: &OpenApiFile) -> RouteFile {
         body_required: false,
         params: Vec::new(),
         waf: o.waf,
+        grpc: None,
     }
 }
 

@@ -409,6 +409,7 @@ mod tests {
                 max_ejection_percent: pct,
             },
             tls: None,
+            http2: false,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::{
         request::{HeadLimits, RequestHead},
     },
     respond::{self, Failure, Hint, reason_phrase},
-    session::conn::{Conn, ms},
+    session::conn::{ClientIo, Conn, ms},
     snapshot::Snapshot,
     tls::StreamError,
 };
@@ -44,6 +44,22 @@ pub async fn answer(
     let extras = &c.req.extras;
     let own = snap.filters.lines();
     let body: &[u8] = match answer {
+        // A gRPC call's refusal is a gRPC status: HTTP 200 and
+        // `grpc-status` in a trailers-only response (the HTTP/2 stream
+        // sends this head with END_STREAM, as its length is 0).
+        Answer::Failure(f) if matches!(&c.io, ClientIo::H2(s) if s.is_grpc()) => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: {}\r\ngrpc-message: {}\r\n",
+                crate::session::h2::grpc_status(f.status),
+                f.reason
+            );
+            for lines in [own, &extras.cors_lines] {
+                out.extend_from_slice(lines);
+            }
+            out.extend_from_slice(b"content-length: 0\r\n\r\n");
+            b""
+        }
         Answer::Failure(f) => {
             let hint = respond::hint_lines(f, &snap.challenge, &extras.limit_lines);
             let lines = [own, hint, &extras.cors_lines];

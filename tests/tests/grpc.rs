@@ -1,0 +1,205 @@
+//! gRPC through the gateway with a real gRPC server and client (PyPI
+//! `grpcio`, `tests/grpc/`): unary, server streaming, client streaming and
+//! bidi calls relayed with their trailers; a refused call answered the gRPC
+//! way and never reaching the server; `grpc-timeout` honoured by the
+//! gateway; an upstream that dies mid-stream ending the call UNAVAILABLE.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use gateway_tests::{
+    h2::{self, Raw, frame},
+    harness::{Keyed, TempDir, free_port, setup_keyed, wait_until},
+};
+
+/// The gRPC server, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scripts() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/grpc"))
+}
+
+fn start_server(port: u16, log: &Path) -> Server {
+    let child = Command::new("python3")
+        .arg(scripts().join("server.py"))
+        .arg(port.to_string())
+        .arg(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3 runs the gRPC server (pip install grpcio)");
+    wait_until("the gRPC server listens", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Server(child)
+}
+
+/// One call through the gateway: (status code name, details, replies).
+fn call(port: u16, ca: &Path, which: &str, key: Option<&str>) -> (String, String, Vec<String>) {
+    let meta = match key {
+        Some(k) => format!("{{\"x-api-key\":\"{k}\"}}"),
+        None => "{}".into(),
+    };
+    let out = Command::new("python3")
+        .arg(scripts().join("client.py"))
+        .arg(port.to_string())
+        .arg(ca)
+        .arg(which)
+        .arg(meta)
+        .output()
+        .expect("python3 runs the gRPC client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{which}: {e}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let replies = v["replies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (s("code"), s("details"), replies)
+}
+
+/// The calls the server saw, by method.
+fn seen(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn setup(tag: &str, grpc_port: u16) -> Keyed {
+    let routes = format!(
+        r#"
+[[upstreams]]
+name = "grpc"
+servers = ["127.0.0.1:{grpc_port}"]
+http2 = true
+
+[[routes]]
+path_prefix = "/test.Echo/"
+upstream = "grpc"
+auth = ["api_key"]
+grpc = true
+"#
+    );
+    setup_keyed(tag, &routes, "")
+}
+
+#[test]
+fn calls_of_every_kind_are_relayed_with_their_trailers_and_a_refused_one_never_arrives() {
+    let dir = TempDir::new("grpc-calls");
+    let log = dir.0.join("calls.jsonl");
+    let port = free_port();
+    let _server = start_server(port, &log);
+    let Keyed { s, key, .. } = setup("grpc-calls", port);
+    let ca = &s.certs.ca_pem;
+    let gw = s.gw.port;
+    let ok = |replies: &[&str]| {
+        (
+            "OK".to_owned(),
+            String::new(),
+            replies.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(call(gw, ca, "unary", Some(&key)), ok(&["echo:hi"]));
+    assert_eq!(
+        call(gw, ca, "count", Some(&key)),
+        ok(&["0", "1", "2", "3", "4"])
+    );
+    assert_eq!(call(gw, ca, "join", Some(&key)), ok(&["a+b+c"]));
+    assert_eq!(call(gw, ca, "chat", Some(&key)), ok(&["re:x", "re:y"]));
+    // Refused by the gateway, the gRPC way: UNAUTHENTICATED with the reason.
+    let (code, details, _) = call(gw, ca, "unary", None);
+    assert_eq!(
+        (code.as_str(), details.as_str()),
+        ("UNAUTHENTICATED", "auth.missing")
+    );
+    let (code, details, _) = call(gw, ca, "unary", Some("gwk_forged"));
+    assert_eq!(
+        (code.as_str(), details.as_str()),
+        ("UNAUTHENTICATED", "auth.invalid_key")
+    );
+    let calls = seen(&log);
+    let methods: Vec<&str> = calls.iter().filter_map(|c| c["method"].as_str()).collect();
+    assert_eq!(methods, ["Unary", "Count", "Join", "Chat"], "{calls:?}");
+    // What the server saw is what the gateway proved: the consumer, the
+    // client's address; never the key.
+    for c in &calls {
+        let m = &c["metadata"];
+        assert_eq!(m["x-consumer-id"], "alice", "{c}");
+        assert_eq!(m["x-forwarded-for"], "127.0.0.1", "{c}");
+        assert!(m.get("x-api-key").is_none(), "{c}");
+    }
+    // A gRPC route over HTTP/1.1 is refused.
+    let r = s.get("/test.Echo/Unary", &format!("x-api-key: {key}\r\n"));
+    assert_eq!(r.status, 400);
+    assert_eq!(seen(&log).len(), 4);
+}
+
+#[test]
+fn the_gateway_ends_a_call_at_its_grpc_timeout_and_when_the_upstream_dies() {
+    let dir = TempDir::new("grpc-deadline");
+    let log = dir.0.join("calls.jsonl");
+    let port = free_port();
+    let _server = start_server(port, &log);
+    let Keyed { s, key, .. } = setup("grpc-deadline", port);
+    // grpc-timeout 300 ms on a method that answers after 3 s: the gateway
+    // ends the call (raw frames, so no client deadline races it).
+    let mut raw = Raw::connect(s.gw.port, &s.certs.ca).expect("h2 connect");
+    let fields: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b":path", b"/test.Echo/Slow"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"grpc-timeout", b"300m"),
+        (b"x-api-key", key.as_bytes()),
+    ];
+    let started = Instant::now();
+    raw.headers(1, &fields, false).expect("headers");
+    // One empty message: the 5-byte gRPC prefix.
+    raw.send(&frame(h2::DATA, h2::END_STREAM, 1, &[0, 0, 0, 0, 0]))
+        .expect("data");
+    let mut frames = Vec::new();
+    let end = raw
+        .until(Duration::from_secs(5), &mut frames, |f| {
+            f.stream == 1 && f.kind == h2::HEADERS && f.flags & h2::END_STREAM != 0
+        })
+        .unwrap_or_else(|| panic!("the call did not end: {frames:?}"));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+        "ended after {took:?}: {end:?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.kind == h2::DATA && f.stream == 1),
+        "the late answer reached the client: {frames:?}"
+    );
+    // An upstream that dies after two messages: the client has them, then
+    // UNAVAILABLE.
+    let (code, details, replies) = call(s.gw.port, &s.certs.ca_pem, "die", Some(&key));
+    assert_eq!(replies, ["one", "two"]);
+    assert_eq!(
+        (code.as_str(), details.as_str()),
+        ("UNAVAILABLE", "upstream.closed")
+    );
+}

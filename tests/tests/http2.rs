@@ -600,3 +600,33 @@ fn streams_reset_soon_after_they_start_close_the_connection_once_they_are_most()
             .unwrap_or_else(|| panic!("{:?}", s.gw.proc.seen));
     assert!(line.contains("of its 40 streams"), "{line}");
 }
+
+#[test]
+fn an_idle_h2_connection_does_not_hold_a_stop_for_the_grace_period() {
+    // The tests' grace is 5 s; an idle client that never answers the
+    // graceful shutdown's PING must not keep the gateway that long.
+    let mut s = gateway("h2-stop", "", "");
+    let mut raw = Raw::connect(s.gw.port, &s.certs.ca).expect("h2 connect");
+    raw.headers(1, &h2::request("GET", "/before", &[]), true)
+        .expect("send");
+    let mut seen = Vec::new();
+    raw.until(Duration::from_secs(5), &mut seen, |f| f.kind == h2::HEADERS)
+        .expect("answered");
+    let t = Instant::now();
+    let status =
+        s.gw.proc
+            .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(8))
+            .expect("the gateway stops");
+    assert!(status.success(), "{status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stopping took {:?} with an idle h2 connection open",
+        t.elapsed()
+    );
+    // The client was told: GOAWAY with NO_ERROR naming the stream served.
+    let goaway = raw
+        .until(Duration::from_secs(2), &mut seen, |f| f.kind == h2::GOAWAY)
+        .unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
+    assert_eq!(goaway.error_code(), Some(0));
+    assert_eq!(goaway.payload[..4], 1u32.to_be_bytes());
+}

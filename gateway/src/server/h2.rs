@@ -151,8 +151,15 @@ pub async fn serve(w: Rc<Worker>, tls: TlsStream, peer: SocketAddr) {
                     limits.idle_timeout_ms
                 });
                 if !closing && (w.stopping() || (open == 0 && idle_for >= idle_limit)) {
-                    // GOAWAY: streams in flight finish, no new ones start.
-                    conn.graceful_shutdown();
+                    if open == 0 {
+                        // Nothing in flight: GOAWAY naming the last stream
+                        // served, and close now (a client that never
+                        // answers the graceful PING cannot hold a stop).
+                        conn.abrupt_shutdown(::h2::Reason::NO_ERROR);
+                    } else {
+                        // Streams in flight finish, no new ones start.
+                        conn.graceful_shutdown();
+                    }
                     closing = true;
                 }
                 if let Some(sent) = ping_sent {

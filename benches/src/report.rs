@@ -97,6 +97,8 @@ pub fn all(opts: Opts) -> Result<()> {
                 vec!["64:10".into(), "256:1".into()]
             },
             idle_h2: if r { 100 } else { 1000 },
+            // Its rows need python3 with grpcio, which the full report does not require.
+            no_grpc: true,
         })?;
         std::fs::create_dir_all(opts.out.join("hgrm"))?;
         let mut md = h2.md;

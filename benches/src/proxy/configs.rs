@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{BACKEND_PORT, BACKEND_STATUS_PORT, BACKEND_TLS_PORT, Opts, PORTS, wrk};
+use super::{BACKEND_PORT, BACKEND_STATUS_PORT, BACKEND_TLS_PORT, GRPC_PORT, Opts, PORTS, wrk};
 
 /// The files written, and what the clients need to send.
 pub struct Files {
@@ -270,6 +270,15 @@ http {{
         ),
     )?;
 
+    // The gRPC scenario (`bench h2`), on this build's gateway only (a
+    // baseline build may not know `grpc`): its route before the catch-all.
+    let text = std::fs::read_to_string(&gw_conf)?.replace(
+        "[[routes]]\nupstream = \"backend\"\nauth = \"none\"",
+        "[[routes]]\npath_prefix = \"/test.Echo/\"\nupstream = \"grpc\"\nauth = \"none\"\ngrpc = true\n[[routes]]\nupstream = \"backend\"\nauth = \"none\"",
+    ) + &format!(
+        "[[upstreams]]\nname = \"grpc\"\nservers = [\"127.0.0.1:{GRPC_PORT}\"]\nhttp2 = true\n"
+    );
+    std::fs::write(&gw_conf, text)?;
     Ok(Files {
         lua,
         post_lua,

@@ -36,6 +36,9 @@ pub struct H2Opts {
     /// costs (0: leave it out).
     #[arg(long, default_value_t = 1000)]
     pub idle_h2: usize,
+    /// Leave out the gRPC unary rows (they need python3 with grpcio).
+    #[arg(long)]
+    pub no_grpc: bool,
 }
 
 /// One h2load shape.
@@ -121,7 +124,7 @@ pub fn measure(mut o: H2Opts) -> Result<Measured> {
     let mut tables = Vec::new();
     for shape in &shapes {
         for s in &systems {
-            let r = h2load(shape, opts.warmup.max(1), &s.closed.url, opts, &work)?;
+            let r = h2load(shape, opts.warmup.max(1), &s.closed.url, &[], opts, &work)?;
             if r.requests == 0 || r.errors > 0 {
                 bail!(
                     "{}: h2 warm-up failed ({} errors, {} answered)",
@@ -140,7 +143,7 @@ pub fn measure(mut o: H2Opts) -> Result<Measured> {
                 let (r, split) = charged(
                     s.pgid,
                     |r: &Run| r.requests,
-                    || h2load(shape, opts.duration, &s.closed.url, opts, &work),
+                    || h2load(shape, opts.duration, &s.closed.url, &[], opts, &work),
                 )?;
                 let sample = Sample::of_every_request(r.rps, r.hist, r.errors, split, s);
                 super::log_sample(
@@ -155,8 +158,15 @@ pub fn measure(mut o: H2Opts) -> Result<Measured> {
         let names: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
         tables.push((*shape, rows(&names, &samples)?));
     }
+    let grpc = match o.no_grpc {
+        true => None,
+        false => Some(grpc_rows(&systems, opts, &work)?),
+    };
     drop(prepared);
-    let md = render(&o, &shapes, &tables, &idle);
+    let mut md = render(&o, &shapes, &tables, &idle);
+    if let Some(g) = grpc {
+        md.push_str(&g);
+    }
     Ok(Measured {
         tables: tables
             .into_iter()
@@ -165,6 +175,103 @@ pub fn measure(mut o: H2Opts) -> Result<Measured> {
         md,
     })
 }
+
+/// gRPC unary calls (h2load posting one gRPC message, `-c16 -m1`) to the
+/// grpcio server directly and through the gateway, alternating: the
+/// gateway's added latency and its CPU per call.
+fn grpc_rows(systems: &[&systems::System], opts: &Opts, work: &Path) -> Result<String> {
+    let Some(gw) = systems.iter().find(|s| s.name == "gateway") else {
+        return Ok(String::new());
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/grpc/server.py");
+    let mut server = Command::new("python3");
+    if let Some(c) = &opts.load_cpus {
+        server = Command::new("taskset");
+        server.args(["-c", c, "python3"]);
+    }
+    let mut child = server
+        .arg(&script)
+        .arg(super::GRPC_PORT.to_string())
+        .arg("/dev/null")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the gRPC server (python3 with grpcio)")?;
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", super::GRPC_PORT)).is_err() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            bail!("the gRPC server (tests/grpc/server.py) did not start: is grpcio installed?");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One gRPC message: flag, length, payload.
+    let msg = work.join("grpc-msg.bin");
+    std::fs::write(&msg, b"\x00\x00\x00\x00\x02hi")?;
+    let msg = msg.display().to_string();
+    let extra = [
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-d",
+        msg.as_str(),
+    ];
+    let shape = Shape {
+        connections: 16,
+        streams: 1,
+    };
+    let direct = format!("http://127.0.0.1:{}/test.Echo/Unary", super::GRPC_PORT);
+    let via = gw.closed.url.trim_end_matches('/').to_owned() + "/test.Echo/Unary";
+    let outcome = (|| -> Result<String> {
+        h2load(&shape, opts.warmup.max(1), &via, &extra, opts, work)?;
+        let mut runs: BTreeMap<&str, Vec<Charged>> = BTreeMap::new();
+        for round in 0..opts.rounds {
+            let mut order = [
+                ("direct", direct.as_str(), None),
+                ("gateway", via.as_str(), gw.pgid),
+            ];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (name, url, pgid) in order {
+                let r = charged(
+                    pgid,
+                    |r: &Run| r.requests,
+                    || h2load(&shape, opts.duration, url, &extra, opts, work),
+                )?;
+                runs.entry(name).or_default().push(r);
+            }
+        }
+        let med = |name: &str, f: &dyn Fn(&Charged) -> f64| {
+            crate::cpu::median(
+                runs.get(name)
+                    .map_or(Vec::new(), |v| v.iter().map(f).collect()),
+            )
+        };
+        let q = |q: f64| move |r: &Charged| r.0.hist.value_at_quantile(q) as f64;
+        let rps = |r: &Charged| r.0.rps;
+        let cpu = |r: &Charged| r.1.map_or(f64::NAN, |s| s.user + s.system);
+        let errors: u64 = runs.values().flatten().map(|r| r.0.errors).sum();
+        Ok(format!(
+            "\n### gRPC unary calls (h2load -c16 -m1, one message each, to a grpcio server)\n\n| path | calls/s | p50 µs | p99 µs | gateway CPU µs/call |\n|---|---|---|---|---|\n| direct (h2c) | {:.0} | {:.0} | {:.0} | - |\n| through the gateway (TLS, every head stage) | {:.0} | {:.0} | {:.0} | {:.1} |\n\nThe gateway adds {:.0} µs at p50 and {:.0} µs at p99; errors: {errors}.\n",
+            med("direct", &rps),
+            med("direct", &q(0.5)),
+            med("direct", &q(0.99)),
+            med("gateway", &rps),
+            med("gateway", &q(0.5)),
+            med("gateway", &q(0.99)),
+            med("gateway", &cpu),
+            med("gateway", &q(0.5)) - med("direct", &q(0.5)),
+            med("gateway", &q(0.99)) - med("direct", &q(0.99)),
+        ))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}
+
+/// An h2load run and the CPU charged to it.
+type Charged = (Run, Option<super::Split>);
 
 /// One h2load run's figures.
 struct Run {
@@ -175,7 +282,14 @@ struct Run {
 }
 
 /// Runs h2load for `secs` on `url`; every request's time from its log.
-fn h2load(shape: &Shape, secs: u64, url: &str, opts: &Opts, work: &Path) -> Result<Run> {
+fn h2load(
+    shape: &Shape,
+    secs: u64,
+    url: &str,
+    extra: &[&str],
+    opts: &Opts,
+    work: &Path,
+) -> Result<Run> {
     let log = work.join("h2load.log");
     let _ = std::fs::remove_file(&log);
     let mut cmd = match &opts.load_cpus {
@@ -192,6 +306,7 @@ fn h2load(shape: &Shape, secs: u64, url: &str, opts: &Opts, work: &Path) -> Resu
         .args(["-D", &secs.to_string()])
         .arg("--log-file")
         .arg(&log)
+        .args(extra)
         .arg(url);
     let out = cmd.output().context("running h2load")?;
     let text = String::from_utf8_lossy(&out.stdout);

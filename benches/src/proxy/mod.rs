@@ -107,6 +107,8 @@ pub struct Opts {
 const BACKEND_PORT: u16 = 18080;
 /// The backend over TLS, for the gateway's upstream-TLS row.
 const BACKEND_TLS_PORT: u16 = 18081;
+/// The gRPC server (`tests/grpc/server.py`) of `bench h2`'s gRPC rows.
+const GRPC_PORT: u16 = 18650;
 /// The backend nginx's `stub_status`: connections it accepted.
 const BACKEND_STATUS_PORT: u16 = 18082;
 

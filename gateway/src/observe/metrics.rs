@@ -6,6 +6,9 @@
 //! 500 ms it adds its tally into its own slot of [`Board`] (a mutex only it
 //! and a scrape ever take) and starts afresh; a scrape merges the slots.
 //! So a figure is at most half a second old.
+//!
+//! One file on purpose: a new metric touches the tally, its merge, its
+//! reset and the exposition table, which are read side by side here.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -213,3 +213,15 @@ pub fn group_rss_kib(pgid: u32) -> u64 {
         })
         .sum()
 }
+
+/// `program`, run on `cpus` (taskset syntax) when a CPU list is given.
+pub fn pinned(cpus: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    match cpus {
+        Some(c) => {
+            let mut t = std::process::Command::new("taskset");
+            t.arg("-c").arg(c).arg(program);
+            t
+        }
+        None => std::process::Command::new(program),
+    }
+}

@@ -12,7 +12,6 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::Path,
-    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -184,12 +183,7 @@ fn grpc_rows(systems: &[&systems::System], opts: &Opts, work: &Path) -> Result<S
         return Ok(String::new());
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/grpc/server.py");
-    let mut server = Command::new("python3");
-    if let Some(c) = &opts.load_cpus {
-        server = Command::new("taskset");
-        server.args(["-c", c, "python3"]);
-    }
-    let mut child = server
+    let mut child = crate::cpu::pinned(opts.load_cpus.as_deref(), "python3")
         .arg(&script)
         .arg(super::GRPC_PORT.to_string())
         .arg("/dev/null")
@@ -292,14 +286,7 @@ fn h2load(
 ) -> Result<Run> {
     let log = work.join("h2load.log");
     let _ = std::fs::remove_file(&log);
-    let mut cmd = match &opts.load_cpus {
-        Some(c) => {
-            let mut t = Command::new("taskset");
-            t.arg("-c").arg(c).arg("h2load");
-            t
-        }
-        None => Command::new("h2load"),
-    };
+    let mut cmd = crate::cpu::pinned(opts.load_cpus.as_deref(), "h2load");
     cmd.args(["-t", &opts.threads.to_string()])
         .args(["-c", &shape.connections.to_string()])
         .args(["-m", &shape.streams.to_string()])

@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -35,14 +35,7 @@ fn spawn(
     args: &[&str],
     log: &Path,
 ) -> Result<Proc> {
-    let mut cmd = match cpus {
-        Some(c) => {
-            let mut t = Command::new("taskset");
-            t.arg("-c").arg(c).arg(program);
-            t
-        }
-        None => Command::new(program),
-    };
+    let mut cmd = crate::cpu::pinned(cpus, program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log)?)

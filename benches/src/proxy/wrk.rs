@@ -66,14 +66,7 @@ pub struct Run {
 
 /// The wrk command for `target`, as run and as reported.
 pub fn command(shape: &Shape, target: &Target) -> Command {
-    let mut cmd = match &shape.cpus {
-        Some(c) => {
-            let mut t = Command::new("taskset");
-            t.arg("-c").arg(c).arg("wrk");
-            t
-        }
-        None => Command::new("wrk"),
-    };
+    let mut cmd = crate::cpu::pinned(shape.cpus.as_deref(), "wrk");
     cmd.args(["-t", &shape.threads.to_string()])
         .args(["-c", &shape.connections.to_string()])
         .args([

@@ -68,17 +68,6 @@ impl TlsIo {
         }
     }
 
-    /// The stream, to close it (an operation still in flight completes on
-    /// its own: tokio-uring keeps its buffer until then).
-    pub fn into_inner(self) -> TlsStream {
-        self.tls
-    }
-
-    /// The stream, for what it tells (its descriptor, version, SNI).
-    pub fn get_ref(&self) -> &TlsStream {
-        &self.tls
-    }
-
     /// Starts a socket read into a pooled buffer.
     fn start_read(&mut self) {
         let tcp = self.tls.tcp.clone();

@@ -6,16 +6,21 @@ replies), Join (client streaming: the requests joined), Chat (bidi: each
 request echoed), Slow (sleeps 3 s), Die (two replies, then the process
 exits: an upstream that dies mid-stream). Every call's method and metadata
 is appended to LOG as one JSON line, so a test can show what reached it.
+It also serves the standard gRPC health service (PyPI
+grpcio-health-checking): `test.Echo` and the whole server are SERVING,
+or NOT_SERVING while a file LOG.down exists.
 
-usage: server.py PORT LOG
+usage: server.py PORT LOG [CERT KEY]   (with CERT and KEY: over TLS)
 """
 import json
 import os
 import sys
+import threading
 import time
 from concurrent import futures
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 port, log_path = int(sys.argv[1]), sys.argv[2]
 
@@ -72,7 +77,29 @@ handlers = {
 }
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
-server.add_insecure_port(f"127.0.0.1:{port}")
+checks = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+
+
+def follow_down_file():
+    while True:
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if os.path.exists(log_path + ".down")
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        for service in ("", "test.Echo"):
+            checks.set(service, status)
+        time.sleep(0.05)
+
+
+threading.Thread(target=follow_down_file, daemon=True).start()
+if len(sys.argv) > 4:
+    with open(sys.argv[3], "rb") as c, open(sys.argv[4], "rb") as k:
+        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+    server.add_secure_port(f"127.0.0.1:{port}", creds)
+else:
+    server.add_insecure_port(f"127.0.0.1:{port}")
 server.start()
 print("serving", flush=True)
 server.wait_for_termination(timeout=120)

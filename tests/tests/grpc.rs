@@ -2,7 +2,9 @@
 //! `grpcio`, `tests/grpc/`): unary, server streaming, client streaming and
 //! bidi calls relayed with their trailers; a refused call answered the gRPC
 //! way and never reaching the server; `grpc-timeout` honoured by the
-//! gateway; an upstream that dies mid-stream ending the call UNAVAILABLE.
+//! gateway; an upstream that dies mid-stream ending the call UNAVAILABLE;
+//! upstreams over TLS (verified, `h2` in ALPN) and the gRPC health check
+//! taking a server out and bringing it back.
 
 use std::{
     path::Path,
@@ -12,7 +14,7 @@ use std::{
 
 use gateway_tests::{
     h2::{self, Raw, frame},
-    harness::{Keyed, TempDir, free_port, setup_keyed, wait_until},
+    harness::{Certs, Keyed, TempDir, free_port, setup_keyed, wait_until},
 };
 
 /// The gRPC server, killed on drop.
@@ -30,10 +32,16 @@ fn scripts() -> &'static Path {
 }
 
 fn start_server(port: u16, log: &Path) -> Server {
+    start_server_with(port, log, &[])
+}
+
+/// The server, over TLS with `tls` (certificate and key files) when given.
+fn start_server_with(port: u16, log: &Path, tls: &[&Path]) -> Server {
     let child = Command::new("python3")
         .arg(scripts().join("server.py"))
         .arg(port.to_string())
         .arg(log)
+        .args(tls)
         .stdout(Stdio::null())
         .spawn()
         .expect("python3 runs the gRPC server (pip install grpcio)");
@@ -202,4 +210,130 @@ fn the_gateway_ends_a_call_at_its_grpc_timeout_and_when_the_upstream_dies() {
         (code.as_str(), details.as_str()),
         ("UNAVAILABLE", "upstream.closed")
     );
+}
+
+/// The gateway's count of `upstream`'s health checks of 127.0.0.1:`port`
+/// with `result` (pass or fail).
+fn checks(s: &gateway_tests::harness::Setup, port: u16, result: &str) -> u64 {
+    let want = format!(
+        "gateway_upstream_health_checks_total{{upstream=\"grpc\",server=\"127.0.0.1:{port}\",result=\"{result}\"}} "
+    );
+    s.gw.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str())?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn tls_upstreams_are_verified_and_the_grpc_health_check_takes_servers_out_and_back() {
+    let dir = TempDir::new("grpc-tls");
+    let certs = Certs::issue(&dir.0, &["backend.test"]);
+    let (_, cert, tls_key) = &certs.files[0];
+    let (log_a, log_b) = (dir.0.join("a.jsonl"), dir.0.join("b.jsonl"));
+    let pa = free_port();
+    let pb = std::iter::repeat_with(free_port)
+        .find(|p| *p != pa)
+        .expect("a port");
+    let _a = start_server_with(pa, &log_a, &[cert, tls_key]);
+    let _b = start_server_with(pb, &log_b, &[cert, tls_key]);
+    let ca = certs.ca_pem.display();
+    // Join goes to an upstream whose expected name the certificate does
+    // not carry: its calls must never reach the server.
+    let routes = format!(
+        r#"
+[[upstreams]]
+name = "grpc"
+servers = ["127.0.0.1:{pa}", "127.0.0.1:{pb}"]
+http2 = true
+[upstreams.tls]
+ca_file = "{ca}"
+server_name = "backend.test"
+[upstreams.health_check]
+grpc_service = "test.Echo"
+interval_ms = 200
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[[upstreams]]
+name = "misnamed"
+servers = ["127.0.0.1:{pa}"]
+http2 = true
+[upstreams.tls]
+ca_file = "{ca}"
+server_name = "elsewhere.test"
+
+[[routes]]
+path = "/test.Echo/Join"
+upstream = "misnamed"
+auth = ["api_key"]
+grpc = true
+
+[[routes]]
+path_prefix = "/test.Echo/"
+upstream = "grpc"
+auth = ["api_key"]
+grpc = true
+"#
+    );
+    let Keyed { s, key, .. } = setup_keyed("grpc-tls", &routes, "");
+    let (gw, client_ca) = (s.gw.port, &s.certs.ca_pem);
+    wait_until("both servers pass a check", Duration::from_secs(10), || {
+        checks(&s, pa, "pass") > 0 && checks(&s, pb, "pass") > 0
+    });
+    let unary = || call(gw, client_ca, "unary", Some(&key));
+    let ok = ("OK".to_owned(), String::new(), vec!["echo:hi".to_owned()]);
+    for _ in 0..4 {
+        assert_eq!(unary(), ok);
+    }
+    assert_eq!(
+        call(gw, client_ca, "chat", Some(&key)).2,
+        ["re:x", "re:y"],
+        "bidi over TLS"
+    );
+    let calls = |log: &Path| seen(log).len();
+    assert_eq!(calls(&log_a) + calls(&log_b), 5);
+    // The misnamed hop fails its handshake: UNAVAILABLE, nothing sent.
+    let (code, details, _) = call(gw, client_ca, "join", Some(&key));
+    assert_eq!(
+        (code.as_str(), details.as_str()),
+        ("UNAVAILABLE", "upstream.tls")
+    );
+    assert!(
+        !seen(&log_a)
+            .iter()
+            .chain(&seen(&log_b))
+            .any(|c| c["method"] == "Join"),
+        "a call crossed a hop that failed verification"
+    );
+    // A says NOT_SERVING: the check takes it out, every call goes to B.
+    std::fs::write(dir.0.join("a.jsonl.down"), "").expect("down file");
+    let failed_before = checks(&s, pa, "fail");
+    wait_until("A's check fails", Duration::from_secs(10), || {
+        checks(&s, pa, "fail") > failed_before
+    });
+    let (a_before, b_before) = (calls(&log_a), calls(&log_b));
+    for _ in 0..4 {
+        assert_eq!(unary(), ok);
+    }
+    assert_eq!(calls(&log_a), a_before, "a server taken out got calls");
+    assert_eq!(calls(&log_b), b_before + 4);
+    // Both out: the gateway answers UNAVAILABLE itself.
+    std::fs::write(dir.0.join("b.jsonl.down"), "").expect("down file");
+    let failed_before = checks(&s, pb, "fail");
+    wait_until("B's check fails", Duration::from_secs(10), || {
+        checks(&s, pb, "fail") > failed_before
+    });
+    let (code, details, _) = unary();
+    assert_eq!(
+        (code.as_str(), details.as_str()),
+        ("UNAVAILABLE", "upstream.unavailable")
+    );
+    // Serving again: back in.
+    std::fs::remove_file(dir.0.join("a.jsonl.down")).expect("up again");
+    let passed_before = checks(&s, pa, "pass");
+    wait_until("A passes again", Duration::from_secs(10), || {
+        checks(&s, pa, "pass") > passed_before
+    });
+    assert_eq!(unary(), ok);
+    assert_eq!(calls(&log_a), a_before + 1);
 }

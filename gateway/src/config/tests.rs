@@ -238,13 +238,63 @@ fn grpc_routes_and_http2_upstreams_go_together() {
     );
     let e = err(&format!("{}{}", up("http2 = true\n"), route("")));
     assert!(e.contains("only grpc = true routes may use it"), "{e}");
-    let e = err(&format!(
-        "{}{}",
-        up("http2 = true\n[upstreams.tls]\n"),
-        route("grpc = true\n")
-    ));
-    assert!(
-        e.contains("upstreams[0].http2: HTTP/2 to an upstream over TLS is not supported yet"),
-        "{e}"
-    );
+    // Over TLS (h2 in ALPN), checked with the gRPC health protocol.
+    let c = Config::parse(
+        &format!(
+            "{}{}",
+            up(
+                "http2 = true\n[upstreams.tls]\nserver_name = \"g.internal\"\n\
+                [upstreams.health_check]\ngrpc_service = \"test.Echo\"\n"
+            ),
+            route("grpc = true\n")
+        ),
+        "t.toml",
+    )
+    .expect("valid");
+    let check = c.upstreams[0].health_check.as_ref().expect("a check");
+    assert_eq!(check.grpc_service.as_deref(), Some("test.Echo"));
+    assert_eq!(check.path, "/grpc.health.v1.Health/Check");
+    assert!(c.upstreams[0].tls.is_some());
+    // Without grpc_service: the whole server.
+    let c = Config::parse(
+        &format!(
+            "{}{}",
+            up("http2 = true\n[upstreams.health_check]\ninterval_ms = 500\n"),
+            route("grpc = true\n")
+        ),
+        "t.toml",
+    )
+    .expect("valid");
+    let check = c.upstreams[0].health_check.as_ref().expect("a check");
+    assert_eq!(check.grpc_service.as_deref(), Some(""));
+    for (extra, why) in [
+        (
+            "http2 = true\n[upstreams.health_check]\npath = \"/healthz\"\n",
+            "health_check.path: an HTTP/2 upstream is checked with the gRPC health protocol",
+        ),
+        (
+            "http2 = true\n[upstreams.health_check]\nexpect_status = [200]\n",
+            "health_check.expect_status: a gRPC health check passes on SERVING",
+        ),
+        (
+            "[upstreams.health_check]\npath = \"/h\"\ngrpc_service = \"x\"\n",
+            "health_check.grpc_service: the gRPC health protocol is spoken to HTTP/2 upstreams only",
+        ),
+        (
+            "[upstreams.health_check]\ninterval_ms = 500\n",
+            "health_check.path: the path to GET",
+        ),
+        (
+            "http2 = true\n[upstreams.health_check]\ngrpc_service = \"a\\nb\"\n",
+            "health_check.grpc_service: a service name",
+        ),
+    ] {
+        let r = if extra.starts_with("http2") {
+            route("grpc = true\n")
+        } else {
+            route("")
+        };
+        let e = err(&format!("{}{r}", up(extra)));
+        assert!(e.contains(why), "{extra}: {e}");
+    }
 }

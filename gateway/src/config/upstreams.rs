@@ -79,7 +79,10 @@ pub struct UpstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HealthCheckFile {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    grpc_service: Option<String>,
     #[serde(default = "default_check_interval")]
     interval_ms: u64,
     #[serde(default)]
@@ -88,8 +91,8 @@ pub(super) struct HealthCheckFile {
     healthy_threshold: u32,
     #[serde(default = "default_unhealthy")]
     unhealthy_threshold: u32,
-    #[serde(default = "default_expect")]
-    expect_status: Vec<u16>,
+    #[serde(default)]
+    expect_status: Option<Vec<u16>>,
     #[serde(default)]
     host: Option<String>,
 }
@@ -135,8 +138,12 @@ fn default_expect() -> Vec<u16> {
 /// of the upstream on its own, to know a server is down before a client does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
-    /// The path asked for (`GET`).
+    /// The path asked for (`GET`; on an HTTP/2 upstream, the gRPC health
+    /// service's method, for the logs).
     pub path: String,
+    /// On an HTTP/2 upstream, the service asked about with the gRPC health
+    /// protocol (`grpc.health.v1.Health/Check`; empty: the whole server).
+    pub grpc_service: Option<String>,
     /// Time between two checks of one server.
     pub interval_ms: u64,
     /// How long a check may take (connect to the end of the status line).
@@ -145,7 +152,7 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Failing checks in a row that take a server out.
     pub unhealthy_threshold: u32,
-    /// Statuses that pass.
+    /// Statuses that pass (HTTP/1.1 checks).
     pub expect_status: Vec<u16>,
     /// The `Host` sent (default: the server's address).
     pub host: Option<String>,
@@ -284,7 +291,14 @@ pub(super) fn upstream_settings(
         let health_check = u
             .health_check
             .as_ref()
-            .map(|h| health_check(i, h, invalid))
+            .map(|h| {
+                health_check(
+                    i,
+                    h,
+                    u.http2.as_ref().is_some_and(|h| *h.get_ref()),
+                    invalid,
+                )
+            })
             .transpose()?;
         let tls = u
             .tls
@@ -312,43 +326,69 @@ pub(super) fn upstream_settings(
             tls,
             http2: u.http2.as_ref().is_some_and(|h| *h.get_ref()),
         });
-        if let Some(h) = u.http2.as_ref().filter(|h| *h.get_ref()) {
-            let why = if upstreams[i].tls.is_some() {
-                Some(
-                    "HTTP/2 to an upstream over TLS is not supported yet: h2c (cleartext, prior knowledge) only",
-                )
-            } else if upstreams[i].health_check.is_some() {
-                Some("an HTTP/2 upstream takes no health_check yet (the check speaks HTTP/1.1)")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(invalid(
-                    Some(h.span()),
-                    format!("upstreams[{i}].http2"),
-                    why.into(),
-                ));
-            }
-        }
     }
     Ok(upstreams)
 }
 
 /// One `[upstreams.health_check]`, validated.
+/// On an HTTP/2 upstream the check speaks the gRPC health protocol
+/// (`http2`), which has no path or status of its own to choose.
 fn health_check(
     i: usize,
     h: &Spanned<HealthCheckFile>,
+    http2: bool,
     invalid: &Invalid<'_>,
 ) -> Result<HealthCheck, ConfigError> {
     let at = |what: &str| format!("upstreams[{i}].health_check.{what}");
     let bad = |what: &str, why: &str| Err(invalid(Some(h.span()), at(what), why.to_owned()));
     let f = h.get_ref();
-    if !f.path.starts_with('/') || f.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    let (path, grpc_service) = match (http2, &f.path, &f.grpc_service) {
+        (true, Some(_), _) => {
+            return bad(
+                "path",
+                "an HTTP/2 upstream is checked with the gRPC health protocol \
+                 (/grpc.health.v1.Health/Check): name the service with grpc_service \
+                 (empty: the whole server), not a path",
+            );
+        }
+        (true, None, service) => {
+            let service = service.clone().unwrap_or_default();
+            if service.len() > 1024 || service.bytes().any(|b| b < b' ' || b == 0x7f) {
+                return bad(
+                    "grpc_service",
+                    "a service name (e.g. my.package.Orders) of printable characters, at most 1024 bytes",
+                );
+            }
+            ("/grpc.health.v1.Health/Check".to_owned(), Some(service))
+        }
+        (false, _, Some(_)) => {
+            return bad(
+                "grpc_service",
+                "the gRPC health protocol is spoken to HTTP/2 upstreams only (http2 = true)",
+            );
+        }
+        (false, None, None) => {
+            return bad("path", "the path to GET, e.g. /healthz");
+        }
+        (false, Some(p), None) => (p.clone(), None),
+    };
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return bad(
             "path",
             "an absolute path without spaces or control characters, e.g. /healthz",
         );
     }
+    if http2 && (f.expect_status.is_some() || f.host.is_some()) {
+        return bad(
+            if f.host.is_some() {
+                "host"
+            } else {
+                "expect_status"
+            },
+            "a gRPC health check passes on SERVING; expect_status and host are for HTTP/1.1 checks",
+        );
+    }
+    let expect_status = f.expect_status.clone().unwrap_or_else(default_expect);
     if f.interval_ms < 100 {
         return bad("interval_ms", "at least 100");
     }
@@ -360,7 +400,7 @@ fn health_check(
     if f.healthy_threshold == 0 || f.unhealthy_threshold == 0 {
         return bad("healthy_threshold", "both thresholds must be at least 1");
     }
-    if f.expect_status.is_empty() || f.expect_status.iter().any(|s| !(100..=599).contains(s)) {
+    if expect_status.is_empty() || expect_status.iter().any(|s| !(100..=599).contains(s)) {
         return bad("expect_status", "status codes from 100 to 599");
     }
     if let Some(host) = &f.host
@@ -369,12 +409,13 @@ fn health_check(
         return bad("host", "a host name without spaces or control characters");
     }
     Ok(HealthCheck {
-        path: f.path.clone(),
+        path,
+        grpc_service,
         interval_ms: f.interval_ms,
         timeout_ms,
         healthy_threshold: f.healthy_threshold,
         unhealthy_threshold: f.unhealthy_threshold,
-        expect_status: f.expect_status.clone(),
+        expect_status,
         host: f.host.clone(),
     })
 }

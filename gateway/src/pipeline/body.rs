@@ -20,7 +20,7 @@ pub(super) async fn forward(w: &Worker, c: &mut Conn, a: &mut Admitted) -> Resul
     }
     if c.snap().routes[a.route].settings.grpc {
         // Protobuf messages, streamed both ways: no body stage reads them.
-        return proxy::grpc::forward(c, a).await;
+        return proxy::grpc::forward(&w.upstreams, c, a).await;
     }
     let whole = judged_whole(c.snap(), a);
     let mut judge = h1::Judge::default();

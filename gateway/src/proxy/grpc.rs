@@ -8,18 +8,24 @@
 //! included, with `grpc-timeout` as its deadline.
 
 use std::{
-    cell::{Cell, RefCell},
-    collections::HashMap,
+    cell::RefCell,
     net::SocketAddr,
+    rc::{Rc, Weak},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Admitted, Done};
+use super::{
+    Admitted, Done, Upstream, Upstreams, breaker,
+    checkout::{Busy, failed, refused},
+};
 use crate::{
-    respond::{Abort, Failure},
+    respond::{Abort, Failure, Fault},
     session::{
         conn::{ClientIo, Conn, ms},
         h2::grpc_timeout,
@@ -29,18 +35,61 @@ use crate::{
 /// A gRPC route reached over HTTP/1.1.
 pub const NEEDS_H2: Failure = Failure::client(400, "grpc.needs_http2");
 
-thread_local! {
-    /// One HTTP/2 connection per server, per worker, with its number (a
-    /// connection that ended removes itself only if not yet replaced).
-    static CONNS: RefCell<HashMap<SocketAddr, (u64, SendRequest<Bytes>)>> =
-        RefCell::new(HashMap::new());
-    static NEXT_ID: Cell<u64> = const { Cell::new(0) };
-    static TURN: Cell<usize> = const { Cell::new(0) };
+/// A worker's HTTP/2 connections to one upstream's servers, by server
+/// index: one each, multiplexed. They live in the worker's `Upstream`, so
+/// a reload that drops or changes the upstream drops them (h2 closes a
+/// client connection once every handle is gone and its streams ended).
+#[derive(Default)]
+pub struct Channels(RefCell<Vec<Option<Channel>>>);
+
+/// A connection's number (a connection that ended forgets itself only if
+/// not yet replaced) and its handle.
+type Channel = (u64, SendRequest<Bytes>);
+
+impl Channels {
+    fn get(&self, server: usize) -> Option<SendRequest<Bytes>> {
+        self.0
+            .borrow()
+            .get(server)?
+            .as_ref()
+            .map(|(_, s)| s.clone())
+    }
+
+    fn put(&self, server: usize, id: u64, send: SendRequest<Bytes>) {
+        let mut v = self.0.borrow_mut();
+        if v.len() <= server {
+            v.resize_with(server + 1, || None);
+        }
+        v[server] = Some((id, send));
+    }
+
+    /// Forgets `server`'s connection (only `id`, when given: a newer one
+    /// stays).
+    fn forget(&self, server: usize, id: Option<u64>) {
+        if let Some(slot) = self.0.borrow_mut().get_mut(server)
+            && slot
+                .as_ref()
+                .is_some_and(|(i, _)| id.is_none_or(|id| id == *i))
+        {
+            *slot = None;
+        }
+    }
 }
 
-/// The server's connection: the worker's, or a new one.
-async fn connection(addr: SocketAddr, connect: Duration) -> Result<SendRequest<Bytes>, Failure> {
-    if let Some((_, s)) = CONNS.with_borrow(|m| m.get(&addr).cloned()) {
+thread_local! {
+    static NEXT_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Server `server`'s connection: the worker's, or a new one (over TLS
+/// when `tls` is given, which must agree on `h2` in ALPN).
+async fn connection(
+    up: &Rc<Upstream>,
+    server: usize,
+    addr: SocketAddr,
+    connect: Duration,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+) -> Result<SendRequest<Bytes>, Failure> {
+    if let Some(s) = up.channels.get(server) {
         return Ok(s);
     }
     let tcp = match tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr)).await {
@@ -49,21 +98,59 @@ async fn connection(addr: SocketAddr, connect: Duration) -> Result<SendRequest<B
         Err(_) => return Err(Failure::UPSTREAM_TIMEOUT),
     };
     let _ = tcp.set_nodelay(true);
-    let (send, conn) = match tokio::time::timeout(connect, h2::client::handshake(tcp)).await {
+    let Some((config, name)) = tls else {
+        return handshake(up, server, addr, connect, tcp).await;
+    };
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    let tls = match tokio::time::timeout(connect, tls).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "upstream {} server {addr}: TLS handshake failed: {e}",
+                up.health.name
+            );
+            return Err(Failure::UPSTREAM_TLS);
+        }
+        Err(_) => return Err(Failure::UPSTREAM_TIMEOUT),
+    };
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        tracing::warn!(
+            "upstream {} server {addr}: TLS handshake did not agree on h2 in ALPN",
+            up.health.name
+        );
+        return Err(Failure::UPSTREAM_PROTOCOL);
+    }
+    handshake(up, server, addr, connect, tls).await
+}
+
+/// The HTTP/2 handshake on `io`; the connection is driven by a task of
+/// its own and forgotten when it ends.
+async fn handshake<T>(
+    up: &Rc<Upstream>,
+    server: usize,
+    addr: SocketAddr,
+    connect: Duration,
+    io: T,
+) -> Result<SendRequest<Bytes>, Failure>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (send, conn) = match tokio::time::timeout(connect, h2::client::handshake(io)).await {
         Ok(Ok(pair)) => pair,
-        _ => return Err(Failure::UPSTREAM_PROTOCOL),
+        Ok(Err(_)) => return Err(Failure::UPSTREAM_PROTOCOL),
+        Err(_) => return Err(Failure::UPSTREAM_TIMEOUT),
     };
     let id = NEXT_ID.replace(NEXT_ID.get() + 1);
-    CONNS.with_borrow_mut(|m| m.insert(addr, (id, send.clone())));
+    up.channels.put(server, id, send.clone());
+    up.pool.borrow_mut().opened(server);
+    let owner: Weak<Upstream> = Rc::downgrade(up);
     tokio_uring::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("gRPC upstream {addr}: connection ended: {e}");
         }
-        CONNS.with_borrow_mut(|m| {
-            if m.get(&addr).is_some_and(|(i, _)| *i == id) {
-                m.remove(&addr);
-            }
-        });
+        if let Some(up) = owner.upgrade() {
+            up.channels.forget(server, Some(id));
+        }
     });
     Ok(send)
 }
@@ -108,49 +195,63 @@ fn request_of(head: &[u8]) -> Option<(::http::Request<()>, Option<Duration>)> {
     Some((req, timeout))
 }
 
-/// Relays an admitted gRPC call to its upstream.
-pub async fn forward(c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
-    let snap = c.snap_arc();
-    let up = &snap.cfg.upstreams[a.upstream];
-    let Some(&addr) = up
-        .servers
-        .get(TURN.replace(TURN.get().wrapping_add(1)) % up.servers.len().max(1))
-    else {
-        return Err(Abort::Respond(Failure::UPSTREAM_DOWN, None));
+/// Relays an admitted gRPC call to one of its upstream's servers, picked
+/// as for any route (balance, health checks, ejections, the breaker's
+/// `max_requests`). A server that cannot be reached or handshaken is
+/// marked down and the call goes to another within `retries`: nothing was
+/// sent yet. Once the request went, the call is the server's: a stream it
+/// breaks ends with UNAVAILABLE and counts toward its ejection.
+pub async fn forward(w: &Upstreams, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
+    let up = w.pool(c.snap(), a.upstream);
+    let _in_flight = breaker(&up.health, a)?;
+    let (connect, retries) = {
+        let p = up.pool.borrow();
+        (ms(p.settings.connect_timeout_ms), p.settings.retries)
     };
     let Some((req, timeout)) = request_of(&c.req.wire.up_head) else {
-        return Err(Abort::Respond(Failure::UPSTREAM_PROTOCOL, Some(addr)));
+        return Err(Abort::Respond(Failure::UPSTREAM_PROTOCOL, None));
     };
     let ClientIo::H2(io) = &mut c.io else {
         return Err(Abort::Respond(NEEDS_H2, None));
     };
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
-    let fail = |f: Failure| Abort::Respond(f, Some(addr));
-    // A pooled connection the server closed meanwhile: one new try.
-    let mut sent = None;
-    for _ in 0..2 {
-        let send = connection(addr, ms(up.connect_timeout_ms))
-            .await
-            .map_err(fail)?;
-        match send.ready().await {
-            Ok(mut ready) => {
-                sent = Some(
-                    ready
-                        .send_request(req.clone(), false)
-                        .map_err(|_| fail(Failure::UPSTREAM_CLOSED))?,
-                );
-                break;
-            }
-            Err(_) => {
-                CONNS.with_borrow_mut(|m| m.remove(&addr));
+    let (mut exclude, mut last) = (None, None);
+    let mut attempts = 0;
+    let (server, addr, busy, (response, body)) = loop {
+        let picked = up.pool.borrow_mut().pick(Instant::now(), exclude);
+        let Some(server) = picked else {
+            return Err(match last {
+                Some((f, addr)) => Abort::Respond(f, Some(addr)),
+                None => Abort::Respond(Failure::UPSTREAM_DOWN, None),
+            });
+        };
+        let addr = up.pool.borrow().addr(server);
+        let busy = Busy::begin(&up.pool, server);
+        match open(&up, server, addr, connect, &req).await {
+            Ok(sent) => break (server, addr, busy, sent),
+            Err(f) => {
+                if f.fault == Fault::Upstream {
+                    refused(&up, server, addr);
+                }
+                attempts += 1;
+                if attempts > retries || f.fault != Fault::Upstream {
+                    return Err(Abort::Respond(f, Some(addr)));
+                }
+                (exclude, last) = (Some(server), Some((f, addr)));
             }
         }
-    }
-    let (response, body) = sent.ok_or(fail(Failure::UPSTREAM_CLOSED))?;
+    };
     let relayed = io.relay_grpc(response, body, deadline).await;
-    if let Some((code, why)) = relayed.ended_by_gateway {
-        tracing::debug!("gRPC call to {addr} ended by the gateway: status {code} ({why})");
+    drop(busy);
+    match relayed.ended_by_gateway {
+        Some((code, why)) => {
+            tracing::debug!("gRPC call to {addr} ended by the gateway: status {code} ({why})");
+            if why.starts_with("upstream.") {
+                failed(&up, server, addr);
+            }
+        }
+        None => up.health.answered(server),
     }
     Ok(Done {
         status: 200,
@@ -161,4 +262,28 @@ pub async fn forward(c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
         bytes: relayed.bytes,
         client_reusable: true,
     })
+}
+
+/// Sends `req`'s head on `server`'s connection. A pooled connection the
+/// server closed meanwhile gets one fresh try (it says nothing about the
+/// server).
+async fn open(
+    up: &Rc<Upstream>,
+    server: usize,
+    addr: SocketAddr,
+    connect: Duration,
+    req: &::http::Request<()>,
+) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Failure> {
+    for _ in 0..2 {
+        let send = connection(up, server, addr, connect, up.health.tls_for(addr)).await?;
+        match send.ready().await {
+            Ok(mut ready) => {
+                return ready
+                    .send_request(req.clone(), false)
+                    .map_err(|_| Failure::UPSTREAM_CLOSED);
+            }
+            Err(_) => up.channels.forget(server, None),
+        }
+    }
+    Err(Failure::UPSTREAM_CLOSED)
 }

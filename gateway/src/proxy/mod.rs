@@ -216,6 +216,8 @@ pub struct Upstream {
     /// Woken when a connection goes back to the pool or a connect of this
     /// worker ends: a request waiting for `max_connects` may go on.
     freed: tokio::sync::Notify,
+    /// HTTP/2 connections (an `http2 = true` upstream's gRPC calls).
+    channels: grpc::Channels,
 }
 
 fn new_pool(s: &UpstreamSettings, registry: &Registry) -> Rc<Upstream> {
@@ -224,6 +226,7 @@ fn new_pool(s: &UpstreamSettings, registry: &Registry) -> Rc<Upstream> {
         pool: RefCell::new(Pool::new(s, health.clone())),
         health,
         freed: tokio::sync::Notify::new(),
+        channels: grpc::Channels::default(),
     })
 }
 

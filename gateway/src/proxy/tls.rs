@@ -22,6 +22,8 @@ pub struct Client {
     pub config: Arc<ClientConfig>,
     /// SHA-256 over the CA, certificate and key files' contents.
     pub files: [u8; 32],
+    /// Offers `h2` in ALPN (an HTTP/2 upstream), not `http/1.1`.
+    pub h2: bool,
 }
 
 /// SHA-256 over the contents of the files `s` names (missing ones count as empty).
@@ -42,17 +44,19 @@ fn files_digest(s: &UpstreamTls) -> [u8; 32] {
     out
 }
 
-/// The client `s` describes (reads its CA and certificate files).
-pub fn client(s: &UpstreamTls) -> Result<Client, String> {
+/// The client `s` describes (reads its CA and certificate files), offering
+/// `h2` or `http/1.1`.
+pub fn client(s: &UpstreamTls, h2: bool) -> Result<Client, String> {
     let files = files_digest(s);
     Ok(Client {
-        config: client_config(s)?,
+        config: client_config(s, h2)?,
         files,
+        h2,
     })
 }
 
 /// The client configuration `s` describes (reads its CA and certificate files).
-fn client_config(s: &UpstreamTls) -> Result<Arc<ClientConfig>, String> {
+fn client_config(s: &UpstreamTls, h2: bool) -> Result<Arc<ClientConfig>, String> {
     let roots = crate::fetch::trust_roots(s.ca_file.as_deref())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
@@ -68,7 +72,13 @@ fn client_config(s: &UpstreamTls) -> Result<Arc<ClientConfig>, String> {
                 .map_err(|e| format!("{}: {e}", cert.display()))?
         }
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One protocol offered: a server that cannot speak it fails the
+    // handshake instead of answering in another.
+    cfg.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     Ok(Arc::new(cfg))
 }
 
@@ -81,7 +91,9 @@ pub fn client_configs(upstreams: &[UpstreamSettings]) -> Result<Vec<Option<Clien
         .map(|(i, u)| {
             u.tls
                 .as_ref()
-                .map(|t| client(t).map_err(|e| format!("upstreams[{i}].tls ({}): {e}", u.name)))
+                .map(|t| {
+                    client(t, u.http2).map_err(|e| format!("upstreams[{i}].tls ({}): {e}", u.name))
+                })
                 .transpose()
         })
         .collect()

@@ -59,7 +59,10 @@ impl Registry {
         let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         find(&list, s).unwrap_or_else(|| {
             let h = UpstreamHealth::new(s);
-            let client = s.tls.as_ref().and_then(|t| super::tls::client(t).ok());
+            let client = s
+                .tls
+                .as_ref()
+                .and_then(|t| super::tls::client(t, s.http2).ok());
             h.follow_tls(s, client);
             Arc::new(h)
         })
@@ -238,7 +241,9 @@ impl UpstreamHealth {
     fn follow_tls(&self, s: &UpstreamSettings, client: Option<Client>) {
         let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
         let same = match (&*tls, &s.tls, &client) {
-            (Some((held, old)), Some(want), Some(new)) => held == want && old.files == new.files,
+            (Some((held, old)), Some(want), Some(new)) => {
+                held == want && old.files == new.files && old.h2 == new.h2
+            }
             _ => false,
         };
         if !same {

@@ -1,6 +1,7 @@
 //! Active health checks: one thread, off the request path, asks every
 //! server of every upstream with a `health_check` for `GET path` on a
-//! connection of its own, every `interval_ms`. `unhealthy_threshold`
+//! connection of its own (an HTTP/2 upstream: the gRPC health protocol,
+//! `grpc`), every `interval_ms`. `unhealthy_threshold`
 //! failures in a row (no connection, no status line within `timeout_ms`,
 //! or a status not in `expect_status`) take the server out for every
 //! worker at once; `healthy_threshold` passes bring it back. Servers start
@@ -16,6 +17,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+mod grpc;
 
 use super::health::Registry;
 use crate::{background::Background, config::HealthCheck};
@@ -49,6 +52,8 @@ struct Streak {
 }
 
 fn run(registry: &Registry, stop: &AtomicBool) {
+    // Built at the first gRPC check: h2's client needs a reactor.
+    let mut runtime = None;
     let mut streaks: HashMap<(String, SocketAddr), Streak> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let all = registry.all();
@@ -70,7 +75,17 @@ fn run(registry: &Registry, stop: &AtomicBool) {
                     continue;
                 }
                 st.due = now + Duration::from_millis(check.interval_ms);
-                match probe(s.addr, &check, u.tls_for(s.addr)) {
+                let result = match &check.grpc_service {
+                    None => probe(s.addr, &check, u.tls_for(s.addr)),
+                    Some(service) => grpc::probe(
+                        &mut runtime,
+                        s.addr,
+                        service,
+                        Duration::from_millis(check.timeout_ms),
+                        u.tls_for(s.addr),
+                    ),
+                };
+                match result {
                     Ok(()) => {
                         s.checks_passed.fetch_add(1, Ordering::Relaxed);
                         st.passes += 1;

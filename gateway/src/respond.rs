@@ -34,6 +34,8 @@ pub enum Hint {
     /// Refused by a limit or a verdict: the request's rate-limit lines
     /// (`retry-after`, `ratelimit-*`).
     LimitLines,
+    /// This complete header line (a 426's `sec-websocket-version: 13`).
+    Line(&'static [u8]),
 }
 
 /// A failure to proxy, as the client will see it.
@@ -238,7 +240,7 @@ impl Extras {
 pub fn hint_lines<'a>(f: Failure, challenge: &'a [u8], limit_lines: &'a [u8]) -> &'a [u8] {
     match f.hint {
         Hint::Challenge => challenge,
-        Hint::InvalidToken(line) => line,
+        Hint::InvalidToken(line) | Hint::Line(line) => line,
         Hint::LimitLines => limit_lines,
         // Every 401 carries a challenge (RFC 9110), whatever else it says.
         Hint::None | Hint::Detail(_) if f.status == 401 => challenge,

@@ -55,6 +55,8 @@ pub struct Shared {
     pub health: Arc<crate::proxy::health::Registry>,
     /// Verdicts enforced request by request (placed by the control side).
     pub request_verdicts: Arc<crate::control::verdicts::RequestVerdicts>,
+    /// Open WebSocket tunnels, against their caps, and their figures.
+    pub tunnels: Arc<crate::proxy::tunnel::Tunnels>,
 }
 
 /// One worker's state.

@@ -1361,3 +1361,37 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A Python test server (the gRPC and WebSocket tests' real peers),
+/// killed on drop.
+pub struct PyServer(std::process::Child);
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `python3 script args` and waits until it listens on 127.0.0.1:`port`;
+/// `needs` names what pip installs when python3 cannot run it.
+pub fn start_python(script: &Path, args: &[&std::ffi::OsStr], port: u16, needs: &str) -> PyServer {
+    let child = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "python3 runs {} (pip install {needs}): {e}",
+                script.display()
+            )
+        });
+    let server = PyServer(child);
+    wait_until(
+        &format!("{} listens", script.display()),
+        Duration::from_secs(15),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    server
+}

@@ -8,47 +8,34 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
     h2::{self, Raw, frame},
-    harness::{Certs, Keyed, TempDir, free_port, setup_keyed, wait_until},
+    harness::{Certs, Keyed, PyServer, TempDir, free_port, setup_keyed, start_python, wait_until},
 };
-
-/// The gRPC server, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn scripts() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/grpc"))
 }
 
-fn start_server(port: u16, log: &Path) -> Server {
+fn start_server(port: u16, log: &Path) -> PyServer {
     start_server_with(port, log, &[])
 }
 
 /// The server, over TLS with `tls` (certificate and key files) when given.
-fn start_server_with(port: u16, log: &Path, tls: &[&Path]) -> Server {
-    let child = Command::new("python3")
-        .arg(scripts().join("server.py"))
-        .arg(port.to_string())
-        .arg(log)
-        .args(tls)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("python3 runs the gRPC server (pip install grpcio)");
-    wait_until("the gRPC server listens", Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Server(child)
+fn start_server_with(port: u16, log: &Path, tls: &[&Path]) -> PyServer {
+    let port_arg = port.to_string();
+    let mut args = vec![port_arg.as_ref(), log.as_os_str()];
+    args.extend(tls.iter().map(|p| p.as_os_str()));
+    start_python(
+        &scripts().join("server.py"),
+        &args,
+        port,
+        "grpcio grpcio-health-checking",
+    )
 }
 
 /// One call through the gateway: (status code name, details, replies).

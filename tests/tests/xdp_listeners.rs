@@ -269,3 +269,62 @@ fn http2_is_served_and_rapid_reset_refused_with_xdp_attached() {
     );
     stop(gw);
 }
+
+#[test]
+fn a_websocket_tunnel_passes_every_message_kind_with_xdp_attached() {
+    require_root();
+    let ns = namespace("lsn-ws");
+    let dir = TempDir::new("xdp-ws");
+    let certs = Certs::issue(&dir.0, &["localhost"]);
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/websocket");
+    let log = dir.0.join("handshakes.jsonl");
+    let mut echo = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "python3"])
+        .arg(format!("{scripts}/echo.py"))
+        .arg("8091")
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the echo server starts (pip install websockets)");
+    let listening = (0..150).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ns.run(|| TcpStream::connect("127.0.0.1:8091").is_ok())
+    });
+    assert!(listening, "the echo server did not listen");
+    // Routes match in order: the tunnel's goes before the catch-all.
+    let routes = "[[upstreams]]\nname = \"ws\"\nservers = [\"127.0.0.1:8091\"]\n\
+                  [[routes]]\npath_prefix = \"/ws/\"\nupstream = \"ws\"\nauth = \"none\"\nwebsocket = true\n\
+                  [[routes]]\npath_prefix = \"/\"\n";
+    let cfg = config(&certs, "https_only = true").replacen(
+        "[[routes]]\npath_prefix = \"/\"\n",
+        routes,
+        1,
+    );
+    let gw = run_gateway_in(&ns, &dir.0, &cfg);
+    assert!(
+        gw.seen.iter().any(|l| l.contains("XDP attached to lo")),
+        "XDP is not attached: {:?}",
+        gw.seen
+    );
+    let ca = certs.ca_pem.display().to_string();
+    let out = ns.exec(&[
+        "python3",
+        &format!("{scripts}/client.py"),
+        "8443",
+        &ca,
+        "/ws/echo",
+        "{}",
+        "echo",
+    ]);
+    let _ = echo.kill();
+    let _ = echo.wait();
+    let out: serde_json::Value =
+        serde_json::from_str(out.expect("the client runs").trim()).expect("client JSON");
+    assert_eq!(
+        out["echoed"],
+        serde_json::json!(["hello", "0001ff", "fragmented", "big ok", "pong"]),
+        "{out}"
+    );
+    assert_eq!(out["close_code"], 4000, "{out}");
+    stop(gw);
+}

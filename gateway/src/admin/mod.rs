@@ -307,6 +307,7 @@ impl Api {
                     Monotonic.now_ns(),
                     &mut body,
                 );
+                self.shared.tunnels.render_metrics(&mut body);
                 Some((200, "text/plain; version=0.0.4; charset=utf-8", body))
             }
             "/metrics/latency.hgrm" => {

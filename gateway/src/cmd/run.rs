@@ -91,6 +91,7 @@ pub(crate) fn run(mut cfg: Config, path: Option<PathBuf>) -> Result<(), String> 
     let shared = Arc::new(Shared {
         health: health.clone(),
         request_verdicts: Arc::default(),
+        tunnels: Arc::default(),
         published: Arc::new(Published::new(Snapshot::new(
             cfg.clone(),
             tls_config,

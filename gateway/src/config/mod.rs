@@ -26,6 +26,7 @@ mod routes;
 mod schema;
 mod upstreams;
 mod waf;
+mod websocket;
 mod xdp;
 
 pub use admin::*;
@@ -45,6 +46,7 @@ pub use routes::*;
 pub use schema::*;
 pub use upstreams::*;
 pub use waf::*;
+pub use websocket::*;
 pub use xdp::*;
 
 use std::{
@@ -99,6 +101,8 @@ struct File {
     limits: Limits,
     #[serde(default)]
     http2: Http2Settings,
+    #[serde(default)]
+    websocket: WebSocketSettings,
     #[serde(default)]
     proxy: ProxyFile,
     #[serde(default)]
@@ -213,6 +217,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[http2]`: HTTP/2 offered to clients, and its per-connection limits.
     pub http2: Http2Settings,
+    /// `[websocket]`: the tunnels of `websocket = true` routes.
+    pub websocket: WebSocketSettings,
     /// Forwarding headers and HSTS.
     pub proxy: ProxySettings,
     /// Address of the built-in demo backend, when it should run.
@@ -417,6 +423,7 @@ impl Config {
         let proxy = proxy_settings(&raw.proxy, &invalid)?;
         let limits = limit_settings(raw.limits, &invalid)?;
         let http2 = http2_settings(raw.http2, &invalid)?;
+        let websocket = websocket_settings(raw.websocket, &invalid)?;
         for (i, r) in routes.iter().enumerate() {
             let whole = r.judged_body_limit();
             if whole > limits.body_memory_per_worker as u64 {
@@ -462,6 +469,7 @@ impl Config {
             },
             limits,
             http2,
+            websocket,
             proxy,
             demo: raw.demo.as_ref().map(|d| d.listen),
             demo_api_key: raw.demo.as_ref().is_some_and(|d| d.api_key),

@@ -51,6 +51,8 @@ pub(super) struct RouteFile {
     pub(super) waf: Option<super::WafMode>,
     #[serde(default)]
     pub(super) grpc: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) websocket: Option<Spanned<bool>>,
 }
 
 /// How a route matches the path.
@@ -143,6 +145,10 @@ pub struct RouteSettings {
     /// trailers relayed, `grpc-timeout` its deadline; the gateway's own
     /// refusals are gRPC statuses.
     pub grpc: bool,
+    /// WebSocket: an upgrade request (RFC 6455) judged by every head stage
+    /// becomes a tunnel on the upstream's 101 (`[websocket]` bounds it);
+    /// plain requests are proxied as on any route.
+    pub websocket: bool,
 }
 
 impl RouteSettings {
@@ -216,6 +222,23 @@ pub(super) fn compile_full(
             format!("routes[{i}].grpc"),
             "a gRPC route's body is protobuf messages: no body_schema (the WAF scans its head only)".into(),
         ));
+    }
+    route.websocket = r.websocket.as_ref().is_some_and(|w| *w.get_ref());
+    if let Some(w) = r.websocket.as_ref().filter(|w| *w.get_ref()) {
+        let why = if route.grpc {
+            Some("a route is gRPC or WebSocket, not both")
+        } else if !route.methods.is_empty() && !route.methods.iter().any(|m| m == "GET") {
+            Some("a WebSocket upgrade is a GET: methods must include GET")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(invalid(
+                Some(w.span()),
+                format!("routes[{i}].websocket"),
+                why.into(),
+            ));
+        }
     }
     if let Some(h) = &r.response_headers {
         route.response_headers = header_map(h.get_ref())
@@ -327,6 +350,7 @@ pub(super) fn compile_route(
         waf: Default::default(),
         waf_body: DEFAULT_WAF_BODY,
         grpc: false,
+        websocket: false,
     })
 }
 

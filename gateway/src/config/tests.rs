@@ -298,3 +298,42 @@ fn grpc_routes_and_http2_upstreams_go_together() {
         assert!(e.contains(why), "{extra}: {e}");
     }
 }
+
+#[test]
+fn websocket_routes_and_bounds_are_checked() {
+    let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[[upstreams]]\nname = \"u\"\nservers = [\"127.0.0.1:1\"]\n";
+    let route = |extra: &str| {
+        format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\nauth = \"none\"\n{extra}")
+    };
+    let c =
+        Config::parse(&format!("{base}{}", route("websocket = true\n")), "t.toml").expect("valid");
+    assert!(c.routes[0].websocket);
+    assert_eq!(c.websocket, WebSocketSettings::default());
+    let e = err(&format!(
+        "{base}{}",
+        route("websocket = true\nmethods = [\"POST\"]\n")
+    ));
+    assert!(
+        e.contains("routes[0].websocket: a WebSocket upgrade is a GET"),
+        "{e}"
+    );
+    for (section, why) in [
+        (
+            "idle_timeout_ms = 10",
+            "websocket.idle_timeout_ms: between 1000",
+        ),
+        (
+            "max_lifetime_ms = 0",
+            "websocket.max_lifetime_ms: between 1000",
+        ),
+        ("buffer_bytes = 10", "websocket.buffer_bytes: between 1024"),
+        (
+            "bytes_per_second = 100",
+            "websocket.bytes_per_second: 0 (no limit) or at least buffer_bytes",
+        ),
+        ("nonsense = 1", "unknown field `nonsense`"),
+    ] {
+        let e = err(&format!("{base}{}[websocket]\n{section}\n", route("")));
+        assert!(e.contains(why), "{section}: {e}");
+    }
+}

@@ -23,6 +23,7 @@ use crate::{
         auth::{self, AuthError, Identity},
         cors,
         rate_limit::{self, Consumer, Phase},
+        upgrade::{self, Upgrade},
         validation, waf,
     },
     worker::Worker,
@@ -38,10 +39,16 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
         Err(e) => return Err(unparsed(p, e)),
     };
     take_note(w, &mut p, ctx, &head);
-    // A refused request with a body leaves the body unread: close.
+    // A refused request with a body leaves the body unread: close. So does
+    // a refused upgrade: what the client sent after it (frames, perhaps
+    // made to look like a request) is never read as HTTP.
+    let asks_upgrade = head
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let refuse = |failure, keep: bool| Refused {
         failure,
-        keep: keep && !head.framing.has_body(),
+        keep: keep && !head.framing.has_body() && !asks_upgrade,
         head_len: head.len,
         lookup: None,
     };
@@ -61,6 +68,7 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     ctx.route = Some(route.index);
     let cors = check_head(p.snap, route, &head, &mut p.req.extras.cors_lines)
         .map_err(|(f, keep)| refuse(f, keep))?;
+    let upgrade = upgrade::judge(&route.settings, &head).map_err(|f| refuse(f, false))?;
     if cors == cors::Allowed::Preflight {
         return Ok(Next::Local(Local {
             status: 204,
@@ -119,6 +127,15 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     );
     let mut plan = plan_of(route, &head);
     plan.on_behalf = ctx.on_behalf;
+    if upgrade == Upgrade::WebSocket {
+        proxy::request::ask_upgrade(&mut wire.up_head);
+        // Unless the upstream switches, the connection ends with its answer.
+        plan.upgrade = true;
+        plan.keep_alive = false;
+        if matches!(caller.identity(), Identity::Token(_)) {
+            plan.token_expiry = auth::token_expiry(&head);
+        }
+    }
     Ok(Next::Forward(Admitted::new(plan, head.len, caller)))
 }
 
@@ -374,6 +391,8 @@ fn plan_of(route: &Route, head: &RequestHead<'_, '_>) -> Plan {
         },
         streaming_body: false,
         on_behalf: false,
+        upgrade: false,
+        token_expiry: None,
     }
 }
 

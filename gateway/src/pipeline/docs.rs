@@ -38,5 +38,6 @@ pub async fn serve(c: &mut Conn, a: &Admitted, doc: &[u8]) -> Result<Done, Abort
         upstream_time: None,
         bytes: if a.head_request { 0 } else { doc.len() as u64 },
         client_reusable: keep,
+        switched: None,
     })
 }

@@ -1,9 +1,11 @@
 //! The life of a request, in the order it meets the stages:
 //!
 //! parse (`http::request`) → normalize the path (`route::normalize`) →
-//! route (`route`) → [CORS, limits, authentication, authorization,
-//! parameters, WAF] (`admit`) → the upstream head (`proxy::request`) →
-//! body (`body`) → proxy (`proxy`) → respond (`respond`) → log (`record`).
+//! route (`route`) → [CORS, upgrade, limits, authentication,
+//! authorization, parameters, WAF] (`admit`) → the upstream head
+//! (`proxy::request`) → body (`body`) → proxy (`proxy`) → respond
+//! (`respond`) → log (`record`). A WebSocket handshake goes from the
+//! upstream head to `tunnel` instead of `body`.
 //!
 //! Every stage that judges the head runs synchronously in `admit_head`
 //! (the head borrows the read buffer, which an `.await` would end), and
@@ -16,6 +18,7 @@ mod caller;
 mod docs;
 mod record;
 mod source;
+mod tunnel;
 
 use admit::{admit_head, waf_hit};
 use caller::introspect;
@@ -176,7 +179,10 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     }
     let keep = match admitted {
         Ok(Next::Forward(mut a)) => {
-            let outcome = body::forward(w, c, &mut a).await;
+            let outcome = match a.upgrade {
+                true => tunnel::forward(w, c, &a, &mut ctx).await,
+                false => body::forward(w, c, &mut a).await,
+            };
             finish(w, c, &a, &mut ctx, outcome).await
         }
         Ok(Next::Local(l)) => {

@@ -14,6 +14,13 @@ pub(super) fn record(w: &Worker, c: &mut Conn, ctx: &Ctx) {
         ctx.upstream_time.map(|t| t.as_micros() as u64),
     );
     count_traffic(w, c, ctx);
+    log_line(w, c, ctx);
+}
+
+/// The request's access-log line alone (a tunnel's opening gets one, its
+/// close is the request's own).
+pub(super) fn log_line(w: &Worker, c: &mut Conn, ctx: &Ctx) {
+    let elapsed = ctx.started.elapsed();
     let Some(log) = &w.shared.access_log else {
         return;
     };

@@ -261,6 +261,7 @@ pub async fn forward(w: &Upstreams, c: &mut Conn, a: &Admitted) -> Result<Done, 
             .map(|t| t.saturating_duration_since(started)),
         bytes: relayed.bytes,
         client_reusable: true,
+        switched: None,
     })
 }
 

@@ -13,7 +13,9 @@ pub mod pool;
 pub mod request;
 pub mod response;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream_conn;
+mod upstream_io;
 
 use std::{
     cell::{Cell, RefCell},
@@ -67,6 +69,12 @@ pub struct Plan {
     /// A browser sent it for another site's page: its WAF hits do not
     /// count against the source.
     pub on_behalf: bool,
+    /// A WebSocket handshake (`stages::upgrade`): a tunnel on the
+    /// upstream's 101.
+    pub upgrade: bool,
+    /// The verified bearer token's `exp` (Unix seconds), on an upgrade: the
+    /// tunnel ends with it.
+    pub token_expiry: Option<i64>,
 }
 
 /// A request body the WAF can read.
@@ -250,6 +258,9 @@ pub struct Done {
     pub bytes: u64,
     /// Whether the client connection can carry another request.
     pub client_reusable: bool,
+    /// The upstream switched to WebSocket (its 101 went to the client):
+    /// the connection, for the tunnel.
+    pub switched: Option<Box<UpstreamConn>>,
 }
 
 /// How an attempt on one upstream connection failed.
@@ -355,6 +366,12 @@ pub async fn forward(
         drop(in_flight);
         judge_server(&up, (server, addr), reused, &result);
         match result {
+            Ok((mut done, _)) if done.status == 101 => {
+                pool.borrow_mut().mark_up(server);
+                // Never pooled again: it carries the tunnel now.
+                done.switched = Some(Box::new(conn));
+                return Ok(done);
+            }
             Ok((done, upstream_reusable)) => {
                 let mut p = pool.borrow_mut();
                 p.mark_up(server);
@@ -486,7 +503,10 @@ async fn exchange(
             upstream_time: Some(upstream_time),
             bytes,
             client_reusable,
+            switched: None,
         },
-        upstream_reusable,
+        // An upgrade the upstream declined is not pooled: what it may
+        // have made of the handshake is unknown.
+        upstream_reusable && !a.upgrade,
     ))
 }

@@ -214,6 +214,14 @@ pub fn write_upstream_head(
     write_framing(out, head.framing);
 }
 
+/// Asks the upstream to switch to WebSocket: the hop-by-hop fields the
+/// head was written without, before its end (a handshake has no body, so
+/// no framing field).
+pub fn ask_upgrade(out: &mut Vec<u8>) {
+    out.truncate(out.len().saturating_sub(2));
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+}
+
 /// The framing field and the end of the head: always last, so
 /// [`reframe_whole`] can replace it.
 fn write_framing(out: &mut Vec<u8>, framing: Framing) {

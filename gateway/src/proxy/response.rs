@@ -78,6 +78,8 @@ pub(super) async fn read_head(
     );
     let resp = match parsed {
         Ok(Some(r)) if r.code != 101 => r,
+        // A switch only to what was asked, answering this handshake.
+        Ok(Some(r)) if a.upgrade && switched_to_websocket(&r, &c.req.wire.up_head) => r,
         _ => return Err(give_up(Failure::UPSTREAM_PROTOCOL)),
     };
     // SIGTERM may have come while the upstream worked: say close now.
@@ -114,6 +116,44 @@ pub(super) async fn read_head(
     let len = resp.len;
     conn.consume(len);
     Ok(head)
+}
+
+/// Whether a 101 switches to WebSocket and answers the handshake in
+/// `up_head` (RFC 6455 §4.2.2: `Upgrade: websocket`, `Connection:
+/// upgrade`, the `Sec-WebSocket-Accept` for its key). Anything else would
+/// leave the client talking to a protocol it did not ask for.
+fn switched_to_websocket(resp: &http::response::ResponseHead<'_, '_>, up_head: &[u8]) -> bool {
+    let field = |name: &str| {
+        let mut found = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name));
+        match (found.next(), found.next()) {
+            (Some(h), None) => Some(h.value.trim_ascii()),
+            _ => None,
+        }
+    };
+    let connection_upgrade = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| http::lists_token(h.value, "upgrade"));
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let key = match req.parse(up_head) {
+        Ok(_) => req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+            .map(|h| h.value.trim_ascii()),
+        Err(_) => None,
+    };
+    let (Some(key), Some(accept)) = (key, field("sec-websocket-accept")) else {
+        return false;
+    };
+    connection_upgrade
+        && field("upgrade").is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+        && accept == crate::stages::upgrade::accept_for(key).as_bytes()
 }
 
 /// Status code and head length of a complete response head, for 1xx skipping.

@@ -112,14 +112,14 @@ impl std::fmt::Debug for UpstreamConn {
 
 /// A TLS session on an upstream connection.
 pub struct Session {
-    conn: ClientConnection,
+    pub(super) conn: ClientConnection,
     /// Records to send, reused.
     out: Vec<u8>,
     /// Bytes read from the socket; `raw[fed..]` not yet given to rustls
     /// (it takes them a record or so at a time, and holds at most 16 KiB
     /// of plaintext, so a read is fed in steps between plaintext reads).
-    raw: Vec<u8>,
-    fed: usize,
+    pub(super) raw: Vec<u8>,
+    pub(super) fed: usize,
 }
 
 /// What a failed upstream read means for the client: `upstream.tls` when
@@ -136,7 +136,7 @@ pub fn read_failure(e: &io::Error) -> crate::respond::Failure {
     }
 }
 
-fn invalid(e: rustls::Error) -> io::Error {
+pub(super) fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
@@ -153,7 +153,7 @@ impl Session {
 
     /// Feeds buffered ciphertext to rustls until it has plaintext for us
     /// or needs more bytes; `false` when nothing was left to feed.
-    fn feed(&mut self) -> io::Result<bool> {
+    pub(super) fn feed(&mut self) -> io::Result<bool> {
         if self.fed == self.raw.len() {
             return Ok(false);
         }

@@ -4,7 +4,9 @@
 //! pipeline answers itself), `authz` (may they
 //! call this route), `rate_limit` (how often; keyed by source before
 //! authentication, by consumer after it), `validation` (what a request may
-//! carry), `waf` (SQL injection and XSS in what a request carries). A
+//! carry), `waf` (SQL injection and XSS in what a request carries),
+//! `upgrade` (which protocol switches: a WebSocket handshake on a route
+//! that opts in, from an origin its CORS policy allows). A
 //! stage imports no pipeline, connection, proxy, server or worker: its
 //! inputs come as arguments.
 
@@ -12,5 +14,6 @@ pub mod auth;
 pub mod authz;
 pub mod cors;
 pub mod rate_limit;
+pub mod upgrade;
 pub mod validation;
 pub mod waf;

@@ -19,6 +19,7 @@
 //! that is one more plaintext copy each way (`h2`'s own frame buffers).
 
 use std::{
+    borrow::BorrowMut,
     future::Future,
     io,
     pin::Pin,
@@ -38,9 +39,11 @@ use crate::buffers;
 type Read = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
 type Sent = Pin<Box<dyn Future<Output = Option<(io::Result<()>, Vec<u8>)>>>>;
 
-/// A TLS stream polled as tokio I/O.
-pub struct TlsIo {
-    tls: TlsStream,
+/// A TLS stream polled as tokio I/O: owned (an HTTP/2 connection's), or
+/// borrowed from the session for a while (a WebSocket tunnel's client
+/// side, which hands the stream back to be closed).
+pub struct TlsIo<S: BorrowMut<TlsStream> = TlsStream> {
+    tls: S,
     /// Where the plaintext not yet handed out starts in the stash.
     plain_at: usize,
     /// The socket read in flight, if any.
@@ -54,10 +57,10 @@ pub struct TlsIo {
     wide: bool,
 }
 
-impl TlsIo {
+impl<S: BorrowMut<TlsStream>> TlsIo<S> {
     /// Wraps a stream whose handshake is done (plaintext that came with
     /// the handshake's last read is handed out first).
-    pub fn new(tls: TlsStream) -> Self {
+    pub fn new(tls: S) -> Self {
         Self {
             tls,
             plain_at: 0,
@@ -70,7 +73,7 @@ impl TlsIo {
 
     /// Starts a socket read into a pooled buffer.
     fn start_read(&mut self) {
-        let tcp = self.tls.tcp.clone();
+        let tcp = self.tls.borrow_mut().tcp.clone();
         let buf = match self.wide {
             true => buffers::take_read(),
             false => buffers::take_small(),
@@ -94,12 +97,15 @@ impl TlsIo {
                     }
                 }
             }
-            if self.tls.output.is_empty() {
+            if self.tls.borrow_mut().output.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            let buf = std::mem::take(&mut self.tls.output);
-            let tcp = self.tls.tcp.clone();
-            let (fd, limit) = (self.tls.fd(), self.tls.write_timeout);
+            let buf = std::mem::take(&mut self.tls.borrow_mut().output);
+            let tcp = self.tls.borrow_mut().tcp.clone();
+            let (fd, limit) = (
+                self.tls.borrow_mut().fd(),
+                self.tls.borrow_mut().write_timeout,
+            );
             self.sending = Some(Box::pin(async move {
                 write_deadline(fd, limit, tcp.write_all(buf)).await
             }));
@@ -116,7 +122,7 @@ fn io_error(e: StreamError) -> io::Error {
     }
 }
 
-impl AsyncRead for TlsIo {
+impl<S: BorrowMut<TlsStream> + Unpin> AsyncRead for TlsIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -125,7 +131,7 @@ impl AsyncRead for TlsIo {
         let this = self.get_mut();
         let coop = ready!(tokio::task::coop::poll_proceed(cx));
         loop {
-            let stash = &mut this.tls.stash;
+            let stash = &mut this.tls.borrow_mut().stash;
             if this.plain_at < stash.len() {
                 let n = out.remaining().min(stash.len() - this.plain_at);
                 out.put_slice(&stash[this.plain_at..this.plain_at + n]);
@@ -135,7 +141,7 @@ impl AsyncRead for TlsIo {
                     // buffer, nor the input it was decrypted from.
                     *stash = Vec::new();
                     this.plain_at = 0;
-                    this.tls.release_input();
+                    this.tls.borrow_mut().release_input();
                 }
                 coop.made_progress();
                 return Poll::Ready(Ok(()));
@@ -147,25 +153,25 @@ impl AsyncRead for TlsIo {
                 if let Ok(n) = res {
                     this.wide = n >= buf.capacity().min(buffers::SMALL);
                 }
-                match this.tls.absorb(res, buf) {
+                match this.tls.borrow_mut().absorb(res, buf) {
                     Ok(true) => continue,
                     // EOF: what rustls holds is decrypted below, then EOF.
                     Ok(false) => {}
                     Err(e) => return Poll::Ready(Err(io_error(e))),
                 }
             }
-            match this.tls.process(None, Write::Nothing) {
+            match this.tls.borrow_mut().process(None, Write::Nothing) {
                 Ok(Step::Again | Step::Written | Step::Data) => {}
                 Ok(Step::NeedInput) => {
-                    if this.tls.eof {
+                    if this.tls.borrow_mut().eof {
                         return Poll::Ready(Ok(()));
                     }
-                    if this.tls.input.len() - this.tls.head >= MAX_INPUT {
+                    if this.tls.borrow_mut().input.len() - this.tls.borrow_mut().head >= MAX_INPUT {
                         return Poll::Ready(Err(io_error(StreamError::Oversized)));
                     }
                     // Records rustls queued while reading (an alert, a key
                     // update's answer) go out now; h2's next flush completes it.
-                    if !this.tls.output.is_empty()
+                    if !this.tls.borrow_mut().output.is_empty()
                         && this.sending.is_none()
                         && let Poll::Ready(Err(e)) = this.poll_send(cx)
                     {
@@ -180,7 +186,7 @@ impl AsyncRead for TlsIo {
     }
 }
 
-impl AsyncWrite for TlsIo {
+impl<S: BorrowMut<TlsStream> + Unpin> AsyncWrite for TlsIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -189,14 +195,14 @@ impl AsyncWrite for TlsIo {
         let this = self.get_mut();
         let coop = ready!(tokio::task::coop::poll_proceed(cx));
         // Backpressure: a client that does not read holds at most this much.
-        if this.tls.output.len() >= MAX_QUEUED || this.sending.is_some() {
+        if this.tls.borrow_mut().output.len() >= MAX_QUEUED || this.sending.is_some() {
             ready!(this.poll_send(cx))?;
         }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
         loop {
-            match this.tls.process(None, Write::Data(data)) {
+            match this.tls.borrow_mut().process(None, Write::Data(data)) {
                 Ok(Step::Written) => break,
                 // Records the client sent meanwhile were stashed.
                 Ok(Step::Again | Step::PeerClosed) => {}
@@ -223,11 +229,15 @@ impl AsyncWrite for TlsIo {
         if !this.closing {
             this.closing = true;
             while let Ok(Step::Again | Step::PeerClosed) =
-                this.tls.process(None, Write::CloseNotify)
+                this.tls.borrow_mut().process(None, Write::CloseNotify)
             {}
         }
         ready!(this.poll_send(cx))?;
-        let _ = this.tls.tcp.shutdown(std::net::Shutdown::Write);
+        let _ = this
+            .tls
+            .borrow_mut()
+            .tcp
+            .shutdown(std::net::Shutdown::Write);
         Poll::Ready(Ok(()))
     }
 }

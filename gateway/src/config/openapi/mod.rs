@@ -212,6 +212,7 @@ fn base_route(o: &OpenApiFile) -> RouteFile {
         params: Vec::new(),
         waf: o.waf,
         grpc: None,
+        websocket: None,
     }
 }
 

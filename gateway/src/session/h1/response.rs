@@ -97,7 +97,11 @@ pub fn write_response_head(
     }
     let close = !client.keep
         || (client.http10 && matches!(resp.framing, Framing::Chunked | Framing::UntilClose));
-    if close {
+    if resp.code == 101 {
+        // The proxy accepts a 101 only as the switch to WebSocket the
+        // client asked for.
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    } else if close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if client.http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");

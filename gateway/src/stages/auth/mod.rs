@@ -227,6 +227,21 @@ fn token_identity(
     Ok(id)
 }
 
+/// The `exp` (Unix seconds) of the bearer token `head` carries, read
+/// without checking: only for a request whose token the auth stage
+/// already verified (a WebSocket tunnel lives no longer than it). An
+/// opaque (introspected) token has none.
+pub fn token_expiry(head: &RequestHead<'_, '_>) -> Option<i64> {
+    use base64::Engine as _;
+    let token = bearer(head).ok()??;
+    let claims = token.split('.').nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    claims.get("exp")?.as_f64().map(|e| e as i64)
+}
+
 /// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme
 /// is case-insensitive). Another scheme is no bearer token; two
 /// Authorization headers or a broken value are refused.

@@ -42,7 +42,12 @@ pub struct UpstreamIo {
     eof: bool,
     /// close_notify was queued.
     closing: bool,
+    /// The last read filled its buffer.
+    wide: bool,
 }
+
+/// The read buffer an idle connection waits with.
+const SMALL: usize = 1024;
 
 impl UpstreamIo {
     /// Takes over `conn` (never pooled again): what it read past the
@@ -66,6 +71,7 @@ impl UpstreamIo {
             spare: Vec::new(),
             eof: false,
             closing: false,
+            wide: false,
         }
     }
 
@@ -149,15 +155,20 @@ impl AsyncRead for UpstreamIo {
                     )),
                 });
             }
+            let wide = this.wide;
             let op = this.reading.get_or_insert_with(|| {
                 let tcp = this.tcp.clone();
-                let buf = Vec::with_capacity(UPSTREAM_READ);
+                let buf = Vec::with_capacity(if wide { UPSTREAM_READ } else { SMALL });
                 Box::pin(async move { tcp.read(buf).await })
             });
             let (res, buf) = ready!(op.as_mut().poll(cx));
             this.reading = None;
             coop.made_progress();
-            if res? == 0 {
+            let n = res?;
+            // A read that filled its buffer asks for a full one next; an
+            // idle connection waits in a small one.
+            this.wide = n == buf.capacity();
+            if n == 0 {
                 this.eof = true;
                 continue;
             }

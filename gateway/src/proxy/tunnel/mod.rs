@@ -29,6 +29,9 @@ use frames::{Frames, TooBig, client_close, server_close};
 
 /// How often an open tunnel looks at the clock (idle, lifetime, stopping).
 const TICK: Duration = Duration::from_millis(500);
+/// Each way's first read buffer: an idle tunnel (most of them) holds
+/// this, one that moves data grows to `buffer_bytes` at its first full read.
+const SMALL: usize = 1024;
 /// How long the gateway's own close frames may take to go out.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -192,9 +195,10 @@ pub async fn run(
             if !early.is_empty() {
                 to_up.pass(uw, &early, End::UpstreamError).await?;
             }
-            let mut buf = vec![0u8; b.buffer];
+            let mut buf = vec![0u8; SMALL.min(b.buffer)];
             loop {
                 let n = cr.read(&mut buf).await.map_err(|_| End::ClientError)?;
+                widen(&mut buf, n, b.buffer);
                 if n == 0 {
                     // The client is done sending: so is the upstream's
                     // side of it; the upstream's answer still comes.
@@ -206,11 +210,12 @@ pub async fn run(
             }
         };
         let upstream_side = async {
-            let mut buf = vec![0u8; b.buffer];
+            let mut buf = vec![0u8; SMALL.min(b.buffer)];
             loop {
                 let Ok(n) = ur.read(&mut buf).await else {
                     return End::UpstreamError;
                 };
+                widen(&mut buf, n, b.buffer);
                 if n == 0 {
                     return End::UpstreamClosed;
                 }
@@ -269,6 +274,13 @@ pub async fn run(
         reason: end.reason(),
         up: to_up.bytes.get(),
         down: to_client.bytes.get(),
+    }
+}
+
+/// Grows a read buffer that a read of `n` bytes filled, to `max`.
+fn widen(buf: &mut Vec<u8>, n: usize, max: usize) {
+    if n == buf.len() && n < max {
+        buf.resize(max, 0);
     }
 }
 

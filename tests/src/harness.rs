@@ -1328,12 +1328,18 @@ pub struct Keyed {
 
 /// [`setup_with`] with `routes`, `tail` and a key file for `alice`.
 pub fn setup_keyed(tag: &str, routes: &str, tail: &str) -> Keyed {
+    setup_keyed_with(tag, "", routes, tail)
+}
+
+/// Like [`setup_keyed`], with `extra` lines in `[limits]` (each replacing
+/// the tests' own setting of the same key).
+pub fn setup_keyed_with(tag: &str, extra: &str, routes: &str, tail: &str) -> Keyed {
     let dir = TempDir::new(&format!("{tag}-keys"));
     let key = gateway::stages::auth::api_key::generate().expect("key");
     let keys = write_key_file(&dir.0, &[("alice", &key)]);
     let s = setup_with(
         tag,
-        "",
+        extra,
         "workers = 2",
         routes,
         &format!("{tail}\n[auth]\nkey_file = \"{}\"\n", keys.display()),
@@ -1394,4 +1400,31 @@ pub fn start_python(script: &Path, args: &[&std::ffi::OsStr], port: u16, needs: 
         || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
     );
     server
+}
+
+/// Runs `python3 script args` (a test client that prints one JSON line)
+/// and parses what it printed; a line that does not parse panics with the
+/// script's stderr.
+pub fn run_python_json(script: &Path, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 runs {}: {e}", script.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{} {args:?}: {e}: {text} {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The JSON metadata a test client sends: the API key, if any.
+pub fn api_key_json(key: Option<&str>) -> String {
+    match key {
+        Some(k) => format!("{{\"x-api-key\":\"{k}\"}}"),
+        None => "{}".into(),
+    }
 }

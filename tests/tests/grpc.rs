@@ -8,13 +8,15 @@
 
 use std::{
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
     h2::{self, Raw, frame},
-    harness::{Certs, Keyed, PyServer, TempDir, free_port, setup_keyed, start_python, wait_until},
+    harness::{
+        Certs, Keyed, PyServer, TempDir, api_key_json, free_port, run_python_json, setup_keyed,
+        start_python, wait_until,
+    },
 };
 
 fn scripts() -> &'static Path {
@@ -40,25 +42,12 @@ fn start_server_with(port: u16, log: &Path, tls: &[&Path]) -> PyServer {
 
 /// One call through the gateway: (status code name, details, replies).
 fn call(port: u16, ca: &Path, which: &str, key: Option<&str>) -> (String, String, Vec<String>) {
-    let meta = match key {
-        Some(k) => format!("{{\"x-api-key\":\"{k}\"}}"),
-        None => "{}".into(),
-    };
-    let out = Command::new("python3")
-        .arg(scripts().join("client.py"))
-        .arg(port.to_string())
-        .arg(ca)
-        .arg(which)
-        .arg(meta)
-        .output()
-        .expect("python3 runs the gRPC client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{which}: {e}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let port = port.to_string();
+    let meta = api_key_json(key);
+    let v = run_python_json(
+        &scripts().join("client.py"),
+        &[port.as_ref(), ca.as_os_str(), which.as_ref(), meta.as_ref()],
+    );
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let replies = v["replies"]
         .as_array()

@@ -8,11 +8,16 @@
 //! timeout, the message limit and the per-source cap closing or refusing
 //! tunnels.
 
-use std::{net::TcpListener, path::Path, process::Command, time::Duration};
+use std::{net::TcpListener, path::Path, time::Duration};
 
 use gateway_tests::harness::{
-    Keyed, PyServer, Response, TempDir, free_port, reason_of, setup_keyed, start_python, wait_until,
+    Keyed, PyServer, Response, TempDir, api_key_json, free_port, reason_of, run_python_json,
+    setup_keyed_with, start_python, wait_until,
 };
+
+/// The tests' 800 ms header timeout is shorter than a Python client's TLS
+/// handshake and first write can take on a loaded machine.
+const PYTHON_CLIENT: &str = "header_timeout_ms = 10000";
 
 fn scripts() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/websocket"))
@@ -45,26 +50,18 @@ fn client(
     key: Option<&str>,
     scenario: &str,
 ) -> serde_json::Value {
-    let headers = match key {
-        Some(k) => format!("{{\"x-api-key\":\"{k}\"}}"),
-        None => "{}".into(),
-    };
-    let out = Command::new("python3")
-        .arg(scripts().join("client.py"))
-        .arg(port.to_string())
-        .arg(ca)
-        .arg(path)
-        .arg(headers)
-        .arg(scenario)
-        .output()
-        .expect("python3 runs the WebSocket client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{scenario}: {e}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let port = port.to_string();
+    let headers = api_key_json(key);
+    run_python_json(
+        &scripts().join("client.py"),
+        &[
+            port.as_ref(),
+            ca.as_os_str(),
+            path.as_ref(),
+            headers.as_ref(),
+            scenario.as_ref(),
+        ],
+    )
 }
 
 fn setup(tag: &str, ws_port: u16, dead_port: u16, websocket: &str) -> Keyed {
@@ -95,7 +92,12 @@ auth = ["api_key"]
 websocket = true
 "#
     );
-    setup_keyed(tag, &routes, &format!("[websocket]\n{websocket}\n"))
+    setup_keyed_with(
+        tag,
+        PYTHON_CLIENT,
+        &routes,
+        &format!("[websocket]\n{websocket}\n"),
+    )
 }
 
 const HANDSHAKE: &str = "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
@@ -312,8 +314,9 @@ auth = ["api_key"]
 websocket = true
 "#
     );
-    let k = setup_keyed(
+    let k = setup_keyed_with(
         "ws-cap",
+        PYTHON_CLIENT,
         &routes,
         &format!("[websocket]\n{routes_tail}\n[policy]\nexempt_loopback = false\n"),
     );
@@ -366,4 +369,111 @@ fn a_client_that_stops_reading_holds_the_gateways_memory_bounded() {
         metrics.contains("gateway_websocket_tunnels_open 1"),
         "{metrics}"
     );
+}
+
+/// A tunnel a token opened ends when the token does; two issuers' `alice`
+/// are two consumers under `max_per_consumer`; behind a trusted proxy, the
+/// clients it names are counted, not the proxy.
+#[test]
+fn tokens_bound_tunnels_and_consumers_and_sources_are_counted_apart() {
+    use gateway_tests::harness::{hs256_token, setup_with, unix_now};
+    let dir = TempDir::new("ws-tokens");
+    let log = dir.0.join("handshakes.jsonl");
+    let port = free_port();
+    let _echo = start_echo(port, &log);
+    let (a_secret, b_secret) = (
+        b"issuer a's HMAC secret of at least 32 bytes".to_vec(),
+        b"issuer b's HMAC secret, also 32 bytes long".to_vec(),
+    );
+    let (a_path, b_path) = (dir.0.join("a.secret"), dir.0.join("b.secret"));
+    std::fs::write(&a_path, &a_secret).expect("secret");
+    std::fs::write(&b_path, &b_secret).expect("secret");
+    let routes = format!(
+        r#"
+[[upstreams]]
+name = "ws"
+servers = ["127.0.0.1:{port}"]
+
+[[routes]]
+path_prefix = "/ws/"
+upstream = "ws"
+auth = ["jwt:a", "jwt:b"]
+websocket = true
+
+[[routes]]
+path_prefix = "/open/"
+upstream = "ws"
+auth = "none"
+websocket = true
+"#
+    );
+    let tail = format!(
+        "[websocket]\nmax_per_consumer = 1\nmax_per_source = 2\n\
+         [policy]\nexempt_loopback = false\n\
+         [proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [auth]\n\
+         [[auth.jwt]]\nname = \"a\"\nissuer = \"a\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nsecret_file = \"{}\"\n\
+         [[auth.jwt]]\nname = \"b\"\nissuer = \"b\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\nsecret_file = \"{}\"\n",
+        a_path.display(),
+        b_path.display()
+    );
+    let s = setup_with(
+        "ws-tokens",
+        PYTHON_CLIENT,
+        "workers = 2",
+        &routes,
+        &tail,
+        &[],
+    );
+    let token = |secret: &[u8], iss: &str, life: u64| {
+        let claims = format!(
+            r#"{{"iss":"{iss}","aud":"api","sub":"alice","exp":{}}}"#,
+            unix_now() + life
+        );
+        format!("Authorization: Bearer {}\r\n", hs256_token(secret, &claims))
+    };
+    let open = |path: &str, extra: &str| {
+        let mut c = s.client();
+        let head = HANDSHAKE.replace("{path}", path);
+        c.send(format!("{head}{extra}\r\n").as_bytes())
+            .expect("send");
+        let r = c.response("GET").expect("response");
+        (r, c)
+    };
+    // Issuer a's alice, with a token good for 2 more seconds.
+    let started = std::time::Instant::now();
+    let (r, mut short) = open("/ws/echo", &token(&a_secret, "a", 2));
+    assert_eq!(r.status, 101, "{}", r.head);
+    // Issuer b's alice is another consumer.
+    let (r, _b) = open("/ws/echo", &token(&b_secret, "b", 600));
+    assert_eq!(r.status, 101, "{}", r.head);
+    // A second tunnel for a's alice is over her cap.
+    let (r, _) = open("/ws/echo", &token(&a_secret, "a", 600));
+    assert_eq!(
+        (r.status, reason_of(&r).as_str()),
+        (429, "websocket.per_consumer")
+    );
+    // The short token's tunnel ends with it (its exp, not the 24 h lifetime).
+    assert!(
+        short.closed_within(Duration::from_secs(6)),
+        "the tunnel outlived its token"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the token expired"
+    );
+    // Behind the trusted proxy (loopback), each client it names holds its
+    // own share: two for 198.18.0.5, and 198.18.0.6 still gets in.
+    let via = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    let (r1, _c1) = open("/open/x", &via("198.18.0.5"));
+    let (r2, _c2) = open("/open/x", &via("198.18.0.5"));
+    assert_eq!((r1.status, r2.status), (101, 101));
+    let (r, _) = open("/open/x", &via("198.18.0.5"));
+    assert_eq!(
+        (r.status, reason_of(&r).as_str()),
+        (429, "websocket.per_source")
+    );
+    let (r, _c3) = open("/open/x", &via("198.18.0.6"));
+    assert_eq!(r.status, 101, "{}", r.head);
 }

@@ -63,5 +63,7 @@ try:
         out["close_code"] = rcvd.code if rcvd else None
 except InvalidStatus as e:
     out["status"] = e.response.status_code
+except Exception as e:
+    out["error"] = repr(e)
 out["seconds"] = round(time.monotonic() - started, 2)
 print(json.dumps(out))

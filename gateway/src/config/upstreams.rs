@@ -288,17 +288,11 @@ pub(super) fn upstream_settings(
                 "a percentage: 0 to 100".into(),
             ));
         }
+        let http2 = u.http2.as_ref().is_some_and(|h| *h.get_ref());
         let health_check = u
             .health_check
             .as_ref()
-            .map(|h| {
-                health_check(
-                    i,
-                    h,
-                    u.http2.as_ref().is_some_and(|h| *h.get_ref()),
-                    invalid,
-                )
-            })
+            .map(|h| health_check(i, h, http2, invalid))
             .transpose()?;
         let tls = u
             .tls
@@ -324,7 +318,7 @@ pub(super) fn upstream_settings(
                 max_ejection_percent: *u.outlier.max_ejection_percent.get_ref(),
             },
             tls,
-            http2: u.http2.as_ref().is_some_and(|h| *h.get_ref()),
+            http2,
         });
     }
     Ok(upstreams)

@@ -11,7 +11,7 @@ pub struct WebSocketSettings {
     /// A tunnel with no byte either way for this long is closed (HAProxy's
     /// `timeout tunnel`, nginx's `proxy_read_timeout`).
     pub idle_timeout_ms: u64,
-    /// The longest a tunnel lives; a JWT that authenticated the upgrade
+    /// The longest a tunnel lives; a token that authenticated the upgrade
     /// shortens it to the token's remaining life.
     pub max_lifetime_ms: u64,
     /// Open tunnels per source address (IPv6 per `rate_limit.ipv6_prefix`),
@@ -27,7 +27,8 @@ pub struct WebSocketSettings {
     pub buffer_bytes: usize,
     /// The largest message a client may send (its frames' payloads summed
     /// across fragments), as Kong limits it; a larger one closes the tunnel
-    /// with 1009. 0: frames are not looked at.
+    /// with 1009. 0: no limit (frame headers are still read, to know where a
+    /// close frame of the gateway's own may go).
     pub max_message_bytes: u64,
 }
 

@@ -32,6 +32,11 @@ pub struct RequestHead<'b, 'h> {
     pub keep_alive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// An `Upgrade` field is present (the upgrade stage judges it); known
+    /// from the one pass over the fields, so a plain request costs no scan.
+    pub upgrade: bool,
+    /// A `Connection` field lists `upgrade`.
+    pub connection_upgrade: bool,
 }
 
 impl RequestHead<'_, '_> {
@@ -120,6 +125,8 @@ pub fn parse<'b, 'h>(
     let mut said_close = false;
     let mut said_keep_alive = false;
     let mut expect_continue = false;
+    let mut upgrade = false;
+    let mut connection_upgrade = false;
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -140,6 +147,9 @@ pub fn parse<'b, 'h>(
             // RFC 9112 §9.6: `close` in any Connection field wins.
             said_close |= lists_token(h.value, "close");
             said_keep_alive |= lists_token(h.value, "keep-alive");
+            connection_upgrade |= lists_token(h.value, "upgrade");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         } else if name.eq_ignore_ascii_case("expect") {
             if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -180,6 +190,8 @@ pub fn parse<'b, 'h>(
         host,
         keep_alive: !said_close && (minor == 1 || said_keep_alive),
         expect_continue,
+        upgrade,
+        connection_upgrade,
     }))
 }
 

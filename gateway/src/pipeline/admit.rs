@@ -42,13 +42,9 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     // A refused request with a body leaves the body unread: close. So does
     // a refused upgrade: what the client sent after it (frames, perhaps
     // made to look like a request) is never read as HTTP.
-    let asks_upgrade = head
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let refuse = |failure, keep: bool| Refused {
         failure,
-        keep: keep && !head.framing.has_body() && !asks_upgrade,
+        keep: keep && !head.framing.has_body() && !head.upgrade,
         head_len: head.len,
         lookup: None,
     };
@@ -127,16 +123,54 @@ pub(super) fn admit_head(w: &Worker, c: &mut Conn, ctx: &mut Ctx) -> Result<Next
     );
     let mut plan = plan_of(route, &head);
     plan.on_behalf = ctx.on_behalf;
-    if upgrade == Upgrade::WebSocket {
+    if let Upgrade::WebSocket(accept) = upgrade {
         proxy::request::ask_upgrade(&mut wire.up_head);
         // Unless the upstream switches, the connection ends with its answer.
-        plan.upgrade = true;
+        plan.websocket = Some(proxy::WebSocket {
+            accept,
+            source: tunnel_source(p.snap, peer, &head),
+        });
         plan.keep_alive = false;
-        if matches!(caller.identity(), Identity::Token(_)) {
-            plan.token_expiry = auth::token_expiry(&head);
-        }
     }
     Ok(Next::Forward(Admitted::new(plan, head.len, caller)))
+}
+
+/// The consumer limits and caps count: an API-key consumer, or a token's
+/// subject with the issuer that vouched for it (two issuers' `alice` are
+/// two people).
+pub(super) fn consumer_of<'s>(
+    snap: &'s Snapshot,
+    who: Identity,
+    subject: &'s str,
+) -> Option<Consumer<'s>> {
+    match who {
+        Identity::Consumer(i) => Some(Consumer::Key(snap.keys.consumer(i).id.as_str())),
+        Identity::Token(t) if !subject.is_empty() => Some(Consumer::Subject {
+            issuer: snap.token_issuer_name(t.issuer),
+            subject,
+        }),
+        Identity::Token(_) | Identity::Anonymous => None,
+    }
+}
+
+/// The source a tunnel counts against `[websocket] max_per_source`, as
+/// the connection cap counts sources: behind a trusted proxy the client
+/// it names, never a trusted proxy itself, loopback unless
+/// `policy.exempt_loopback = false`.
+fn tunnel_source(
+    snap: &Snapshot,
+    (peer, trusted): (SocketAddr, bool),
+    head: &RequestHead<'_, '_>,
+) -> Option<[u8; 16]> {
+    let ip = match trusted {
+        true => rate_limit::client_source(peer.ip(), head.headers, &snap.trusted_proxies),
+        false => peer.ip(),
+    };
+    let ip = addr::canonical(ip);
+    if (snap.cfg.policy.exempt_loopback && ip.is_loopback()) || snap.is_trusted_proxy(ip) {
+        return None;
+    }
+    Some(rate_limit::source_key(ip, snap.cfg.rate_limit.ipv6_prefix))
 }
 
 /// No route: 404, or 405 where a route exists for another method.
@@ -343,18 +377,7 @@ fn charge_limits(
     }
     let (phase, consumer) = match caller {
         None => (Phase::Anonymous, None),
-        Some((Identity::Consumer(i), _)) => (
-            Phase::Identified,
-            Some(Consumer::Key(snap.keys.consumer(i).id.as_str())),
-        ),
-        Some((Identity::Token(t), subject)) if !subject.is_empty() => (
-            Phase::Identified,
-            Some(Consumer::Subject {
-                issuer: snap.token_issuer_name(t.issuer),
-                subject,
-            }),
-        ),
-        Some(_) => (Phase::Identified, None),
+        Some((who, subject)) => (Phase::Identified, consumer_of(snap, who, subject)),
     };
     let who = rate_limit::Caller {
         source: rate_limit::source_key(source, settings.ipv6_prefix),
@@ -391,8 +414,7 @@ fn plan_of(route: &Route, head: &RequestHead<'_, '_>) -> Plan {
         },
         streaming_body: false,
         on_behalf: false,
-        upgrade: false,
-        token_expiry: None,
+        websocket: None,
     }
 }
 

@@ -179,9 +179,9 @@ pub async fn handle_request(w: &Worker, c: &mut Conn) -> bool {
     }
     let keep = match admitted {
         Ok(Next::Forward(mut a)) => {
-            let outcome = match a.upgrade {
-                true => tunnel::forward(w, c, &a, &mut ctx).await,
-                false => body::forward(w, c, &mut a).await,
+            let outcome = match a.websocket {
+                Some(_) => tunnel::forward(w, c, &a, &mut ctx).await,
+                None => body::forward(w, c, &mut a).await,
             };
             finish(w, c, &a, &mut ctx, outcome).await
         }

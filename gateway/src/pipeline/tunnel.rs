@@ -9,7 +9,7 @@ use super::*;
 use crate::{
     proxy::tunnel::{self, Bounds},
     session::conn::ClientIo,
-    stages::rate_limit,
+    stages::rate_limit::Consumer,
 };
 
 /// The tunnel, if the upstream agrees to one.
@@ -20,41 +20,43 @@ pub(super) async fn forward(
     ctx: &mut Ctx,
 ) -> Result<Done, Abort> {
     c.consume(a.head_len());
+    let Some(handshake) = a.websocket else {
+        return Err(Abort::Respond(Failure::UPSTREAM_PROTOCOL, None));
+    };
+    if !matches!(c.io, ClientIo::H1(_)) {
+        // HTTP/2 refuses `Upgrade` as a connection-specific field before
+        // any stage sees it; this would be a bug.
+        return Err(Abort::Respond(crate::stages::upgrade::HANDSHAKE, None));
+    }
     let snap = c.snap_arc();
     let s = snap.cfg.websocket;
-    // Behind a trusted proxy, the client it names; loopback as the
-    // connection cap counts it.
-    let source = match (c.trusted, ctx.client) {
-        (false, _) => Some(addr::canonical(c.peer.ip())),
-        (true, client) => client.map(addr::canonical),
-    }
-    .filter(|ip| !(snap.cfg.policy.exempt_loopback && ip.is_loopback()))
-    .map(|ip| rate_limit::source_key(ip, snap.cfg.rate_limit.ipv6_prefix));
-    let consumer = match a.identity() {
-        Identity::Anonymous => None,
-        Identity::Consumer(i) => Some(snap.keys.consumer(i).id.as_str()),
-        Identity::Token(_) => Some(c.req.caller.subject.as_str()).filter(|s| !s.is_empty()),
+    // Two issuers' `alice` are two consumers.
+    let consumer = match admit::consumer_of(&snap, a.identity(), &c.req.caller.subject) {
+        Some(Consumer::Key(id)) => Some(format!("key\0{id}")),
+        Some(Consumer::Subject { issuer, subject }) => Some(format!("{issuer}\0{subject}")),
+        None => None,
     };
-    let _slot = w
+    let mut slot = w
         .shared
         .tunnels
-        .admit(source, consumer, (s.max_per_source, s.max_per_consumer))
+        .admit(
+            handshake.source,
+            consumer.as_deref(),
+            (s.max_per_source, s.max_per_consumer),
+        )
         .map_err(|f| Abort::Respond(f, None))?;
     let mut done = proxy::forward(&w.upstreams, &w.shared.stopping, c, a).await?;
     let Some(up) = done.switched.take() else {
         return Ok(done);
     };
+    slot.opened();
     (ctx.status, ctx.reason) = (101, "websocket.open");
     (ctx.upstream, ctx.upstream_time) = (done.upstream, done.upstream_time);
     record::log_line(w, c, ctx);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     let mut life = conn::ms(s.max_lifetime_ms);
-    if let Some(exp) = a.token_expiry {
-        life = life.min(std::time::Duration::from_secs(
-            exp.saturating_sub(now).max(0) as u64,
-        ));
+    if let Some(exp) = a.expires() {
+        let left = exp.saturating_sub(auth::now()).max(0) as u64;
+        life = life.min(std::time::Duration::from_secs(left));
     }
     let bounds = Bounds {
         idle: conn::ms(s.idle_timeout_ms),
@@ -66,26 +68,10 @@ pub(super) async fn forward(
     let early = c.pending().to_vec();
     c.consume(early.len());
     let ClientIo::H1(tls) = &mut c.io else {
-        // HTTP/2 refuses `Upgrade` as a connection-specific field.
         return Err(Abort::Close(Failure::UPSTREAM_PROTOCOL, done.upstream));
     };
-    let counts = &w.shared.tunnels;
-    counts
-        .open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    counts
-        .opened
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let ended = tunnel::run(tls, early, *up, bounds, &w.shared.stopping).await;
-    counts
-        .open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    counts
-        .bytes_up
-        .fetch_add(ended.up, std::sync::atomic::Ordering::Relaxed);
-    counts
-        .bytes_down
-        .fetch_add(ended.down, std::sync::atomic::Ordering::Relaxed);
+    slot.carried(ended.up, ended.down);
     ctx.reason = ended.reason;
     ctx.bytes_in += ended.up;
     Ok(Done {

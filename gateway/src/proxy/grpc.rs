@@ -11,17 +11,15 @@ use std::{
     cell::RefCell,
     net::SocketAddr,
     rc::{Rc, Weak},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
-    Admitted, Done, Upstream, Upstreams, breaker,
+    Admitted, Budget, Done, Tries, Upstream, Upstreams, breaker,
     checkout::{Busy, failed, refused},
 };
 use crate::{
@@ -80,18 +78,22 @@ thread_local! {
     static NEXT_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Server `server`'s connection: the worker's, or a new one (over TLS
-/// when `tls` is given, which must agree on `h2` in ALPN).
+/// Server `server`'s connection: the worker's, or a new one (over TLS on
+/// a TLS hop, which must agree on `h2` in ALPN; a TLS upstream whose
+/// client could not be built is never spoken to in plain text).
 async fn connection(
     up: &Rc<Upstream>,
     server: usize,
     addr: SocketAddr,
     connect: Duration,
-    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 ) -> Result<SendRequest<Bytes>, Failure> {
     if let Some(s) = up.channels.get(server) {
         return Ok(s);
     }
+    let tls = match up.pool.borrow().settings.tls.is_some() {
+        true => Some(up.health.tls_for(addr).ok_or(Failure::UPSTREAM_TLS)?),
+        false => None,
+    };
     let tcp = match tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
         Ok(Err(_)) => return Err(Failure::UPSTREAM_CONNECT),
@@ -204,10 +206,7 @@ fn request_of(head: &[u8]) -> Option<(::http::Request<()>, Option<Duration>)> {
 pub async fn forward(w: &Upstreams, c: &mut Conn, a: &Admitted) -> Result<Done, Abort> {
     let up = w.pool(c.snap(), a.upstream);
     let _in_flight = breaker(&up.health, a)?;
-    let (connect, retries) = {
-        let p = up.pool.borrow();
-        (ms(p.settings.connect_timeout_ms), p.settings.retries)
-    };
+    let budget = Budget::of(&up.pool.borrow().settings);
     let Some((req, timeout)) = request_of(&c.req.wire.up_head) else {
         return Err(Abort::Respond(Failure::UPSTREAM_PROTOCOL, None));
     };
@@ -216,30 +215,23 @@ pub async fn forward(w: &Upstreams, c: &mut Conn, a: &Admitted) -> Result<Done, 
     };
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
-    let (mut exclude, mut last) = (None, None);
-    let mut attempts = 0;
+    let mut tries = Tries::default();
     let (server, addr, busy, (response, body)) = loop {
-        let picked = up.pool.borrow_mut().pick(Instant::now(), exclude);
+        tries.attempts += 1;
+        let picked = up.pool.borrow_mut().pick(Instant::now(), tries.exclude);
         let Some(server) = picked else {
-            return Err(match last {
-                Some((f, addr)) => Abort::Respond(f, Some(addr)),
-                None => Abort::Respond(Failure::UPSTREAM_DOWN, None),
-            });
+            return Err(tries.exhausted());
         };
         let addr = up.pool.borrow().addr(server);
         let busy = Busy::begin(&up.pool, server);
-        match open(&up, server, addr, connect, &req).await {
+        match open(&up, server, addr, ms(budget.connect_ms), &req).await {
             Ok(sent) => break (server, addr, busy, sent),
-            Err(f) => {
-                if f.fault == Fault::Upstream {
-                    refused(&up, server, addr);
-                }
-                attempts += 1;
-                if attempts > retries || f.fault != Fault::Upstream {
-                    return Err(Abort::Respond(f, Some(addr)));
-                }
-                (exclude, last) = (Some(server), Some((f, addr)));
+            // Nothing went: another server may take the call.
+            Err(f) if f.fault == Fault::Upstream => {
+                refused(&up, server, addr);
+                tries.connect_failed(f, (server, addr), budget)?;
             }
+            Err(f) => return Err(Abort::Respond(f, Some(addr))),
         }
     };
     let relayed = io.relay_grpc(response, body, deadline).await;
@@ -276,7 +268,7 @@ async fn open(
     req: &::http::Request<()>,
 ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Failure> {
     for _ in 0..2 {
-        let send = connection(up, server, addr, connect, up.health.tls_for(addr)).await?;
+        let send = connection(up, server, addr, connect).await?;
         match send.ready().await {
             Ok(mut ready) => {
                 return ready

@@ -71,10 +71,16 @@ pub struct Plan {
     pub on_behalf: bool,
     /// A WebSocket handshake (`stages::upgrade`): a tunnel on the
     /// upstream's 101.
-    pub upgrade: bool,
-    /// The verified bearer token's `exp` (Unix seconds), on an upgrade: the
-    /// tunnel ends with it.
-    pub token_expiry: Option<i64>,
+    pub websocket: Option<WebSocket>,
+}
+
+/// What the head stages decided about a WebSocket handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct WebSocket {
+    /// The `Sec-WebSocket-Accept` the upstream's 101 must carry.
+    pub accept: crate::stages::upgrade::Accept,
+    /// The source its tunnel counts against (none: not counted).
+    pub source: Option<[u8; 16]>,
 }
 
 /// A request body the WAF can read.
@@ -114,6 +120,11 @@ impl Admitted {
     /// Who is calling.
     pub fn identity(&self) -> Identity {
         self.caller.identity()
+    }
+
+    /// When the caller's token expires (Unix seconds), if it does.
+    pub fn expires(&self) -> Option<i64> {
+        self.caller.expires()
     }
 
     /// Bytes of the request head.
@@ -507,6 +518,6 @@ async fn exchange(
         },
         // An upgrade the upstream declined is not pooled: what it may
         // have made of the handshake is unknown.
-        upstream_reusable && !a.upgrade,
+        upstream_reusable && a.websocket.is_none(),
     ))
 }

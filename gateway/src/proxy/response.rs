@@ -79,7 +79,12 @@ pub(super) async fn read_head(
     let resp = match parsed {
         Ok(Some(r)) if r.code != 101 => r,
         // A switch only to what was asked, answering this handshake.
-        Ok(Some(r)) if a.upgrade && switched_to_websocket(&r, &c.req.wire.up_head) => r,
+        Ok(Some(r))
+            if a.websocket
+                .is_some_and(|ws| switched_to_websocket(&r, &ws.accept)) =>
+        {
+            r
+        }
         _ => return Err(give_up(Failure::UPSTREAM_PROTOCOL)),
     };
     // SIGTERM may have come while the upstream worked: say close now.
@@ -118,42 +123,26 @@ pub(super) async fn read_head(
     Ok(head)
 }
 
-/// Whether a 101 switches to WebSocket and answers the handshake in
-/// `up_head` (RFC 6455 §4.2.2: `Upgrade: websocket`, `Connection:
-/// upgrade`, the `Sec-WebSocket-Accept` for its key). Anything else would
-/// leave the client talking to a protocol it did not ask for.
-fn switched_to_websocket(resp: &http::response::ResponseHead<'_, '_>, up_head: &[u8]) -> bool {
-    let field = |name: &str| {
-        let mut found = resp
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name));
-        match (found.next(), found.next()) {
-            (Some(h), None) => Some(h.value.trim_ascii()),
-            _ => None,
+/// Whether a 101 switches to WebSocket and answers the handshake with
+/// `accept` (RFC 6455 §4.2.2: `Upgrade: websocket`, `Connection: upgrade`,
+/// that `Sec-WebSocket-Accept`). Anything else would leave the client
+/// talking to a protocol it did not ask for.
+fn switched_to_websocket(resp: &http::response::ResponseHead<'_, '_>, accept: &[u8]) -> bool {
+    let (mut upgrade, mut connection, mut accepted) = (0, false, 0);
+    for h in resp.headers {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade += if h.value.trim_ascii().eq_ignore_ascii_case(b"websocket") {
+                1
+            } else {
+                2
+            };
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection |= http::lists_token(h.value, "upgrade");
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accepted += if h.value.trim_ascii() == accept { 1 } else { 2 };
         }
-    };
-    let connection_upgrade = resp
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| http::lists_token(h.value, "upgrade"));
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let key = match req.parse(up_head) {
-        Ok(_) => req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
-            .map(|h| h.value.trim_ascii()),
-        Err(_) => None,
-    };
-    let (Some(key), Some(accept)) = (key, field("sec-websocket-accept")) else {
-        return false;
-    };
-    connection_upgrade
-        && field("upgrade").is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
-        && accept == crate::stages::upgrade::accept_for(key).as_bytes()
+    }
+    upgrade == 1 && connection && accepted == 1
 }
 
 /// Status code and head length of a complete response head, for 1xx skipping.

@@ -19,7 +19,8 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_uring::net::TcpStream;
 
-use super::upstream_conn::{Session, UPSTREAM_READ, UpstreamConn, invalid};
+use super::upstream_conn::{Session, UpstreamConn, invalid};
+use crate::buffers;
 
 type ReadOp = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
 type SendOp = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
@@ -45,9 +46,6 @@ pub struct UpstreamIo {
     /// The last read filled its buffer.
     wide: bool,
 }
-
-/// The read buffer an idle connection waits with.
-const SMALL: usize = 1024;
 
 impl UpstreamIo {
     /// Takes over `conn` (never pooled again): what it read past the
@@ -101,6 +99,16 @@ impl UpstreamIo {
     }
 }
 
+/// Returns a read buffer to the worker's pools (one of another size is
+/// dropped).
+fn give_back(b: Vec<u8>) {
+    match b.capacity() {
+        buffers::SMALL => buffers::give_small(b),
+        buffers::READ => buffers::give_read(b),
+        _ => {}
+    }
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -115,7 +123,8 @@ impl AsyncRead for UpstreamIo {
                 out.put_slice(&this.plain[this.at..this.at + n]);
                 this.at += n;
                 if this.at == this.plain.len() {
-                    this.plain.clear();
+                    // Handed out: an idle tunnel keeps no read buffer.
+                    give_back(std::mem::take(&mut this.plain));
                     this.at = 0;
                 }
                 coop.made_progress();
@@ -158,7 +167,11 @@ impl AsyncRead for UpstreamIo {
             let wide = this.wide;
             let op = this.reading.get_or_insert_with(|| {
                 let tcp = this.tcp.clone();
-                let buf = Vec::with_capacity(if wide { UPSTREAM_READ } else { SMALL });
+                let buf = if wide {
+                    buffers::take_read()
+                } else {
+                    buffers::take_small()
+                };
                 Box::pin(async move { tcp.read(buf).await })
             });
             let (res, buf) = ready!(op.as_mut().poll(cx));
@@ -174,7 +187,7 @@ impl AsyncRead for UpstreamIo {
             }
             match this.tls.as_mut() {
                 Some(s) => {
-                    s.raw = buf;
+                    give_back(std::mem::replace(&mut s.raw, buf));
                     s.fed = 0;
                 }
                 None => {

@@ -60,7 +60,7 @@ pub fn judge(
     let Some(origin) = header(head, "origin") else {
         return Ok(Allowed::Request);
     };
-    let allowed = policy.origins.iter().any(|r| r.allows(origin));
+    let allowed = allows(policy, origin);
     if let Some(method) = preflight_method(head) {
         lines.extend_from_slice(
             b"vary: access-control-request-method, access-control-request-headers\r\n",
@@ -103,6 +103,11 @@ pub fn judge(
         }
     }
     Ok(Allowed::Request)
+}
+
+/// Whether `policy` allows pages of `origin`.
+pub fn allows(policy: &CorsSettings, origin: &str) -> bool {
+    policy.origins.iter().any(|r| r.allows(origin))
 }
 
 fn allow_origin(policy: &CorsSettings, origin: &str, lines: &mut Vec<u8>) {

@@ -6,11 +6,12 @@
 //! does not allow is refused (RFC 6455 §10.2: the server checks `Origin`;
 //! a page on another site could otherwise open a socket with its visitor's
 //! cookies). Every other head stage judges the upgrade request as any
-//! request; the tunnel opens only on the upstream's 101 (`proxy::websocket`).
+//! request; the tunnel opens only on the upstream's 101 (`proxy::tunnel`).
 
+use super::cors;
 use crate::{
     config::RouteSettings,
-    http::{self, Framing, request::RequestHead},
+    http::{Framing, request::RequestHead},
     respond::{Failure, Hint},
 };
 
@@ -27,21 +28,27 @@ pub const VERSION: Failure = Failure::client(426, "websocket.version")
 /// A browser origin the route's CORS policy does not allow.
 pub const ORIGIN: Failure = Failure::client(403, "websocket.origin");
 
+/// The `Sec-WebSocket-Accept` value that answers a handshake's key.
+pub type Accept = [u8; 28];
+
 /// What a request asks to switch to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upgrade {
     /// Nothing: a plain request.
     None,
-    /// A valid WebSocket handshake on a route that takes it.
-    WebSocket,
+    /// A valid WebSocket handshake on a route that takes it, and what the
+    /// upstream's 101 must answer it with.
+    WebSocket(Accept),
 }
 
 /// Judges `head`'s `Upgrade` on `route`.
 pub fn judge(route: &RouteSettings, head: &RequestHead<'_, '_>) -> Result<Upgrade, Failure> {
+    if !head.upgrade {
+        return Ok(Upgrade::None);
+    }
     let token = match head.single("upgrade") {
-        Ok(None) => return Ok(Upgrade::None),
         Ok(Some(t)) => t,
-        Err(_) => return Err(HANDSHAKE),
+        _ => return Err(HANDSHAKE),
     };
     if !token.eq_ignore_ascii_case(b"websocket") {
         return Err(UNSUPPORTED);
@@ -49,39 +56,30 @@ pub fn judge(route: &RouteSettings, head: &RequestHead<'_, '_>) -> Result<Upgrad
     if !route.websocket {
         return Err(NOT_ENABLED);
     }
-    let connection_upgrade = head
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| http::lists_token(h.value, "upgrade"));
     let bodiless = matches!(head.framing, Framing::None | Framing::Length(0));
-    if head.method != "GET" || head.minor != 1 || !connection_upgrade || !bodiless {
+    if head.method != "GET" || head.minor != 1 || !head.connection_upgrade || !bodiless {
         return Err(HANDSHAKE);
     }
     match head.single("sec-websocket-version") {
         Ok(Some(b"13")) => {}
         _ => return Err(VERSION),
     }
-    match head.single("sec-websocket-key") {
-        Ok(Some(key)) if valid_key(key) => {}
+    let accept = match head.single("sec-websocket-key") {
+        Ok(Some(key)) if valid_key(key) => accept_for(key),
         _ => return Err(HANDSHAKE),
-    }
+    };
     match head.single("origin") {
         Ok(None) => {}
         Ok(Some(origin)) => {
-            let allowed = std::str::from_utf8(origin).is_ok_and(|o| {
-                route
-                    .cors
-                    .as_ref()
-                    .is_some_and(|p| p.origins.iter().any(|r| r.allows(o)))
-            });
+            let allowed = std::str::from_utf8(origin)
+                .is_ok_and(|o| route.cors.as_ref().is_some_and(|p| cors::allows(p, o)));
             if !allowed {
                 return Err(ORIGIN);
             }
         }
         Err(_) => return Err(ORIGIN),
     }
-    Ok(Upgrade::WebSocket)
+    Ok(Upgrade::WebSocket(accept))
 }
 
 /// A `Sec-WebSocket-Key`: base64 of 16 bytes (RFC 6455 §4.1, item 7).
@@ -95,12 +93,15 @@ fn valid_key(key: &[u8]) -> bool {
 
 /// The `Sec-WebSocket-Accept` an upstream must answer `key` with
 /// (RFC 6455 §4.2.2): base64 of SHA-1 over the key and the protocol's GUID.
-pub fn accept_for(key: &[u8]) -> String {
+fn accept_for(key: &[u8]) -> Accept {
     use base64::Engine as _;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key);
     ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+    let mut out = [0u8; 28];
+    // 20 bytes of digest are 28 of base64: the buffer always fits.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(ctx.finish().as_ref(), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -111,8 +112,8 @@ mod tests {
     fn the_accept_value_is_rfc_6455s_example() {
         // RFC 6455 §1.3.
         assert_eq!(
-            accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+            &accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
         assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ"));

@@ -35,17 +35,22 @@ pub struct Tunnels {
     pub bytes_down: AtomicU64,
 }
 
-/// One tunnel's places under the caps, given back when dropped.
+/// One tunnel's places under the caps, given back when dropped (and,
+/// once it opened, its count among the open tunnels).
 #[derive(Debug)]
 pub struct Slot {
     tunnels: Arc<Tunnels>,
     source: Option<[u8; 16]>,
     consumer: Option<String>,
+    open: bool,
 }
 
-fn take<K: Hash + Eq>(map: &Mutex<HashMap<K, u32>>, key: K, cap: u32) -> bool {
+fn take<K: Hash + Eq + Clone>(map: &Mutex<HashMap<K, u32>>, key: &K, cap: u32) -> bool {
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    let n = m.entry(key).or_insert(0);
+    let n = match m.get_mut(key) {
+        Some(n) => n,
+        None => m.entry(key.clone()).or_insert(0),
+    };
     if *n >= cap {
         return false;
     }
@@ -75,13 +80,13 @@ impl Tunnels {
     ) -> Result<Slot, Failure> {
         let source = source.filter(|_| per_source != 0);
         if let Some(key) = source
-            && !take(&self.by_source, key, per_source)
+            && !take(&self.by_source, &key, per_source)
         {
             return Err(PER_SOURCE);
         }
         let consumer = consumer.filter(|_| per_consumer != 0).map(str::to_owned);
         if let Some(key) = &consumer
-            && !take(&self.by_consumer, key.clone(), per_consumer)
+            && !take(&self.by_consumer, key, per_consumer)
         {
             if let Some(key) = source {
                 give(&self.by_source, &key);
@@ -92,6 +97,7 @@ impl Tunnels {
             tunnels: self.clone(),
             source,
             consumer,
+            open: false,
         })
     }
 
@@ -130,8 +136,26 @@ impl Tunnels {
     }
 }
 
+impl Slot {
+    /// The upstream switched: one more tunnel open until this is dropped.
+    pub fn opened(&mut self) {
+        self.open = true;
+        self.tunnels.open.fetch_add(1, Relaxed);
+        self.tunnels.opened.fetch_add(1, Relaxed);
+    }
+
+    /// The tunnel closed after passing `up` and `down` bytes.
+    pub fn carried(&self, up: u64, down: u64) {
+        self.tunnels.bytes_up.fetch_add(up, Relaxed);
+        self.tunnels.bytes_down.fetch_add(down, Relaxed);
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        if self.open {
+            self.tunnels.open.fetch_sub(1, Relaxed);
+        }
         if let Some(key) = &self.source {
             give(&self.tunnels.by_source, key);
         }

@@ -24,14 +24,14 @@ use std::{
 use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::{upstream_conn::UpstreamConn, upstream_io::UpstreamIo};
-use crate::tls::{TlsIo, TlsStream};
+use crate::{
+    buffers,
+    tls::{TlsIo, TlsStream},
+};
 use frames::{Frames, TooBig, client_close, server_close};
 
 /// How often an open tunnel looks at the clock (idle, lifetime, stopping).
 const TICK: Duration = Duration::from_millis(500);
-/// Each way's first read buffer: an idle tunnel (most of them) holds
-/// this, one that moves data grows to `buffer_bytes` at its first full read.
-const SMALL: usize = 1024;
 /// How long the gateway's own close frames may take to go out.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -138,8 +138,9 @@ struct Way {
     frames: Frames,
     rate: Bucket,
     /// The stream stands between frames after what was handed to it.
-    clean: Cell<bool>,
-    bytes: Cell<u64>,
+    clean: bool,
+    /// Bytes handed to the stream.
+    bytes: u64,
 }
 
 impl Way {
@@ -147,8 +148,8 @@ impl Way {
         Self {
             frames: Frames::new(max_message),
             rate: Bucket::new(rate),
-            clean: Cell::new(true),
-            bytes: Cell::new(0),
+            clean: true,
+            bytes: 0,
         }
     }
 
@@ -162,12 +163,12 @@ impl Way {
     ) -> Result<(), End> {
         self.frames.feed(data).map_err(|TooBig| End::TooBig)?;
         self.rate.take(data.len()).await;
-        self.clean.set(false);
+        self.clean = false;
         to.write_all(data).await.map_err(|_| broken)?;
         // All of it is queued on the stream now, whatever the flush does.
-        self.clean.set(self.frames.at_boundary());
+        self.clean = self.frames.at_boundary();
+        self.bytes += data.len() as u64;
         to.flush().await.map_err(|_| broken)?;
-        self.bytes.set(self.bytes.get() + data.len() as u64);
         Ok(())
     }
 }
@@ -195,7 +196,7 @@ pub async fn run(
             if !early.is_empty() {
                 to_up.pass(uw, &early, End::UpstreamError).await?;
             }
-            let mut buf = vec![0u8; SMALL.min(b.buffer)];
+            let mut buf = vec![0u8; buffers::SMALL.min(b.buffer)];
             loop {
                 let n = cr.read(&mut buf).await.map_err(|_| End::ClientError)?;
                 widen(&mut buf, n, b.buffer);
@@ -210,7 +211,7 @@ pub async fn run(
             }
         };
         let upstream_side = async {
-            let mut buf = vec![0u8; SMALL.min(b.buffer)];
+            let mut buf = vec![0u8; buffers::SMALL.min(b.buffer)];
             loop {
                 let Ok(n) = ur.read(&mut buf).await else {
                     return End::UpstreamError;
@@ -257,11 +258,11 @@ pub async fn run(
     };
     if let Some(code) = end.close_code() {
         let say = async {
-            if to_client.clean.get() {
+            if to_client.clean {
                 let _ = cw.write_all(&server_close(code)).await;
                 let _ = cw.flush().await;
             }
-            if to_up.clean.get() {
+            if to_up.clean {
                 // The upstream did nothing wrong: it hears "going away".
                 let code = if end == End::TooBig { 1001 } else { code };
                 let _ = uw.write_all(&client_close(code, mask_key())).await;
@@ -272,8 +273,8 @@ pub async fn run(
     }
     Ended {
         reason: end.reason(),
-        up: to_up.bytes.get(),
-        down: to_client.bytes.get(),
+        up: to_up.bytes,
+        down: to_client.bytes,
     }
 }
 

@@ -273,6 +273,8 @@ struct Cached {
     expires: i64,
     active: bool,
     refused: Option<Failure>,
+    /// The token's `exp`, when the endpoint said.
+    exp: Option<i64>,
     id: TokenId,
     subject: String,
 }
@@ -281,8 +283,8 @@ const CACHE_ENTRIES: usize = 16_384;
 
 /// What a cached answer says.
 pub enum CachedAnswer {
-    /// Active: the token's bits.
-    Active(TokenId),
+    /// Active: the token's bits, and its `exp` when the endpoint said.
+    Active(TokenId, Option<i64>),
     /// Not active.
     Inactive,
     /// Active, but not for this API.
@@ -322,7 +324,7 @@ impl AnswerCache {
         }
         subject.clear();
         subject.push_str(&c.subject);
-        Some(CachedAnswer::Active(c.id))
+        Some(CachedAnswer::Active(c.id, c.exp))
     }
 
     /// Remembers an answer, compiled to `id`.
@@ -354,6 +356,7 @@ impl AnswerCache {
                 expires,
                 active: answer.active,
                 refused: answer.refused,
+                exp: answer.exp,
                 id,
                 subject: answer.subject.clone(),
             },

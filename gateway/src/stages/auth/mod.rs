@@ -51,12 +51,21 @@ pub struct Scratch {
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {
     identity: Identity,
+    /// A token's `exp` (Unix seconds), when it has one.
+    expires: Option<i64>,
 }
 
 impl Authenticated {
     /// Who passed.
     pub fn identity(&self) -> Identity {
         self.identity
+    }
+
+    /// When the token that authenticated the request expires (Unix
+    /// seconds; none for a key, an anonymous caller or a token without
+    /// `exp`).
+    pub fn expires(&self) -> Option<i64> {
+        self.expires
     }
 }
 
@@ -134,12 +143,13 @@ pub fn authenticate(
         RouteAuth::Public => {
             return Ok(Authenticated {
                 identity: Identity::Anonymous,
+                expires: None,
             });
         }
         RouteAuth::Required(list) => list,
     };
     for a in list {
-        let identity = match *a {
+        let (identity, expires) = match *a {
             Authenticator::ApiKey => {
                 if key_in_query(head.target, &v.settings.key_header) {
                     return Err(KEY_IN_QUERY.into());
@@ -150,18 +160,14 @@ pub fn authenticate(
                 let consumer = v.keys.verify(key, now()).map_err(|e| match e {
                     KeyError::Unknown | KeyError::NotYetValid | KeyError::Expired => INVALID_KEY,
                 })?;
-                Identity::Consumer(consumer)
+                (Identity::Consumer(consumer), None)
             }
             Authenticator::Jwt(i) => {
                 let Some(token) = bearer(head)? else {
                     continue;
                 };
-                Identity::Token(token_identity(
-                    pick_issuer(list, i, token, v),
-                    token,
-                    v,
-                    subject,
-                )?)
+                let (id, exp) = token_identity(pick_issuer(list, i, token, v), token, v, subject)?;
+                (Identity::Token(id), exp)
             }
             Authenticator::Introspect(i) => {
                 let Some(token) = bearer(head)? else {
@@ -169,7 +175,7 @@ pub fn authenticate(
                 };
                 let key = jwt::digest(token);
                 match v.answers.get(&key, i, now(), subject) {
-                    Some(CachedAnswer::Active(id)) => Identity::Token(id),
+                    Some(CachedAnswer::Active(id, exp)) => (Identity::Token(id), exp),
                     Some(CachedAnswer::Inactive) => return Err(introspect::INACTIVE.into()),
                     Some(CachedAnswer::Refused(f)) => return Err(f.into()),
                     None => {
@@ -180,7 +186,7 @@ pub fn authenticate(
                 }
             }
         };
-        return Ok(Authenticated { identity });
+        return Ok(Authenticated { identity, expires });
     }
     Err(MISSING.into())
 }
@@ -202,44 +208,28 @@ fn pick_issuer(list: &[Authenticator], first: usize, token: &str, v: &Verifiers<
         .unwrap_or(first)
 }
 
-/// A bearer token, from the cache or verified now.
+/// A bearer token, from the cache or verified now, and its `exp`.
 fn token_identity(
     i: usize,
     token: &str,
     v: &mut Verifiers<'_>,
     subject: &mut String,
-) -> Result<TokenId, Failure> {
+) -> Result<(TokenId, Option<i64>), Failure> {
     let keys = &v.jwks[i];
     let issuer = &v.issuers[i];
     let now = now();
     if !issuer.settings.cache {
-        let (id, _) = jwt::verify(i, issuer, keys, token, v.vocab, now, subject)
-            .map_err(JwtError::failure)?;
-        return Ok(id);
+        return jwt::verify(i, issuer, keys, token, v.vocab, now, subject)
+            .map_err(JwtError::failure);
     }
     let key = jwt::digest(token);
-    if let Some(id) = v.cache.get(&key, i, keys.revision, now, subject) {
-        return Ok(id);
+    if let Some(found) = v.cache.get(&key, i, keys.revision, now, subject) {
+        return Ok(found);
     }
     let (id, exp) =
         jwt::verify(i, issuer, keys, token, v.vocab, now, subject).map_err(JwtError::failure)?;
     v.cache.put(key, keys.revision, exp, now, id, subject);
-    Ok(id)
-}
-
-/// The `exp` (Unix seconds) of the bearer token `head` carries, read
-/// without checking: only for a request whose token the auth stage
-/// already verified (a WebSocket tunnel lives no longer than it). An
-/// opaque (introspected) token has none.
-pub fn token_expiry(head: &RequestHead<'_, '_>) -> Option<i64> {
-    use base64::Engine as _;
-    let token = bearer(head).ok()??;
-    let claims = token.split('.').nth(1)?;
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(claims.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
-    claims.get("exp")?.as_f64().map(|e| e as i64)
+    Ok((id, exp))
 }
 
 /// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme

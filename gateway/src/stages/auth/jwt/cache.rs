@@ -16,6 +16,8 @@ struct Cached {
     issuer: usize,
     revision: u64,
     expires: i64,
+    /// The token's own `exp`.
+    exp: Option<i64>,
     id: TokenId,
     subject: String,
 }
@@ -54,14 +56,14 @@ impl TokenCache {
         revision: u64,
         now: i64,
         subject: &mut String,
-    ) -> Option<TokenId> {
+    ) -> Option<(TokenId, Option<i64>)> {
         let c = self.map.get(key)?;
         if c.issuer != issuer || c.revision != revision || now >= c.expires {
             return None;
         }
         subject.clear();
         subject.push_str(&c.subject);
-        Some(c.id)
+        Some((c.id, c.exp))
     }
 
     /// Remembers a verification.
@@ -87,6 +89,7 @@ impl TokenCache {
                 issuer: id.issuer,
                 revision,
                 expires,
+                exp,
                 id,
                 subject: subject.to_owned(),
             },

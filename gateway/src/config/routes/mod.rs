@@ -1,5 +1,7 @@
 //! `[[routes]]`: host, path and methods to match, the upstream, limits.
 
+mod protocol;
+
 use super::*;
 use crate::json::{BodySchema, Param};
 
@@ -203,43 +205,7 @@ pub(super) fn compile_full(
     route.cors = route_cors(i, r.cors.as_ref(), ctx.cors, invalid)?;
     route.waf = r.waf.unwrap_or(ctx.waf);
     route.waf_body = ctx.waf_body;
-    route.grpc = r.grpc.as_ref().is_some_and(|g| *g.get_ref());
-    let h2_upstream = ctx.upstreams[route.upstream].http2;
-    if route.grpc != h2_upstream {
-        let span = r.grpc.as_ref().map(|g| g.span());
-        let why = match route.grpc {
-            true => "a gRPC route needs an upstream with http2 = true",
-            false => {
-                "its upstream speaks HTTP/2 (http2 = true): only grpc = true routes may use it"
-            }
-        };
-        return Err(invalid(span, format!("routes[{i}].grpc"), why.into()));
-    }
-    if route.grpc && route.body_schema.is_some() {
-        let span = r.grpc.as_ref().map(|g| g.span());
-        return Err(invalid(
-            span,
-            format!("routes[{i}].grpc"),
-            "a gRPC route's body is protobuf messages: no body_schema (the WAF scans its head only)".into(),
-        ));
-    }
-    route.websocket = r.websocket.as_ref().is_some_and(|w| *w.get_ref());
-    if let Some(w) = r.websocket.as_ref().filter(|w| *w.get_ref()) {
-        let why = if route.grpc {
-            Some("a route is gRPC or WebSocket, not both")
-        } else if !route.methods.is_empty() && !route.methods.iter().any(|m| m == "GET") {
-            Some("a WebSocket upgrade is a GET: methods must include GET")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(invalid(
-                Some(w.span()),
-                format!("routes[{i}].websocket"),
-                why.into(),
-            ));
-        }
-    }
+    protocol::route_protocol(i, r, &mut route, ctx.upstreams, invalid)?;
     if let Some(h) = &r.response_headers {
         route.response_headers = header_map(h.get_ref())
             .map_err(|e| invalid(Some(h.span()), format!("routes[{i}].response_headers"), e))?;

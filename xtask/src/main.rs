@@ -53,8 +53,15 @@ enum Cmd {
     /// suite refuses any).
     Layout,
     /// Run httpwg-cli's RFC 9113 cases against the release gateway over
-    /// TLS (installs httpwg-cli with cargo when missing).
-    Conformance,
+    /// TLS (installs httpwg-cli with cargo when missing); with
+    /// `--websocket`, the Autobahn fuzzing-client cases (PyPI kosoku)
+    /// through the gateway to a WebSocket echo server, beside the same
+    /// cases against the echo server directly.
+    Conformance {
+        /// The Autobahn WebSocket cases instead of the HTTP/2 ones.
+        #[arg(long)]
+        websocket: bool,
+    },
     /// Benchmarks: `all` (the default: every peer scenario into one report
     /// folder), `proxy` (vs HAProxy and nginx, closed and open loop), `h2`
     /// (HTTP/2 with h2load vs HAProxy's and nginx's h2 frontends), `xdp`
@@ -106,7 +113,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Deps => deps::check(),
         Cmd::Layout => layout::check(&build::workspace_root().join("gateway/src")),
-        Cmd::Conformance => conformance::run(),
+        Cmd::Conformance { websocket: false } => conformance::run(),
+        Cmd::Conformance { websocket: true } => conformance::websocket(),
         Cmd::Test { args } => {
             // The whole suite starts with the dependency check; a filtered
             // run (`cargo xtask test -p ... --test NAME`) skips it.

@@ -73,6 +73,24 @@ impl UpstreamIo {
         }
     }
 
+    /// Waits for the socket operations still in flight, after the socket
+    /// was shut down: see `tls::TlsIo::settle`.
+    pub async fn settle(&mut self) {
+        if let Some(op) = self.reading.take() {
+            let (_, buf) = op.await;
+            give_back(buf);
+        }
+        if let Some(op) = self.sending.take() {
+            let _ = op.await;
+        }
+    }
+
+    /// The socket's descriptor.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.tcp.as_raw_fd()
+    }
+
     /// Drives the write in flight, starting one for queued bytes, until
     /// everything queued is sent.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

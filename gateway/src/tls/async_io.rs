@@ -71,6 +71,24 @@ impl<S: BorrowMut<TlsStream>> TlsIo<S> {
         }
     }
 
+    /// Waits for the socket operations still in flight, after the socket
+    /// was shut down (which completes a read). Dropping an io_uring
+    /// operation does not cancel it: one left in flight holds the socket
+    /// open, and one not yet submitted when the descriptor closes would run
+    /// on whatever connection is given that descriptor number next.
+    pub async fn settle(&mut self) {
+        if let Some(op) = self.reading.take() {
+            let (_, buf) = op.await;
+            match buf.capacity() {
+                buffers::READ => buffers::give_read(buf),
+                _ => buffers::give_small(buf),
+            }
+        }
+        if let Some(op) = self.sending.take() {
+            let _ = op.await;
+        }
+    }
+
     /// Starts a socket read into a pooled buffer.
     fn start_read(&mut self) {
         let tcp = self.tls.borrow_mut().tcp.clone();

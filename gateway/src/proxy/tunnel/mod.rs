@@ -184,8 +184,11 @@ pub async fn run(
     b: Bounds,
     stopping: &AtomicBool,
 ) -> Ended {
+    let client_fd = tls.fd();
+    let upstream = UpstreamIo::new(up);
+    let upstream_fd = upstream.fd();
     let (mut cr, mut cw) = tokio::io::split(TlsIo::new(tls));
-    let (mut ur, mut uw) = tokio::io::split(UpstreamIo::new(up));
+    let (mut ur, mut uw) = tokio::io::split(upstream);
     let activity = Cell::new(Instant::now());
     let mut to_up = Way::new(b.max_message, b.rate);
     let mut to_client = Way::new(0, b.rate);
@@ -271,6 +274,24 @@ pub async fn run(
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, say).await;
     }
+    // The reads still in flight complete on the shut sockets and are
+    // awaited before either descriptor can close (the client's write side
+    // stays open for the session's close_notify).
+    shutdown(client_fd, libc::SHUT_RD);
+    shutdown(upstream_fd, libc::SHUT_RDWR);
+    let (mut client, mut upstream) = (cr.unsplit(cw), ur.unsplit(uw));
+    let settled = tokio::time::timeout(CLOSE_WAIT, async {
+        client.settle().await;
+        upstream.settle().await;
+    })
+    .await;
+    if settled.is_err() {
+        // A write stuck on a client that reads nothing: cut it both ways,
+        // which fails the write at once.
+        shutdown(client_fd, libc::SHUT_RDWR);
+        client.settle().await;
+        upstream.settle().await;
+    }
     Ended {
         reason: end.reason(),
         up: to_up.bytes,
@@ -283,6 +304,11 @@ fn widen(buf: &mut Vec<u8>, n: usize, max: usize) {
     if n == buf.len() && n < max {
         buf.resize(max, 0);
     }
+}
+
+fn shutdown(fd: std::os::fd::RawFd, how: libc::c_int) {
+    // SAFETY: shutdown(2) on a socket this tunnel's connections own.
+    unsafe { libc::shutdown(fd, how) };
 }
 
 /// A fresh masking key for a close frame the gateway sends upstream
